@@ -1,0 +1,126 @@
+"""The one exception hierarchy of Foreman, shared by the server, the client and the worker.
+
+Each class carries the HTTP status it maps to and a stable ``code``; the server turns an
+exception into a JSON body (SPEC section 2) and the client rebuilds the same class from it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class ForemanError(Exception):
+    """Unexpected Foreman error."""
+
+    status_code: ClassVar[int] = 500
+    code: ClassVar[str] = "internal_error"
+
+    def __init__(self, message: str | None = None, **details: Any) -> None:
+        self.message = message or (self.__doc__ or "").strip()
+        self.details = details
+        super().__init__(self.message)
+
+    def to_body(self) -> dict[str, Any]:
+        # SPEC section 2: "error" is the message; a stable code and details ride beside it.
+        return {"error": self.message, "code": self.code, **self.details}
+
+
+class ClientError(ForemanError):
+    """The request was not valid."""
+
+    status_code = 400
+    code = "bad_request"
+
+
+class ValidationError(ClientError):
+    """Validation failed."""
+
+    status_code = 400
+    code = "validation_error"
+
+
+class UnauthorizedError(ClientError):
+    """Missing API key."""
+
+    status_code = 401
+    code = "unauthorized"
+
+
+class ForbiddenError(ClientError):
+    """Forbidden."""
+
+    status_code = 403
+    code = "forbidden"
+
+
+class NotFoundError(ClientError):
+    """Not found."""
+
+    status_code = 404
+    code = "not_found"
+
+
+class MethodNotAllowedError(ClientError):
+    """Method not allowed."""
+
+    status_code = 405
+    code = "method_not_allowed"
+
+
+class ConflictError(ClientError):
+    """The resource's current state forbids this change."""
+
+    status_code = 409
+    code = "conflict"
+
+
+class PayloadTooLargeError(ClientError):
+    """Request body too large."""
+
+    status_code = 413
+    code = "payload_too_large"
+
+
+class RateLimitedError(ClientError):
+    """Too many requests."""
+
+    status_code = 429
+    code = "rate_limited"
+
+
+class UnavailableError(ForemanError):
+    """Database unavailable."""
+
+    status_code = 503
+    code = "unavailable"
+
+
+class TransportError(ForemanError):
+    """The Foreman server could not be reached."""
+
+    status_code = 0
+    code = "transport_error"
+
+
+_BY_STATUS: dict[int, type[ForemanError]] = {
+    400: ValidationError,
+    401: UnauthorizedError,
+    403: ForbiddenError,
+    404: NotFoundError,
+    405: MethodNotAllowedError,
+    409: ConflictError,
+    413: PayloadTooLargeError,
+    429: RateLimitedError,
+    503: UnavailableError,
+}
+
+
+def from_status(status_code: int, body: Any) -> ForemanError:
+    """Rebuild the exception a server response stands for (used by the client)."""
+    cls = _BY_STATUS.get(status_code, ClientError if 400 <= status_code < 500 else ForemanError)
+    message = None
+    details: dict[str, Any] = {}
+    if isinstance(body, dict):
+        message = body.get("error") if isinstance(body.get("error"), str) else None
+        details = {k: v for k, v in body.items() if k not in ("error", "code")}
+    return cls(message or f"HTTP {status_code}", **details)

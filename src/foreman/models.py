@@ -1,0 +1,245 @@
+"""Wire models shared by the server and the client (SPEC section 4), as msgspec structs.
+
+Field names are snake_case in Python and camelCase on the wire. JSON payload fields
+(``input_data``, ``value``, ...) are typed ``Any``: the server fills them with the raw jsonb text
+from PostgreSQL (no parse, no re-encode), the client gets decoded Python values.
+Optional fields default to None and are omitted from the JSON when unset (SPEC section 4).
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import UNSET, Meta, UnsetType
+
+RunStatus = Literal["pending", "running", "completed", "failed", "cancelled"]
+TaskStatus = Literal["pending", "queued", "running", "completed", "failed", "cancelled", "retrying"]
+TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
+
+JsonObject = dict[str, Any]
+Name = Annotated[str, Meta(min_length=1, max_length=255)]
+Tag = Annotated[str, Meta(min_length=1, max_length=255)]
+Tags = Annotated[list[Tag], Meta(max_length=100)]
+MaxRetries = Annotated[int, Meta(ge=0, le=10)]
+# BullMQ's range: 0 is the default, then 1 (highest) .. 2,097,152 (lowest).
+Priority = Annotated[int, Meta(ge=0, le=2_097_152)]
+DelayMs = Annotated[int, Meta(ge=0, le=365 * 24 * 3600 * 1000)]
+
+
+class _Out(msgspec.Struct, rename="camel", omit_defaults=True):
+    pass
+
+
+class _In(msgspec.Struct, rename="camel"):
+    pass
+
+
+def _require_value(value: Any, field: str) -> None:
+    if value is None:
+        # msgspec reports a ValueError from __post_init__ as a validation error of the body.
+        raise ValueError(f"`{field}` is required and must not be null")
+
+
+# ---------------------------------------------------------------- responses
+
+
+class Run(_Out):
+    """A run: the execution context of a group of tasks."""
+
+    id: str
+    org_id: str
+    status: RunStatus
+    input_data: Any
+    metadata: JsonObject | None
+    total_tasks: int
+    completed_tasks: int
+    failed_tasks: int
+    cancelled_tasks: int
+    created_at: int
+    updated_at: int
+    output_data: Any = None
+    error_data: Any = None
+    started_at: int | None = None
+    completed_at: int | None = None
+    duration_ms: int | None = None
+
+
+class Task(_Out):
+    """A unit of work inside a run."""
+
+    id: str
+    run_id: str
+    org_id: str
+    type: str
+    status: TaskStatus
+    input_data: Any
+    metadata: JsonObject | None
+    retry_count: int
+    max_retries: int
+    priority: int
+    attempt: int
+    created_at: int
+    updated_at: int
+    parent_task_id: str | None = None
+    output_data: Any = None
+    error_data: Any = None
+    queued_at: int | None = None
+    started_at: int | None = None
+    completed_at: int | None = None
+    duration_ms: int | None = None
+    queue_job_id: str | None = None
+    run_after: int | None = None
+    lease_expires_at: int | None = None
+    idempotency_key: str | None = None
+    worker_id: str | None = None
+    lease_token: str | None = None
+
+
+class RunData(_Out):
+    """One value stored under a key of a run."""
+
+    id: str
+    run_id: str
+    task_id: str
+    org_id: str
+    key: str
+    value: Any
+    tags: list[str]
+    metadata: JsonObject | None
+    created_at: int
+    updated_at: int
+
+
+class Pagination(_Out):
+    total: int
+    limit: int
+    offset: int
+
+
+class RunList(_Out):
+    data: list[Run]
+    pagination: Pagination
+
+
+class TaskList(_Out):
+    data: list[Task]
+    pagination: Pagination
+
+
+class RunDataList(_Out):
+    data: list[RunData]
+    pagination: Pagination
+
+
+class Deleted(_Out):
+    deleted: int
+
+
+class ErrorDetail(_Out):
+    loc: list[str | int]
+    msg: str
+
+
+class ErrorBody(_Out):
+    """SPEC section 2: every error answer."""
+
+    error: str
+    code: str | None = None
+    details: list[ErrorDetail] | None = None
+
+
+class HealthServices(_Out):
+    database: str
+    redis: str
+
+
+class Health(_Out):
+    status: Literal["healthy", "unhealthy"]
+    timestamp: str
+    environment: str
+    services: HealthServices
+
+
+class RedisConfig(_Out):
+    host: str
+    port: int
+    db: int | None = None
+    password: str | None = None
+
+
+class QueuesConfig(_Out):
+    task_queue: str
+    result_queue: str
+
+
+class QueueBackendConfig(_Out):
+    backend: Literal["postgres", "bullmq"]
+
+
+class Config(_Out):
+    version: str
+    environment: str
+    redis: RedisConfig
+    queues: QueuesConfig
+    queue: QueueBackendConfig
+
+
+# ---------------------------------------------------------------- requests
+
+
+class RunCreate(_In):
+    input_data: Any
+    metadata: JsonObject | None = None
+
+    def __post_init__(self) -> None:
+        _require_value(self.input_data, "inputData")
+
+
+class RunUpdate(_In):
+    status: RunStatus | UnsetType = UNSET
+    output_data: Any | UnsetType = UNSET
+    error_data: Any | UnsetType = UNSET
+    metadata: JsonObject | None | UnsetType = UNSET
+
+
+class TaskCreate(_In):
+    run_id: uuid.UUID
+    type: Name
+    input_data: Any
+    parent_task_id: uuid.UUID | None = None
+    metadata: JsonObject | None = None
+    max_retries: MaxRetries = 3
+    # Extensions (SPEC section 5): queue order, a delay, idempotent creation, and queueing at once.
+    priority: Priority = 0
+    delay_ms: DelayMs = 0
+    idempotency_key: Name | None = None
+    enqueue: bool = False
+
+    def __post_init__(self) -> None:
+        _require_value(self.input_data, "inputData")
+
+
+class TaskUpdate(_In):
+    status: TaskStatus | UnsetType = UNSET
+    output_data: Any | UnsetType = UNSET
+    error_data: Any | UnsetType = UNSET
+    metadata: JsonObject | None | UnsetType = UNSET
+    queue_job_id: str | None | UnsetType = UNSET
+
+
+class RunDataCreate(_In):
+    task_id: uuid.UUID
+    key: Name
+    value: Any
+    tags: Tags = msgspec.field(default_factory=list)
+    metadata: JsonObject | None = None
+
+    def __post_init__(self) -> None:
+        _require_value(self.value, "value")
+
+
+class TagsUpdate(_In):
+    add: Tags | None = None
+    remove: Tags | None = None

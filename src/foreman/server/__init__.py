@@ -1,0 +1,1 @@
+"""The Foreman REST API (Litestar over asyncpg)."""

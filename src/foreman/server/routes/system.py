@@ -1,0 +1,102 @@
+"""Health and configuration (SPEC section 5)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from typing import Any
+
+from litestar import Request, Response, Router, get
+from litestar.openapi.datastructures import ResponseSpec
+
+from foreman.models import Config, Health, HealthServices, QueueBackendConfig, QueuesConfig, RedisConfig
+from foreman.server.auth import request_org
+from foreman.server.deps import error_responses, state
+from foreman.settings import Settings
+
+HEALTH_TIMEOUT_S = 2.0
+
+
+async def _database_ok(request: Request[Any, Any, Any]) -> bool:
+    try:
+        async with asyncio.timeout(HEALTH_TIMEOUT_S):
+            async with state(request).pool.acquire() as conn:
+                await conn.fetchval("SELECT 1")
+    except Exception:  # noqa: BLE001 - any failure means "not healthy", the reason is logged by asyncpg
+        return False
+    return True
+
+
+async def _redis_status(request: Request[Any, Any, Any]) -> str:
+    queue = state(request).queue
+    if queue is None or not hasattr(queue, "ping"):
+        return "not configured"
+    try:
+        async with asyncio.timeout(HEALTH_TIMEOUT_S):
+            await queue.ping()
+    except Exception:  # noqa: BLE001
+        return "disconnected"
+    return "connected"
+
+
+@get(
+    ["/health", "/api/v1/health"],
+    responses={503: ResponseSpec(data_container=Health, description="Database unreachable")},
+)
+async def health(request: Request[Any, Any, Any]) -> Response[Health]:
+    """Checks the database for real: 200 when it answers, 503 when it does not."""
+    database_ok = await _database_ok(request)
+    body = Health(
+        status="healthy" if database_ok else "unhealthy",
+        timestamp=dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z"),
+        environment=state(request).settings.environment,
+        services=HealthServices(
+            database="connected" if database_ok else "disconnected",
+            redis=await _redis_status(request),
+        ),
+    )
+    return Response(body, status_code=200 if database_ok else 503)
+
+
+def redis_config(settings: Settings, *, with_password: bool) -> RedisConfig:
+    return RedisConfig(
+        host=settings.redis_host,
+        port=settings.redis_port,
+        db=settings.redis_db,
+        password=settings.redis_password if with_password else None,
+    )
+
+
+def queues_config(settings: Settings) -> QueuesConfig:
+    return QueuesConfig(task_queue=settings.task_queue_name, result_queue=settings.result_queue_name)
+
+
+@get("/api/v1/config", responses=error_responses())
+async def get_config(request: Request[Any, Any, Any]) -> Config:
+    """Server version, Redis connection, queue names and the queue backend in use."""
+    request_org(request)
+    settings = state(request).settings
+    return Config(
+        version=settings.version,
+        environment=settings.environment,
+        redis=redis_config(settings, with_password=True),
+        queues=queues_config(settings),
+        queue=QueueBackendConfig(backend=settings.queue_backend),
+    )
+
+
+@get("/api/v1/config/redis", responses=error_responses())
+async def get_redis_config(request: Request[Any, Any, Any]) -> RedisConfig:
+    """The Redis connection workers use."""
+    request_org(request)
+    return redis_config(state(request).settings, with_password=True)
+
+
+@get("/api/v1/config/queues", responses=error_responses())
+async def get_queues_config(request: Request[Any, Any, Any]) -> QueuesConfig:
+    """The queue names."""
+    request_org(request)
+    return queues_config(state(request).settings)
+
+
+router = Router(path="/", route_handlers=[health, get_config, get_redis_config, get_queues_config], tags=["system"])

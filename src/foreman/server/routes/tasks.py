@@ -1,0 +1,135 @@
+"""POST/GET/PATCH /api/v1/tasks."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Request, Response, Router, get, patch, post
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.params import Parameter
+
+from foreman import errors, ids
+from foreman.models import Pagination, Task, TaskCreate, TaskList, TaskStatus, TaskUpdate
+from foreman.server.deps import (
+    error_responses,
+    org_conn,
+    require_uuid,
+    sort_column,
+    sort_order,
+    state,
+)
+from foreman.store import tasks as tasks_store
+
+
+def new_task(data: TaskCreate) -> tasks_store.NewTask:
+    """The store's view of a create request."""
+    return tasks_store.NewTask(
+        run_id=str(data.run_id),
+        task_type=data.type,
+        input_data=data.input_data,
+        parent_task_id=None if data.parent_task_id is None else str(data.parent_task_id),
+        metadata=data.metadata,
+        max_retries=data.max_retries,
+        priority=data.priority,
+        delay_ms=data.delay_ms,
+        idempotency_key=data.idempotency_key,
+        enqueue=data.enqueue,
+    )
+
+
+def insert_failure(result: tasks_store.InsertResult, new: tasks_store.NewTask) -> errors.ForemanError:
+    """Why a task was not inserted."""
+    if not result.run_found:
+        return errors.NotFoundError(f"Run not found: {new.run_id}")
+    if new.parent_task_id is not None and not result.parent_found:
+        return errors.NotFoundError(f"Parent task not found: {new.parent_task_id}")
+    return errors.ConflictError("The task could not be created, try again")
+
+
+@post(
+    "",
+    status_code=201,
+    responses={
+        200: ResponseSpec(data_container=Task, description="The task of a repeated idempotency key"),
+        **error_responses(400, 404, 413),
+    },
+)
+async def create_task(request: Request[Any, Any, Any], data: TaskCreate) -> Response[Task]:
+    """Create a task in a run (201), or return the task of a repeated idempotency key (200)."""
+    new = new_task(data)
+    async with org_conn(request) as (org_id, conn):
+        result = await tasks_store.insert_task(
+            conn, org_id=org_id, task_id=ids.new_id(), new=new, now=ids.now_ms()
+        )
+    if result.task is None:
+        raise insert_failure(result, new)
+    if result.created and new.enqueue:
+        await state(request).publish([result.task])
+    return Response(result.task, status_code=201 if result.created else 200)
+
+
+@get("/{task_id:str}", responses=error_responses(404))
+async def get_task(request: Request[Any, Any, Any], task_id: str) -> Task:
+    """A task."""
+    require_uuid(task_id, "Task")
+    async with org_conn(request) as (org_id, conn):
+        task = await tasks_store.get_task(conn, org_id=org_id, task_id=task_id)
+    if task is None:
+        raise errors.NotFoundError(f"Task not found: {task_id}")
+    return task
+
+
+@patch("/{task_id:str}", responses=error_responses(400, 404, 409, 413))
+async def update_task(request: Request[Any, Any, Any], task_id: str, data: TaskUpdate) -> Task:
+    """Change a task's status or data; a terminal task cannot change status again (409)."""
+    require_uuid(task_id, "Task")
+    changes = {k: v for k, v in msgspec.structs.asdict(data).items() if v is not msgspec.UNSET}
+    async with org_conn(request) as (org_id, conn):
+        result = await tasks_store.update_task(
+            conn, org_id=org_id, task_id=task_id, changes=changes, now=ids.now_ms()
+        )
+    if not result.found:
+        raise errors.NotFoundError(f"Task not found: {task_id}")
+    assert result.task is not None
+    if result.conflict:
+        raise errors.ConflictError(
+            f"Task {task_id} is {result.task.status}; it cannot change to {changes.get('status')}"
+        )
+    return result.task
+
+
+@get("", responses=error_responses(400))
+async def list_tasks(
+    request: Request[Any, Any, Any],
+    limit: Annotated[int, Parameter(ge=1, le=100)] = 20,
+    offset: Annotated[int, Parameter(ge=0)] = 0,
+    run_id: Annotated[str | None, Parameter(query="runId")] = None,
+    status: TaskStatus | None = None,
+    task_type: Annotated[str | None, Parameter(query="type")] = None,
+    parent_task_id: Annotated[str | None, Parameter(query="parentTaskId")] = None,
+    sort_by: Annotated[str, Parameter(query="sortBy")] = "created_at",
+    sort_order_: Annotated[str, Parameter(query="sortOrder")] = "desc",
+) -> TaskList:
+    """Tasks of the organisation, filtered by run, status, type or parent; ties broken by id."""
+    column = sort_column(sort_by, ("created_at", "started_at", "completed_at"))
+    order = sort_order(sort_order_)
+    pagination = Pagination(total=0, limit=limit, offset=offset)
+    # A malformed id matches nothing (it cannot be any row's id).
+    if (run_id is not None and not ids.is_uuid(run_id)) or (
+        parent_task_id is not None and not ids.is_uuid(parent_task_id)
+    ):
+        return TaskList(data=[], pagination=pagination)
+    filters = {"run_id": run_id, "status": status, "type": task_type, "parent_task_id": parent_task_id}
+    async with org_conn(request) as (org_id, conn):
+        page = await tasks_store.list_tasks(
+            conn, org_id=org_id, filters=filters, sort_by=column, sort_order=order,
+            limit=limit, offset=offset,
+        )
+    pagination.total = page.total
+    return TaskList(data=page.items, pagination=pagination)
+
+
+router = Router(
+    path="/api/v1/tasks", route_handlers=[create_task, get_task, update_task, list_tasks], tags=["tasks"]
+)

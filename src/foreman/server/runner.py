@@ -1,0 +1,99 @@
+"""Serving the app: uvicorn in one process, or several processes with one SO_REUSEPORT socket each.
+
+One socket per process lets the kernel spread new connections evenly; a shared listening socket
+can hand a burst of connections to one process (see shared/PERFORMANCE-NOTES.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import signal
+import socket
+from typing import Any
+
+import uvicorn
+
+from foreman.logs import configure_logging
+from foreman.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+GRACEFUL_SHUTDOWN_S = 30
+
+
+def _socket(host: str, port: int, *, reuse_port: bool) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _uvicorn_config(settings: Settings) -> uvicorn.Config:
+    from foreman.server.app import create_app  # noqa: PLC0415 - imported in the serving process
+
+    return uvicorn.Config(
+        create_app(settings),
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        log_config=None,
+        access_log=False,  # our middleware logs each request once, with its id
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+        backlog=2048,
+    )
+
+
+def serve_process(settings: Settings, *, reuse_port: bool) -> None:
+    """Serve in this process until SIGTERM/SIGINT, finishing in-flight requests first."""
+    configure_logging(settings.log_level, json_lines=settings.log_json)
+    # uvicorn re-raises the stop signal once it has shut down; exiting through SystemExit lets
+    # the caller's finally blocks run (the embedded PostgreSQL is stopped there).
+    signal.signal(signal.SIGTERM, _exit)
+    sock = _socket(settings.server_host, settings.server_port, reuse_port=reuse_port)
+    server = uvicorn.Server(_uvicorn_config(settings))
+    server.run(sockets=[sock])
+
+
+def serve(settings: Settings) -> None:
+    """Serve with settings.server_workers processes."""
+    logger.info(
+        "serving on http://%s:%s with %s process(es)",
+        settings.server_host, settings.server_port, settings.server_workers,
+    )
+    if settings.server_workers == 1:
+        serve_process(settings, reuse_port=False)
+        return
+    ctx = multiprocessing.get_context("spawn")
+    children = [
+        ctx.Process(target=serve_process, args=(settings,), kwargs={"reuse_port": True}, daemon=False)
+        for _ in range(settings.server_workers)
+    ]
+    for child in children:
+        child.start()
+
+    def forward(signum: int, _frame: Any) -> None:
+        for child in children:
+            if child.pid is not None and child.is_alive():
+                child.terminate() if signum == signal.SIGTERM else _interrupt(child.pid)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for child in children:
+        child.join()
+
+
+def _exit(_signum: int, _frame: Any) -> None:
+    raise SystemExit(0)
+
+
+def _interrupt(pid: int) -> None:
+    import os  # noqa: PLC0415
+
+    os.kill(pid, signal.SIGINT)

@@ -1,0 +1,80 @@
+"""Server and worker settings, read once at the edge (the CLI or a test) and passed down."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+from urllib.parse import quote
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _env(*names: str) -> AliasChoices:
+    return AliasChoices(*names)
+
+
+class Settings(BaseSettings):
+    """Foreman settings from FOREMAN_* variables (and the unprefixed names SPEC section 5 uses)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="FOREMAN_", env_file=".env", extra="ignore", populate_by_name=True
+    )
+
+    # Database: one URL, or the FOREMAN_DB_* parts; none of them = embedded PostgreSQL in data_dir.
+    database_url: str | None = None
+    db_host: str | None = None
+    db_port: int = 5432
+    db_name: str = "foreman"
+    db_user: str | None = None
+    db_password: str | None = None
+    db_pool_min: int = Field(default=2, ge=1)
+    db_pool_max: int = Field(default=20, ge=1)
+    db_command_timeout_s: float = Field(default=10.0, gt=0)
+    db_connect_timeout_s: float = Field(default=3.0, gt=0)
+    data_dir: Path = Path(".foreman")
+    auto_migrate: bool = True
+
+    server_host: str = "127.0.0.1"
+    server_port: int = Field(default=3000, validation_alias=_env("FOREMAN_SERVER_PORT", "PORT"))
+    server_workers: int = Field(default=1, ge=1)
+    environment: str = Field(
+        default="development", validation_alias=_env("FOREMAN_ENVIRONMENT", "NODE_ENV")
+    )
+    version: str = Field(default="1.0.0", validation_alias=_env("FOREMAN_VERSION"))
+    log_level: str = Field(default="INFO", validation_alias=_env("FOREMAN_LOG_LEVEL", "LOG_LEVEL"))
+    log_json: bool = False
+    cors_origin: str | None = Field(
+        default=None, validation_alias=_env("FOREMAN_CORS_ORIGIN", "CORS_ORIGIN")
+    )
+    max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    allow_test_key: bool = True
+    api_key: str | None = None
+
+    queue_backend: Literal["postgres", "bullmq"] = "postgres"
+    redis_host: str = Field(default="localhost", validation_alias=_env("FOREMAN_REDIS_HOST", "REDIS_HOST"))
+    redis_port: int = Field(default=6379, validation_alias=_env("FOREMAN_REDIS_PORT", "REDIS_PORT"))
+    redis_password: str | None = Field(
+        default=None, validation_alias=_env("FOREMAN_REDIS_PASSWORD", "REDIS_PASSWORD")
+    )
+    redis_db: int | None = Field(default=None, validation_alias=_env("FOREMAN_REDIS_DB", "REDIS_DB"))
+    task_queue_name: str = Field(
+        default="foreman:tasks", validation_alias=_env("FOREMAN_TASK_QUEUE_NAME", "TASK_QUEUE_NAME")
+    )
+    result_queue_name: str = Field(
+        default="foreman:results",
+        validation_alias=_env("FOREMAN_RESULT_QUEUE_NAME", "RESULT_QUEUE_NAME"),
+    )
+
+    sweep_interval_s: float = Field(default=1.0, gt=0)
+
+    def resolved_database_url(self) -> str | None:
+        """The configured database URL, built from FOREMAN_DB_* if needed; None means embedded."""
+        if self.database_url:
+            return self.database_url
+        if not (self.db_host or self.db_user or self.db_password):
+            return None
+        user = quote(self.db_user or "postgres", safe="")
+        password = f":{quote(self.db_password, safe='')}" if self.db_password else ""
+        host = self.db_host or "localhost"
+        return f"postgresql://{user}{password}@{host}:{self.db_port}/{quote(self.db_name, safe='')}"

@@ -1,0 +1,142 @@
+"""The connection pool, the JSON codec and the per-organisation binding of connections.
+
+Request queries run as the role ``foreman_app`` (no BYPASSRLS, owns nothing), so the row-level
+security policies of the migrations apply to them. The organisation is a session setting
+(``app.current_org_id``) that is set only when a connection changes organisation: that saves a
+round trip per request, and it is safe because it is set outside any transaction (a rollback
+cannot undo it) and before any query of the request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import asyncpg
+import msgspec
+
+from foreman import errors
+
+logger = logging.getLogger(__name__)
+
+APP_ROLE = "foreman_app"
+
+_SET_ORG = "SELECT set_config('app.current_org_id', $1, false)"
+
+
+class Connection(asyncpg.Connection):  # type: ignore[misc]
+    """An asyncpg connection that remembers which organisation it is bound to."""
+
+    __slots__ = ("_foreman_org",)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._foreman_org: str | None = None
+
+    async def bind_org(self, org_id: str) -> None:
+        """Make org_id the organisation that row-level security lets this connection see."""
+        if self._foreman_org != org_id:
+            self._foreman_org = None
+            await self.execute(_SET_ORG, org_id)
+            self._foreman_org = org_id
+
+
+Db = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy  # type: ignore[type-arg]
+
+
+def _encode_jsonb(value: Any) -> bytes:
+    # jsonb binary format: a version byte, then the JSON text.
+    if isinstance(value, msgspec.Raw):
+        return b"\x01" + bytes(value)
+    return b"\x01" + msgspec.json.encode(value)
+
+
+def _decode_jsonb(data: bytes) -> msgspec.Raw:
+    # Passed through to the response untouched: no parse, no re-encode.
+    return msgspec.Raw(data[1:])
+
+
+async def _init_connection(conn: asyncpg.Connection, *, app_role: bool) -> None:  # type: ignore[type-arg]
+    await conn.set_type_codec(
+        "jsonb", encoder=_encode_jsonb, decoder=_decode_jsonb, schema="pg_catalog", format="binary"
+    )
+    await conn.set_type_codec(
+        "uuid", encoder=str, decoder=str, schema="pg_catalog", format="text"
+    )
+    if app_role:
+        await conn.execute(f"SET ROLE {APP_ROLE}")
+
+
+async def _reset_connection(conn: asyncpg.Connection) -> None:  # type: ignore[type-arg]
+    # Instead of asyncpg's RESET ALL (a round trip per request, and it would drop the role):
+    # every request ends its transaction, and only a cancelled one can leave it open.
+    if conn.is_in_transaction():
+        await conn.execute("ROLLBACK")
+
+
+async def create_pool(
+    dsn: str, *, min_size: int, max_size: int, command_timeout_s: float, connect_timeout_s: float,
+    app_role: bool = True,
+) -> asyncpg.Pool:  # type: ignore[type-arg]
+    """Open a pool; with app_role, its connections run as foreman_app under row-level security."""
+
+    async def init(conn: asyncpg.Connection) -> None:  # type: ignore[type-arg]
+        await _init_connection(conn, app_role=app_role)
+
+    with translate_errors():
+        pool = await asyncpg.create_pool(
+            dsn,
+            min_size=min_size,
+            max_size=max_size,
+            command_timeout=command_timeout_s,
+            timeout=connect_timeout_s,
+            init=init,
+            reset=_reset_connection,
+            connection_class=Connection,
+            max_inactive_connection_lifetime=60.0,
+            server_settings={"application_name": "foreman"},
+        )
+    assert pool is not None
+    return pool
+
+
+@contextlib.asynccontextmanager
+async def org_connection(
+    pool: asyncpg.Pool, org_id: str, *, timeout_s: float = 5.0  # type: ignore[type-arg]
+) -> AsyncIterator[Connection]:
+    """A pooled connection bound to org_id; errors come out as Foreman errors."""
+    with translate_errors():
+        async with pool.acquire(timeout=timeout_s) as conn:
+            await conn.bind_org(org_id)
+            yield conn
+
+
+# SQLSTATE classes that mean the database (not the request) is the problem.
+_UNAVAILABLE_CLASSES = ("08", "53", "57", "58")
+
+
+@contextlib.contextmanager
+def translate_errors() -> Iterator[None]:
+    """Turn driver errors into Foreman errors, without leaking SQL or driver text."""
+    try:
+        yield
+    except errors.ForemanError:
+        raise
+    except asyncpg.PostgresError as exc:
+        sqlstate = getattr(exc, "sqlstate", "") or ""
+        if sqlstate.startswith(_UNAVAILABLE_CLASSES):
+            raise errors.UnavailableError() from exc
+        if sqlstate.startswith("22"):  # data exception: bad text, \u0000 in JSON, out of range
+            raise errors.ValidationError(
+                "Invalid value: the data cannot be stored (e.g. a NUL character or a number out of range)"
+            ) from exc
+        if sqlstate == "23503":  # foreign key: the referenced row vanished
+            raise errors.NotFoundError("Referenced resource not found") from exc
+        if sqlstate == "40001" or sqlstate == "40P01":
+            raise errors.ConflictError("Concurrent update, try again") from exc
+        raise
+    except (OSError, asyncpg.InterfaceError, asyncio.TimeoutError) as exc:
+        raise errors.UnavailableError() from exc

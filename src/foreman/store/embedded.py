@@ -1,0 +1,46 @@
+"""The embedded PostgreSQL (pgserver) used when no database is configured."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from foreman import errors
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class EmbeddedPostgres:
+    """A PostgreSQL server running from the pgserver wheel, its data in data_dir/pgdata."""
+
+    pgdata: Path
+    server: Any
+    url: str
+
+    def stop(self) -> None:
+        """Stop the server; the data stays for the next start."""
+        self.server.cleanup()
+        logger.info("embedded PostgreSQL stopped (data kept in %s)", self.pgdata)
+
+
+def start_embedded(data_dir: Path) -> EmbeddedPostgres:
+    """Start (or join) the embedded PostgreSQL in data_dir/pgdata and create the foreman database."""
+    try:
+        import pgserver  # noqa: PLC0415 - optional dependency, the [embedded] extra
+    except ImportError as exc:
+        raise errors.ForemanError(
+            "No database configured and pgserver is not installed: set FOREMAN_DATABASE_URL "
+            "or install foreman[embedded]"
+        ) from exc
+    pgdata = (data_dir / "pgdata").resolve()
+    pgdata.parent.mkdir(parents=True, exist_ok=True)
+    # cleanup_mode="stop": stopped when the last process using it exits, data kept.
+    server = pgserver.get_server(pgdata, cleanup_mode="stop")
+    if "foreman" not in server.psql("SELECT datname FROM pg_database;"):
+        server.psql("CREATE DATABASE foreman;")
+    url = server.get_uri("foreman")
+    logger.info("embedded PostgreSQL running, data in %s", pgdata)
+    return EmbeddedPostgres(pgdata=pgdata, server=server, url=url)
