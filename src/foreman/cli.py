@@ -26,7 +26,9 @@ def database(settings: Settings) -> Iterator[str]:
     from foreman.store.embedded import start_embedded  # noqa: PLC0415 - optional extra
 
     embedded = start_embedded(settings.data_dir)
-    logger.info("no database configured: using the embedded PostgreSQL, data in %s", embedded.pgdata)
+    logger.info(
+        "no database configured: using the embedded PostgreSQL, data in %s", embedded.pgdata
+    )
     try:
         yield embedded.url
     finally:
@@ -37,7 +39,9 @@ def database(settings: Settings) -> Iterator[str]:
 def server(
     port: int | None = typer.Option(None, help="Port (default FOREMAN_SERVER_PORT, PORT or 3000)."),
     host: str | None = typer.Option(None, help="Host (default FOREMAN_SERVER_HOST or 127.0.0.1)."),
-    workers: int | None = typer.Option(None, help="Server processes (default FOREMAN_SERVER_WORKERS or 1)."),
+    workers: int | None = typer.Option(
+        None, help="Server processes (default FOREMAN_SERVER_WORKERS or 1)."
+    ),
 ) -> None:
     """Serve the REST API (migrating the database first unless FOREMAN_AUTO_MIGRATE=false)."""
     settings = Settings()
@@ -62,7 +66,9 @@ def migrate() -> None:
 
     with database(settings) as url:
         applied = apply_migrations(url)
-    typer.echo(f"applied {len(applied)} migration(s)" + (f": {', '.join(applied)}" if applied else ""))
+    typer.echo(
+        f"applied {len(applied)} migration(s)" + (f": {', '.join(applied)}" if applied else "")
+    )
 
 
 def main() -> None:

@@ -52,12 +52,16 @@ class Settings(BaseSettings):
     api_key: str | None = None
 
     queue_backend: Literal["postgres", "bullmq"] = "postgres"
-    redis_host: str = Field(default="localhost", validation_alias=_env("FOREMAN_REDIS_HOST", "REDIS_HOST"))
+    redis_host: str = Field(
+        default="localhost", validation_alias=_env("FOREMAN_REDIS_HOST", "REDIS_HOST")
+    )
     redis_port: int = Field(default=6379, validation_alias=_env("FOREMAN_REDIS_PORT", "REDIS_PORT"))
     redis_password: str | None = Field(
         default=None, validation_alias=_env("FOREMAN_REDIS_PASSWORD", "REDIS_PASSWORD")
     )
-    redis_db: int | None = Field(default=None, validation_alias=_env("FOREMAN_REDIS_DB", "REDIS_DB"))
+    redis_db: int | None = Field(
+        default=None, validation_alias=_env("FOREMAN_REDIS_DB", "REDIS_DB")
+    )
     task_queue_name: str = Field(
         default="foreman:tasks", validation_alias=_env("FOREMAN_TASK_QUEUE_NAME", "TASK_QUEUE_NAME")
     )

@@ -39,8 +39,12 @@ def _openapi(settings: Settings) -> OpenAPIConfig:
         render_plugins=[SwaggerRenderPlugin(path="/")],
         components=Components(
             security_schemes={
-                "bearer": SecurityScheme(type="http", scheme="bearer", description="fmn_<env>_<org>_<random>"),
-                "apiKey": SecurityScheme(type="apiKey", name="x-api-key", security_scheme_in="header"),
+                "bearer": SecurityScheme(
+                    type="http", scheme="bearer", description="fmn_<env>_<org>_<random>"
+                ),
+                "apiKey": SecurityScheme(
+                    type="apiKey", name="x-api-key", security_scheme_in="header"
+                ),
             }
         ),
         security=[{"bearer": []}, {"apiKey": []}],
@@ -58,7 +62,9 @@ def create_app(settings: Settings) -> Litestar:
     """The API over the database of settings.database_url (already migrated, already running)."""
     database_url = settings.resolved_database_url()
     if database_url is None:
-        raise errors.ForemanError("create_app needs a database URL (the CLI starts the embedded one)")
+        raise errors.ForemanError(
+            "create_app needs a database URL (the CLI starts the embedded one)"
+        )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:

@@ -43,7 +43,9 @@ def key_from_headers(request: Request) -> str:  # type: ignore[type-arg]
 
 def request_org(request: Request) -> str:  # type: ignore[type-arg]
     """The caller's organisation; 403 when an x-org-id header names another one."""
-    org_id = org_for_key(key_from_headers(request), allow_test_key=request.app.state.foreman.settings.allow_test_key)
+    org_id = org_for_key(
+        key_from_headers(request), allow_test_key=request.app.state.foreman.settings.allow_test_key
+    )
     claimed = request.headers.get("x-org-id")
     if claimed is not None and claimed != org_id:
         raise errors.ForbiddenError("x-org-id does not match the organisation of the API key")

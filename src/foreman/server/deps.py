@@ -53,7 +53,9 @@ def require_uuid(value: str, what: str) -> str:
 
 
 _SORT_ALIASES = {
-    "createdAt": "created_at", "startedAt": "started_at", "completedAt": "completed_at",
+    "createdAt": "created_at",
+    "startedAt": "started_at",
+    "completedAt": "completed_at",
     "updatedAt": "updated_at",
 }
 
@@ -83,8 +85,12 @@ def sort_order(value: str) -> str:
 def error_responses(*codes: int) -> dict[int, ResponseSpec]:
     """OpenAPI entries for the error answers a route gives."""
     descriptions = {
-        400: "Invalid input", 401: "Missing or invalid API key", 403: "x-org-id does not match the key",
-        404: "Not found", 409: "Conflict with the current state", 413: "Body too large",
+        400: "Invalid input",
+        401: "Missing or invalid API key",
+        403: "x-org-id does not match the key",
+        404: "Not found",
+        409: "Conflict with the current state",
+        413: "Body too large",
         503: "Database unavailable",
     }
     return {

@@ -31,7 +31,9 @@ def _detail_message(extra: Any) -> list[dict[str, Any]]:
 
 
 def foreman_error(_: Request[Any, Any, Any], exc: errors.ForemanError) -> Response[Any]:
-    headers = {"Retry-After": str(exc.details["retryAfter"])} if "retryAfter" in exc.details else None
+    headers = (
+        {"Retry-After": str(exc.details["retryAfter"])} if "retryAfter" in exc.details else None
+    )
     return Response(exc.to_body(), status_code=exc.status_code, headers=headers)
 
 
@@ -39,7 +41,11 @@ def validation_error(_: Request[Any, Any, Any], exc: ValidationException) -> Res
     details = _detail_message(exc.extra)
     if details:
         named = "; ".join(f"{d['loc'][-1]}: {d['msg']}" for d in details)
-        body = {"error": f"Validation failed: {named}", "code": "validation_error", "details": details}
+        body = {
+            "error": f"Validation failed: {named}",
+            "code": "validation_error",
+            "details": details,
+        }
     else:
         # msgspec's own text for malformed JSON ("Input data was truncated", ...)
         body = {"error": f"Malformed request body: {exc.detail}", "code": "bad_request"}
@@ -57,7 +63,9 @@ def http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[
     else:
         message = str(exc.detail)
     code = _CODES.get(exc.status_code, "http_error")
-    return Response({"error": message, "code": code}, status_code=exc.status_code, headers=exc.headers)
+    return Response(
+        {"error": message, "code": code}, status_code=exc.status_code, headers=exc.headers
+    )
 
 
 def unexpected_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:

@@ -65,14 +65,18 @@ def serve(settings: Settings) -> None:
     """Serve with settings.server_workers processes."""
     logger.info(
         "serving on http://%s:%s with %s process(es)",
-        settings.server_host, settings.server_port, settings.server_workers,
+        settings.server_host,
+        settings.server_port,
+        settings.server_workers,
     )
     if settings.server_workers == 1:
         serve_process(settings, reuse_port=False)
         return
     ctx = multiprocessing.get_context("spawn")
     children = [
-        ctx.Process(target=serve_process, args=(settings,), kwargs={"reuse_port": True}, daemon=False)
+        ctx.Process(
+            target=serve_process, args=(settings,), kwargs={"reuse_port": True}, daemon=False
+        )
         for _ in range(settings.server_workers)
     ]
     for child in children:

@@ -63,9 +63,7 @@ async def _init_connection(conn: asyncpg.Connection, *, app_role: bool) -> None:
     await conn.set_type_codec(
         "jsonb", encoder=_encode_jsonb, decoder=_decode_jsonb, schema="pg_catalog", format="binary"
     )
-    await conn.set_type_codec(
-        "uuid", encoder=str, decoder=str, schema="pg_catalog", format="text"
-    )
+    await conn.set_type_codec("uuid", encoder=str, decoder=str, schema="pg_catalog", format="text")
     if app_role:
         await conn.execute(f"SET ROLE {APP_ROLE}")
 
@@ -78,7 +76,12 @@ async def _reset_connection(conn: asyncpg.Connection) -> None:  # type: ignore[t
 
 
 async def create_pool(
-    dsn: str, *, min_size: int, max_size: int, command_timeout_s: float, connect_timeout_s: float,
+    dsn: str,
+    *,
+    min_size: int,
+    max_size: int,
+    command_timeout_s: float,
+    connect_timeout_s: float,
     app_role: bool = True,
 ) -> asyncpg.Pool:  # type: ignore[type-arg]
     """Open a pool; with app_role, its connections run as foreman_app under row-level security."""
@@ -105,7 +108,10 @@ async def create_pool(
 
 @contextlib.asynccontextmanager
 async def org_connection(
-    pool: asyncpg.Pool, org_id: str, *, timeout_s: float = 5.0  # type: ignore[type-arg]
+    pool: asyncpg.Pool,
+    org_id: str,
+    *,
+    timeout_s: float = 5.0,  # type: ignore[type-arg]
 ) -> AsyncIterator[Connection]:
     """A pooled connection bound to org_id; errors come out as Foreman errors."""
     with translate_errors():

@@ -73,12 +73,30 @@ async def run_exists(conn: Db, *, org_id: str, run_id: str) -> bool:
 
 
 async def insert_run_data(
-    conn: Db, *, org_id: str, run_id: str, data_id: str, task_id: str, key: str,
-    value: Any, tags: list[str], metadata: Any, now: int,
+    conn: Db,
+    *,
+    org_id: str,
+    run_id: str,
+    data_id: str,
+    task_id: str,
+    key: str,
+    value: Any,
+    tags: list[str],
+    metadata: Any,
+    now: int,
 ) -> InsertResult:
     """Add one value under key (a key may hold many values)."""
     record = await conn.fetchrow(
-        _INSERT_RUN_DATA, org_id, run_id, task_id, data_id, key, value, unique_tags(tags), metadata, now
+        _INSERT_RUN_DATA,
+        org_id,
+        run_id,
+        task_id,
+        data_id,
+        key,
+        value,
+        unique_tags(tags),
+        metadata,
+        now,
     )
     assert record is not None
     item = None if record[2] is None else RunData(*tuple(record)[2:])
@@ -125,7 +143,9 @@ def _where(org_id: str, run_id: str, q: RunDataQuery) -> Where:
     if key_group.clauses:
         where.clauses.append("(" + " OR ".join(key_group.clauses) + ")")
     if q.tags:
-        where.add("d.tags @> {}::text[]" if q.tag_mode == "all" else "d.tags && {}::text[]", list(q.tags))
+        where.add(
+            "d.tags @> {}::text[]" if q.tag_mode == "all" else "d.tags && {}::text[]", list(q.tags)
+        )
     if q.tag_prefixes:
         patterns = [escape_like(p) + "%" for p in q.tag_prefixes]
         if q.tag_mode == "all":

@@ -37,7 +37,11 @@ RETURNING id, org_id, status, input_data, metadata, 0, 0, 0, 0,
 
 _GET_RUN = f"SELECT {_COLUMNS} FROM run r {_COUNTERS} WHERE r.org_id = $1 AND r.id = $2"
 
-_SORT_COLUMNS = {"created_at": "created_at", "started_at": "started_at", "completed_at": "completed_at"}
+_SORT_COLUMNS = {
+    "created_at": "created_at",
+    "started_at": "started_at",
+    "completed_at": "completed_at",
+}
 
 
 def _run(record: Any) -> Run:
@@ -76,7 +80,9 @@ async def update_run(
             sets.append("started_at = coalesce(started_at, $3)")
         if status in TERMINAL_STATUSES:
             # A repeated terminal status keeps the first completion time.
-            sets.append(f"completed_at = CASE WHEN status = {p} THEN coalesce(completed_at, $3) ELSE $3 END")
+            sets.append(
+                f"completed_at = CASE WHEN status = {p} THEN coalesce(completed_at, $3) ELSE $3 END"
+            )
             sets.append(
                 f"duration_ms = CASE WHEN status = {p} THEN coalesce(duration_ms, $3 - coalesce(started_at, created_at))"
                 " ELSE $3 - coalesce(started_at, created_at) END"
@@ -94,7 +100,14 @@ SELECT {_COLUMNS} FROM r {_COUNTERS}
 
 
 async def list_runs(
-    conn: Db, *, org_id: str, status: str | None, sort_by: str, sort_order: str, limit: int, offset: int
+    conn: Db,
+    *,
+    org_id: str,
+    status: str | None,
+    sort_by: str,
+    sort_order: str,
+    limit: int,
+    offset: int,
 ) -> Page[Run]:
     """A page of the organisation's runs, ties broken by id, with the total matching count."""
     where = Where(["org_id = $1"], [org_id])

@@ -65,7 +65,11 @@ SELECT EXISTS (SELECT 1 FROM r), EXISTS (SELECT 1 FROM p),
 _GET_TASK = f"SELECT {COLUMNS} FROM task t WHERE t.org_id = $1 AND t.id = $2"
 _GET_TASK_BY_KEY = f"SELECT {COLUMNS} FROM task t WHERE t.org_id = $1 AND t.idempotency_key = $2"
 
-_SORT_COLUMNS = {"created_at": "created_at", "started_at": "started_at", "completed_at": "completed_at"}
+_SORT_COLUMNS = {
+    "created_at": "created_at",
+    "started_at": "started_at",
+    "completed_at": "completed_at",
+}
 
 
 def shard() -> int:
@@ -104,13 +108,27 @@ class InsertResult:
     parent_found: bool
 
 
-async def insert_task(conn: Db, *, org_id: str, task_id: str, new: NewTask, now: int) -> InsertResult:
+async def insert_task(
+    conn: Db, *, org_id: str, task_id: str, new: NewTask, now: int
+) -> InsertResult:
     """Create a task (pending, or queued when new.enqueue) and count it on its run."""
     status = "queued" if new.enqueue else "pending"
     record = await conn.fetchrow(
-        _INSERT_TASK, org_id, new.run_id, new.parent_task_id, task_id, new.task_type, status,
-        new.input_data, new.metadata, new.max_retries, new.priority, now + new.delay_ms,
-        new.idempotency_key, now, shard(),
+        _INSERT_TASK,
+        org_id,
+        new.run_id,
+        new.parent_task_id,
+        task_id,
+        new.task_type,
+        status,
+        new.input_data,
+        new.metadata,
+        new.max_retries,
+        new.priority,
+        now + new.delay_ms,
+        new.idempotency_key,
+        now,
+        shard(),
     )
     assert record is not None
     run_found, parent_found = record[0], record[1]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from litestar import Request, Router, delete, get, patch, post
-from litestar.params import Parameter
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from foreman import errors, ids
 from foreman.models import Deleted, Pagination, RunData, RunDataCreate, RunDataList, TagsUpdate
@@ -15,13 +15,23 @@ from foreman.store.queries import split_list
 
 
 @post("", status_code=201, responses=error_responses(400, 404, 413))
-async def create_run_data(request: Request[Any, Any, Any], run_id: str, data: RunDataCreate) -> RunData:
+async def create_run_data(
+    request: Request[Any, Any, Any], run_id: FromPath[str], data: JSONBody[RunDataCreate]
+) -> RunData:
     """Add a value under a key; every POST adds a row."""
     require_uuid(run_id, "Run")
     async with org_conn(request) as (org_id, conn):
         result = await store.insert_run_data(
-            conn, org_id=org_id, run_id=run_id, data_id=ids.new_id(), task_id=str(data.task_id),
-            key=data.key, value=data.value, tags=data.tags, metadata=data.metadata, now=ids.now_ms(),
+            conn,
+            org_id=org_id,
+            run_id=run_id,
+            data_id=ids.new_id(),
+            task_id=str(data.task_id),
+            key=data.key,
+            value=data.value,
+            tags=data.tags,
+            metadata=data.metadata,
+            now=ids.now_ms(),
         )
     if not result.run_found:
         raise errors.NotFoundError(f"Run not found: {run_id}")
@@ -33,19 +43,19 @@ async def create_run_data(request: Request[Any, Any, Any], run_id: str, data: Ru
 @get("", responses=error_responses(400, 404))
 async def query_run_data(
     request: Request[Any, Any, Any],
-    run_id: str,
-    key: str | None = None,
-    keys: str | None = None,
-    key_starts_with: Annotated[str | None, Parameter(query="keyStartsWith")] = None,
-    key_pattern: Annotated[str | None, Parameter(query="keyPattern")] = None,
-    tags: str | None = None,
-    tag_starts_with: Annotated[str | None, Parameter(query="tagStartsWith")] = None,
-    tag_mode: Annotated[Literal["any", "all"], Parameter(query="tagMode")] = "any",
-    include_all: Annotated[bool, Parameter(query="includeAll")] = False,
-    limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Parameter(ge=0)] = 0,
-    sort_by: Annotated[str, Parameter(query="sortBy")] = "created_at",
-    sort_order_: Annotated[str, Parameter(query="sortOrder")] = "desc",
+    run_id: FromPath[str],
+    key: FromQuery[str | None] = None,
+    keys: FromQuery[str | None] = None,
+    key_starts_with: Annotated[str | None, QueryParameter(name="keyStartsWith")] = None,
+    key_pattern: Annotated[str | None, QueryParameter(name="keyPattern")] = None,
+    tags: FromQuery[str | None] = None,
+    tag_starts_with: Annotated[str | None, QueryParameter(name="tagStartsWith")] = None,
+    tag_mode: Annotated[Literal["any", "all"], QueryParameter(name="tagMode")] = "any",
+    include_all: Annotated[bool, QueryParameter(name="includeAll")] = False,
+    limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
+    offset: Annotated[int, QueryParameter(ge=0)] = 0,
+    sort_by: Annotated[str, QueryParameter(name="sortBy")] = "created_at",
+    sort_order_: Annotated[str, QueryParameter(name="sortOrder")] = "desc",
 ) -> RunDataList:
     """Run data matching the filters; only the latest row per key unless includeAll=true."""
     require_uuid(run_id, "Run")
@@ -67,20 +77,30 @@ async def query_run_data(
         if not await store.run_exists(conn, org_id=org_id, run_id=run_id):
             raise errors.NotFoundError(f"Run not found: {run_id}")
         page = await store.query_run_data(conn, org_id=org_id, run_id=run_id, q=query)
-    return RunDataList(data=page.items, pagination=Pagination(total=page.total, limit=limit, offset=offset))
+    return RunDataList(
+        data=page.items, pagination=Pagination(total=page.total, limit=limit, offset=offset)
+    )
 
 
 @patch("/{data_id:str}/tags", responses=error_responses(400, 404, 413))
 async def update_run_data_tags(
-    request: Request[Any, Any, Any], run_id: str, data_id: str, data: TagsUpdate
+    request: Request[Any, Any, Any],
+    run_id: FromPath[str],
+    data_id: FromPath[str],
+    data: JSONBody[TagsUpdate],
 ) -> RunData:
     """Remove tags, then add tags not already present; order kept, tags unique."""
     require_uuid(run_id, "Run")
     require_uuid(data_id, "Run data")
     async with org_conn(request) as (org_id, conn):
         item = await store.update_tags(
-            conn, org_id=org_id, run_id=run_id, data_id=data_id,
-            add=data.add or [], remove=data.remove or [], now=ids.now_ms(),
+            conn,
+            org_id=org_id,
+            run_id=run_id,
+            data_id=data_id,
+            add=data.add or [],
+            remove=data.remove or [],
+            now=ids.now_ms(),
         )
         if item is None and not await store.run_exists(conn, org_id=org_id, run_id=run_id):
             raise errors.NotFoundError(f"Run not found: {run_id}")
@@ -92,9 +112,9 @@ async def update_run_data_tags(
 @delete("", status_code=200, responses=error_responses(400, 404))
 async def delete_run_data(
     request: Request[Any, Any, Any],
-    run_id: str,
-    key: str | None = None,
-    data_id: Annotated[str | None, Parameter(query="id")] = None,
+    run_id: FromPath[str],
+    key: FromQuery[str | None] = None,
+    data_id: Annotated[str | None, QueryParameter(name="id")] = None,
 ) -> Deleted:
     """Delete the run's values of a key, or one value by id."""
     require_uuid(run_id, "Run")

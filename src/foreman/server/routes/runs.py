@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar import Request, Router, get, patch, post
-from litestar.params import Parameter
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from foreman import errors, ids
 from foreman.models import Pagination, Run, RunCreate, RunList, RunStatus, RunUpdate
@@ -15,17 +15,21 @@ from foreman.store import runs as runs_store
 
 
 @post("", status_code=201, responses=error_responses(400, 413))
-async def create_run(request: Request[Any, Any, Any], data: RunCreate) -> Run:
+async def create_run(request: Request[Any, Any, Any], data: JSONBody[RunCreate]) -> Run:
     """Create a pending run."""
     async with org_conn(request) as (org_id, conn):
         return await runs_store.insert_run(
-            conn, run_id=ids.new_id(), org_id=org_id, input_data=data.input_data,
-            metadata=data.metadata, now=ids.now_ms(),
+            conn,
+            run_id=ids.new_id(),
+            org_id=org_id,
+            input_data=data.input_data,
+            metadata=data.metadata,
+            now=ids.now_ms(),
         )
 
 
 @get("/{run_id:str}", responses=error_responses(404))
-async def get_run(request: Request[Any, Any, Any], run_id: str) -> Run:
+async def get_run(request: Request[Any, Any, Any], run_id: FromPath[str]) -> Run:
     """A run with its task counters."""
     require_uuid(run_id, "Run")
     async with org_conn(request) as (org_id, conn):
@@ -36,7 +40,9 @@ async def get_run(request: Request[Any, Any, Any], run_id: str) -> Run:
 
 
 @patch("/{run_id:str}", responses=error_responses(400, 404, 413))
-async def update_run(request: Request[Any, Any, Any], run_id: str, data: RunUpdate) -> Run:
+async def update_run(
+    request: Request[Any, Any, Any], run_id: FromPath[str], data: JSONBody[RunUpdate]
+) -> Run:
     """Change a run's status, output, error or metadata (metadata is replaced whole)."""
     require_uuid(run_id, "Run")
     changes = {k: v for k, v in msgspec.structs.asdict(data).items() if v is not msgspec.UNSET}
@@ -52,21 +58,30 @@ async def update_run(request: Request[Any, Any, Any], run_id: str, data: RunUpda
 @get("", responses=error_responses(400))
 async def list_runs(
     request: Request[Any, Any, Any],
-    limit: Annotated[int, Parameter(ge=1, le=100)] = 20,
-    offset: Annotated[int, Parameter(ge=0)] = 0,
-    status: RunStatus | None = None,
-    sort_by: Annotated[str, Parameter(query="sortBy")] = "created_at",
-    sort_order_: Annotated[str, Parameter(query="sortOrder")] = "desc",
+    limit: Annotated[int, QueryParameter(ge=1, le=100)] = 20,
+    offset: Annotated[int, QueryParameter(ge=0)] = 0,
+    status: FromQuery[RunStatus | None] = None,
+    sort_by: Annotated[str, QueryParameter(name="sortBy")] = "created_at",
+    sort_order_: Annotated[str, QueryParameter(name="sortOrder")] = "desc",
 ) -> RunList:
     """The organisation's runs, newest first by default; ties broken by id."""
     column = sort_column(sort_by, ("created_at", "started_at", "completed_at"))
     order = sort_order(sort_order_)
     async with org_conn(request) as (org_id, conn):
         page = await runs_store.list_runs(
-            conn, org_id=org_id, status=status, sort_by=column, sort_order=order,
-            limit=limit, offset=offset,
+            conn,
+            org_id=org_id,
+            status=status,
+            sort_by=column,
+            sort_order=order,
+            limit=limit,
+            offset=offset,
         )
-    return RunList(data=page.items, pagination=Pagination(total=page.total, limit=limit, offset=offset))
+    return RunList(
+        data=page.items, pagination=Pagination(total=page.total, limit=limit, offset=offset)
+    )
 
 
-router = Router(path="/api/v1/runs", route_handlers=[create_run, get_run, update_run, list_runs], tags=["runs"])
+router = Router(
+    path="/api/v1/runs", route_handlers=[create_run, get_run, update_run, list_runs], tags=["runs"]
+)

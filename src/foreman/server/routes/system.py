@@ -9,7 +9,14 @@ from typing import Any
 from litestar import Request, Response, Router, get
 from litestar.openapi.datastructures import ResponseSpec
 
-from foreman.models import Config, Health, HealthServices, QueueBackendConfig, QueuesConfig, RedisConfig
+from foreman.models import (
+    Config,
+    Health,
+    HealthServices,
+    QueueBackendConfig,
+    QueuesConfig,
+    RedisConfig,
+)
 from foreman.server.auth import request_org
 from foreman.server.deps import error_responses, state
 from foreman.settings import Settings
@@ -68,7 +75,9 @@ def redis_config(settings: Settings, *, with_password: bool) -> RedisConfig:
 
 
 def queues_config(settings: Settings) -> QueuesConfig:
-    return QueuesConfig(task_queue=settings.task_queue_name, result_queue=settings.result_queue_name)
+    return QueuesConfig(
+        task_queue=settings.task_queue_name, result_queue=settings.result_queue_name
+    )
 
 
 @get("/api/v1/config", responses=error_responses())
@@ -99,4 +108,8 @@ async def get_queues_config(request: Request[Any, Any, Any]) -> QueuesConfig:
     return queues_config(state(request).settings)
 
 
-router = Router(path="/", route_handlers=[health, get_config, get_redis_config, get_queues_config], tags=["system"])
+router = Router(
+    path="/",
+    route_handlers=[health, get_config, get_redis_config, get_queues_config],
+    tags=["system"],
+)

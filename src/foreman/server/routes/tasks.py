@@ -7,7 +7,7 @@ from typing import Annotated, Any
 import msgspec
 from litestar import Request, Response, Router, get, patch, post
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.params import Parameter
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from foreman import errors, ids
 from foreman.models import Pagination, Task, TaskCreate, TaskList, TaskStatus, TaskUpdate
@@ -38,7 +38,9 @@ def new_task(data: TaskCreate) -> tasks_store.NewTask:
     )
 
 
-def insert_failure(result: tasks_store.InsertResult, new: tasks_store.NewTask) -> errors.ForemanError:
+def insert_failure(
+    result: tasks_store.InsertResult, new: tasks_store.NewTask
+) -> errors.ForemanError:
     """Why a task was not inserted."""
     if not result.run_found:
         return errors.NotFoundError(f"Run not found: {new.run_id}")
@@ -51,11 +53,15 @@ def insert_failure(result: tasks_store.InsertResult, new: tasks_store.NewTask) -
     "",
     status_code=201,
     responses={
-        200: ResponseSpec(data_container=Task, description="The task of a repeated idempotency key"),
+        200: ResponseSpec(
+            data_container=Task, description="The task of a repeated idempotency key"
+        ),
         **error_responses(400, 404, 413),
     },
 )
-async def create_task(request: Request[Any, Any, Any], data: TaskCreate) -> Response[Task]:
+async def create_task(
+    request: Request[Any, Any, Any], data: JSONBody[TaskCreate]
+) -> Response[Task]:
     """Create a task in a run (201), or return the task of a repeated idempotency key (200)."""
     new = new_task(data)
     async with org_conn(request) as (org_id, conn):
@@ -70,7 +76,7 @@ async def create_task(request: Request[Any, Any, Any], data: TaskCreate) -> Resp
 
 
 @get("/{task_id:str}", responses=error_responses(404))
-async def get_task(request: Request[Any, Any, Any], task_id: str) -> Task:
+async def get_task(request: Request[Any, Any, Any], task_id: FromPath[str]) -> Task:
     """A task."""
     require_uuid(task_id, "Task")
     async with org_conn(request) as (org_id, conn):
@@ -81,7 +87,9 @@ async def get_task(request: Request[Any, Any, Any], task_id: str) -> Task:
 
 
 @patch("/{task_id:str}", responses=error_responses(400, 404, 409, 413))
-async def update_task(request: Request[Any, Any, Any], task_id: str, data: TaskUpdate) -> Task:
+async def update_task(
+    request: Request[Any, Any, Any], task_id: FromPath[str], data: JSONBody[TaskUpdate]
+) -> Task:
     """Change a task's status or data; a terminal task cannot change status again (409)."""
     require_uuid(task_id, "Task")
     changes = {k: v for k, v in msgspec.structs.asdict(data).items() if v is not msgspec.UNSET}
@@ -102,14 +110,14 @@ async def update_task(request: Request[Any, Any, Any], task_id: str, data: TaskU
 @get("", responses=error_responses(400))
 async def list_tasks(
     request: Request[Any, Any, Any],
-    limit: Annotated[int, Parameter(ge=1, le=100)] = 20,
-    offset: Annotated[int, Parameter(ge=0)] = 0,
-    run_id: Annotated[str | None, Parameter(query="runId")] = None,
-    status: TaskStatus | None = None,
-    task_type: Annotated[str | None, Parameter(query="type")] = None,
-    parent_task_id: Annotated[str | None, Parameter(query="parentTaskId")] = None,
-    sort_by: Annotated[str, Parameter(query="sortBy")] = "created_at",
-    sort_order_: Annotated[str, Parameter(query="sortOrder")] = "desc",
+    limit: Annotated[int, QueryParameter(ge=1, le=100)] = 20,
+    offset: Annotated[int, QueryParameter(ge=0)] = 0,
+    run_id: Annotated[str | None, QueryParameter(name="runId")] = None,
+    status: FromQuery[TaskStatus | None] = None,
+    task_type: Annotated[str | None, QueryParameter(name="type")] = None,
+    parent_task_id: Annotated[str | None, QueryParameter(name="parentTaskId")] = None,
+    sort_by: Annotated[str, QueryParameter(name="sortBy")] = "created_at",
+    sort_order_: Annotated[str, QueryParameter(name="sortOrder")] = "desc",
 ) -> TaskList:
     """Tasks of the organisation, filtered by run, status, type or parent; ties broken by id."""
     column = sort_column(sort_by, ("created_at", "started_at", "completed_at"))
@@ -120,16 +128,28 @@ async def list_tasks(
         parent_task_id is not None and not ids.is_uuid(parent_task_id)
     ):
         return TaskList(data=[], pagination=pagination)
-    filters = {"run_id": run_id, "status": status, "type": task_type, "parent_task_id": parent_task_id}
+    filters = {
+        "run_id": run_id,
+        "status": status,
+        "type": task_type,
+        "parent_task_id": parent_task_id,
+    }
     async with org_conn(request) as (org_id, conn):
         page = await tasks_store.list_tasks(
-            conn, org_id=org_id, filters=filters, sort_by=column, sort_order=order,
-            limit=limit, offset=offset,
+            conn,
+            org_id=org_id,
+            filters=filters,
+            sort_by=column,
+            sort_order=order,
+            limit=limit,
+            offset=offset,
         )
     pagination.total = page.total
     return TaskList(data=page.items, pagination=pagination)
 
 
 router = Router(
-    path="/api/v1/tasks", route_handlers=[create_task, get_task, update_task, list_tasks], tags=["tasks"]
+    path="/api/v1/tasks",
+    route_handlers=[create_task, get_task, update_task, list_tasks],
+    tags=["tasks"],
 )
