@@ -8,12 +8,15 @@ from collections.abc import Iterator
 
 import typer
 
+from foreman import keys_cli
+from foreman.bench.command import bench as bench_command
 from foreman.logs import configure_logging
 from foreman.settings import Settings
 
 logger = logging.getLogger("foreman")
 
 app = typer.Typer(help="Foreman: workflow orchestration on PostgreSQL.", no_args_is_help=True)
+app.add_typer(keys_cli.app, name="keys")
 
 
 @contextlib.contextmanager
@@ -68,6 +71,40 @@ def migrate() -> None:
         applied = apply_migrations(url)
     typer.echo(
         f"applied {len(applied)} migration(s)" + (f": {', '.join(applied)}" if applied else "")
+    )
+
+
+app.command(name="bench")(bench_command)
+
+
+@app.command()
+def worker(
+    target: str = typer.Argument(help="module:attribute naming a dict {task type: handler}."),
+    concurrency: int = typer.Option(10, min=1, help="Handlers running at once."),
+    backend: str | None = typer.Option(
+        None, help="postgres or bullmq (default: what the server advertises)."
+    ),
+    burst: bool = typer.Option(False, help="Exit once no ready task is left."),
+    lease: float = typer.Option(30.0, min=1.0, help="Lease length in seconds."),
+    grace: float = typer.Option(30.0, min=0.0, help="Seconds running handlers get on SIGTERM."),
+    endpoint: str | None = typer.Option(None, help="Server URL (default FOREMAN_ENDPOINT)."),
+) -> None:
+    """Run task handlers until SIGTERM/SIGINT (the API key comes from FOREMAN_API_KEY)."""
+    settings = Settings()
+    configure_logging(settings.log_level, json_lines=settings.log_json)
+    if backend not in (None, "postgres", "bullmq"):
+        raise typer.BadParameter("backend must be postgres or bullmq", param_hint="--backend")
+    from foreman.worker.runner import run_worker
+
+    run_worker(
+        target,
+        concurrency=concurrency,
+        backend=backend,  # type: ignore[arg-type]
+        burst=burst,
+        lease_s=lease,
+        grace_s=grace,
+        endpoint=endpoint,
+        api_key=settings.api_key,
     )
 
 

@@ -243,3 +243,131 @@ class RunDataCreate(_In):
 class TagsUpdate(_In):
     add: Tags | None = None
     remove: Tags | None = None
+
+
+# ---------------------------------------------------------------- queue (docs/queue-protocol.md)
+
+BatchSize = Meta(min_length=1, max_length=1000)
+ClaimLimit = Annotated[int, Meta(ge=1, le=1000)]
+LeaseMs = Annotated[int, Meta(ge=1000, le=3_600_000)]
+WaitMs = Annotated[int, Meta(ge=0, le=60_000)]
+DEFAULT_LEASE_MS = 30_000
+
+
+class TaskBatchCreate(_In):
+    """POST /tasks/batch: 1..1000 tasks, created in one transaction."""
+
+    tasks: Annotated[list[TaskCreate], BatchSize]
+
+
+class TaskItems(_Out):
+    """``{"data": [Task, ...]}`` in request order (batch create, claim)."""
+
+    data: list[Task]
+
+
+class TaskClaim(_In):
+    """POST /tasks/claim: lease up to ``limit`` ready tasks, long-polling up to ``waitMs``."""
+
+    worker_id: Name
+    types: Annotated[list[Name], Meta(max_length=1000)] | None = None
+    limit: ClaimLimit = 1
+    lease_ms: LeaseMs = DEFAULT_LEASE_MS
+    wait_ms: WaitMs = 0
+
+
+class TaskClaimOne(_In):
+    """POST /tasks/{id}/claim."""
+
+    worker_id: Name
+    lease_ms: LeaseMs = DEFAULT_LEASE_MS
+
+
+class LeaseRef(_In):
+    """A held task and the fencing token of its attempt."""
+
+    task_id: uuid.UUID
+    lease_token: uuid.UUID
+
+
+class Heartbeat(_In):
+    """POST /tasks/heartbeat: renew many leases at once."""
+
+    leases: Annotated[list[LeaseRef], Meta(max_length=1000)]
+    lease_ms: LeaseMs = DEFAULT_LEASE_MS
+
+
+class HeartbeatOne(_In):
+    """POST /tasks/{id}/heartbeat."""
+
+    lease_token: uuid.UUID
+    lease_ms: LeaseMs = DEFAULT_LEASE_MS
+
+
+class LeaseStatus(msgspec.Struct, rename="camel"):
+    """A lease after a heartbeat; every field is always present (``leaseExpiresAt`` may be null)."""
+
+    task_id: str
+    ok: bool
+    cancelled: bool
+    lease_expires_at: int | None
+
+
+class LeaseStatusList(_Out):
+    data: list[LeaseStatus]
+
+
+class TaskComplete(_In):
+    """POST /tasks/{id}/complete."""
+
+    lease_token: uuid.UUID
+    output_data: Any = None
+
+
+class TaskFail(_In):
+    """POST /tasks/{id}/fail: retried after a backoff while attempts remain and retryable."""
+
+    lease_token: uuid.UUID
+    error_data: Any = None
+    retryable: bool = True
+
+
+class TaskRelease(_In):
+    """POST /tasks/{id}/release: back to the queue, the attempt not counted."""
+
+    lease_token: uuid.UUID
+
+
+class TaskResult(_In):
+    """One ended attempt in POST /tasks/complete."""
+
+    task_id: uuid.UUID
+    lease_token: uuid.UUID
+    status: Literal["completed", "failed"]
+    output_data: Any = None
+    error_data: Any = None
+    retryable: bool = True
+
+
+class TaskResults(_In):
+    """POST /tasks/complete: 1..1000 ended attempts."""
+
+    results: Annotated[list[TaskResult], BatchSize]
+
+
+class LeaseRefs(_In):
+    """POST /tasks/release: 1..1000 leases to give back."""
+
+    leases: Annotated[list[LeaseRef], BatchSize]
+
+
+class TaskAck(msgspec.Struct, rename="camel"):
+    """The answer for one item of a batch: ok = recorded; status = the task's status now."""
+
+    task_id: str
+    ok: bool
+    status: str | None
+
+
+class TaskAckList(_Out):
+    data: list[TaskAck]

@@ -51,6 +51,21 @@ class Settings(BaseSettings):
     allow_test_key: bool = True
     api_key: str | None = None
 
+    # Security (docs/security.md). "format" is SPEC section 3's trusted-environment check;
+    # "registered" accepts only keys made by `foreman keys create` that are not revoked.
+    auth_mode: Literal["format", "registered"] = "format"
+    auth_cache_ttl_s: float = Field(default=5.0, ge=0)  # how long a revoked key may still work
+    # Requests per organisation per process: "100/s", "6000/min", "100" (= per second).
+    rate_limit: str | None = Field(
+        default=None, pattern=r"^\s*(\d+(\.\d+)?\s*(/\s*(s|sec|second|m|min|minute|h|hour))?)?\s*$"
+    )
+    rate_limit_burst: int | None = Field(default=None, ge=1)  # default: one second's worth
+    max_json_depth: int = Field(default=64, ge=2)  # nesting of a request body, envelope included
+    body_timeout_s: float = Field(default=30.0, gt=0)  # a body not received by then gets 408
+    # Whether /api/v1/config returns REDIS_PASSWORD: "always" (SPEC section 5, the default),
+    # "registered" (only to callers of a registered key), "never".
+    expose_redis_password: Literal["always", "registered", "never"] = "always"
+
     queue_backend: Literal["postgres", "bullmq"] = "postgres"
     redis_host: str = Field(
         default="localhost", validation_alias=_env("FOREMAN_REDIS_HOST", "REDIS_HOST")
@@ -70,7 +85,14 @@ class Settings(BaseSettings):
         validation_alias=_env("FOREMAN_RESULT_QUEUE_NAME", "RESULT_QUEUE_NAME"),
     )
 
+    sweep_enabled: bool = True  # run the sweeper in this process (safe in every replica)
     sweep_interval_s: float = Field(default=1.0, gt=0)
+    sweep_batch: int = Field(default=1000, ge=1)  # expired leases / Redis checks per sweep
+    # bullmq: a ready task is checked for its job only once it has been ready this long, so
+    # that a publish in flight after its commit is not mistaken for a lost one.
+    sweep_publish_grace_s: float = Field(default=3.0, ge=0)
+    # Long polls (claim, wait) re-check at least this often if no NOTIFY woke them (fallback).
+    poll_interval_s: float = Field(default=1.0, gt=0)
 
     def resolved_database_url(self) -> str | None:
         """The configured database URL, built from FOREMAN_DB_* if needed; None means embedded."""
@@ -81,4 +103,9 @@ class Settings(BaseSettings):
         user = quote(self.db_user or "postgres", safe="")
         password = f":{quote(self.db_password, safe='')}" if self.db_password else ""
         host = self.db_host or "localhost"
-        return f"postgresql://{user}{password}@{host}:{self.db_port}/{quote(self.db_name, safe='')}"
+        database = quote(self.db_name, safe="")
+        if host.startswith("/"):
+            # A socket directory (libpq's convention, e.g. /var/run/postgresql) goes in the query.
+            query = f"host={quote(host, safe='/')}&port={self.db_port}"
+            return f"postgresql://{user}{password}@/{database}?{query}"
+        return f"postgresql://{user}{password}@{host}:{self.db_port}/{database}"

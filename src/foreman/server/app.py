@@ -8,16 +8,20 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from litestar import Litestar, Request, get
-from litestar.config.cors import CORSConfig
+from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 
 from foreman import errors
+from foreman.queue import open_queue
 from foreman.server import errors as error_handlers
-from foreman.server.deps import AppState
-from foreman.server.middleware import RequestLogMiddleware
+from foreman.server.deps import AppState, JsonRequest
+from foreman.server.middleware import BodyLimitMiddleware, RequestLogMiddleware, cors_config
+from foreman.server.notify import Notifier
+from foreman.server.routes import queue as queue_routes
 from foreman.server.routes import run_data, runs, system, tasks
+from foreman.server.sweeper import Sweeper
 from foreman.settings import Settings
 from foreman.store import db
 
@@ -51,13 +55,6 @@ def _openapi(settings: Settings) -> OpenAPIConfig:
     )
 
 
-def _cors(settings: Settings) -> CORSConfig | None:
-    if not settings.cors_origin:
-        return None
-    origins = [o.strip() for o in settings.cors_origin.split(",") if o.strip()]
-    return CORSConfig(allow_origins=origins, allow_headers=["*"], expose_headers=["x-request-id"])
-
-
 def create_app(settings: Settings) -> Litestar:
     """The API over the database of settings.database_url (already migrated, already running)."""
     database_url = settings.resolved_database_url()
@@ -75,20 +72,39 @@ def create_app(settings: Settings) -> Litestar:
             command_timeout_s=settings.db_command_timeout_s,
             connect_timeout_s=settings.db_connect_timeout_s,
         )
-        app.state.foreman = AppState(settings=settings, pool=pool)
+        queue = open_queue(settings)
+        notifier = Notifier(database_url)  # one LISTEN connection: wakes long polls
+        notifier.start()
+        sweeper = None
+        if settings.sweep_enabled:
+            sweeper = await Sweeper.open(settings, database_url=database_url, queue=queue)
+            sweeper.start()
+        app.state.foreman = AppState(settings=settings, pool=pool, queue=queue, notifier=notifier)
         try:
             yield
         finally:
+            if sweeper is not None:
+                await sweeper.close()
+            await notifier.close()
+            await queue.close()
             await pool.close()
 
     return Litestar(
-        route_handlers=[system.router, runs.router, tasks.router, run_data.router, openapi_json],
+        route_handlers=[
+            system.router,
+            runs.router,
+            tasks.router,
+            queue_routes.router,
+            run_data.router,
+            openapi_json,
+        ],
         lifespan=[lifespan],
         exception_handlers=error_handlers.EXCEPTION_HANDLERS,
-        middleware=[RequestLogMiddleware],
+        middleware=[RequestLogMiddleware, DefineMiddleware(BodyLimitMiddleware, settings=settings)],
         openapi_config=_openapi(settings),
-        cors_config=_cors(settings),
+        cors_config=cors_config(settings),
         request_max_body_size=settings.max_body_bytes,
+        request_class=JsonRequest,  # strict JSON bodies (SPEC section 2)
         logging_config=None,
         state=None,
         debug=False,

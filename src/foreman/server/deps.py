@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
+import msgspec
 from litestar import Request
 from litestar.openapi.datastructures import ResponseSpec
 
 from foreman import errors, ids
 from foreman.models import ErrorBody, Task
-from foreman.server import auth
+from foreman.server import auth, notify
+from foreman.server import errors as error_handlers
 from foreman.settings import Settings
 from foreman.store import db
+
+# Largest offset a list accepts: beyond it no page can hold rows, and PostgreSQL's bigint ends.
+MAX_OFFSET = 2**53
 
 
 @dataclass(slots=True)
@@ -25,11 +31,47 @@ class AppState:
     settings: Settings
     pool: asyncpg.Pool  # type: ignore[type-arg]
     queue: Any = None
+    notifier: notify.Notifier | None = None  # wakes long polls; None = polling only
 
     async def publish(self, tasks: list[Task]) -> None:
         """Hand queued tasks to the queue backend (the postgres backend needs nothing more)."""
         if self.queue is not None and tasks:
             await self.queue.publish(tasks)
+
+
+@functools.cache
+def _decoder(body_type: Any) -> msgspec.json.Decoder[Any]:
+    return msgspec.json.Decoder(body_type)
+
+
+class JsonRequest(Request[Any, Any, Any]):
+    """A request whose JSON body is decoded once, strictly, straight into the handler's body type.
+
+    Litestar decodes to builtins and then converts with ``strict=False``, which accepts ``"3"`` and
+    ``3.0`` for an integer; SPEC section 2 makes a wrong type a 400. Litestar's later conversion
+    passes the decoded struct through unchanged.
+    """
+
+    async def json(self) -> Any:
+        data = self.route_handler.parsed_fn_signature.parameters.get("data")
+        try:
+            decoder = _decoder(Any if data is None else data.annotation)
+        except TypeError:  # not a type msgspec decodes (none of ours): Litestar's own path
+            return await super().json()
+        body = await self.body()
+        if not body.strip():
+            raise errors.ValidationError(
+                "Validation failed: body: a JSON request body is required",
+                details=[{"loc": ["body"], "msg": "a JSON request body is required"}],
+            )
+        try:
+            return decoder.decode(body)
+        except msgspec.ValidationError as exc:
+            raise error_handlers.body_validation_error(str(exc)) from exc
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+            raise errors.ClientError(f"Malformed JSON body: {exc}") from exc
+        except RecursionError as exc:
+            raise errors.ClientError("Malformed JSON body: nested too deeply") from exc
 
 
 def state(request: Request[Any, Any, Any]) -> AppState:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import enum
 import logging
+import re
 from typing import Any
 
 from litestar import Request, Response
@@ -12,21 +14,63 @@ from foreman import errors
 
 logger = logging.getLogger(__name__)
 
+# msgspec ends a validation message with the JSON path of the bad value: "... - at `$.tags[1]`".
+_AT_PATH = re.compile(r"^(?P<msg>.*) - at `\$(?P<path>[^`]*)`$", re.DOTALL)
+_PATH_PART = re.compile(r"\.([^.\[]+)|\[(\d+)\]|\[\"((?:[^\"\\]|\\.)*)\"\]")
+_NAMED_FIELD = re.compile(r"`([^`]+)`")
 
-def _detail_message(extra: Any) -> list[dict[str, Any]]:
+
+def json_path(path: str) -> list[str | int]:
+    """The parts of a msgspec JSON path (``.tags[1]`` -> ``["tags", 1]``)."""
+    parts: list[str | int] = []
+    for name, index, quoted in _PATH_PART.findall(path):
+        parts.append(int(index) if index else name or quoted)
+    return parts
+
+
+def body_error_detail(message: str) -> dict[str, Any]:
+    """``{"loc", "msg"}`` for a msgspec validation message about a request body."""
+    match = _AT_PATH.match(message)
+    msg, loc = (match["msg"], json_path(match["path"])) if match else (message, [])
+    # A missing field, or a __post_init__ check, names the field in backticks but not in the path.
+    named = _NAMED_FIELD.search(msg)
+    if named and msg.startswith(("Object missing required field", "`")):
+        loc.append(named[1])
+    return {"loc": ["body", *loc], "msg": msg}
+
+
+def body_validation_error(message: str) -> errors.ValidationError:
+    """A 400 that names the bad field of a request body."""
+    detail = body_error_detail(message)
+    where = ".".join(str(part) for part in detail["loc"][1:]) or "body"
+    return errors.ValidationError(f"Validation failed: {where}: {detail['msg']}", details=[detail])
+
+
+def _wire_name(request: Request[Any, Any, Any], key: str) -> str:
+    """The name a client used for a parameter (``includeAll``, not ``include_all``)."""
+    field = request.route_handler.parsed_fn_signature.parameters.get(key)
+    kwarg = getattr(field, "kwarg_definition", None)
+    for attribute in ("name", "query", "header"):
+        alias = getattr(kwarg, attribute, None)
+        if isinstance(alias, str) and alias:
+            return alias
+    return key
+
+
+def _details(request: Request[Any, Any, Any], extra: Any) -> list[dict[str, Any]]:
     details: list[dict[str, Any]] = []
-    if isinstance(extra, list):
-        for item in extra:
-            if isinstance(item, dict):
-                message = str(item.get("message", "invalid value"))
-                key = str(item.get("key") or "")
-                # A __post_init__ check names its field in backticks; the decoder only says "data".
-                if key == "data" and message.startswith("`"):
-                    key = message.split("`")[1]
-                loc = [str(item.get("source") or "body")]
-                if key:
-                    loc.append(key)
-                details.append({"loc": loc, "msg": message})
+    for item in extra if isinstance(extra, list) else []:
+        if not isinstance(item, dict):
+            continue
+        message = str(item.get("message", "invalid value"))
+        source = item.get("source") or "body"
+        source = source.value if isinstance(source, enum.Enum) else str(source)
+        key = str(item.get("key") or "")
+        if source == "body":
+            key = "" if key == "data" else key  # Litestar's name for the whole body
+            details.append(body_error_detail(f"{message} - at `$.{key}`" if key else message))
+        else:
+            details.append({"loc": [source, _wire_name(request, key)], "msg": message})
     return details
 
 
@@ -37,18 +81,19 @@ def foreman_error(_: Request[Any, Any, Any], exc: errors.ForemanError) -> Respon
     return Response(exc.to_body(), status_code=exc.status_code, headers=headers)
 
 
-def validation_error(_: Request[Any, Any, Any], exc: ValidationException) -> Response[Any]:
-    details = _detail_message(exc.extra)
+def validation_error(request: Request[Any, Any, Any], exc: ValidationException) -> Response[Any]:
+    details = _details(request, exc.extra)
     if details:
-        named = "; ".join(f"{d['loc'][-1]}: {d['msg']}" for d in details)
+        named = "; ".join(
+            f"{'.'.join(str(p) for p in d['loc'][1:]) or d['loc'][0]}: {d['msg']}" for d in details
+        )
         body = {
             "error": f"Validation failed: {named}",
             "code": "validation_error",
             "details": details,
         }
     else:
-        # msgspec's own text for malformed JSON ("Input data was truncated", ...)
-        body = {"error": f"Malformed request body: {exc.detail}", "code": "bad_request"}
+        body = {"error": f"Malformed request: {exc.detail}", "code": "bad_request"}
     return Response(body, status_code=400)
 
 
@@ -58,6 +103,8 @@ _CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: 
 def http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
     if exc.status_code == 404:
         message = f"Not found: {request.method} {request.url.path}"
+    elif exc.status_code == 405:
+        message = f"Method not allowed: {request.method} {request.url.path}"
     elif exc.status_code == 413:
         message = f"Request body too large (limit {request.app.state.foreman.settings.max_body_bytes} bytes)"
     else:

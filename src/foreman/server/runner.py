@@ -36,7 +36,7 @@ def _socket(host: str, port: int, *, reuse_port: bool) -> socket.socket:
 
 
 def _uvicorn_config(settings: Settings) -> uvicorn.Config:
-    from foreman.server.app import create_app  # noqa: PLC0415 - imported in the serving process
+    from foreman.server.app import create_app
 
     return uvicorn.Config(
         create_app(settings),
@@ -98,6 +98,6 @@ def _exit(_signum: int, _frame: Any) -> None:
 
 
 def _interrupt(pid: int) -> None:
-    import os  # noqa: PLC0415
+    import os
 
     os.kill(pid, signal.SIGINT)

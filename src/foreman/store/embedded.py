@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,37 @@ class EmbeddedPostgres:
     def stop(self) -> None:
         """Stop the server; the data stays for the next start."""
         self.server.cleanup()
-        logger.info("embedded PostgreSQL stopped (data kept in %s)", self.pgdata)
+        if (self.pgdata / "postmaster.pid").exists():
+            # pgserver stops it only when the last process using it lets go.
+            logger.info(
+                "embedded PostgreSQL left running for other processes using %s", self.pgdata
+            )
+        else:
+            logger.info("embedded PostgreSQL stopped (data kept in %s)", self.pgdata)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _forget_dead_users(pgserver: Any, pgdata: Path) -> None:
+    # pgserver stops the server when the last process in its list of users exits; a process that
+    # was killed (SIGKILL, OOM) never takes itself off, and then the server is never stopped again.
+    handles = pgdata / ".handle_pids.json"
+    with pgserver.PostgresServer._lock:
+        try:
+            pids = json.loads(handles.read_text())
+        except (OSError, ValueError):
+            return
+        alive = [pid for pid in pids if isinstance(pid, int) and _pid_alive(pid)]
+        if alive != pids:
+            handles.write_text(json.dumps(alive))
 
 
 def start_embedded(data_dir: Path) -> EmbeddedPostgres:
@@ -37,6 +69,7 @@ def start_embedded(data_dir: Path) -> EmbeddedPostgres:
         ) from exc
     pgdata = (data_dir / "pgdata").resolve()
     pgdata.parent.mkdir(parents=True, exist_ok=True)
+    _forget_dead_users(pgserver, pgdata)
     # cleanup_mode="stop": stopped when the last process using it exits, data kept.
     server = pgserver.get_server(pgdata, cleanup_mode="stop")
     if "foreman" not in server.psql("SELECT datname FROM pg_database;"):

@@ -6,6 +6,8 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
+
 from foreman.models import TERMINAL_STATUSES, Task
 from foreman.store.db import Db
 from foreman.store.queries import SORT_ORDERS, Page, Where
@@ -140,6 +142,117 @@ async def insert_task(
     return InsertResult(existing, False, run_found, parent_found)
 
 
+# Many tasks in one statement (POST /tasks/batch): all of them or none. A parent may be an
+# existing task of the same run or an earlier task of the batch. Idempotent repeats (keys that
+# exist, or repeat within the batch) return the existing task; counters grow once per run.
+_INSERT_TASKS = f"""
+WITH i AS (
+    SELECT *
+      FROM unnest($2::uuid[], $3::uuid[], $4::uuid[], $5::text[], $6::text[], $7::jsonb[],
+                  $8::jsonb[], $9::int[], $10::int[], $11::bigint[], $12::text[])
+           WITH ORDINALITY AS i(id, run_id, parent_task_id, type, status, input_data, metadata,
+                                max_retries, priority, run_after, idempotency_key, ord)
+), r AS (
+    SELECT id FROM run WHERE org_id = $1 AND id IN (SELECT run_id FROM i)
+), p AS (
+    SELECT id, run_id FROM task WHERE org_id = $1 AND id IN (SELECT parent_task_id FROM i)
+), v AS (
+    SELECT i.ord,
+           i.run_id IN (SELECT id FROM r) AS run_ok,
+           (i.parent_task_id IS NULL
+            OR EXISTS (SELECT 1 FROM p WHERE p.id = i.parent_task_id AND p.run_id = i.run_id)
+            OR EXISTS (SELECT 1 FROM i AS e
+                        WHERE e.id = i.parent_task_id AND e.run_id = i.run_id AND e.ord < i.ord)
+           ) AS parent_ok
+      FROM i
+), ins AS (
+    INSERT INTO task (id, run_id, parent_task_id, org_id, type, status, input_data, metadata,
+                      max_retries, priority, run_after, idempotency_key, created_at, updated_at,
+                      queued_at)
+    SELECT i.id, i.run_id, i.parent_task_id, $1, i.type, i.status, i.input_data, i.metadata,
+           i.max_retries, i.priority, i.run_after, i.idempotency_key, $13, $13,
+           CASE WHEN i.status = 'queued' THEN $13::bigint END
+      FROM i
+     WHERE NOT EXISTS (SELECT 1 FROM v WHERE NOT (v.run_ok AND v.parent_ok))
+     ORDER BY i.ord
+    ON CONFLICT (org_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+    RETURNING *
+), c AS (
+    INSERT INTO run_counter (run_id, shard, org_id, total_tasks)
+    SELECT run_id, $14, org_id, count(*) FROM ins GROUP BY run_id, org_id
+    ON CONFLICT (run_id, shard) DO UPDATE
+       SET total_tasks = run_counter.total_tasks + EXCLUDED.total_tasks
+), x AS (
+    SELECT * FROM task
+     WHERE org_id = $1 AND idempotency_key IN (SELECT idempotency_key FROM i)
+), m AS (
+    SELECT i.ord, ins.* FROM i JOIN ins ON ins.id = i.id
+    UNION ALL
+    SELECT i.ord, k.*
+      FROM i JOIN (SELECT * FROM ins UNION ALL SELECT * FROM x) k
+        ON k.idempotency_key = i.idempotency_key
+     WHERE NOT EXISTS (SELECT 1 FROM ins WHERE ins.id = i.id)
+)
+SELECT v.run_ok, v.parent_ok,
+       (SELECT count(pg_notify('foreman_task_ready', $1))
+          FROM (SELECT 1 FROM ins WHERE status = 'queued' AND run_after <= $13 LIMIT 1) q),
+       {COLUMNS}
+  FROM v
+  LEFT JOIN m AS t ON t.ord = v.ord
+ ORDER BY v.ord
+"""
+
+
+def _jsonb_items(values: list[Any]) -> list[msgspec.Raw | None]:
+    # Encoded here: asyncpg would take a JSON array for a nested dimension of the jsonb[] array.
+    return [None if v is None else msgspec.Raw(msgspec.json.encode(v)) for v in values]
+
+
+@dataclass(frozen=True, slots=True)
+class BatchInsertResult:
+    """Tasks in input order (None only where a row failed), and the first row that failed."""
+
+    tasks: list[Task | None]
+    created: list[bool]
+    failed_index: int | None = None
+    run_found: bool = True
+    parent_found: bool = True
+
+
+async def insert_tasks(
+    conn: Db, *, org_id: str, task_ids: list[str], news: list[NewTask], now: int
+) -> BatchInsertResult:
+    """Create tasks in one statement: all of them, or none when a run or parent is missing."""
+    records = await conn.fetch(
+        _INSERT_TASKS,
+        org_id,
+        task_ids,
+        [n.run_id for n in news],
+        [n.parent_task_id for n in news],
+        [n.task_type for n in news],
+        ["queued" if n.enqueue else "pending" for n in news],
+        _jsonb_items([n.input_data for n in news]),
+        _jsonb_items([n.metadata for n in news]),
+        [n.max_retries for n in news],
+        [n.priority for n in news],
+        [now + n.delay_ms for n in news],
+        [n.idempotency_key for n in news],
+        now,
+        shard(),
+    )
+    for index, record in enumerate(records):
+        if not (record[0] and record[1]):
+            return BatchInsertResult([], [], index, record[0], record[1])
+    tasks: list[Task | None] = [None if r[3] is None else task_from(r, 3) for r in records]
+    for index, task in enumerate(tasks):
+        key = news[index].idempotency_key
+        if task is None and key is not None:
+            # The key's task was committed by a concurrent request after this statement began.
+            tasks[index] = await get_task_by_key(conn, org_id=org_id, key=key)
+    created = [t is not None and t.id == i for t, i in zip(tasks, task_ids, strict=True)]
+    return BatchInsertResult(tasks, created)
+
+
 async def get_task(conn: Db, *, org_id: str, task_id: str) -> Task | None:
     """The task, or None."""
     record = await conn.fetchrow(_GET_TASK, org_id, task_id)
@@ -203,11 +316,15 @@ WITH t AS (
        AND ($4::text IS NULL OR status NOT IN ('completed', 'failed', 'cancelled'))
     RETURNING *
 ), c AS ({COUNT_TERMINAL.format(shard=shard(), source="t", condition="AND $4::text IS NOT NULL")})
-SELECT {COLUMNS} FROM t
+SELECT CASE WHEN $4::text IN ('completed', 'failed', 'cancelled')
+            THEN pg_notify('foreman_task_done', t.id::text)
+            WHEN $4::text = 'queued' THEN pg_notify('foreman_task_ready', $1) END,
+       {COLUMNS} FROM t
 """
     record = await conn.fetchrow(sql, org_id, task_id, now, status, *(changes[n] for n in names))
     if record is not None:
-        return UpdateResult(task_from(record), True, False)
+        # Column 0 wakes `wait` long-polls (a terminal move) or claimers (a move to queued).
+        return UpdateResult(task_from(record, 1), True, False)
     current = await get_task(conn, org_id=org_id, task_id=task_id)
     if current is None:
         return UpdateResult(None, False, False)

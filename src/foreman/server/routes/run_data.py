@@ -9,7 +9,15 @@ from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from foreman import errors, ids
 from foreman.models import Deleted, Pagination, RunData, RunDataCreate, RunDataList, TagsUpdate
-from foreman.server.deps import error_responses, org_conn, require_uuid, sort_column, sort_order
+from foreman.server import auth
+from foreman.server.deps import (
+    MAX_OFFSET,
+    error_responses,
+    org_conn,
+    require_uuid,
+    sort_column,
+    sort_order,
+)
 from foreman.store import run_data as store
 from foreman.store.queries import split_list
 
@@ -53,7 +61,7 @@ async def query_run_data(
     tag_mode: Annotated[Literal["any", "all"], QueryParameter(name="tagMode")] = "any",
     include_all: Annotated[bool, QueryParameter(name="includeAll")] = False,
     limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
-    offset: Annotated[int, QueryParameter(ge=0)] = 0,
+    offset: Annotated[int, QueryParameter(ge=0, le=MAX_OFFSET)] = 0,
     sort_by: Annotated[str, QueryParameter(name="sortBy")] = "created_at",
     sort_order_: Annotated[str, QueryParameter(name="sortOrder")] = "desc",
 ) -> RunDataList:
@@ -137,6 +145,7 @@ async def delete_run_data(
 
 
 router = Router(
+    guards=[auth.require_org],
     path="/api/v1/runs/{run_id:str}/data",
     route_handlers=[create_run_data, query_run_data, update_run_data_tags, delete_run_data],
     tags=["run data"],

@@ -10,7 +10,15 @@ from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from foreman import errors, ids
 from foreman.models import Pagination, Run, RunCreate, RunList, RunStatus, RunUpdate
-from foreman.server.deps import error_responses, org_conn, require_uuid, sort_column, sort_order
+from foreman.server import auth
+from foreman.server.deps import (
+    MAX_OFFSET,
+    error_responses,
+    org_conn,
+    require_uuid,
+    sort_column,
+    sort_order,
+)
 from foreman.store import runs as runs_store
 
 
@@ -59,7 +67,7 @@ async def update_run(
 async def list_runs(
     request: Request[Any, Any, Any],
     limit: Annotated[int, QueryParameter(ge=1, le=100)] = 20,
-    offset: Annotated[int, QueryParameter(ge=0)] = 0,
+    offset: Annotated[int, QueryParameter(ge=0, le=MAX_OFFSET)] = 0,
     status: FromQuery[RunStatus | None] = None,
     sort_by: Annotated[str, QueryParameter(name="sortBy")] = "created_at",
     sort_order_: Annotated[str, QueryParameter(name="sortOrder")] = "desc",
@@ -83,5 +91,8 @@ async def list_runs(
 
 
 router = Router(
-    path="/api/v1/runs", route_handlers=[create_run, get_run, update_run, list_runs], tags=["runs"]
+    guards=[auth.require_org],
+    path="/api/v1/runs",
+    route_handlers=[create_run, get_run, update_run, list_runs],
+    tags=["runs"],
 )

@@ -17,7 +17,7 @@ from foreman.models import (
     QueuesConfig,
     RedisConfig,
 )
-from foreman.server.auth import request_org
+from foreman.server.auth import may_see_redis_password, require_org
 from foreman.server.deps import error_responses, state
 from foreman.settings import Settings
 
@@ -29,7 +29,7 @@ async def _database_ok(request: Request[Any, Any, Any]) -> bool:
         async with asyncio.timeout(HEALTH_TIMEOUT_S):
             async with state(request).pool.acquire() as conn:
                 await conn.fetchval("SELECT 1")
-    except Exception:  # noqa: BLE001 - any failure means "not healthy", the reason is logged by asyncpg
+    except Exception:  # any failure means "not healthy"; asyncpg logs the reason
         return False
     return True
 
@@ -41,7 +41,7 @@ async def _redis_status(request: Request[Any, Any, Any]) -> str:
     try:
         async with asyncio.timeout(HEALTH_TIMEOUT_S):
             await queue.ping()
-    except Exception:  # noqa: BLE001
+    except Exception:  # any failure means "disconnected"
         return "disconnected"
     return "connected"
 
@@ -80,31 +80,28 @@ def queues_config(settings: Settings) -> QueuesConfig:
     )
 
 
-@get("/api/v1/config", responses=error_responses())
+@get("/api/v1/config", guards=[require_org], responses=error_responses())
 async def get_config(request: Request[Any, Any, Any]) -> Config:
     """Server version, Redis connection, queue names and the queue backend in use."""
-    request_org(request)
     settings = state(request).settings
     return Config(
         version=settings.version,
         environment=settings.environment,
-        redis=redis_config(settings, with_password=True),
+        redis=redis_config(settings, with_password=may_see_redis_password(request)),
         queues=queues_config(settings),
         queue=QueueBackendConfig(backend=settings.queue_backend),
     )
 
 
-@get("/api/v1/config/redis", responses=error_responses())
+@get("/api/v1/config/redis", guards=[require_org], responses=error_responses())
 async def get_redis_config(request: Request[Any, Any, Any]) -> RedisConfig:
     """The Redis connection workers use."""
-    request_org(request)
-    return redis_config(state(request).settings, with_password=True)
+    return redis_config(state(request).settings, with_password=may_see_redis_password(request))
 
 
-@get("/api/v1/config/queues", responses=error_responses())
+@get("/api/v1/config/queues", guards=[require_org], responses=error_responses())
 async def get_queues_config(request: Request[Any, Any, Any]) -> QueuesConfig:
     """The queue names."""
-    request_org(request)
     return queues_config(state(request).settings)
 
 

@@ -11,7 +11,9 @@ from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from foreman import errors, ids
 from foreman.models import Pagination, Task, TaskCreate, TaskList, TaskStatus, TaskUpdate
+from foreman.server import auth
 from foreman.server.deps import (
+    MAX_OFFSET,
     error_responses,
     org_conn,
     require_uuid,
@@ -111,7 +113,7 @@ async def update_task(
 async def list_tasks(
     request: Request[Any, Any, Any],
     limit: Annotated[int, QueryParameter(ge=1, le=100)] = 20,
-    offset: Annotated[int, QueryParameter(ge=0)] = 0,
+    offset: Annotated[int, QueryParameter(ge=0, le=MAX_OFFSET)] = 0,
     run_id: Annotated[str | None, QueryParameter(name="runId")] = None,
     status: FromQuery[TaskStatus | None] = None,
     task_type: Annotated[str | None, QueryParameter(name="type")] = None,
@@ -149,6 +151,7 @@ async def list_tasks(
 
 
 router = Router(
+    guards=[auth.require_org],
     path="/api/v1/tasks",
     route_handlers=[create_task, get_task, update_task, list_tasks],
     tags=["tasks"],

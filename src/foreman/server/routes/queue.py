@@ -1,0 +1,363 @@
+"""The queue endpoints of docs/queue-protocol.md: batch create, claim, heartbeat, end, wait.
+
+Leases carry a fencing token: a call with a stale token changes nothing (409, or ``ok: false``
+in a batch). Long polls (claim with ``waitMs``, wait) hold no database connection while they
+sleep; the process's LISTEN connection (server/notify.py) wakes them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Iterator
+from typing import Annotated, Any
+
+from litestar import Request, Router, get, post
+from litestar.params import FromPath, JSONBody, QueryParameter
+
+from foreman import errors, ids
+from foreman.models import (
+    TERMINAL_STATUSES,
+    Heartbeat,
+    HeartbeatOne,
+    LeaseRefs,
+    LeaseStatus,
+    LeaseStatusList,
+    Task,
+    TaskAck,
+    TaskAckList,
+    TaskBatchCreate,
+    TaskClaim,
+    TaskClaimOne,
+    TaskComplete,
+    TaskFail,
+    TaskItems,
+    TaskRelease,
+    TaskResults,
+)
+from foreman.server import auth
+from foreman.server.deps import AppState, error_responses, org_conn, require_uuid, state
+from foreman.server.notify import sleep_until
+from foreman.server.routes.tasks import new_task
+from foreman.store import db
+from foreman.store import queue as queue_store
+from foreman.store import tasks as tasks_store
+
+DEFAULT_WAIT_MS = 30_000
+
+
+@contextlib.contextmanager
+def _watch(
+    app: AppState, *, org_id: str | None = None, task_id: str | None = None
+) -> Iterator[asyncio.Event]:
+    """The event a long poll sleeps on; without a notifier, a plain event (polling only)."""
+    notifier = app.notifier
+    if notifier is None:
+        yield asyncio.Event()
+    elif task_id is not None:
+        with notifier.watch_done(task_id) as event:
+            yield event
+    else:
+        assert org_id is not None
+        with notifier.watch_ready(org_id) as event:
+            yield event
+
+
+# ---------------------------------------------------------------- create
+
+
+@post("/batch", status_code=201, responses=error_responses(400, 404, 409, 413))
+async def create_tasks(
+    request: Request[Any, Any, Any], data: JSONBody[TaskBatchCreate]
+) -> TaskItems:
+    """Create 1..1000 tasks in one transaction; idempotent repeats return the existing task."""
+    news = [new_task(item) for item in data.tasks]
+    task_ids = [ids.new_id() for _ in news]
+    async with org_conn(request) as (org_id, conn):
+        result = await tasks_store.insert_tasks(
+            conn, org_id=org_id, task_ids=task_ids, news=news, now=ids.now_ms()
+        )
+    if result.failed_index is not None:
+        new = news[result.failed_index]
+        what = (
+            f"Run not found: {new.run_id}"
+            if not result.run_found
+            else (f"Parent task not found: {new.parent_task_id}")
+        )
+        raise errors.NotFoundError(what, index=result.failed_index)
+    if any(task is None for task in result.tasks):
+        raise errors.ConflictError("A task could not be created, try again")
+    tasks = [task for task in result.tasks if task is not None]
+    # After the commit: a lost publish is repaired by the sweeper; a phantom job would not be.
+    await state(request).publish(
+        [
+            t
+            for t, made, new in zip(tasks, result.created, news, strict=True)
+            if made and new.enqueue
+        ]
+    )
+    return TaskItems(data=tasks)
+
+
+# ---------------------------------------------------------------- claim
+
+
+@post("/claim", status_code=200, responses=error_responses(400))
+async def claim_tasks(request: Request[Any, Any, Any], data: JSONBody[TaskClaim]) -> TaskItems:
+    """Lease up to ``limit`` ready tasks; when none is ready, wait up to ``waitMs`` for one."""
+    org_id = auth.request_org(request)
+    app = state(request)
+    deadline = time.monotonic() + data.wait_ms / 1000
+    with _watch(app, org_id=org_id) as woken:
+        while True:
+            woken.clear()  # before the query: a NOTIFY during it must still wake the wait
+            async with db.org_connection(app.pool, org_id) as conn:
+                with db.translate_errors():
+                    tasks = await queue_store.claim_tasks(
+                        conn,
+                        org_id=org_id,
+                        worker_id=data.worker_id,
+                        types=data.types,
+                        limit=data.limit,
+                        lease_ms=data.lease_ms,
+                        now=ids.now_ms(),
+                    )
+            remaining_s = deadline - time.monotonic()
+            if tasks or remaining_s <= 0:
+                return TaskItems(data=tasks)
+            await sleep_until(woken, min(remaining_s, app.settings.poll_interval_s))
+
+
+@post("/{task_id:str}/claim", status_code=200, responses=error_responses(400, 404, 409))
+async def claim_task(
+    request: Request[Any, Any, Any], task_id: FromPath[str], data: JSONBody[TaskClaimOne]
+) -> Task:
+    """Lease one task by id (a BullMQ job named it); 409 if it is over or held by a live lease."""
+    require_uuid(task_id, "Task")
+    async with org_conn(request) as (org_id, conn):
+        result = await queue_store.claim_task(
+            conn,
+            org_id=org_id,
+            task_id=task_id,
+            worker_id=data.worker_id,
+            lease_ms=data.lease_ms,
+            now=ids.now_ms(),
+        )
+    if result.task is not None:
+        return result.task
+    if result.current is None:
+        raise errors.NotFoundError(f"Task not found: {task_id}")
+    status = result.current.status
+    if status == "running":
+        raise errors.ConflictError(f"Task {task_id} is running under another lease", status=status)
+    raise errors.ConflictError(f"Task {task_id} is {status}; it cannot be claimed", status=status)
+
+
+# ---------------------------------------------------------------- heartbeat
+
+
+def _lease_status(state_: queue_store.LeaseState) -> LeaseStatus:
+    return LeaseStatus(
+        task_id=state_.task_id,
+        ok=state_.ok,
+        cancelled=state_.cancelled,
+        lease_expires_at=state_.lease_expires_at,
+    )
+
+
+@post("/heartbeat", status_code=200, responses=error_responses(400))
+async def heartbeat(request: Request[Any, Any, Any], data: JSONBody[Heartbeat]) -> LeaseStatusList:
+    """Renew many leases; ``ok: false`` = lost (drop the result), ``cancelled`` = stop early."""
+    leases = [
+        queue_store.Lease(str(lease.task_id), str(lease.lease_token)) for lease in data.leases
+    ]
+    if not leases:
+        return LeaseStatusList(data=[])
+    async with org_conn(request) as (org_id, conn):
+        states = await queue_store.heartbeat(
+            conn, org_id=org_id, leases=leases, lease_ms=data.lease_ms, now=ids.now_ms()
+        )
+    return LeaseStatusList(data=[_lease_status(s) for s in states])
+
+
+@post("/{task_id:str}/heartbeat", status_code=200, responses=error_responses(400, 404, 409))
+async def heartbeat_one(
+    request: Request[Any, Any, Any], task_id: FromPath[str], data: JSONBody[HeartbeatOne]
+) -> LeaseStatus:
+    """Renew one lease; 409 when it is lost, unless the task was cancelled (200, cancelled)."""
+    require_uuid(task_id, "Task")
+    lease = queue_store.Lease(task_id, str(data.lease_token))
+    async with org_conn(request) as (org_id, conn):
+        (result,) = await queue_store.heartbeat(
+            conn, org_id=org_id, leases=[lease], lease_ms=data.lease_ms, now=ids.now_ms()
+        )
+    if not result.found:
+        raise errors.NotFoundError(f"Task not found: {task_id}")
+    if not (result.ok or result.cancelled):
+        raise errors.ConflictError(f"Lease lost: task {task_id} is not held under this token")
+    return _lease_status(result)
+
+
+# ---------------------------------------------------------------- end of an attempt
+
+
+async def _finish_one(
+    request: Request[Any, Any, Any], task_id: str, outcome: queue_store.Outcome
+) -> Task:
+    current = None
+    async with org_conn(request) as (org_id, conn):
+        (ended,) = await queue_store.finish_tasks(
+            conn, org_id=org_id, outcomes=[outcome], now=ids.now_ms()
+        )
+        if ended.repeat:
+            current = await tasks_store.get_task(conn, org_id=org_id, task_id=task_id)
+    if not ended.found:
+        raise errors.NotFoundError(f"Task not found: {task_id}")
+    if ended.task is not None:
+        await state(request).publish([ended.task])  # bullmq: the retry's job, after its backoff
+        return ended.task
+    if ended.repeat and current is not None:
+        return current
+    raise errors.ConflictError(
+        f"Task {task_id} is {ended.status}; the lease token is not the current attempt's",
+        status=ended.status,
+    )
+
+
+@post("/{task_id:str}/complete", status_code=200, responses=error_responses(400, 404, 409))
+async def complete_task(
+    request: Request[Any, Any, Any], task_id: FromPath[str], data: JSONBody[TaskComplete]
+) -> Task:
+    """End the attempt as completed with outputData; 409 for a stale lease token."""
+    require_uuid(task_id, "Task")
+    outcome = queue_store.Outcome(
+        task_id, str(data.lease_token), "completed", output_data=data.output_data
+    )
+    return await _finish_one(request, task_id, outcome)
+
+
+@post("/{task_id:str}/fail", status_code=200, responses=error_responses(400, 404, 409))
+async def fail_task(
+    request: Request[Any, Any, Any], task_id: FromPath[str], data: JSONBody[TaskFail]
+) -> Task:
+    """End the attempt as failed: retrying after a backoff while attempts remain, else failed."""
+    require_uuid(task_id, "Task")
+    outcome = queue_store.Outcome(
+        task_id,
+        str(data.lease_token),
+        "failed",
+        error_data=data.error_data,
+        retryable=data.retryable,
+    )
+    return await _finish_one(request, task_id, outcome)
+
+
+@post("/complete", status_code=200, responses=error_responses(400))
+async def complete_tasks(
+    request: Request[Any, Any, Any], data: JSONBody[TaskResults]
+) -> TaskAckList:
+    """End many attempts in one statement; a stale lease is ``ok: false`` and changes nothing."""
+    outcomes = [
+        queue_store.Outcome(
+            str(r.task_id),
+            str(r.lease_token),
+            r.status,
+            output_data=r.output_data,
+            error_data=r.error_data,
+            retryable=r.retryable,
+        )
+        for r in data.results
+    ]
+    async with org_conn(request) as (org_id, conn):
+        ended = await queue_store.finish_tasks(
+            conn, org_id=org_id, outcomes=outcomes, now=ids.now_ms()
+        )
+    await state(request).publish([e.task for e in ended if e.task is not None])
+    return TaskAckList(data=[TaskAck(task_id=e.task_id, ok=e.ok, status=e.status) for e in ended])
+
+
+async def _release(
+    request: Request[Any, Any, Any], leases: list[queue_store.Lease]
+) -> list[queue_store.Ended]:
+    async with org_conn(request) as (org_id, conn):
+        ended = await queue_store.release_tasks(
+            conn, org_id=org_id, leases=leases, now=ids.now_ms()
+        )
+    await state(request).publish([e.task for e in ended if e.task is not None])
+    return ended
+
+
+@post("/{task_id:str}/release", status_code=200, responses=error_responses(400, 404, 409))
+async def release_task(
+    request: Request[Any, Any, Any], task_id: FromPath[str], data: JSONBody[TaskRelease]
+) -> Task:
+    """Put a held task back in the queue without counting the attempt (graceful shutdown)."""
+    require_uuid(task_id, "Task")
+    (ended,) = await _release(request, [queue_store.Lease(task_id, str(data.lease_token))])
+    if not ended.found:
+        raise errors.NotFoundError(f"Task not found: {task_id}")
+    if ended.task is None:
+        raise errors.ConflictError(
+            f"Task {task_id} is {ended.status}; the lease token is not the current attempt's",
+            status=ended.status,
+        )
+    return ended.task
+
+
+@post("/release", status_code=200, responses=error_responses(400))
+async def release_tasks(request: Request[Any, Any, Any], data: JSONBody[LeaseRefs]) -> TaskAckList:
+    """Put many held tasks back in the queue; a stale lease is ``ok: false``."""
+    leases = [
+        queue_store.Lease(str(lease.task_id), str(lease.lease_token)) for lease in data.leases
+    ]
+    ended = await _release(request, leases)
+    return TaskAckList(data=[TaskAck(task_id=e.task_id, ok=e.ok, status=e.status) for e in ended])
+
+
+# ---------------------------------------------------------------- wait
+
+
+@get("/{task_id:str}/wait", responses=error_responses(400, 404))
+async def wait_task(
+    request: Request[Any, Any, Any],
+    task_id: FromPath[str],
+    timeout_ms: Annotated[int, QueryParameter(name="timeoutMs", ge=0, le=60_000)] = DEFAULT_WAIT_MS,
+) -> Task:
+    """The task as soon as it is terminal, or as it is when timeoutMs has passed."""
+    require_uuid(task_id, "Task")
+    org_id = auth.request_org(request)
+    app = state(request)
+    deadline = time.monotonic() + timeout_ms / 1000
+    with _watch(app, task_id=task_id) as done:
+        while True:
+            done.clear()
+            async with db.org_connection(app.pool, org_id) as conn:
+                with db.translate_errors():
+                    task = await tasks_store.get_task(conn, org_id=org_id, task_id=task_id)
+            if task is None:
+                raise errors.NotFoundError(f"Task not found: {task_id}")
+            remaining_s = deadline - time.monotonic()
+            if task.status in TERMINAL_STATUSES or remaining_s <= 0:
+                return task
+            await sleep_until(done, min(remaining_s, app.settings.poll_interval_s))
+
+
+router = Router(
+    path="/api/v1/tasks",
+    guards=[auth.require_org],
+    route_handlers=[
+        create_tasks,
+        claim_tasks,
+        claim_task,
+        heartbeat,
+        heartbeat_one,
+        complete_task,
+        fail_task,
+        complete_tasks,
+        release_task,
+        release_tasks,
+        wait_task,
+    ],
+    tags=["queue"],
+)

@@ -1,0 +1,140 @@
+"""The sweeper: nothing is lost (SPEC section 7).
+
+Every ``sweep_interval_s`` each server process tries to take a transaction-level advisory lock;
+the one that gets it (one per moment, however many replicas run) turns expired leases into
+``retrying`` (or ``failed`` when the attempts ran out) and, for the ``bullmq`` backend, publishes
+again the ready tasks whose job is no longer in Redis. Its connections work across
+organisations, so they are the table owner's (no ``SET ROLE foreman_app``): row-level security
+does not apply to the owner because it is not FORCEd.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from foreman import ids
+from foreman.models import Task
+from foreman.queue.base import QueueBackend, ready_messages
+from foreman.settings import Settings
+from foreman.store import db
+from foreman.store import queue as queue_store
+
+logger = logging.getLogger(__name__)
+
+# pg_try_advisory_xact_lock key: "foreman\x01" as a big-endian int64.
+SWEEP_LOCK_KEY = int.from_bytes(b"foreman\x01", "big", signed=True)
+_TRY_LOCK = "SELECT pg_try_advisory_xact_lock($1)"
+
+
+@dataclass(frozen=True, slots=True)
+class SweepResult:
+    """What one sweep did (``locked`` False: another process was sweeping)."""
+
+    locked: bool
+    retried: int = 0
+    failed: int = 0
+    republished: int = 0
+
+
+class Sweeper:
+    """Runs sweep() periodically in the background of a server process."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool[Any],
+        *,
+        queue: QueueBackend,
+        interval_s: float,
+        batch: int,
+        grace_s: float,
+    ) -> None:
+        self._pool = pool
+        self._queue = queue
+        self._interval_s = interval_s
+        self._batch = batch
+        self._grace_ms = round(grace_s * 1000)
+        self._cursor = queue_store.ReadyCursor()
+        self._task: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def open(cls, settings: Settings, *, database_url: str, queue: QueueBackend) -> Sweeper:
+        """A sweeper with its own small pool of owner connections."""
+        pool = await db.create_pool(
+            database_url,
+            min_size=1,
+            max_size=1,
+            command_timeout_s=settings.db_command_timeout_s,
+            connect_timeout_s=settings.db_connect_timeout_s,
+            app_role=False,
+        )
+        return cls(
+            pool,
+            queue=queue,
+            interval_s=settings.sweep_interval_s,
+            batch=settings.sweep_batch,
+            grace_s=settings.sweep_publish_grace_s,
+        )
+
+    def start(self) -> None:
+        """Sweep every interval until close()."""
+        self._task = asyncio.create_task(self._loop(), name="foreman-sweeper")
+
+    async def close(self) -> None:
+        """Stop sweeping and close the pool."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self._pool.close()
+
+    async def _loop(self) -> None:
+        while True:
+            # Jitter: replicas started together do not all try the lock at the same instant.
+            await asyncio.sleep(self._interval_s * random.uniform(0.8, 1.2))  # noqa: S311
+            try:
+                result = await self.sweep()
+            except Exception:
+                # A database or Redis outage must not end the sweeper: try again next time.
+                logger.exception("sweep failed")
+                continue
+            if result.retried or result.failed or result.republished:
+                logger.info(
+                    "sweep: %d lease(s) expired and retried, %d failed, %d task(s) republished",
+                    result.retried,
+                    result.failed,
+                    result.republished,
+                )
+
+    async def sweep(self) -> SweepResult:
+        """One sweep, if no other process is sweeping right now."""
+        now = ids.now_ms()
+        check_queue = self._queue.name != "postgres"
+        ready: list[Task] = []
+        async with self._pool.acquire() as conn, conn.transaction():
+            if not await conn.fetchval(_TRY_LOCK, SWEEP_LOCK_KEY):
+                return SweepResult(locked=False)
+            expired = await queue_store.expire_leases(conn, now=now, limit=self._batch)
+            if check_queue:
+                ready, self._cursor = await queue_store.ready_tasks(
+                    conn, ready_before=now - self._grace_ms, cursor=self._cursor, limit=self._batch
+                )
+        # After the commit, like every publish: a job must never name an uncommitted state.
+        await self._queue.publish(expired)
+        lost = await self._queue.missing(ready_messages(ready, now=now)) if ready else []
+        if lost:
+            await self._queue.enqueue(lost)
+            logger.warning(
+                "republished %d ready task(s) missing from the queue",
+                len(lost),
+                extra={"task_id": lost[0].task_id},
+            )
+        failed = sum(t.status == "failed" for t in expired)
+        return SweepResult(True, len(expired) - failed, failed, len(lost))

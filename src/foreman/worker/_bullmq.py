@@ -1,0 +1,134 @@
+"""The bullmq backend: consume jobs with the ``bullmq`` package, claim each task by its id.
+
+Jobs carry only ``{"taskId"}`` (SPEC section 7), from the server, from ``Client`` with
+``queue_backend="bullmq"`` or from the Node foreman-client (whose extra fields are ignored). The
+database decides: a claim refused with 409 means another attempt owns the task or it is done, so
+the job is acknowledged and dropped. Retries are the server's: a failed attempt goes back to the
+database as ``retrying`` and the server publishes its next job, so the BullMQ job is always
+acknowledged once the result is reported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+from typing import TYPE_CHECKING, Any
+
+from foreman import errors
+from foreman.client import AsyncClient, RedisOptions
+
+if TYPE_CHECKING:
+    from foreman.worker.worker import Worker
+
+logger = logging.getLogger(__name__)
+
+BURST_POLL_S = 0.2
+# bullmq waits runRetryDelay after a Redis connection error; its default (15 s) is too slow to
+# pick up again after a Redis restart.
+RUN_RETRY_DELAY_MS = 1000
+
+
+async def queue_settings(client: AsyncClient) -> tuple[RedisOptions, str]:
+    """The Redis connection and queue name: the client's overrides, else the server's config."""
+    redis, queue_name = client.options.redis, client.options.task_queue
+    if redis is None or queue_name is None:
+        config = await client.get_config()
+        redis = redis or RedisOptions.from_config(config.redis)
+        queue_name = queue_name or config.queues.task_queue
+    return redis, queue_name
+
+
+def _bullmq() -> Any:
+    try:
+        import bullmq
+    except ImportError as exc:
+        raise errors.ForemanError(
+            "The bullmq backend needs the bullmq package: pip install 'foreman[redis]'"
+        ) from exc
+    return bullmq
+
+
+async def consume(worker: Worker, *, burst: bool) -> None:
+    """Process jobs until the worker stops (burst: until the queue has no ready job)."""
+    redis, queue_name = await queue_settings(worker.client)
+    bullmq = _bullmq()
+    lease_ms = round(worker.lease_s * 1000)
+    options = {
+        "connection": redis.connection(),
+        "concurrency": worker.concurrency,
+        "autorun": False,
+        "name": worker.worker_id,
+        "runRetryDelay": RUN_RETRY_DELAY_MS,
+        "lockDuration": max(lease_ms, 30_000),
+    }
+    jobs = _JobCount()
+    consumer = bullmq.Worker(queue_name, functools.partial(process, worker, jobs), options)
+    runner = asyncio.create_task(consumer.run())
+    logger.info("consuming BullMQ queue %r on %s:%s", queue_name, redis.host, redis.port)
+    try:
+        if burst:
+            queue = bullmq.Queue(queue_name, {"connection": redis.connection()})
+            await _until_drained(worker, jobs, queue)
+        else:
+            await worker.wait_stopped()
+    finally:
+        # Stop fetching, give running handlers their grace period, then close for good.
+        closing = asyncio.create_task(consumer.close())
+        await worker.drain()
+        await closing
+        runner.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await runner
+
+
+class _JobCount:
+    """Jobs being processed (fetched from Redis, result not yet reported)."""
+
+    def __init__(self) -> None:
+        self.active = 0
+
+
+async def process(worker: Worker, jobs: _JobCount, job: Any, token: str) -> None:
+    """Claim the job's task, run it and report the result; the job is then acknowledged."""
+    jobs.active += 1
+    try:
+        await _process(worker, job)
+    finally:
+        jobs.active -= 1
+
+
+async def _process(worker: Worker, job: Any) -> None:
+    data = job.data if isinstance(job.data, dict) else {}
+    task_id = data.get("taskId")
+    if not isinstance(task_id, str):
+        logger.warning("job %s of queue has no taskId: dropped", job.id)
+        return
+    if worker.stopping:
+        return  # never claimed: the server's sweeper publishes the task again
+    try:
+        task = await worker.client.claim_task(
+            task_id, worker_id=worker.worker_id, lease_s=worker.lease_s
+        )
+    except errors.ConflictError:
+        logger.debug("task %s is done or held by another attempt: job %s dropped", task_id, job.id)
+        return
+    except errors.NotFoundError:
+        logger.warning("job %s names unknown task %s: dropped", job.id, task_id)
+        return
+    held = worker.start(task)
+    await worker.wait_reported(held)
+
+
+async def _until_drained(worker: Worker, jobs: _JobCount, queue: Any) -> None:
+    """Until no ready job is left and no handler runs (seen twice, BURST_POLL_S apart)."""
+    idle_checks = 0
+    try:
+        while idle_checks < 2 and not worker.stopping:
+            await asyncio.sleep(BURST_POLL_S)
+            counts = await queue.getJobCounts("wait", "prioritized", "paused")
+            busy = sum(counts.values()) > 0 or jobs.active > 0
+            idle_checks = 0 if busy else idle_checks + 1
+    finally:
+        await queue.close()

@@ -1,0 +1,130 @@
+"""TaskContext: what a handler receives about its task, and helpers to read and write run data."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from foreman.client import AsyncClient
+from foreman.models import JsonObject, RunData, RunDataList, Task
+
+T = TypeVar("T")
+
+
+@dataclass(slots=True)
+class AttemptState:
+    """What the worker learns about an attempt while its handler runs."""
+
+    cancelled: bool = False  # the task was cancelled (heartbeat answer)
+    lease_lost: bool = False  # the lease expired or was taken over: the result will be dropped
+    released: bool = False  # the worker gave the task back (forced stop)
+
+
+@dataclass(frozen=True, slots=True)
+class TaskContext:
+    """The task a handler runs, its attempt, and run-data helpers bound to its run.
+
+    Async handlers use ``await ctx.set_data(...)``; sync handlers, which run in a thread, use the
+    ``*_sync`` twins. ``ctx.cancelled`` turns true when the task is cancelled or the worker lost
+    its lease; a long handler should check it and return early (its result is then dropped).
+    """
+
+    task: Task
+    worker_id: str
+    client: AsyncClient
+    state: AttemptState
+    loop: asyncio.AbstractEventLoop
+
+    @property
+    def id(self) -> str:
+        """The task id."""
+        return self.task.id
+
+    @property
+    def type(self) -> str:
+        """The task type (the handler's key)."""
+        return self.task.type
+
+    @property
+    def run_id(self) -> str:
+        """The run the task belongs to."""
+        return self.task.run_id
+
+    @property
+    def input_data(self) -> Any:
+        """The task's input, decoded from JSON."""
+        return self.task.input_data
+
+    @property
+    def metadata(self) -> JsonObject | None:
+        """The task's metadata."""
+        return self.task.metadata
+
+    @property
+    def attempt(self) -> int:
+        """This attempt's number: 1 on the first run."""
+        return self.task.attempt
+
+    @property
+    def max_retries(self) -> int:
+        """How many retries the task allows after its first attempt."""
+        return self.task.max_retries
+
+    @property
+    def cancelled(self) -> bool:
+        """True once the task was cancelled or this worker lost its lease: stop working."""
+        return self.state.cancelled or self.state.lease_lost or self.state.released
+
+    async def set_data(
+        self,
+        key: str,
+        value: Any,
+        *,
+        tags: Sequence[str] | None = None,
+        metadata: JsonObject | None = None,
+    ) -> RunData:
+        """Store value under key in the run, attributed to this task."""
+        return await self.client.create_run_data(
+            self.run_id, task_id=self.id, key=key, value=value, tags=tags, metadata=metadata
+        )
+
+    async def get_data(self, key: str, default: Any = None) -> Any:
+        """The latest value stored under key in the run, or default."""
+        page = await self.client.query_run_data(self.run_id, key=key, limit=1)
+        return page.data[0].value if page.data else default
+
+    async def query_data(self, **filters: Any) -> RunDataList:
+        """Run data of this run matching the filters of ``AsyncClient.query_run_data``."""
+        return await self.client.query_run_data(self.run_id, **filters)
+
+    def set_data_sync(
+        self,
+        key: str,
+        value: Any,
+        *,
+        tags: Sequence[str] | None = None,
+        metadata: JsonObject | None = None,
+    ) -> RunData:
+        """``set_data`` for sync handlers (they run in a worker thread)."""
+        return self._block(self.set_data(key, value, tags=tags, metadata=metadata))
+
+    def get_data_sync(self, key: str, default: Any = None) -> Any:
+        """``get_data`` for sync handlers."""
+        return self._block(self.get_data(key, default))
+
+    def query_data_sync(self, **filters: Any) -> RunDataList:
+        """``query_data`` for sync handlers."""
+        return self._block(self.query_data(**filters))
+
+    def _block(self, coro: Coroutine[Any, Any, T]) -> T:
+        # The client belongs to the worker's event loop; a sync handler's thread hands it the call.
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self.loop:
+            coro.close()
+            raise RuntimeError("Use the async helpers (await ctx.set_data) in async handlers")
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()

@@ -1,0 +1,67 @@
+"""``foreman worker module:handlers``: load the handlers and run a Worker until signalled."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import os
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+from foreman.client import AsyncClient
+from foreman.worker.worker import Backend, Handler, Worker, WorkerStats
+
+
+def load_handlers(target: str) -> Mapping[str, Handler]:
+    """The dict named by ``module:attribute`` (the current directory is importable)."""
+    module_name, _, attribute = target.partition(":")
+    if not module_name or not attribute:
+        raise ValueError(f"Expected module:attribute, got {target!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    module = importlib.import_module(module_name)
+    handlers: Any = module
+    for part in attribute.split("."):
+        handlers = getattr(handlers, part, None)
+        if handlers is None:
+            raise ValueError(f"{module_name} has no attribute {attribute!r}")
+    if not isinstance(handlers, Mapping) or not all(
+        isinstance(k, str) and callable(v) for k, v in handlers.items()
+    ):
+        raise ValueError(f"{target} must be a dict of {{task type: handler function}}")
+    return handlers
+
+
+def run_worker(
+    target: str,
+    *,
+    concurrency: int,
+    backend: Backend | None = None,
+    burst: bool = False,
+    lease_s: float = 30.0,
+    grace_s: float = 30.0,
+    endpoint: str | None = None,
+    api_key: str | None = None,
+) -> WorkerStats:
+    """Run the handlers of target until SIGTERM/SIGINT (or, with burst, until nothing is ready)."""
+    handlers = load_handlers(target)
+
+    async def main() -> WorkerStats:
+        async with AsyncClient(endpoint, api_key) as client:
+            worker = Worker(
+                client,
+                handlers,
+                concurrency=concurrency,
+                backend=backend,
+                lease_s=lease_s,
+                grace_s=grace_s,
+            )
+            return await worker.run(burst=burst)
+
+    try:
+        import uvloop
+
+        return uvloop.run(main())
+    except ImportError:
+        return asyncio.run(main())

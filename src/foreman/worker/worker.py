@@ -1,0 +1,388 @@
+"""Worker: claims tasks, runs their handlers with bounded concurrency, and reports the outcomes.
+
+Delivery is at least once per attempt, fenced by leases (SPEC section 7): a claimed task is held
+under a lease that this worker renews in batched heartbeats; results go back in batches with the
+lease token, so a result whose lease was lost (the worker stalled, the sweeper re-queued the
+task) is refused by the server and dropped here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import inspect
+import logging
+import os
+import signal
+import socket
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from foreman import errors
+from foreman.client import AsyncClient, Client, TaskResult
+from foreman.client._base import chunks, is_missing_route, retry_delay_s
+from foreman.models import Task
+from foreman.worker import _results
+from foreman.worker._leases import Held, LeaseKeeper
+from foreman.worker._threads import DaemonThreads
+from foreman.worker.context import AttemptState, TaskContext
+
+logger = logging.getLogger(__name__)
+
+Handler = Callable[[TaskContext], Any] | Callable[[TaskContext], Awaitable[Any]]
+Backend = Literal["postgres", "bullmq"]
+
+
+@dataclass(slots=True)
+class WorkerStats:
+    """Counts since the worker started."""
+
+    claimed: int = 0
+    completed: int = 0
+    failed: int = 0
+    dropped: int = 0  # results the server refused (lease lost, task cancelled)
+    released: int = 0
+
+
+def default_worker_id() -> str:
+    """host:pid:random, unique per worker instance."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class Worker:
+    """Runs handlers ({task type: function}) for the tasks of the caller's organisation."""
+
+    def __init__(
+        self,
+        client: AsyncClient | Client | None = None,
+        handlers: Mapping[str, Handler] | None = None,
+        *,
+        concurrency: int = 10,
+        backend: Backend | None = None,
+        lease_s: float = 30.0,
+        heartbeat_s: float | None = None,
+        grace_s: float = 30.0,
+        claim_wait_s: float = 5.0,
+        only_known_types: bool = False,
+        result_batch: int = 500,
+        result_flush_s: float = 0.005,
+        worker_id: str | None = None,
+        handle_signals: bool = True,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be >= 1")
+        if not 1.0 <= lease_s <= 3600.0:
+            raise ValueError("lease_s must be between 1 and 3600 seconds")
+        self.client = _async_client(client)
+        self.handlers = dict(handlers or {})
+        self.concurrency = concurrency
+        self.backend = backend or self.client.options.queue_backend
+        self.lease_s = lease_s
+        self.grace_s = grace_s
+        self.claim_wait_s = claim_wait_s
+        # False (default): claim every type and fail unknown ones clearly (SPEC section 7);
+        # True: claim only handled types, leaving the others to other workers.
+        self.only_known_types = only_known_types
+        self.worker_id = worker_id or default_worker_id()
+        self.handle_signals = handle_signals
+        self.stats = WorkerStats()
+        self._result_batch = result_batch
+        self._result_flush_s = result_flush_s
+        self._heartbeat_s = heartbeat_s or lease_s / 3
+        self._is_async = {name: _is_async(fn) for name, fn in self.handlers.items()}
+        self._running = 0
+        self._stopping = False
+        self._force = asyncio.Event()
+        self._stopped = asyncio.Event()
+        self._wakeup = asyncio.Event()
+        self._leases = LeaseKeeper(self.client, lease_s=lease_s, interval_s=self._heartbeat_s)
+        self._results: _results.ResultBatcher | None = None
+        self._threads: DaemonThreads | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def run(self, *, burst: bool = False) -> WorkerStats:
+        """Work until stop() or a signal; with burst=True, until no ready task is left."""
+        self._loop = asyncio.get_running_loop()
+        self._stopping = False
+        self._force.clear()
+        self._stopped.clear()
+        backend = self.backend or (await self.client.get_config()).queue.backend
+        self._results = _results.ResultBatcher(
+            self.client, max_batch=self._result_batch, flush_s=self._result_flush_s
+        )
+        self._threads = DaemonThreads(self.concurrency, name="foreman-task")
+        results_runner = asyncio.create_task(self._results.run())
+        beats = asyncio.create_task(self._leases.run())
+        signals = self._install_signals()
+        logger.info(
+            "worker %s started: %s backend, concurrency %s, types %s",
+            self.worker_id,
+            backend,
+            self.concurrency,
+            ", ".join(sorted(self.handlers)) or "none",
+        )
+        try:
+            if backend == "bullmq":
+                from foreman.worker import _bullmq
+
+                await _bullmq.consume(self, burst=burst)
+            else:
+                await self._consume(burst=burst)
+            await self.drain()
+        finally:
+            await self._results.close(results_runner)
+            beats.cancel()
+            self._remove_signals(signals)
+            self._threads.shutdown()
+        logger.info("worker %s stopped: %s", self.worker_id, self.stats)
+        return self.stats
+
+    def stop(self, *, now: bool = False) -> None:
+        """Stop claiming; running handlers get grace_s to finish (now=True: release them now)."""
+        self._stopping = True
+        if now:
+            self._force.set()
+        self._stopped.set()
+        self._wakeup.set()
+
+    @property
+    def stopping(self) -> bool:
+        """Whether stop() was called."""
+        return self._stopping
+
+    async def wait_stopped(self) -> None:
+        """Until stop() is called."""
+        await self._stopped.wait()
+
+    @property
+    def running(self) -> int:
+        """Handlers running now."""
+        return self._running
+
+    @property
+    def held(self) -> int:
+        """Tasks claimed whose result the server does not have yet."""
+        return len(self._leases.held)
+
+    def _install_signals(self) -> list[signal.Signals]:
+        if not self.handle_signals:
+            return []
+        installed = []
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(sig, self._on_signal, sig)
+            except (NotImplementedError, RuntimeError, ValueError):
+                continue  # not the main thread, or no signals on this platform
+            installed.append(sig)
+        return installed
+
+    def _remove_signals(self, installed: list[signal.Signals]) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        # A second signal does not wait for the grace period.
+        now = self._stopping
+        logger.info("%s: %s", sig.name, "stopping now" if now else "stopping gracefully")
+        self.stop(now=now)
+
+    # ------------------------------------------------------------ postgres backend
+
+    async def _consume(self, *, burst: bool) -> None:
+        """Claim batches sized to the free slots, long-polling while idle."""
+        types = sorted(self.handlers) if self.only_known_types else None
+        failures = 0
+        while not self._stopping:
+            await self._free_slot()
+            if self._stopping:
+                break
+            try:
+                tasks = await self.client.claim_tasks(
+                    worker_id=self.worker_id,
+                    limit=min(self.concurrency - self._running, 1000),
+                    lease_s=self.lease_s,
+                    wait_s=0.0 if burst else self.claim_wait_s,
+                    types=types,
+                )
+            except errors.ForemanError as exc:
+                failures += 1
+                logger.warning("claim failed (%s): %s", failures, exc)
+                await self._pause(retry_delay_s(min(failures + 2, 6)))
+                continue
+            failures = 0
+            for task in tasks:
+                self.start(task)
+            if burst and not tasks:
+                if self._running == 0:
+                    break
+                await self._running_changed()
+
+    async def _free_slot(self) -> None:
+        while self._running >= self.concurrency and not self._stopping:
+            self._wakeup.clear()
+            await self._wakeup.wait()
+
+    async def _running_changed(self) -> None:
+        self._wakeup.clear()
+        await self._wakeup.wait()
+
+    async def _pause(self, seconds: float) -> None:
+        self._wakeup.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wakeup.wait(), seconds)
+
+    # ------------------------------------------------------------ running tasks
+
+    def start(self, task: Task) -> Held:
+        """Run a claimed task's handler in the background (released at once when stopping)."""
+        held = Held(task, AttemptState())
+        self._leases.add(held)
+        self.stats.claimed += 1
+        if self._stopping:
+            held.executing = False
+            held.handle = asyncio.create_task(self._release(held))
+            return held
+        self._running += 1
+        held.handle = asyncio.create_task(self._execute(held))
+        return held
+
+    async def _execute(self, held: Held) -> None:
+        try:
+            result = await self._outcome(held)
+        finally:
+            held.executing = False
+            self._running -= 1
+            self._wakeup.set()
+        if result is not None:
+            await self._report(held, result)
+
+    async def _outcome(self, held: Held) -> TaskResult | None:
+        task = held.task
+        handler = self.handlers.get(task.type)
+        if handler is None:
+            logger.error("no handler for task type %r (task %s)", task.type, task.id)
+            return _results.unknown_type(task, self.handlers)
+        assert self._loop is not None
+        assert self._threads is not None
+        ctx = TaskContext(task, self.worker_id, self.client, held.state, self._loop)
+        try:
+            if self._is_async[task.type]:
+                value = await handler(ctx)
+            else:
+                value = await self._threads.run(handler, ctx)
+        except asyncio.CancelledError:
+            if held.state.released:
+                return None  # forced stop: _drain releases the lease
+            return _results.failure(task, _results.error_data(asyncio.CancelledError()))
+        except Exception as exc:  # any handler error fails the attempt
+            logger.info("task %s (%s) failed: %r", task.id, task.type, exc)
+            return _results.failure(task, _results.error_data(exc))
+        return _results.success(task, value)
+
+    async def _report(self, held: Held, result: TaskResult) -> None:
+        """Hand result to the batcher; drop it when the task was cancelled or the lease lost."""
+        if held.state.cancelled or held.state.lease_lost:
+            self.stats.dropped += 1
+            self._leases.remove(held.task.id)
+            return
+        assert self._results is not None
+        recorded = await self._results.add(result)
+        self._leases.remove(held.task.id)
+        if not recorded:
+            self.stats.dropped += 1
+        elif result.status == "completed":
+            self.stats.completed += 1
+        else:
+            self.stats.failed += 1
+
+    async def wait_reported(self, held: Held) -> None:
+        """Until held's handler ran and its result was sent (used by the bullmq consumer)."""
+        if held.handle is not None:
+            await asyncio.shield(held.handle)
+
+    # ------------------------------------------------------------ stopping
+
+    async def drain(self) -> None:
+        """Give running handlers grace_s to finish, then release the tasks still running."""
+        running = {h.handle for h in self._leases.held.values() if h.handle and not h.handle.done()}
+        if running:
+            logger.info("waiting up to %.1fs for %s running task(s)", self.grace_s, len(running))
+            forced = asyncio.create_task(self._force.wait())
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + self.grace_s
+            while running and not self._force.is_set() and loop.time() < deadline:
+                done, _ = await asyncio.wait(
+                    {*running, forced},
+                    timeout=deadline - loop.time(),
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                running -= done
+            forced.cancel()
+        # Only handlers still executing: a finished one's result is already on its way.
+        late = [h for h in self._leases.held.values() if h.executing and h.handle]
+        for held in late:
+            if not held.state.released:
+                held.state.released = True
+                held.handle.cancel()  # type: ignore[union-attr]
+        await self._release_all(late)
+
+    async def _release_all(self, helds: list[Held]) -> None:
+        """Give tasks back in batches (one by one on a server without the batch endpoint)."""
+        for held in helds:
+            held.state.released = True
+        try:
+            for chunk in chunks(helds):
+                acks = await self.client.release_tasks([held.lease for held in chunk])
+                self.stats.released += sum(ack.ok for ack in acks)
+        except errors.ForemanError as exc:
+            if not is_missing_route(exc):
+                # Their leases then expire and the sweeper re-queues the tasks.
+                logger.warning("could not release %s task(s): %s", len(helds), exc)
+            else:
+                await asyncio.gather(*(self._release(held) for held in helds))
+        finally:
+            for held in helds:
+                self._leases.remove(held.task.id)
+
+    async def _release(self, held: Held) -> None:
+        held.state.released = True
+        try:
+            await self.client.release_task(held.task.id, lease_token=held.lease.lease_token)
+            self.stats.released += 1
+        except errors.ForemanError as exc:
+            # The lease then expires and the sweeper re-queues the task.
+            logger.warning("could not release task %s: %s", held.task.id, exc)
+        finally:
+            self._leases.remove(held.task.id)
+
+
+def _is_async(handler: Handler) -> bool:
+    target = handler.func if isinstance(handler, functools.partial) else handler
+    # An object with an async __call__ is an async handler too.
+    call = None if inspect.isroutine(target) else type(target).__call__
+    return inspect.iscoroutinefunction(target) or inspect.iscoroutinefunction(call)
+
+
+def _async_client(client: AsyncClient | Client | None) -> AsyncClient:
+    """The worker's AsyncClient (a sync Client lends its endpoint, key and queue options)."""
+    if isinstance(client, AsyncClient):
+        return client
+    if client is None:
+        return AsyncClient()
+    options = client.options
+    return AsyncClient(
+        options.endpoint,
+        options.api_key,
+        timeout=options.timeout_s,
+        retries=options.retries,
+        queue_backend=options.queue_backend,
+        redis=options.redis,
+        task_queue=options.task_queue,
+    )

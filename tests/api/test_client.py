@@ -1,0 +1,314 @@
+"""Client and AsyncClient against the real app (uvicorn on a free port) over real PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+
+import httpx
+import pytest
+import uvicorn
+from bullmq import Queue
+
+from foreman import AsyncClient, Client, errors
+from foreman.client import RedisOptions, TaskSpec
+from foreman.models import Run, Task
+from foreman.server.app import create_app
+from tests.conftest import KEY_A, KEY_B, make_settings
+from tests.services import free_port
+
+
+class LiveApp:
+    """The app served by uvicorn in a thread, so blocking and asyncio clients both reach it."""
+
+    def __init__(self, database_url: str) -> None:
+        self.port = free_port()
+        app = create_app(make_settings(database_url))
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=self.port, lifespan="on", log_config=None, loop="asyncio"
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> LiveApp:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            assert self.thread.is_alive(), "uvicorn thread died"
+            assert time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(15)
+
+
+@pytest.fixture(scope="module")
+def live(database_url: str) -> Iterator[LiveApp]:
+    with LiveApp(database_url) as app:
+        yield app
+
+
+@pytest.fixture
+def client(live: LiveApp, db_url: str) -> Iterator[Client]:
+    with Client(live.url, KEY_A, timeout=10) as sync_client:
+        yield sync_client
+
+
+@pytest.fixture
+async def aclient(live: LiveApp, db_url: str):
+    async with AsyncClient(live.url, KEY_A, timeout=10) as async_client:
+        yield async_client
+
+
+# ---------------------------------------------------------------- sync client
+
+
+def test_runs_round_trip(client: Client):
+    run = client.create_run({"x": 1}, metadata={"team": "a"})
+    assert isinstance(run, Run)
+    assert (run.status, run.input_data, run.metadata, run.total_tasks) == (
+        "pending",
+        {"x": 1},
+        {"team": "a"},
+        0,
+    )
+    assert client.get_run(run.id) == run
+    done = client.update_run(run.id, status="completed", output_data=["ok"])
+    assert (done.status, done.output_data) == ("completed", ["ok"])
+    assert done.completed_at is not None
+    assert done.duration_ms is not None
+    cleared = client.update_run(run.id, metadata=None)
+    assert cleared.metadata is None
+    assert cleared.output_data == ["ok"]  # fields not given are left alone
+    client.create_run("second")
+    page = client.list_runs(limit=1, sort_order="asc")
+    assert page.pagination.total == 2
+    assert [r.id for r in page.data] == [run.id]
+    assert client.list_runs(status="completed").pagination.total == 1
+
+
+def test_tasks_round_trip(client: Client):
+    run = client.create_run({})
+    parent = client.create_task(run.id, type="parent", input_data="p", max_retries=0)
+    child = client.create_task(
+        run.id, type="child", input_data=[1], parent_task_id=parent.id, metadata={"k": 1}
+    )
+    assert isinstance(child, Task)
+    assert (child.status, child.max_retries, parent.max_retries) == ("pending", 3, 0)
+    assert child.parent_task_id == parent.id
+    assert client.get_task(child.id).input_data == [1]
+    finished = client.update_task(child.id, status="completed", output_data={"r": 2})
+    assert (finished.status, finished.output_data) == ("completed", {"r": 2})
+    children = client.list_tasks(run_id=run.id, parent_task_id=parent.id)
+    assert [t.id for t in children.data] == [child.id]
+    assert client.list_tasks(run_id=run.id, type="parent").pagination.total == 1
+    counters = client.get_run(run.id)
+    assert (counters.total_tasks, counters.completed_tasks) == (2, 1)
+
+
+def test_errors_carry_the_server_class_and_message(client: Client):
+    missing = str(uuid.uuid4())
+    with pytest.raises(errors.NotFoundError, match=f"Run not found: {missing}") as caught:
+        client.get_run(missing)
+    assert caught.value.status_code == 404
+    run = client.create_run({})
+    task = client.create_task(run.id, type="t", input_data=1)
+    client.update_task(task.id, status="completed")
+    with pytest.raises(errors.ConflictError):
+        client.update_task(task.id, status="pending")
+    with pytest.raises(errors.ValidationError) as invalid:
+        client.create_task(run.id, type="t", input_data=1, max_retries=11)
+    assert "maxRetries" in invalid.value.message
+
+
+def test_other_orgs_rows_do_not_exist(client: Client, live: LiveApp):
+    run = client.create_run({})
+    with Client(live.url, KEY_B) as other, pytest.raises(errors.NotFoundError):
+        other.get_run(run.id)
+
+
+def test_missing_and_malformed_keys(live: LiveApp, db_url, monkeypatch):
+    monkeypatch.delenv("FOREMAN_API_KEY", raising=False)
+    with Client(live.url) as anonymous, pytest.raises(errors.UnauthorizedError, match="Missing"):
+        anonymous.list_runs()
+    with Client(live.url, "nope") as bad, pytest.raises(errors.UnauthorizedError, match="format"):
+        bad.list_runs()
+
+
+def test_run_data(client: Client):
+    run = client.create_run({})
+    task = client.create_task(run.id, type="t", input_data=1)
+    first = client.create_run_data(run.id, task_id=task.id, key="score", value=1, tags=["a"])
+    client.create_run_data(run.id, task_id=task.id, key="score", value=2)
+    other = client.create_run_data(run.id, task_id=task.id, key="other", value={"v": True})
+    latest = client.query_run_data(run.id, key="score")
+    assert [d.value for d in latest.data] == [2]
+    every = client.query_run_data(run.id, keys=["score", "other"], include_all=True)
+    assert every.pagination.total == 3
+    tagged = client.update_run_data_tags(run.id, first.id, add=["b", "a"], remove=["a"])
+    assert tagged.tags == ["b", "a"]
+    assert client.query_run_data(run.id, tags=["b"]).data[0].id == first.id
+    assert client.delete_run_data(run.id, key="score") == 2
+    assert client.delete_run_data(run.id, data_id=other.id) == 1
+    with pytest.raises(errors.NotFoundError):
+        client.delete_run_data(run.id, key="score")
+
+
+def test_config(client: Client):
+    config = client.get_config()
+    assert config.queue.backend in ("postgres", "bullmq")
+    assert config.queues.task_queue
+
+
+def test_enqueue_is_idempotent_with_a_key(client: Client):
+    run = client.create_run({})
+    first = client.enqueue_task(
+        run.id, type="mail", input_data={"to": "x"}, priority=3, delay_ms=60_000, idempotency_key="k1"
+    )
+    assert first.status == "queued"
+    assert first.queued_at is not None
+    assert first.priority == 3
+    assert first.run_after is not None
+    assert first.run_after >= first.created_at + 60_000
+    again = client.enqueue_task(run.id, type="mail", input_data={"to": "x"}, idempotency_key="k1")
+    assert again.id == first.id
+    assert client.get_run(run.id).total_tasks == 1
+
+
+def test_enqueue_tasks_in_one_request(client: Client):
+    run = client.create_run({})
+    specs = [TaskSpec(run.id, "n", i, idempotency_key=f"n-{i}") for i in range(5)]
+    tasks = client.enqueue_tasks([*specs, {"run_id": run.id, "type": "m", "input_data": "dict"}])
+    assert [t.input_data for t in tasks] == [0, 1, 2, 3, 4, "dict"]
+    assert {t.status for t in tasks} == {"queued"}
+    repeated = client.enqueue_tasks(specs[:2])
+    assert [t.id for t in repeated] == [t.id for t in tasks[:2]]
+    assert client.get_run(run.id).total_tasks == 6
+
+
+def test_wait_for_task_returns_once_terminal(client: Client, live: LiveApp):
+    run = client.create_run({})
+    task = client.create_task(run.id, type="t", input_data=1)
+
+    def finish_later() -> None:
+        time.sleep(0.3)
+        with Client(live.url, KEY_A) as other:
+            other.update_task(task.id, status="completed", output_data="done")
+
+    finisher = threading.Thread(target=finish_later)
+    finisher.start()
+    started = time.monotonic()
+    done = client.wait_for_task(task.id, timeout=10)
+    finisher.join()
+    assert (done.status, done.output_data) == ("completed", "done")
+    assert time.monotonic() - started < 5
+
+
+def test_connection_errors(db_url):
+    # Nothing listens there: the request never reaches a server, so even a POST is retried.
+    with Client(f"http://127.0.0.1:{free_port()}", KEY_A, retries=2, timeout=2) as client:
+        started = time.monotonic()
+        with pytest.raises(errors.TransportError, match="ConnectError"):
+            client.create_run({})
+        assert time.monotonic() - started < 5
+
+
+class FlakyTransport(httpx.HTTPTransport):
+    """The real HTTP transport, but the first request of each method dies after being sent."""
+
+    def __init__(self, error: type[httpx.TransportError]) -> None:
+        super().__init__()
+        self.error = error
+        self.calls: list[str] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        self.calls.append(request.method)
+        if self.calls.count(request.method) == 1:
+            raise self.error("connection dropped", request=request)
+        return super().handle_request(request)
+
+
+def test_only_repeatable_calls_are_retried_after_a_dropped_connection(live: LiveApp, db_url):
+    transport = FlakyTransport(httpx.RemoteProtocolError)
+    with Client(live.url, KEY_A, transport=transport) as client:
+        with pytest.raises(errors.TransportError):
+            client.create_run({})  # may have been carried out: not sent twice
+        assert transport.calls == ["POST"]
+        run = client.create_run({})
+        assert client.get_run(run.id).id == run.id  # GET: retried, then answered
+        assert transport.calls == ["POST", "POST", "GET", "GET"]
+
+
+def test_client_side_bullmq_publishing(live: LiveApp, db_url, redis_server):
+    queue_name = f"foreman-client-test-{uuid.uuid4().hex[:8]}"
+    redis = RedisOptions.from_url(redis_server.url)
+    with Client(live.url, KEY_A, queue_backend="bullmq", redis=redis, task_queue=queue_name) as c:
+        run = c.create_run({})
+        task = c.enqueue_task(run.id, type="resize", input_data={"w": 1}, priority=2, max_retries=1)
+        more = c.enqueue_tasks([TaskSpec(run.id, "thumb", i) for i in range(3)])
+    assert task.status == "queued"
+    assert task.queue_job_id == f"{task.id}:1"
+    assert {t.status for t in more} == {"queued"}
+
+    async def read_jobs():
+        queue = Queue(queue_name, {"connection": redis.connection()})
+        try:
+            job = await queue.getJob(f"{task.id}:1")
+            count = await queue.getJobCountByTypes("wait", "prioritized")
+            return job, count
+        finally:
+            await queue.obliterate(force=True)
+            await queue.close()
+
+    job, count = asyncio.run(read_jobs())
+    assert count == 4
+    assert job.name == "resize"
+    assert job.data == {"taskId": task.id}
+    assert job.opts["attempts"] == 2
+    assert job.opts["priority"] == 2
+
+
+# ---------------------------------------------------------------- async client
+
+
+async def test_async_client_round_trip(aclient: AsyncClient):
+    run = await aclient.create_run({"a": 1})
+    task = await aclient.enqueue_task(run.id, type="t", input_data="x", max_retries=0)
+    assert (task.status, task.max_retries) == ("queued", 0)
+    got = await aclient.get_task(task.id)
+    assert got.id == task.id
+    listed = await aclient.list_tasks(run_id=run.id, status="queued")
+    assert [t.id for t in listed.data] == [task.id]
+    await aclient.update_task(task.id, status="cancelled")
+    done = await aclient.wait_for_task(task.id, timeout=5)
+    assert done.status == "cancelled"
+    assert (await aclient.get_run(run.id)).cancelled_tasks == 1
+    stored = await aclient.create_run_data(run.id, task_id=task.id, key="k", value=[1])
+    page = await aclient.query_run_data(run.id, key_starts_with=["k"])
+    assert [d.id for d in page.data] == [stored.id]
+    assert (await aclient.get_config()).version
+
+
+async def test_async_wait_times_out(aclient: AsyncClient):
+    run = await aclient.create_run({})
+    task = await aclient.create_task(run.id, type="t", input_data=1)
+    started = time.monotonic()
+    with pytest.raises(TimeoutError, match="still pending"):
+        await aclient.wait_for_task(task.id, timeout=0.5)
+    assert 0.4 < time.monotonic() - started < 5
+
+
+async def test_async_errors(aclient: AsyncClient):
+    with pytest.raises(errors.NotFoundError, match="Task not found"):
+        await aclient.get_task(str(uuid.uuid4()))
+    with pytest.raises(errors.NotFoundError, match="Run not found"):
+        await aclient.enqueue_task(str(uuid.uuid4()), type="t", input_data=1)

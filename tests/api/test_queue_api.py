@@ -1,0 +1,364 @@
+"""The queue endpoints (docs/queue-protocol.md) through the real app and a real database."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+from litestar.testing import AsyncTestClient
+
+from foreman.server.app import create_app
+from tests.api.helpers import (
+    API,
+    assert_error,
+    assert_names_field,
+    create_run,
+    get_run,
+    missing_id,
+    now_ms,
+    patch_task,
+)
+from tests.conftest import HEADERS_A, HEADERS_B, make_settings
+
+
+@pytest.fixture
+async def client(db_url: str) -> AsyncIterator[AsyncTestClient]:
+    """The app with a long poll fallback: only a NOTIFY can wake a long poll quickly."""
+    app = create_app(make_settings(db_url, poll_interval_s=30.0, sweep_enabled=False))
+    async with AsyncTestClient(app=app) as test_client:
+        yield test_client
+
+
+async def enqueue(client, run_id: str, count: int = 1, **fields) -> list[dict]:
+    tasks = [{"runId": run_id, "type": "work", "inputData": {"i": i}, "enqueue": True, **fields} for i in range(count)]
+    response = await client.post(f"{API}/tasks/batch", json={"tasks": tasks}, headers=HEADERS_A)
+    assert response.status_code == 201, response.text
+    return response.json()["data"]
+
+
+async def claim(client, *, headers=HEADERS_A, **body) -> list[dict]:
+    body.setdefault("workerId", "w1")
+    body.setdefault("limit", 100)
+    response = await client.post(f"{API}/tasks/claim", json=body, headers=headers)
+    assert response.status_code == 200, response.text
+    return response.json()["data"]
+
+
+async def post(client, path: str, body: dict, *, headers=HEADERS_A):
+    return await client.post(f"{API}/tasks{path}", json=body, headers=headers)
+
+
+# ---------------------------------------------------------------- batch create
+
+
+async def test_batch_create_in_order_with_exact_counters(client):
+    run = await create_run(client)
+    body = {
+        "tasks": [
+            {"runId": run["id"], "type": f"t{i}", "inputData": [i], "enqueue": i % 2 == 0}
+            for i in range(1000)
+        ]
+    }
+    response = await client.post(f"{API}/tasks/batch", json=body, headers=HEADERS_A)
+    assert response.status_code == 201, response.text
+    data = response.json()["data"]
+    assert [t["type"] for t in data] == [f"t{i}" for i in range(1000)]
+    assert {t["status"] for t in data[::2]} == {"queued"} and {t["status"] for t in data[1::2]} == {"pending"}
+    assert data[3]["inputData"] == [3]
+    assert (await get_run(client, run["id"]))["totalTasks"] == 1000
+
+
+async def test_batch_create_idempotent_repeat(client):
+    run = await create_run(client)
+    item = {"runId": run["id"], "type": "x", "inputData": 1, "idempotencyKey": "once"}
+    first = await client.post(f"{API}/tasks/batch", json={"tasks": [item, item]}, headers=HEADERS_A)
+    again = await client.post(f"{API}/tasks/batch", json={"tasks": [item]}, headers=HEADERS_A)
+    ids = {t["id"] for t in first.json()["data"] + again.json()["data"]}
+    assert len(ids) == 1
+    assert (await get_run(client, run["id"]))["totalTasks"] == 1
+
+
+async def test_batch_create_names_the_first_missing_run_and_creates_nothing(client, db_url):
+    run = await create_run(client)
+    absent = missing_id()
+    body = {
+        "tasks": [
+            {"runId": run["id"], "type": "a", "inputData": 1},
+            {"runId": absent, "type": "b", "inputData": 1},
+        ]
+    }
+    response = await client.post(f"{API}/tasks/batch", json=body, headers=HEADERS_A)
+    assert assert_error(response, 404, "run not found", absent)["index"] == 1
+    assert (await get_run(client, run["id"]))["totalTasks"] == 0
+    parent = missing_id()
+    body = {"tasks": [{"runId": run["id"], "type": "a", "inputData": 1, "parentTaskId": parent}]}
+    response = await client.post(f"{API}/tasks/batch", json=body, headers=HEADERS_A)
+    assert_error(response, 404, "parent task not found", parent)
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"tasks": []}, "tasks"),
+        ({"tasks": [{"type": "a", "inputData": 1}] * 1001}, "tasks"),
+        ({"tasks": [{"runId": "00000000-0000-0000-0000-000000000000", "type": "a"}]}, "inputData"),
+    ],
+)
+async def test_batch_create_validation(client, body, field):
+    response = await client.post(f"{API}/tasks/batch", json=body, headers=HEADERS_A)
+    assert response.status_code == 400, response.text
+    assert field in response.json()["error"]
+
+
+# ---------------------------------------------------------------- claim
+
+
+async def test_claim_leases_tasks_in_priority_order(client):
+    run = await create_run(client)
+    low = await enqueue(client, run["id"], 1, priority=5)
+    high = await enqueue(client, run["id"], 1, priority=1)
+    default = await enqueue(client, run["id"], 1)
+    other = await enqueue(client, run["id"], 1, type="other")
+    got = await claim(client, types=["work"], limit=10, leaseMs=5000)
+    assert [t["id"] for t in got] == [default[0]["id"], high[0]["id"], low[0]["id"]]
+    first = got[0]
+    assert first["status"] == "running" and first["attempt"] == 1 and first["workerId"] == "w1"
+    assert uuid.UUID(first["leaseToken"])
+    assert 4000 <= first["leaseExpiresAt"] - now_ms() <= 5000
+    assert [t["id"] for t in await claim(client)] == [other[0]["id"]]
+    # The lease token is shown only to the claimer.
+    fetched = await client.get(f"{API}/tasks/{first['id']}", headers=HEADERS_A)
+    assert "leaseToken" not in fetched.json()
+
+
+async def test_claim_long_poll_is_woken_by_notify(client):
+    run = await create_run(client)
+    started = time.monotonic()
+    waiting = asyncio.create_task(claim(client, waitMs=20_000))
+    await asyncio.sleep(0.3)
+    assert not waiting.done()
+    created = await enqueue(client, run["id"], 1)
+    got = await asyncio.wait_for(waiting, 10)
+    # The fallback poll is 30 s here: only the NOTIFY of the insert can have woken it.
+    assert [t["id"] for t in got] == [created[0]["id"]]
+    assert time.monotonic() - started < 5
+
+
+async def test_claim_long_poll_times_out_empty(client):
+    started = time.monotonic()
+    assert await claim(client, waitMs=400) == []
+    assert 0.35 <= time.monotonic() - started < 5
+
+
+async def test_claim_is_per_organisation(client):
+    run = await create_run(client)
+    await enqueue(client, run["id"], 2)
+    assert await claim(client, headers=HEADERS_B) == []
+    assert len(await claim(client)) == 2
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"limit": 1}, "workerId"),
+        ({"workerId": "w", "limit": 0}, "limit"),
+        ({"workerId": "w", "limit": 1001}, "limit"),
+        ({"workerId": "w", "leaseMs": 999}, "leaseMs"),
+        ({"workerId": "w", "waitMs": 60_001}, "waitMs"),
+        ({"workerId": "w", "types": "work"}, "types"),
+    ],
+)
+async def test_claim_validation(client, body, field):
+    response = await post(client, "/claim", body)
+    assert_names_field(assert_error(response, 400), field)
+
+
+async def test_claim_by_id(client):
+    run = await create_run(client)
+    created = await client.post(
+        f"{API}/tasks", json={"runId": run["id"], "type": "x", "inputData": 1}, headers=HEADERS_A
+    )
+    task_id = created.json()["id"]  # pending: a Node client enqueues without a PATCH
+    first = await post(client, f"/{task_id}/claim", {"workerId": "w", "leaseMs": 60_000})
+    assert first.status_code == 200, first.text
+    assert first.json()["attempt"] == 1 and first.json()["leaseToken"]
+    assert_error(await post(client, f"/{task_id}/claim", {"workerId": "w2"}), 409, "running")
+    assert_error(await post(client, f"/{missing_id()}/claim", {"workerId": "w"}), 404)
+    assert_error(await post(client, "/not-a-uuid/claim", {"workerId": "w"}), 404)
+    assert_error(await post(client, f"/{task_id}/claim", {"workerId": "w"}, headers=HEADERS_B), 404)
+    await post(client, f"/{task_id}/complete", {"leaseToken": first.json()["leaseToken"]})
+    assert_error(await post(client, f"/{task_id}/claim", {"workerId": "w"}), 409, "completed")
+
+
+# ---------------------------------------------------------------- heartbeat
+
+
+async def test_heartbeat_batch_and_single(client):
+    run = await create_run(client)
+    await enqueue(client, run["id"], 3)
+    a, b, c = await claim(client, leaseMs=5000)
+    await patch_task(client, c["id"], status="cancelled")
+    leases = [
+        {"taskId": a["id"], "leaseToken": a["leaseToken"]},
+        {"taskId": b["id"], "leaseToken": str(uuid.uuid4())},
+        {"taskId": c["id"], "leaseToken": c["leaseToken"]},
+    ]
+    response = await post(client, "/heartbeat", {"leases": leases, "leaseMs": 120_000})
+    assert response.status_code == 200, response.text
+    data = response.json()["data"]
+    assert [(d["taskId"], d["ok"], d["cancelled"]) for d in data] == [
+        (a["id"], True, False),
+        (b["id"], False, False),
+        (c["id"], False, True),
+    ]
+    assert data[0]["leaseExpiresAt"] >= now_ms() + 110_000
+    assert data[1]["leaseExpiresAt"] is None
+    one = await post(client, f"/{a['id']}/heartbeat", {"leaseToken": a["leaseToken"]})
+    assert one.status_code == 200 and one.json()["ok"] is True
+    stale = await post(client, f"/{b['id']}/heartbeat", {"leaseToken": str(uuid.uuid4())})
+    assert_error(stale, 409, "lease")
+    cancelled = await post(client, f"/{c['id']}/heartbeat", {"leaseToken": c["leaseToken"]})
+    assert cancelled.status_code == 200 and cancelled.json()["cancelled"] is True
+    unknown = await post(client, f"/{missing_id()}/heartbeat", {"leaseToken": str(uuid.uuid4())})
+    assert_error(unknown, 404)
+    bad = await post(client, "/heartbeat", {"leases": [{"taskId": "x", "leaseToken": "y"}]})
+    assert bad.status_code == 400
+
+
+# ---------------------------------------------------------------- complete / fail / release
+
+
+async def test_complete_fences_stale_tokens_and_counts_once(client):
+    run = await create_run(client)
+    await enqueue(client, run["id"], 1, maxRetries=1)
+    (held,) = await claim(client)
+    stale = await post(client, f"/{held['id']}/complete", {"leaseToken": str(uuid.uuid4()), "outputData": "x"})
+    assert_error(stale, 409, "lease token")
+    response = await post(client, f"/{held['id']}/complete", {"leaseToken": held["leaseToken"], "outputData": {"sum": 3}})
+    assert response.status_code == 200, response.text
+    task = response.json()
+    assert task["status"] == "completed" and task["outputData"] == {"sum": 3}
+    assert task["completedAt"] >= task["startedAt"] and task["durationMs"] >= 0
+    # The same call again (its answer was lost): 200, nothing changes.
+    repeat = await post(client, f"/{held['id']}/complete", {"leaseToken": held["leaseToken"], "outputData": "other"})
+    assert repeat.status_code == 200 and repeat.json()["outputData"] == {"sum": 3}
+    # A fail of a completed task changes nothing.
+    failed = await post(client, f"/{held['id']}/fail", {"leaseToken": held["leaseToken"]})
+    assert_error(failed, 409, "completed")
+    counts = await get_run(client, run["id"])
+    assert (counts["completedTasks"], counts["failedTasks"]) == (1, 0)
+
+
+async def test_fail_then_retry_then_exhausted(client):
+    run = await create_run(client)
+    (task,) = await enqueue(client, run["id"], 1, maxRetries=1)
+    (held,) = await claim(client)
+    error = {"message": "boom", "type": "ValueError", "stack": "..."}
+    response = await post(client, f"/{task['id']}/fail", {"leaseToken": held["leaseToken"], "errorData": error})
+    retrying = response.json()
+    assert retrying["status"] == "retrying" and retrying["retryCount"] == 1
+    assert 1600 <= retrying["runAfter"] - retrying["updatedAt"] <= 2400
+    assert retrying["errorData"] == error
+    assert await claim(client) == []  # not before its backoff
+    await asyncio.sleep((retrying["runAfter"] - now_ms()) / 1000 + 0.05)
+    (again,) = await claim(client)
+    assert again["attempt"] == 2 and again["id"] == task["id"]
+    final = await post(client, f"/{task['id']}/fail", {"leaseToken": again["leaseToken"], "errorData": "x"})
+    assert final.json()["status"] == "failed" and final.json()["retryCount"] == 1
+    assert (await get_run(client, run["id"]))["failedTasks"] == 1
+
+
+async def test_fail_not_retryable_and_max_retries_zero(client):
+    run = await create_run(client)
+    await enqueue(client, run["id"], 1, maxRetries=3)
+    await enqueue(client, run["id"], 1, maxRetries=0, type="zero")
+    a, b = await claim(client)
+    no_retry = await post(client, f"/{a['id']}/fail", {"leaseToken": a["leaseToken"], "retryable": False})
+    zero = await post(client, f"/{b['id']}/fail", {"leaseToken": b["leaseToken"]})
+    assert no_retry.json()["status"] == zero.json()["status"] == "failed"
+    assert zero.json()["attempt"] == 1 and zero.json()["retryCount"] == 0
+
+
+async def test_batch_complete(client):
+    run = await create_run(client)
+    await enqueue(client, run["id"], 200)
+    held = await claim(client, limit=200)
+    results = [
+        {"taskId": t["id"], "leaseToken": t["leaseToken"], "status": "completed", "outputData": i}
+        for i, t in enumerate(held[:150])
+    ]
+    results += [
+        {"taskId": t["id"], "leaseToken": t["leaseToken"], "status": "failed", "errorData": "e", "retryable": False}
+        for t in held[150:199]
+    ]
+    results.append({"taskId": held[199]["id"], "leaseToken": str(uuid.uuid4()), "status": "completed"})
+    response = await post(client, "/complete", {"results": results})
+    assert response.status_code == 200, response.text
+    data = response.json()["data"]
+    assert [d["taskId"] for d in data] == [r["taskId"] for r in results]
+    assert all(d["ok"] for d in data[:199]) and data[199] == {"taskId": held[199]["id"], "ok": False, "status": "running"}
+    counts = await get_run(client, run["id"])
+    assert (counts["completedTasks"], counts["failedTasks"]) == (150, 49)
+    assert (await post(client, "/complete", {"results": [{"taskId": "1", "status": "done"}]})).status_code == 400
+
+
+async def test_release(client):
+    run = await create_run(client)
+    await enqueue(client, run["id"], 2)
+    a, b = await claim(client)
+    response = await post(client, f"/{a['id']}/release", {"leaseToken": a["leaseToken"]})
+    assert response.status_code == 200 and response.json()["status"] == "queued"
+    assert response.json()["attempt"] == 0
+    assert_error(await post(client, f"/{a['id']}/release", {"leaseToken": a["leaseToken"]}), 409)
+    batch = await post(client, "/release", {"leases": [{"taskId": b["id"], "leaseToken": b["leaseToken"]}]})
+    assert batch.json()["data"] == [{"taskId": b["id"], "ok": True, "status": "queued"}]
+    assert {t["id"] for t in await claim(client)} == {a["id"], b["id"]}
+
+
+# ---------------------------------------------------------------- wait
+
+
+async def test_wait_returns_when_the_task_ends(client):
+    run = await create_run(client)
+    (task,) = await enqueue(client, run["id"], 1)
+    started = time.monotonic()
+    waiting = asyncio.create_task(client.get(f"{API}/tasks/{task['id']}/wait?timeoutMs=20000", headers=HEADERS_A))
+    await asyncio.sleep(0.3)
+    assert not waiting.done()
+    (held,) = await claim(client)
+    await post(client, f"/{task['id']}/complete", {"leaseToken": held["leaseToken"], "outputData": 7})
+    response = await asyncio.wait_for(waiting, 10)
+    assert response.status_code == 200 and response.json()["status"] == "completed"
+    assert response.json()["outputData"] == 7
+    assert time.monotonic() - started < 5  # the 30 s poll fallback did not do it: NOTIFY did
+
+
+async def test_wait_is_woken_by_the_legacy_patch(client):
+    run = await create_run(client)
+    (task,) = await enqueue(client, run["id"], 1)
+    waiting = asyncio.create_task(client.get(f"{API}/tasks/{task['id']}/wait?timeoutMs=20000", headers=HEADERS_A))
+    await asyncio.sleep(0.3)
+    await patch_task(client, task["id"], status="cancelled")
+    response = await asyncio.wait_for(waiting, 5)
+    assert response.json()["status"] == "cancelled"
+
+
+async def test_wait_timeout_and_errors(client):
+    run = await create_run(client)
+    (task,) = await enqueue(client, run["id"], 1)
+    started = time.monotonic()
+    response = await client.get(f"{API}/tasks/{task['id']}/wait?timeoutMs=300", headers=HEADERS_A)
+    assert response.status_code == 200 and response.json()["status"] == "queued"
+    assert time.monotonic() - started >= 0.25
+    assert_error(await client.get(f"{API}/tasks/{missing_id()}/wait", headers=HEADERS_A), 404)
+    assert_error(await client.get(f"{API}/tasks/{task['id']}/wait", headers=HEADERS_B), 404)
+    too_long = await client.get(f"{API}/tasks/{task['id']}/wait?timeoutMs=60001", headers=HEADERS_A)
+    assert too_long.status_code == 400
+
+
+async def test_queue_endpoints_need_a_key(client):
+    response = await client.post(f"{API}/tasks/claim", json={"workerId": "w"})
+    assert_error(response, 401)

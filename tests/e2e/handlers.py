@@ -1,0 +1,39 @@
+"""Task handlers of the end-to-end tests, importable by `foreman worker tests.e2e.handlers:HANDLERS`."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from typing import Any
+
+from foreman import TaskContext
+
+
+async def noop(ctx: TaskContext) -> Any:
+    """Returns its input and the worker process that ran it."""
+    return {"echo": ctx.input_data, "pid": os.getpid(), "attempt": ctx.attempt}
+
+
+async def nap(ctx: TaskContext) -> Any:
+    """Sleeps input_data seconds (async), stopping early when cancelled."""
+    deadline = time.monotonic() + float(ctx.input_data)
+    while time.monotonic() < deadline and not ctx.cancelled:
+        await asyncio.sleep(0.02)
+    return {"pid": os.getpid(), "attempt": ctx.attempt, "cancelled": ctx.cancelled}
+
+
+def sync_nap(ctx: TaskContext) -> Any:
+    """Sleeps input_data seconds in a worker thread."""
+    time.sleep(float(ctx.input_data))
+    return {"pid": os.getpid(), "attempt": ctx.attempt}
+
+
+def flaky(ctx: TaskContext) -> Any:
+    """Fails until attempt input_data (sync handler)."""
+    if ctx.attempt < int(ctx.input_data):
+        raise RuntimeError(f"attempt {ctx.attempt} failed on purpose")
+    return {"succeeded_on": ctx.attempt}
+
+
+HANDLERS = {"noop": noop, "nap": nap, "sync_nap": sync_nap, "flaky": flaky}
