@@ -41,13 +41,20 @@ ensure_redis_binary() {
 }
 ensure_redis_binary
 
-echo "==> ruff check" >&2
-ruff check .
-echo "==> ruff format --check" >&2
-ruff format --check .
-echo "==> mypy (strict) src" >&2
+# Every step runs even when an earlier one fails, so one run shows every problem.
+failed=()
+step() {
+    local name=$1
+    shift
+    echo "==> $name" >&2
+    "$@" || failed+=("$name")
+}
+
+step "ruff check" ruff check .
+step "ruff format --check" ruff format --check .
 # Explicit package bases: a package folder without __init__.py still maps to foreman.<name>.
-mypy --explicit-package-bases src
+step "mypy (strict) src" mypy --explicit-package-bases src
+
 echo "==> pytest" >&2
 status=0
 python -m pytest "$@" || status=$?
@@ -56,9 +63,15 @@ if [ "$status" -eq 5 ]; then
     # whole-suite or CI run that ran nothing must not look green.
     if [ "$#" -gt 0 ] && [ "${CI:-}" != "true" ]; then
         echo "==> pytest: no test matched the selection" >&2
-        exit 0
+        status=0
+    else
+        echo "error: pytest collected no tests" >&2
     fi
-    echo "error: pytest collected no tests" >&2
+fi
+[ "$status" -eq 0 ] || failed+=("pytest")
+
+if [ "${#failed[@]}" -gt 0 ]; then
+    printf 'FAILED: %s\n' "${failed[@]}" >&2
     exit 1
 fi
-exit "$status"
+echo "==> all checks passed" >&2

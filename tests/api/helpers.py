@@ -114,7 +114,16 @@ async def admin_count(db_url: str, table: str) -> int:
 
 
 async def admin_counts(db_url: str) -> dict[str, int]:
-    return {table: await admin_count(db_url, table) for table in ("run", "task", "run_data")}
+    """Rows of run, task and run_data in every organisation."""
+    conn = await asyncpg.connect(db_url)
+    try:
+        record = await conn.fetchrow(
+            "SELECT (SELECT count(*) FROM run) AS run, (SELECT count(*) FROM task) AS task,"
+            " (SELECT count(*) FROM run_data) AS run_data"
+        )
+    finally:
+        await conn.close()
+    return dict(record)
 
 
 async def admin_insert_runs(db_url: str, *, org_id: str, created_at: int, count: int) -> list[str]:

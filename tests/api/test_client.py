@@ -172,7 +172,12 @@ def test_config(client: Client):
 def test_enqueue_is_idempotent_with_a_key(client: Client):
     run = client.create_run({})
     first = client.enqueue_task(
-        run.id, type="mail", input_data={"to": "x"}, priority=3, delay_ms=60_000, idempotency_key="k1"
+        run.id,
+        type="mail",
+        input_data={"to": "x"},
+        priority=3,
+        delay_ms=60_000,
+        idempotency_key="k1",
     )
     assert first.status == "queued"
     assert first.queued_at is not None

@@ -7,8 +7,9 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 
+import httpx
 import pytest
-from litestar.testing import AsyncTestClient
+from bullmq import Queue
 
 from foreman.server.app import create_app
 from tests.api.helpers import (
@@ -22,14 +23,16 @@ from tests.api.helpers import (
     patch_task,
 )
 from tests.conftest import HEADERS_A, HEADERS_B, make_settings
+from tests.queue_helpers import bullmq_queue, redis_settings, running_app, unique_queue_name
+from tests.services import free_port
 
 
 @pytest.fixture
-async def client(db_url: str) -> AsyncIterator[AsyncTestClient]:
-    """The app with a long poll fallback: only a NOTIFY can wake a long poll quickly."""
+async def client(db_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    """The poll fallback is 30 s here: only a NOTIFY can wake a long poll quickly."""
     app = create_app(make_settings(db_url, poll_interval_s=30.0, sweep_enabled=False))
-    async with AsyncTestClient(app=app) as test_client:
-        yield test_client
+    async with running_app(app) as http:
+        yield http
 
 
 async def enqueue(client, run_id: str, count: int = 1, **fields) -> list[dict]:
@@ -362,3 +365,83 @@ async def test_wait_timeout_and_errors(client):
 async def test_queue_endpoints_need_a_key(client):
     response = await client.post(f"{API}/tasks/claim", json={"workerId": "w"})
     assert_error(response, 401)
+
+
+# ---------------------------------------------------------------- bullmq backend
+
+
+@pytest.fixture
+async def bullmq_app(db_url, redis_server) -> AsyncIterator[tuple[httpx.AsyncClient, Queue]]:
+    """The app on the bullmq backend with a queue of this test alone, and that queue."""
+    name = unique_queue_name()
+    settings = make_settings(db_url, sweep_enabled=False, **redis_settings(redis_server, name))
+    queue = bullmq_queue(redis_server, name)
+    try:
+        async with running_app(create_app(settings)) as http:
+            yield http, queue
+    finally:
+        await queue.obliterate(force=True)
+        await queue.close()
+
+
+async def test_bullmq_publishes_the_wire_format(bullmq_app):
+    client, queue = bullmq_app
+    run = await create_run(client)
+    body = {"runId": run["id"], "type": "resize", "inputData": 1, "enqueue": True, "maxRetries": 2}
+    single = await client.post(f"{API}/tasks", json={**body, "priority": 7}, headers=HEADERS_A)
+    batch = await enqueue(client, run["id"], 3, delayMs=60_000)
+    pending = await client.post(f"{API}/tasks", json={**body, "enqueue": False}, headers=HEADERS_A)
+    task = single.json()
+    job = await queue.getJob(f"{task['id']}:1")
+    # SPEC section 7: name = type, data exactly {"taskId"}, Node foreman-client's options.
+    assert (job.name, job.data) == ("resize", {"taskId": task["id"]})
+    assert job.opts["attempts"] == 3 and job.opts["priority"] == 7
+    assert job.opts["backoff"] == {"type": "exponential", "delay": 2000}
+    assert (job.opts["removeOnComplete"], job.opts["removeOnFail"]) == (True, False)
+    delayed = await queue.getJob(f"{batch[0]['id']}:1")
+    assert 55_000 <= delayed.opts["delay"] <= 60_000
+    counts = await queue.getJobCounts()
+    assert (counts["prioritized"], counts["delayed"], counts["waiting"]) == (1, 3, 0)
+    assert await queue.getJob(f"{pending.json()['id']}:1") is None
+
+
+async def test_bullmq_fail_publishes_the_next_attempt_after_its_backoff(bullmq_app):
+    client, queue = bullmq_app
+    run = await create_run(client)
+    (task,) = await enqueue(client, run["id"], 1, maxRetries=1)
+    held = await post(client, f"/{task['id']}/claim", {"workerId": "w"})
+    failed = await post(client, f"/{task['id']}/fail", {"leaseToken": held.json()["leaseToken"]})
+    assert failed.json()["status"] == "retrying"
+    retry = await queue.getJob(f"{task['id']}:2")
+    assert retry is not None and retry.data == {"taskId": task["id"]}
+    assert 1000 <= retry.opts["delay"] <= 2400
+    assert retry.opts["attempts"] == 1  # the attempts left
+    assert (await queue.getJobCounts())["delayed"] == 1
+
+
+async def test_bullmq_health_and_config(bullmq_app):
+    client, _ = bullmq_app
+    health = await client.get("/health")
+    assert health.json()["services"]["redis"] == "connected"
+    config = await client.get(f"{API}/config", headers=HEADERS_A)
+    assert config.json()["queue"] == {"backend": "bullmq"}
+
+
+async def test_bullmq_redis_down_reports_disconnected_and_still_creates(db_url):
+    closed_port = free_port()
+    settings = make_settings(
+        db_url,
+        sweep_enabled=False,
+        queue_backend="bullmq",
+        redis_host="127.0.0.1",
+        redis_port=closed_port,
+        task_queue_name=unique_queue_name(),
+    )
+    async with running_app(create_app(settings)) as client:
+        health = await client.get("/health")
+        assert health.status_code == 200
+        assert health.json()["services"]["redis"] == "disconnected"
+        run = await create_run(client)
+        # The row is committed; the failed publish is logged and left to the sweeper.
+        (task,) = await enqueue(client, run["id"], 1)
+        assert task["status"] == "queued"

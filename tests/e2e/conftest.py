@@ -65,7 +65,7 @@ class OwnRedis:
         )
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def own_redis() -> Iterator[OwnRedis]:
     redis = OwnRedis().start()
     try:
@@ -75,7 +75,7 @@ def own_redis() -> Iterator[OwnRedis]:
         shutil.rmtree(redis.dir, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def e2e_dir() -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="foreman-e2e-"))
     yield path
@@ -101,7 +101,7 @@ def start_server(database_url: str, cwd: Path, *, backend: str, redis: OwnRedis)
     return ServerProcess(cwd, env=env).start()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def pg_server(database_url: str, e2e_dir: Path, own_redis: OwnRedis) -> Iterator[ServerProcess]:
     """`foreman server` with the postgres backend."""
     server = start_server(database_url, e2e_dir, backend="postgres", redis=own_redis)
@@ -111,7 +111,7 @@ def pg_server(database_url: str, e2e_dir: Path, own_redis: OwnRedis) -> Iterator
         server.kill()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def bull_server(database_url: str, e2e_dir: Path, own_redis: OwnRedis) -> Iterator[ServerProcess]:
     """`foreman server` with the bullmq backend on our own Redis."""
     server = start_server(database_url, e2e_dir, backend="bullmq", redis=own_redis)

@@ -32,7 +32,9 @@ async def all_tasks(client: AsyncClient, run_id: str) -> list[Task]:
     """Every task of a run (pages of 100)."""
     tasks: list[Task] = []
     while True:
-        page = await client.list_tasks(run_id=run_id, limit=100, offset=len(tasks), sort_order="asc")
+        page = await client.list_tasks(
+            run_id=run_id, limit=100, offset=len(tasks), sort_order="asc"
+        )
         tasks.extend(page.data)
         if len(tasks) >= page.pagination.total or not page.data:
             return tasks

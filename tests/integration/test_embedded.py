@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import signal
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
@@ -39,7 +40,7 @@ def _stop_leftover(pgdata: Path) -> None:
         psutil.Process(pid).send_signal(signal.SIGINT)  # "fast" shutdown
 
 
-def _create_run_task_and_data(url: str) -> tuple[dict, dict, dict]:
+def _create_run_task_and_data(url: str) -> tuple[dict[str, Any], ...]:
     with httpx.Client(base_url=url, headers=KEY, timeout=10) as http:
         run = http.post("/api/v1/runs", json={"inputData": {"order": 42}, "metadata": {"a": 1}})
         assert run.status_code == 201, run.text
@@ -70,7 +71,8 @@ def test_embedded_default_starts_keeps_data_and_stops_with_the_server(tmp_path):
         assert str(pgdata) in first.log()  # the log says where the data lives
         run, task, data = _create_run_task_and_data(first.url)
         postgres_pid = _postmaster_pid(pgdata)
-        assert postgres_pid is not None and _running(postgres_pid)
+        assert postgres_pid is not None
+        assert _running(postgres_pid)
 
         assert first.stop(signal.SIGTERM) == 0
         assert "embedded PostgreSQL stopped" in first.log()
@@ -120,7 +122,8 @@ def test_after_a_crash_the_next_server_adopts_and_then_stops_the_postgres(tmp_pa
         run, _, _ = _create_run_task_and_data(crashed.url)
         crashed.stop(signal.SIGKILL)  # no clean-up at all: the PostgreSQL is left running
         orphan = _postmaster_pid(data_dir / "pgdata")
-        assert orphan is not None and _running(orphan)
+        assert orphan is not None
+        assert _running(orphan)
 
         restarted.start()
         fetched = httpx.get(f"{restarted.url}/api/v1/runs/{run['id']}", headers=KEY, timeout=10)

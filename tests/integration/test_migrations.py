@@ -19,7 +19,9 @@ TABLES = ("run", "run_counter", "task", "run_data")
 
 def _migration_ids() -> list[str]:
     directory = resources.files("foreman.store") / "migrations"
-    return sorted(p.name.removesuffix(".sql") for p in directory.iterdir() if p.name.endswith(".sql"))
+    return sorted(
+        p.name.removesuffix(".sql") for p in directory.iterdir() if p.name.endswith(".sql")
+    )
 
 
 @pytest.fixture
@@ -61,9 +63,8 @@ async def test_migrations_apply_once_to_an_empty_database(empty_db):
         )
         # Enabled, not forced: the owner (the sweeper, migrations) works across organisations,
         # and the server's requests run as foreman_app, which the policies do bind.
-        assert {r["relname"]: (r["relrowsecurity"], r["relforcerowsecurity"]) for r in rls} == {
-            table: (True, False) for table in TABLES
-        }
+        flags = {r["relname"]: (r["relrowsecurity"], r["relforcerowsecurity"]) for r in rls}
+        assert flags == dict.fromkeys(TABLES, (True, False))
         policies = await conn.fetch(
             "SELECT tablename, qual, with_check FROM pg_policies WHERE schemaname = 'public'"
         )

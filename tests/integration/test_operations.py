@@ -7,6 +7,7 @@ that the test stops, freezes and starts again; the machine's shared server is ne
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 import re
 import shutil
@@ -15,6 +16,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import httpx
@@ -34,12 +36,11 @@ class OwnPostgres:
     """A PostgreSQL cluster for one test, which it may stop, freeze and start at will."""
 
     def __init__(self, root: Path) -> None:
-        import pgserver  # the [embedded] extra
-
-        self._pgserver = pgserver
+        # The [embedded] extra; typed loosely, pg_ctl is made at import time.
+        self._pgserver: Any = importlib.import_module("pgserver")
         self.pgdata = root / "pgdata"
         # cleanup_mode=None: this class decides when the server stops, not pgserver's atexit.
-        server = pgserver.get_server(self.pgdata, cleanup_mode=None)
+        server = self._pgserver.get_server(self.pgdata, cleanup_mode=None)
         self.user = server.system_user
         self.socket_dir = server.get_postmaster_info().socket_dir
         self.url = server.get_uri("postgres")
@@ -86,7 +87,9 @@ async def own_postgres(tmp_path: Path) -> AsyncIterator[OwnPostgres]:
 
 
 @pytest.fixture(scope="module")
-def configured_server(database_url: str, tmp_path_factory) -> Iterator[ServerProcess]:
+def configured_server(
+    database_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
     """One server with CORS and a small body limit, logging plain lines at INFO."""
     env = server_env(
         FOREMAN_DATABASE_URL=database_url,
@@ -112,7 +115,7 @@ def _log_lines_with(server: ServerProcess, needle: str, *, wait_s: float = 3.0) 
         time.sleep(0.05)
 
 
-async def _timed(http: httpx.AsyncClient, method: str, path: str, **kwargs) -> httpx.Response:
+async def _timed(http: httpx.AsyncClient, method: str, path: str, **kwargs: Any) -> httpx.Response:
     started = time.monotonic()
     response = await http.request(method, path, **kwargs)
     elapsed = time.monotonic() - started
@@ -173,7 +176,7 @@ async def test_health_and_requests_follow_a_database_outage(own_postgres, tmp_pa
 
 async def test_a_frozen_database_gets_503_within_the_command_timeout(own_postgres, tmp_path):
     # Worse than a stopped server: connections stay open and nothing answers.
-    env = server_env(FOREMAN_DATABASE_URL=own_postgres.url, FOREMAN_DB_COMMAND_TIMEOUT_S="2")
+    env = server_env(FOREMAN_DATABASE_URL=own_postgres.url, FOREMAN_DB_COMMAND_TIMEOUT_S="3")
     server = ServerProcess(tmp_path, env=env)
     try:
         await asyncio.to_thread(server.start)
@@ -186,7 +189,11 @@ async def test_a_frozen_database_gets_503_within_the_command_timeout(own_postgre
             for process in frozen:
                 process.suspend()
             try:
-                await _assert_unavailable(http, run_id)
+                # /health has its own 2 s bound, whatever the command timeout.
+                started = time.monotonic()
+                assert (await http.get("/health")).status_code == 503
+                assert time.monotonic() - started < 3.0
+                await _assert_unavailable(http, run_id)  # the rest: within the command timeout
             finally:
                 for process in frozen:
                     process.resume()
@@ -287,7 +294,9 @@ def test_a_body_over_the_limit_gets_413(configured_server):
         for start in range(0, len(big), 1000):
             yield big[start : start + 1000]
 
-    streamed = httpx.post(url, headers={**KEY, "content-type": "application/json"}, content=chunks())
+    streamed = httpx.post(
+        url, headers={**KEY, "content-type": "application/json"}, content=chunks()
+    )
     assert streamed.status_code == 413
     assert streamed.json()["code"] == "payload_too_large"
 
@@ -312,7 +321,10 @@ def test_cors_allows_the_configured_origin_only(configured_server):
     assert "x-request-id" in simple.headers["access-control-expose-headers"]
 
     other = httpx.get(url, headers={**KEY, "Origin": "https://elsewhere.example"})
-    assert other.headers.get("access-control-allow-origin") not in ("*", "https://elsewhere.example")
+    assert other.headers.get("access-control-allow-origin") not in (
+        "*",
+        "https://elsewhere.example",
+    )
 
 
 async def test_json_logs_and_no_cors_by_default(database_url, tmp_path):

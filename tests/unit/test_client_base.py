@@ -12,7 +12,7 @@ import pytest
 
 import foreman
 from foreman import errors
-from foreman.client import AsyncClient, Client, RedisOptions, TaskSpec, _base
+from foreman.client import AsyncClient, Client, RedisOptions, TaskSpec, _base, _calls
 from foreman.models import Task
 from foreman.worker import _results
 from foreman.worker.runner import load_handlers
@@ -105,7 +105,7 @@ def test_redis_options_from_url():
 
 def test_task_body_is_camel_case_and_omits_unset_fields():
     spec = TaskSpec(run_id="r1", type="email", input_data=[1, 2], max_retries=0, delay_ms=250)
-    call = _base.create_task(spec, enqueue=True)
+    call = _calls.create_task(spec, enqueue=True)
     assert (call.method, call.path) == ("POST", "/api/v1/tasks")
     assert body_of(call) == {
         "runId": "r1",
@@ -120,11 +120,11 @@ def test_task_body_is_camel_case_and_omits_unset_fields():
 
 def test_an_idempotency_key_makes_a_create_repeatable():
     spec = TaskSpec(run_id="r1", type="t", input_data="x", idempotency_key="k-1")
-    call = _base.create_task(spec, enqueue=False)
+    call = _calls.create_task(spec, enqueue=False)
     assert body_of(call)["idempotencyKey"] == "k-1"
     assert "enqueue" not in body_of(call)
     assert call.idempotent is True
-    batch = _base.create_tasks([spec, TaskSpec(run_id="r1", type="t", input_data=1)], enqueue=True)
+    batch = _calls.create_tasks([spec, TaskSpec(run_id="r1", type="t", input_data=1)], enqueue=True)
     assert batch.path == "/api/v1/tasks/batch"
     assert [t["enqueue"] for t in body_of(batch)["tasks"]] == [True, True]
     assert batch.idempotent is False  # one task without a key
@@ -137,16 +137,16 @@ def test_task_spec_from_mapping():
 
 
 def test_update_sends_only_given_fields_and_keeps_null():
-    call = _base.update_task(
+    call = _calls.update_task(
         "t1", {"status": "completed", "metadata": None, "output_data": msgspec.UNSET}
     )
     assert body_of(call) == {"status": "completed", "metadata": None}
     assert call.idempotent is True
-    assert _base.update_task("t1", {"status": "retrying"}).idempotent is False
+    assert _calls.update_task("t1", {"status": "retrying"}).idempotent is False
 
 
 def test_query_parameters():
-    call = _base.query_run_data(
+    call = _calls.query_run_data(
         "r/1", {"keys": ["a", "b"], "include_all": True, "tag_mode": "all", "limit": 5, "key": None}
     )
     assert call.path == "/api/v1/runs/r%2F1/data"  # an id stays one path segment
@@ -155,12 +155,12 @@ def test_query_parameters():
 
 def test_delete_run_data_needs_a_key_or_an_id():
     with pytest.raises(ValueError, match="key or a data_id"):
-        _base.delete_run_data("r", key=None, data_id=None)
-    assert _base.delete_run_data("r", key="k", data_id=None).params == {"key": "k"}
+        _calls.delete_run_data("r", key=None, data_id=None)
+    assert _calls.delete_run_data("r", key="k", data_id=None).params == {"key": "k"}
 
 
 def test_queue_calls_use_milliseconds_and_outlast_the_long_poll():
-    call = _base.claim_tasks(worker_id="w", limit=50, lease_s=2.5, wait_s=5, types=["a"])
+    call = _calls.claim_tasks(worker_id="w", limit=50, lease_s=2.5, wait_s=5, types=["a"])
     assert body_of(call) == {
         "workerId": "w",
         "limit": 50,
@@ -171,7 +171,7 @@ def test_queue_calls_use_milliseconds_and_outlast_the_long_poll():
     assert call.timeout_s is not None
     assert call.timeout_s > 5
     assert call.idempotent is False  # a repeated claim would lease more tasks
-    beat = _base.heartbeat([_base.Lease("t", "tok")], lease_s=30)
+    beat = _calls.heartbeat([_base.Lease("t", "tok")], lease_s=30)
     assert body_of(beat) == {"leases": [{"taskId": "t", "leaseToken": "tok"}], "leaseMs": 30000}
     assert beat.idempotent is True
 
@@ -180,7 +180,7 @@ def test_batch_results_embed_encoded_output():
     task = make_task(leaseToken="tok")
     ok = _results.success(task, {"sum": 3})
     failed = _results.failure(task, {"message": "boom"}, retryable=False)
-    body = body_of(_base.complete_tasks([ok, failed]))
+    body = body_of(_calls.complete_tasks([ok, failed]))
     assert body["results"] == [
         {"taskId": task.id, "leaseToken": "tok", "status": "completed", "outputData": {"sum": 3}},
         {
@@ -197,10 +197,14 @@ def test_batch_results_embed_encoded_output():
 
 
 def test_parse_decodes_into_models():
-    task = _base.parse(response(200, TASK_JSON), _base.get_task("x"))
+    task = _base.parse(response(200, TASK_JSON), _calls.get_task("x"))
     assert isinstance(task, Task)
-    assert (task.run_id, task.input_data, task.max_retries) == (TASK_JSON["runId"], {"to": "a@b.c"}, 2)
-    tasks = _base.parse(response(200, {"data": [TASK_JSON]}), _base.create_tasks([], enqueue=True))
+    assert (task.run_id, task.input_data, task.max_retries) == (
+        TASK_JSON["runId"],
+        {"to": "a@b.c"},
+        2,
+    )
+    tasks = _base.parse(response(200, {"data": [TASK_JSON]}), _calls.create_tasks([], enqueue=True))
     assert [t.id for t in tasks] == [TASK_JSON["id"]]
 
 
@@ -220,19 +224,21 @@ def test_parse_decodes_into_models():
 )
 def test_error_statuses_raise_the_shared_error_classes(status, cls):
     with pytest.raises(cls) as caught:
-        _base.parse(response(status, {"error": "Task not found: x", "code": "c"}), _base.get_task("x"))
+        _base.parse(
+            response(status, {"error": "Task not found: x", "code": "c"}), _calls.get_task("x")
+        )
     assert type(caught.value) is cls
     assert caught.value.message == "Task not found: x"
 
 
 def test_non_json_error_keeps_its_text():
     with pytest.raises(errors.ForemanError, match="HTTP 502: bad gateway"):
-        _base.parse(response(502, text="bad gateway"), _base.get_task("x"))
+        _base.parse(response(502, text="bad gateway"), _calls.get_task("x"))
 
 
 def test_an_unexpected_answer_is_a_foreman_error():
     with pytest.raises(errors.ForemanError, match="Unexpected answer"):
-        _base.parse(response(200, {"id": 1}), _base.get_task("x"))
+        _base.parse(response(200, {"id": 1}), _calls.get_task("x"))
 
 
 def test_missing_route_is_told_apart_from_a_missing_resource():
@@ -244,8 +250,8 @@ def test_missing_route_is_told_apart_from_a_missing_resource():
 
 
 def test_retry_rules():
-    post = _base.create_run({}, metadata=None)
-    get = _base.get_run("r")
+    post = _calls.create_run({}, metadata=None)
+    get = _calls.get_run("r")
     request = httpx.Request("GET", "http://x")
     refused = httpx.ConnectError("refused", request=request)
     dropped = httpx.RemoteProtocolError("disconnected", request=request)
@@ -253,9 +259,18 @@ def test_retry_rules():
     assert _base.may_retry_error(refused, post)
     assert not _base.may_retry_error(dropped, post)
     assert _base.may_retry_error(dropped, get)
-    assert _base.may_retry_status(503, get)
-    assert not _base.may_retry_status(503, post)
-    assert not _base.may_retry_status(500, get)
+    unavailable = httpx.Response(503)
+    assert _base.response_retry_delay(unavailable, get, attempt=0, retries=3) is not None
+    assert _base.response_retry_delay(unavailable, post, attempt=0, retries=3) is None
+    assert _base.response_retry_delay(unavailable, get, attempt=3, retries=3) is None
+    assert _base.response_retry_delay(httpx.Response(500), get, attempt=0, retries=3) is None
+    # A rate-limited call was refused before it ran: even a POST goes again, after Retry-After.
+    limited = httpx.Response(429, headers={"retry-after": "1.5"})
+    assert _base.response_retry_delay(limited, post, attempt=0, retries=3) == 1.5
+    assert _base.retry_after_s(httpx.Response(429, headers={"retry-after": "soon"})) == 0.0
+    assert _base.retry_after_s(httpx.Response(429, headers={"retry-after": "999"})) == 30.0
+    assert _base.error_retry_delay(dropped, post, attempt=0, retries=3) is None
+    assert _base.error_retry_delay(refused, post, attempt=2, retries=3) is not None
     delays = [_base.retry_delay_s(n) for n in range(10)]
     assert all(0.05 <= d <= 2.0 for d in delays)
     assert delays[-1] >= 1.0
@@ -265,7 +280,7 @@ def test_retry_rules():
 
 
 def test_wait_plan_long_polls_then_falls_back_to_polling():
-    plan = _base.WaitPlan("t", timeout=10, now=0.0)
+    plan = _calls.WaitPlan("t", timeout=10, now=0.0)
     first = plan.call(0.0)
     assert first.path == "/api/v1/tasks/t/wait"
     assert first.params == {"timeoutMs": "10000"}
@@ -279,7 +294,7 @@ def test_wait_plan_long_polls_then_falls_back_to_polling():
 
 
 def test_wait_plan_finishes_on_terminal_and_times_out():
-    plan = _base.WaitPlan("t", timeout=5, now=0.0)
+    plan = _calls.WaitPlan("t", timeout=5, now=0.0)
     assert plan.finished(make_task(status="completed"), 1.0)
     assert not plan.finished(make_task(status="running"), 1.0)
     with pytest.raises(TimeoutError, match="still running"):

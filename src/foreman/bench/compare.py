@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import statistics
@@ -96,6 +97,7 @@ async def _round(
                     "p99_ms": s.p99_ms,
                     "errors": s.errors,
                     **result.cpu,
+                    **{f"{k}_us": v for k, v in result.cpu_us_per_op().items()},
                 }
                 logger.info(
                     "%s %s: %.0f/s p99 %.1f ms cpu %s",
@@ -128,7 +130,7 @@ async def compare(
             await services.drop_database(server.admin_url, services.BENCH_DATABASE)
     return {"meta": {**sysinfo.machine(), "rounds": rounds, "duration_s": profile.duration_s,
                      "warmup_s": profile.warmup_s, "concurrency": profile.concurrency,
-                     "configs": [c.__dict__ | {"env": c.env} for c in configs]},
+                     "configs": [dataclasses.asdict(c) for c in configs]},
             "values": values}  # fmt: skip
 
 
@@ -142,12 +144,12 @@ def summary_table(result: dict[str, Any]) -> str:
         for name in names:
             rates = [v["per_s"] for v in values[name][figure]]
             p99 = [v["p99_ms"] for v in values[name][figure] if v["p99_ms"] is not None]
-            server = [v.get("server_cores") for v in values[name][figure] if v.get("server_cores")]
+            server = [v["server_us"] for v in values[name][figure] if v.get("server_us")]
             ratios = [r / b for r, b in zip(rates, base, strict=True) if b]
             lines.append(
                 f"{figure:24} {name:14} median {statistics.median(rates):8.0f}/s  "
                 f"p99 {statistics.median(p99) if p99 else float('nan'):7.1f} ms  "
-                f"server {statistics.median(server) if server else float('nan'):4.2f} cores  "
+                f"server {statistics.median(server) if server else float('nan'):5.0f} us/op  "
                 f"rounds {' '.join(f'{r:.0f}' for r in rates)}  "
                 f"vs {names[0]} {' '.join(f'{x:.2f}' for x in ratios)}"
             )

@@ -40,6 +40,21 @@ class LoadResult:
     cpu: dict[str, float | None] = field(default_factory=dict)
     error_samples: list[str] = field(default_factory=list)
 
+    def cpu_us_per_op(self) -> dict[str, float | None]:
+        """CPU microseconds per successful operation by who spent them (server, postgres, ...).
+
+        Less sensitive than throughput to neighbours on a shared machine: they take cores away
+        from the measured processes, which lowers the rate, but hardly the cost of each request.
+        """
+        per_s = self.summary.per_s
+        return {
+            name.removesuffix("_cores"): None
+            if cores is None or not per_s
+            else round(cores / per_s * 1e6, 1)
+            for name, cores in self.cpu.items()
+            if name != "machine_cores"
+        }
+
 
 @dataclass(slots=True)
 class _Window:

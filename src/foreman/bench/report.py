@@ -85,6 +85,12 @@ def _number(value: Any, unit: str = "") -> str:
     return f"{value:,.0f}"
 
 
+def _server_cpu(results: dict[str, Any], row: Row) -> str:
+    if row.p50_key is None:
+        return ""
+    return _number(results.get(row.p50_key.removesuffix("_p50_ms") + "_server_cpu_us"))
+
+
 def _verdict(value: Any, row: Row) -> str:
     if value is None or row.target is None:
         return ""
@@ -105,7 +111,9 @@ def _table(header: list[str], lines: list[list[str]]) -> str:
 
 def format_table(results: dict[str, Any], notes: dict[str, str]) -> str:
     """The figures as a plain-text table, then the scale table and any notes."""
-    header = ["figure", "value", "unit", "p50 ms", "p99 ms", "errors", "target", "original"]
+    header = [
+        "figure", "value", "unit", "p50 ms", "p99 ms", "errors", "server µs/op", "target", "original",
+    ]  # fmt: skip
     lines = []
     for row in ROWS:
         value = results.get(row.key)
@@ -117,6 +125,7 @@ def format_table(results: dict[str, Any], notes: dict[str, str]) -> str:
                 _number(results.get(row.p50_key)) if row.p50_key else "",
                 _number(results.get(row.p99_key)) if row.p99_key else "",
                 _number(results.get(row.errors_key)) if row.errors_key else "",
+                _server_cpu(results, row),
                 _verdict(value, row),
                 row.reference,
             ]

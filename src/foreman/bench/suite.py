@@ -95,8 +95,12 @@ class Report:
             "warmup_s": result.warmup_s,
             "duration_s": result.summary.duration_s,
             "cpu": result.cpu,
+            "cpu_us_per_op": result.cpu_us_per_op(),
             "error_samples": result.error_samples,
         }
+        server_us = result.cpu_us_per_op().get("server")
+        if server_us is not None:
+            self.results[f"{stem}_server_cpu_us"] = server_us
 
 
 async def _figure(report: Report, name: str, measure: Callable[[], Awaitable[None]]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
@@ -12,7 +13,7 @@ import httpx
 from msgspec import UNSET, UnsetType
 
 from foreman import errors, ids
-from foreman.client import _base
+from foreman.client import _base, _calls
 from foreman.client._base import (
     Call,
     Lease,
@@ -85,8 +86,8 @@ class AsyncClient:
         await self._http.aclose()
 
     async def _send(self, call: Call[T]) -> T:
-        attempt = 0
-        while True:
+        retries = self.options.retries
+        for attempt in itertools.count():
             try:
                 response = await self._http.request(
                     call.method,
@@ -97,25 +98,25 @@ class AsyncClient:
                     timeout=_base.timeout_of(call),
                 )
             except httpx.TransportError as exc:
-                if attempt >= self.options.retries or not _base.may_retry_error(exc, call):
+                delay = _base.error_retry_delay(exc, call, attempt=attempt, retries=retries)
+                if delay is None:
                     raise _base.transport_error(exc, call) from exc
             else:
-                if attempt >= self.options.retries or not _base.may_retry_status(
-                    response.status_code, call
-                ):
+                delay = _base.response_retry_delay(response, call, attempt=attempt, retries=retries)
+                if delay is None:
                     return _base.parse(response, call)
-            await asyncio.sleep(_base.retry_delay_s(attempt))
-            attempt += 1
+            await asyncio.sleep(delay)
+        raise AssertionError("unreachable")
 
     # ------------------------------------------------------------ runs
 
     async def create_run(self, input_data: Any, *, metadata: JsonObject | None = None) -> Run:
         """Create a run (pending, counters at 0)."""
-        return await self._send(_base.create_run(input_data, metadata=metadata))
+        return await self._send(_calls.create_run(input_data, metadata=metadata))
 
     async def get_run(self, run_id: str) -> Run:
         """A run; NotFoundError if it is not in the caller's organisation."""
-        return await self._send(_base.get_run(run_id))
+        return await self._send(_calls.get_run(run_id))
 
     async def update_run(
         self,
@@ -133,7 +134,7 @@ class AsyncClient:
             "error_data": error_data,
             "metadata": metadata,
         }
-        return await self._send(_base.update_run(run_id, changes))
+        return await self._send(_calls.update_run(run_id, changes))
 
     async def list_runs(
         self,
@@ -152,7 +153,7 @@ class AsyncClient:
             "sort_by": sort_by,
             "sort_order": sort_order,
         }
-        return await self._send(_base.list_runs(filters))
+        return await self._send(_calls.list_runs(filters))
 
     # ------------------------------------------------------------ tasks
 
@@ -181,11 +182,11 @@ class AsyncClient:
             delay_ms=delay_ms,
             idempotency_key=idempotency_key,
         )
-        return await self._send(_base.create_task(spec, enqueue=False))
+        return await self._send(_calls.create_task(spec, enqueue=False))
 
     async def get_task(self, task_id: str) -> Task:
         """A task; NotFoundError if it is not in the caller's organisation."""
-        return await self._send(_base.get_task(task_id))
+        return await self._send(_calls.get_task(task_id))
 
     async def update_task(
         self,
@@ -205,7 +206,7 @@ class AsyncClient:
             "metadata": metadata,
             "queue_job_id": queue_job_id,
         }
-        return await self._send(_base.update_task(task_id, changes))
+        return await self._send(_calls.update_task(task_id, changes))
 
     async def list_tasks(
         self,
@@ -230,7 +231,7 @@ class AsyncClient:
             "sort_by": sort_by,
             "sort_order": sort_order,
         }
-        return await self._send(_base.list_tasks(filters))
+        return await self._send(_calls.list_tasks(filters))
 
     async def enqueue_task(
         self,
@@ -258,8 +259,8 @@ class AsyncClient:
             idempotency_key=idempotency_key,
         )
         if not self.options.publishes_jobs:
-            return await self._send(_base.create_task(spec, enqueue=True))
-        task = await self._send(_base.create_task(spec, enqueue=False))
+            return await self._send(_calls.create_task(spec, enqueue=True))
+        task = await self._send(_calls.create_task(spec, enqueue=False))
         return (await self._publish([task]))[0]
 
     async def enqueue_tasks(self, tasks: Iterable[TaskSpec | Mapping[str, Any]]) -> list[Task]:
@@ -267,7 +268,7 @@ class AsyncClient:
         specs = [_base.task_spec(item) for item in tasks]
         created: list[Task] = []
         for chunk in _base.chunks(specs):
-            call = _base.create_tasks(chunk, enqueue=not self.options.publishes_jobs)
+            call = _calls.create_tasks(chunk, enqueue=not self.options.publishes_jobs)
             batch: list[Task] = await self._send(call)
             created.extend(batch)
         return await self._publish(created) if self.options.publishes_jobs else created
@@ -279,7 +280,7 @@ class AsyncClient:
         timeout: float | None = None,  # noqa: ASYNC109 - SPEC section 8 names the option
     ) -> Task:
         """The task once it is terminal; TimeoutError after timeout seconds (None: no limit)."""
-        plan = _base.WaitPlan(task_id, timeout=timeout, now=time.monotonic())
+        plan = _calls.WaitPlan(task_id, timeout=timeout, now=time.monotonic())
         while True:
             try:
                 task = await self._send(plan.call(time.monotonic()))
@@ -304,7 +305,7 @@ class AsyncClient:
     ) -> RunData:
         """Store value under key (every call adds a row)."""
         values = {"task_id": task_id, "key": key, "value": value, "tags": tags}
-        return await self._send(_base.create_run_data(run_id, {**values, "metadata": metadata}))
+        return await self._send(_calls.create_run_data(run_id, {**values, "metadata": metadata}))
 
     async def query_run_data(
         self,
@@ -338,7 +339,7 @@ class AsyncClient:
             "sort_by": sort_by,
             "sort_order": sort_order,
         }
-        return await self._send(_base.query_run_data(run_id, filters))
+        return await self._send(_calls.query_run_data(run_id, filters))
 
     async def update_run_data_tags(
         self,
@@ -349,17 +350,19 @@ class AsyncClient:
         remove: Sequence[str] | None = None,
     ) -> RunData:
         """Remove tags, then add the missing ones (order kept, tags unique)."""
-        return await self._send(_base.update_run_data_tags(run_id, data_id, add=add, remove=remove))
+        return await self._send(
+            _calls.update_run_data_tags(run_id, data_id, add=add, remove=remove)
+        )
 
     async def delete_run_data(
         self, run_id: str, *, key: str | None = None, data_id: str | None = None
     ) -> int:
         """Delete the values of a key, or one value by id; the number deleted."""
-        return await self._send(_base.delete_run_data(run_id, key=key, data_id=data_id))
+        return await self._send(_calls.delete_run_data(run_id, key=key, data_id=data_id))
 
     async def get_config(self) -> Config:
         """The server's version, Redis settings, queue names and queue backend."""
-        return await self._send(_base.get_config())
+        return await self._send(_calls.get_config())
 
     # ------------------------------------------------------------ queue (workers)
 
@@ -373,48 +376,48 @@ class AsyncClient:
         types: Sequence[str] | None = None,
     ) -> list[Task]:
         """Lease up to limit ready tasks, waiting up to wait_s for the first (postgres backend)."""
-        call = _base.claim_tasks(
+        call = _calls.claim_tasks(
             worker_id=worker_id, limit=limit, lease_s=lease_s, wait_s=wait_s, types=types
         )
         return await self._send(call)
 
     async def claim_task(self, task_id: str, *, worker_id: str, lease_s: float = 30.0) -> Task:
         """Lease one task by id (bullmq backend); ConflictError if done or held by another."""
-        return await self._send(_base.claim_task(task_id, worker_id=worker_id, lease_s=lease_s))
+        return await self._send(_calls.claim_task(task_id, worker_id=worker_id, lease_s=lease_s))
 
     async def heartbeat(
         self, leases: Sequence[Lease], *, lease_s: float = 30.0
     ) -> list[LeaseStatus]:
         """Renew leases in one request; each answer says ok (still held) and cancelled."""
-        return await self._send(_base.heartbeat(leases, lease_s=lease_s))
+        return await self._send(_calls.heartbeat(leases, lease_s=lease_s))
 
     async def complete_task(
         self, task_id: str, *, lease_token: str, output_data: Any = None
     ) -> Task:
         """End the attempt successfully; ConflictError if the lease is stale."""
-        call = _base.complete_task(task_id, lease_token=lease_token, output_data=output_data)
+        call = _calls.complete_task(task_id, lease_token=lease_token, output_data=output_data)
         return await self._send(call)
 
     async def fail_task(
         self, task_id: str, *, lease_token: str, error_data: Any, retryable: bool = True
     ) -> Task:
         """End the attempt with an error: retrying while attempts remain, else failed."""
-        call = _base.fail_task(
+        call = _calls.fail_task(
             task_id, lease_token=lease_token, error_data=error_data, retryable=retryable
         )
         return await self._send(call)
 
     async def release_task(self, task_id: str, *, lease_token: str) -> Task:
         """Give the task back unrun (queued again, the attempt not counted)."""
-        return await self._send(_base.release_task(task_id, lease_token=lease_token))
+        return await self._send(_calls.release_task(task_id, lease_token=lease_token))
 
     async def release_tasks(self, leases: Sequence[Lease]) -> list[TaskAck]:
         """Give many tasks back unrun in one request; each answer says whether it was held."""
-        return await self._send(_base.release_tasks(leases))
+        return await self._send(_calls.release_tasks(leases))
 
     async def complete_tasks(self, results: Sequence[TaskResult]) -> list[TaskAck]:
         """End many attempts in one request; each answer says whether it was recorded."""
-        return await self._send(_base.complete_tasks(results))
+        return await self._send(_calls.complete_tasks(results))
 
     # ------------------------------------------------------------ client-side BullMQ publishing
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
@@ -11,7 +12,7 @@ import httpx
 from msgspec import UNSET, UnsetType
 
 from foreman import errors, ids
-from foreman.client import _base
+from foreman.client import _base, _calls
 from foreman.client._base import (
     Call,
     Lease,
@@ -84,8 +85,8 @@ class Client:
         self._http.close()
 
     def _send(self, call: Call[T]) -> T:
-        attempt = 0
-        while True:
+        retries = self.options.retries
+        for attempt in itertools.count():
             try:
                 response = self._http.request(
                     call.method,
@@ -96,25 +97,25 @@ class Client:
                     timeout=_base.timeout_of(call),
                 )
             except httpx.TransportError as exc:
-                if attempt >= self.options.retries or not _base.may_retry_error(exc, call):
+                delay = _base.error_retry_delay(exc, call, attempt=attempt, retries=retries)
+                if delay is None:
                     raise _base.transport_error(exc, call) from exc
             else:
-                if attempt >= self.options.retries or not _base.may_retry_status(
-                    response.status_code, call
-                ):
+                delay = _base.response_retry_delay(response, call, attempt=attempt, retries=retries)
+                if delay is None:
                     return _base.parse(response, call)
-            time.sleep(_base.retry_delay_s(attempt))
-            attempt += 1
+            time.sleep(delay)
+        raise AssertionError("unreachable")
 
     # ------------------------------------------------------------ runs
 
     def create_run(self, input_data: Any, *, metadata: JsonObject | None = None) -> Run:
         """Create a run (pending, counters at 0)."""
-        return self._send(_base.create_run(input_data, metadata=metadata))
+        return self._send(_calls.create_run(input_data, metadata=metadata))
 
     def get_run(self, run_id: str) -> Run:
         """A run; NotFoundError if it is not in the caller's organisation."""
-        return self._send(_base.get_run(run_id))
+        return self._send(_calls.get_run(run_id))
 
     def update_run(
         self,
@@ -132,7 +133,7 @@ class Client:
             "error_data": error_data,
             "metadata": metadata,
         }
-        return self._send(_base.update_run(run_id, changes))
+        return self._send(_calls.update_run(run_id, changes))
 
     def list_runs(
         self,
@@ -151,7 +152,7 @@ class Client:
             "sort_by": sort_by,
             "sort_order": sort_order,
         }
-        return self._send(_base.list_runs(filters))
+        return self._send(_calls.list_runs(filters))
 
     # ------------------------------------------------------------ tasks
 
@@ -180,11 +181,11 @@ class Client:
             delay_ms=delay_ms,
             idempotency_key=idempotency_key,
         )
-        return self._send(_base.create_task(spec, enqueue=False))
+        return self._send(_calls.create_task(spec, enqueue=False))
 
     def get_task(self, task_id: str) -> Task:
         """A task; NotFoundError if it is not in the caller's organisation."""
-        return self._send(_base.get_task(task_id))
+        return self._send(_calls.get_task(task_id))
 
     def update_task(
         self,
@@ -204,7 +205,7 @@ class Client:
             "metadata": metadata,
             "queue_job_id": queue_job_id,
         }
-        return self._send(_base.update_task(task_id, changes))
+        return self._send(_calls.update_task(task_id, changes))
 
     def list_tasks(
         self,
@@ -229,7 +230,7 @@ class Client:
             "sort_by": sort_by,
             "sort_order": sort_order,
         }
-        return self._send(_base.list_tasks(filters))
+        return self._send(_calls.list_tasks(filters))
 
     def enqueue_task(
         self,
@@ -257,8 +258,8 @@ class Client:
             idempotency_key=idempotency_key,
         )
         if not self.options.publishes_jobs:
-            return self._send(_base.create_task(spec, enqueue=True))
-        task = self._send(_base.create_task(spec, enqueue=False))
+            return self._send(_calls.create_task(spec, enqueue=True))
+        task = self._send(_calls.create_task(spec, enqueue=False))
         return self._publish([task])[0]
 
     def enqueue_tasks(self, tasks: Iterable[TaskSpec | Mapping[str, Any]]) -> list[Task]:
@@ -266,14 +267,14 @@ class Client:
         specs = [_base.task_spec(item) for item in tasks]
         created: list[Task] = []
         for chunk in _base.chunks(specs):
-            call = _base.create_tasks(chunk, enqueue=not self.options.publishes_jobs)
+            call = _calls.create_tasks(chunk, enqueue=not self.options.publishes_jobs)
             batch: list[Task] = self._send(call)
             created.extend(batch)
         return self._publish(created) if self.options.publishes_jobs else created
 
     def wait_for_task(self, task_id: str, *, timeout: float | None = None) -> Task:
         """The task once it is terminal; TimeoutError after timeout seconds (None: no limit)."""
-        plan = _base.WaitPlan(task_id, timeout=timeout, now=time.monotonic())
+        plan = _calls.WaitPlan(task_id, timeout=timeout, now=time.monotonic())
         while True:
             try:
                 task = self._send(plan.call(time.monotonic()))
@@ -298,7 +299,7 @@ class Client:
     ) -> RunData:
         """Store value under key (every call adds a row)."""
         values = {"task_id": task_id, "key": key, "value": value, "tags": tags}
-        return self._send(_base.create_run_data(run_id, {**values, "metadata": metadata}))
+        return self._send(_calls.create_run_data(run_id, {**values, "metadata": metadata}))
 
     def query_run_data(
         self,
@@ -332,7 +333,7 @@ class Client:
             "sort_by": sort_by,
             "sort_order": sort_order,
         }
-        return self._send(_base.query_run_data(run_id, filters))
+        return self._send(_calls.query_run_data(run_id, filters))
 
     def update_run_data_tags(
         self,
@@ -343,17 +344,17 @@ class Client:
         remove: Sequence[str] | None = None,
     ) -> RunData:
         """Remove tags, then add the missing ones (order kept, tags unique)."""
-        return self._send(_base.update_run_data_tags(run_id, data_id, add=add, remove=remove))
+        return self._send(_calls.update_run_data_tags(run_id, data_id, add=add, remove=remove))
 
     def delete_run_data(
         self, run_id: str, *, key: str | None = None, data_id: str | None = None
     ) -> int:
         """Delete the values of a key, or one value by id; the number deleted."""
-        return self._send(_base.delete_run_data(run_id, key=key, data_id=data_id))
+        return self._send(_calls.delete_run_data(run_id, key=key, data_id=data_id))
 
     def get_config(self) -> Config:
         """The server's version, Redis settings, queue names and queue backend."""
-        return self._send(_base.get_config())
+        return self._send(_calls.get_config())
 
     # ------------------------------------------------------------ queue (workers)
 
@@ -367,44 +368,44 @@ class Client:
         types: Sequence[str] | None = None,
     ) -> list[Task]:
         """Lease up to limit ready tasks, waiting up to wait_s for the first (postgres backend)."""
-        call = _base.claim_tasks(
+        call = _calls.claim_tasks(
             worker_id=worker_id, limit=limit, lease_s=lease_s, wait_s=wait_s, types=types
         )
         return self._send(call)
 
     def claim_task(self, task_id: str, *, worker_id: str, lease_s: float = 30.0) -> Task:
         """Lease one task by id (bullmq backend); ConflictError if done or held by another."""
-        return self._send(_base.claim_task(task_id, worker_id=worker_id, lease_s=lease_s))
+        return self._send(_calls.claim_task(task_id, worker_id=worker_id, lease_s=lease_s))
 
     def heartbeat(self, leases: Sequence[Lease], *, lease_s: float = 30.0) -> list[LeaseStatus]:
         """Renew leases in one request; each answer says ok (still held) and cancelled."""
-        return self._send(_base.heartbeat(leases, lease_s=lease_s))
+        return self._send(_calls.heartbeat(leases, lease_s=lease_s))
 
     def complete_task(self, task_id: str, *, lease_token: str, output_data: Any = None) -> Task:
         """End the attempt successfully; ConflictError if the lease is stale."""
-        call = _base.complete_task(task_id, lease_token=lease_token, output_data=output_data)
+        call = _calls.complete_task(task_id, lease_token=lease_token, output_data=output_data)
         return self._send(call)
 
     def fail_task(
         self, task_id: str, *, lease_token: str, error_data: Any, retryable: bool = True
     ) -> Task:
         """End the attempt with an error: retrying while attempts remain, else failed."""
-        call = _base.fail_task(
+        call = _calls.fail_task(
             task_id, lease_token=lease_token, error_data=error_data, retryable=retryable
         )
         return self._send(call)
 
     def release_task(self, task_id: str, *, lease_token: str) -> Task:
         """Give the task back unrun (queued again, the attempt not counted)."""
-        return self._send(_base.release_task(task_id, lease_token=lease_token))
+        return self._send(_calls.release_task(task_id, lease_token=lease_token))
 
     def release_tasks(self, leases: Sequence[Lease]) -> list[TaskAck]:
         """Give many tasks back unrun in one request; each answer says whether it was held."""
-        return self._send(_base.release_tasks(leases))
+        return self._send(_calls.release_tasks(leases))
 
     def complete_tasks(self, results: Sequence[TaskResult]) -> list[TaskAck]:
         """End many attempts in one request; each answer says whether it was recorded."""
-        return self._send(_base.complete_tasks(results))
+        return self._send(_calls.complete_tasks(results))
 
     # ------------------------------------------------------------ client-side BullMQ publishing
 

@@ -20,6 +20,8 @@ from typing import Any
 
 import redis.asyncio as redis_asyncio
 from bullmq import Queue
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from foreman import ids
@@ -96,6 +98,9 @@ def redis_client(settings: Settings) -> redis_asyncio.Redis:
         decode_responses=True,
         socket_timeout=PUBLISH_TIMEOUT_S,
         socket_connect_timeout=PUBLISH_TIMEOUT_S,
+        # One immediate retry (a stale pooled connection), no backoff: redis-py's default of
+        # three retries with backoff would keep a request waiting seconds while Redis is down.
+        retry=Retry(NoBackoff(), 1),
         health_check_interval=30,
     )
 

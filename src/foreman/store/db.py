@@ -9,7 +9,6 @@ cannot undo it) and before any query of the request.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterator
@@ -116,9 +115,26 @@ async def org_connection(
     """A pooled connection bound to org_id; errors come out as Foreman errors."""
     with translate_errors():
         async with pool.acquire(timeout=timeout_s) as conn:
-            await conn.bind_org(org_id)
-            yield conn
+            try:
+                await conn.bind_org(org_id)
+                yield conn
+            except TimeoutError:
+                # A query outlived the command timeout (a server that no longer answers): giving
+                # the connection back would first wait out its cancellation, timeout_s more.
+                conn.terminate()
+                raise
 
+
+# SQLSTATE 22xxx: the request carried a value PostgreSQL cannot store; say which kind.
+_NUL = "Invalid value: text and JSON strings cannot contain NUL (\\u0000) characters"
+_DATA_EXCEPTIONS = {
+    "22P05": _NUL,  # untranslatable_character: \u0000 inside jsonb
+    "22021": _NUL,  # character_not_in_repertoire: a 0x00 byte in a text parameter
+    "22003": "Invalid value: a number is out of range",
+}
+_DATA_EXCEPTION = (
+    "Invalid value: the data cannot be stored (e.g. a NUL character or a number out of range)"
+)
 
 # SQLSTATE classes that mean the database (not the request) is the problem.
 _UNAVAILABLE_CLASSES = ("08", "53", "57", "58")
@@ -136,13 +152,11 @@ def translate_errors() -> Iterator[None]:
         if sqlstate.startswith(_UNAVAILABLE_CLASSES):
             raise errors.UnavailableError() from exc
         if sqlstate.startswith("22"):  # data exception: bad text, \u0000 in JSON, out of range
-            raise errors.ValidationError(
-                "Invalid value: the data cannot be stored (e.g. a NUL character or a number out of range)"
-            ) from exc
+            raise errors.ValidationError(_DATA_EXCEPTIONS.get(sqlstate, _DATA_EXCEPTION)) from exc
         if sqlstate == "23503":  # foreign key: the referenced row vanished
             raise errors.NotFoundError("Referenced resource not found") from exc
         if sqlstate == "40001" or sqlstate == "40P01":
             raise errors.ConflictError("Concurrent update, try again") from exc
         raise
-    except (OSError, asyncpg.InterfaceError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, OSError, asyncpg.InterfaceError) as exc:
         raise errors.UnavailableError() from exc

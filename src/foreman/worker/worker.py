@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import functools
 import inspect
+import itertools
 import logging
 import os
 import signal
@@ -65,7 +66,7 @@ class Worker:
         lease_s: float = 30.0,
         heartbeat_s: float | None = None,
         grace_s: float = 30.0,
-        claim_wait_s: float = 5.0,
+        claim_wait_s: float = 2.0,
         only_known_types: bool = False,
         result_batch: int = 500,
         result_flush_s: float = 0.005,
@@ -111,7 +112,7 @@ class Worker:
         self._stopping = False
         self._force.clear()
         self._stopped.clear()
-        backend = self.backend or (await self.client.get_config()).queue.backend
+        backend = self.backend or await self._server_backend()
         self._results = _results.ResultBatcher(
             self.client, max_batch=self._result_batch, flush_s=self._result_flush_s
         )
@@ -141,6 +142,16 @@ class Worker:
             self._threads.shutdown()
         logger.info("worker %s stopped: %s", self.worker_id, self.stats)
         return self.stats
+
+    async def _server_backend(self) -> Backend:
+        """The backend the server advertises, asking until it answers (it may start later)."""
+        for attempt in itertools.count():
+            try:
+                return (await self.client.get_config()).queue.backend
+            except (errors.TransportError, errors.UnavailableError) as exc:
+                logger.warning("server not reachable yet (%s); retrying", exc)
+                await asyncio.sleep(retry_delay_s(min(attempt + 2, 6)))
+        raise AssertionError("unreachable")
 
     def stop(self, *, now: bool = False) -> None:
         """Stop claiming; running handlers get grace_s to finish (now=True: release them now)."""

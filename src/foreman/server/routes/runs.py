@@ -36,7 +36,7 @@ async def create_run(request: Request[Any, Any, Any], data: JSONBody[RunCreate])
         )
 
 
-@get("/{run_id:str}", responses=error_responses(404))
+@get("/{run_id:str}", responses=error_responses(400, 404))
 async def get_run(request: Request[Any, Any, Any], run_id: FromPath[str]) -> Run:
     """A run with its task counters."""
     require_uuid(run_id, "Run")

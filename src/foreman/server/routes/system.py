@@ -28,7 +28,13 @@ async def _database_ok(request: Request[Any, Any, Any]) -> bool:
     try:
         async with asyncio.timeout(HEALTH_TIMEOUT_S):
             async with state(request).pool.acquire() as conn:
-                await conn.fetchval("SELECT 1")
+                try:
+                    await conn.fetchval("SELECT 1")
+                except asyncio.CancelledError:
+                    # Timed out on a server that does not answer: drop the connection instead
+                    # of waiting, on its way back to the pool, for the query's cancellation.
+                    conn.terminate()
+                    raise
     except Exception:  # any failure means "not healthy"; asyncpg logs the reason
         return False
     return True

@@ -77,7 +77,7 @@ async def create_task(
     return Response(result.task, status_code=201 if result.created else 200)
 
 
-@get("/{task_id:str}", responses=error_responses(404))
+@get("/{task_id:str}", responses=error_responses(400, 404))
 async def get_task(request: Request[Any, Any, Any], task_id: FromPath[str]) -> Task:
     """A task."""
     require_uuid(task_id, "Task")

@@ -1,0 +1,381 @@
+"""Every API operation as a ``Call``: method, path, camelCase body, how to decode the answer.
+
+The twins send these calls; nothing here does I/O. Paths follow SPEC section 5 and
+docs/queue-protocol.md; durations are seconds here and milliseconds on the wire.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+import msgspec
+from msgspec import UNSET
+
+from foreman import errors
+from foreman.client._base import API, Call, Lease, TaskResult, TaskSpec, is_missing_route
+from foreman.models import (
+    TERMINAL_STATUSES,
+    Config,
+    Deleted,
+    LeaseStatus,
+    Run,
+    RunData,
+    RunDataList,
+    RunList,
+    Task,
+    TaskAck,
+    TaskList,
+)
+
+T = TypeVar("T")
+
+
+class _Tasks(msgspec.Struct):
+    data: list[Task]
+
+
+class _Leases(msgspec.Struct):
+    data: list[LeaseStatus]
+
+
+class _Acks(msgspec.Struct):
+    data: list[TaskAck]
+
+
+_DECODERS: dict[Any, msgspec.json.Decoder[Any]] = {}
+
+
+def _decoder(model: type[T]) -> Callable[[bytes], T]:
+    decoder = _DECODERS.get(model)
+    if decoder is None:
+        decoder = _DECODERS[model] = msgspec.json.Decoder(model)
+    return decoder.decode
+
+
+def _tasks(content: bytes) -> list[Task]:
+    return _decoder(_Tasks)(content).data
+
+
+def _leases(content: bytes) -> list[LeaseStatus]:
+    return _decoder(_Leases)(content).data
+
+
+def _acks(content: bytes) -> list[TaskAck]:
+    return _decoder(_Acks)(content).data
+
+
+def _deleted(content: bytes) -> int:
+    return _decoder(Deleted)(content).deleted
+
+
+_encode = msgspec.json.Encoder().encode
+
+
+def _body(values: Mapping[str, Any]) -> bytes:
+    """JSON of the values that are set (UNSET and, for optional fields, None are left out)."""
+    return _encode({k: v for k, v in values.items() if v is not UNSET})
+
+
+def _query(values: Mapping[str, Any]) -> dict[str, str]:
+    """Query parameters of the values that are set; lists become comma lists."""
+    params: dict[str, str] = {}
+    for name, value in values.items():
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            params[name] = "true" if value else "false"
+        elif isinstance(value, list | tuple):
+            params[name] = ",".join(str(v) for v in value)
+        else:
+            params[name] = str(value)
+    return params
+
+
+def _segment(value: str) -> str:
+    # An id goes into the path as one segment whatever it contains.
+    return quote(str(value), safe="")
+
+
+def _optional(**values: Any) -> dict[str, Any]:
+    return {k: v for k, v in values.items() if v is not None}
+
+
+# runs
+
+
+def create_run(input_data: Any, *, metadata: dict[str, Any] | None) -> Call[Run]:
+    body = _body({"inputData": input_data, **_optional(metadata=metadata)})
+    return Call("POST", f"{API}/runs", _decoder(Run), body)
+
+
+def get_run(run_id: str) -> Call[Run]:
+    return Call("GET", f"{API}/runs/{_segment(run_id)}", _decoder(Run), idempotent=True)
+
+
+def update_run(run_id: str, changes: Mapping[str, Any]) -> Call[Run]:
+    body = _body(
+        {
+            "status": changes.get("status", UNSET),
+            "outputData": changes.get("output_data", UNSET),
+            "errorData": changes.get("error_data", UNSET),
+            "metadata": changes.get("metadata", UNSET),
+        }
+    )
+    # Setting the same fields twice leaves the same run: safe to repeat.
+    return Call("PATCH", f"{API}/runs/{_segment(run_id)}", _decoder(Run), body, idempotent=True)
+
+
+def list_runs(filters: Mapping[str, Any]) -> Call[RunList]:
+    params = _query(
+        {
+            "limit": filters.get("limit"),
+            "offset": filters.get("offset"),
+            "status": filters.get("status"),
+            "sortBy": filters.get("sort_by"),
+            "sortOrder": filters.get("sort_order"),
+        }
+    )
+    return Call("GET", f"{API}/runs", _decoder(RunList), params=params, idempotent=True)
+
+
+# tasks
+
+
+def task_body(spec: TaskSpec, *, enqueue: bool) -> dict[str, Any]:
+    """The camelCase body of ``POST /tasks`` for spec."""
+    body: dict[str, Any] = {"runId": spec.run_id, "type": spec.type, "inputData": spec.input_data}
+    body.update(
+        _optional(
+            parentTaskId=spec.parent_task_id,
+            metadata=spec.metadata,
+            maxRetries=spec.max_retries,
+            priority=spec.priority,
+            delayMs=spec.delay_ms,
+            idempotencyKey=spec.idempotency_key,
+        )
+    )
+    if enqueue:
+        body["enqueue"] = True
+    return body
+
+
+def create_task(spec: TaskSpec, *, enqueue: bool) -> Call[Task]:
+    body = _encode(task_body(spec, enqueue=enqueue))
+    # With an idempotency key a repeat returns the first task instead of making a second one.
+    idempotent = spec.idempotency_key is not None
+    return Call("POST", f"{API}/tasks", _decoder(Task), body, idempotent=idempotent)
+
+
+def create_tasks(specs: Sequence[TaskSpec], *, enqueue: bool) -> Call[list[Task]]:
+    """``POST /tasks/batch``: one transaction, answers in input order."""
+    body = _encode({"tasks": [task_body(spec, enqueue=enqueue) for spec in specs]})
+    idempotent = all(spec.idempotency_key is not None for spec in specs)
+    return Call("POST", f"{API}/tasks/batch", _tasks, body, idempotent=idempotent)
+
+
+def get_task(task_id: str) -> Call[Task]:
+    return Call("GET", f"{API}/tasks/{_segment(task_id)}", _decoder(Task), idempotent=True)
+
+
+def update_task(task_id: str, changes: Mapping[str, Any]) -> Call[Task]:
+    body = _body(
+        {
+            "status": changes.get("status", UNSET),
+            "outputData": changes.get("output_data", UNSET),
+            "errorData": changes.get("error_data", UNSET),
+            "metadata": changes.get("metadata", UNSET),
+            "queueJobId": changes.get("queue_job_id", UNSET),
+        }
+    )
+    # retrying is the one status whose repeat changes the task (retryCount + 1).
+    idempotent = changes.get("status") != "retrying"
+    path = f"{API}/tasks/{_segment(task_id)}"
+    return Call("PATCH", path, _decoder(Task), body, idempotent=idempotent)
+
+
+def list_tasks(filters: Mapping[str, Any]) -> Call[TaskList]:
+    params = _query(
+        {
+            "runId": filters.get("run_id"),
+            "status": filters.get("status"),
+            "type": filters.get("type"),
+            "parentTaskId": filters.get("parent_task_id"),
+            "limit": filters.get("limit"),
+            "offset": filters.get("offset"),
+            "sortBy": filters.get("sort_by"),
+            "sortOrder": filters.get("sort_order"),
+        }
+    )
+    return Call("GET", f"{API}/tasks", _decoder(TaskList), params=params, idempotent=True)
+
+
+# run data
+
+
+def create_run_data(run_id: str, values: Mapping[str, Any]) -> Call[RunData]:
+    body = _body(
+        {
+            "taskId": values["task_id"],
+            "key": values["key"],
+            "value": values["value"],
+            **_optional(tags=values.get("tags"), metadata=values.get("metadata")),
+        }
+    )
+    return Call("POST", f"{API}/runs/{_segment(run_id)}/data", _decoder(RunData), body)
+
+
+def query_run_data(run_id: str, filters: Mapping[str, Any]) -> Call[RunDataList]:
+    params = _query(
+        {
+            "key": filters.get("key"),
+            "keys": filters.get("keys"),
+            "keyStartsWith": filters.get("key_starts_with"),
+            "keyPattern": filters.get("key_pattern"),
+            "tags": filters.get("tags"),
+            "tagStartsWith": filters.get("tag_starts_with"),
+            "tagMode": filters.get("tag_mode"),
+            "includeAll": filters.get("include_all"),
+            "limit": filters.get("limit"),
+            "offset": filters.get("offset"),
+            "sortBy": filters.get("sort_by"),
+            "sortOrder": filters.get("sort_order"),
+        }
+    )
+    path = f"{API}/runs/{_segment(run_id)}/data"
+    return Call("GET", path, _decoder(RunDataList), params=params, idempotent=True)
+
+
+def update_run_data_tags(
+    run_id: str, data_id: str, *, add: Sequence[str] | None, remove: Sequence[str] | None
+) -> Call[RunData]:
+    body = _body(_optional(add=_list(add), remove=_list(remove)))
+    path = f"{API}/runs/{_segment(run_id)}/data/{_segment(data_id)}/tags"
+    # Remove-then-add-if-missing gives the same tags when repeated.
+    return Call("PATCH", path, _decoder(RunData), body, idempotent=True)
+
+
+def _list(values: Sequence[str] | None) -> list[str] | None:
+    return None if values is None else list(values)
+
+
+def delete_run_data(run_id: str, *, key: str | None, data_id: str | None) -> Call[int]:
+    if key is None and data_id is None:
+        raise ValueError("delete_run_data needs a key or a data_id")
+    params = _query({"key": key, "id": data_id})
+    path = f"{API}/runs/{_segment(run_id)}/data"
+    return Call("DELETE", path, _deleted, params=params)
+
+
+def get_config() -> Call[Config]:
+    return Call("GET", f"{API}/config", _decoder(Config), idempotent=True)
+
+
+# queue (docs/queue-protocol.md)
+
+
+def _ms(seconds: float) -> int:
+    return round(seconds * 1000)
+
+
+def claim_tasks(
+    *, worker_id: str, limit: int, lease_s: float, wait_s: float, types: Sequence[str] | None
+) -> Call[list[Task]]:
+    body = _body(
+        {
+            "workerId": worker_id,
+            "limit": limit,
+            "leaseMs": _ms(lease_s),
+            "waitMs": _ms(wait_s),
+            **_optional(types=_list(types)),
+        }
+    )
+    # The HTTP read must outlast the server's long poll.
+    timeout_s = wait_s + 10.0
+    return Call("POST", f"{API}/tasks/claim", _tasks, body, timeout_s=timeout_s)
+
+
+def claim_task(task_id: str, *, worker_id: str, lease_s: float) -> Call[Task]:
+    body = _body({"workerId": worker_id, "leaseMs": _ms(lease_s)})
+    return Call("POST", f"{API}/tasks/{_segment(task_id)}/claim", _decoder(Task), body)
+
+
+def heartbeat(leases: Sequence[Lease], *, lease_s: float) -> Call[list[LeaseStatus]]:
+    body = _encode({"leases": list(leases), "leaseMs": _ms(lease_s)})
+    # Renewing a lease twice only moves its expiry: safe to repeat.
+    return Call("POST", f"{API}/tasks/heartbeat", _leases, body, idempotent=True)
+
+
+def complete_task(task_id: str, *, lease_token: str, output_data: Any) -> Call[Task]:
+    body = _encode({"leaseToken": lease_token, "outputData": output_data})
+    return Call("POST", f"{API}/tasks/{_segment(task_id)}/complete", _decoder(Task), body)
+
+
+def fail_task(task_id: str, *, lease_token: str, error_data: Any, retryable: bool) -> Call[Task]:
+    body = _encode({"leaseToken": lease_token, "errorData": error_data, "retryable": retryable})
+    return Call("POST", f"{API}/tasks/{_segment(task_id)}/fail", _decoder(Task), body)
+
+
+def release_task(task_id: str, *, lease_token: str) -> Call[Task]:
+    body = _encode({"leaseToken": lease_token})
+    return Call("POST", f"{API}/tasks/{_segment(task_id)}/release", _decoder(Task), body)
+
+
+def release_tasks(leases: Sequence[Lease]) -> Call[list[TaskAck]]:
+    body = _encode({"leases": list(leases)})
+    return Call("POST", f"{API}/tasks/release", _acks, body)
+
+
+def complete_tasks(results: Sequence[TaskResult]) -> Call[list[TaskAck]]:
+    body = _encode({"results": list(results)})
+    return Call("POST", f"{API}/tasks/complete", _acks, body)
+
+
+def wait_task(task_id: str, *, wait_s: float) -> Call[Task]:
+    params = {"timeoutMs": str(_ms(wait_s))}
+    path = f"{API}/tasks/{_segment(task_id)}/wait"
+    return Call("GET", path, _decoder(Task), params=params, idempotent=True, timeout_s=wait_s + 10)
+
+
+# ---------------------------------------------------------------- waiting
+
+
+class WaitPlan:
+    """When ``wait_for_task`` asks again: long polls, or backoff polling on an older server."""
+
+    LONG_POLL_S = 30.0
+
+    def __init__(self, task_id: str, *, timeout: float | None, now: float) -> None:
+        self.task_id = task_id
+        self.deadline = None if timeout is None else now + timeout
+        self.long_poll = True
+        self.pause = 0.05
+
+    def call(self, now: float) -> Call[Task]:
+        """The next request."""
+        if not self.long_poll:
+            return get_task(self.task_id)
+        remaining = self.LONG_POLL_S if self.deadline is None else self.deadline - now
+        return wait_task(self.task_id, wait_s=max(0.0, min(self.LONG_POLL_S, remaining)))
+
+    def on_error(self, exc: errors.ForemanError) -> None:
+        """Switch to polling when the server has no wait endpoint; re-raise anything else."""
+        if not (self.long_poll and is_missing_route(exc)):
+            raise exc
+        self.long_poll = False
+
+    def finished(self, task: Task, now: float) -> bool:
+        """True when task is terminal; TimeoutError once the deadline has passed."""
+        if task.status in TERMINAL_STATUSES:
+            return True
+        if self.deadline is not None and now >= self.deadline:
+            raise TimeoutError(f"Task {self.task_id} is still {task.status}")
+        return False
+
+    def pause_s(self, now: float) -> float:
+        """How long to sleep before the next request (0 for long polls)."""
+        if self.long_poll:
+            return 0.0
+        pause, self.pause = self.pause, min(self.pause * 2, 1.0)
+        return pause if self.deadline is None else max(0.0, min(pause, self.deadline - now))

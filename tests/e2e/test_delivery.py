@@ -1,0 +1,174 @@
+"""Nothing is lost, nothing runs twice: `foreman worker` processes against `foreman server`
+processes, for each backend, with workers killed and Redis flushed and restarted."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+
+import pytest
+from bullmq import Queue
+
+from foreman import AsyncClient, RedisOptions, TaskSpec, Worker
+from tests.conftest import KEY_A
+from tests.e2e import handlers
+from tests.e2e.conftest import OwnRedis, WorkerProcess
+from tests.e2e.helpers import all_tasks, eventually, run_finished
+
+pytestmark = pytest.mark.timeout(90)
+
+
+@pytest.fixture
+async def client(server) -> AsyncIterator[AsyncClient]:
+    async with AsyncClient(server.url, KEY_A) as api:
+        yield api
+
+
+@pytest.fixture
+async def bull_client(bull_server, db_url) -> AsyncIterator[AsyncClient]:
+    async with AsyncClient(bull_server.url, KEY_A) as api:
+        yield api
+
+
+async def test_500_tasks_two_worker_processes_each_completed_once(server, client, workers):
+    workers += [WorkerProcess(server, "--concurrency", "20") for _ in range(2)]
+    for worker in workers:
+        worker.wait_started()
+    run = await client.create_run({"n": 500})
+    await client.enqueue_tasks([TaskSpec(run.id, "nap", 0.01) for _ in range(500)])
+
+    finished = await run_finished(client, run.id, 500, timeout_s=60)
+    assert (finished.total_tasks, finished.completed_tasks) == (500, 500)
+    assert (finished.failed_tasks, finished.cancelled_tasks) == (0, 0)
+    tasks = await all_tasks(client, run.id)
+    assert len(tasks) == 500
+    assert {t.status for t in tasks} == {"completed"}
+    assert {t.attempt for t in tasks} == {1}  # each claimed exactly once
+    ran_on = Counter(t.output_data["pid"] for t in tasks)
+    assert set(ran_on) == {w.pid for w in workers}  # both workers took part
+    for worker in workers:
+        assert worker.stop() == 0, worker.log()
+    # Still exact after the workers are gone (no late double completion).
+    assert (await client.get_run(run.id)).completed_tasks == 500
+
+
+async def test_kill_9_mid_task_every_task_completes_on_the_other_worker(server, client, workers):
+    doomed = WorkerProcess(server, "--concurrency", "10", "--lease", "2", name="doomed")
+    workers.append(doomed)
+    doomed.wait_started()
+    run = await client.create_run({})
+    tasks = await client.enqueue_tasks([TaskSpec(run.id, "nap", 1.5) for _ in range(12)])
+
+    async def held_by_doomed() -> bool:
+        page = await client.list_tasks(run_id=run.id, status="running")
+        return page.pagination.total >= 8
+
+    await eventually(held_by_doomed, timeout_s=15, what="the first worker to hold 8 tasks")
+    running = {t.id for t in (await client.list_tasks(run_id=run.id, status="running")).data}
+    doomed.process.send_signal(signal.SIGKILL)
+    doomed.process.wait(10)
+    survivor = WorkerProcess(server, "--concurrency", "10", "--lease", "5", name="survivor")
+    workers.append(survivor)
+
+    finished = await run_finished(client, run.id, 12, timeout_s=45)
+    assert (finished.completed_tasks, finished.failed_tasks, finished.total_tasks) == (12, 0, 12)
+    by_id = {t.id: t for t in await all_tasks(client, run.id)}
+    assert {t.status for t in by_id.values()} == {"completed"}
+    for task_id in running:
+        task = by_id[task_id]
+        # The killed attempt counted; the next one ran on the survivor.
+        assert task.attempt == 2, task
+        assert task.output_data["pid"] == survivor.pid
+    assert len(by_id) == len(tasks)
+    assert survivor.stop() == 0
+
+
+async def test_graceful_shutdown_of_a_worker_process(server, client, workers):
+    worker = WorkerProcess(server, "--concurrency", "4", "--grace", "1.5")
+    workers.append(worker)
+    worker.wait_started()
+    run = await client.create_run({})
+    quick = [await client.enqueue_task(run.id, type="nap", input_data=0.5) for _ in range(2)]
+    slow = [await client.enqueue_task(run.id, type="sync_nap", input_data=20) for _ in range(2)]
+
+    async def all_running() -> bool:
+        page = await client.list_tasks(run_id=run.id, status="running")
+        return page.pagination.total == 4
+
+    await eventually(all_running, timeout_s=15, what="4 running tasks")
+    started = time.monotonic()
+    assert worker.stop(signal.SIGTERM, timeout_s=15) == 0, worker.log()
+    assert time.monotonic() - started < 6
+    for task in quick:
+        assert (await client.get_task(task.id)).status == "completed"
+    for task in slow:
+        released = await client.get_task(task.id)
+        assert (released.status, released.attempt) == ("queued", 0)  # back, attempt not counted
+    assert "stopped" in worker.log()
+
+
+async def test_redis_flushall_and_restart_lose_nothing(
+    bull_server, bull_client, own_redis: OwnRedis, workers
+):
+    client = bull_client
+    run = await client.create_run({})
+    await client.enqueue_tasks([TaskSpec(run.id, "noop", i) for i in range(100)])
+    own_redis.flushall()  # every job gone while no worker runs
+    worker = WorkerProcess(bull_server, "--concurrency", "20")
+    workers.append(worker)
+    await run_finished(client, run.id, 100, timeout_s=30)
+
+    await client.enqueue_tasks([TaskSpec(run.id, "nap", 0.05) for _ in range(100)])
+
+    async def some_done() -> bool:
+        return (await client.get_run(run.id)).completed_tasks >= 110
+
+    await eventually(some_done, timeout_s=20, what="processing to start")
+    own_redis.restart()  # connections dropped and, without persistence, every job lost
+    finished = await run_finished(client, run.id, 200, timeout_s=60)
+    assert (finished.completed_tasks, finished.failed_tasks) == (200, 0)
+    tasks = await all_tasks(client, run.id)
+    assert {t.status for t in tasks} == {"completed"}
+    assert sorted(t.output_data["echo"] for t in tasks if t.type == "noop") == list(range(100))
+    assert worker.stop() == 0, worker.log()
+
+
+async def test_a_job_in_the_node_client_format_is_processed(bull_server, bull_client, own_redis):
+    client = bull_client
+    config = await client.get_config()
+    run = await client.create_run({})
+    # The Node foreman-client creates a pending task, then adds its own job with extra fields.
+    task = await client.create_task(run.id, type="noop", input_data={"from": "node"})
+    queue = Queue(
+        config.queues.task_queue,
+        {"connection": RedisOptions.from_config(config.redis).connection()},
+    )
+    try:
+        job = await queue.add(
+            "noop",
+            {
+                "taskId": task.id,
+                "runId": run.id,
+                "type": "noop",
+                "inputData": {"from": "node"},
+                "metadata": None,
+            },
+            {
+                "removeOnComplete": True,
+                "removeOnFail": False,
+                "attempts": 3,
+                "backoff": {"type": "exponential", "delay": 2000},
+            },
+        )
+        assert job.id  # an id of BullMQ's choosing, not ours
+        worker = Worker(client, handlers.HANDLERS, handle_signals=False, backend="bullmq")
+        stats = await worker.run(burst=True)
+        done = await client.get_task(task.id)
+        assert done.status == "completed"
+        assert done.output_data["echo"] == {"from": "node"}
+        assert stats.completed == 1
+        assert await queue.getJob(job.id) is None  # acknowledged and removed
+    finally:
+        await queue.close()

@@ -1,0 +1,235 @@
+"""Worker behaviour end to end, for each backend: a real `foreman server` process, the Worker in
+this process (so the test can read its stats), real PostgreSQL and Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+
+from foreman import AsyncClient, TaskContext, TaskSpec, Worker
+from tests.conftest import KEY_A
+from tests.e2e import handlers
+from tests.e2e.helpers import all_tasks, eventually, run_finished
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+async def client(server) -> AsyncIterator[AsyncClient]:
+    async with AsyncClient(server.url, KEY_A) as api:
+        yield api
+
+
+def make_worker(client: AsyncClient, **options) -> Worker:
+    options.setdefault("handlers", handlers.HANDLERS)
+    options.setdefault("claim_wait_s", 0.5)
+    return Worker(client, handle_signals=False, **options)
+
+
+async def run_until(worker: Worker, done, *, timeout_s: float = 30):
+    """Run worker until the awaitable done finishes, then stop it gracefully."""
+    runner = asyncio.create_task(worker.run())
+    try:
+        return await asyncio.wait_for(done, timeout_s)
+    finally:
+        worker.stop()
+        await asyncio.wait_for(runner, 30)
+
+
+async def test_sync_and_async_handlers(client: AsyncClient):
+    run = await client.create_run({})
+    specs = [TaskSpec(run.id, "noop", i) for i in range(20)]
+    specs += [TaskSpec(run.id, "sync_nap", 0.05) for _ in range(8)]
+    await client.enqueue_tasks(specs)
+    worker = make_worker(client, concurrency=8)
+    stats = await asyncio.wait_for(worker.run(burst=True), 30)
+
+    finished = await run_finished(client, run.id, 28, timeout_s=10)
+    assert (finished.completed_tasks, finished.failed_tasks, finished.total_tasks) == (28, 0, 28)
+    tasks = await all_tasks(client, run.id)
+    assert {t.status for t in tasks} == {"completed"}
+    assert {t.attempt for t in tasks} == {1}
+    assert {t.output_data["pid"] for t in tasks} == {os.getpid()}
+    noop_outputs = sorted(t.output_data["echo"] for t in tasks if t.type == "noop")
+    assert noop_outputs == list(range(20))
+    assert (stats.claimed, stats.completed, stats.failed, stats.dropped) == (28, 28, 0, 0)
+
+
+async def test_retries_and_max_retries_zero(client: AsyncClient):
+    run = await client.create_run({})
+    recovers = await client.enqueue_task(run.id, type="flaky", input_data=2, max_retries=1)
+    exhausted = await client.enqueue_task(run.id, type="flaky", input_data=3, max_retries=1)
+    once = await client.enqueue_task(run.id, type="flaky", input_data=2, max_retries=0)
+    worker = make_worker(client, concurrency=4)
+    await run_until(worker, run_finished(client, run.id, 3, timeout_s=20))
+
+    ok = await client.get_task(recovers.id)
+    assert (ok.status, ok.attempt, ok.retry_count) == ("completed", 2, 1)
+    assert ok.output_data == {"succeeded_on": 2}
+    failed = await client.get_task(exhausted.id)
+    assert (failed.status, failed.attempt, failed.retry_count) == ("failed", 2, 1)
+    single = await client.get_task(once.id)
+    assert (single.status, single.attempt, single.retry_count) == ("failed", 1, 0)
+    error = single.error_data
+    assert error["type"] == "RuntimeError"
+    assert error["message"] == "attempt 1 failed on purpose"
+    assert "Traceback" in error["stack"]
+    assert "handlers.py" in error["stack"]
+    counters = await client.get_run(run.id)
+    assert (counters.completed_tasks, counters.failed_tasks) == (1, 2)
+
+
+async def test_priorities_and_delays(client: AsyncClient):
+    run = await client.create_run({})
+    late = await client.enqueue_task(run.id, type="nap", input_data=0.01, delay_ms=1500)
+    order = [5, 1, 0, 3]
+    by_priority = {
+        p: await client.enqueue_task(run.id, type="nap", input_data=0.02, priority=p) for p in order
+    }
+    worker = make_worker(client, concurrency=1)
+    await run_until(worker, run_finished(client, run.id, 5, timeout_s=20))
+
+    tasks = {t.id: t for t in await all_tasks(client, run.id)}
+    started = sorted(by_priority, key=lambda p: tasks[by_priority[p].id].started_at or 0)
+    # BullMQ order, in both backends: 0 (no priority) first, then 1 = highest.
+    assert started == [0, 1, 3, 5]
+    delayed = tasks[late.id]
+    assert delayed.status == "completed"
+    assert delayed.started_at is not None
+    assert delayed.started_at >= delayed.created_at + 1500
+
+
+async def test_cancellation(client: AsyncClient):
+    run = await client.create_run({})
+    never = await client.enqueue_task(run.id, type="noop", input_data=1, delay_ms=800)
+    await client.update_task(never.id, status="cancelled")
+    long = await client.enqueue_task(run.id, type="nap", input_data=30)
+    worker = make_worker(client, concurrency=2, lease_s=3)
+
+    async def cancel_while_running() -> None:
+        async def running() -> bool:
+            return (await client.get_task(long.id)).status == "running"
+
+        await eventually(running, timeout_s=10, what="the long task to start")
+        await client.update_task(long.id, status="cancelled")
+        # The handler learns it at the next heartbeat (every lease_s / 3) and returns early.
+        await eventually(lambda: _true_when(worker.stats.dropped == 1), timeout_s=10, what="drop")
+        await asyncio.sleep(1.2)  # the delayed, cancelled task's time has come and gone
+
+    started = time.monotonic()
+    await run_until(worker, cancel_while_running())
+    assert time.monotonic() - started < 15
+
+    cancelled_running = await client.get_task(long.id)
+    assert cancelled_running.status == "cancelled"
+    assert cancelled_running.attempt == 1
+    cancelled_before = await client.get_task(never.id)
+    assert (cancelled_before.status, cancelled_before.attempt) == ("cancelled", 0)
+    assert cancelled_before.started_at is None
+    assert worker.stats.completed == 0
+    assert (await client.get_run(run.id)).cancelled_tasks == 2
+
+
+async def _true_when(value: bool) -> bool:
+    return value
+
+
+async def test_idempotent_enqueue_runs_once(client: AsyncClient):
+    run = await client.create_run({})
+    first = await client.enqueue_task(run.id, type="noop", input_data="x", idempotency_key="once")
+    second = await client.enqueue_task(run.id, type="noop", input_data="x", idempotency_key="once")
+    assert second.id == first.id
+    worker = make_worker(client, concurrency=2)
+    await run_until(worker, run_finished(client, run.id, 1, timeout_s=10))
+    task = await client.get_task(first.id)
+    assert (task.status, task.attempt) == ("completed", 1)
+    assert (await client.get_run(run.id)).total_tasks == 1
+    assert worker.stats.claimed == 1
+
+
+async def test_unknown_type_fails_clearly(client: AsyncClient):
+    run = await client.create_run({})
+    task = await client.enqueue_task(run.id, type="no-such-type", input_data=1, max_retries=3)
+    worker = make_worker(client, handlers={"noop": handlers.noop})
+    await run_until(worker, run_finished(client, run.id, 1, timeout_s=10))
+    failed = await client.get_task(task.id)
+    assert (failed.status, failed.attempt) == ("failed", 1)  # no retry can help
+    assert failed.error_data["type"] == "UnknownTaskType"
+    assert "no-such-type" in failed.error_data["message"]
+
+
+async def test_stop_releases_what_outlives_the_grace_period(client: AsyncClient):
+    run = await client.create_run({})
+    short = [await client.enqueue_task(run.id, type="nap", input_data=0.3) for _ in range(2)]
+    long = [await client.enqueue_task(run.id, type="sync_nap", input_data=5) for _ in range(2)]
+    worker = make_worker(client, concurrency=4, grace_s=1.0)
+    runner = asyncio.create_task(worker.run())
+
+    async def all_running() -> bool:
+        tasks = await all_tasks(client, run.id)
+        return sum(t.status == "running" for t in tasks) == 4
+
+    await eventually(all_running, timeout_s=10, what="4 running tasks")
+    started = time.monotonic()
+    worker.stop()
+    stats = await asyncio.wait_for(runner, 10)
+    assert time.monotonic() - started < 3  # the grace period, not the 5 s handlers
+
+    for task in short:
+        assert (await client.get_task(task.id)).status == "completed"
+    for task in long:
+        released = await client.get_task(task.id)
+        assert (released.status, released.attempt) == ("queued", 0)
+    assert (stats.completed, stats.released) == (2, 2)
+
+
+async def test_context_run_data_helpers(client: AsyncClient):
+    async def writer(ctx: TaskContext) -> str:
+        await ctx.set_data("greeting", {"text": ctx.input_data}, tags=["t"])
+        return await ctx.get_data("greeting")
+
+    def sync_reader(ctx: TaskContext) -> object:
+        ctx.set_data_sync("count", 2)
+        return {"greeting": ctx.get_data_sync("greeting"), "missing": ctx.get_data_sync("x", 0)}
+
+    run = await client.create_run({})
+    first = await client.enqueue_task(run.id, type="writer", input_data="hi")
+    worker = make_worker(client, handlers={"writer": writer, "reader": sync_reader})
+    await run_until(worker, run_finished(client, run.id, 1, timeout_s=10))
+    second = await client.enqueue_task(run.id, type="reader", input_data=0)
+    worker = make_worker(client, handlers={"writer": writer, "reader": sync_reader})
+    await run_until(worker, run_finished(client, run.id, 2, timeout_s=10))
+
+    assert (await client.get_task(first.id)).output_data == {"text": "hi"}
+    read = await client.get_task(second.id)
+    assert read.output_data == {"greeting": {"text": "hi"}, "missing": 0}
+    stored = await client.query_run_data(run.id, key="count")
+    assert stored.data[0].task_id == second.id
+
+
+async def test_a_lost_lease_drops_the_result(client: AsyncClient):
+    async def slow_first_attempt(ctx: TaskContext) -> object:
+        if ctx.attempt == 1:
+            # Renewed too late (heartbeat_s > lease_s): the sweeper takes the task back, the next
+            # heartbeat reports the lease lost, and the handler sees ctx.cancelled.
+            deadline = time.monotonic() + 10
+            while not ctx.cancelled and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            return "from a lost lease"
+        return {"attempt": ctx.attempt}
+
+    run = await client.create_run({})
+    task = await client.enqueue_task(run.id, type="slow", input_data=1)
+    worker = make_worker(
+        client, handlers={"slow": slow_first_attempt}, lease_s=1.0, heartbeat_s=1.5
+    )
+    await run_until(worker, run_finished(client, run.id, 1, timeout_s=20))
+    done = await client.get_task(task.id)
+    assert (done.status, done.attempt, done.retry_count) == ("completed", 2, 1)
+    assert done.output_data == {"attempt": 2}  # never the first attempt's result
+    assert worker.stats.dropped == 1
+    assert worker.stats.completed == 1

@@ -1,0 +1,210 @@
+"""Payload limits: body size (413), JSON depth (400), tag and key sizes (400), big valid bodies."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from foreman.server import middleware
+from tests.api.helpers import API, assert_error, create_run, create_task
+from tests.conftest import HEADERS_A
+
+
+def nested(depth: int) -> object:
+    """A JSON value whose arrays and objects nest depth levels deep."""
+    value: object = 1
+    for level in range(depth):
+        value = [value] if level % 2 else {"k": value}
+    return value
+
+
+# ---------------------------------------------------------------- JSON depth
+
+
+@pytest.mark.parametrize(
+    ("text", "depth"),
+    [
+        (b"1", 0),
+        (b'"[[[{{{"', 0),
+        (b"[]", 1),
+        (b'{"a": [1, {"b": "]]]"}]}', 3),
+        (b'["\\"[", ["\\\\"], [[]]]', 3),
+        (b'{"k\\\\\\"[": [[["\\\\\\\\"]]]}', 4),
+    ],
+)
+def test_json_depth(text, depth):
+    assert middleware.json_depth(text) == depth
+    assert middleware.too_deep(text, depth) is False
+    if depth:
+        assert middleware.too_deep(text, depth - 1) is True
+
+
+async def test_depth_at_the_limit_is_accepted_one_more_is_400(client):
+    # The request body's envelope {"inputData": ...} is one level of the 64.
+    accepted = await client.post(f"{API}/runs", json={"inputData": nested(63)}, headers=HEADERS_A)
+    assert accepted.status_code == 201, accepted.text
+    assert accepted.json()["inputData"] == nested(63)
+    refused = await client.post(f"{API}/runs", json={"inputData": nested(64)}, headers=HEADERS_A)
+    body = assert_error(refused, 400, "nested deeper than 64")
+    assert body["details"][0]["loc"] == ["body"]
+
+
+@pytest.mark.parametrize("depth", [1_000, 100_000])
+async def test_very_deep_bodies_are_400_not_500(client, depth):
+    text = "[" * depth + "]" * depth
+    response = await client.post(
+        f"{API}/runs",
+        content=f'{{"inputData": {text}}}',
+        headers={**HEADERS_A, "content-type": "application/json"},
+    )
+    assert_error(response, 400, "nested")
+
+
+async def test_depth_limit_covers_every_body(client):
+    run = await create_run(client)
+    task = await create_task(client, run["id"])
+    deep = nested(70)
+    attempts = [
+        client.patch(f"{API}/runs/{run['id']}", json={"metadata": {"m": deep}}, headers=HEADERS_A),
+        client.post(
+            f"{API}/tasks",
+            json={"runId": run["id"], "type": "t", "inputData": deep},
+            headers=HEADERS_A,
+        ),
+        client.patch(f"{API}/tasks/{task['id']}", json={"outputData": deep}, headers=HEADERS_A),
+        client.post(
+            f"{API}/runs/{run['id']}/data",
+            json={"taskId": task["id"], "key": "k", "value": deep},
+            headers=HEADERS_A,
+        ),
+    ]
+    for attempt in attempts:
+        assert_error(await attempt, 400, "nested deeper")
+
+
+async def test_depth_limit_is_configurable(app_with):
+    async with app_with(max_json_depth=4) as client:
+        ok = await client.post(f"{API}/runs", json={"inputData": nested(3)}, headers=HEADERS_A)
+        assert ok.status_code == 201
+        deep = await client.post(f"{API}/runs", json={"inputData": nested(4)}, headers=HEADERS_A)
+        assert_error(deep, 400, "nested deeper than 4")
+
+
+# ---------------------------------------------------------------- body size
+
+
+async def test_body_over_the_limit_is_413(app_with):
+    async with app_with(max_body_bytes=4096) as client:
+        small = await client.post(f"{API}/runs", json={"inputData": "x" * 3000}, headers=HEADERS_A)
+        assert small.status_code == 201
+        big = await client.post(f"{API}/runs", json={"inputData": "x" * 5000}, headers=HEADERS_A)
+        body = assert_error(big, 413, "too large", "4096")
+        assert body["code"] == "payload_too_large"
+        assert big.headers["connection"] == "close"
+
+
+async def test_chunked_body_over_the_limit_is_413(app_with):
+    # No content-length: the limit is counted on the bytes actually received.
+    async def chunks():
+        yield b'{"inputData": "'
+        for _ in range(10):
+            yield b"x" * 1000
+        yield b'"}'
+
+    async with app_with(max_body_bytes=4096) as client:
+        response = await client.post(
+            f"{API}/runs",
+            content=chunks(),
+            headers={**HEADERS_A, "content-type": "application/json"},
+        )
+        assert_error(response, 413, "too large")
+
+
+async def test_a_lying_content_length_is_413_before_reading(app_with):
+    async with app_with(max_body_bytes=4096) as client:
+        response = await client.post(
+            f"{API}/runs",
+            content=b'{"inputData": 1}',
+            headers={**HEADERS_A, "content-type": "application/json", "content-length": "999999"},
+        )
+        assert_error(response, 413, "too large")
+
+
+async def test_default_limit_is_10_mib(client):
+    near = "x" * (10 * 1024 * 1024 - 100)
+    accepted = await client.post(f"{API}/runs", json={"inputData": near}, headers=HEADERS_A)
+    assert accepted.status_code == 201
+    assert len(accepted.json()["inputData"]) == len(near)
+    over = await client.post(f"{API}/runs", json={"inputData": near + "x" * 200}, headers=HEADERS_A)
+    assert_error(over, 413, "too large", str(10 * 1024 * 1024))
+
+
+async def test_a_wide_valid_body_round_trips(client):
+    wide = {f"k{i}": [i, str(i), {"n": i}] for i in range(20_000)}
+    response = await client.post(f"{API}/runs", json={"inputData": wide}, headers=HEADERS_A)
+    assert response.status_code == 201
+    fetched = await client.get(f"{API}/runs/{response.json()['id']}", headers=HEADERS_A)
+    assert fetched.json()["inputData"] == wide
+
+
+# ---------------------------------------------------------------- field sizes
+
+
+async def _run_and_task(client):
+    run = await create_run(client)
+    return run, await create_task(client, run["id"])
+
+
+async def test_tag_count_and_length(client):
+    run, task = await _run_and_task(client)
+    url = f"{API}/runs/{run['id']}/data"
+
+    async def post(tags):
+        body = {"taskId": task["id"], "key": "k", "value": 1, "tags": tags}
+        return await client.post(url, json=body, headers=HEADERS_A)
+
+    assert (await post([f"t{i}" for i in range(100)])).status_code == 201
+    assert (await post(["x" * 255])).status_code == 201
+    assert_error(await post([f"t{i}" for i in range(101)]), 400, "tags")
+    assert_error(await post(["x" * 256]), 400, "tags")
+    assert_error(await post([""]), 400, "tags")
+    assert_error(await post([1]), 400, "tags")
+
+
+async def test_tag_updates_have_the_same_limits(client):
+    run, task = await _run_and_task(client)
+    created = await client.post(
+        f"{API}/runs/{run['id']}/data",
+        json={"taskId": task["id"], "key": "k", "value": 1},
+        headers=HEADERS_A,
+    )
+    url = f"{API}/runs/{run['id']}/data/{created.json()['id']}/tags"
+    too_many = {"add": [f"t{i}" for i in range(101)]}
+    assert_error(await client.patch(url, json=too_many, headers=HEADERS_A), 400, "add")
+    too_long = {"remove": ["x" * 256]}
+    assert_error(await client.patch(url, json=too_long, headers=HEADERS_A), 400, "remove")
+
+
+async def test_key_type_and_idempotency_key_lengths(client):
+    run, task = await _run_and_task(client)
+    data_url = f"{API}/runs/{run['id']}/data"
+    for key, status in (("k" * 255, 201), ("k" * 256, 400), ("", 400)):
+        body = {"taskId": task["id"], "key": key, "value": 1}
+        response = await client.post(data_url, json=body, headers=HEADERS_A)
+        assert response.status_code == status, response.text
+    for field in ("type", "idempotencyKey"):
+        body = {"runId": run["id"], "type": "t", "inputData": 1, field: "x" * 256}
+        response = await client.post(f"{API}/tasks", json=body, headers=HEADERS_A)
+        assert_error(response, 400, field)
+
+
+async def test_malformed_json_is_400(client):
+    for text in ('{"inputData": ', "[1,]", "\x00", '{"inputData": NaN}', "\xff\xfe"):
+        response = await client.post(
+            f"{API}/runs",
+            content=text.encode("latin-1"),
+            headers={**HEADERS_A, "content-type": "application/json"},
+        )
+        assert response.status_code == 400, (text, response.text)
+        assert json.loads(response.text)["error"]
