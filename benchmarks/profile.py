@@ -25,7 +25,7 @@ from foreman.logs import configure_logging
 from foreman.settings import Settings
 
 BUCKETS = {
-    "logging": ("logging/", "foreman/logs.py", "middleware.py"),
+    "logging": ("logging/", "foreman/logs.py"),
     "asyncpg": ("asyncpg/",),
     "litestar": ("litestar/",),
     "uvicorn+httptools": ("uvicorn/", "httptools/"),
@@ -95,7 +95,8 @@ async def profile(args: argparse.Namespace) -> Path:
                 command = [
                     shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(srv.process.pid),
                     "--subprocesses", "--duration", str(int(args.duration)), "--rate", "250",
-                    "--format", "raw", "--output", str(raw), "--nonblocking",
+                    "--format", "raw", "--output", str(raw),
+                    *(["--native"] if args.native else []),
                 ]  # fmt: skip
                 spy = await asyncio.create_subprocess_exec(*command, stdout=subprocess.DEVNULL)
                 await spy.wait()
@@ -121,6 +122,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--log", default="WARNING")
     parser.add_argument("--duration", type=float, default=15.0)
+    parser.add_argument("--native", action="store_true", help="C frames too (asyncpg, uvloop)")
     parser.add_argument("--out", type=Path, default=Path("/tmp/foreman-profile"))
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)

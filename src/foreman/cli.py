@@ -26,7 +26,7 @@ def database(settings: Settings) -> Iterator[str]:
     if url is not None:
         yield url
         return
-    from foreman.store.embedded import start_embedded  # noqa: PLC0415 - optional extra
+    from foreman.store.embedded import start_embedded
 
     embedded = start_embedded(settings.data_dir)
     logger.info(
@@ -51,8 +51,8 @@ def server(
     overrides = {"server_port": port, "server_host": host, "server_workers": workers}
     settings = settings.model_copy(update={k: v for k, v in overrides.items() if v is not None})
     configure_logging(settings.log_level, json_lines=settings.log_json)
-    from foreman.server.runner import serve  # noqa: PLC0415
-    from foreman.store.migrate import apply_migrations  # noqa: PLC0415
+    from foreman.server.runner import serve
+    from foreman.store.migrate import apply_migrations
 
     with database(settings) as url:
         if settings.auto_migrate:
@@ -65,7 +65,7 @@ def migrate() -> None:
     """Apply pending database migrations and exit."""
     settings = Settings()
     configure_logging(settings.log_level, json_lines=settings.log_json)
-    from foreman.store.migrate import apply_migrations  # noqa: PLC0415
+    from foreman.store.migrate import apply_migrations
 
     with database(settings) as url:
         applied = apply_migrations(url)
@@ -88,6 +88,9 @@ def worker(
     lease: float = typer.Option(30.0, min=1.0, help="Lease length in seconds."),
     grace: float = typer.Option(30.0, min=0.0, help="Seconds running handlers get on SIGTERM."),
     endpoint: str | None = typer.Option(None, help="Server URL (default FOREMAN_ENDPOINT)."),
+    only_known_types: bool = typer.Option(
+        False, help="Claim only the handled types (postgres); else unknown types fail clearly."
+    ),
 ) -> None:
     """Run task handlers until SIGTERM/SIGINT (the API key comes from FOREMAN_API_KEY)."""
     settings = Settings()
@@ -105,6 +108,7 @@ def worker(
         grace_s=grace,
         endpoint=endpoint,
         api_key=settings.api_key,
+        only_known_types=only_known_types,
     )
 
 

@@ -21,6 +21,9 @@ TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled
 JsonObject = dict[str, Any]
 Name = Annotated[str, Meta(min_length=1, max_length=255)]
 Tag = Annotated[str, Meta(min_length=1, max_length=255)]
+# Any JSON value but null (SPEC section 4). The check is _require_value; this only tells the
+# OpenAPI document (Litestar reads "extra" of extra_json_schema), so that the schema stays truthful.
+JsonValue = Annotated[Any, Meta(extra_json_schema={"extra": {"not": {"type": "null"}}})]
 Tags = Annotated[list[Tag], Meta(max_length=100)]
 MaxRetries = Annotated[int, Meta(ge=0, le=10)]
 # BullMQ's range: 0 is the default, then 1 (highest) .. 2,097,152 (lowest).
@@ -190,7 +193,7 @@ class Config(_Out):
 
 
 class RunCreate(_In):
-    input_data: Any
+    input_data: JsonValue
     metadata: JsonObject | None = None
 
     def __post_init__(self) -> None:
@@ -201,13 +204,13 @@ class RunUpdate(_In):
     status: RunStatus | UnsetType = UNSET
     output_data: Any | UnsetType = UNSET
     error_data: Any | UnsetType = UNSET
-    metadata: JsonObject | None | UnsetType = UNSET
+    metadata: JsonObject | UnsetType | None = UNSET
 
 
 class TaskCreate(_In):
     run_id: uuid.UUID
     type: Name
-    input_data: Any
+    input_data: JsonValue
     parent_task_id: uuid.UUID | None = None
     metadata: JsonObject | None = None
     max_retries: MaxRetries = 3
@@ -225,14 +228,14 @@ class TaskUpdate(_In):
     status: TaskStatus | UnsetType = UNSET
     output_data: Any | UnsetType = UNSET
     error_data: Any | UnsetType = UNSET
-    metadata: JsonObject | None | UnsetType = UNSET
-    queue_job_id: str | None | UnsetType = UNSET
+    metadata: JsonObject | UnsetType | None = UNSET
+    queue_job_id: str | UnsetType | None = UNSET
 
 
 class RunDataCreate(_In):
     task_id: uuid.UUID
     key: Name
-    value: Any
+    value: JsonValue
     tags: Tags = msgspec.field(default_factory=list)
     metadata: JsonObject | None = None
 

@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     rate_limit_burst: int | None = Field(default=None, ge=1)  # default: one second's worth
     max_json_depth: int = Field(default=64, ge=2)  # nesting of a request body, envelope included
     body_timeout_s: float = Field(default=30.0, gt=0)  # a body not received by then gets 408
+    # Request line + headers (431 beyond), and the time a connection may take to send them.
+    max_header_bytes: int = Field(default=64 * 1024, ge=4096)
+    header_timeout_s: float = Field(default=10.0, gt=0)
     # Whether /api/v1/config returns REDIS_PASSWORD: "always" (SPEC section 5, the default),
     # "registered" (only to callers of a registered key), "never".
     expose_redis_password: Literal["always", "registered", "never"] = "always"

@@ -1,7 +1,7 @@
 """Faster fixtures for the API tests: one app for the session, tables emptied with DELETE.
 
 A test here leaves a handful of rows. Deleting them takes about 1 ms, where TRUNCATE (an
-exclusive lock and new files for each table) took 15–40 ms on a busy 2-core machine, and starting
+exclusive lock and new files for each table) took 15-40 ms on a busy 2-core machine, and starting
 a new app (pool, lifespan) took another 30 ms: per test, that was most of the suite's time.
 
 The client calls the app in the test's own event loop (httpx's ASGI transport), so requests
@@ -25,7 +25,8 @@ from tests.queue_helpers import running_app
 
 @pytest.fixture(scope="session")
 async def session_app(database_url: str) -> Litestar:
-    return create_app(make_settings(database_url))
+    # No sweeper: these tests never hold leases, and a background writer would only add noise.
+    return create_app(make_settings(database_url, sweep_enabled=False))
 
 
 @pytest.fixture(scope="session")

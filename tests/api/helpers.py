@@ -29,7 +29,7 @@ JSON_VALUES = (
     False,
     [],
     {},
-    {"unicode": "żółw 🐢", "escaped": "tab\tquote\"backslash\\"},
+    {"unicode": "żółw 🐢", "escaped": 'tab\tquote"backslash\\'},
 )
 # Words of SQL and of the driver that must never reach a client (SPEC section 2).
 LEAK_MARKERS = ("select ", "insert ", "update ", "asyncpg", "postgres", "sqlstate", "violates")
@@ -139,4 +139,3 @@ async def admin_insert_runs(db_url: str, *, org_id: str, created_at: int, count:
     finally:
         await conn.close()
     return ids
-

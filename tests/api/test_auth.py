@@ -133,9 +133,7 @@ async def test_bearer_wins_over_x_api_key(client):
     ],
 )
 async def test_the_org_is_the_third_part_of_the_key(client, key, org):
-    response = await client.post(
-        f"{API}/runs", json={"inputData": 1}, headers={"x-api-key": key}
-    )
+    response = await client.post(f"{API}/runs", json={"inputData": 1}, headers={"x-api-key": key})
     assert response.status_code == 201, response.text
     assert response.json()["orgId"] == org
 
@@ -217,3 +215,29 @@ async def test_config_endpoints_with_a_key(client):
 async def test_unknown_id_with_a_valid_key_is_404_not_401(client):
     response = await client.get(f"{API}/runs/{missing_id()}", headers={"x-api-key": KEY_A})
     assert_error(response, 404, "Run not found")
+
+
+async def test_config_reflects_the_settings(db_url):
+    settings = make_settings(
+        db_url,
+        sweep_enabled=False,
+        version="9.9.9",
+        environment="staging",
+        redis_host="redis.internal",
+        redis_port=6380,
+        redis_db=2,
+        task_queue_name="jobs",
+        result_queue_name="results",
+    )
+    async with AsyncTestClient(app=create_app(settings)) as client:
+        config = (await client.get(f"{API}/config", headers={"x-api-key": KEY_A})).json()
+        health = (await client.get("/health")).json()
+    assert config["version"] == "9.9.9"
+    assert config["environment"] == "staging"
+    assert config["redis"]["host"] == "redis.internal"
+    assert config["redis"]["port"] == 6380
+    assert config["redis"]["db"] == 2
+    assert "password" not in config["redis"]  # none configured: omitted, not null
+    assert config["queues"] == {"taskQueue": "jobs", "resultQueue": "results"}
+    assert config["queue"] == {"backend": "postgres"}
+    assert health["environment"] == "staging"

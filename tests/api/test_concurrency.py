@@ -72,7 +72,9 @@ async def test_concurrent_same_status_completions_count_once(client):
     run = await create_run(client)
     tasks = [await create_task(client, run["id"]) for _ in range(5)]
     for task in tasks:
-        await client.patch(f"{API}/tasks/{task['id']}", json={"status": "running"}, headers=HEADERS_A)
+        await client.patch(
+            f"{API}/tasks/{task['id']}", json={"status": "running"}, headers=HEADERS_A
+        )
     responses = await asyncio.gather(
         *(
             client.patch(
@@ -141,7 +143,9 @@ async def test_concurrent_creates_keep_total_tasks_exact(client):
     responses = await asyncio.gather(
         *(
             client.post(
-                f"{API}/tasks", json={"runId": run_id, "type": "t", "inputData": n}, headers=HEADERS_A
+                f"{API}/tasks",
+                json={"runId": run_id, "type": "t", "inputData": n},
+                headers=HEADERS_A,
             )
             for n, run_id in enumerate(plan)
         )
@@ -160,7 +164,9 @@ async def test_concurrent_creates_and_completions_of_one_run(client):
 
     async def lifecycle(n: int) -> str:
         task = await create_task(client, run["id"], inputData=n)
-        await client.patch(f"{API}/tasks/{task['id']}", json={"status": "running"}, headers=HEADERS_A)
+        await client.patch(
+            f"{API}/tasks/{task['id']}", json={"status": "running"}, headers=HEADERS_A
+        )
         status = TERMINAL[n % 3]
         response = await client.patch(
             f"{API}/tasks/{task['id']}", json={"status": status}, headers=HEADERS_A
@@ -189,7 +195,9 @@ async def test_concurrent_retries_are_all_counted(client):
     task = await create_task(client, run["id"])
     responses = await asyncio.gather(
         *(
-            client.patch(f"{API}/tasks/{task['id']}", json={"status": "retrying"}, headers=HEADERS_A)
+            client.patch(
+                f"{API}/tasks/{task['id']}", json={"status": "retrying"}, headers=HEADERS_A
+            )
             for _ in range(20)
         )
     )
@@ -204,7 +212,10 @@ async def test_concurrent_tag_updates_lose_nothing(client):
     item = await create_data(client, run["id"], task["id"], "k", tags=["base"])
     url = f"{API}/runs/{run['id']}/data/{item['id']}/tags"
     responses = await asyncio.gather(
-        *(client.patch(url, json={"add": [f"t{n}", "shared"]}, headers=HEADERS_A) for n in range(20))
+        *(
+            client.patch(url, json={"add": [f"t{n}", "shared"]}, headers=HEADERS_A)
+            for n in range(20)
+        )
     )
     assert {r.status_code for r in responses} == {200}
     page = await client.get(f"{API}/runs/{run['id']}/data", headers=HEADERS_A)
@@ -226,7 +237,9 @@ async def test_counters_read_during_updates_are_consistent(client):
     async def finish() -> None:
         await asyncio.gather(
             *(
-                client.patch(f"{API}/tasks/{t['id']}", json={"status": "completed"}, headers=HEADERS_A)
+                client.patch(
+                    f"{API}/tasks/{t['id']}", json={"status": "completed"}, headers=HEADERS_A
+                )
                 for t in tasks
             )
         )

@@ -132,7 +132,9 @@ async def test_invalid_utf8_in_known_fields_is_400(client, db_url, world, target
         "tasks": f"{API}/tasks",
         "data": f"{API}/runs/{world['run']}/data",
     }[target]
-    content = content.replace(b"RUN", world["run"].encode()).replace(b"TASK", world["task"].encode())
+    content = content.replace(b"RUN", world["run"].encode()).replace(
+        b"TASK", world["task"].encode()
+    )
     assert_error(await send_raw(client, "POST", url, content), 400, "malformed json")
     await assert_unchanged(client, db_url, world)
 
@@ -334,7 +336,7 @@ async def test_nested_field_errors_give_the_full_location(client, world):
     ],
 )
 async def test_malformed_uuids_in_bodies_are_400(client, db_url, world, target, fields, field):
-    method, url, body = nul_request(world, "POST", target, fields)
+    _, url, body = nul_request(world, "POST", target, fields)
     response = await client.post(url, json=body, headers=HEADERS_A)
     assert_names_field(assert_error(response, 400, field, "uuid"), field)
     await assert_unchanged(client, db_url, world)
@@ -343,7 +345,9 @@ async def test_malformed_uuids_in_bodies_are_400(client, db_url, world, target, 
 # ---------------------------------------------------------------- paths, enums, routes
 
 
-@pytest.mark.parametrize("bad", ["nope", "1", "%20", "00000000-0000-0000-0000-00000000000g", "x" * 300])
+@pytest.mark.parametrize(
+    "bad", ["nope", "1", "%20", "00000000-0000-0000-0000-00000000000g", "x" * 300]
+)
 async def test_malformed_uuids_in_paths_are_404_everywhere(client, db_url, world, bad):
     run, data = world["run"], world["data"]
     requests = [
@@ -351,7 +355,12 @@ async def test_malformed_uuids_in_paths_are_404_everywhere(client, db_url, world
         ("PATCH", f"runs/{bad}", {"status": "running"}, "Run not found"),
         ("GET", f"tasks/{bad}", None, "Task not found"),
         ("PATCH", f"tasks/{bad}", {"status": "running"}, "Task not found"),
-        ("POST", f"runs/{bad}/data", {"taskId": world["task"], "key": "k", "value": 1}, "Run not found"),
+        (
+            "POST",
+            f"runs/{bad}/data",
+            {"taskId": world["task"], "key": "k", "value": 1},
+            "Run not found",
+        ),
         ("GET", f"runs/{bad}/data", None, "Run not found"),
         ("DELETE", f"runs/{bad}/data?key=k", None, "Run not found"),
         ("PATCH", f"runs/{bad}/data/{data}/tags", {"add": ["x"]}, "Run not found"),
@@ -416,7 +425,9 @@ async def test_body_over_the_limit_is_413(db_url):
 async def test_text_plain_json_is_still_parsed(client):
     # Old clients send JSON without a content type; the body decides, not the header.
     response = await client.post(
-        f"{API}/runs", content=b'{"inputData": 1}', headers={**HEADERS_A, "content-type": "text/plain"}
+        f"{API}/runs",
+        content=b'{"inputData": 1}',
+        headers={**HEADERS_A, "content-type": "text/plain"},
     )
     assert response.status_code == 201, response.text
 

@@ -27,7 +27,9 @@ async def two_orgs(client):
         run = await create_run(client, headers=headers, inputData={"org": org})
         parent = await create_task(client, run["id"], headers=headers, idempotencyKey="same-key")
         child = await create_task(client, run["id"], headers=headers, parentTaskId=parent["id"])
-        item = await create_data(client, run["id"], parent["id"], "shared-key", headers=headers, tags=["t"])
+        item = await create_data(
+            client, run["id"], parent["id"], "shared-key", headers=headers, tags=["t"]
+        )
         made[org] = {"run": run, "parent": parent, "child": child, "data": item}
     return made
 
@@ -39,27 +41,54 @@ async def snapshot(client, org_rows, headers):
         for name in ("parent", "child")
     ]
     data = (
-        await client.get(f"{API}/runs/{org_rows['run']['id']}/data?includeAll=true", headers=headers)
+        await client.get(
+            f"{API}/runs/{org_rows['run']['id']}/data?includeAll=true", headers=headers
+        )
     ).json()
     return run, tasks, data
 
 
 async def test_every_endpoint_answers_404_for_another_orgs_rows(client, db_url, two_orgs):
     a = two_orgs[ORG_A]
-    run_id, task_id, child_id, data_id = a["run"]["id"], a["parent"]["id"], a["child"]["id"], a["data"]["id"]
+    run_id, task_id, child_id, data_id = (
+        a["run"]["id"],
+        a["parent"]["id"],
+        a["child"]["id"],
+        a["data"]["id"],
+    )
     before = await snapshot(client, a, HEADERS_A)
     counts = await admin_counts(db_url)
     own_task = two_orgs[ORG_B]["parent"]["id"]
     requests = [
         ("GET", f"runs/{run_id}", None, f"Run not found: {run_id}"),
-        ("PATCH", f"runs/{run_id}", {"status": "cancelled", "metadata": {"x": 1}}, f"Run not found: {run_id}"),
+        (
+            "PATCH",
+            f"runs/{run_id}",
+            {"status": "cancelled", "metadata": {"x": 1}},
+            f"Run not found: {run_id}",
+        ),
         ("GET", f"tasks/{task_id}", None, f"Task not found: {task_id}"),
         ("PATCH", f"tasks/{task_id}", {"status": "completed"}, f"Task not found: {task_id}"),
         ("PATCH", f"tasks/{child_id}", {"metadata": {"x": 1}}, f"Task not found: {child_id}"),
-        ("POST", "tasks", {"runId": run_id, "type": "t", "inputData": 1}, f"Run not found: {run_id}"),
-        ("POST", f"runs/{run_id}/data", {"taskId": own_task, "key": "k", "value": 1}, f"Run not found: {run_id}"),
+        (
+            "POST",
+            "tasks",
+            {"runId": run_id, "type": "t", "inputData": 1},
+            f"Run not found: {run_id}",
+        ),
+        (
+            "POST",
+            f"runs/{run_id}/data",
+            {"taskId": own_task, "key": "k", "value": 1},
+            f"Run not found: {run_id}",
+        ),
         ("GET", f"runs/{run_id}/data", None, f"Run not found: {run_id}"),
-        ("GET", f"runs/{run_id}/data?key=shared-key&includeAll=true", None, f"Run not found: {run_id}"),
+        (
+            "GET",
+            f"runs/{run_id}/data?key=shared-key&includeAll=true",
+            None,
+            f"Run not found: {run_id}",
+        ),
         ("PATCH", f"runs/{run_id}/data/{data_id}/tags", {"add": ["x"]}, f"Run not found: {run_id}"),
         ("DELETE", f"runs/{run_id}/data?key=shared-key", None, f"Run not found: {run_id}"),
         ("DELETE", f"runs/{run_id}/data?id={data_id}", None, f"Run not found: {run_id}"),
@@ -78,7 +107,12 @@ async def test_another_orgs_ids_inside_own_requests_are_not_found(client, db_url
     # A parent task of org A under org B's run.
     response = await client.post(
         f"{API}/tasks",
-        json={"runId": b["run"]["id"], "type": "t", "inputData": 1, "parentTaskId": a["parent"]["id"]},
+        json={
+            "runId": b["run"]["id"],
+            "type": "t",
+            "inputData": 1,
+            "parentTaskId": a["parent"]["id"],
+        },
         headers=HEADERS_B,
     )
     assert_error(response, 404, "Parent task not found")
@@ -91,10 +125,14 @@ async def test_another_orgs_ids_inside_own_requests_are_not_found(client, db_url
     assert_error(response, 404, "Task not found")
     # Org A's entry through org B's own run.
     response = await client.patch(
-        f"{API}/runs/{b['run']['id']}/data/{a['data']['id']}/tags", json={"add": ["x"]}, headers=HEADERS_B
+        f"{API}/runs/{b['run']['id']}/data/{a['data']['id']}/tags",
+        json={"add": ["x"]},
+        headers=HEADERS_B,
     )
     assert_error(response, 404, "Run data not found")
-    response = await client.delete(f"{API}/runs/{b['run']['id']}/data?id={a['data']['id']}", headers=HEADERS_B)
+    response = await client.delete(
+        f"{API}/runs/{b['run']['id']}/data?id={a['data']['id']}", headers=HEADERS_B
+    )
     assert_error(response, 404)
     assert await admin_counts(db_url) == counts
 
@@ -114,8 +152,12 @@ async def test_lists_and_filters_show_only_own_rows(client, two_orgs):
     ):
         page = (await client.get(f"{API}/tasks?{query}", headers=HEADERS_B)).json()
         assert page == {"data": [], "pagination": {"total": 0, "limit": 20, "offset": 0}}, query
-    assert (await client.get(f"{API}/runs?status=pending", headers=HEADERS_B)).json()["pagination"]["total"] == 1
-    assert (await client.get(f"{API}/tasks?type=work", headers=HEADERS_B)).json()["pagination"]["total"] == 2
+    assert (await client.get(f"{API}/runs?status=pending", headers=HEADERS_B)).json()["pagination"][
+        "total"
+    ] == 1
+    assert (await client.get(f"{API}/tasks?type=work", headers=HEADERS_B)).json()["pagination"][
+        "total"
+    ] == 2
 
 
 async def test_idempotency_keys_are_per_org(client, two_orgs):
@@ -134,7 +176,9 @@ async def test_idempotency_keys_are_per_org(client, two_orgs):
 
 async def test_counters_count_only_own_tasks(client, two_orgs):
     a, b = two_orgs[ORG_A], two_orgs[ORG_B]
-    await client.patch(f"{API}/tasks/{b['parent']['id']}", json={"status": "completed"}, headers=HEADERS_B)
+    await client.patch(
+        f"{API}/tasks/{b['parent']['id']}", json={"status": "completed"}, headers=HEADERS_B
+    )
     assert (await get_run(client, a["run"]["id"]))["completedTasks"] == 0
     assert (await get_run(client, b["run"]["id"], headers=HEADERS_B))["completedTasks"] == 1
     assert (await get_run(client, b["run"]["id"], headers=HEADERS_B))["totalTasks"] == 2
@@ -151,7 +195,9 @@ UNFILTERED = {
 }
 
 
-async def test_unfiltered_queries_through_the_servers_pool_see_only_the_bound_org(client, app, db_url, two_orgs):
+async def test_unfiltered_queries_through_the_servers_pool_see_only_the_bound_org(
+    client, app, db_url, two_orgs
+):
     # Org A gets more rows than org B, so that a leak would change the counts.
     extra = await create_run(client)
     await create_task(client, extra["id"])
@@ -173,7 +219,7 @@ async def test_unfiltered_queries_through_the_servers_pool_see_only_the_bound_or
     assert seen_b["task"] == 2
     assert seen_b["run_data"] == 1
     assert seen_b["run_counter"] >= 1
-    assert orgs == dict.fromkeys(UNFILTERED, [ORG_A])
+    assert orgs == {table: [ORG_A] for table in UNFILTERED}
     for table in ("run", "task", "run_data"):
         assert seen_a[table] + seen_b[table] == everything[table]
 
@@ -205,7 +251,10 @@ async def test_a_connection_without_an_org_sees_nothing(client, db_url, two_orgs
     )
     try:
         async with pool.acquire() as conn:
-            assert await conn.fetchval("SELECT current_setting('app.current_org_id', true)") in (None, "")
+            assert await conn.fetchval("SELECT current_setting('app.current_org_id', true)") in (
+                None,
+                "",
+            )
             for sql in UNFILTERED.values():
                 assert await conn.fetchval(sql) == 0
     finally:

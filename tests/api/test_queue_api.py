@@ -36,7 +36,10 @@ async def client(db_url: str) -> AsyncIterator[httpx.AsyncClient]:
 
 
 async def enqueue(client, run_id: str, count: int = 1, **fields) -> list[dict]:
-    tasks = [{"runId": run_id, "type": "work", "inputData": {"i": i}, "enqueue": True, **fields} for i in range(count)]
+    tasks = [
+        {"runId": run_id, "type": "work", "inputData": {"i": i}, "enqueue": True, **fields}
+        for i in range(count)
+    ]
     response = await client.post(f"{API}/tasks/batch", json={"tasks": tasks}, headers=HEADERS_A)
     assert response.status_code == 201, response.text
     return response.json()["data"]
@@ -69,7 +72,8 @@ async def test_batch_create_in_order_with_exact_counters(client):
     assert response.status_code == 201, response.text
     data = response.json()["data"]
     assert [t["type"] for t in data] == [f"t{i}" for i in range(1000)]
-    assert {t["status"] for t in data[::2]} == {"queued"} and {t["status"] for t in data[1::2]} == {"pending"}
+    assert {t["status"] for t in data[::2]} == {"queued"}
+    assert {t["status"] for t in data[1::2]} == {"pending"}
     assert data[3]["inputData"] == [3]
     assert (await get_run(client, run["id"]))["totalTasks"] == 1000
 
@@ -128,7 +132,9 @@ async def test_claim_leases_tasks_in_priority_order(client):
     got = await claim(client, types=["work"], limit=10, leaseMs=5000)
     assert [t["id"] for t in got] == [default[0]["id"], high[0]["id"], low[0]["id"]]
     first = got[0]
-    assert first["status"] == "running" and first["attempt"] == 1 and first["workerId"] == "w1"
+    assert first["status"] == "running"
+    assert first["attempt"] == 1
+    assert first["workerId"] == "w1"
     assert uuid.UUID(first["leaseToken"])
     assert 4000 <= first["leaseExpiresAt"] - now_ms() <= 5000
     assert [t["id"] for t in await claim(client)] == [other[0]["id"]]
@@ -187,7 +193,8 @@ async def test_claim_by_id(client):
     task_id = created.json()["id"]  # pending: a Node client enqueues without a PATCH
     first = await post(client, f"/{task_id}/claim", {"workerId": "w", "leaseMs": 60_000})
     assert first.status_code == 200, first.text
-    assert first.json()["attempt"] == 1 and first.json()["leaseToken"]
+    assert first.json()["attempt"] == 1
+    assert first.json()["leaseToken"]
     assert_error(await post(client, f"/{task_id}/claim", {"workerId": "w2"}), 409, "running")
     assert_error(await post(client, f"/{missing_id()}/claim", {"workerId": "w"}), 404)
     assert_error(await post(client, "/not-a-uuid/claim", {"workerId": "w"}), 404)
@@ -220,11 +227,13 @@ async def test_heartbeat_batch_and_single(client):
     assert data[0]["leaseExpiresAt"] >= now_ms() + 110_000
     assert data[1]["leaseExpiresAt"] is None
     one = await post(client, f"/{a['id']}/heartbeat", {"leaseToken": a["leaseToken"]})
-    assert one.status_code == 200 and one.json()["ok"] is True
+    assert one.status_code == 200
+    assert one.json()["ok"] is True
     stale = await post(client, f"/{b['id']}/heartbeat", {"leaseToken": str(uuid.uuid4())})
     assert_error(stale, 409, "lease")
     cancelled = await post(client, f"/{c['id']}/heartbeat", {"leaseToken": c["leaseToken"]})
-    assert cancelled.status_code == 200 and cancelled.json()["cancelled"] is True
+    assert cancelled.status_code == 200
+    assert cancelled.json()["cancelled"] is True
     unknown = await post(client, f"/{missing_id()}/heartbeat", {"leaseToken": str(uuid.uuid4())})
     assert_error(unknown, 404)
     bad = await post(client, "/heartbeat", {"leases": [{"taskId": "x", "leaseToken": "y"}]})
@@ -238,16 +247,27 @@ async def test_complete_fences_stale_tokens_and_counts_once(client):
     run = await create_run(client)
     await enqueue(client, run["id"], 1, maxRetries=1)
     (held,) = await claim(client)
-    stale = await post(client, f"/{held['id']}/complete", {"leaseToken": str(uuid.uuid4()), "outputData": "x"})
+    stale = await post(
+        client, f"/{held['id']}/complete", {"leaseToken": str(uuid.uuid4()), "outputData": "x"}
+    )
     assert_error(stale, 409, "lease token")
-    response = await post(client, f"/{held['id']}/complete", {"leaseToken": held["leaseToken"], "outputData": {"sum": 3}})
+    response = await post(
+        client,
+        f"/{held['id']}/complete",
+        {"leaseToken": held["leaseToken"], "outputData": {"sum": 3}},
+    )
     assert response.status_code == 200, response.text
     task = response.json()
-    assert task["status"] == "completed" and task["outputData"] == {"sum": 3}
-    assert task["completedAt"] >= task["startedAt"] and task["durationMs"] >= 0
+    assert task["status"] == "completed"
+    assert task["outputData"] == {"sum": 3}
+    assert task["completedAt"] >= task["startedAt"]
+    assert task["durationMs"] >= 0
     # The same call again (its answer was lost): 200, nothing changes.
-    repeat = await post(client, f"/{held['id']}/complete", {"leaseToken": held["leaseToken"], "outputData": "other"})
-    assert repeat.status_code == 200 and repeat.json()["outputData"] == {"sum": 3}
+    repeat = await post(
+        client, f"/{held['id']}/complete", {"leaseToken": held["leaseToken"], "outputData": "other"}
+    )
+    assert repeat.status_code == 200
+    assert repeat.json()["outputData"] == {"sum": 3}
     # A fail of a completed task changes nothing.
     failed = await post(client, f"/{held['id']}/fail", {"leaseToken": held["leaseToken"]})
     assert_error(failed, 409, "completed")
@@ -260,17 +280,24 @@ async def test_fail_then_retry_then_exhausted(client):
     (task,) = await enqueue(client, run["id"], 1, maxRetries=1)
     (held,) = await claim(client)
     error = {"message": "boom", "type": "ValueError", "stack": "..."}
-    response = await post(client, f"/{task['id']}/fail", {"leaseToken": held["leaseToken"], "errorData": error})
+    response = await post(
+        client, f"/{task['id']}/fail", {"leaseToken": held["leaseToken"], "errorData": error}
+    )
     retrying = response.json()
-    assert retrying["status"] == "retrying" and retrying["retryCount"] == 1
+    assert retrying["status"] == "retrying"
+    assert retrying["retryCount"] == 1
     assert 1600 <= retrying["runAfter"] - retrying["updatedAt"] <= 2400
     assert retrying["errorData"] == error
     assert await claim(client) == []  # not before its backoff
     await asyncio.sleep((retrying["runAfter"] - now_ms()) / 1000 + 0.05)
     (again,) = await claim(client)
-    assert again["attempt"] == 2 and again["id"] == task["id"]
-    final = await post(client, f"/{task['id']}/fail", {"leaseToken": again["leaseToken"], "errorData": "x"})
-    assert final.json()["status"] == "failed" and final.json()["retryCount"] == 1
+    assert again["attempt"] == 2
+    assert again["id"] == task["id"]
+    final = await post(
+        client, f"/{task['id']}/fail", {"leaseToken": again["leaseToken"], "errorData": "x"}
+    )
+    assert final.json()["status"] == "failed"
+    assert final.json()["retryCount"] == 1
     assert (await get_run(client, run["id"]))["failedTasks"] == 1
 
 
@@ -279,10 +306,13 @@ async def test_fail_not_retryable_and_max_retries_zero(client):
     await enqueue(client, run["id"], 1, maxRetries=3)
     await enqueue(client, run["id"], 1, maxRetries=0, type="zero")
     a, b = await claim(client)
-    no_retry = await post(client, f"/{a['id']}/fail", {"leaseToken": a["leaseToken"], "retryable": False})
+    no_retry = await post(
+        client, f"/{a['id']}/fail", {"leaseToken": a["leaseToken"], "retryable": False}
+    )
     zero = await post(client, f"/{b['id']}/fail", {"leaseToken": b["leaseToken"]})
     assert no_retry.json()["status"] == zero.json()["status"] == "failed"
-    assert zero.json()["attempt"] == 1 and zero.json()["retryCount"] == 0
+    assert zero.json()["attempt"] == 1
+    assert zero.json()["retryCount"] == 0
 
 
 async def test_batch_complete(client):
@@ -294,18 +324,33 @@ async def test_batch_complete(client):
         for i, t in enumerate(held[:150])
     ]
     results += [
-        {"taskId": t["id"], "leaseToken": t["leaseToken"], "status": "failed", "errorData": "e", "retryable": False}
+        {
+            "taskId": t["id"],
+            "leaseToken": t["leaseToken"],
+            "status": "failed",
+            "errorData": "e",
+            "retryable": False,
+        }
         for t in held[150:199]
     ]
-    results.append({"taskId": held[199]["id"], "leaseToken": str(uuid.uuid4()), "status": "completed"})
+    results.append(
+        {"taskId": held[199]["id"], "leaseToken": str(uuid.uuid4()), "status": "completed"}
+    )
     response = await post(client, "/complete", {"results": results})
     assert response.status_code == 200, response.text
     data = response.json()["data"]
     assert [d["taskId"] for d in data] == [r["taskId"] for r in results]
-    assert all(d["ok"] for d in data[:199]) and data[199] == {"taskId": held[199]["id"], "ok": False, "status": "running"}
+    assert all(d["ok"] for d in data[:199])
+    assert data[199] == {
+        "taskId": held[199]["id"],
+        "ok": False,
+        "status": "running",
+    }
     counts = await get_run(client, run["id"])
     assert (counts["completedTasks"], counts["failedTasks"]) == (150, 49)
-    assert (await post(client, "/complete", {"results": [{"taskId": "1", "status": "done"}]})).status_code == 400
+    assert (
+        await post(client, "/complete", {"results": [{"taskId": "1", "status": "done"}]})
+    ).status_code == 400
 
 
 async def test_release(client):
@@ -313,10 +358,13 @@ async def test_release(client):
     await enqueue(client, run["id"], 2)
     a, b = await claim(client)
     response = await post(client, f"/{a['id']}/release", {"leaseToken": a["leaseToken"]})
-    assert response.status_code == 200 and response.json()["status"] == "queued"
+    assert response.status_code == 200
+    assert response.json()["status"] == "queued"
     assert response.json()["attempt"] == 0
     assert_error(await post(client, f"/{a['id']}/release", {"leaseToken": a["leaseToken"]}), 409)
-    batch = await post(client, "/release", {"leases": [{"taskId": b["id"], "leaseToken": b["leaseToken"]}]})
+    batch = await post(
+        client, "/release", {"leases": [{"taskId": b["id"], "leaseToken": b["leaseToken"]}]}
+    )
     assert batch.json()["data"] == [{"taskId": b["id"], "ok": True, "status": "queued"}]
     assert {t["id"] for t in await claim(client)} == {a["id"], b["id"]}
 
@@ -328,13 +376,18 @@ async def test_wait_returns_when_the_task_ends(client):
     run = await create_run(client)
     (task,) = await enqueue(client, run["id"], 1)
     started = time.monotonic()
-    waiting = asyncio.create_task(client.get(f"{API}/tasks/{task['id']}/wait?timeoutMs=20000", headers=HEADERS_A))
+    waiting = asyncio.create_task(
+        client.get(f"{API}/tasks/{task['id']}/wait?timeoutMs=20000", headers=HEADERS_A)
+    )
     await asyncio.sleep(0.3)
     assert not waiting.done()
     (held,) = await claim(client)
-    await post(client, f"/{task['id']}/complete", {"leaseToken": held["leaseToken"], "outputData": 7})
+    await post(
+        client, f"/{task['id']}/complete", {"leaseToken": held["leaseToken"], "outputData": 7}
+    )
     response = await asyncio.wait_for(waiting, 10)
-    assert response.status_code == 200 and response.json()["status"] == "completed"
+    assert response.status_code == 200
+    assert response.json()["status"] == "completed"
     assert response.json()["outputData"] == 7
     assert time.monotonic() - started < 5  # the 30 s poll fallback did not do it: NOTIFY did
 
@@ -342,7 +395,9 @@ async def test_wait_returns_when_the_task_ends(client):
 async def test_wait_is_woken_by_the_legacy_patch(client):
     run = await create_run(client)
     (task,) = await enqueue(client, run["id"], 1)
-    waiting = asyncio.create_task(client.get(f"{API}/tasks/{task['id']}/wait?timeoutMs=20000", headers=HEADERS_A))
+    waiting = asyncio.create_task(
+        client.get(f"{API}/tasks/{task['id']}/wait?timeoutMs=20000", headers=HEADERS_A)
+    )
     await asyncio.sleep(0.3)
     await patch_task(client, task["id"], status="cancelled")
     response = await asyncio.wait_for(waiting, 5)
@@ -354,7 +409,8 @@ async def test_wait_timeout_and_errors(client):
     (task,) = await enqueue(client, run["id"], 1)
     started = time.monotonic()
     response = await client.get(f"{API}/tasks/{task['id']}/wait?timeoutMs=300", headers=HEADERS_A)
-    assert response.status_code == 200 and response.json()["status"] == "queued"
+    assert response.status_code == 200
+    assert response.json()["status"] == "queued"
     assert time.monotonic() - started >= 0.25
     assert_error(await client.get(f"{API}/tasks/{missing_id()}/wait", headers=HEADERS_A), 404)
     assert_error(await client.get(f"{API}/tasks/{task['id']}/wait", headers=HEADERS_B), 404)
@@ -395,7 +451,8 @@ async def test_bullmq_publishes_the_wire_format(bullmq_app):
     job = await queue.getJob(f"{task['id']}:1")
     # SPEC section 7: name = type, data exactly {"taskId"}, Node foreman-client's options.
     assert (job.name, job.data) == ("resize", {"taskId": task["id"]})
-    assert job.opts["attempts"] == 3 and job.opts["priority"] == 7
+    assert job.opts["attempts"] == 3
+    assert job.opts["priority"] == 7
     assert job.opts["backoff"] == {"type": "exponential", "delay": 2000}
     assert (job.opts["removeOnComplete"], job.opts["removeOnFail"]) == (True, False)
     delayed = await queue.getJob(f"{batch[0]['id']}:1")
@@ -413,7 +470,8 @@ async def test_bullmq_fail_publishes_the_next_attempt_after_its_backoff(bullmq_a
     failed = await post(client, f"/{task['id']}/fail", {"leaseToken": held.json()["leaseToken"]})
     assert failed.json()["status"] == "retrying"
     retry = await queue.getJob(f"{task['id']}:2")
-    assert retry is not None and retry.data == {"taskId": task["id"]}
+    assert retry is not None
+    assert retry.data == {"taskId": task["id"]}
     assert 1000 <= retry.opts["delay"] <= 2400
     assert retry.opts["attempts"] == 1  # the attempts left
     assert (await queue.getJobCounts())["delayed"] == 1

@@ -59,7 +59,13 @@ async def test_create_returns_the_entry(client, run_task):
     before = now_ms()
     response = await client.post(
         data_url(run_id),
-        json={"taskId": task_id, "key": "result", "value": {"n": 1}, "tags": ["a", "b"], "metadata": {"m": 1}},
+        json={
+            "taskId": task_id,
+            "key": "result",
+            "value": {"n": 1},
+            "tags": ["a", "b"],
+            "metadata": {"m": 1},
+        },
         headers=HEADERS_A,
     )
     assert response.status_code == 201, response.text
@@ -142,7 +148,9 @@ async def test_unknown_run_is_404(client, run_task, db_url):
     )
     assert assert_error(response, 404)["error"] == f"Run not found: {run_id}"
     response = await client.post(
-        data_url("not-a-uuid"), json={"taskId": run_task[1], "key": "k", "value": 1}, headers=HEADERS_A
+        data_url("not-a-uuid"),
+        json={"taskId": run_task[1], "key": "k", "value": 1},
+        headers=HEADERS_A,
     )
     assert assert_error(response, 404)["error"] == "Run not found: not-a-uuid"
     assert await admin_count(db_url, "run_data") == 0
@@ -359,7 +367,9 @@ async def test_sort_by_key_and_order(client, keyed):
     asc = await query(client, keyed, "?sortBy=key&sortOrder=asc")
     assert [i["key"] for i in asc["data"]] == sorted(i["key"] for i in asc["data"])
     desc = await query(client, keyed, "?sortBy=key")
-    assert [i["key"] for i in desc["data"]] == sorted((i["key"] for i in desc["data"]), reverse=True)
+    assert [i["key"] for i in desc["data"]] == sorted(
+        (i["key"] for i in desc["data"]), reverse=True
+    )
 
 
 @pytest.mark.parametrize("sort_by", ["created_at", "createdAt", "updated_at", "updatedAt"])
@@ -393,7 +403,9 @@ async def test_ties_are_broken_by_id_and_pages_are_stable(client, run_task, db_u
     for order in ("asc", "desc"):
         seen: list[str] = []
         for offset in range(0, 12, 5):
-            page = await query(client, run_id, f"?includeAll=true&limit=5&offset={offset}&sortOrder={order}")
+            page = await query(
+                client, run_id, f"?includeAll=true&limit=5&offset={offset}&sortOrder={order}"
+            )
             assert page["pagination"]["total"] == 12
             seen += [i["id"] for i in page["data"]]
         assert seen == sorted(ids, reverse=order == "desc")

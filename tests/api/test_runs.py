@@ -288,7 +288,10 @@ async def test_list_envelope_defaults_and_newest_first(client):
 
 
 async def test_empty_list(client):
-    assert await list_runs(client) == {"data": [], "pagination": {"total": 0, "limit": 20, "offset": 0}}
+    assert await list_runs(client) == {
+        "data": [],
+        "pagination": {"total": 0, "limit": 20, "offset": 0},
+    }
 
 
 async def test_total_counts_every_match_not_the_page(client):
@@ -324,7 +327,16 @@ async def test_sort_order_asc(client):
     ]
 
 
-@pytest.mark.parametrize(("sort_by", "field"), [("started_at", "startedAt"), ("startedAt", "startedAt"), ("completed_at", "completedAt"), ("completedAt", "completedAt"), ("createdAt", "createdAt")])
+@pytest.mark.parametrize(
+    ("sort_by", "field"),
+    [
+        ("started_at", "startedAt"),
+        ("startedAt", "startedAt"),
+        ("completed_at", "completedAt"),
+        ("completedAt", "completedAt"),
+        ("createdAt", "createdAt"),
+    ],
+)
 async def test_sort_by_snake_or_camel_case(client, sort_by, field):
     runs = [await create_run(client) for _ in range(3)]
     # Start and finish in the reverse order of creation.

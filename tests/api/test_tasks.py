@@ -489,7 +489,9 @@ async def test_malformed_id_filter_matches_nothing(client, run, param):
     assert page == {"data": [], "pagination": {"total": 0, "limit": 20, "offset": 0}}
 
 
-@pytest.mark.parametrize("sort_by", ["created_at", "createdAt", "started_at", "startedAt", "completed_at", "completedAt"])
+@pytest.mark.parametrize(
+    "sort_by", ["created_at", "createdAt", "started_at", "startedAt", "completed_at", "completedAt"]
+)
 async def test_sort_by_snake_or_camel_case(client, run, sort_by):
     tasks = [await create_task(client, run["id"]) for _ in range(3)]
     for task in reversed(tasks):

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 
 from tests.conftest import KEY_A
 from tests.integration.live_server import ServerProcess, foreman_command, server_env
@@ -60,19 +61,18 @@ class OwnRedis:
         self.start()
 
     def flushall(self) -> None:
-        subprocess.run(
-            ["redis-cli", "-p", str(self.port), "FLUSHALL"], check=True, capture_output=True
-        )
+        with redis.Redis(host="127.0.0.1", port=self.port) as client:
+            assert client.flushall()
 
 
 @pytest.fixture(scope="package")
 def own_redis() -> Iterator[OwnRedis]:
-    redis = OwnRedis().start()
+    server = OwnRedis().start()
     try:
-        yield redis
+        yield server
     finally:
-        redis.stop()
-        shutil.rmtree(redis.dir, ignore_errors=True)
+        server.stop()
+        shutil.rmtree(server.dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="package")
@@ -82,7 +82,7 @@ def e2e_dir() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def start_server(database_url: str, cwd: Path, *, backend: str, redis: OwnRedis) -> ServerProcess:
+def start_server(database_url: str, cwd: Path, *, backend: str, own: OwnRedis) -> ServerProcess:
     env = server_env(
         FOREMAN_DATABASE_URL=database_url,
         FOREMAN_AUTO_MIGRATE="false",
@@ -94,7 +94,7 @@ def start_server(database_url: str, cwd: Path, *, backend: str, redis: OwnRedis)
         FOREMAN_POLL_INTERVAL_S="0.5",
         FOREMAN_LOG_LEVEL="WARNING",
         REDIS_HOST="127.0.0.1",
-        REDIS_PORT=str(redis.port),
+        REDIS_PORT=str(own.port),
         # Colon-free (SPEC section 5), and one queue per server so runs never see old jobs.
         TASK_QUEUE_NAME=f"foreman-e2e-{uuid.uuid4().hex[:8]}",
     )
@@ -104,7 +104,7 @@ def start_server(database_url: str, cwd: Path, *, backend: str, redis: OwnRedis)
 @pytest.fixture(scope="package")
 def pg_server(database_url: str, e2e_dir: Path, own_redis: OwnRedis) -> Iterator[ServerProcess]:
     """`foreman server` with the postgres backend."""
-    server = start_server(database_url, e2e_dir, backend="postgres", redis=own_redis)
+    server = start_server(database_url, e2e_dir, backend="postgres", own=own_redis)
     try:
         yield server
     finally:
@@ -114,7 +114,7 @@ def pg_server(database_url: str, e2e_dir: Path, own_redis: OwnRedis) -> Iterator
 @pytest.fixture(scope="package")
 def bull_server(database_url: str, e2e_dir: Path, own_redis: OwnRedis) -> Iterator[ServerProcess]:
     """`foreman server` with the bullmq backend on our own Redis."""
-    server = start_server(database_url, e2e_dir, backend="bullmq", redis=own_redis)
+    server = start_server(database_url, e2e_dir, backend="bullmq", own=own_redis)
     try:
         yield server
     finally:

@@ -120,13 +120,14 @@ async def test_redis_flushall_and_restart_lose_nothing(
     workers.append(worker)
     await run_finished(client, run.id, 100, timeout_s=30)
 
-    await client.enqueue_tasks([TaskSpec(run.id, "nap", 0.05) for _ in range(100)])
+    await client.enqueue_tasks([TaskSpec(run.id, "nap", 0.2) for _ in range(100)])
 
     async def some_done() -> bool:
         return (await client.get_run(run.id)).completed_tasks >= 110
 
     await eventually(some_done, timeout_s=20, what="processing to start")
     own_redis.restart()  # connections dropped and, without persistence, every job lost
+    assert (await client.get_run(run.id)).completed_tasks < 200  # it did land mid-run
     finished = await run_finished(client, run.id, 200, timeout_s=60)
     assert (finished.completed_tasks, finished.failed_tasks) == (200, 0)
     tasks = await all_tasks(client, run.id)

@@ -233,3 +233,16 @@ async def test_a_lost_lease_drops_the_result(client: AsyncClient):
     assert done.output_data == {"attempt": 2}  # never the first attempt's result
     assert worker.stats.dropped == 1
     assert worker.stats.completed == 1
+
+
+async def test_only_known_types_leaves_other_types_queued(pg_server, db_url):
+    async with AsyncClient(pg_server.url, KEY_A) as client:
+        run = await client.create_run({})
+        mine = await client.enqueue_task(run.id, type="noop", input_data=1)
+        theirs = await client.enqueue_task(run.id, type="someone-elses", input_data=1)
+        worker = make_worker(client, handlers={"noop": handlers.noop}, only_known_types=True)
+        stats = await asyncio.wait_for(worker.run(burst=True), 20)
+        assert (await client.get_task(mine.id)).status == "completed"
+        untouched = await client.get_task(theirs.id)
+        assert (untouched.status, untouched.attempt) == ("queued", 0)
+        assert stats.claimed == 1

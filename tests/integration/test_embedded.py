@@ -57,11 +57,11 @@ def _create_run_task_and_data(url: str) -> tuple[dict[str, Any], ...]:
         return run.json(), task.json(), data.json()
 
 
-def test_embedded_default_starts_keeps_data_and_stops_with_the_server(tmp_path):
+def test_embedded_default_starts_keeps_data_and_stops_with_the_server(pg_work_dir):
     # No FOREMAN_DATA_DIR either: the documented default ./.foreman/pgdata, under the cwd.
-    pgdata = tmp_path / ".foreman" / "pgdata"
-    first = ServerProcess(tmp_path, env=server_env())
-    second = ServerProcess(tmp_path, env=server_env())
+    pgdata = pg_work_dir / ".foreman" / "pgdata"
+    first = ServerProcess(pg_work_dir, env=server_env())
+    second = ServerProcess(pg_work_dir, env=server_env())
     try:
         first.start()
         health = httpx.get(f"{first.url}/health", timeout=10)
@@ -96,9 +96,9 @@ def test_embedded_default_starts_keeps_data_and_stops_with_the_server(tmp_path):
         _stop_leftover(pgdata)
 
 
-def test_ctrl_c_stops_the_embedded_postgres(tmp_path):
-    data_dir = tmp_path / "data"
-    server = ServerProcess(tmp_path, env=server_env(FOREMAN_DATA_DIR=str(data_dir)))
+def test_ctrl_c_stops_the_embedded_postgres(pg_work_dir):
+    data_dir = pg_work_dir / "data"
+    server = ServerProcess(pg_work_dir, env=server_env(FOREMAN_DATA_DIR=str(data_dir)))
     try:
         server.start()
         postgres_pid = _postmaster_pid(data_dir / "pgdata")
@@ -112,11 +112,11 @@ def test_ctrl_c_stops_the_embedded_postgres(tmp_path):
         _stop_leftover(data_dir / "pgdata")
 
 
-def test_after_a_crash_the_next_server_adopts_and_then_stops_the_postgres(tmp_path):
-    data_dir = tmp_path / "data"
+def test_after_a_crash_the_next_server_adopts_and_then_stops_the_postgres(pg_work_dir):
+    data_dir = pg_work_dir / "data"
     env = server_env(FOREMAN_DATA_DIR=str(data_dir))
-    crashed = ServerProcess(tmp_path, env=env)
-    restarted = ServerProcess(tmp_path, env=env)
+    crashed = ServerProcess(pg_work_dir, env=env)
+    restarted = ServerProcess(pg_work_dir, env=env)
     try:
         crashed.start()
         run, _, _ = _create_run_task_and_data(crashed.url)

@@ -77,8 +77,8 @@ class OwnPostgres:
 
 
 @pytest.fixture
-async def own_postgres(tmp_path: Path) -> AsyncIterator[OwnPostgres]:
-    postgres = await asyncio.to_thread(OwnPostgres, tmp_path)
+async def own_postgres(pg_work_dir: Path) -> AsyncIterator[OwnPostgres]:
+    postgres = await asyncio.to_thread(OwnPostgres, pg_work_dir)
     try:
         await apply_migrations_async(postgres.url)
         yield postgres

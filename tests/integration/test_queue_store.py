@@ -101,14 +101,16 @@ async def test_batch_insert_keeps_order_counts_once_and_is_idempotent(conn):
     assert result.tasks[20].id == result.tasks[10].id == task_ids[10]  # a repeat inside the batch
     assert result.created.count(False) == 1
     assert await run_counts(conn, run_id) == (299, 0, 0, 0)
-    assert result.tasks[0].status == "queued" and result.tasks[0].queued_at is not None
+    assert result.tasks[0].status == "queued"
+    assert result.tasks[0].queued_at is not None
     assert result.tasks[10].status == "pending"
 
     # The same key again later: the existing task, nothing counted twice.
     again = await tasks_store.insert_tasks(
         conn, org_id=ORG_A, task_ids=[ids.new_id()], news=[news[10]], now=ids.now_ms()
     )
-    assert again.tasks[0].id == task_ids[10] and again.created == [False]
+    assert again.tasks[0].id == task_ids[10]
+    assert again.created == [False]
     assert await run_counts(conn, run_id) == (299, 0, 0, 0)
 
 
@@ -175,7 +177,9 @@ async def test_claim_order_priority_run_after_and_id(conn):
     # Not before runAfter; never a pending task.
     later = await claim(conn, now=ids.now_ms() + 61_000)
     assert [t.id for t in later] == [delayed[0].id]
-    assert (await tasks_store.get_task(conn, org_id=ORG_A, task_id=pending[0].id)).status == "pending"
+    assert (
+        await tasks_store.get_task(conn, org_id=ORG_A, task_id=pending[0].id)
+    ).status == "pending"
 
 
 async def test_claim_limit_and_types(conn):
@@ -184,7 +188,8 @@ async def test_claim_limit_and_types(conn):
     bs = await make_tasks(conn, run_id, 5, task_type="b")
     assert len(await claim(conn, 2, types=["b"])) == 2
     rest_b = await claim(conn, 10, types=["b", "zzz"])
-    assert {t.id for t in rest_b} < {t.id for t in bs} and len(rest_b) == 3
+    assert {t.id for t in rest_b} < {t.id for t in bs}
+    assert len(rest_b) == 3
     assert await claim(conn, 10, types=[]) == []
     assert {t.type for t in await claim(conn, 10)} == {"a"}
 
@@ -229,13 +234,18 @@ async def test_claim_by_id(conn):
         )
 
     first = await by_id(lease_ms=1000)
-    assert first.task is not None and first.task.attempt == 1 and first.task.queued_at
+    assert first.task is not None
+    assert first.task.attempt == 1
+    assert first.task.queued_at
     held = await by_id()
-    assert held.task is None and held.found and held.current.status == "running"
+    assert held.task is None
+    assert held.found
+    assert held.current.status == "running"
     # Expired lease with attempts left: taken over, the lost attempt counted as a retry.
     later = ids.now_ms() + 2000
     second = await by_id(now=later)
-    assert second.task.attempt == 2 and second.task.retry_count == 1
+    assert second.task.attempt == 2
+    assert second.task.retry_count == 1
     assert second.task.lease_token != first.task.lease_token
     assert raw(second.task.error_data)["type"] == "LeaseExpired"
     # Attempts exhausted (maxRetries 1 = 2 attempts): not taken over, the sweeper fails it.
@@ -263,7 +273,9 @@ async def test_heartbeat_extends_held_leases_and_reports_lost_and_cancelled(conn
         queue_store.Lease(c.id, c.lease_token),
         queue_store.Lease(str(uuid.uuid4()), str(uuid.uuid4())),
     ]
-    states = await queue_store.heartbeat(conn, org_id=ORG_A, leases=leases, lease_ms=90_000, now=now)
+    states = await queue_store.heartbeat(
+        conn, org_id=ORG_A, leases=leases, lease_ms=90_000, now=now
+    )
     assert [(s.ok, s.cancelled, s.found) for s in states] == [
         (True, False, True),
         (False, False, True),
@@ -271,7 +283,9 @@ async def test_heartbeat_extends_held_leases_and_reports_lost_and_cancelled(conn
         (False, False, False),
     ]
     assert states[0].lease_expires_at == now + 90_000
-    assert (await tasks_store.get_task(conn, org_id=ORG_A, task_id=a.id)).lease_expires_at == now + 90_000
+    assert (
+        await tasks_store.get_task(conn, org_id=ORG_A, task_id=a.id)
+    ).lease_expires_at == now + 90_000
 
 
 # ---------------------------------------------------------------- complete / fail
@@ -291,14 +305,22 @@ async def test_complete_counts_once_and_fences_stale_tokens(conn):
         ],
         now=ids.now_ms(),
     )
-    assert [(e.ok, e.status) for e in ended] == [(True, "completed"), (False, "running"), (True, "failed")]
-    assert raw(ended[0].task.output_data) == {"r": 1} and ended[0].task.duration_ms is not None
+    assert [(e.ok, e.status) for e in ended] == [
+        (True, "completed"),
+        (False, "running"),
+        (True, "failed"),
+    ]
+    assert raw(ended[0].task.output_data) == {"r": 1}
+    assert ended[0].task.duration_ms is not None
     assert raw(ended[2].task.error_data) == {"message": "no"}
     still = await tasks_store.get_task(conn, org_id=ORG_A, task_id=b.id)
-    assert still.status == "running" and still.output_data is None
+    assert still.status == "running"
+    assert still.output_data is None
     assert await run_counts(conn, run_id) == (3, 1, 1, 0)
     # A repeat of the same call changes nothing but is recognised; a different outcome is not.
-    repeat = await queue_store.finish_tasks(conn, org_id=ORG_A, outcomes=[done(a)], now=ids.now_ms())
+    repeat = await queue_store.finish_tasks(
+        conn, org_id=ORG_A, outcomes=[done(a)], now=ids.now_ms()
+    )
     assert (repeat[0].ok, repeat[0].repeat, repeat[0].task) == (True, True, None)
     other = await queue_store.finish_tasks(
         conn, org_id=ORG_A, outcomes=[done(a, "failed")], now=ids.now_ms()
@@ -314,7 +336,9 @@ async def test_fail_retries_with_backoff_until_attempts_run_out(conn):
     for attempt in (1, 2, 3):
         now = ids.now_ms() + 10 * 60_000 * attempt  # past any backoff
         (held,) = await claim(conn, 1, now=now)
-        assert held.id == task.id and held.attempt == attempt and held.retry_count == attempt - 1
+        assert held.id == task.id
+        assert held.attempt == attempt
+        assert held.retry_count == attempt - 1
         (ended,) = await queue_store.finish_tasks(
             conn,
             org_id=ORG_A,
@@ -348,7 +372,9 @@ async def test_batch_finish_of_one_run_counts_exactly(conn):
     run_id = await make_run(conn)
     await make_tasks(conn, run_id, 500)
     held = await claim(conn, 500)
-    outcomes = [done(t) if i % 5 else done(t, "failed", retryable=False) for i, t in enumerate(held)]
+    outcomes = [
+        done(t) if i % 5 else done(t, "failed", retryable=False) for i, t in enumerate(held)
+    ]
     ended = await queue_store.finish_tasks(conn, org_id=ORG_A, outcomes=outcomes, now=ids.now_ms())
     assert all(e.ok for e in ended)
     assert await run_counts(conn, run_id) == (500, 400, 100, 0)
@@ -361,7 +387,9 @@ async def test_a_cancelled_task_cannot_be_completed(conn):
     await tasks_store.update_task(
         conn, org_id=ORG_A, task_id=held.id, changes={"status": "cancelled"}, now=ids.now_ms()
     )
-    (ended,) = await queue_store.finish_tasks(conn, org_id=ORG_A, outcomes=[done(held)], now=ids.now_ms())
+    (ended,) = await queue_store.finish_tasks(
+        conn, org_id=ORG_A, outcomes=[done(held)], now=ids.now_ms()
+    )
     assert (ended.ok, ended.status) == (False, "cancelled")
     assert await run_counts(conn, run_id) == (1, 0, 0, 1)
 
@@ -380,9 +408,11 @@ async def test_release_puts_the_task_back_without_counting_the_attempt(conn):
         now=ids.now_ms(),
     )
     assert [(e.ok, e.status) for e in ended] == [(True, "queued"), (False, "running")]
-    assert ended[0].task.attempt == 0 and ended[0].task.lease_expires_at is None
+    assert ended[0].task.attempt == 0
+    assert ended[0].task.lease_expires_at is None
     (again,) = await claim(conn)
-    assert again.id == a.id and again.attempt == 1
+    assert again.id == a.id
+    assert again.attempt == 1
 
 
 # ---------------------------------------------------------------- notifications

@@ -94,11 +94,13 @@ async def test_expired_leases_are_retried_or_failed_in_every_organisation(pool, 
     for held in retried:
         task = await task_of(pool, ORG_A, held.id)
         assert (task.status, task.retry_count, task.attempt) == ("retrying", 1, 1)
-        assert task.lease_expires_at is None and task.run_after > ids.now_ms()
+        assert task.lease_expires_at is None
+        assert task.run_after > ids.now_ms()
         assert msgspec.json.decode(task.error_data)["type"] == "LeaseExpired"
     for held in exhausted:
         task = await task_of(pool, ORG_B, held.id)
-        assert task.status == "failed" and task.completed_at is not None
+        assert task.status == "failed"
+        assert task.completed_at is not None
         assert msgspec.json.decode(task.error_data) == {
             "message": "Lease expired after 1 attempt(s): attempts exhausted",
             "type": "LeaseExpired",
@@ -212,7 +214,8 @@ async def test_bullmq_lost_jobs_are_published_again_once(pool, owner_pool, bullm
         assert (await inspect.getJobCounts())["waiting"] == 30
         for t in tasks:
             job = await inspect.getJob(f"{t.id}:1")
-            assert job.data == {"taskId": t.id} and job.name == "w"
+            assert job.data == {"taskId": t.id}
+            assert job.name == "w"
     finally:
         await inspect.close()
 
@@ -232,14 +235,18 @@ async def test_bullmq_sweeper_publishes_expired_leases_and_clears_finished_jobs(
         result = await sweeper(owner_pool, bullmq).sweep()
         assert (result.retried, result.republished) == (1, 1)
         retry = await inspect.getJob(f"{held.id}:2")
-        assert retry is not None and retry.opts["delay"] > 0  # after the backoff
+        assert retry is not None
+        assert retry.opts["delay"] > 0
         job = await inspect.getJob(f"{stuck.id}:1")
-        assert job is not None and not job.finishedOn
+        assert job is not None
+        assert not job.finishedOn
     finally:
         await inspect.close()
 
 
-async def test_bullmq_job_of_a_node_client_counts_as_present(pool, owner_pool, bullmq, redis_server):
+async def test_bullmq_job_of_a_node_client_counts_as_present(
+    pool, owner_pool, bullmq, redis_server
+):
     (task,) = await ready(pool, 1)
     inspect = bullmq_queue(redis_server, bullmq.queue_name)
     try:

@@ -104,23 +104,6 @@ async def test_body_over_the_limit_is_413(app_with):
         assert big.headers["connection"] == "close"
 
 
-async def test_chunked_body_over_the_limit_is_413(app_with):
-    # No content-length: the limit is counted on the bytes actually received.
-    async def chunks():
-        yield b'{"inputData": "'
-        for _ in range(10):
-            yield b"x" * 1000
-        yield b'"}'
-
-    async with app_with(max_body_bytes=4096) as client:
-        response = await client.post(
-            f"{API}/runs",
-            content=chunks(),
-            headers={**HEADERS_A, "content-type": "application/json"},
-        )
-        assert_error(response, 413, "too large")
-
-
 async def test_a_lying_content_length_is_413_before_reading(app_with):
     async with app_with(max_body_bytes=4096) as client:
         response = await client.post(

@@ -7,7 +7,8 @@ order flips every round, and the verdict is the median over rounds plus each rou
     python benchmarks/compare.py --rounds 4 --only api_post_runs,api_get_task \\
         --config "w1:workers=1" --config "w2:workers=2"
 
-A configuration is NAME:item,item,... with items workers=N, log=LEVEL, path=DIR (put first on the
+A configuration is NAME:item,item,... with items workers=N, log=LEVEL, pghost=/var/run/postgresql
+(the server reaches PostgreSQL through that Unix socket directory), path=DIR (put first on the
 server's PYTHONPATH: a variant copy of src/ to measure a code change without editing the tree), or
 any UPPERCASE=value environment variable (FOREMAN_DB_POOL_MAX=10).
 """
@@ -45,12 +46,13 @@ class Config:
     workers: int = 1
     log_level: str | None = None
     env: dict[str, str] = field(default_factory=dict)
+    pghost: str | None = None  # connect the server to PostgreSQL here (a Unix socket directory)
 
 
 def parse_config(text: str) -> Config:
     """NAME:workers=2,log=WARNING,path=/tmp/variant/src,FOREMAN_DB_POOL_MAX=10."""
     name, _, items = text.partition(":")
-    workers, log_level, env = 1, None, {}
+    workers, log_level, env, pghost = 1, None, {}, None
     for item in filter(None, (part.strip() for part in items.split(","))):
         key, sep, value = item.partition("=")
         if not sep:
@@ -59,13 +61,15 @@ def parse_config(text: str) -> Config:
             workers = int(value)
         elif key == "log":
             log_level = value
+        elif key == "pghost":
+            pghost = value
         elif key == "path":
             env["PYTHONPATH"] = value
         elif key.isupper():
             env[key] = value
         else:
             raise ValueError(f"unknown item {key!r} (workers, log, path or an UPPERCASE variable)")
-    return Config(name or text, workers, log_level, env)
+    return Config(name or text, workers, log_level, env, pghost)
 
 
 async def _measure(
@@ -83,10 +87,12 @@ async def _round(
     database_url: str, config: Config, figures: list[str], profile: Profile
 ) -> dict[str, dict[str, Any]]:
     results: dict[str, dict[str, Any]] = {}
+    if config.pghost is not None:
+        database_url = services.with_host(database_url, config.pghost)
     async with services.run_server(
         database_url, workers=config.workers, log_level=config.log_level, env=config.env
     ) as server:
-        probe = sysinfo.CpuProbe(server.pids)
+        probe = sysinfo.CpuProbe(server.pids, services.BENCH_DATABASE)
         async with BenchHttp(server.endpoint, connections=profile.concurrency) as http:
             for figure in figures:
                 result = await _measure(http, figure, profile, probe)

@@ -52,7 +52,7 @@ class LoadResult:
             if cores is None or not per_s
             else round(cores / per_s * 1e6, 1)
             for name, cores in self.cpu.items()
-            if name != "machine_cores"
+            if name not in ("machine_cores", "postgres_all_cores")
         }
 
 

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import asyncpg
@@ -66,6 +66,16 @@ def with_database(url: str, name: str) -> str:
     head, _, query = url.partition("?")
     base = head.rsplit("/", 1)[0]
     return f"{base}/{name}" + (f"?{query}" if query else "")
+
+
+def with_host(url: str, host: str) -> str:
+    """url reaching its server at host instead (a directory: a Unix socket; libpq's ?host=)."""
+    parts = urlsplit(url)
+    netloc = parts.netloc.rsplit("@", 1)
+    userinfo = f"{netloc[0]}@" if len(netloc) == 2 else ""
+    query = "&".join(q for q in parts.query.split("&") if q and not q.startswith("host="))
+    query = "&".join(filter(None, [query, f"host={host}"]))
+    return urlunsplit(parts._replace(netloc=userinfo, query=query))
 
 
 @dataclass(frozen=True, slots=True)

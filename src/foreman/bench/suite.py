@@ -180,7 +180,7 @@ async def _pg_insert_figure(report: Report, options: BenchOptions, database_url:
     profile = options.profile
 
     async def measure() -> None:
-        probe = sysinfo.CpuProbe()
+        probe = sysinfo.CpuProbe(database=services.BENCH_DATABASE)
         result = await pginsert.measure_insert_commits(
             database_url,
             concurrency=profile.concurrency,
@@ -305,7 +305,9 @@ async def _bench_database_figures(
 async def _server_figures(report: Report, options: BenchOptions, database_url: str | None) -> None:
     async with _server(options, database_url) as (endpoint, pids):
         report.meta["endpoint"] = endpoint
-        await _api_figures(report, options, endpoint, sysinfo.CpuProbe(pids))
+        # Our own server: its backends are on foreman_bench, so their CPU can be told apart.
+        database = services.BENCH_DATABASE if pids else None
+        await _api_figures(report, options, endpoint, sysinfo.CpuProbe(pids, database))
         await _e2e_figures(report, options, endpoint)
 
 

@@ -65,14 +65,21 @@ def _tree_cpu_s(pid: int) -> float:
     return total
 
 
-def _postgres_cpu_s() -> float:
-    """CPU seconds of every postgres process on the machine (shared: includes others' load)."""
-    total = 0.0
-    for process in psutil.process_iter(["name", "cpu_times"]):
+def _postgres_cpu_s(database: str | None) -> dict[int, float]:
+    """CPU seconds per postgres process: every one, or the backends of one database.
+
+    A backend's process title names its database ("postgres: user db 127.0.0.1(5432) idle"),
+    which separates the bench's own backends from other work on a shared server.
+    """
+    found: dict[int, float] = {}
+    for process in psutil.process_iter(["name", "cmdline", "cpu_times"]):
         info = process.info
-        if info.get("name") in ("postgres", "postmaster") and info.get("cpu_times") is not None:
-            total += info["cpu_times"].user + info["cpu_times"].system
-    return total
+        if info.get("name") not in ("postgres", "postmaster") or info.get("cpu_times") is None:
+            continue
+        if database is not None and f" {database} " not in " ".join(info.get("cmdline") or ()):
+            continue
+        found[process.pid] = info["cpu_times"].user + info["cpu_times"].system
+    return found
 
 
 def _machine_busy_s() -> float:
@@ -85,17 +92,20 @@ class CpuProbe:
     """Cores used during the window by the server processes, PostgreSQL, the load and the machine.
 
     "cores" = CPU seconds / window seconds, so 1.0 is one core fully busy; the machine has
-    os.cpu_count() of them. PostgreSQL and machine figures include everyone's load on this host.
+    os.cpu_count() of them. "postgres" counts only the backends connected to `database` (when
+    given); "postgres_all" and "machine" include everyone's load on this host.
     """
 
     server_pids: list[int] = field(default_factory=list)
+    database: str | None = None
     _began: float = 0.0
     _before: dict[str, float] = field(default_factory=dict)
+    _backends: dict[int, float] = field(default_factory=dict)
 
     def _sample(self) -> dict[str, float]:
         return {
             "server": sum(_tree_cpu_s(pid) for pid in self.server_pids),
-            "postgres": _postgres_cpu_s(),
+            "postgres_all": sum(_postgres_cpu_s(None).values()),
             "loadgen": time.process_time(),
             "machine": _machine_busy_s(),
         }
@@ -103,14 +113,21 @@ class CpuProbe:
     def start(self) -> None:
         self._began = time.perf_counter()
         self._before = self._sample()
+        if self.database is not None:
+            self._backends = _postgres_cpu_s(self.database)
 
     def stop(self) -> dict[str, float | None]:
         elapsed = time.perf_counter() - self._began
         after = self._sample()
         cores: dict[str, float | None] = {
-            f"{name}_cores": round((after[name] - self._before[name]) / elapsed, 2)
+            f"{name}_cores": round((after[name] - self._before[name]) / elapsed, 3)
             for name in after
         }
+        cores["postgres_cores"] = None
+        if self.database is not None:
+            backends = _postgres_cpu_s(self.database)
+            used = sum(cpu - self._backends.get(pid, 0.0) for pid, cpu in backends.items())
+            cores["postgres_cores"] = round(used / elapsed, 3)
         if not self.server_pids:  # a remote --endpoint: its CPU is not visible from here
             cores["server_cores"] = None
         return cores

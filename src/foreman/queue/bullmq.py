@@ -88,6 +88,11 @@ def job_for(message: Message) -> dict[str, Any]:
     }
 
 
+def _other_id(message: Message) -> bool:
+    """Whether the task records a job id of its own (a Node client's) besides ours."""
+    return bool(message.receipt) and message.receipt != job_id(message.task_id, message.attempt)
+
+
 def redis_client(settings: Settings) -> redis_asyncio.Redis:
     """A pooled Redis client with short timeouts: a dead Redis must fail fast, not hang requests."""
     return redis_asyncio.Redis(
@@ -165,13 +170,13 @@ class BullMQQueue:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for message in chunk:
                     pipe.hmget(self.job_key(message), ["timestamp", "finishedOn"])
-                    if message.receipt:
+                    if _other_id(message):
                         pipe.hmget(self._queue.toKey(message.receipt), ["timestamp", "finishedOn"])
                 replies = iter(await pipe.execute())
             for message in chunk:
                 created, finished = next(replies)
                 other_live = False
-                if message.receipt:
+                if _other_id(message):
                     other_created, other_finished = next(replies)
                     other_live = other_created is not None and not other_finished
                 if created is not None and not finished:

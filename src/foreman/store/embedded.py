@@ -71,7 +71,7 @@ def start_embedded(data_dir: Path) -> EmbeddedPostgres:
     pgdata.parent.mkdir(parents=True, exist_ok=True)
     _forget_dead_users(pgserver, pgdata)
     # cleanup_mode="stop": stopped when the last process using it exits, data kept.
-    server = pgserver.get_server(pgdata, cleanup_mode="stop")
+    server = pgserver.postgres_server.get_server(pgdata, cleanup_mode="stop")
     if "foreman" not in server.psql("SELECT datname FROM pg_database;"):
         server.psql("CREATE DATABASE foreman;")
     url = server.get_uri("foreman")

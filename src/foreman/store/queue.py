@@ -118,22 +118,30 @@ WITH t AS (
 SELECT {COLUMNS}, t.lease_token FROM t
 """
 
-_HEARTBEAT = """
+# The rows as they were before the statement, to explain a refusal. `id = ANY(array)` makes
+# PostgreSQL look each id up in the primary key; a join against the unnest() rows may instead
+# scan every task of the organisation.
+_SNAPSHOT = """
+s AS (
+    SELECT id, status, lease_token FROM task WHERE org_id = $1 AND id = ANY($2::uuid[])
+)"""
+
+_HEARTBEAT = f"""
 WITH i AS (
     SELECT * FROM unnest($2::uuid[], $3::uuid[]) WITH ORDINALITY AS i(task_id, token, ord)
 ), h AS (
     UPDATE task
        SET lease_expires_at = $4::bigint + $5::bigint
       FROM i
-     WHERE task.org_id = $1 AND task.id = i.task_id
+     WHERE task.org_id = $1 AND task.id = ANY($2::uuid[]) AND task.id = i.task_id
        AND task.status = 'running' AND task.lease_token = i.token
     RETURNING task.id, task.lease_expires_at
-)
+), {_SNAPSHOT}
 SELECT i.task_id, h.id IS NOT NULL, coalesce(s.status = 'cancelled', false),
        h.lease_expires_at, s.id IS NOT NULL
   FROM i
   LEFT JOIN h ON h.id = i.task_id
-  LEFT JOIN task s ON s.org_id = $1 AND s.id = i.task_id
+  LEFT JOIN s ON s.id = i.task_id
  ORDER BY i.ord
 """
 
@@ -167,16 +175,16 @@ WITH i AS (
            lease_expires_at = NULL,
            updated_at = $8
       FROM i
-     WHERE task.org_id = $1 AND task.id = i.task_id
+     WHERE task.org_id = $1 AND task.id = ANY($2::uuid[]) AND task.id = i.task_id
        AND task.status = 'running' AND task.lease_token = i.token
     RETURNING task.*
-), c AS ({COUNT_TERMINAL_MANY.format(shard="{shard}", source="t")})
+), c AS ({COUNT_TERMINAL_MANY.format(shard="{shard}", source="t")}), {_SNAPSHOT}
 SELECT i.task_id, t.id IS NOT NULL, coalesce(t.status, s.status),
        s.id IS NOT NULL, coalesce(s.lease_token = i.token, false), {NOTIFY_DONE.format(source="t")},
        {COLUMNS}
   FROM i
   LEFT JOIN t ON t.id = i.task_id
-  LEFT JOIN task s ON s.org_id = $1 AND s.id = i.task_id
+  LEFT JOIN s ON s.id = i.task_id
  ORDER BY i.ord
 """
 
@@ -194,16 +202,16 @@ WITH i AS (
            worker_id = NULL,
            updated_at = $4
       FROM i
-     WHERE task.org_id = $1 AND task.id = i.task_id
+     WHERE task.org_id = $1 AND task.id = ANY($2::uuid[]) AND task.id = i.task_id
        AND task.status = 'running' AND task.lease_token = i.token
     RETURNING task.*
-)
+), {_SNAPSHOT}
 SELECT i.task_id, t.id IS NOT NULL, coalesce(t.status, s.status), s.id IS NOT NULL,
        (SELECT count(pg_notify('foreman_task_ready', $1)) FROM (SELECT 1 FROM t LIMIT 1) one),
        {COLUMNS}
   FROM i
   LEFT JOIN t ON t.id = i.task_id
-  LEFT JOIN task s ON s.org_id = $1 AND s.id = i.task_id
+  LEFT JOIN s ON s.id = i.task_id
  ORDER BY i.ord
 """
 

@@ -153,9 +153,9 @@ WITH i AS (
            WITH ORDINALITY AS i(id, run_id, parent_task_id, type, status, input_data, metadata,
                                 max_retries, priority, run_after, idempotency_key, ord)
 ), r AS (
-    SELECT id FROM run WHERE org_id = $1 AND id IN (SELECT run_id FROM i)
+    SELECT id FROM run WHERE org_id = $1 AND id = ANY($3::uuid[])
 ), p AS (
-    SELECT id, run_id FROM task WHERE org_id = $1 AND id IN (SELECT parent_task_id FROM i)
+    SELECT id, run_id FROM task WHERE org_id = $1 AND id = ANY($4::uuid[])
 ), v AS (
     SELECT i.ord,
            i.run_id IN (SELECT id FROM r) AS run_ok,
@@ -184,7 +184,7 @@ WITH i AS (
        SET total_tasks = run_counter.total_tasks + EXCLUDED.total_tasks
 ), x AS (
     SELECT * FROM task
-     WHERE org_id = $1 AND idempotency_key IN (SELECT idempotency_key FROM i)
+     WHERE org_id = $1 AND idempotency_key = ANY($12::text[])
 ), m AS (
     SELECT i.ord, ins.* FROM i JOIN ins ON ins.id = i.id
     UNION ALL

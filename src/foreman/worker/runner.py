@@ -43,6 +43,7 @@ def run_worker(
     grace_s: float = 30.0,
     endpoint: str | None = None,
     api_key: str | None = None,
+    only_known_types: bool = False,
 ) -> WorkerStats:
     """Run the handlers of target until SIGTERM/SIGINT (or, with burst, until nothing is ready)."""
     handlers = load_handlers(target)
@@ -56,6 +57,7 @@ def run_worker(
                 backend=backend,
                 lease_s=lease_s,
                 grace_s=grace_s,
+                only_known_types=only_known_types,
             )
             return await worker.run(burst=burst)
 

@@ -54,7 +54,15 @@ def default_worker_id() -> str:
 
 
 class Worker:
-    """Runs handlers ({task type: function}) for the tasks of the caller's organisation."""
+    """Runs handlers ({task type: function}) for the tasks of the caller's organisation.
+
+    concurrency bounds the handlers running at once; backend (postgres|bullmq) defaults to the
+    client's override, else what the server advertises. lease_s is the lease of each claimed
+    task, renewed every heartbeat_s (default lease_s / 3) in one request for all of them.
+    grace_s is what running handlers get after stop() or SIGTERM before their tasks are put
+    back in the queue. claim_wait_s is the long poll of an idle postgres worker. Results go to
+    the server every result_flush_s or result_batch results.
+    """
 
     def __init__(
         self,
@@ -75,6 +83,9 @@ class Worker:
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be >= 1")
+        if not handlers:
+            # Every task would fail as an unknown type: surely a mistake.
+            raise ValueError("Worker needs at least one handler: {task type: function}")
         if not 1.0 <= lease_s <= 3600.0:
             raise ValueError("lease_s must be between 1 and 3600 seconds")
         self.client = _async_client(client)
@@ -138,6 +149,8 @@ class Worker:
         finally:
             await self._results.close(results_runner)
             beats.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await beats
             self._remove_signals(signals)
             self._threads.shutdown()
         logger.info("worker %s stopped: %s", self.worker_id, self.stats)

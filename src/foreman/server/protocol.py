@@ -1,0 +1,106 @@
+"""uvicorn's httptools protocol with the two limits it lacks: header size and header time.
+
+Measured on uvicorn 0.54 + httptools 0.9 (docs/security.md): a client may send request headers
+without end (200 MiB of one header grew the server process by 290 MB), and a connection that sends
+nothing, or trickles its headers, is never closed (uvicorn's keep-alive timer runs only after a
+response). This subclass refuses headers over ``max_header_bytes`` with 431 and closes a
+connection whose request headers are not complete ``header_timeout_s`` after the request (or the
+connection) began. Request bodies are bounded by the app (server/middleware.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, ClassVar
+
+import msgspec
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from foreman.settings import Settings
+
+_REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
+
+
+class LimitedHttpToolsProtocol(HttpToolsProtocol):
+    """HttpToolsProtocol that bounds the size and the duration of each request's header block."""
+
+    max_header_bytes: ClassVar[int] = 64 * 1024
+    header_timeout_s: ClassVar[float] = 10.0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._awaiting_headers = True
+        self._header_bytes = 0
+        self._header_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()  # a connection that never sends a byte is closed too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        awaiting = self._awaiting_headers
+        super().data_received(data)
+        # Only bytes of a header block that is still incomplete count: a chunk that completes the
+        # headers may carry the body, which the app limits.
+        if awaiting and self._awaiting_headers and not self.transport.is_closing():
+            self._header_bytes += len(data)
+            if self._header_bytes > self.max_header_bytes:
+                self._refuse(431, f"Request headers larger than {self.max_header_bytes} bytes")
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._awaiting_headers = True
+        self._header_bytes = 0
+        if self._header_timer is None:
+            self._arm()
+
+    def on_headers_complete(self) -> None:
+        self._awaiting_headers = False
+        self._disarm()
+        super().on_headers_complete()
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._header_timer = self.loop.call_later(self.header_timeout_s, self._headers_timed_out)
+
+    def _disarm(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _headers_timed_out(self) -> None:
+        self._header_timer = None
+        if not self._awaiting_headers or self.transport.is_closing():
+            return
+        if self._header_bytes or getattr(self, "url", b"") or self.headers:
+            self._refuse(408, f"Request headers not received within {self.header_timeout_s:g} s")
+        else:
+            self.transport.close()  # silent connection: nobody to answer
+
+    def _refuse(self, status: int, message: str) -> None:
+        self._disarm()
+        if self.cycle is None or self.cycle.response_complete:
+            body = msgspec.json.encode({"error": message, "code": "bad_request"})
+            head = (
+                b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+                b"connection: close\r\nx-content-type-options: nosniff\r\n"
+                b"cache-control: no-store\r\n\r\n"
+            ) % (status, _REASONS[status], len(body))
+            self.transport.write(head + body)
+        self.transport.close()
+
+
+def limited_protocol(settings: Settings) -> type[LimitedHttpToolsProtocol]:
+    """The protocol class for uvicorn's ``http=``, with the limits of settings."""
+    return type(
+        "ForemanHttpProtocol",
+        (LimitedHttpToolsProtocol,),
+        {
+            "max_header_bytes": settings.max_header_bytes,
+            "header_timeout_s": settings.header_timeout_s,
+        },
+    )
