@@ -9,7 +9,8 @@ cd "$(dirname "$0")/.."
 # shellcheck source=scripts/venv.sh
 source scripts/venv.sh
 ensure_venv all
-export PATH="$PWD/$VENV/bin:$PATH"
+PATH="$(cd "$VENV/bin" && pwd):$PATH"
+export PATH
 
 port_open() {
     (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null
@@ -44,8 +45,8 @@ ensure_redis_binary() {
         ln -sf "$bin" "$VENV/bin/redis-server"
         return 0
     fi
-    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && apt-get update -qq &&
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; then
         return 0
     fi
     echo "error: no Redis available: install redis-server or set FOREMAN_TEST_REDIS_URL" >&2

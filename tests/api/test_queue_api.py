@@ -7,11 +7,13 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 
+import asyncpg
 import httpx
 import pytest
 from bullmq import Queue
 
 from foreman.server.app import create_app
+from foreman.server.notify import APPLICATION_NAME
 from tests.api.helpers import (
     API,
     assert_error,
@@ -503,3 +505,32 @@ async def test_bullmq_redis_down_reports_disconnected_and_still_creates(db_url):
         # The row is committed; the failed publish is logged and left to the sweeper.
         (task,) = await enqueue(client, run["id"], 1)
         assert task["status"] == "queued"
+
+
+async def test_long_polls_survive_a_lost_listen_connection(client, db_url):
+    admin = await asyncpg.connect(db_url)
+    try:
+        # Only this test database's LISTEN connection (other tests share the server).
+        killed = await admin.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE application_name = $1 AND datname = current_database()",
+            APPLICATION_NAME,
+        )
+        assert killed == 1
+        await asyncio.sleep(1.5)  # the notifier reconnects (0.5 s back-off)
+        run = await create_run(client)
+        started = time.monotonic()
+        waiting = asyncio.create_task(claim(client, waitMs=20_000))
+        await asyncio.sleep(0.3)
+        created = await enqueue(client, run["id"], 1)
+        got = await asyncio.wait_for(waiting, 10)
+        assert [t["id"] for t in got] == [created[0]["id"]]
+        assert time.monotonic() - started < 5  # woken by NOTIFY, not the 30 s poll
+        listening = await admin.fetchval(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE application_name = $1 AND datname = current_database()",
+            APPLICATION_NAME,
+        )
+        assert listening == 1
+    finally:
+        await admin.close()

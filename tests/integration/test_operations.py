@@ -234,8 +234,9 @@ async def test_sigterm_finishes_the_request_in_flight(database_url, tmp_path):
             await asyncio.sleep(1.0)
             assert server.exit_code() is None  # draining, not gone
             assert not update.done()
-            with pytest.raises(httpx.ConnectError):  # no new connections while draining
-                await httpx.AsyncClient().get(f"{server.url}/health")
+            async with httpx.AsyncClient() as newcomer:
+                with pytest.raises(httpx.ConnectError):  # no new connections while draining
+                    await newcomer.get(f"{server.url}/health")
 
             await lock.rollback()
             response = await update

@@ -21,6 +21,7 @@ from foreman.store import runs as runs_store
 from foreman.store import tasks as tasks_store
 from tests.conftest import HEADERS_A, ORG_A, ORG_B, make_settings
 from tests.queue_helpers import bullmq_queue, obliterate, running_app, unique_queue_name
+from tests.services import free_port
 
 
 @pytest.fixture
@@ -281,3 +282,17 @@ async def test_the_app_sweeps_in_the_background(db_url):
         )
     assert waited.json()["status"] == "failed"
     assert waited.json()["errorData"]["type"] == "LeaseExpired"
+
+
+async def test_a_redis_outage_does_not_stop_the_lease_sweep(pool, owner_pool, db_url):
+    settings = make_settings(db_url, redis_host="127.0.0.1", redis_port=free_port())
+    down = bullmq_backend.BullMQQueue.from_settings(settings)
+    try:
+        _, (held,) = await leased(pool, ORG_A, 1, lease_ms=1000, max_retries=0)
+        await ready(pool, 3)
+        await asyncio.sleep(1.1)
+        result = await sweeper(owner_pool, down).sweep()
+    finally:
+        await down.close()
+    assert (result.locked, result.failed, result.republished) == (True, 1, 0)
+    assert (await task_of(pool, ORG_A, held.id)).status == "failed"

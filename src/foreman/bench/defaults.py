@@ -25,6 +25,8 @@ class Profile:
     scale_large_rows: int = 1_000_000
     scale_samples: int = 1000
     e2e_tasks: int = 20_000
+    e2e_worker_processes: int = 1
+    e2e_worker_concurrency: int = 200
     pickup_rate_per_s: float = 100.0
     pickup_duration_s: float = 20.0
 

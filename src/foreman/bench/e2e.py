@@ -1,21 +1,37 @@
-"""End-to-end throughput and pickup latency through the SDK (SPEC sections 7-8).
+"""End-to-end throughput and pickup latency through the SDK and `foreman worker` processes.
 
-TODO(issue 4): implement once `foreman.client` (AsyncClient.enqueue_tasks) and `foreman.worker`
-(Worker, run(burst=True)) exist; they are being written now (issue 3). Until then these raise
-NotImplementedError and the report shows the figures as not measured - never invented numbers.
-
-Plan, so the keys stay stable:
-- e2e_{backend}_tasks_per_s: a fresh run, `tasks` no-op tasks enqueued in batches of 500 through
-  AsyncClient.enqueue_tasks with the server's queue backend set to `backend`, executed by
-  Worker processes (one per core, high concurrency) until every task is `completed`; tasks/s
-  from the first enqueue to the last completion (checked with the run's completedTasks).
-- pickup_p50_ms / pickup_p99_ms: tasks enqueued one at a time at a steady `rate_per_s` with
-  the enqueue time in inputData; the handler records handler-start minus enqueue time.
+- e2e_{backend}_tasks_per_s: in a fresh run, `tasks` no-op tasks enqueued with
+  AsyncClient.enqueue_tasks in batches, executed by worker processes started beforehand; tasks/s
+  from the first enqueue until the run counts every task completed.
+- pickup: tasks enqueued one at a time at a steady rate, each carrying its enqueue time; the
+  handler returns how long after that it started (same machine, same clock).
+The server must run with FOREMAN_QUEUE_BACKEND = the backend measured (suite.py starts one).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
+
+from foreman.bench.handlers import NOOP, PICKUP
+from foreman.bench.stats import percentile
+from foreman.client import AsyncClient, TaskSpec
+
+logger = logging.getLogger(__name__)
+
+ENQUEUE_BATCH = 500
+POLL_S = 0.02
+STOP_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +41,7 @@ class E2eFigure:
     backend: str
     tasks: int
     elapsed_s: float
+    enqueue_s: float
     tasks_per_s: float
 
 
@@ -39,19 +56,160 @@ class PickupFigure:
     p99_ms: float
 
 
-def _sdk_missing(what: str) -> NotImplementedError:
-    return NotImplementedError(
-        f"{what}: not implemented yet - needs foreman.client and foreman.worker (issue 3)"
-    )
+@dataclass(frozen=True, slots=True)
+class Workers:
+    """How many `foreman worker` processes, each with how many handlers at once."""
+
+    processes: int = 1
+    concurrency: int = 200
 
 
-async def measure_e2e(endpoint: str, *, backend: str, tasks: int, api_key: str) -> E2eFigure:
-    """TODO(issue 4): end-to-end tasks/s for backend through the SDK and its workers."""
-    raise _sdk_missing(f"e2e {backend}")
+@contextlib.asynccontextmanager
+async def run_workers(
+    endpoint: str, *, api_key: str, backend: str, workers: Workers
+) -> AsyncIterator[list[subprocess.Popen[bytes]]]:
+    """Start the worker processes; SIGTERM (graceful stop) and wait for them on exit."""
+    env = {
+        **os.environ,
+        "FOREMAN_ENDPOINT": endpoint,
+        "FOREMAN_API_KEY": api_key,
+        "FOREMAN_LOG_LEVEL": "WARNING",
+    }
+    command = [
+        sys.executable, "-c", "from foreman.cli import main; main()", "worker",
+        "foreman.bench.handlers:HANDLERS", "--concurrency", str(workers.concurrency),
+        "--backend", backend,
+    ]  # fmt: skip
+    with tempfile.TemporaryFile(prefix="foreman-bench-worker-") as log:
+        processes = [
+            subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log)  # noqa: S603, ASYNC220 - this interpreter
+            for _ in range(workers.processes)
+        ]
+        try:
+            yield processes
+        finally:
+            await asyncio.to_thread(_stop_all, processes)
+            log.seek(0)
+            tail = log.read()[-2000:].decode(errors="replace").strip()
+            if tail:
+                logger.info("worker log tail:\n%s", tail)
+
+
+async def delete_bullmq_queue(settings_redis_url: str, queue_name: str) -> int:
+    """Remove the keys of the bench's own BullMQ queue (never anything else on a shared Redis)."""
+    import redis.asyncio as redis_asyncio  # the [redis] extra
+
+    client = redis_asyncio.from_url(settings_redis_url)
+    try:
+        keys = [key async for key in client.scan_iter(match=f"bull:{queue_name}:*", count=1000)]
+        if keys:
+            await client.unlink(*keys)
+        return len(keys)
+    finally:
+        await client.aclose()
+
+
+def _stop_all(processes: list[subprocess.Popen[bytes]]) -> None:
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    for process in processes:
+        try:
+            process.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+
+
+async def _wait_completed(
+    client: AsyncClient, run_id: str, count: int, *, deadline: float, workers: list[Any]
+) -> float:
+    """When the run counted `count` completed tasks (time.perf_counter); raises past deadline."""
+    while True:
+        run = await client.get_run(run_id)
+        if run.completed_tasks + run.failed_tasks >= count:
+            if run.failed_tasks:
+                raise RuntimeError(f"{run.failed_tasks} bench tasks failed")
+            return time.perf_counter()
+        if any(w.poll() is not None for w in workers):
+            raise RuntimeError("a worker process exited during the measurement")
+        if time.perf_counter() > deadline:
+            raise TimeoutError(f"only {run.completed_tasks} of {count} tasks completed in time")
+        await asyncio.sleep(POLL_S)
+
+
+async def measure_e2e(
+    endpoint: str, *, backend: str, tasks: int, api_key: str, workers: Workers
+) -> E2eFigure:
+    """Enqueue `tasks` no-op tasks in batches; tasks/s until every one is completed."""
+    async with (
+        AsyncClient(endpoint, api_key, timeout=60.0) as client,
+        run_workers(endpoint, api_key=api_key, backend=backend, workers=workers) as processes,
+    ):
+        run = await client.create_run({"bench": "e2e", "backend": backend})
+        await asyncio.sleep(1.0)  # let the workers connect and start polling
+        began = time.perf_counter()
+        deadline = began + 60.0 + tasks / 100
+        for start in range(0, tasks, ENQUEUE_BATCH):
+            batch = [
+                TaskSpec(run_id=run.id, type=NOOP, input_data={"i": i})
+                for i in range(start, min(start + ENQUEUE_BATCH, tasks))
+            ]
+            await client.enqueue_tasks(batch)
+        enqueued = time.perf_counter()
+        finished = await _wait_completed(
+            client, run.id, tasks, deadline=deadline, workers=processes
+        )
+    elapsed = finished - began
+    return E2eFigure(backend, tasks, elapsed, enqueued - began, tasks / elapsed)
 
 
 async def measure_pickup(
-    endpoint: str, *, backend: str, rate_per_s: float, duration_s: float, api_key: str
+    endpoint: str,
+    *,
+    backend: str,
+    rate_per_s: float,
+    duration_s: float,
+    api_key: str,
+    workers: Workers,
 ) -> PickupFigure:
-    """TODO(issue 4): pickup latency p50/p99 at a steady enqueue rate."""
-    raise _sdk_missing(f"pickup {backend}")
+    """Enqueue one task at a time at rate_per_s for duration_s; enqueue-to-start p50/p99."""
+    count = max(1, round(rate_per_s * duration_s))
+    async with (
+        AsyncClient(endpoint, api_key, timeout=30.0) as client,
+        run_workers(endpoint, api_key=api_key, backend=backend, workers=workers) as processes,
+    ):
+        run = await client.create_run({"bench": "pickup", "backend": backend})
+        await asyncio.sleep(1.0)
+        began = time.perf_counter()
+        pending: set[asyncio.Task[Any]] = set()
+        for i in range(count):
+            # A steady schedule: a slow enqueue does not delay the next one.
+            await asyncio.sleep(max(0.0, began + i / rate_per_s - time.perf_counter()))
+            task = asyncio.ensure_future(
+                client.enqueue_task(
+                    run.id, type=PICKUP, input_data={"enqueuedAtMs": time.time() * 1000}
+                )
+            )
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+        if pending:
+            await asyncio.gather(*pending)
+        deadline = time.perf_counter() + 60.0
+        await _wait_completed(client, run.id, count, deadline=deadline, workers=processes)
+        latencies = await _pickup_latencies(client, run.id)
+    ordered = sorted(latencies)
+    return PickupFigure(
+        backend, rate_per_s, len(ordered), percentile(ordered, 0.5), percentile(ordered, 0.99)
+    )
+
+
+async def _pickup_latencies(client: AsyncClient, run_id: str) -> list[float]:
+    found: list[float] = []
+    offset = 0
+    while True:
+        page = await client.list_tasks(run_id=run_id, status="completed", limit=100, offset=offset)
+        found += [float(t.output_data["pickupMs"]) for t in page.data if t.output_data]
+        offset += len(page.data)
+        if not page.data or offset >= page.pagination.total:
+            return found

@@ -62,6 +62,8 @@ ROWS = (
     Row("e2e_bullmq_tasks_per_s", "end to end, bullmq backend", "tasks/s", 2500),
     Row("pickup_p50_ms", "pickup latency p50 (postgres)", "ms", 5, higher_is_better=False),
     Row("pickup_p99_ms", "pickup latency p99 (postgres)", "ms", 25, higher_is_better=False),
+    Row("pickup_bullmq_p50_ms", "pickup latency p50 (bullmq)", "ms", 5, higher_is_better=False),
+    Row("pickup_bullmq_p99_ms", "pickup latency p99 (bullmq)", "ms", 25, higher_is_better=False),
     Row(
         "pg_insert_commits_per_s",
         "PostgreSQL single-row commits",

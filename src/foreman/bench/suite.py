@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -39,6 +40,8 @@ ALL_KEYS = (
     "e2e_bullmq_tasks_per_s",
     "pickup_p50_ms",
     "pickup_p99_ms",
+    "pickup_bullmq_p50_ms",
+    "pickup_bullmq_p99_ms",
 )
 
 
@@ -147,33 +150,78 @@ async def _api_figures(
         report.results["api_lifecycle_one_run_ratio"] = round(ratio(one, spread) or 0.0, 3)
 
 
-async def _e2e_figures(report: Report, options: BenchOptions, endpoint: str) -> None:
-    profile = options.profile
+async def _e2e_figures(
+    report: Report, options: BenchOptions, database_url: str | None, settings: Settings
+) -> None:
+    """Each backend through its own server (FOREMAN_QUEUE_BACKEND) and worker processes."""
     for backend in ("postgres", "bullmq"):
-        if f"e2e_{backend}" not in options.figures:
+        figures = [f for f in (f"e2e_{backend}", "pickup") if f in options.figures]
+        if not figures:
             continue
+        queue = f"foreman-bench-{os.getpid()}"  # colon-free (BullMQ), ours alone on a shared Redis
+        env = {
+            "FOREMAN_QUEUE_BACKEND": backend,
+            "TASK_QUEUE_NAME": queue,
+            "RESULT_QUEUE_NAME": f"{queue}-results",
+        }
+        try:
+            async with _server(options, database_url, env=env) as (endpoint, _pids):
+                for figure in figures:
+                    await _figure(report, f"{figure}_{backend}" if figure == "pickup" else figure,
+                                  _e2e_measure(report, options, endpoint, backend, figure))  # fmt: skip
+        finally:
+            if backend == "bullmq" and options.endpoint is None:
+                with contextlib.suppress(Exception):
+                    await e2e.delete_bullmq_queue(_redis_url(settings), queue)
 
-        async def measure_e2e(backend: str = backend) -> None:
-            figure = await e2e.measure_e2e(
-                endpoint, backend=backend, tasks=profile.e2e_tasks, api_key=options.api_key
-            )
-            report.results[f"e2e_{backend}_tasks_per_s"] = round(figure.tasks_per_s, 1)
 
-        await _figure(report, f"e2e_{backend}", measure_e2e)
-    if "pickup" in options.figures:
+def _redis_url(settings: Settings) -> str:
+    password = f":{settings.redis_password}@" if settings.redis_password else ""
+    return f"redis://{password}{settings.redis_host}:{settings.redis_port}/{settings.redis_db or 0}"
 
-        async def measure_pickup() -> None:
-            figure = await e2e.measure_pickup(
+
+def _e2e_measure(
+    report: Report, options: BenchOptions, endpoint: str, backend: str, figure: str
+) -> Callable[[], Awaitable[None]]:
+    profile = options.profile
+    workers = e2e.Workers(profile.e2e_worker_processes, profile.e2e_worker_concurrency)
+
+    async def measure() -> None:
+        if figure == "pickup":
+            picked = await e2e.measure_pickup(
                 endpoint,
-                backend="postgres",
+                backend=backend,
                 rate_per_s=profile.pickup_rate_per_s,
                 duration_s=profile.pickup_duration_s,
                 api_key=options.api_key,
+                workers=workers,
             )
-            report.results["pickup_p50_ms"] = round(figure.p50_ms, 2)
-            report.results["pickup_p99_ms"] = round(figure.p99_ms, 2)
+            prefix = "pickup" if backend == "postgres" else f"pickup_{backend}"
+            report.results[f"{prefix}_p50_ms"] = round(picked.p50_ms, 2)
+            report.results[f"{prefix}_p99_ms"] = round(picked.p99_ms, 2)
+            report.details[f"pickup_{backend}"] = {
+                "samples": picked.samples,
+                "rate_per_s": picked.rate_per_s,
+            }
+            return
+        result = await e2e.measure_e2e(
+            endpoint,
+            backend=backend,
+            tasks=profile.e2e_tasks,
+            api_key=options.api_key,
+            workers=workers,
+        )
+        report.results[f"e2e_{backend}_tasks_per_s"] = round(result.tasks_per_s, 1)
+        report.details[figure] = {
+            "tasks": result.tasks,
+            "elapsed_s": round(result.elapsed_s, 2),
+            "enqueue_s": round(result.enqueue_s, 2),
+            "worker_processes": workers.processes,
+            "worker_concurrency": workers.concurrency,
+            "enqueue_batch": e2e.ENQUEUE_BATCH,
+        }
 
-        await _figure(report, "pickup", measure_pickup)
+    return measure
 
 
 async def _pg_insert_figure(report: Report, options: BenchOptions, database_url: str) -> None:
@@ -255,13 +303,13 @@ def _round(value: float | None) -> float | None:
 
 @contextlib.asynccontextmanager
 async def _server(
-    options: BenchOptions, database_url: str | None
+    options: BenchOptions, database_url: str | None, *, env: dict[str, str] | None = None
 ) -> AsyncIterator[tuple[str, list[int]]]:
     if options.endpoint is not None or database_url is None:
         yield options.endpoint or "", []
         return
     async with services.run_server(
-        database_url, workers=options.server_workers, log_level=options.server_log_level
+        database_url, workers=options.server_workers, log_level=options.server_log_level, env=env
     ) as server:
         yield server.endpoint, server.pids
 
@@ -279,9 +327,11 @@ async def run_bench(settings: Settings, options: BenchOptions) -> Report:
         server = stack.enter_context(services.postgres_server(settings)) if needs_database else None
         report.meta["database"] = None if server is None else server.source
         if server is not None and (start_server or "pg_insert" in figures):
-            await _bench_database_figures(report, options, server, start_server=start_server)
+            await _bench_database_figures(
+                report, options, server, start_server=start_server, settings=settings
+            )
         elif needs_server:
-            await _server_figures(report, options, None)
+            await _server_figures(report, options, None, settings)
         if server is not None and "scale" in figures:
             await _scale_figure(report, options, server)
     report.meta["elapsed_s"] = round(time.perf_counter() - began, 1)
@@ -289,7 +339,12 @@ async def run_bench(settings: Settings, options: BenchOptions) -> Report:
 
 
 async def _bench_database_figures(
-    report: Report, options: BenchOptions, server: services.BenchDatabase, *, start_server: bool
+    report: Report,
+    options: BenchOptions,
+    server: services.BenchDatabase,
+    *,
+    start_server: bool,
+    settings: Settings,
 ) -> None:
     """pg_insert, then the server figures, in a fresh foreman_bench database dropped afterwards."""
     database_url = await services.fresh_bench_database(server)
@@ -297,18 +352,21 @@ async def _bench_database_figures(
         if "pg_insert" in options.figures:
             await _pg_insert_figure(report, options, database_url)
         if set(options.figures) & {*API_FIGURES, *E2E_FIGURES}:
-            await _server_figures(report, options, database_url if start_server else None)
+            await _server_figures(report, options, database_url if start_server else None, settings)
     finally:
         await services.drop_database(server.admin_url, services.BENCH_DATABASE)
 
 
-async def _server_figures(report: Report, options: BenchOptions, database_url: str | None) -> None:
-    async with _server(options, database_url) as (endpoint, pids):
-        report.meta["endpoint"] = endpoint
-        # Our own server: its backends are on foreman_bench, so their CPU can be told apart.
-        database = services.BENCH_DATABASE if pids else None
-        await _api_figures(report, options, endpoint, sysinfo.CpuProbe(pids, database))
-        await _e2e_figures(report, options, endpoint)
+async def _server_figures(
+    report: Report, options: BenchOptions, database_url: str | None, settings: Settings
+) -> None:
+    if set(options.figures) & set(API_FIGURES):
+        async with _server(options, database_url) as (endpoint, pids):
+            report.meta["endpoint"] = endpoint
+            # Our own server: its backends are on foreman_bench, so their CPU can be told apart.
+            database = services.BENCH_DATABASE if pids else None
+            await _api_figures(report, options, endpoint, sysinfo.CpuProbe(pids, database))
+    await _e2e_figures(report, options, database_url, settings)
 
 
 def _meta(settings: Settings, options: BenchOptions) -> dict[str, Any]:

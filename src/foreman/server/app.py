@@ -17,7 +17,12 @@ from foreman import errors
 from foreman.queue import open_queue
 from foreman.server import errors as error_handlers
 from foreman.server.deps import AppState, JsonRequest
-from foreman.server.middleware import BodyLimitMiddleware, RequestLogMiddleware, cors_config
+from foreman.server.middleware import (
+    BodyLimitMiddleware,
+    RequestLogMiddleware,
+    add_response_headers,
+    cors_config,
+)
 from foreman.server.notify import Notifier
 from foreman.server.routes import queue as queue_routes
 from foreman.server.routes import run_data, runs, system, tasks
@@ -101,6 +106,7 @@ def create_app(settings: Settings) -> Litestar:
         lifespan=[lifespan],
         exception_handlers=error_handlers.EXCEPTION_HANDLERS,
         middleware=[RequestLogMiddleware, DefineMiddleware(BodyLimitMiddleware, settings=settings)],
+        before_send=[add_response_headers],  # security headers, unknown routes included
         openapi_config=_openapi(settings),
         cors_config=cors_config(settings),
         request_max_body_size=settings.max_body_bytes,

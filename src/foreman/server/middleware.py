@@ -1,4 +1,4 @@
-"""Pure-ASGI middleware: the request log and security headers, and the request-body guard."""
+"""Pure-ASGI pieces: the request log, security headers, the request-body guard, CORS."""
 
 from __future__ import annotations
 
@@ -64,8 +64,23 @@ def _response_headers(original: Iterable[Any], request_id: bytes, path: str) -> 
     return headers
 
 
+REQUEST_ID_STATE_KEY = "foreman_request_id"
+
+
+async def add_response_headers(message: Message, scope: Scope) -> None:
+    """before_send hook: x-request-id and the security headers on every HTTP answer.
+
+    A hook rather than middleware, so that answers of no route (404, 405) get them too.
+    """
+    if message["type"] != "http.response.start":
+        return
+    state: dict[str, Any] = scope.get("state") or {}
+    request_id = state.get(REQUEST_ID_STATE_KEY) or _request_id(scope)
+    message["headers"] = _response_headers(message.get("headers", []), request_id, scope["path"])
+
+
 class RequestLogMiddleware:
-    """Echo or assign x-request-id, add security headers, log one line per request.
+    """Echo or assign x-request-id and log one line per request.
 
     The line names the caller by organisation and key fingerprint, never by key.
     """
@@ -79,19 +94,17 @@ class RequestLogMiddleware:
             return
         start = time.perf_counter()
         request_id = _request_id(scope)
+        scope["state"][REQUEST_ID_STATE_KEY] = request_id
         status = 500
 
-        async def send_with_id(message: Message) -> None:
+        async def send_with_status(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = _response_headers(
-                    message.get("headers", []), request_id, scope["path"]
-                )
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_id)
+            await self.app(scope, receive, send_with_status)
         finally:
             if logger.isEnabledFor(logging.INFO):
                 _log_request(scope, status, start, request_id)
@@ -181,17 +194,18 @@ def _content_length(scope: Scope) -> int | None:
 
 async def _send_error(send: Send, status: int, body: dict[str, Any]) -> None:
     # The rest of the request may still be on the wire: close rather than parse it as a request.
+    content = msgspec.json.encode(body)
     start: HTTPResponseStartEvent = {
         "type": "http.response.start",
         "status": status,
-        "headers": [(b"content-type", b"application/json"), (b"connection", b"close")],
+        "headers": [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(content)).encode()),
+            (b"connection", b"close"),
+        ],
     }
     await send(start)
-    end: HTTPResponseBodyEvent = {
-        "type": "http.response.body",
-        "body": msgspec.json.encode(body),
-        "more_body": False,
-    }
+    end: HTTPResponseBodyEvent = {"type": "http.response.body", "body": content, "more_body": False}
     await send(end)
 
 

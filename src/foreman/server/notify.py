@@ -21,6 +21,7 @@ logger = logging.getLogger(__name__)
 
 READY_CHANNEL = "foreman_task_ready"
 DONE_CHANNEL = "foreman_task_done"
+APPLICATION_NAME = "foreman-listen"
 CONNECT_TIMEOUT_S = 5.0
 RECONNECT_MAX_S = 10.0
 # A LISTEN connection that only receives cannot see a half-open TCP connection; a query can.
@@ -66,7 +67,11 @@ class Notifier:
         delay_s = 0.5
         while True:
             try:
-                conn = await asyncpg.connect(self._dsn, timeout=CONNECT_TIMEOUT_S)
+                conn = await asyncpg.connect(
+                    self._dsn,
+                    timeout=CONNECT_TIMEOUT_S,
+                    server_settings={"application_name": APPLICATION_NAME},
+                )
             except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
                 logger.warning("LISTEN connection failed, retrying in %.1fs: %s", delay_s, exc)
                 await asyncio.sleep(delay_s)

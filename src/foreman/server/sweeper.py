@@ -19,9 +19,9 @@ from typing import Any
 
 import asyncpg
 
-from foreman import ids
+from foreman import errors, ids
 from foreman.models import Task
-from foreman.queue.base import QueueBackend, ready_messages
+from foreman.queue.base import Message, QueueBackend, ready_messages
 from foreman.settings import Settings
 from foreman.store import db
 from foreman.store import queue as queue_store
@@ -31,6 +31,14 @@ logger = logging.getLogger(__name__)
 # pg_try_advisory_xact_lock key: "foreman\x01" as a big-endian int64.
 SWEEP_LOCK_KEY = int.from_bytes(b"foreman\x01", "big", signed=True)
 _TRY_LOCK = "SELECT pg_try_advisory_xact_lock($1)"
+_OUTAGES = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    errors.UnavailableError,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,8 +109,11 @@ class Sweeper:
             await asyncio.sleep(self._interval_s * random.uniform(0.8, 1.2))  # noqa: S311
             try:
                 result = await self.sweep()
+            except _OUTAGES as exc:
+                # A database outage must not end the sweeper (nor fill the log): try again.
+                logger.warning("sweep skipped, database unavailable: %s", exc)
+                continue
             except Exception:
-                # A database or Redis outage must not end the sweeper: try again next time.
                 logger.exception("sweep failed")
                 continue
             if result.retried or result.failed or result.republished:
@@ -128,13 +139,23 @@ class Sweeper:
                 )
         # After the commit, like every publish: a job must never name an uncommitted state.
         await self._queue.publish(expired)
-        lost = await self._queue.missing(ready_messages(ready, now=now)) if ready else []
+        lost = await self._republish(ready_messages(ready, now=now)) if ready else 0
+        failed = sum(t.status == "failed" for t in expired)
+        return SweepResult(True, len(expired) - failed, failed, lost)
+
+    async def _republish(self, messages: list[Message]) -> int:
+        """Publish again the messages the queue lost; a queue outage is logged (next sweep)."""
+        try:
+            lost = await self._queue.missing(messages)
+            if lost:
+                await self._queue.enqueue(lost)
+        except Exception as exc:  # Redis down: the same tasks are checked again later
+            logger.warning("checking the queue for lost tasks failed: %s", exc)
+            return 0
         if lost:
-            await self._queue.enqueue(lost)
             logger.warning(
                 "republished %d ready task(s) missing from the queue",
                 len(lost),
                 extra={"task_id": lost[0].task_id},
             )
-        failed = sum(t.status == "failed" for t in expired)
-        return SweepResult(True, len(expired) - failed, failed, len(lost))
+        return len(lost)
