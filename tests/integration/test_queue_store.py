@@ -233,7 +233,7 @@ async def test_claim_by_id(conn):
             now=now or ids.now_ms(),
         )
 
-    first = await by_id(lease_ms=1000)
+    first = await by_id(lease_ms=60_000)
     assert first.task is not None
     assert first.task.attempt == 1
     assert first.task.queued_at
@@ -242,7 +242,7 @@ async def test_claim_by_id(conn):
     assert held.found
     assert held.current.status == "running"
     # Expired lease with attempts left: taken over, the lost attempt counted as a retry.
-    later = ids.now_ms() + 2000
+    later = ids.now_ms() + 61_000  # past the first lease
     second = await by_id(now=later)
     assert second.task.attempt == 2
     assert second.task.retry_count == 1

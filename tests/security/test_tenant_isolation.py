@@ -21,9 +21,10 @@ from hypothesis import strategies as st
 from foreman.server.app import create_app
 from foreman.settings import Settings
 from tests.api.helpers import API, create_data, create_run, create_task
-from tests.conftest import HEADERS_A, HEADERS_B, ORG_A, truncate_all
+from tests.conftest import HEADERS_A, HEADERS_B, ORG_A, ORG_B, truncate_all
 
 SECRET = f"secret-of-a-{uuid.uuid4()}"
+IDEMPOTENCY_KEY = f"idem-{uuid.uuid4()}"  # A's; B using it must get a task of its own
 
 
 def _operations() -> set[tuple[str, str]]:
@@ -42,7 +43,7 @@ async def org_a(client) -> dict[str, str]:
     """Org A's rows: a run, a queued task claimed by A (with its lease token), run data."""
     run = await create_run(client, inputData={"secret": SECRET}, metadata={"s": SECRET})
     task = await create_task(
-        client, run["id"], type=f"type-{SECRET}", inputData=SECRET, idempotencyKey=SECRET
+        client, run["id"], type=f"type-{SECRET}", inputData=SECRET, idempotencyKey=IDEMPOTENCY_KEY
     )
     child = await create_task(client, run["id"], parentTaskId=task["id"], enqueue=True)
     claimed = await client.post(
@@ -91,7 +92,7 @@ def _hostile_cases(a: dict[str, str], b_run: str, b_task: str) -> list[tuple[str
             "POST",
             "/api/v1/tasks",
             f"{API}/tasks",
-            {"runId": b_run, "type": "t", "inputData": 1, "idempotencyKey": SECRET},
+            {"runId": b_run, "type": "t", "inputData": 1, "idempotencyKey": IDEMPOTENCY_KEY},
         ),
         ("GET", "/api/v1/tasks/{task_id}", f"{API}/tasks/{a['task']}", None),
         ("PATCH", "/api/v1/tasks/{task_id}", f"{API}/tasks/{a['task']}", {"status": "cancelled"}),
@@ -205,12 +206,17 @@ def _assert_nothing_of_a(response, a: dict[str, str]) -> None:
         "application/json"
     ):
         body = response.json()
+        if isinstance(body, dict) and "orgId" in body:
+            assert body["orgId"] == ORG_B, body
         items = body.get("data", []) if isinstance(body, dict) else []
         for item in items if isinstance(items, list) else []:
             assert item.get("id") not in a.values(), item
+            assert item.get("orgId", ORG_B) == ORG_B, item
             if "ok" in item:  # a batch answer about A's task: refused, not even its status
                 assert item["ok"] is False, item
-                assert item["status"] is None, item
+                assert item.get("status") is None, item
+                assert item.get("leaseExpiresAt") is None, item
+                assert not item.get("cancelled"), item
 
 
 async def test_hostile_cases_cover_every_operation(client, org_a):
@@ -222,7 +228,7 @@ async def test_hostile_cases_cover_every_operation(client, org_a):
 async def test_org_b_cannot_see_or_change_org_a_through_any_operation(client, db_url, org_a):
     b_run, b_task = await _b_run_and_task(client)
     before = await _rows_of(db_url, ORG_A)
-    for method, template, url, body in _hostile_cases(org_a, b_run, b_task):
+    for method, _, url, body in _hostile_cases(org_a, b_run, b_task):
         response = await client.request(method, url, json=body, headers=HEADERS_B)
         _assert_nothing_of_a(response, org_a)
         path = url.partition("?")[0]

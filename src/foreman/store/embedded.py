@@ -61,7 +61,7 @@ def _forget_dead_users(pgserver: Any, pgdata: Path) -> None:
 def start_embedded(data_dir: Path) -> EmbeddedPostgres:
     """Start (or join) the embedded PostgreSQL in data_dir/pgdata and create the foreman database."""
     try:
-        import pgserver  # noqa: PLC0415 - optional dependency, the [embedded] extra
+        import pgserver  # optional dependency, the [embedded] extra
     except ImportError as exc:
         raise errors.ForemanError(
             "No database configured and pgserver is not installed: set FOREMAN_DATABASE_URL "
