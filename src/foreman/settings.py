@@ -67,7 +67,7 @@ class Settings(BaseSettings):
     header_timeout_s: float = Field(default=10.0, gt=0)
     # Whether /api/v1/config returns REDIS_PASSWORD: "always" (SPEC section 5, the default),
     # "registered" (only to callers of a registered key), "never".
-    expose_redis_password: Literal["always", "registered", "never"] = "always"
+    expose_redis_password: Literal["always", "registered", "never"] = "always"  # noqa: S105
 
     queue_backend: Literal["postgres", "bullmq"] = "postgres"
     redis_host: str = Field(

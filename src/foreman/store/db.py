@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 import msgspec
@@ -26,7 +26,7 @@ APP_ROLE = "foreman_app"
 _SET_ORG = "SELECT set_config('app.current_org_id', $1, false)"
 
 
-class Connection(asyncpg.Connection):  # type: ignore[misc]
+class Connection(asyncpg.Connection):
     """An asyncpg connection that remembers which organisation it is bound to."""
 
     __slots__ = ("_foreman_org",)
@@ -43,7 +43,7 @@ class Connection(asyncpg.Connection):  # type: ignore[misc]
             self._foreman_org = org_id
 
 
-Db = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy  # type: ignore[type-arg]
+Db = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
 
 
 def _encode_jsonb(value: Any) -> bytes:
@@ -58,7 +58,7 @@ def _decode_jsonb(data: bytes) -> msgspec.Raw:
     return msgspec.Raw(data[1:])
 
 
-async def _init_connection(conn: asyncpg.Connection, *, app_role: bool) -> None:  # type: ignore[type-arg]
+async def _init_connection(conn: asyncpg.Connection, *, app_role: bool) -> None:
     await conn.set_type_codec(
         "jsonb", encoder=_encode_jsonb, decoder=_decode_jsonb, schema="pg_catalog", format="binary"
     )
@@ -67,7 +67,7 @@ async def _init_connection(conn: asyncpg.Connection, *, app_role: bool) -> None:
         await conn.execute(f"SET ROLE {APP_ROLE}")
 
 
-async def _reset_connection(conn: asyncpg.Connection) -> None:  # type: ignore[type-arg]
+async def _reset_connection(conn: asyncpg.Connection) -> None:
     # Instead of asyncpg's RESET ALL (a round trip per request, and it would drop the role):
     # every request ends its transaction, and only a cancelled one can leave it open.
     if conn.is_in_transaction():
@@ -82,10 +82,10 @@ async def create_pool(
     command_timeout_s: float,
     connect_timeout_s: float,
     app_role: bool = True,
-) -> asyncpg.Pool:  # type: ignore[type-arg]
+) -> asyncpg.Pool:
     """Open a pool; with app_role, its connections run as foreman_app under row-level security."""
 
-    async def init(conn: asyncpg.Connection) -> None:  # type: ignore[type-arg]
+    async def init(conn: asyncpg.Connection) -> None:
         await _init_connection(conn, app_role=app_role)
 
     with translate_errors():
@@ -110,14 +110,16 @@ async def org_connection(
     pool: asyncpg.Pool,
     org_id: str,
     *,
-    timeout_s: float = 5.0,  # type: ignore[type-arg]
+    timeout_s: float = 5.0,
 ) -> AsyncIterator[Connection]:
     """A pooled connection bound to org_id; errors come out as Foreman errors."""
     with translate_errors():
         async with pool.acquire(timeout=timeout_s) as conn:
+            # The pool's connection_class is Connection; the proxy forwards to it.
+            bound = cast(Connection, conn)
             try:
-                await conn.bind_org(org_id)
-                yield conn
+                await bound.bind_org(org_id)
+                yield bound
             except TimeoutError:
                 # A query outlived the command timeout (a server that no longer answers): giving
                 # the connection back would first wait out its cancellation, timeout_s more.
