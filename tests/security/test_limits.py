@@ -50,6 +50,15 @@ async def test_depth_at_the_limit_is_accepted_one_more_is_400(client):
     assert body["details"][0]["loc"] == ["body"]
 
 
+async def test_authentication_comes_before_the_depth_check(client):
+    # A caller without a key learns nothing about its body (SPEC section 3).
+    response = await client.post(f"{API}/runs", json={"inputData": nested(100)})
+    assert_error(response, 401, "missing api key")
+    bad_key = {"x-api-key": "nope"}
+    response = await client.post(f"{API}/runs", json={"inputData": nested(100)}, headers=bad_key)
+    assert_error(response, 401, "invalid api key format")
+
+
 @pytest.mark.parametrize("depth", [1_000, 100_000])
 async def test_very_deep_bodies_are_400_not_500(client, depth):
     text = "[" * depth + "]" * depth

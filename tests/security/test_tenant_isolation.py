@@ -68,7 +68,7 @@ async def _b_run_and_task(client) -> tuple[str, str]:
     return run["id"], task["id"]
 
 
-def _hostile_cases(a: dict[str, str], b_run: str, b_task: str) -> list[tuple[str, str, Any]]:
+def _hostile_cases(a: dict[str, str], b_run: str, b_task: str) -> list[tuple[str, str, str, Any]]:
     """(method, path template, url, body or query) for every operation, aimed at A's rows."""
     lease = {"taskId": a["task"], "leaseToken": a["token"]}
     create = {"runId": a["run"], "type": "t", "inputData": 1}

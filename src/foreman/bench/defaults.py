@@ -27,6 +27,7 @@ class Profile:
     e2e_tasks: int = 20_000
     e2e_worker_processes: int = 1
     e2e_worker_concurrency: int = 200
+    e2e_deadline_s: float = 180.0  # bounded: a slow backend yields a partial figure
     pickup_rate_per_s: float = 100.0
     pickup_duration_s: float = 20.0
 
@@ -43,5 +44,6 @@ QUICK = Profile(
     scale_large_rows=100_000,
     scale_samples=300,
     e2e_tasks=5_000,
+    e2e_deadline_s=40.0,
     pickup_duration_s=5.0,
 )

@@ -26,6 +26,7 @@ from litestar.types import (
     Send,
 )
 
+from foreman import errors
 from foreman.server import auth
 from foreman.settings import Settings
 
@@ -214,7 +215,7 @@ class BodyLimitMiddleware:
 
     - more than FOREMAN_MAX_BODY_BYTES (announced or actually sent, chunked too) -> 413
     - not received within FOREMAN_BODY_TIMEOUT_S (a client trickling bytes) -> 408
-    - JSON nested deeper than FOREMAN_MAX_JSON_DEPTH -> 400
+    - JSON nested deeper than FOREMAN_MAX_JSON_DEPTH -> 400, when the app reads the body
     The app then reads the same bytes from memory.
     """
 
@@ -244,31 +245,31 @@ class BodyLimitMiddleware:
             message = f"Request body not received within {self.timeout_s:g} s"
             await _send_error(send, 408, {"error": message, "code": "request_timeout"})
             return
-        if too_deep(body, self.max_depth):
-            await _send_error(send, 400, self._too_deep())
-            return
-        await self.app(scope, _replay(body, receive), send)
+        # Too deep is a 400 of the body, raised when the app reads it: after authentication, so
+        # a caller without a key still gets 401 first (SPEC section 3).
+        refusal = self._too_deep() if too_deep(body, self.max_depth) else None
+        await self.app(scope, _replay(body, receive, refusal=refusal), send)
 
     def _too_large(self) -> dict[str, Any]:
         message = f"Request body too large (limit {self.max_body_bytes} bytes)"
         return {"error": message, "code": "payload_too_large"}
 
-    def _too_deep(self) -> dict[str, Any]:
-        message = f"Validation failed: body: JSON nested deeper than {self.max_depth} levels"
-        return {
-            "error": message,
-            "code": "validation_error",
-            "details": [{"loc": ["body"], "msg": f"nested deeper than {self.max_depth} levels"}],
-        }
+    def _too_deep(self) -> errors.ValidationError:
+        return errors.ValidationError(
+            f"Validation failed: body: JSON nested deeper than {self.max_depth} levels",
+            details=[{"loc": ["body"], "msg": f"nested deeper than {self.max_depth} levels"}],
+        )
 
 
-def _replay(body: bytes, receive: Receive) -> Receive:
-    """A receive that hands over the body read already, then waits for the disconnect."""
+def _replay(body: bytes, receive: Receive, *, refusal: Exception | None) -> Receive:
+    """A receive that hands over the body read already (or raises refusal), then the disconnect."""
     pending = True
 
     async def replay() -> ReceiveMessage:
         nonlocal pending
         if pending:
+            if refusal is not None:
+                raise refusal
             pending = False
             event: HTTPRequestEvent = {"type": "http.request", "body": body, "more_body": False}
             return event

@@ -76,7 +76,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._header_timer = None
         if not self._awaiting_headers or self.transport.is_closing():
             return
-        if self._header_bytes or getattr(self, "url", b"") or self.headers:
+        if self._header_bytes or getattr(self, "url", None) or self.headers:
             self._refuse(408, f"Request headers not received within {self.header_timeout_s:g} s")
         else:
             self.transport.close()  # silent connection: nobody to answer

@@ -37,6 +37,7 @@ _OUTAGES = (
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
     asyncpg.CannotConnectNowError,
+    asyncpg.InternalClientError,  # a connection left mid-protocol by a server shutting down
     errors.UnavailableError,
 )
 

@@ -118,11 +118,14 @@ async def org_connection(
             # The pool's connection_class is Connection; the proxy forwards to it.
             bound = cast(Connection, conn)
             try:
-                await bound.bind_org(org_id)
+                with translate_errors():
+                    await bound.bind_org(org_id)
                 yield bound
-            except TimeoutError:
+            except (TimeoutError, errors.UnavailableError):
                 # A query outlived the command timeout (a server that no longer answers): giving
                 # the connection back would first wait out its cancellation, timeout_s more.
+                # Or the database went away mid-request (shut down, crashed): the connection may
+                # be left mid-protocol, and its next query would fail with InternalClientError.
                 conn.terminate()
                 raise
 
@@ -160,5 +163,8 @@ def translate_errors() -> Iterator[None]:
         if sqlstate == "40001" or sqlstate == "40P01":
             raise errors.ConflictError("Concurrent update, try again") from exc
         raise
-    except (TimeoutError, OSError, asyncpg.InterfaceError) as exc:
+    except (TimeoutError, OSError, asyncpg.InterfaceError, asyncpg.InternalClientError) as exc:
+        # InternalClientError: a pooled connection that received the server's FATAL shutdown
+        # message while idle is left mid-protocol ("cannot switch to state ..."): a lost
+        # connection, not a bug of the request.
         raise errors.UnavailableError() from exc

@@ -265,6 +265,20 @@ async def get_task_by_key(conn: Db, *, org_id: str, key: str) -> Task | None:
     return None if record is None else task_from(record)
 
 
+# A terminal task takes no new status (409), except the same one again (a no-op).
+_NEW_STATUS_NOT_TERMINAL = (
+    "($4::text IS NULL OR status NOT IN ('completed', 'failed', 'cancelled'))"
+)
+
+
+def _confirms_job(changes: dict[str, Any]) -> bool:
+    """Whether a PATCH is a Node foreman-client's `{status: queued, queueJobId}` sent after it added
+    the job: a worker may have claimed or finished the task by then. Such a PATCH moves only a
+    `pending` task to `queued`; any other task keeps its status (200, never a 409 nor a step back
+    that would end the worker's lease) and records the job id."""
+    return changes.get("status") == "queued" and changes.get("queue_job_id") is not None
+
+
 def _update_sql(changes: dict[str, Any], status: str | None) -> tuple[str, list[str]]:
     """SET clauses for a PATCH; parameters start at $5 ($1 org, $2 id, $3 now, $4 status)."""
     names: list[str] = []
@@ -273,7 +287,12 @@ def _update_sql(changes: dict[str, Any], status: str | None) -> tuple[str, list[
         if column in changes:
             names.append(column)
             sets.append(f"{column} = ${4 + len(names)}")
-    if status == "queued":
+    if _confirms_job(changes):
+        sets[1] = "status = CASE WHEN status = 'pending' THEN $4 ELSE status END"
+        sets.append(
+            "queued_at = CASE WHEN status = 'pending' THEN coalesce(queued_at, $3) ELSE queued_at END"
+        )
+    elif status == "queued":
         sets.append("queued_at = coalesce(queued_at, $3)")
     elif status == "running":
         sets.append("started_at = coalesce(started_at, $3)")
@@ -309,13 +328,17 @@ async def update_task(
     """
     status = changes.get("status")
     sets, names = _update_sql(changes, status)
+    # A job confirmation keeps a terminal status (see _confirms_job): allowed, and never counted.
+    confirms = _confirms_job(changes)
+    guard = "TRUE" if confirms else _NEW_STATUS_NOT_TERMINAL
+    counted = "AND FALSE" if confirms else "AND $4::text IS NOT NULL"
     sql = f"""
 WITH t AS (
     UPDATE task SET {sets}
      WHERE org_id = $1 AND id = $2
-       AND ($4::text IS NULL OR status NOT IN ('completed', 'failed', 'cancelled'))
+       AND {guard}
     RETURNING *
-), c AS ({COUNT_TERMINAL.format(shard=shard(), source="t", condition="AND $4::text IS NOT NULL")})
+), c AS ({COUNT_TERMINAL.format(shard=shard(), source="t", condition=counted)})
 SELECT CASE WHEN $4::text IN ('completed', 'failed', 'cancelled')
             THEN pg_notify('foreman_task_done', t.id::text)
             WHEN $4::text = 'queued' THEN pg_notify('foreman_task_ready', $1) END,
