@@ -101,7 +101,7 @@ async def test_node_client_jobs_are_completed_once_by_a_python_worker(
         assert task.max_retries == spec["maxRetries"]
         assert task.queue_job_id == line["jobId"]  # the Node job id, recorded by the PATCH
     assert worker.stop() == 0, worker.log()
-    # Every job acknowledged, and removed (removeOnComplete); none failed, none re-published.
+    # Every job acknowledged and removed (removeOnComplete); none failed, none left behind.
     assert await job_counts(api) == dict.fromkeys(JOB_STATES, 0)
 
 

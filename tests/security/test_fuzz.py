@@ -30,7 +30,7 @@ from foreman.settings import Settings
 from tests.api.helpers import API
 from tests.conftest import HEADERS_A
 
-EXAMPLES_PER_OPERATION = 80
+EXAMPLES_PER_OPERATION = 60
 MAX_WAIT_MS = 20
 
 pytestmark = pytest.mark.filterwarnings(
