@@ -76,6 +76,13 @@ class Ledger:
         acks = [o.finished for o in self.outcomes if o.acknowledged and o.started >= moment]
         return round(min(acks) - moment, 3) if acks else None
 
+    def error_window_s(self) -> float | None:
+        """Seconds from the first request that was not acknowledged to the end of the last."""
+        failed = [o for o in self.outcomes if not o.acknowledged]
+        if not failed:
+            return None
+        return round(max(o.finished for o in failed) - min(o.started for o in failed), 3)
+
     def figures(self) -> dict[str, Any]:
         """Requests sent, acknowledged, refused, unanswered, and the slowest answers."""
         statuses = self.statuses()
@@ -176,6 +183,22 @@ async def drive(
             for i in range(clients)
         )
     )
+
+
+def error_lines(log: str, *, limit: int = 5) -> list[str]:
+    """The server's ERROR lines, each with the last line of its traceback (the exception)."""
+    lines = log.splitlines()
+    found = []
+    for i, line in enumerate(lines):
+        if " ERROR " not in line:
+            continue
+        exception = next(
+            (later for later in lines[i + 1 :] if later and not later[0].isspace()
+             and not later.startswith("Traceback")),
+            "",
+        )  # fmt: skip
+        found.append(f"{line} -> {exception}")
+    return found[:limit]
 
 
 @dataclass(frozen=True, slots=True)
