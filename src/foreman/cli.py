@@ -8,14 +8,18 @@ from collections.abc import Iterator
 
 import typer
 
-from foreman import keys_cli
+from foreman import errors, keys_cli
 from foreman.bench.command import bench as bench_command
 from foreman.logs import configure_logging
 from foreman.settings import Settings
 
 logger = logging.getLogger("foreman")
 
-app = typer.Typer(help="Foreman: workflow orchestration on PostgreSQL.", no_args_is_help=True)
+app = typer.Typer(
+    help="Foreman: workflow orchestration on PostgreSQL.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
 app.add_typer(keys_cli.app, name="keys")
 
 
@@ -113,5 +117,12 @@ def worker(
 
 
 def main() -> None:
-    """Entry point of the console script."""
-    app()
+    """Entry point of the console script: known failures are one line on stderr, exit 1."""
+    try:
+        app()
+    except errors.ForemanError as exc:
+        typer.echo(f"foreman: {exc.message}", err=True)
+        raise SystemExit(1) from None
+    except OSError as exc:  # e.g. the database refused the connection during migrations
+        typer.echo(f"foreman: {exc}", err=True)
+        raise SystemExit(1) from None

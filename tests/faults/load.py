@@ -71,9 +71,13 @@ class Ledger:
             if o.started >= since and (endpoint is None or o.endpoint == endpoint)
         )
 
-    def first_ack_after(self, moment: float) -> float | None:
-        """Seconds from moment to the first acknowledged request sent after it."""
-        acks = [o.finished for o in self.outcomes if o.acknowledged and o.started >= moment]
+    def first_ack_after(self, moment: float, *, client: int | None = None) -> float | None:
+        """Seconds from moment to the first acknowledged request sent after it (by client)."""
+        acks = [
+            o.finished
+            for o in self.outcomes
+            if o.acknowledged and o.started >= moment and client in (None, o.client)
+        ]
         return round(min(acks) - moment, 3) if acks else None
 
     def error_window_s(self) -> float | None:

@@ -73,9 +73,12 @@ async def bull_client(bull_server: ServerProcess, db_url) -> AsyncIterator[Async
 
 
 _STARTS = """
-SELECT min(started_at), max(started_at), max(completed_at)
+SELECT min(started_at) FILTER (WHERE id = ANY($2::uuid[])),
+       max(started_at) FILTER (WHERE id = ANY($2::uuid[])),
+       max(completed_at) FILTER (WHERE id = ANY($2::uuid[])),
+       min(started_at) FILTER (WHERE started_at >= $3)
   FROM task
- WHERE org_id = $1 AND id = ANY($2::uuid[])
+ WHERE org_id = $1
 """
 _WAITING = "SELECT id::text FROM task WHERE org_id = $1 AND status = 'queued' AND created_at < $2"
 
@@ -89,14 +92,14 @@ async def _waiting_since(database_url: str, before_ms: int) -> list[str]:
         await conn.close()
 
 
-async def _restarts(database_url: str, task_ids: list[str]) -> tuple[int, int, int]:
-    """First start, last start and last completion (epoch ms) of the tasks."""
+async def _restarts(database_url: str, task_ids: list[str], since_ms: int) -> asyncpg.Record:
+    """First start, last start and last completion (epoch ms) of the tasks; first start of
+    any task since since_ms."""
     conn = await asyncpg.connect(database_url)
     try:
-        first, last, done = await conn.fetchrow(_STARTS, ORG_A, task_ids)
+        return await conn.fetchrow(_STARTS, ORG_A, task_ids, since_ms)
     finally:
         await conn.close()
-    return first, last, done
 
 
 async def _run_with_fault(
@@ -124,7 +127,7 @@ async def _run_with_fault(
     await loader
     database_url = server.env["FOREMAN_DATABASE_URL"]
     states = await load.wait_tasks_finished(database_url, timeout_s=60)
-    first, last, done = await _restarts(database_url, stranded)
+    first, last, done, any_first = await _restarts(database_url, stranded, back_ms)
     finished = await client.get_run(run.id)
     acknowledged = len(backlog) + len(log.tasks)
     assert all(w.process.poll() is None for w in workers), "a worker exited"
@@ -142,6 +145,7 @@ async def _run_with_fault(
         "recovery_s": _seconds(first, back_ms),
         "stranded_all_started_s": _seconds(last, back_ms),
         "stranded_all_done_s": _seconds(done, back_ms),
+        "first_task_started_s": _seconds(any_first, back_ms),
         "run_counters": [finished.total_tasks, finished.completed_tasks, finished.failed_tasks],
         "_states": states,
     }

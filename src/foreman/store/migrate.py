@@ -7,7 +7,10 @@ import logging
 from importlib import resources
 from urllib.parse import urlsplit, urlunsplit
 
+import psycopg
 from yoyo import get_backend, read_migrations
+
+from foreman import errors
 
 logger = logging.getLogger(__name__)
 
@@ -23,7 +26,13 @@ def apply_migrations(database_url: str) -> list[str]:
     directory = resources.files("foreman.store") / "migrations"
     with resources.as_file(directory) as path:
         migrations = read_migrations(str(path))
-        backend = get_backend(_yoyo_url(database_url))
+        try:
+            backend = get_backend(_yoyo_url(database_url))
+        except psycopg.OperationalError as exc:
+            first_line = (
+                str(exc).strip().splitlines()[0] if str(exc).strip() else "connection failed"
+            )
+            raise errors.UnavailableError(f"Cannot reach the database: {first_line}") from exc
         try:
             with backend.lock():
                 pending = backend.to_apply(migrations)
