@@ -12,9 +12,11 @@ import asyncio
 import contextlib
 import shutil
 import tempfile
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from foreman.store.migrate import apply_migrations_async
@@ -28,6 +30,7 @@ from tests.e2e.conftest import (  # noqa: F401 - fixtures reused by the fault te
 )
 from tests.faults.report import FaultReport
 from tests.integration.test_operations import OwnPostgres
+from tests.services import with_database
 
 REPORT_KEY = pytest.StashKey[FaultReport]()
 
@@ -57,7 +60,23 @@ async def faults_postgres() -> AsyncIterator[OwnPostgres]:
 @pytest.fixture(scope="package")
 def database_url(faults_postgres: OwnPostgres) -> str:
     """Overrides the session database on the shared server: every fault test uses ours."""
-    return faults_postgres.url
+    return str(faults_postgres.url)
+
+
+@pytest.fixture
+async def own_database(faults_postgres: OwnPostgres) -> AsyncIterator[str]:
+    """A migrated database of the test's own on the package's cluster: the package-scoped
+    servers (whose sweepers work on database_url) never touch it."""
+    name = f"foreman_fault_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(faults_postgres.url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        url = with_database(faults_postgres.url, name)
+        await apply_migrations_async(url)
+        yield url
+        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
 
 
 @pytest.fixture(scope="session")
@@ -70,7 +89,9 @@ def fault_report(request: pytest.FixtureRequest) -> Iterator[FaultReport]:
         report.write()
 
 
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+def pytest_terminal_summary(
+    terminalreporter: pytest.TerminalReporter, config: pytest.Config
+) -> None:
     report = config.stash.get(REPORT_KEY, None)
     if report is None or not report.faults:
         return

@@ -249,9 +249,11 @@ async def check_writes(ledger: Ledger, database_url: str) -> WriteCheck:
     try:
         runs = {r["id"]: r for r in await conn.fetch(_RUNS, list(ledger.runs))}
         tasks = {r["id"]: r["run_id"] for r in await conn.fetch(_TASKS, list(ledger.tasks))}
-        load_runs, load_tasks = await conn.fetchrow(_LOAD_ROWS, ORG_A)
+        counts = await conn.fetchrow(_LOAD_ROWS, ORG_A)
     finally:
         await conn.close()
+    assert counts is not None
+    load_runs, load_tasks = counts
     lost: list[str] = []
     for run_id, record in ledger.runs.items():
         lost += _run_problems(run_id, record, runs.get(run_id))
@@ -334,9 +336,11 @@ async def completions(database_url: str, *, since_ms: int) -> tuple[int | None, 
     """Epoch ms of the first task completed at or after since_ms, and of the last one."""
     conn = await asyncpg.connect(database_url)
     try:
-        first, last = await conn.fetchrow(_COMPLETIONS, ORG_A, since_ms)
+        row = await conn.fetchrow(_COMPLETIONS, ORG_A, since_ms)
     finally:
         await conn.close()
+    assert row is not None
+    first, last = row
     return first, last
 
 
@@ -347,4 +351,7 @@ async def counter_mismatches(database_url: str) -> list[str]:
         rows = await conn.fetch(_COUNTER_MISMATCHES, ORG_A)
     finally:
         await conn.close()
-    return [f"run {r[0]}: tasks (total, completed, failed) {tuple(r[1:4])}, counters {tuple(r[4:])}" for r in rows]
+    return [
+        f"run {r[0]}: tasks (total, completed, failed) {tuple(r[1:4])}, counters {tuple(r[4:])}"
+        for r in rows
+    ]

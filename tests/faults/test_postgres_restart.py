@@ -12,14 +12,18 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
+import asyncpg
 import pytest
 
-from foreman import AsyncClient, TaskSpec, ids
+from foreman import AsyncClient, TaskSpec, errors, ids
+from foreman.store import db
 from tests.conftest import KEY_A
 from tests.e2e.conftest import OwnRedis, WorkerProcess, start_server
 from tests.faults import load
 from tests.faults.conftest import private_postgres
+from tests.faults.report import FaultReport
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -35,8 +39,12 @@ ANSWER_BOUND_S = 6.0
 
 @pytest.mark.parametrize("mode", ["fast", "immediate"])
 async def test_postgres_restart_loses_nothing(
-    mode, own_redis: OwnRedis, e2e_dir, workers, fault_report
-):
+    mode: str,
+    own_redis: OwnRedis,
+    e2e_dir: Path,
+    workers: list[WorkerProcess],
+    fault_report: FaultReport,
+) -> None:
     async with private_postgres() as postgres:
         server = start_server(postgres.url, e2e_dir, backend="postgres", own=own_redis)
         try:
@@ -102,7 +110,7 @@ async def test_postgres_restart_loses_nothing(
     assert during["503"] > 0, f"the outage was not seen by the clients: {during}"
     assert set(figures["statuses"]) <= {"200", "201", "503"}, (figures["statuses"], server_errors)
     assert check.lost == [], check.lost
-    assert figures["acknowledged"] > 0 and ledger.first_ack_after(up_at) is not None
+    assert ledger.first_ack_after(up_at) is not None, "no write acknowledged after the restart"
     assert states.counts == {"completed": len(slow) + len(ledger.tasks)}, states
     assert mismatches == [], mismatches
     assert alive, "the server or a worker exited instead of recovering"
@@ -111,3 +119,33 @@ async def test_postgres_restart_loses_nothing(
 
 def _seconds(epoch_ms: int | None, since_ms: int) -> float | None:
     return None if epoch_ms is None else round((epoch_ms - since_ms) / 1000, 3)
+
+
+# The bug the restart test found: a pooled connection that received the server's shutdown message
+# while idle is left mid-protocol, and its next query raised asyncpg's InternalClientError ("cannot
+# switch to state 12; another operation (2) is in progress"), which became a 500 (3 runs of 4).
+
+
+def test_a_connection_left_mid_protocol_is_a_503_not_a_500() -> None:
+    with pytest.raises(errors.UnavailableError), db.translate_errors():
+        raise asyncpg.InternalClientError("cannot switch to state 12; another operation (2)")
+
+
+async def test_a_connection_that_failed_with_the_database_is_not_reused(database_url: str) -> None:
+    pool = await db.create_pool(
+        database_url, min_size=1, max_size=1, command_timeout_s=5, connect_timeout_s=3
+    )
+    try:
+        pids = []
+
+        async def fail_with_the_database() -> None:
+            async with db.org_connection(pool, "orga") as conn:
+                pids.append(conn.get_server_pid())
+                raise errors.UnavailableError()  # what a route's query raises after a shutdown
+
+        with pytest.raises(errors.UnavailableError):
+            await fail_with_the_database()
+        async with db.org_connection(pool, "orga") as conn:
+            assert conn.get_server_pid() != pids[0]  # a new connection, not the suspect one
+    finally:
+        await pool.close()

@@ -24,6 +24,7 @@ from foreman import AsyncClient, TaskSpec, errors, ids
 from tests.conftest import KEY_A, ORG_A
 from tests.e2e.conftest import OwnRedis, WorkerProcess
 from tests.faults import load
+from tests.faults.report import FaultReport
 from tests.integration.live_server import ServerProcess
 
 pytestmark = pytest.mark.timeout(120)
@@ -48,7 +49,9 @@ class Enqueues:
     tasks: dict[str, int] = field(default_factory=dict)  # task id -> acknowledged at (epoch ms)
 
 
-async def _enqueue_steadily(client: AsyncClient, run_id: str, log: Enqueues, *, until: float):
+async def _enqueue_steadily(
+    client: AsyncClient, run_id: str, log: Enqueues, *, until: float
+) -> None:
     while time.monotonic() < until:
         log.sent += 1
         started = time.monotonic()
@@ -66,7 +69,7 @@ async def _enqueue_steadily(client: AsyncClient, run_id: str, log: Enqueues, *, 
 
 
 @pytest.fixture
-async def bull_client(bull_server: ServerProcess, db_url) -> AsyncIterator[AsyncClient]:
+async def bull_client(bull_server: ServerProcess, db_url: str) -> AsyncIterator[AsyncClient]:
     # retries=0: every request is counted once, as it was answered.
     async with AsyncClient(bull_server.url, KEY_A, retries=0) as client:
         yield client
@@ -97,9 +100,11 @@ async def _restarts(database_url: str, task_ids: list[str], since_ms: int) -> as
     any task since since_ms."""
     conn = await asyncpg.connect(database_url)
     try:
-        return await conn.fetchrow(_STARTS, ORG_A, task_ids, since_ms)
+        row = await conn.fetchrow(_STARTS, ORG_A, task_ids, since_ms)
     finally:
         await conn.close()
+    assert row is not None
+    return row
 
 
 async def _run_with_fault(
@@ -166,8 +171,12 @@ def _check(figures: dict[str, Any]) -> None:
 
 
 async def test_redis_flushall_during_processing(
-    bull_server, bull_client, own_redis: OwnRedis, workers, fault_report
-):
+    bull_server: ServerProcess,
+    bull_client: AsyncClient,
+    own_redis: OwnRedis,
+    workers: list[WorkerProcess],
+    fault_report: FaultReport,
+) -> None:
     async def flush() -> tuple[int, list[str]]:
         at = ids.now_ms()
         await asyncio.to_thread(own_redis.flushall)
@@ -189,8 +198,12 @@ async def test_redis_flushall_during_processing(
 
 
 async def test_redis_restart_during_processing(
-    bull_server, bull_client, own_redis: OwnRedis, workers, fault_report
-):
+    bull_server: ServerProcess,
+    bull_client: AsyncClient,
+    own_redis: OwnRedis,
+    workers: list[WorkerProcess],
+    fault_report: FaultReport,
+) -> None:
     async def restart() -> tuple[int, list[str]]:
         await asyncio.to_thread(own_redis.stop)
         await asyncio.sleep(REDIS_DOWN_S)  # the client keeps enqueueing: acknowledged, unpublished

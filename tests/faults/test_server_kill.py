@@ -21,9 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from foreman import AsyncClient, TaskSpec
+from foreman import AsyncClient, Run, Task, TaskSpec
 from tests.conftest import KEY_A
 from tests.faults import load
+from tests.faults.report import FaultReport
 from tests.integration.live_server import ServerProcess, server_env
 
 pytestmark = pytest.mark.timeout(120)
@@ -74,13 +75,12 @@ async def _abandoned_leases(client: AsyncClient) -> str:
 
 
 async def test_kill_9_of_one_replica_loses_nothing_and_sweeps_once(
-    database_url, db_url, tmp_path, fault_report
-):
+    own_database: str, tmp_path: Path, fault_report: FaultReport
+) -> None:
+    db_url = own_database  # no other server's sweeper works on it
     replica_a, replica_b = _replica(db_url, tmp_path), _replica(db_url, tmp_path)
     try:
-        await asyncio.gather(
-            asyncio.to_thread(replica_a.start), asyncio.to_thread(replica_b.start)
-        )
+        await asyncio.gather(asyncio.to_thread(replica_a.start), asyncio.to_thread(replica_b.start))
         async with AsyncClient(replica_a.url, KEY_A, retries=0) as client:
             run_id = await _abandoned_leases(client)
 
@@ -125,7 +125,9 @@ async def test_kill_9_of_one_replica_loses_nothing_and_sweeps_once(
                 n for status, n in to_b_after.items() if not status.startswith("2")
             ),
             "leases_expired": EARLY + LATE + EXHAUSTED,
-            "swept_by_replica": {name: {"retried": r, "failed": f} for name, (r, f) in swept.items()},
+            "swept_by_replica": {
+                name: {"retried": r, "failed": f} for name, (r, f) in swept.items()
+            },
         },
     )
     assert check.lost == [], check.lost
@@ -134,7 +136,8 @@ async def test_kill_9_of_one_replica_loses_nothing_and_sweeps_once(
     transport = Counter(o.client for o in ledger.outcomes if o.status == "transport")
     assert all(o.endpoint == replica_a.url for o in ledger.outcomes if o.status == "transport")
     assert all(n == 1 for n in transport.values()), transport
-    assert b_alive and sum(to_b_after.values()) > 0
+    assert b_alive
+    assert sum(to_b_after.values()) > 0
     assert set(to_b_after) <= {"200", "201"}, to_b_after
     _assert_swept_once(tasks.data, run)
     retried = sum(r for r, _ in swept.values())
@@ -150,7 +153,7 @@ async def _until_swept(client: AsyncClient, run_id: str, *, timeout_s: float = 2
         await asyncio.sleep(0.2)
 
 
-def _assert_swept_once(tasks, run) -> None:
+def _assert_swept_once(tasks: list[Task], run: Run) -> None:
     assert len(tasks) == EARLY + LATE + EXHAUSTED
     for task in tasks:
         assert task.attempt == 1, task

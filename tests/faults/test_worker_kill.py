@@ -17,12 +17,15 @@ import asyncpg
 import psutil
 import pytest
 
+from foreman import AsyncClient
 from tests.conftest import ORG_A
 from tests.e2e import test_delivery as delivery
 from tests.e2e.conftest import WorkerProcess
-from tests.e2e.test_delivery import client  # noqa: F401 - the scenario's fixture
+from tests.faults.report import FaultReport
+from tests.integration.live_server import ServerProcess
 
 pytestmark = pytest.mark.timeout(90)
+client = delivery.client  # the scenario's fixture, under its own name
 
 LEASE_S = 2.0  # the killed worker's --lease in the scenario
 
@@ -68,23 +71,29 @@ SELECT count(*), count(*) FILTER (WHERE status = 'completed'), count(*) FILTER (
 
 
 @pytest.fixture
-def watched(workers) -> Iterator[DeathWatch]:
+def watched(workers: list[WorkerProcess]) -> Iterator[DeathWatch]:
     with DeathWatch(workers) as watch:
         yield watch
 
 
 async def test_worker_kill_9_every_task_completes(
-    server, client, workers, watched, database_url, fault_report
-):
-    await delivery.test_kill_9_mid_task_every_task_completes_on_the_other_worker(
-        server, client, workers
-    )
+    server: ServerProcess,
+    client: AsyncClient,
+    workers: list[WorkerProcess],
+    watched: DeathWatch,
+    database_url: str,
+    fault_report: FaultReport,
+) -> None:
+    scenario = delivery.test_kill_9_mid_task_every_task_completes_on_the_other_worker
+    await scenario(server, client, workers)  # type: ignore[no-untyped-call]
     killed_ms = watched.deaths[workers[0].pid]
     conn = await asyncpg.connect(database_url)
     try:
-        total, completed, rerun, last_rerun_done = await conn.fetchrow(_TASKS, ORG_A)
+        row = await conn.fetchrow(_TASKS, ORG_A)
     finally:
         await conn.close()
+    assert row is not None
+    total, completed, rerun, last_rerun_done = row
     backend = (await client.get_config()).queue.backend
     fault_report.add(
         f"worker_kill_9_{backend}",
