@@ -396,4 +396,9 @@ def _meta(settings: Settings, options: BenchOptions) -> dict[str, Any]:
         "lifecycle_runs": profile.lifecycle_runs,
         "scale_rows_per_run": scaledata.ROWS_PER_RUN,
         "scale_samples": profile.scale_samples,
+        "e2e_tasks": profile.e2e_tasks,
+        "e2e_worker_processes": profile.e2e_worker_processes,
+        "e2e_worker_concurrency": profile.e2e_worker_concurrency,
+        "pickup_rate_per_s": profile.pickup_rate_per_s,
+        "pickup_duration_s": profile.pickup_duration_s,
     }
