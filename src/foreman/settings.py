@@ -29,7 +29,7 @@ class Settings(BaseSettings):
     db_user: str | None = None
     db_password: str | None = None
     db_pool_min: int = Field(default=2, ge=1)
-    db_pool_max: int = Field(default=20, ge=1)
+    db_pool_max: int = Field(default=10, ge=1)
     db_command_timeout_s: float = Field(default=5.0, gt=0)
     db_connect_timeout_s: float = Field(default=3.0, gt=0)
     data_dir: Path = Path(".foreman")

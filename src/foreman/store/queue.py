@@ -178,7 +178,7 @@ WITH i AS (
      WHERE task.org_id = $1 AND task.id = ANY($2::uuid[]) AND task.id = i.task_id
        AND task.status = 'running' AND task.lease_token = i.token
     RETURNING task.*
-), c AS ({COUNT_TERMINAL_MANY.format(shard="{shard}", source="t")}), {_SNAPSHOT}
+), c AS ({COUNT_TERMINAL_MANY.format(shard="$9::smallint", source="t")}), {_SNAPSHOT}
 SELECT i.task_id, t.id IS NOT NULL, coalesce(t.status, s.status),
        s.id IS NOT NULL, coalesce(s.lease_token = i.token, false), {NOTIFY_DONE.format(source="t")},
        {COLUMNS}
@@ -241,7 +241,7 @@ WITH x AS MATERIALIZED (
            updated_at = $1
      WHERE id IN (SELECT id FROM x) AND status = 'running'
     RETURNING *
-), c AS ({COUNT_TERMINAL_MANY.format(shard="{shard}", source="t")})
+), c AS ({COUNT_TERMINAL_MANY.format(shard="$3::smallint", source="t")})
 SELECT {NOTIFY_DONE.format(source="t")}, {COLUMNS} FROM t
 """
 
@@ -373,9 +373,8 @@ async def finish_tasks(
     conn: Db, *, org_id: str, outcomes: Sequence[Outcome], now: int
 ) -> list[Ended]:
     """Complete or fail attempts under their lease tokens, in one statement (input order)."""
-    sql = _FINISH_TASKS.replace("{shard}", str(shard()))
     records = await conn.fetch(
-        sql,
+        _FINISH_TASKS,
         org_id,
         [o.task_id for o in outcomes],
         [o.lease_token for o in outcomes],
@@ -384,6 +383,7 @@ async def finish_tasks(
         jsonb_items([o.error_data for o in outcomes]),
         [o.retryable for o in outcomes],
         now,
+        shard(),
     )
     ended = []
     for outcome, r in zip(outcomes, records, strict=True):
@@ -417,8 +417,7 @@ async def release_tasks(conn: Db, *, org_id: str, leases: Sequence[Lease], now: 
 
 async def expire_leases(conn: Db, *, now: int, limit: int) -> list[Task]:
     """Expired leases of every organisation: retrying with a backoff, or failed when exhausted."""
-    sql = _EXPIRE_LEASES.replace("{shard}", str(shard()))
-    records = await conn.fetch(sql, now, limit)
+    records = await conn.fetch(_EXPIRE_LEASES, now, limit, shard())
     return [task_from(r, 1) for r in records]
 
 

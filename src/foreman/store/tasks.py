@@ -338,13 +338,16 @@ WITH t AS (
      WHERE org_id = $1 AND id = $2
        AND {guard}
     RETURNING *
-), c AS ({COUNT_TERMINAL.format(shard=shard(), source="t", condition=counted)})
+), c AS ({COUNT_TERMINAL.format(shard=f"${5 + len(names)}::smallint", source="t", condition=counted)})
 SELECT CASE WHEN $4::text IN ('completed', 'failed', 'cancelled')
             THEN pg_notify('foreman_task_done', t.id::text)
             WHEN $4::text = 'queued' THEN pg_notify('foreman_task_ready', $1) END,
        {COLUMNS} FROM t
 """
-    record = await conn.fetchrow(sql, org_id, task_id, now, status, *(changes[n] for n in names))
+    # The shard is a parameter, not SQL text: one prepared statement per shape, not sixteen.
+    record = await conn.fetchrow(
+        sql, org_id, task_id, now, status, *(changes[n] for n in names), shard()
+    )
     if record is not None:
         # Column 0 wakes `wait` long-polls (a terminal move) or claimers (a move to queued).
         return UpdateResult(task_from(record, 1), True, False)
