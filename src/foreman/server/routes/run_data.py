@@ -145,7 +145,7 @@ async def delete_run_data(
 
 
 router = Router(
-    guards=[auth.require_org],
+    middleware=[auth.authenticated],
     path="/api/v1/runs/{run_id:str}/data",
     route_handlers=[create_run_data, query_run_data, update_run_data_tags, delete_run_data],
     tags=["run data"],

@@ -91,7 +91,7 @@ async def list_runs(
 
 
 router = Router(
-    guards=[auth.require_org],
+    middleware=[auth.authenticated],
     path="/api/v1/runs",
     route_handlers=[create_run, get_run, update_run, list_runs],
     tags=["runs"],

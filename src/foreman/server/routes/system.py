@@ -17,7 +17,7 @@ from foreman.models import (
     QueuesConfig,
     RedisConfig,
 )
-from foreman.server.auth import may_see_redis_password, require_org
+from foreman.server.auth import authenticated, may_see_redis_password
 from foreman.server.deps import error_responses, state
 from foreman.settings import Settings
 
@@ -86,7 +86,7 @@ def queues_config(settings: Settings) -> QueuesConfig:
     )
 
 
-@get("/api/v1/config", guards=[require_org], responses=error_responses())
+@get("/api/v1/config", middleware=[authenticated], responses=error_responses())
 async def get_config(request: Request[Any, Any, Any]) -> Config:
     """Server version, Redis connection, queue names and the queue backend in use."""
     settings = state(request).settings
@@ -99,13 +99,13 @@ async def get_config(request: Request[Any, Any, Any]) -> Config:
     )
 
 
-@get("/api/v1/config/redis", guards=[require_org], responses=error_responses())
+@get("/api/v1/config/redis", middleware=[authenticated], responses=error_responses())
 async def get_redis_config(request: Request[Any, Any, Any]) -> RedisConfig:
     """The Redis connection workers use."""
     return redis_config(state(request).settings, with_password=may_see_redis_password(request))
 
 
-@get("/api/v1/config/queues", guards=[require_org], responses=error_responses())
+@get("/api/v1/config/queues", middleware=[authenticated], responses=error_responses())
 async def get_queues_config(request: Request[Any, Any, Any]) -> QueuesConfig:
     """The queue names."""
     return queues_config(state(request).settings)

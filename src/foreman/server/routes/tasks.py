@@ -151,7 +151,7 @@ async def list_tasks(
 
 
 router = Router(
-    guards=[auth.require_org],
+    middleware=[auth.authenticated],
     path="/api/v1/tasks",
     route_handlers=[create_task, get_task, update_task, list_tasks],
     tags=["tasks"],
