@@ -286,6 +286,32 @@ class TaskClaimOne(_In):
     lease_ms: LeaseMs = DEFAULT_LEASE_MS
 
 
+class TaskClaimIds(_In):
+    """POST /tasks/claim-ids: lease 1..1000 tasks by id (jobs a bullmq worker received)."""
+
+    worker_id: Name
+    task_ids: Annotated[list[uuid.UUID], BatchSize]
+    lease_ms: LeaseMs = DEFAULT_LEASE_MS
+
+
+class ClaimResult(msgspec.Struct, rename="camel"):
+    """One id of a batch claim; every field always present.
+
+    ``ok``: ``task`` is leased (with its ``leaseToken``). Else ``reason`` is ``"conflict"`` (terminal,
+    or held by a live lease; ``status`` says which) or ``"not_found"``.
+    """
+
+    task_id: str
+    ok: bool
+    reason: str | None
+    status: str | None
+    task: Task | None
+
+
+class ClaimResultList(_Out):
+    data: list[ClaimResult]
+
+
 class LeaseRef(_In):
     """A held task and the fencing token of its attempt."""
 

@@ -24,6 +24,7 @@ from foreman.client._base import (
 )
 from foreman.client._bullmq import AsyncPublisher
 from foreman.models import (
+    ClaimResult,
     Config,
     JsonObject,
     LeaseStatus,
@@ -384,6 +385,13 @@ class AsyncClient:
     async def claim_task(self, task_id: str, *, worker_id: str, lease_s: float = 30.0) -> Task:
         """Lease one task by id (bullmq backend); ConflictError if done or held by another."""
         return await self._send(_calls.claim_task(task_id, worker_id=worker_id, lease_s=lease_s))
+
+    async def claim_task_ids(
+        self, task_ids: Sequence[str], *, worker_id: str, lease_s: float = 30.0
+    ) -> list[ClaimResult]:
+        """Lease many tasks by id in one request (bullmq backend); per id, in input order."""
+        call = _calls.claim_task_ids(task_ids, worker_id=worker_id, lease_s=lease_s)
+        return await self._send(call)
 
     async def heartbeat(
         self, leases: Sequence[Lease], *, lease_s: float = 30.0

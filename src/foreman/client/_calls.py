@@ -17,6 +17,7 @@ from foreman import errors
 from foreman.client._base import API, Call, Lease, TaskResult, TaskSpec, is_missing_route
 from foreman.models import (
     TERMINAL_STATUSES,
+    ClaimResult,
     Config,
     Deleted,
     LeaseStatus,
@@ -44,6 +45,10 @@ class _Acks(msgspec.Struct):
     data: list[TaskAck]
 
 
+class _Claims(msgspec.Struct):
+    data: list[ClaimResult]
+
+
 _DECODERS: dict[Any, msgspec.json.Decoder[Any]] = {}
 
 
@@ -64,6 +69,10 @@ def _leases(content: bytes) -> list[LeaseStatus]:
 
 def _acks(content: bytes) -> list[TaskAck]:
     return _decoder(_Acks)(content).data
+
+
+def _claims(content: bytes) -> list[ClaimResult]:
+    return _decoder(_Claims)(content).data
 
 
 def _deleted(content: bytes) -> int:
@@ -299,6 +308,13 @@ def claim_tasks(
 def claim_task(task_id: str, *, worker_id: str, lease_s: float) -> Call[Task]:
     body = _body({"workerId": worker_id, "leaseMs": _ms(lease_s)})
     return Call("POST", f"{API}/tasks/{_segment(task_id)}/claim", _decoder(Task), body)
+
+
+def claim_task_ids(
+    task_ids: Sequence[str], *, worker_id: str, lease_s: float
+) -> Call[list[ClaimResult]]:
+    body = _encode({"workerId": worker_id, "taskIds": list(task_ids), "leaseMs": _ms(lease_s)})
+    return Call("POST", f"{API}/tasks/claim-ids", _claims, body)
 
 
 def heartbeat(leases: Sequence[Lease], *, lease_s: float) -> Call[list[LeaseStatus]]:

@@ -23,6 +23,7 @@ from foreman.client._base import (
 )
 from foreman.client._bullmq import SyncPublisher
 from foreman.models import (
+    ClaimResult,
     Config,
     JsonObject,
     LeaseStatus,
@@ -376,6 +377,13 @@ class Client:
     def claim_task(self, task_id: str, *, worker_id: str, lease_s: float = 30.0) -> Task:
         """Lease one task by id (bullmq backend); ConflictError if done or held by another."""
         return self._send(_calls.claim_task(task_id, worker_id=worker_id, lease_s=lease_s))
+
+    def claim_task_ids(
+        self, task_ids: Sequence[str], *, worker_id: str, lease_s: float = 30.0
+    ) -> list[ClaimResult]:
+        """Lease many tasks by id in one request (bullmq backend); per id, in input order."""
+        call = _calls.claim_task_ids(task_ids, worker_id=worker_id, lease_s=lease_s)
+        return self._send(call)
 
     def heartbeat(self, leases: Sequence[Lease], *, lease_s: float = 30.0) -> list[LeaseStatus]:
         """Renew leases in one request; each answer says ok (still held) and cancelled."""

@@ -19,6 +19,8 @@ from litestar.params import FromPath, JSONBody, QueryParameter
 from foreman import errors, ids
 from foreman.models import (
     TERMINAL_STATUSES,
+    ClaimResult,
+    ClaimResultList,
     Heartbeat,
     HeartbeatOne,
     LeaseRefs,
@@ -29,6 +31,7 @@ from foreman.models import (
     TaskAckList,
     TaskBatchCreate,
     TaskClaim,
+    TaskClaimIds,
     TaskClaimOne,
     TaskComplete,
     TaskFail,
@@ -152,6 +155,30 @@ async def claim_task(
     if status == "running":
         raise errors.ConflictError(f"Task {task_id} is running under another lease", status=status)
     raise errors.ConflictError(f"Task {task_id} is {status}; it cannot be claimed", status=status)
+
+
+def _claim_result(claimed: queue_store.Claimed) -> ClaimResult:
+    if claimed.task is not None:
+        return ClaimResult(claimed.task_id, True, None, "running", claimed.task)
+    reason = "not_found" if claimed.status is None else "conflict"
+    return ClaimResult(claimed.task_id, False, reason, claimed.status, None)
+
+
+@post("/claim-ids", status_code=200, responses=error_responses(400))
+async def claim_task_ids(
+    request: Request[Any, Any, Any], data: JSONBody[TaskClaimIds]
+) -> ClaimResultList:
+    """Lease many tasks by id in one statement, each as ``POST /tasks/{id}/claim`` would."""
+    async with org_conn(request) as (org_id, conn):
+        claimed = await queue_store.claim_task_ids(
+            conn,
+            org_id=org_id,
+            task_ids=[str(task_id) for task_id in data.task_ids],
+            worker_id=data.worker_id,
+            lease_ms=data.lease_ms,
+            now=ids.now_ms(),
+        )
+    return ClaimResultList(data=[_claim_result(c) for c in claimed])
 
 
 # ---------------------------------------------------------------- heartbeat
@@ -345,10 +372,11 @@ async def wait_task(
 
 router = Router(
     path="/api/v1/tasks",
-    guards=[auth.require_org],
+    middleware=[auth.authenticated],
     route_handlers=[
         create_tasks,
         claim_tasks,
+        claim_task_ids,
         claim_task,
         heartbeat,
         heartbeat_one,
