@@ -401,7 +401,18 @@ async def claim_task_ids(
 ) -> list[Claimed]:
     """Lease tasks by id in one statement (input order), each under claim_task's rules."""
     records = await conn.fetch(_CLAIM_TASK_IDS, org_id, list(task_ids), now, lease_ms, worker_id)
-    return [Claimed(r[0], task_from(r, 2) if r[2] is not None else None, r[1]) for r in records]
+    claimed: list[Claimed] = []
+    seen: set[str] = set()
+    for r in records:
+        task = task_from(r, 2) if r[2] is not None else None
+        if task is not None and r[0] in seen:
+            # A repeated id: its first occurrence holds the lease, this one is refused like a
+            # second claim of a running task.
+            claimed.append(Claimed(r[0], None, "running"))
+            continue
+        seen.add(r[0])
+        claimed.append(Claimed(r[0], task, r[1]))
+    return claimed
 
 
 async def heartbeat(

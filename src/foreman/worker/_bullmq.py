@@ -169,10 +169,14 @@ class ClaimBatcher:
                 return
             try:
                 tasks = await self._claim([task_id for task_id, _ in batch])
-            except BaseException as exc:
+            except Exception as exc:  # each job fails with it, as its own claim would have
                 for _, future in batch:
                     if not future.done():
                         future.set_exception(exc)
+                return
+            except BaseException:
+                for _, future in batch:
+                    future.cancel()
                 raise
             for (_, future), task in zip(batch, tasks, strict=True):
                 if not future.done():
