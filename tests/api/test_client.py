@@ -200,6 +200,40 @@ def test_enqueue_tasks_in_one_request(client: Client):
     assert client.get_run(run.id).total_tasks == 6
 
 
+def test_claim_task_ids_sync(client: Client):
+    run = client.create_run({})
+    a, b = client.enqueue_tasks([TaskSpec(run.id, "n", i) for i in range(2)])
+    missing = str(uuid.uuid4())
+    first = client.claim_task_ids([a.id, missing], worker_id="w", lease_s=5)
+    assert [(r.task_id, r.ok, r.reason) for r in first] == [
+        (a.id, True, None),
+        (missing, False, "not_found"),
+    ]
+    task = first[0].task
+    assert task is not None
+    assert task.lease_token
+    assert task.status == "running"
+    again = client.claim_task_ids([a.id, b.id], worker_id="w2")
+    assert [(r.ok, r.reason, r.status) for r in again] == [
+        (False, "conflict", "running"),
+        (True, None, "running"),
+    ]
+    assert client.complete_task(a.id, lease_token=task.lease_token).status == "completed"
+
+
+async def test_claim_task_ids_async(aclient: AsyncClient):
+    run = await aclient.create_run({})
+    task = await aclient.enqueue_task(run.id, type="t", input_data=1)
+    (result,) = await aclient.claim_task_ids([task.id], worker_id="w")
+    assert result.ok
+    assert result.task is not None
+    assert result.task.worker_id == "w"
+    (refused,) = await aclient.claim_task_ids([task.id], worker_id="w")
+    assert (refused.ok, refused.reason, refused.task) == (False, "conflict", None)
+    with pytest.raises(errors.ValidationError):
+        await aclient.claim_task_ids(["not-a-uuid"], worker_id="w")
+
+
 def test_wait_for_task_returns_once_terminal(client: Client, live: LiveApp):
     run = client.create_run({})
     task = client.create_task(run.id, type="t", input_data=1)

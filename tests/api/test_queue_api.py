@@ -205,6 +205,72 @@ async def test_claim_by_id(client):
     assert_error(await post(client, f"/{task_id}/claim", {"workerId": "w"}), 409, "completed")
 
 
+async def test_claim_ids_claims_each_id_like_claim_by_id(client):
+    run = await create_run(client)
+    created = await client.post(
+        f"{API}/tasks", json={"runId": run["id"], "type": "x", "inputData": 1}, headers=HEADERS_A
+    )
+    pending_id = created.json()["id"]
+    queued, held, done = await enqueue(client, run["id"], 3)
+    taken = await post(client, f"/{held['id']}/claim", {"workerId": "other", "leaseMs": 60_000})
+    finished = await post(client, f"/{done['id']}/claim", {"workerId": "other"})
+    token = finished.json()["leaseToken"]
+    await post(client, f"/{done['id']}/complete", {"leaseToken": token})
+    other_org = await create_run(client, headers=HEADERS_B)
+    foreign = await client.post(
+        f"{API}/tasks",
+        json={"runId": other_org["id"], "type": "x", "inputData": 1, "enqueue": True},
+        headers=HEADERS_B,
+    )
+    missing = missing_id()
+    ids_ = [queued["id"], held["id"], pending_id, done["id"], missing, foreign.json()["id"]]
+    ids_.append(queued["id"])  # a repeat: only its first occurrence gets the lease
+    response = await post(client, "/claim-ids", {"workerId": "w", "taskIds": ids_, "leaseMs": 9000})
+    assert response.status_code == 200, response.text
+    results = response.json()["data"]
+    assert [r["taskId"] for r in results] == ids_
+    assert [(r["ok"], r["reason"], r["status"]) for r in results] == [
+        (True, None, "running"),
+        (False, "conflict", "running"),
+        (True, None, "running"),
+        (False, "conflict", "completed"),
+        (False, "not_found", None),
+        (False, "not_found", None),
+        (False, "conflict", "running"),
+    ]
+    first, pending = results[0]["task"], results[2]["task"]
+    assert first["id"] == queued["id"]
+    assert first["attempt"] == 1
+    assert first["workerId"] == "w"
+    assert first["leaseToken"]
+    assert pending["leaseToken"] != first["leaseToken"]
+    assert pending["status"] == "running"
+    assert pending["queuedAt"]
+    assert [r["task"] for r in results[1:2] + results[3:]] == [None] * 5
+    # The lease works like one from POST /tasks/{id}/claim, and the held task kept its owner.
+    completed = await post(client, f"/{queued['id']}/complete", {"leaseToken": first["leaseToken"]})
+    assert completed.status_code == 200, completed.text
+    still = await client.get(f"{API}/tasks/{held['id']}", headers=HEADERS_A)
+    assert still.json()["workerId"] == "other"
+    assert taken.json()["leaseToken"]
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"workerId": "w", "taskIds": []}, "taskIds"),
+        ({"workerId": "w", "taskIds": ["not-a-uuid"]}, "taskIds"),
+        ({"taskIds": ["00000000-0000-7000-8000-000000000000"]}, "workerId"),
+        (
+            {"workerId": "w", "taskIds": ["00000000-0000-7000-8000-000000000000"], "leaseMs": 5},
+            "leaseMs",
+        ),
+    ],
+)
+async def test_claim_ids_validation(client, body, field):
+    assert_names_field(assert_error(await post(client, "/claim-ids", body), 400), field)
+
+
 # ---------------------------------------------------------------- heartbeat
 
 

@@ -11,6 +11,8 @@ from collections.abc import AsyncIterator
 import pytest
 
 from foreman import AsyncClient, TaskContext, TaskSpec, Worker
+from foreman.worker._leases import Held, LeaseKeeper
+from foreman.worker.context import AttemptState
 from tests.conftest import KEY_A
 from tests.e2e import handlers
 from tests.e2e.helpers import all_tasks, eventually, run_finished
@@ -246,3 +248,26 @@ async def test_only_known_types_leaves_other_types_queued(pg_server, db_url):
         untouched = await client.get_task(theirs.id)
         assert (untouched.status, untouched.attempt) == ("queued", 0)
         assert stats.claimed == 1
+
+
+async def test_a_heartbeat_racing_a_recorded_result_is_not_a_lost_lease(
+    client: AsyncClient, caplog
+):
+    # Between the batch that records a result and the worker forgetting the lease, a heartbeat
+    # finds the task no longer running: that is not a lost lease (it logged false warnings).
+    run = await client.create_run({})
+    done, lost = await client.enqueue_tasks([TaskSpec(run.id, "t", i) for i in range(2)])
+    claimed = {t.id: t for t in await client.claim_tasks(worker_id="w", limit=2)}
+    for task in claimed.values():
+        assert task.lease_token is not None
+        await client.complete_task(task.id, lease_token=task.lease_token)
+    keeper = LeaseKeeper(client, lease_s=5, interval_s=60)
+    reported = Held(claimed[done.id], AttemptState(), executing=False)
+    running = Held(claimed[lost.id], AttemptState(), executing=True)
+    keeper.add(reported)
+    keeper.add(running)
+    await keeper.beat()
+    assert not reported.state.lease_lost
+    assert running.state.lease_lost  # a handler still running did lose its lease
+    lost_logs = [r.getMessage() for r in caplog.records if "lost" in r.getMessage()]
+    assert lost_logs == [f"lease of task {lost.id} lost: its result will be dropped"]

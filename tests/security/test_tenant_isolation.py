@@ -100,6 +100,12 @@ def _hostile_cases(a: dict[str, str], b_run: str, b_task: str) -> list[tuple[str
         ("POST", "/api/v1/tasks/claim", f"{API}/tasks/claim", {"workerId": "b", "limit": 1000}),
         (
             "POST",
+            "/api/v1/tasks/claim-ids",
+            f"{API}/tasks/claim-ids",
+            {"workerId": "b", "taskIds": [a["child"], a["task"]]},
+        ),
+        (
+            "POST",
             "/api/v1/tasks/{task_id}/claim",
             f"{API}/tasks/{a['child']}/claim",
             {"workerId": "b"},

@@ -379,8 +379,8 @@ def test_sync_and_async_clients_are_twins():
         "create_run", "get_run", "update_run", "list_runs", "create_task", "get_task",
         "update_task", "list_tasks", "enqueue_task", "enqueue_tasks", "wait_for_task",
         "create_run_data", "query_run_data", "update_run_data_tags", "delete_run_data",
-        "get_config", "claim_tasks", "claim_task", "heartbeat", "complete_task", "fail_task",
-        "release_task", "complete_tasks",
+        "get_config", "claim_tasks", "claim_task", "claim_task_ids", "heartbeat", "complete_task",
+        "fail_task", "release_task", "complete_tasks",
     }  # fmt: skip
     assert expected <= set(sync_methods)
 

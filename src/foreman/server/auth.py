@@ -20,6 +20,7 @@ from typing import Any, Final
 
 from litestar import Litestar
 from litestar.connection import ASGIConnection
+from litestar.enums import ScopeType
 from litestar.handlers import BaseRouteHandler
 from litestar.types import ASGIApp, Receive, Scope, Send
 
@@ -229,7 +230,7 @@ def authenticated(app: ASGIApp) -> ASGIApp:
     """
 
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
+        if scope["type"] == ScopeType.HTTP:
             await authenticate_connection(ASGIConnection(scope, receive, send))
         await app(scope, receive, send)
 

@@ -36,9 +36,10 @@ RUN_RETRY_DELAY_MS = 1000
 # 3-10 s outage, tests/faults). A constant short backoff picks up again within RECONNECT_S.
 RECONNECT_S = 0.5
 RECONNECT_TRIES = 20
-# Jobs the BullMQ Worker hands over within CLAIM_WINDOW_S (or CLAIM_BATCH of them) are claimed
-# with one request: one claim request per job was half of the worker's CPU (issue 4 profile).
-# While CLAIM_IN_FLIGHT requests are out, further jobs wait and join the next, larger batch.
+# Jobs the BullMQ Worker hands over together are claimed with one request (one claim request per
+# job was half of the worker's CPU, issue 4): while a claim is out, jobs gather for CLAIM_WINDOW_S
+# (or CLAIM_BATCH of them); at most CLAIM_IN_FLIGHT requests are out, later jobs wait for a slot
+# and join the next, larger batch.
 CLAIM_WINDOW_S = 0.002
 CLAIM_BATCH = 500
 CLAIM_IN_FLIGHT = 2
@@ -148,7 +149,10 @@ class ClaimBatcher:
         if len(self._pending) >= self.max_batch:
             self._flush()
         elif self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(self.window_s, self._flush)
+            # Idle: send at the next loop turn (pickup latency). Busy: jobs arriving while a
+            # claim is out gather for window_s, or until a request slot frees.
+            delay = self.window_s if self._sending else 0.0
+            self._timer = asyncio.get_running_loop().call_later(delay, self._flush)
         return await future
 
     def _flush(self) -> None:

@@ -68,6 +68,11 @@ class LeaseKeeper:
                 if state.cancelled and not held.state.cancelled:
                     held.state.cancelled = True
                     logger.info("task %s was cancelled", state.task_id)
+                # A handler that returned has its result on the way (or recorded already: the
+                # task is no longer running); the result's own answer says whether it counted.
+                # Flagging it here only logged false "lease lost" warnings (issue 4).
+                if not held.executing:
+                    continue
                 if not state.ok and not state.cancelled and not held.state.lease_lost:
                     held.state.lease_lost = True
                     logger.warning(
