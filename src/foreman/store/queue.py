@@ -92,13 +92,9 @@ SELECT {COLUMNS}, t.lease_token
  ORDER BY t.priority, t.run_after, t.id
 """
 
-# By id (a BullMQ job named it): any not-yet-terminal task that nobody holds. A running task whose
-# lease expired is taken over like the sweeper would: the lost attempt counts as a retry, and
-# only while attempts remain (the sweeper fails it otherwise).
-_CLAIM_TASK = f"""
-WITH t AS (
-    UPDATE task
-       SET status = 'running',
+# What claiming by id does to a row ($3 now, $4 lease ms, $5 worker id), and which rows it may
+# take; shared by the single and the batch claim so the two cannot drift apart.
+_CLAIM_BY_ID_SET = f"""       SET status = 'running',
            attempt = attempt + 1,
            retry_count = retry_count + (status = 'running')::int,
            error_data = CASE WHEN status = 'running'
@@ -109,10 +105,19 @@ WITH t AS (
            lease_token = gen_random_uuid(),
            lease_expires_at = $3 + $4::bigint,
            worker_id = $5,
-           updated_at = $3
+           updated_at = $3"""
+_CLAIMABLE_BY_ID = """       AND (status IN ('pending', 'queued', 'retrying')
+            OR (status = 'running' AND lease_expires_at < $3 AND attempt <= max_retries))"""
+
+# By id (a BullMQ job named it): any not-yet-terminal task that nobody holds. A running task whose
+# lease expired is taken over like the sweeper would: the lost attempt counts as a retry, and
+# only while attempts remain (the sweeper fails it otherwise).
+_CLAIM_TASK = f"""
+WITH t AS (
+    UPDATE task
+{_CLAIM_BY_ID_SET}
      WHERE org_id = $1 AND id = $2
-       AND (status IN ('pending', 'queued', 'retrying')
-            OR (status = 'running' AND lease_expires_at < $3 AND attempt <= max_retries))
+{_CLAIMABLE_BY_ID}
     RETURNING *
 )
 SELECT {COLUMNS}, t.lease_token FROM t
@@ -125,21 +130,9 @@ WITH i AS (
     SELECT * FROM unnest($2::uuid[]) WITH ORDINALITY AS i(task_id, ord)
 ), t AS (
     UPDATE task
-       SET status = 'running',
-           attempt = attempt + 1,
-           retry_count = retry_count + (status = 'running')::int,
-           error_data = CASE WHEN status = 'running'
-                             THEN {_LEASE_EXPIRED.format(retry="true")}
-                             ELSE error_data END,
-           queued_at = coalesce(queued_at, $3),
-           started_at = coalesce(started_at, $3),
-           lease_token = gen_random_uuid(),
-           lease_expires_at = $3 + $4::bigint,
-           worker_id = $5,
-           updated_at = $3
+{_CLAIM_BY_ID_SET}
      WHERE org_id = $1 AND id = ANY($2::uuid[])
-       AND (status IN ('pending', 'queued', 'retrying')
-            OR (status = 'running' AND lease_expires_at < $3 AND attempt <= max_retries))
+{_CLAIMABLE_BY_ID}
     RETURNING *
 ), s AS (
     SELECT id, status FROM task WHERE org_id = $1 AND id = ANY($2::uuid[])
