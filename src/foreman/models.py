@@ -24,7 +24,8 @@ Tag = Annotated[str, Meta(min_length=1, max_length=255)]
 # Any JSON value but null (SPEC section 4). The check is _require_value; this only tells the
 # OpenAPI document (Litestar reads "extra" of extra_json_schema), so that the schema stays truthful.
 JsonValue = Annotated[Any, Meta(extra_json_schema={"extra": {"not": {"type": "null"}}})]
-Tags = Annotated[list[Tag], Meta(max_length=100)]
+MAX_TAGS = 100
+Tags = Annotated[list[Tag], Meta(max_length=MAX_TAGS)]
 MaxRetries = Annotated[int, Meta(ge=0, le=10)]
 # BullMQ's range: 0 is the default, then 1 (highest) .. 2,097,152 (lowest).
 Priority = Annotated[int, Meta(ge=0, le=2_097_152)]

@@ -598,3 +598,41 @@ async def test_deleting_a_run_s_task_data_leaves_other_runs_alone(client, run_ta
     await add(client, other["id"], other_task["id"], "shared")
     assert (await delete(client, run_id, "?key=shared")).json() == {"deleted": 1}
     assert await keys_of(client, other["id"]) == ["shared"]
+
+
+async def test_tag_update_past_the_tag_limit_is_refused_and_changes_nothing(client):
+    from tests.conftest import HEADERS_A
+
+    run = (await client.post("/api/v1/runs", json={"inputData": 1}, headers=HEADERS_A)).json()
+    task = (
+        await client.post(
+            "/api/v1/tasks",
+            json={"runId": run["id"], "type": "t", "inputData": 1},
+            headers=HEADERS_A,
+        )
+    ).json()
+    base = f"/api/v1/runs/{run['id']}/data"
+    first = [f"a{i}" for i in range(60)]
+    item = (
+        await client.post(
+            base,
+            json={"taskId": task["id"], "key": "k", "value": 1, "tags": first},
+            headers=HEADERS_A,
+        )
+    ).json()
+    too_many = await client.patch(
+        f"{base}/{item['id']}/tags", json={"add": [f"b{i}" for i in range(41)]}, headers=HEADERS_A
+    )
+    assert too_many.status_code == 400, too_many.text
+    assert "100 tags" in too_many.json()["error"]
+    # Removing as many as are added stays within the limit.
+    swapped = await client.patch(
+        f"{base}/{item['id']}/tags",
+        json={"remove": first[:41], "add": [f"b{i}" for i in range(41)]},
+        headers=HEADERS_A,
+    )
+    assert swapped.status_code == 200, swapped.text
+    assert len(swapped.json()["tags"]) == 60
+    assert swapped.json()["tags"][:19] == first[41:]
+    read = await client.get(f"{base}?includeAll=true", headers=HEADERS_A)
+    assert read.json()["data"][0]["tags"] == swapped.json()["tags"]

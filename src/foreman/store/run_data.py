@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from foreman.models import RunData
+from foreman import errors
+from foreman.models import MAX_TAGS, RunData
 from foreman.store.db import Db
 from foreman.store.queries import SORT_ORDERS, Page, Where, escape_like, glob_to_like
 
@@ -31,24 +32,31 @@ SELECT EXISTS (SELECT 1 FROM r), EXISTS (SELECT 1 FROM t), {COLUMNS}
   FROM (SELECT 1) AS one LEFT JOIN d ON true
 """
 
-# Remove first, then append each added tag not already there, keeping first occurrences in order.
+# Remove first, then append each added tag not already there (the row's tags as updated by
+# this statement: recomputed on the latest row version if a concurrent update got there first).
+_NEW_TAGS = """unnest(array_cat(
+                    ARRAY(SELECT x FROM unnest(tags) AS x WHERE x <> ALL($4::text[])),
+                    $5::text[])) WITH ORDINALITY AS u(tag, n)"""
+
+# First occurrences kept, in order; refused (no row) when the entry would pass MAX_TAGS.
 _UPDATE_TAGS = f"""
 WITH d AS (
     UPDATE run_data
        SET tags = (
                SELECT coalesce(array_agg(tag ORDER BY first), '{{}}')
-                 FROM (SELECT tag, min(n) AS first
-                         FROM unnest(array_cat(
-                                  ARRAY(SELECT x FROM unnest(tags) AS x WHERE x <> ALL($4::text[])),
-                                  $5::text[])) WITH ORDINALITY AS u(tag, n)
-                        GROUP BY tag) AS kept
+                 FROM (SELECT tag, min(n) AS first FROM {_NEW_TAGS} GROUP BY tag) AS kept
            ),
            updated_at = $6
      WHERE org_id = $1 AND run_id = $2 AND id = $3
+       AND (SELECT count(DISTINCT tag) FROM {_NEW_TAGS}) <= $7
     RETURNING *
 )
 SELECT {COLUMNS} FROM d
 """
+
+_RUN_DATA_EXISTS = (
+    "SELECT EXISTS (SELECT 1 FROM run_data WHERE org_id = $1 AND run_id = $2 AND id = $3)"
+)
 
 _SORT_COLUMNS = {"created_at": "created_at", "updated_at": "updated_at", "key": "key"}
 
@@ -106,9 +114,18 @@ async def insert_run_data(
 async def update_tags(
     conn: Db, *, org_id: str, run_id: str, data_id: str, add: list[str], remove: list[str], now: int
 ) -> RunData | None:
-    """Remove, then add tags; None if the entry is not in this run."""
-    record = await conn.fetchrow(_UPDATE_TAGS, org_id, run_id, data_id, remove, add, now)
-    return None if record is None else RunData(*record)
+    """Remove, then add tags; None if the entry is not in this run (400 past MAX_TAGS)."""
+    record = await conn.fetchrow(_UPDATE_TAGS, org_id, run_id, data_id, remove, add, now, MAX_TAGS)
+    if record is not None:
+        return RunData(*record)
+    if await conn.fetchval(_RUN_DATA_EXISTS, org_id, run_id, data_id):
+        raise errors.ValidationError(
+            f"Validation failed: an entry may carry at most {MAX_TAGS} tags",
+            details=[
+                {"loc": ["body", "add"], "msg": f"the entry would have more than {MAX_TAGS} tags"}
+            ],
+        )
+    return None
 
 
 @dataclass(frozen=True, slots=True)
