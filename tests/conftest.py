@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import AsyncIterator, Generator, Iterator
 
 import asyncpg
@@ -12,8 +11,7 @@ from litestar.testing import AsyncTestClient
 
 from foreman.server.app import create_app
 from foreman.settings import Settings
-from foreman.store.migrate import apply_migrations_async
-from tests.services import RedisServer, admin_postgres_url, with_database
+from tests.services import RedisServer, admin_postgres_url, scratch_database
 
 KEY_A = "fmn_test_orga_k1"
 KEY_B = "fmn_test_orgb_k2"
@@ -33,16 +31,8 @@ async def admin_url() -> str:
 @pytest.fixture(scope="session")
 async def database_url(admin_url: str) -> AsyncIterator[str]:
     """A new database for this session with every migration applied; dropped at the end."""
-    name = f"foreman_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    admin = await asyncpg.connect(admin_url)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    url = with_database(admin_url, name)
-    await apply_migrations_async(url)
-    try:
+    async with scratch_database(admin_url, "foreman_test", migrate=True) as url:
         yield url
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 async def truncate_all(url: str) -> None:

@@ -12,11 +12,9 @@ import asyncio
 import contextlib
 import shutil
 import tempfile
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import asyncpg
 import pytest
 
 from foreman.store.migrate import apply_migrations_async
@@ -30,7 +28,7 @@ from tests.e2e.conftest import (  # noqa: F401 - fixtures reused by the fault te
 )
 from tests.faults.report import FaultReport
 from tests.integration.test_operations import OwnPostgres
-from tests.services import with_database
+from tests.services import scratch_database
 
 REPORT_KEY = pytest.StashKey[FaultReport]()
 
@@ -67,16 +65,8 @@ def database_url(faults_postgres: OwnPostgres) -> str:
 async def own_database(faults_postgres: OwnPostgres) -> AsyncIterator[str]:
     """A migrated database of the test's own on the package's cluster: the package-scoped
     servers (whose sweepers work on database_url) never touch it."""
-    name = f"foreman_fault_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(faults_postgres.url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        url = with_database(faults_postgres.url, name)
-        await apply_migrations_async(url)
+    async with scratch_database(str(faults_postgres.url), "foreman_fault", migrate=True) as url:
         yield url
-        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
 
 
 @pytest.fixture(scope="session")

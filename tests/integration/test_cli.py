@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import uuid
 from collections.abc import AsyncIterator
 from urllib.parse import parse_qs, urlsplit
 
@@ -14,21 +13,15 @@ import psutil
 import pytest
 
 from tests.integration.live_server import ServerProcess, run_foreman, server_env
-from tests.services import free_port, with_database
+from tests.services import free_port, scratch_database
 
 KEY = {"x-api-key": "test-api-key"}
 
 
 @pytest.fixture
 async def empty_db(admin_url: str) -> AsyncIterator[str]:
-    name = f"foreman_cli_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(admin_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        yield with_database(admin_url, name)
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+    async with scratch_database(admin_url, "foreman_cli", migrate=False) as url:
+        yield url
 
 
 def _db_parts(url: str) -> dict[str, str]:

@@ -12,7 +12,7 @@ import pytest
 
 from foreman.store.migrate import apply_migrations, apply_migrations_async
 from tests.integration.live_server import run_foreman, server_env
-from tests.services import with_database
+from tests.services import scratch_database
 
 TABLES = ("run", "run_counter", "task", "run_data")
 
@@ -27,14 +27,8 @@ def _migration_ids() -> list[str]:
 @pytest.fixture
 async def empty_db(admin_url: str) -> AsyncIterator[str]:
     """A brand-new database with nothing in it, dropped afterwards."""
-    name = f"foreman_migrate_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(admin_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        yield with_database(admin_url, name)
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+    async with scratch_database(admin_url, "foreman_migrate", migrate=False) as url:
+        yield url
 
 
 async def _public_tables(url: str) -> set[str]:

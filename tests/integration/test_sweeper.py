@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import uuid
 from collections.abc import AsyncIterator
 
 import asyncpg
@@ -21,25 +19,16 @@ from foreman.store import db
 from foreman.store import queue as queue_store
 from foreman.store import runs as runs_store
 from foreman.store import tasks as tasks_store
-from foreman.store.migrate import apply_migrations_async
 from tests.conftest import HEADERS_A, ORG_A, ORG_B, make_settings, truncate_all
 from tests.queue_helpers import bullmq_queue, obliterate, running_app, unique_queue_name
-from tests.services import free_port, with_database
+from tests.services import free_port, scratch_database
 
 
 @pytest.fixture(scope="module")
 async def sweeper_database(admin_url: str) -> AsyncIterator[str]:
     """A database of this module alone: no other test's app may sweep it behind our back."""
-    name = f"foreman_sweeper_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    admin = await asyncpg.connect(admin_url)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    url = with_database(admin_url, name)
-    await apply_migrations_async(url)
-    try:
+    async with scratch_database(admin_url, "foreman_sweeper", migrate=True) as url:
         yield url
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 @pytest.fixture
