@@ -29,7 +29,7 @@ import pytest
 
 from foreman import AsyncClient
 from tests.conftest import KEY_A
-from tests.e2e.conftest import OwnRedis
+from tests.e2e.conftest import OwnRedis, own_redis  # noqa: F401 - fixture reused
 from tests.integration.live_server import ServerProcess, server_env
 
 NODE_DIR = Path(__file__).resolve().parent / "node"
@@ -108,18 +108,7 @@ def node_tools() -> NodeTools:
 
 
 @pytest.fixture(scope="package")
-def own_redis() -> Iterator[OwnRedis]:
-    """A private redis-server on a free port (never the shared one)."""
-    server = OwnRedis().start()
-    try:
-        yield server
-    finally:
-        server.stop()
-        shutil.rmtree(server.dir, ignore_errors=True)
-
-
-@pytest.fixture(scope="package")
-def bull_server(database_url: str, own_redis: OwnRedis) -> Iterator[ServerProcess]:
+def bull_server(database_url: str, own_redis: OwnRedis) -> Iterator[ServerProcess]:  # noqa: F811 - the fixture
     """`foreman server` with the bullmq backend, on a free port, over the test database."""
     cwd = Path(tempfile.mkdtemp(prefix="foreman-interop-"))
     env = server_env(
