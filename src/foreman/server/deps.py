@@ -83,8 +83,7 @@ async def org_conn(request: Request[Any, Any, Any]) -> AsyncIterator[tuple[str, 
     """Authenticate, then lend a connection bound to the caller's organisation."""
     org_id = auth.request_org(request)
     async with db.org_connection(state(request).pool, org_id) as conn:
-        with db.translate_errors():
-            yield org_id, conn
+        yield org_id, conn
 
 
 def require_uuid(value: str, what: str) -> str:

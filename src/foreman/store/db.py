@@ -118,9 +118,10 @@ async def org_connection(
             # The pool's connection_class is Connection; the proxy forwards to it.
             bound = cast(Connection, conn)
             try:
+                # The caller's queries too, so that an outage raised there ends up below.
                 with translate_errors():
                     await bound.bind_org(org_id)
-                yield bound
+                    yield bound
             except (TimeoutError, errors.UnavailableError):
                 # A query outlived the command timeout (a server that no longer answers): giving
                 # the connection back would first wait out its cancellation, timeout_s more.
