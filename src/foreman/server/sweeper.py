@@ -23,7 +23,7 @@ from foreman import errors, ids
 from foreman.models import Task
 from foreman.queue.base import Message, QueueBackend, ready_messages
 from foreman.settings import Settings
-from foreman.store import db
+from foreman.store import db, statistics
 from foreman.store import queue as queue_store
 
 logger = logging.getLogger(__name__)
@@ -134,6 +134,9 @@ class Sweeper:
             if not await conn.fetchval(_TRY_LOCK, SWEEP_LOCK_KEY):
                 return SweepResult(locked=False)
             expired = await queue_store.expire_leases(conn, now=now, limit=self._batch)
+            analyzed = await statistics.analyze_new_tables(conn)
+            if analyzed:
+                logger.info("analysed new table(s) %s for the planner", ", ".join(analyzed))
             if check_queue:
                 ready, self._cursor = await queue_store.ready_tasks(
                     conn, ready_before=now - self._grace_ms, cursor=self._cursor, limit=self._batch

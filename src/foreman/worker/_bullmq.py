@@ -1,48 +1,73 @@
-"""The bullmq backend: consume jobs with the ``bullmq`` package, claim each task by its id.
+"""The bullmq backend: take BullMQ jobs in batches, claim each task by its id.
 
 Jobs carry only ``{"taskId"}`` (SPEC section 7), from the server, from ``Client`` with
 ``queue_backend="bullmq"`` or from the Node foreman-client (whose extra fields are ignored). The
 database decides: a claim refused with 409 means another attempt owns the task or it is done, so
 the job is acknowledged and dropped. Retries are the server's: a failed attempt goes back to the
-database as ``retrying`` and the server publishes its next job, so the BullMQ job is always
-acknowledged once the result is reported.
+database as ``retrying`` and the server publishes its next job, so a job is always acknowledged
+(completed) once its result is reported.
+
+The consumer speaks BullMQ's own protocol with the ``bullmq`` package's Lua scripts: a job is
+taken with ``moveToActive`` (which locks it under a token), its lock is renewed with
+``extendLocks``, it is acknowledged with ``moveToFinished``, and ``moveStalledJobsToWait`` gives
+back the jobs of a worker that died; an idle consumer blocks on the queue's marker. So Node and
+Python workers share one queue. Unlike bullmq's ``Worker``, which makes a round trip per job and
+per state change (measured: ≈470 jobs/s here, issue 4), it pipelines them: up to FETCH_MAX
+``moveToActive`` calls per round trip while jobs wait, and the acknowledgements of jobs that
+finished together in one round trip.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
+import itertools
 import logging
+import time
 import uuid
+from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from foreman import errors
 from foreman.client import AsyncClient, RedisOptions
-from foreman.client._base import is_missing_route
+from foreman.client._base import is_missing_route, retry_delay_s
 from foreman.models import Task
+from foreman.queue.bullmq import KEY_PREFIX, task_id_of
+from foreman.worker._batching import MicroBatcher
 
 if TYPE_CHECKING:
+    import redis.asyncio as redis_asyncio
+
     from foreman.worker.worker import Worker
 
 logger = logging.getLogger(__name__)
 
-BURST_POLL_S = 0.2
-# bullmq waits runRetryDelay after a Redis connection error; its default (15 s) is too slow to
-# pick up again after a Redis restart.
-RUN_RETRY_DELAY_MS = 1000
-# bullmq's own Redis clients retry a lost connection with exponential backoff (1 s doubling, up
-# to 20 s): after a Redis restart the worker sat idle for seconds (measured: 4.8-5.8 s after a
-# 3-10 s outage, tests/faults). A constant short backoff picks up again within RECONNECT_S.
-RECONNECT_S = 0.5
-RECONNECT_TRIES = 20
-# Jobs the BullMQ Worker hands over together are claimed with one request (one claim request per
-# job was half of the worker's CPU, issue 4): while a claim is out, jobs gather for CLAIM_WINDOW_S
-# (or CLAIM_BATCH of them); at most CLAIM_IN_FLIGHT requests are out, later jobs wait for a slot
-# and join the next, larger batch.
+# Jobs moved to active per round trip: after an idle spell 1, doubling while every call of the
+# round trip found a job (a short queue wastes few empty calls), at most FETCH_MAX.
+FETCH_MAX = 128
+# Finished jobs are acknowledged together: while an acknowledgement is out, others gather for
+# ACK_WINDOW_S (or ACK_BATCH of them).
+ACK_WINDOW_S = 0.002
+ACK_BATCH = 500
+# Claims of jobs taken together go in one claim_task_ids request (one per job was half of the
+# worker's CPU, issue 4).
 CLAIM_WINDOW_S = 0.002
 CLAIM_BATCH = 500
-CLAIM_IN_FLIGHT = 2
+# bullmq's defaults, so that a mixed fleet of workers agrees on when a job has stalled.
+MIN_LOCK_MS = 30_000
+STALLED_INTERVAL_MS = 30_000
+MAX_STALLED_COUNT = 1
+# The longest wait on the marker while idle (bullmq's drainDelay); a delayed job's marker ends
+# it earlier. A burst run ends when BURST_WAIT_S passes with no job and nothing running.
+DRAIN_DELAY_S = 5.0
+MAX_BLOCK_S = 10.0
+MIN_BLOCK_S = 0.001
+BURST_WAIT_S = 0.2
+# After a Redis restart, redis-py's default backoff (exponential up to seconds) kept a worker
+# idle for 4.8-5.8 s (tests/faults); a constant short backoff picks up again within RECONNECT_S.
+RECONNECT_S = 0.5
+RECONNECT_TRIES = 20
 
 
 async def queue_settings(client: AsyncClient) -> tuple[RedisOptions, str]:
@@ -55,138 +80,298 @@ async def queue_settings(client: AsyncClient) -> tuple[RedisOptions, str]:
     return redis, queue_name
 
 
-def _bullmq() -> Any:
+async def consume(worker: Worker, *, burst: bool) -> None:
+    """Process jobs until the worker stops (burst: until the queue has no ready job)."""
+    redis, queue_name = await queue_settings(worker.client)
+    consumer = JobConsumer(worker, redis, queue_name)
+    logger.info("consuming BullMQ queue %r on %s:%s", queue_name, redis.host, redis.port)
+    await consumer.run(burst=burst)
+
+
+def _redis(options: RedisOptions) -> redis_asyncio.Redis:
     try:
-        import bullmq
+        import redis.asyncio as redis_asyncio
+        from redis.asyncio.retry import Retry
+        from redis.backoff import ConstantBackoff
     except ImportError as exc:
         raise errors.ForemanError(
             "The bullmq backend needs the bullmq package: pip install 'foreman[redis]'"
         ) from exc
-    return bullmq
+    return redis_asyncio.Redis(
+        **options.connection(),
+        decode_responses=True,  # what bullmq's scripts and Job expect
+        retry=Retry(ConstantBackoff(RECONNECT_S), RECONNECT_TRIES),
+        health_check_interval=30,
+    )
 
 
-async def consume(worker: Worker, *, burst: bool) -> None:
-    """Process jobs until the worker stops (burst: until the queue has no ready job)."""
-    redis, queue_name = await queue_settings(worker.client)
-    bullmq = _bullmq()
-    lease_ms = round(worker.lease_s * 1000)
-    options = {
-        "connection": redis.connection(),
-        "concurrency": worker.concurrency,
-        "autorun": False,
-        "name": worker.worker_id,
-        "runRetryDelay": RUN_RETRY_DELAY_MS,
-        "lockDuration": max(lease_ms, 30_000),
-    }
-    jobs = _JobCount()
-    claims = ClaimBatcher(worker)
-    consumer = bullmq.Worker(queue_name, functools.partial(process, worker, jobs, claims), options)
-    _reconnect_quickly(consumer)
-    runner = asyncio.create_task(consumer.run())
-    logger.info("consuming BullMQ queue %r on %s:%s", queue_name, redis.host, redis.port)
-    try:
-        if burst:
-            queue = bullmq.Queue(queue_name, {"connection": redis.connection()})
-            await _until_drained(worker, jobs, queue)
-        else:
-            await worker.wait_stopped()
-    finally:
-        # Stop fetching, give running handlers their grace period, then close for good.
-        closing = asyncio.create_task(consumer.close())
-        await worker.drain()
-        await closing
-        runner.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await runner
+@dataclass(slots=True)
+class _Job:
+    """A job this consumer moved to active: held until acknowledged."""
+
+    job: Any  # bullmq.Job
+    token: str
 
 
-def _reconnect_quickly(consumer: Any) -> None:
-    """Give the consumer's Redis clients (commands and blocking wait) a short constant backoff."""
-    from redis.asyncio.retry import Retry
-    from redis.backoff import ConstantBackoff
+class JobConsumer:
+    """Takes jobs while handler slots are free, claims their tasks, acknowledges them when done."""
 
-    for client in (getattr(consumer, "client", None), getattr(consumer, "bclient", None)):
-        if client is not None and hasattr(client, "set_retry"):
-            client.set_retry(Retry(ConstantBackoff(RECONNECT_S), RECONNECT_TRIES))
+    def __init__(self, worker: Worker, redis: RedisOptions, queue_name: str) -> None:
+        from bullmq.redis_connection import RedisConnection
+        from bullmq.scripts import Scripts
+
+        self.worker = worker
+        self.queue_name = queue_name
+        self.lock_ms = max(round(worker.lease_s * 1000), MIN_LOCK_MS)
+        self._redis = _redis(redis)
+        self._blocking = _redis(redis)  # BZPOPMIN must not hold up the other commands
+        self._scripts = Scripts(KEY_PREFIX, queue_name, RedisConnection(self._redis))
+        self._commands = self._scripts.commands
+        self._marker: str = self._scripts.keys["marker"]
+        # What bullmq.Job and the scripts' argument builders read of their queue.
+        self._queue = SimpleNamespace(
+            opts={"lockDuration": self.lock_ms},
+            backend=None,  # never used: this consumer runs the scripts itself
+            qualifiedName=f"{KEY_PREFIX}:{queue_name}",
+        )
+        self._active: dict[str, _Job] = {}
+        self._slot_freed = asyncio.Event()
+        self._tokens = (f"{uuid.uuid4()}:{n}" for n in itertools.count(1))
+        self._claims = ClaimBatcher(worker)
+        self._acks: MicroBatcher[_Job, None] = MicroBatcher(
+            self._acknowledge, window_s=ACK_WINDOW_S, max_batch=ACK_BATCH
+        )
+        self._jobs: set[asyncio.Task[None]] = set()
+        self._fetch_size = 1
+        self._pause_until = 0.0
+
+    @property
+    def active(self) -> int:
+        """Jobs taken and not yet acknowledged."""
+        return len(self._active)
+
+    async def run(self, *, burst: bool) -> None:
+        """Take jobs until the worker stops (burst: until none is ready and none runs)."""
+        background = [
+            asyncio.create_task(self._renew_locks()),
+            asyncio.create_task(self._check_stalled()),
+        ]
+        fetching = asyncio.create_task(self._fetch(burst=burst))
+        stopped = asyncio.create_task(self.worker.wait_stopped())
+        try:
+            await asyncio.wait({fetching, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+            fetching.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await fetching
+            # Running handlers get their grace period; then every job is acknowledged.
+            await self.worker.drain()
+            if self._jobs:
+                await asyncio.gather(*self._jobs, return_exceptions=True)
+            await self._acks.drain()
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+            await self._redis.aclose()
+            await self._blocking.aclose()
+
+    # ------------------------------------------------------------ taking jobs
+
+    async def _fetch(self, *, burst: bool) -> None:
+        block_until = 0  # epoch ms of the next delayed job, once drained
+        drained = False
+        while not self.worker.stopping:
+            free = self.worker.concurrency - len(self._active)
+            if free <= 0 or time.monotonic() < self._pause_until:
+                await self._until_slot_freed()
+                continue
+            if drained:
+                if burst and not self._active:
+                    if not await self._wait_for_marker(BURST_WAIT_S):
+                        return
+                elif burst:
+                    await self._until_slot_freed(BURST_WAIT_S)
+                else:
+                    block_until = await self._wait_for_marker(_block_s(block_until))
+                    if block_until > time.time() * 1000:
+                        continue  # a delayed job, not due yet: wait for it
+            try:
+                drained, block_until = await self._take(min(self._fetch_size, free))
+            except Exception as exc:  # Redis down or restarting: retry shortly
+                logger.warning("taking jobs from BullMQ failed: %s", exc)
+                await asyncio.sleep(RECONNECT_S)
+                drained = False
+
+    async def _take(self, count: int) -> tuple[bool, int]:
+        """Move up to count jobs to active and start them; (drained, next delayed job's ms)."""
+        keys = self._scripts.getKeys(
+            ["wait", "active", "prioritized", "events", "stalled", "limiter", "delayed",
+             "paused", "meta", "pc", "marker"]
+        )  # fmt: skip
+        tokens = [next(self._tokens) for _ in range(count)]
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for token in tokens:
+                await self._commands["moveToActive"](
+                    keys=keys, args=self._move_to_active_args(token), client=pipe
+                )
+            replies = await pipe.execute()
+        from bullmq import Job
+        from bullmq.scripts import raw2NextJobData
+
+        taken, delay_until = 0, 0
+        for token, reply in zip(tokens, replies, strict=True):
+            job_data, job_id, _limit_until, delay = raw2NextJobData(reply) or (None,) * 4
+            if delay:
+                delay_until = int(delay)
+            if job_data and job_id:
+                taken += 1
+                self._start(_Job(Job.fromJSON(self._queue, job_data, job_id), token))
+        drained = taken < count
+        self._fetch_size = 1 if drained else min(self._fetch_size * 2, FETCH_MAX)
+        return drained, delay_until
+
+    def _move_to_active_args(self, token: str) -> list[Any]:
+        import msgpack
+
+        opts = {"token": token, "lockDuration": self.lock_ms, "limiter": None}
+        return [
+            self._scripts.keys[""],
+            round(time.time() * 1000),
+            msgpack.packb(opts, use_bin_type=True),
+        ]
+
+    async def _wait_for_marker(self, timeout_s: float) -> int:
+        """Block until a job may be ready: 0 (now) or the due time of a delayed job, in ms."""
+        try:
+            reply = await self._blocking.bzpopmin(self._marker, timeout_s)
+        except Exception as exc:
+            logger.warning("waiting for BullMQ jobs failed: %s", exc)
+            await asyncio.sleep(RECONNECT_S)
+            return 0
+        if not reply:
+            return 0
+        _key, member, score = reply
+        return int(score) if member else 0
+
+    async def _until_slot_freed(self, timeout_s: float | None = None) -> None:
+        self._slot_freed.clear()
+        wait = max(0.0, self._pause_until - time.monotonic()) or timeout_s
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._slot_freed.wait(), wait)
+
+    # ------------------------------------------------------------ running jobs
+
+    def _start(self, job: _Job) -> None:
+        self._active[job.job.id] = job
+        running = asyncio.create_task(self._run(job))
+        self._jobs.add(running)
+        running.add_done_callback(self._jobs.discard)
+
+    async def _run(self, job: _Job) -> None:
+        """Claim the job's task, run it, report the result; then acknowledge the job."""
+        try:
+            task_id = task_id_of(job.job.data)
+            if task_id is None:
+                logger.warning("job %s has no valid taskId: dropped", job.job.id)
+            elif not self.worker.stopping:  # else never claimed: the sweeper publishes it again
+                task = await self._claims.claim(task_id)
+                if task is not None:
+                    await self.worker.wait_reported(self.worker.start(task))
+        except errors.ForemanError as exc:
+            # The task stays queued in the database: the server's sweeper publishes it again.
+            self._claim_failed(exc)
+        finally:
+            await self._acks.submit(job)
+
+    def _claim_failed(self, exc: errors.ForemanError) -> None:
+        now = time.monotonic()
+        if now >= self._pause_until:
+            logger.warning("claiming tasks failed, pausing: %s", exc)
+        self._pause_until = now + retry_delay_s(3)
+
+    async def _acknowledge(self, jobs: list[_Job]) -> list[None]:
+        """Move the jobs to completed (removed, as their options say) in one round trip."""
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for job in jobs:
+                    keys, args = self._scripts.moveToCompletedArgs(
+                        job.job, None, job.job.opts.get("removeOnComplete", False), job.token,
+                        fetchNext=False,
+                    )  # fmt: skip
+                    await self._commands["moveToFinished"](keys=keys, args=args, client=pipe)
+                replies = await pipe.execute(raise_on_error=False)
+        except Exception as exc:
+            # Their locks expire and the stalled check gives them back; the claim then drops them.
+            logger.warning("acknowledging %d BullMQ job(s) failed: %s", len(jobs), exc)
+            replies = [None] * len(jobs)
+        for job, reply in zip(jobs, replies, strict=True):
+            if isinstance(reply, Exception) or (isinstance(reply, int) and reply < 0):
+                logger.info("job %s was not acknowledged (lock lost?): %s", job.job.id, reply)
+            self._active.pop(job.job.id, None)
+        self._slot_freed.set()
+        return [None] * len(jobs)
+
+    # ------------------------------------------------------------ locks and stalled jobs
+
+    async def _renew_locks(self) -> None:
+        """Extend the locks of the active jobs every half lock duration, in one call."""
+        while True:
+            await asyncio.sleep(self.lock_ms / 2000)
+            jobs = list(self._active.values())
+            if not jobs:
+                continue
+            try:
+                lost = await self._scripts.extendJobLocks(
+                    [job.job.id for job in jobs], [job.token for job in jobs], self.lock_ms
+                )
+            except Exception as exc:
+                logger.warning("renewing BullMQ locks failed: %s", exc)
+                continue
+            if lost:
+                logger.warning("lost the BullMQ lock of %d job(s)", len(lost))
+
+    async def _check_stalled(self) -> None:
+        """Give back the jobs whose worker stopped renewing their locks (as bullmq's Worker)."""
+        while True:
+            try:
+                stalled = await self._scripts.moveStalledJobsToWait(
+                    MAX_STALLED_COUNT, STALLED_INTERVAL_MS
+                )
+            except Exception as exc:
+                logger.warning("checking for stalled BullMQ jobs failed: %s", exc)
+            else:
+                if stalled:
+                    logger.info("moved %d stalled BullMQ job(s) back to wait", len(stalled))
+            await asyncio.sleep(STALLED_INTERVAL_MS / 1000)
 
 
-class _JobCount:
-    """Jobs being processed (fetched from Redis, result not yet reported)."""
-
-    def __init__(self) -> None:
-        self.active = 0
+def _block_s(block_until_ms: int) -> float:
+    """How long to wait on the marker: until a delayed job is due, else DRAIN_DELAY_S."""
+    if not block_until_ms:
+        return DRAIN_DELAY_S
+    delay_s = (block_until_ms - time.time() * 1000) / 1000
+    return min(max(delay_s, MIN_BLOCK_S), MAX_BLOCK_S)
 
 
 class ClaimBatcher:
-    """Claims the tasks of jobs handed over together with one ``claim_task_ids`` request.
+    """Claims the tasks of jobs taken together with one ``claim_task_ids`` request.
 
     ``claim`` answers per job: the leased task, or None when the job must be dropped (the task
     is done, held by another attempt, or unknown). A server without the batch endpoint gets one
     ``claim_task`` per job.
     """
 
-    def __init__(
-        self,
-        worker: Worker,
-        *,
-        window_s: float = CLAIM_WINDOW_S,
-        max_batch: int = CLAIM_BATCH,
-        max_in_flight: int = CLAIM_IN_FLIGHT,
-    ) -> None:
+    def __init__(self, worker: Worker) -> None:
         self.worker = worker
-        self.window_s = window_s
-        self.max_batch = max_batch
-        self._pending: list[tuple[str, asyncio.Future[Task | None]]] = []
-        self._timer: asyncio.TimerHandle | None = None
-        self._slots = asyncio.Semaphore(max_in_flight)
-        self._sending: set[asyncio.Task[None]] = set()
+        self._batcher: MicroBatcher[str, Task | None] = MicroBatcher(
+            self._claim, window_s=CLAIM_WINDOW_S, max_batch=CLAIM_BATCH
+        )
         self._batch_endpoint = True
 
     async def claim(self, task_id: str) -> Task | None:
         """The task leased for this job, or None (drop the job)."""
-        future: asyncio.Future[Task | None] = asyncio.get_running_loop().create_future()
-        self._pending.append((task_id, future))
-        if len(self._pending) >= self.max_batch:
-            self._flush()
-        elif self._timer is None:
-            # Idle: send at the next loop turn (pickup latency). Busy: jobs arriving while a
-            # claim is out gather for window_s, or until a request slot frees.
-            delay = self.window_s if self._sending else 0.0
-            self._timer = asyncio.get_running_loop().call_later(delay, self._flush)
-        return await future
-
-    def _flush(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if self._pending:
-            sending = asyncio.create_task(self._send())
-            self._sending.add(sending)
-            sending.add_done_callback(self._sending.discard)
-
-    async def _send(self) -> None:
-        async with self._slots:
-            # Taken only once a slot is free: jobs that arrived meanwhile join this request.
-            batch = self._pending[: self.max_batch]
-            del self._pending[: self.max_batch]
-            if not batch:
-                return
-            try:
-                tasks = await self._claim([task_id for task_id, _ in batch])
-            except Exception as exc:  # each job fails with it, as its own claim would have
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-                return
-            except BaseException:
-                for _, future in batch:
-                    future.cancel()
-                raise
-            for (_, future), task in zip(batch, tasks, strict=True):
-                if not future.done():
-                    future.set_result(task)
-        if self._pending and self._timer is None:
-            self._flush()  # more jobs waited for this slot
+        return await self._batcher.submit(task_id)
 
     async def _claim(self, task_ids: list[str]) -> list[Task | None]:
         worker = self.worker
@@ -220,51 +405,3 @@ class ClaimBatcher:
         except errors.NotFoundError:
             logger.warning("a job names unknown task %s: dropped", task_id)
         return None
-
-
-async def process(
-    worker: Worker, jobs: _JobCount, claims: ClaimBatcher, job: Any, token: str
-) -> None:
-    """Claim the job's task, run it and report the result; the job is then acknowledged."""
-    jobs.active += 1
-    try:
-        await _process(worker, claims, job)
-    finally:
-        jobs.active -= 1
-
-
-async def _process(worker: Worker, claims: ClaimBatcher, job: Any) -> None:
-    data = job.data if isinstance(job.data, dict) else {}
-    task_id = data.get("taskId")
-    if not isinstance(task_id, str) or not _is_uuid(task_id):
-        logger.warning("job %s of queue has no valid taskId: dropped", job.id)
-        return
-    if worker.stopping:
-        return  # never claimed: the server's sweeper publishes the task again
-    task = await claims.claim(task_id)
-    if task is None:
-        return  # done, held by another attempt or unknown: the job is acknowledged
-    held = worker.start(task)
-    await worker.wait_reported(held)
-
-
-def _is_uuid(value: str) -> bool:
-    # One malformed id must not make the server refuse the whole batch (400).
-    try:
-        uuid.UUID(value)
-    except ValueError:
-        return False
-    return True
-
-
-async def _until_drained(worker: Worker, jobs: _JobCount, queue: Any) -> None:
-    """Until no ready job is left and no handler runs (seen twice, BURST_POLL_S apart)."""
-    idle_checks = 0
-    try:
-        while idle_checks < 2 and not worker.stopping:
-            await asyncio.sleep(BURST_POLL_S)
-            counts = await queue.getJobCounts("wait", "prioritized", "paused")
-            busy = sum(counts.values()) > 0 or jobs.active > 0
-            idle_checks = 0 if busy else idle_checks + 1
-    finally:
-        await queue.close()
