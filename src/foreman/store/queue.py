@@ -62,6 +62,13 @@ jsonb_build_object(
     'type', 'LeaseExpired')
 """
 
+# Claims and heartbeats commit without waiting for the WAL flush (synchronous_commit off for
+# their own transaction only, set inside the statement: no extra round trip). One lost in a
+# PostgreSQL crash only puts its task back as it was, which at-least-once delivery covers (the
+# worker's result is then refused by its lease), and any later durable commit flushes it anyway.
+# It takes the fsync wait (≈0.3 ms here) off the pickup path.
+_ASYNC_COMMIT = "(SELECT set_config('synchronous_commit', 'off', true)) AS async_commit"
+
 # Ready tasks in claim order (BullMQ order: priority 0 first, then 1 = highest), locked without
 # waiting for rows another claimer holds. The CTE is MATERIALIZED so LIMIT applies exactly once.
 _CLAIM_TASKS = f"""
@@ -88,7 +95,7 @@ WITH c AS MATERIALIZED (
     RETURNING *
 )
 SELECT {COLUMNS}, t.lease_token
-  FROM t
+  FROM t, {_ASYNC_COMMIT}
  ORDER BY t.priority, t.run_after, t.id
 """
 
@@ -120,7 +127,7 @@ WITH t AS (
 {_CLAIMABLE_BY_ID}
     RETURNING *
 )
-SELECT {COLUMNS}, t.lease_token FROM t
+SELECT {COLUMNS}, t.lease_token FROM t, {_ASYNC_COMMIT}
 """
 
 # Many ids at once (jobs a bullmq worker received together): _CLAIM_TASK's rules per id, one
@@ -140,7 +147,8 @@ WITH i AS (
 SELECT i.task_id::text, s.status, {COLUMNS}, t.lease_token
   FROM i
   LEFT JOIN t ON t.id = i.task_id
-  LEFT JOIN s ON s.id = i.task_id
+  LEFT JOIN s ON s.id = i.task_id,
+       {_ASYNC_COMMIT}
  ORDER BY i.ord
 """
 

@@ -33,7 +33,7 @@ from foreman import errors
 from foreman.client import AsyncClient, RedisOptions
 from foreman.client._base import is_missing_route, retry_delay_s
 from foreman.models import Task
-from foreman.queue.bullmq import KEY_PREFIX, task_id_of
+from foreman.queue.bullmq import KEY_PREFIX, run_scripts, task_id_of
 from foreman.worker._batching import MicroBatcher
 
 if TYPE_CHECKING:
@@ -210,23 +210,26 @@ class JobConsumer:
              "paused", "meta", "pc", "marker"]
         )  # fmt: skip
         tokens = [next(self._tokens) for _ in range(count)]
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for token in tokens:
-                await self._commands["moveToActive"](
-                    keys=keys, args=self._move_to_active_args(token), client=pipe
-                )
-            replies = await pipe.execute()
+        move = self._commands["moveToActive"]
+        replies = await run_scripts(
+            self._redis, [(move, keys, self._move_to_active_args(token)) for token in tokens]
+        )
         from bullmq import Job
         from bullmq.scripts import raw2NextJobData
 
-        taken, delay_until = 0, 0
+        taken, delay_until, failure = 0, 0, None
         for token, reply in zip(tokens, replies, strict=True):
+            if isinstance(reply, Exception):
+                failure = reply
+                continue
             job_data, job_id, _limit_until, delay = raw2NextJobData(reply) or (None,) * 4
             if delay:
                 delay_until = int(delay)
             if job_data and job_id:
                 taken += 1
                 self._start(_Job(Job.fromJSON(self._queue, job_data, job_id), token))
+        if failure is not None:
+            raise failure
         drained = taken < count
         self._fetch_size = 1 if drained else min(self._fetch_size * 2, FETCH_MAX)
         return drained, delay_until
@@ -292,15 +295,16 @@ class JobConsumer:
 
     async def _acknowledge(self, jobs: list[_Job]) -> list[None]:
         """Move the jobs to completed (removed, as their options say) in one round trip."""
+        finish = self._commands["moveToFinished"]
+        calls = [
+            (finish, *self._scripts.moveToCompletedArgs(
+                job.job, None, job.job.opts.get("removeOnComplete", False), job.token,
+                fetchNext=False,
+            ))
+            for job in jobs
+        ]  # fmt: skip
         try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for job in jobs:
-                    keys, args = self._scripts.moveToCompletedArgs(
-                        job.job, None, job.job.opts.get("removeOnComplete", False), job.token,
-                        fetchNext=False,
-                    )  # fmt: skip
-                    await self._commands["moveToFinished"](keys=keys, args=args, client=pipe)
-                replies = await pipe.execute(raise_on_error=False)
+            replies = await run_scripts(self._redis, calls)
         except Exception as exc:
             # Their locks expire and the stalled check gives them back; the claim then drops them.
             logger.warning("acknowledging %d BullMQ job(s) failed: %s", len(jobs), exc)
