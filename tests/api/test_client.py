@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 
+import aiohttp
 import httpx
 import pytest
 import uvicorn
 from bullmq import Queue
 
 from foreman import AsyncClient, Client, errors
-from foreman.client import RedisOptions, TaskSpec
-from foreman.models import Run, Task
+from foreman.client import RedisOptions, TaskSpec, _async
+from foreman.models import Config, Run, Task
 from foreman.server.app import create_app
 from tests.conftest import KEY_A, KEY_B, make_settings
 from tests.services import free_port
@@ -351,3 +353,138 @@ async def test_async_errors(aclient: AsyncClient):
         await aclient.get_task(str(uuid.uuid4()))
     with pytest.raises(errors.NotFoundError, match="Run not found"):
         await aclient.enqueue_task(str(uuid.uuid4()), type="t", input_data=1)
+
+
+def answer(status: int, body: object, *, headers: str = "") -> bytes:
+    content = json.dumps(body).encode()
+    head = f"HTTP/1.1 {status} X\r\ncontent-type: application/json\r\n{headers}"
+    return f"{head}content-length: {len(content)}\r\nconnection: close\r\n\r\n".encode() + content
+
+
+HANG_UP = b"hang up"
+NOT_FOUND = answer(404, {"error": "Task not found: t1", "code": "not_found"})
+
+
+class ScriptedServer:
+    """A bare HTTP server under a path prefix: records each request, answers from a script."""
+
+    def __init__(self, *replies: bytes, delay_s: float = 0.0) -> None:
+        self.replies = list(replies)  # the last one repeats; HANG_UP closes without an answer
+        self.delay_s = delay_s  # before each answer
+        self.requests: list[bytes] = []
+
+    async def __aenter__(self) -> ScriptedServer:
+        self.server = await asyncio.start_server(self.handle, "127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/foreman/"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.server.close()
+        await self.server.wait_closed()
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(
+            (int(line.split(b":")[1]) for line in head.lower().split(b"\r\n")
+             if line.startswith(b"content-length:")),
+            0,
+        )  # fmt: skip
+        self.requests.append(head + await reader.readexactly(length))
+        reply = self.replies.pop(0) if len(self.replies) > 1 else self.replies[0]
+        await asyncio.sleep(self.delay_s)
+        if reply != HANG_UP:
+            writer.write(reply)  # to a client that may have given up: nobody reads it
+        writer.close()
+
+
+async def test_async_requests_carry_prefix_headers_query_and_retry_after_429() -> None:
+    limited = answer(
+        429, {"error": "Slow down", "code": "rate_limited"}, headers="Retry-After: 0\r\n"
+    )
+    async with ScriptedServer(limited, NOT_FOUND) as server, AsyncClient(server.url, KEY_A) as c:
+        with pytest.raises(errors.NotFoundError, match="Task not found: t1"):
+            await c.create_run({"a": 1})  # a POST refused by the rate limit goes again
+        with pytest.raises(errors.NotFoundError, match="Task not found: t1"):
+            await c.list_tasks(run_id="r1", limit=5)
+    post, again, get = (request.decode() for request in server.requests)
+    assert post == again
+    assert post.startswith("POST /foreman/api/v1/runs HTTP/1.1\r\n")
+    assert post.endswith('\r\n\r\n{"inputData":{"a":1}}')
+    assert get.startswith("GET /foreman/api/v1/tasks?runId=r1&limit=5 HTTP/1.1\r\n")
+    for request, content_type in ((post, True), (get, False)):
+        headers = request.lower()
+        assert f"authorization: bearer {KEY_A.lower()}\r\n" in headers
+        assert "user-agent: foreman-python\r\n" in headers
+        assert "accept: application/json\r\n" in headers
+        assert ("content-type: application/json\r\n" in headers) is content_type
+
+
+async def test_async_only_repeatable_calls_are_retried_after_a_dropped_connection() -> None:
+    async with ScriptedServer(HANG_UP) as server, AsyncClient(server.url, KEY_A, retries=2) as c:
+        with pytest.raises(errors.TransportError, match="POST /api/v1/runs failed: ") as caught:
+            await c.create_run({})  # may have been carried out: not sent twice
+        assert len(server.requests) == 1
+        cause = caught.value.__cause__
+        assert isinstance(cause, aiohttp.ServerDisconnectedError)
+        assert not _async._not_sent(cause)
+        with pytest.raises(errors.TransportError, match="GET /api/v1/runs/r1 failed: "):
+            await c.get_run("r1")
+        assert len(server.requests) >= 1 + 3  # the first try and 2 retries (aiohttp may add one)
+
+
+async def test_async_read_timeout_is_per_call_and_retried_only_if_repeatable() -> None:
+    slow = ScriptedServer(NOT_FOUND, delay_s=0.5)
+    async with slow as server, AsyncClient(server.url, KEY_A, timeout=0.2, retries=1) as c:
+        with pytest.raises(errors.TransportError, match=r"POST /api/v1/runs failed: .*Timeout"):
+            await c.create_run({})  # no answer within 0.2 s, and a POST is not sent twice
+        assert len(server.requests) == 1
+        with pytest.raises(errors.NotFoundError):
+            await c.claim_tasks(worker_id="w")  # a long poll's own read timeout outlasts 0.5 s
+        assert len(server.requests) == 2
+        with pytest.raises(errors.TransportError, match=r"GET /api/v1/runs/r1 failed: .*Timeout"):
+            await c.get_run("r1")
+        assert len(server.requests) == 4  # sent again once
+
+
+@pytest.mark.parametrize(
+    ("exc", "not_sent"),
+    [
+        (aiohttp.ConnectionTimeoutError("Connection timeout to host x"), True),  # or pool wait
+        (aiohttp.ServerTimeoutError("Connection timeout to host x"), True),  # aiohttp < 3.10
+        (aiohttp.SocketTimeoutError("Timeout on reading data from socket"), False),
+        (aiohttp.ServerTimeoutError("Timeout on reading data from socket"), False),
+        (TimeoutError(), False),
+        (aiohttp.ClientOSError(104, "Connection reset by peer"), False),
+        (aiohttp.ClientPayloadError("Response payload is not completed"), False),
+    ],
+)
+def test_which_aiohttp_errors_surely_came_before_sending(exc: Exception, not_sent: bool) -> None:
+    assert _async._not_sent(exc) is not_sent
+
+
+async def test_async_connection_refused_is_a_transport_error() -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    async with AsyncClient(url, KEY_A, retries=2, timeout=2) as client:
+        started = time.monotonic()
+        with pytest.raises(errors.TransportError, match="ClientConnectorError") as caught:
+            await client.create_run({})  # never sent: retried even though it is a POST
+        cause = caught.value.__cause__
+        assert isinstance(cause, aiohttp.ClientConnectorError)
+        assert _async._not_sent(cause)
+        assert time.monotonic() - started < 5
+
+
+def test_async_client_built_outside_a_loop_is_usable_again_after_aclose(
+    live: LiveApp, db_url: str
+) -> None:
+    client = AsyncClient(live.url, KEY_A)
+
+    async def twice() -> tuple[Config, Config]:
+        first = await client.get_config()
+        await client.aclose()
+        second = await client.get_config()  # a new connection pool
+        await client.aclose()
+        return first, second
+
+    first, second = asyncio.run(twice())
+    assert first.version == second.version

@@ -256,9 +256,12 @@ def test_retry_rules():
     refused = httpx.ConnectError("refused", request=request)
     dropped = httpx.RemoteProtocolError("disconnected", request=request)
     # Never sent: any call may go again. Maybe processed: only a repeatable call.
-    assert _base.may_retry_error(refused, post)
-    assert not _base.may_retry_error(dropped, post)
-    assert _base.may_retry_error(dropped, get)
+    assert _base.httpx_not_sent(refused)
+    assert not _base.httpx_not_sent(dropped)
+    assert _base.error_retry_delay(post, not_sent=True, attempt=0, retries=3) is not None
+    assert _base.error_retry_delay(post, not_sent=False, attempt=0, retries=3) is None
+    assert _base.error_retry_delay(get, not_sent=False, attempt=0, retries=3) is not None
+    assert _base.error_retry_delay(get, not_sent=True, attempt=3, retries=3) is None
     unavailable = httpx.Response(503)
     assert _base.response_retry_delay(unavailable, get, attempt=0, retries=3) is not None
     assert _base.response_retry_delay(unavailable, post, attempt=0, retries=3) is None
@@ -269,8 +272,6 @@ def test_retry_rules():
     assert _base.response_retry_delay(limited, post, attempt=0, retries=3) == 1.5
     assert _base.retry_after_s(httpx.Response(429, headers={"retry-after": "soon"})) == 0.0
     assert _base.retry_after_s(httpx.Response(429, headers={"retry-after": "999"})) == 30.0
-    assert _base.error_retry_delay(dropped, post, attempt=0, retries=3) is None
-    assert _base.error_retry_delay(refused, post, attempt=2, retries=3) is not None
     delays = [_base.retry_delay_s(n) for n in range(10)]
     assert all(0.05 <= d <= 2.0 for d in delays)
     assert delays[-1] >= 1.0

@@ -12,7 +12,7 @@ import os
 import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, Protocol, TypeVar
 from urllib.parse import quote, unquote, urlsplit
 
 import httpx
@@ -140,17 +140,12 @@ def normalize_endpoint(endpoint: str) -> str:
     return root
 
 
-def http_options(options: ClientOptions) -> dict[str, Any]:
-    """Keyword arguments shared by ``httpx.Client`` and ``httpx.AsyncClient``."""
+def default_headers(options: ClientOptions) -> dict[str, str]:
+    """The headers of every request (the key as a Bearer token when there is one)."""
     headers = {"user-agent": USER_AGENT, "accept": "application/json"}
     if options.api_key:
         headers["authorization"] = f"Bearer {options.api_key}"
-    return {
-        "base_url": options.endpoint,
-        "headers": headers,
-        "timeout": httpx.Timeout(options.timeout_s, connect=min(options.timeout_s, 5.0)),
-        "limits": httpx.Limits(max_connections=100, max_keepalive_connections=20),
-    }
+    return headers
 
 
 # ---------------------------------------------------------------- wire structs of the queue
@@ -223,14 +218,20 @@ class Call(Generic[T]):
 # ---------------------------------------------------------------- answers and retries
 
 
-def timeout_of(call: Call[Any]) -> httpx.Timeout | Any:
-    """The call's own timeout (long polls), else the client's."""
-    if call.timeout_s is None:
-        return httpx.USE_CLIENT_DEFAULT
-    return httpx.Timeout(call.timeout_s, connect=min(call.timeout_s, 5.0))
+class Response(Protocol):
+    """What parsing and retry rules read of an answer (``httpx.Response`` has it)."""
+
+    @property
+    def status_code(self) -> int: ...
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...  # case-insensitive lookups
+
+    @property
+    def content(self) -> bytes: ...
 
 
-def parse(response: httpx.Response, call: Call[T]) -> T:
+def parse(response: Response, call: Call[T]) -> T:
     """The decoded answer, or the ``foreman.errors`` class the server's status stands for."""
     if response.status_code >= 400:
         raise error_of(response)
@@ -242,38 +243,35 @@ def parse(response: httpx.Response, call: Call[T]) -> T:
         ) from None
 
 
-def error_of(response: httpx.Response) -> errors.ForemanError:
+def error_of(response: Response) -> errors.ForemanError:
     """The exception for an error response (SPEC section 2 body, or plain text from a proxy)."""
     try:
         body: Any = msgspec.json.decode(response.content)
     except msgspec.DecodeError:
-        text = response.text.strip()[:200]
+        text = response.content.decode(errors="replace").strip()[:200]
         body = {"error": f"HTTP {response.status_code}: {text}" if text else None}
     return errors.from_status(response.status_code, body)
 
 
-# Failures that happen before the request reaches the server: always safe to send again.
-_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 # Answers of a proxy or a server whose database is down: the request was not carried out.
 _RETRY_STATUSES = frozenset({502, 503, 504})
 
 
-def may_retry_error(exc: httpx.TransportError, call: Call[Any]) -> bool:
-    """Whether a connection error allows sending call again."""
-    return isinstance(exc, _NOT_SENT) or call.idempotent
-
-
 def error_retry_delay(
-    exc: httpx.TransportError, call: Call[Any], *, attempt: int, retries: int
+    call: Call[Any], *, not_sent: bool, attempt: int, retries: int
 ) -> float | None:
-    """Seconds to wait before sending call again after exc; None: give up."""
-    if attempt >= retries or not may_retry_error(exc, call):
+    """Seconds to wait before sending call again after a connection error; None: give up.
+
+    A request that surely never reached the server may always go again; one that may have been
+    carried out only if call is idempotent.
+    """
+    if attempt >= retries or not (not_sent or call.idempotent):
         return None
     return retry_delay_s(attempt)
 
 
 def response_retry_delay(
-    response: httpx.Response, call: Call[Any], *, attempt: int, retries: int
+    response: Response, call: Call[Any], *, attempt: int, retries: int
 ) -> float | None:
     """Seconds to wait before sending call again after response; None: this is the answer."""
     status = response.status_code
@@ -287,7 +285,7 @@ def response_retry_delay(
     return None
 
 
-def retry_after_s(response: httpx.Response) -> float:
+def retry_after_s(response: Response) -> float:
     """The Retry-After header in seconds (0 when absent or not a number), at most 30."""
     try:
         return min(max(float(response.headers.get("retry-after", "0")), 0.0), MAX_RETRY_AFTER_S)
@@ -300,7 +298,7 @@ def retry_delay_s(attempt: int) -> float:
     return min(0.1 * 2.0**attempt, 2.0) * random.uniform(0.5, 1.0)  # noqa: S311 - jitter only
 
 
-def transport_error(exc: httpx.TransportError, call: Call[Any]) -> errors.TransportError:
+def transport_error(exc: Exception, call: Call[Any]) -> errors.TransportError:
     """The Foreman error for a request that got no answer."""
     return errors.TransportError(f"{call.method} {call.path} failed: {type(exc).__name__}: {exc}")
 
@@ -342,3 +340,32 @@ def bullmq_job(task: Task, *, now_ms: int) -> dict[str, Any]:
     if task.run_after is not None and task.run_after > now_ms:
         opts["delay"] = task.run_after - now_ms
     return {"name": task.type, "data": {"taskId": task.id}, "opts": opts}
+
+
+# ---------------------------------------------------------------- httpx (the sync client)
+
+
+def http_options(options: ClientOptions) -> dict[str, Any]:
+    """Keyword arguments of the sync client's ``httpx.Client``."""
+    return {
+        "base_url": options.endpoint,
+        "headers": default_headers(options),
+        "timeout": httpx.Timeout(options.timeout_s, connect=min(options.timeout_s, 5.0)),
+        "limits": httpx.Limits(max_connections=100, max_keepalive_connections=20),
+    }
+
+
+# Failures that happen before the request reaches the server: always safe to send again.
+_HTTPX_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+
+
+def httpx_not_sent(exc: httpx.TransportError) -> bool:
+    """Whether an httpx error surely struck before the request reached the server."""
+    return isinstance(exc, _HTTPX_NOT_SENT)
+
+
+def timeout_of(call: Call[Any]) -> httpx.Timeout | Any:
+    """The call's own httpx timeout (long polls), else the client's."""
+    if call.timeout_s is None:
+        return httpx.USE_CLIENT_DEFAULT
+    return httpx.Timeout(call.timeout_s, connect=min(call.timeout_s, 5.0))

@@ -98,7 +98,10 @@ class Client:
                     timeout=_base.timeout_of(call),
                 )
             except httpx.TransportError as exc:
-                delay = _base.error_retry_delay(exc, call, attempt=attempt, retries=retries)
+                not_sent = _base.httpx_not_sent(exc)
+                delay = _base.error_retry_delay(
+                    call, not_sent=not_sent, attempt=attempt, retries=retries
+                )
                 if delay is None:
                     raise _base.transport_error(exc, call) from exc
             else:

@@ -89,6 +89,8 @@ class Worker:
         if not 1.0 <= lease_s <= 3600.0:
             raise ValueError("lease_s must be between 1 and 3600 seconds")
         self.client = _async_client(client)
+        # A client built here (from a sync Client's options, or the environment) is closed by run().
+        self._owns_client = not isinstance(client, AsyncClient)
         self.handlers = dict(handlers or {})
         self.concurrency = concurrency
         self.backend = backend or self.client.options.queue_backend
@@ -153,6 +155,8 @@ class Worker:
                 await beats
             self._remove_signals(signals)
             self._threads.shutdown()
+            if self._owns_client:
+                await self.client.aclose()  # it reopens if run() is called again
         logger.info("worker %s stopped: %s", self.worker_id, self.stats)
         return self.stats
 
