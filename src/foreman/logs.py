@@ -32,6 +32,19 @@ class JsonFormatter(logging.Formatter):
 class PlainFormatter(logging.Formatter):
     """Human-readable lines; a request id, when there is one, goes at the end."""
 
+    _second: int = -1
+    _stamp: str = ""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
+        # The date part changes once a second; a busy server logs thousands of lines in it.
+        if datefmt is not None:
+            return super().formatTime(record, datefmt)
+        second = int(record.created)
+        if second != self._second:
+            self._stamp = time.strftime(self.default_time_format, self.converter(second))
+            self._second = second
+        return f"{self._stamp},{int(record.msecs):03d}"  # as logging.Formatter writes it
+
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
         request_id = getattr(record, "request_id", None)
@@ -100,6 +113,7 @@ def configure_logging(level: str, *, json_lines: bool = False) -> None:
     logging.logProcesses = False
     logging.logThreads = False
     logging.logMultiprocessing = False
+    logging._srcfile = None  # no caller lookup (a stack walk per record); nothing prints it
     handler = BufferedStreamHandler(sys.stderr)
     handler.setFormatter(
         JsonFormatter()
