@@ -146,6 +146,17 @@ async def fresh_bench_database(server: BenchDatabase, name: str = BENCH_DATABASE
     return url
 
 
+async def settle(database_url: str) -> None:
+    """VACUUM (ANALYZE) the bench database, so that a figure does not inherit the previous one's
+    dead rows: autovacuum cleaning up after the lifecycle figures ran during the next window
+    (measured: e2e postgres 5,628 tasks/s in a full run, 8,023 measured alone)."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute("VACUUM (ANALYZE)")
+    finally:
+        await conn.close()
+
+
 def _listening_sockets(port: int) -> int:
     """How many sockets listen on port (one per process with SO_REUSEPORT); -1 if unknown."""
     count = 0

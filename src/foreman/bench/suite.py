@@ -120,8 +120,17 @@ async def _figure(report: Report, name: str, measure: Callable[[], Awaitable[Non
     report.details.setdefault(name, {})["elapsed_s"] = round(time.perf_counter() - began, 1)
 
 
+async def _settle(database_url: str | None) -> None:
+    if database_url is not None:  # only the bench's own database
+        await services.settle(database_url)
+
+
 async def _api_figures(
-    report: Report, options: BenchOptions, endpoint: str, probe: sysinfo.CpuProbe
+    report: Report,
+    options: BenchOptions,
+    endpoint: str,
+    probe: sysinfo.CpuProbe,
+    database_url: str | None,
 ) -> None:
     profile = options.profile
     async with BenchHttp(
@@ -133,6 +142,7 @@ async def _api_figures(
                 continue
 
             async def measure(name: str = name) -> None:
+                await _settle(database_url)
                 if name == "api_post_runs":
                     result = await api.measure_post_runs(http, profile, probe)
                 elif name == "api_get_task":
@@ -167,6 +177,7 @@ async def _e2e_figures(
         try:
             async with _server(options, database_url, env=env) as (endpoint, _pids):
                 for figure in figures:
+                    await _settle(database_url)
                     await _figure(report, f"{figure}_{backend}" if figure == "pickup" else figure,
                                   _e2e_measure(report, options, endpoint, backend, figure))  # fmt: skip
         finally:
@@ -372,7 +383,8 @@ async def _server_figures(
             report.meta["endpoint"] = endpoint
             # Our own server: its backends are on foreman_bench, so their CPU can be told apart.
             database = services.BENCH_DATABASE if pids else None
-            await _api_figures(report, options, endpoint, sysinfo.CpuProbe(pids, database))
+            probe = sysinfo.CpuProbe(pids, database)
+            await _api_figures(report, options, endpoint, probe, database_url)
     await _e2e_figures(report, options, database_url, settings)
 
 
