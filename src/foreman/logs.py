@@ -67,6 +67,7 @@ class BufferedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
         self._lines: list[str] = []
         self._size = 0
         self._flusher: threading.Thread | None = None
+        self._closed = threading.Event()
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -100,9 +101,14 @@ class BufferedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
             self.stream.write(text)
             self.stream.flush()
 
+    def close(self) -> None:
+        """Write what is left and stop the flusher thread."""
+        self._closed.set()
+        self.flush()
+        super().close()
+
     def _flush_periodically(self) -> None:
-        while True:
-            time.sleep(self.flush_s)
+        while not self._closed.wait(self.flush_s):
             self.flush()
 
 
@@ -121,6 +127,8 @@ def configure_logging(level: str, *, json_lines: bool = False) -> None:
         else PlainFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     )
     root = logging.getLogger()
+    for previous in root.handlers:
+        previous.close()  # configured twice (CLI, then the server process): one flusher left
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     # Their INFO lines are step-by-step noise (every initdb line, every migration step).

@@ -71,6 +71,8 @@ class MicroBatcher(Generic[Item, Answer]):
                 return
             try:
                 answers = await self._send_batch([item for item, _ in batch])
+                if len(answers) != len(batch):
+                    raise RuntimeError(f"{len(answers)} answers for a batch of {len(batch)}")
             except Exception as exc:  # each item fails with it, as its own call would have
                 for _, future in batch:
                     if not future.done():
