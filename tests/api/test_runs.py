@@ -338,7 +338,10 @@ async def test_sort_order_asc(client):
     ],
 )
 async def test_sort_by_snake_or_camel_case(client, sort_by, field):
-    runs = [await create_run(client) for _ in range(3)]
+    runs = []
+    for _ in range(3):  # distinct createdAt (ms): requests are faster than that
+        runs.append(await create_run(client))
+        await asyncio.sleep(0.002)
     # Start and finish in the reverse order of creation.
     for run in reversed(runs):
         await asyncio.sleep(0.002)
