@@ -3,6 +3,7 @@ redis-server of our own (restarted and flushed by the tests, so never the shared
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import signal
 import subprocess
@@ -65,14 +66,21 @@ class OwnRedis:
             assert client.flushall()
 
 
-@pytest.fixture(scope="package")
-def own_redis() -> Iterator[OwnRedis]:
+@contextlib.contextmanager
+def running_own_redis() -> Iterator[OwnRedis]:
+    """A private Redis for the duration of the block; its files are removed afterwards."""
     server = OwnRedis().start()
     try:
         yield server
     finally:
         server.stop()
         shutil.rmtree(server.dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="package")
+def own_redis() -> Iterator[OwnRedis]:
+    with running_own_redis() as server:
+        yield server
 
 
 @pytest.fixture(scope="package")

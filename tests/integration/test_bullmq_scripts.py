@@ -8,7 +8,6 @@ and CONFIG RESETSTAT are only ever sent to this module's private redis-server.
 from __future__ import annotations
 
 import json
-import shutil
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
@@ -18,7 +17,7 @@ import redis.asyncio as redis_asyncio
 from foreman.queue.base import Message
 from foreman.queue.bullmq import BullMQQueue, redis_client
 from tests.conftest import make_settings
-from tests.e2e.conftest import OwnRedis
+from tests.e2e.conftest import OwnRedis, running_own_redis
 from tests.queue_helpers import unique_queue_name
 
 UNUSED_DATABASE = "postgresql://postgres@127.0.0.1:5432/unused"  # Settings needs one; never used
@@ -26,12 +25,8 @@ UNUSED_DATABASE = "postgresql://postgres@127.0.0.1:5432/unused"  # Settings need
 
 @pytest.fixture(scope="module")
 def private_redis() -> Iterator[OwnRedis]:
-    server = OwnRedis().start()
-    try:
+    with running_own_redis() as server:
         yield server
-    finally:
-        server.stop()
-        shutil.rmtree(server.dir, ignore_errors=True)
 
 
 @pytest.fixture
