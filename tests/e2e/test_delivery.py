@@ -3,6 +3,7 @@ processes, for each backend, with workers killed and Redis flushed and restarted
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import time
 from collections import Counter
@@ -173,3 +174,22 @@ async def test_a_job_in_the_node_client_format_is_processed(bull_server, bull_cl
         assert await queue.getJob(job.id) is None  # acknowledged and removed
     finally:
         await queue.close()
+
+
+async def test_a_bullmq_burst_worker_takes_a_job_that_arrives_while_it_waits(
+    bull_server, bull_client, monkeypatch
+):
+    # A burst ends only when its last wait for the queue's marker passes with nothing ready;
+    # a job published during that wait is processed first. (The wait is lengthened here so that
+    # the publish surely lands inside it.)
+    from foreman.worker import _bullmq
+
+    monkeypatch.setattr(_bullmq, "BURST_WAIT_S", 3.0)
+    run = await bull_client.create_run({})
+    worker = Worker(bull_client, handlers.HANDLERS, handle_signals=False, backend="bullmq")
+    running = asyncio.create_task(worker.run(burst=True))
+    await asyncio.sleep(0.5)  # the worker found the queue empty and waits for the marker
+    task = await bull_client.enqueue_task(run.id, type="noop", input_data={"late": True})
+    stats = await asyncio.wait_for(running, 30)
+    assert stats.completed == 1
+    assert (await bull_client.get_task(task.id)).status == "completed"

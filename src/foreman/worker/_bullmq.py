@@ -188,12 +188,12 @@ class JobConsumer:
                 continue
             if drained:
                 if burst and not self._active:
-                    if not await self._wait_for_marker(BURST_WAIT_S):
-                        return
+                    if await self._wait_for_marker(BURST_WAIT_S) is None:
+                        return  # nothing ready, nothing running: the burst is over
                 elif burst:
                     await self._until_slot_freed(BURST_WAIT_S)
                 else:
-                    block_until = await self._wait_for_marker(_block_s(block_until))
+                    block_until = await self._wait_for_marker(_block_s(block_until)) or 0
                     if block_until > time.time() * 1000:
                         continue  # a delayed job, not due yet: wait for it
             try:
@@ -244,16 +244,17 @@ class JobConsumer:
             msgpack.packb(opts, use_bin_type=True),
         ]
 
-    async def _wait_for_marker(self, timeout_s: float) -> int:
-        """Block until a job may be ready: 0 (now) or the due time of a delayed job, in ms."""
+    async def _wait_for_marker(self, timeout_s: float) -> int | None:
+        """Block until a job may be ready: 0 (now) or the due time of a delayed job, in ms;
+        None when timeout_s passed without a marker."""
         try:
             reply = await self._blocking.bzpopmin(self._marker, timeout_s)
         except Exception as exc:
             logger.warning("waiting for BullMQ jobs failed: %s", exc)
             await asyncio.sleep(RECONNECT_S)
-            return 0
+            return 0  # look again
         if not reply:
-            return 0
+            return None
         _key, member, score = reply
         return int(score) if member else 0
 
