@@ -29,6 +29,14 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
+import msgpack
+import redis.asyncio as redis_asyncio
+from bullmq import Job
+from bullmq.redis_connection import RedisConnection
+from bullmq.scripts import Scripts, raw2NextJobData
+from redis.asyncio.retry import Retry
+from redis.backoff import ConstantBackoff
+
 from foreman import errors
 from foreman.client import AsyncClient, RedisOptions
 from foreman.client._base import is_missing_route, retry_delay_s
@@ -37,8 +45,6 @@ from foreman.queue.bullmq import KEY_PREFIX, run_scripts, task_id_of
 from foreman.worker._batching import MicroBatcher
 
 if TYPE_CHECKING:
-    import redis.asyncio as redis_asyncio
-
     from foreman.worker.worker import Worker
 
 logger = logging.getLogger(__name__)
@@ -89,14 +95,6 @@ async def consume(worker: Worker, *, burst: bool) -> None:
 
 
 def _redis(options: RedisOptions) -> redis_asyncio.Redis:
-    try:
-        import redis.asyncio as redis_asyncio
-        from redis.asyncio.retry import Retry
-        from redis.backoff import ConstantBackoff
-    except ImportError as exc:
-        raise errors.ForemanError(
-            "The bullmq backend needs the bullmq package: pip install 'foreman[redis]'"
-        ) from exc
     return redis_asyncio.Redis(
         **options.connection(),
         decode_responses=True,  # what bullmq's scripts and Job expect
@@ -117,9 +115,6 @@ class JobConsumer:
     """Takes jobs while handler slots are free, claims their tasks, acknowledges them when done."""
 
     def __init__(self, worker: Worker, redis: RedisOptions, queue_name: str) -> None:
-        from bullmq.redis_connection import RedisConnection
-        from bullmq.scripts import Scripts
-
         self.worker = worker
         self.queue_name = queue_name
         self.lock_ms = max(round(worker.lease_s * 1000), MIN_LOCK_MS)
@@ -128,6 +123,10 @@ class JobConsumer:
         self._scripts = Scripts(KEY_PREFIX, queue_name, RedisConnection(self._redis))
         self._commands = self._scripts.commands
         self._marker: str = self._scripts.keys["marker"]
+        self._move_keys = self._scripts.getKeys(
+            ["wait", "active", "prioritized", "events", "stalled", "limiter", "delayed",
+             "paused", "meta", "pc", "marker"]
+        )  # fmt: skip
         # What bullmq.Job and the scripts' argument builders read of their queue.
         self._queue = SimpleNamespace(
             opts={"lockDuration": self.lock_ms},
@@ -144,11 +143,6 @@ class JobConsumer:
         self._jobs: set[asyncio.Task[None]] = set()
         self._fetch_size = 1
         self._pause_until = 0.0
-
-    @property
-    def active(self) -> int:
-        """Jobs taken and not yet acknowledged."""
-        return len(self._active)
 
     async def run(self, *, burst: bool) -> None:
         """Take jobs until the worker stops (burst: until none is ready and none runs)."""
@@ -205,18 +199,12 @@ class JobConsumer:
 
     async def _take(self, count: int) -> tuple[bool, int]:
         """Move up to count jobs to active and start them; (drained, next delayed job's ms)."""
-        keys = self._scripts.getKeys(
-            ["wait", "active", "prioritized", "events", "stalled", "limiter", "delayed",
-             "paused", "meta", "pc", "marker"]
-        )  # fmt: skip
         tokens = [next(self._tokens) for _ in range(count)]
         move = self._commands["moveToActive"]
         replies = await run_scripts(
-            self._redis, [(move, keys, self._move_to_active_args(token)) for token in tokens]
+            self._redis,
+            [(move, self._move_keys, self._move_to_active_args(token)) for token in tokens],
         )
-        from bullmq import Job
-        from bullmq.scripts import raw2NextJobData
-
         taken, delay_until, failure = 0, 0, None
         for token, reply in zip(tokens, replies, strict=True):
             if isinstance(reply, Exception):
@@ -235,8 +223,6 @@ class JobConsumer:
         return drained, delay_until
 
     def _move_to_active_args(self, token: str) -> list[Any]:
-        import msgpack
-
         opts = {"token": token, "lockDuration": self.lock_ms, "limiter": None}
         return [
             self._scripts.keys[""],

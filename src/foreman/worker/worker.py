@@ -142,8 +142,12 @@ class Worker:
         )
         try:
             if backend == "bullmq":
-                from foreman.worker import _bullmq
-
+                try:
+                    from foreman.worker import _bullmq
+                except ImportError as exc:
+                    raise errors.ForemanError(
+                        "The bullmq backend needs the bullmq package: pip install 'foreman[redis]'"
+                    ) from exc
                 await _bullmq.consume(self, burst=burst)
             else:
                 await self._consume(burst=burst)
