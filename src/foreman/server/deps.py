@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-import asyncpg
 import msgspec
 from litestar import Request
 from litestar.openapi.datastructures import ResponseSpec
@@ -19,6 +18,7 @@ from foreman.server import auth, notify
 from foreman.server import errors as error_handlers
 from foreman.settings import Settings
 from foreman.store import db
+from foreman.store.pool import Pool
 
 # Largest offset a list accepts: beyond it no page can hold rows, and PostgreSQL's bigint ends.
 MAX_OFFSET = 2**53
@@ -29,7 +29,7 @@ class AppState:
     """Resources opened by the lifespan and shared by the routes."""
 
     settings: Settings
-    pool: asyncpg.Pool
+    pool: Pool[db.Connection]
     queue: Any = None
     notifier: notify.Notifier | None = None  # wakes long polls; None = polling only
 

@@ -15,7 +15,6 @@ import contextlib
 import logging
 import random
 from dataclasses import dataclass
-from typing import Any
 
 import asyncpg
 
@@ -25,6 +24,7 @@ from foreman.queue.base import Message, QueueBackend, ready_messages
 from foreman.settings import Settings
 from foreman.store import db, statistics
 from foreman.store import queue as queue_store
+from foreman.store.pool import Pool
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ class Sweeper:
 
     def __init__(
         self,
-        pool: asyncpg.Pool[Any],
+        pool: Pool[db.Connection],
         *,
         queue: QueueBackend,
         interval_s: float,

@@ -12,18 +12,21 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterator
-from typing import Any, cast
+from typing import Any
 
 import asyncpg
 import msgspec
 
 from foreman import errors
+from foreman.store.pool import Pool
 
 logger = logging.getLogger(__name__)
 
 APP_ROLE = "foreman_app"
 
 _SET_ORG = "SELECT set_config('app.current_org_id', $1, false)"
+# A pooled connection idle this long is closed (down to the pool's minimum size).
+IDLE_CLOSE_S = 60.0
 
 
 class Connection(asyncpg.Connection):
@@ -43,7 +46,7 @@ class Connection(asyncpg.Connection):
             self._foreman_org = org_id
 
 
-Db = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
+Db = asyncpg.Connection
 
 
 def _encode_jsonb(value: Any) -> bytes:
@@ -67,13 +70,6 @@ async def _init_connection(conn: asyncpg.Connection, *, app_role: bool) -> None:
         await conn.execute(f"SET ROLE {APP_ROLE}")
 
 
-async def _reset_connection(conn: asyncpg.Connection) -> None:
-    # Instead of asyncpg's RESET ALL (a round trip per request, and it would drop the role):
-    # every request ends its transaction, and only a cancelled one can leave it open.
-    if conn.is_in_transaction():
-        await conn.execute("ROLLBACK")
-
-
 async def create_pool(
     dsn: str,
     *,
@@ -82,46 +78,50 @@ async def create_pool(
     command_timeout_s: float,
     connect_timeout_s: float,
     app_role: bool = True,
-) -> asyncpg.Pool:
-    """Open a pool; with app_role, its connections run as foreman_app under row-level security."""
+) -> Pool[Connection]:
+    """Open a pool; with app_role, its connections run as foreman_app under row-level security.
 
-    async def init(conn: asyncpg.Connection) -> None:
-        await _init_connection(conn, app_role=app_role)
+    Nothing is reset when a connection comes back (asyncpg's RESET ALL would be a round trip
+    per request, and would drop the role): requests end their transactions, and the pool
+    terminates a connection whose lease ended in doubt (see store/pool.py).
+    """
 
-    with translate_errors():
-        pool = await asyncpg.create_pool(
-            dsn,
-            min_size=min_size,
-            max_size=max_size,
-            command_timeout=command_timeout_s,
-            timeout=connect_timeout_s,
-            init=init,
-            reset=_reset_connection,
-            connection_class=Connection,
-            max_inactive_connection_lifetime=60.0,
-            server_settings={"application_name": "foreman"},
-        )
-    assert pool is not None
+    async def connect() -> Connection:
+        with translate_errors():
+            conn = await asyncpg.connect(
+                dsn,
+                timeout=connect_timeout_s,
+                command_timeout=command_timeout_s,
+                connection_class=Connection,
+                server_settings={"application_name": "foreman"},
+            )
+            try:
+                await _init_connection(conn, app_role=app_role)
+            except BaseException:
+                conn.terminate()
+                raise
+            return conn
+
+    pool = Pool(connect, min_size=min_size, max_size=max_size, max_idle_s=IDLE_CLOSE_S)
+    await pool.open()
     return pool
 
 
 @contextlib.asynccontextmanager
 async def org_connection(
-    pool: asyncpg.Pool,
+    pool: Pool[Connection],
     org_id: str,
     *,
     timeout_s: float = 5.0,
 ) -> AsyncIterator[Connection]:
     """A pooled connection bound to org_id; errors come out as Foreman errors."""
     with translate_errors():
-        async with pool.acquire(timeout=timeout_s) as conn:
-            # The pool's connection_class is Connection; the proxy forwards to it.
-            bound = cast(Connection, conn)
+        async with pool.acquire(timeout_s) as conn:
             try:
                 # The caller's queries too, so that an outage raised there ends up below.
                 with translate_errors():
-                    await bound.bind_org(org_id)
-                    yield bound
+                    await conn.bind_org(org_id)
+                    yield conn
             except (TimeoutError, errors.UnavailableError):
                 # A query outlived the command timeout (a server that no longer answers): giving
                 # the connection back would first wait out its cancellation, timeout_s more.
