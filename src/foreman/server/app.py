@@ -24,6 +24,7 @@ from foreman.server.middleware import (
     cors_config,
 )
 from foreman.server.notify import Notifier
+from foreman.server.responses import JsonResponse
 from foreman.server.routes import queue as queue_routes
 from foreman.server.routes import run_data, runs, system, tasks
 from foreman.server.sweeper import Sweeper
@@ -111,6 +112,7 @@ def create_app(settings: Settings) -> Litestar:
         cors_config=cors_config(settings),
         request_max_body_size=settings.max_body_bytes,
         request_class=JsonRequest,  # strict JSON bodies (SPEC section 2)
+        response_class=JsonResponse,  # plain JSON answers take a short path
         logging_config=None,
         state=None,
         debug=False,
