@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from types import TracebackType
 from typing import Any
 
 import msgspec
@@ -78,12 +77,32 @@ def state(request: Request[Any, Any, Any]) -> AppState:
     return request.app.state.foreman  # type: ignore[no-any-return]
 
 
-@contextlib.asynccontextmanager
-async def org_conn(request: Request[Any, Any, Any]) -> AsyncIterator[tuple[str, db.Connection]]:
-    """Authenticate, then lend a connection bound to the caller's organisation."""
+class CallerConnection:
+    """``async with org_conn(request) as (org_id, conn)``: the caller's organisation and a
+    connection bound to it."""
+
+    __slots__ = ("_lease", "_org_id")
+
+    def __init__(self, org_id: str, lease: db.OrgConnection) -> None:
+        self._org_id = org_id
+        self._lease = lease
+
+    async def __aenter__(self) -> tuple[str, db.Connection]:
+        return self._org_id, await self._lease.__aenter__()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._lease.__aexit__(exc_type, exc, tb)
+
+
+def org_conn(request: Request[Any, Any, Any]) -> CallerConnection:
+    """Authenticate (401/403 here), then lend a connection bound to the caller's organisation."""
     org_id = auth.request_org(request)
-    async with db.org_connection(state(request).pool, org_id) as conn:
-        yield org_id, conn
+    return CallerConnection(org_id, db.org_connection(state(request).pool, org_id))
 
 
 def require_uuid(value: str, what: str) -> str:

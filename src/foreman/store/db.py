@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
+from types import TracebackType
 from typing import Any
 
 import asyncpg
@@ -107,28 +108,64 @@ async def create_pool(
     return pool
 
 
-@contextlib.asynccontextmanager
-async def org_connection(
-    pool: Pool[Connection],
-    org_id: str,
-    *,
-    timeout_s: float = 5.0,
-) -> AsyncIterator[Connection]:
-    """A pooled connection bound to org_id; errors come out as Foreman errors."""
-    with translate_errors():
-        async with pool.acquire(timeout_s) as conn:
-            try:
-                # The caller's queries too, so that an outage raised there ends up below.
-                with translate_errors():
-                    await conn.bind_org(org_id)
-                    yield conn
-            except (TimeoutError, errors.UnavailableError):
-                # A query outlived the command timeout (a server that no longer answers): giving
-                # the connection back would first wait out its cancellation, timeout_s more.
-                # Or the database went away mid-request (shut down, crashed): the connection may
-                # be left mid-protocol, and its next query would fail with InternalClientError.
-                conn.terminate()
+class OrgConnection:
+    """``async with org_connection(pool, org_id) as conn``: a pooled connection bound to org_id.
+
+    Errors of the pool, of the binding and of the caller's queries come out as Foreman errors.
+    A class rather than a generator-based context manager: it is on every request's path.
+    """
+
+    __slots__ = ("_conn", "_org_id", "_pool", "_timeout_s")
+
+    def __init__(self, pool: Pool[Connection], org_id: str, timeout_s: float) -> None:
+        self._pool = pool
+        self._org_id = org_id
+        self._timeout_s = timeout_s
+        self._conn: Connection | None = None
+
+    async def __aenter__(self) -> Connection:
+        try:
+            conn = await self._pool.take(self._timeout_s)
+        except Exception as exc:
+            error = translated(exc)
+            if error is exc:
                 raise
+            raise error from exc
+        self._conn = conn
+        try:
+            await conn.bind_org(self._org_id)
+        except BaseException as exc:
+            await self.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
+        return conn
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        if exc is None:
+            self._pool.give_back(conn)
+            return
+        error = translated(exc) if isinstance(exc, Exception) else exc
+        if isinstance(error, errors.UnavailableError):
+            # A query outlived the command timeout (a server that no longer answers): giving
+            # the connection back would first wait out its cancellation. Or the database went
+            # away mid-request (shut down, crashed): the connection may be left mid-protocol,
+            # and its next query would fail with InternalClientError.
+            conn.terminate()
+        self._pool.give_back(conn, in_doubt=not isinstance(exc, Exception))
+        if error is not exc:
+            raise error from exc
+
+
+def org_connection(pool: Pool[Connection], org_id: str, *, timeout_s: float = 5.0) -> OrgConnection:
+    """A pooled connection bound to org_id (see OrgConnection); waits timeout_s at most for one."""
+    return OrgConnection(pool, org_id, timeout_s)
 
 
 # SQLSTATE 22xxx: the request carried a value PostgreSQL cannot store; say which kind.
@@ -146,26 +183,41 @@ _DATA_EXCEPTION = (
 _UNAVAILABLE_CLASSES = ("08", "53", "57", "58")
 
 
-@contextlib.contextmanager
-def translate_errors() -> Iterator[None]:
-    """Turn driver errors into Foreman errors, without leaking SQL or driver text."""
-    try:
-        yield
-    except errors.ForemanError:
-        raise
-    except asyncpg.PostgresError as exc:
+def translated(exc: BaseException) -> BaseException:
+    """The Foreman error that a driver error stands for, or exc itself when there is none.
+
+    No SQL or driver text leaks into the Foreman error.
+    """
+    if isinstance(exc, errors.ForemanError):
+        return exc
+    if isinstance(exc, asyncpg.PostgresError):
         sqlstate = getattr(exc, "sqlstate", "") or ""
         if sqlstate.startswith(_UNAVAILABLE_CLASSES):
-            raise errors.UnavailableError() from exc
+            return errors.UnavailableError()
         if sqlstate.startswith("22"):  # data exception: bad text, \u0000 in JSON, out of range
-            raise errors.ValidationError(_DATA_EXCEPTIONS.get(sqlstate, _DATA_EXCEPTION)) from exc
+            return errors.ValidationError(_DATA_EXCEPTIONS.get(sqlstate, _DATA_EXCEPTION))
         if sqlstate == "23503":  # foreign key: the referenced row vanished
-            raise errors.NotFoundError("Referenced resource not found") from exc
+            return errors.NotFoundError("Referenced resource not found")
         if sqlstate == "40001" or sqlstate == "40P01":
-            raise errors.ConflictError("Concurrent update, try again") from exc
-        raise
-    except (TimeoutError, OSError, asyncpg.InterfaceError, asyncpg.InternalClientError) as exc:
+            return errors.ConflictError("Concurrent update, try again")
+        return exc
+    if isinstance(
+        exc, (TimeoutError, OSError, asyncpg.InterfaceError, asyncpg.InternalClientError)
+    ):
         # InternalClientError: a pooled connection that received the server's FATAL shutdown
         # message while idle is left mid-protocol ("cannot switch to state ..."): a lost
         # connection, not a bug of the request.
-        raise errors.UnavailableError() from exc
+        return errors.UnavailableError()
+    return exc
+
+
+@contextlib.contextmanager
+def translate_errors() -> Iterator[None]:
+    """Raise driver errors as the Foreman errors they stand for (see translated)."""
+    try:
+        yield
+    except Exception as exc:
+        error = translated(exc)
+        if error is exc:
+            raise
+        raise error from exc
