@@ -77,6 +77,53 @@ async def test_a_waiter_is_served_by_the_connection_given_back(
     assert pool.size() == 2
 
 
+async def test_waiters_that_gave_up_cost_no_slot(pool: Pool[db.Connection]) -> None:
+    held = [await pool.take(None), await pool.take(None)]
+    cancelled = asyncio.ensure_future(pool.take(None))
+    await asyncio.sleep(0.05)
+    cancelled.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled
+    with pytest.raises(TimeoutError):
+        await pool.take(0.05)
+    for conn in held:
+        pool.give_back(conn)
+    # Both connections went back to the idle list, none to a caller who left.
+    assert pool.size() == 2
+    async with pool.acquire(timeout=1) as first, pool.acquire(timeout=1) as second:
+        assert {first.get_server_pid(), second.get_server_pid()} == {
+            c.get_server_pid() for c in held
+        }
+
+
+async def test_a_slot_freed_by_a_broken_connection_lets_a_waiter_open_one(
+    pool: Pool[db.Connection],
+) -> None:
+    held = [await pool.take(None), await pool.take(None)]
+    held_pids = {c.get_server_pid() for c in held}
+    waiter = asyncio.ensure_future(pid_of(pool))
+    await asyncio.sleep(0.05)
+    pool.give_back(held[0], in_doubt=True)  # terminated: its slot goes to the waiter
+    pid = await asyncio.wait_for(waiter, 5)
+    assert pid not in held_pids
+    pool.give_back(held[1])
+    assert pool.size() == 2
+
+
+async def test_closing_the_pool_fails_its_waiters(database_url: str) -> None:
+    pool = await make_pool(database_url, max_size=1)
+    held = await pool.take(None)
+    waiter = asyncio.ensure_future(pool.take(None))
+    await asyncio.sleep(0.05)
+    closing = asyncio.ensure_future(pool.close())
+    with pytest.raises(asyncpg.InterfaceError):
+        await asyncio.wait_for(waiter, 5)
+    await asyncio.wait_for(closing, 5)
+    pool.give_back(held)
+    await pool.close()  # waits for the connection given back to close
+    assert held.is_closed()
+
+
 async def test_a_connection_closed_by_the_server_while_idle_is_not_lent(
     pool: Pool[db.Connection], admin_url: str
 ) -> None:

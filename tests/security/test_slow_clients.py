@@ -130,6 +130,42 @@ def test_a_slow_body_gets_408(server):
     assert waited < BODY_TIMEOUT_S + 2
 
 
+def test_a_body_in_pieces_within_the_timeout_is_served(server):
+    # The body clock runs from the first incomplete chunk to the last byte, not per chunk.
+    body = b'{"inputData": {"pieces": 3}}'
+    with _connect(server) as sock:
+        sock.sendall(
+            b"POST /api/v1/runs HTTP/1.1\r\nhost: x\r\n"
+            + KEY
+            + b"content-type: application/json\r\n"
+            + b"content-length: %d\r\n\r\n" % len(body)
+            + body[:5]
+        )
+        for start in (5, 15):
+            time.sleep(BODY_TIMEOUT_S * 0.3)
+            sock.sendall(body[start : start + 10] if start == 5 else body[start:])
+        answer = sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 201 "), answer[:200]
+    assert b'"pieces"' in answer  # the whole body arrived
+
+
+def test_a_slow_body_after_a_served_request_gets_408(server):
+    # Keep-alive: the second request's body is late; the first answer is not repeated or cut.
+    body = b'{"inputData": 1}'
+    head = (
+        b"POST /api/v1/runs HTTP/1.1\r\nhost: x\r\n" + KEY + b"content-type: application/json\r\n"
+    )
+    with _connect(server) as sock:
+        sock.sendall(head + b"content-length: %d\r\n\r\n" % len(body) + body)
+        first = sock.recv(65536)
+        assert first.startswith(b"HTTP/1.1 201 ")
+        sock.sendall(head + b"content-length: 100\r\n\r\n{")
+        answer, waited = _timed_answer(sock)
+    assert answer.startswith(b"HTTP/1.1 408 ")
+    assert b"request_timeout" in answer
+    assert waited < BODY_TIMEOUT_S + 2
+
+
 def test_a_chunked_body_over_the_limit_gets_413(server):
     with _connect(server) as sock:
         sock.sendall(

@@ -15,6 +15,7 @@ from foreman import errors, ids
 from foreman.models import ErrorBody, Task
 from foreman.server import auth, notify
 from foreman.server import errors as error_handlers
+from foreman.server.middleware import received_body
 from foreman.settings import Settings
 from foreman.store import db
 from foreman.store.pool import Pool
@@ -50,6 +51,11 @@ class JsonRequest(Request[Any, Any, Any]):
     ``3.0`` for an integer; SPEC section 2 makes a wrong type a 400. Litestar's later conversion
     passes the decoded struct through unchanged.
     """
+
+    async def body(self) -> bytes:
+        """The body BodyLimitMiddleware received already, or Litestar's own read of it."""
+        body = received_body(self.scope)
+        return await super().body() if body is None else body
 
     async def json(self) -> Any:
         data = self.route_handler.parsed_fn_signature.parameters.get("data")

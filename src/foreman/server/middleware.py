@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import logging
 import os
@@ -216,20 +215,25 @@ async def _send_error(send: Send, status: int, body: dict[str, Any]) -> None:
     await send(end)
 
 
+BODY_STATE_KEY = "foreman_body"
+
+
 class BodyLimitMiddleware:
-    """Receive a request body whole before the app does, within limits of size, time and depth.
+    """Receive a request body whole before the app does, within limits of size and depth.
 
     - more than FOREMAN_MAX_BODY_BYTES (announced or actually sent, chunked too) -> 413
-    - not received within FOREMAN_BODY_TIMEOUT_S (a client trickling bytes) -> 408
     - JSON nested deeper than FOREMAN_MAX_JSON_DEPTH -> 400, when the app reads the body
-    The app then reads the same bytes from memory.
+    - not received within FOREMAN_BODY_TIMEOUT_S -> 408, from the server's protocol
+      (server/protocol.py), which sees the bytes arrive
+    The app then reads the same bytes from memory: JsonRequest.body() takes them from the scope
+    (BODY_STATE_KEY of the scope's state, with the refusal to raise instead, if any); anything reading receive() gets
+    them replayed.
     """
 
     def __init__(self, app: ASGIApp, *, settings: Settings) -> None:
         self.app = app
         self.max_body_bytes = settings.max_body_bytes
         self.max_depth = settings.max_json_depth
-        self.timeout_s = settings.body_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != ScopeType.HTTP or scope["method"] not in _BODY_METHODS:
@@ -240,20 +244,16 @@ class BodyLimitMiddleware:
             await _send_error(send, 413, self._too_large())
             return
         try:
-            async with asyncio.timeout(self.timeout_s):
-                body = await _read_body(receive, limit=self.max_body_bytes)
+            body = await _read_body(receive, limit=self.max_body_bytes)
         except _DisconnectedError:
-            return  # nobody left to answer
+            return  # nobody left to answer (or the protocol answered 408 and closed)
         except _BodyTooLargeError:
             await _send_error(send, 413, self._too_large())
-            return
-        except TimeoutError:
-            message = f"Request body not received within {self.timeout_s:g} s"
-            await _send_error(send, 408, {"error": message, "code": "request_timeout"})
             return
         # Too deep is a 400 of the body, raised when the app reads it: after authentication, so
         # a caller without a key still gets 401 first (SPEC section 3).
         refusal = self._too_deep() if too_deep(body, self.max_depth) else None
+        scope["state"][BODY_STATE_KEY] = (body, refusal)
         await self.app(scope, _replay(body, receive, refusal=refusal), send)
 
     def _too_large(self) -> dict[str, Any]:
@@ -265,6 +265,17 @@ class BodyLimitMiddleware:
             f"Validation failed: body: JSON nested deeper than {self.max_depth} levels",
             details=[{"loc": ["body"], "msg": f"nested deeper than {self.max_depth} levels"}],
         )
+
+
+def received_body(scope: Scope) -> bytes | None:
+    """The body BodyLimitMiddleware received for this request (None when it did not run)."""
+    found: tuple[bytes, Exception | None] | None = scope["state"].get(BODY_STATE_KEY)
+    if found is None:
+        return None
+    body, refusal = found
+    if refusal is not None:
+        raise refusal
+    return body
 
 
 def _replay(body: bytes, receive: Receive, *, refusal: Exception | None) -> Receive:

@@ -5,7 +5,11 @@ without end (200 MiB of one header grew the server process by 290 MB), and a con
 nothing, or trickles its headers, is never closed (uvicorn's keep-alive timer runs only after a
 response). This subclass refuses headers over ``max_header_bytes`` with 431 and closes a
 connection whose request headers are not complete ``header_timeout_s`` after the request (or the
-connection) began. Request bodies are bounded by the app (server/middleware.py).
+connection) began. A request body not complete ``body_timeout_s`` after its first incomplete chunk
+gets 408 here too: a timer armed only when a body is actually still on its way costs nothing on
+the usual request, whose body arrives with its headers, where a timeout around the app's body
+read cost every POST an asyncio timeout context. Body sizes are bounded by the app
+(server/middleware.py).
 
 uvicorn writes a response's head and its body with two write(2) calls. System calls are this
 kind of machine's biggest cost per request (py-spy --native on `foreman bench`: 38 % of a server
@@ -75,10 +79,12 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     max_header_bytes: ClassVar[int] = 64 * 1024
     header_timeout_s: ClassVar[float] = 10.0
+    body_timeout_s: ClassVar[float] = 30.0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._awaiting_headers = True
+        self._awaiting_body = False  # headers complete, message not yet
         self._header_bytes = 0
         self._header_timer: asyncio.TimerHandle | None = None
 
@@ -99,6 +105,9 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             self._header_bytes += len(data)
             if self._header_bytes > self.max_header_bytes:
                 self._refuse(431, f"Request headers larger than {self.max_header_bytes} bytes")
+        elif self._awaiting_body and self._header_timer is None:
+            # The chunk ended inside a body: the rest has body_timeout_s to arrive.
+            self._arm(self.body_timeout_s, self._body_timed_out)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -109,6 +118,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._awaiting_headers = False
+        self._awaiting_body = True
         self._disarm()
         super().on_headers_complete()
         cycle = self.cycle
@@ -117,9 +127,19 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             cycle.transport = coalescing  # type: ignore[assignment]
             cycle.on_response = functools.partial(_flushed_first, coalescing, cycle.on_response)
 
-    def _arm(self) -> None:
+    def on_message_complete(self) -> None:
+        self._awaiting_body = False
         self._disarm()
-        self._header_timer = self.loop.call_later(self.header_timeout_s, self._headers_timed_out)
+        super().on_message_complete()
+
+    def _arm(
+        self, delay_s: float | None = None, callback: Callable[[], None] | None = None
+    ) -> None:
+        self._disarm()
+        self._header_timer = self.loop.call_later(
+            self.header_timeout_s if delay_s is None else delay_s,
+            self._headers_timed_out if callback is None else callback,
+        )
 
     def _disarm(self) -> None:
         if self._header_timer is not None:
@@ -135,10 +155,21 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         else:
             self.transport.close()  # silent connection: nobody to answer
 
-    def _refuse(self, status: int, message: str) -> None:
+    def _body_timed_out(self) -> None:
+        self._header_timer = None
+        if self._awaiting_body and not self.transport.is_closing():
+            message = f"Request body not received within {self.body_timeout_s:g} s"
+            self._refuse(408, message, code="request_timeout", app_waiting=True)
+
+    def _refuse(
+        self, status: int, message: str, *, code: str = "bad_request", app_waiting: bool = False
+    ) -> None:
         self._disarm()
-        if self.cycle is None or self.cycle.response_complete:
-            body = msgspec.json.encode({"error": message, "code": "bad_request"})
+        cycle = self.cycle
+        # No answer over one the app is writing. An app waiting for the rest of its body has
+        # written nothing yet; the close below ends its wait with a disconnect.
+        if cycle is None or cycle.response_complete or (app_waiting and not cycle.response_started):
+            body = msgspec.json.encode({"error": message, "code": code})
             head = (
                 b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
                 b"connection: close\r\nx-content-type-options: nosniff\r\n"
@@ -156,5 +187,6 @@ def limited_protocol(settings: Settings) -> type[LimitedHttpToolsProtocol]:
         {
             "max_header_bytes": settings.max_header_bytes,
             "header_timeout_s": settings.header_timeout_s,
+            "body_timeout_s": settings.body_timeout_s,
         },
     )

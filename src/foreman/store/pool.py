@@ -6,8 +6,9 @@ process, that bookkeeping was a quarter of the instructions the app spent per re
 instructions with it, 455k with one connection held throughout). This pool keeps what the
 server relies on:
 
-- at most ``max_size`` connections lent or being opened; a caller waits for a slot up to its
-  timeout (the only case that arms a timer);
+- at most ``max_size`` connections lent or being opened; a caller waits for one up to its
+  timeout (the only case that arms a timer), and a connection given back goes straight to the
+  caller waiting longest;
 - a connection found closed (the server went away while it was idle) is dropped, not lent;
 - a connection given back with its state in doubt (a lease ended by cancellation, or a
   transaction still open) is terminated rather than reset: opening a new one is cheaper than
@@ -20,10 +21,11 @@ Leases hand out the connection itself, not a proxy: code must not keep it past i
 from __future__ import annotations
 
 import asyncio
+import collections
 import time
 from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import asyncpg
 
@@ -49,8 +51,8 @@ class Pool(Generic[C]):
         self.max_size = max_size
         self.min_size = min_size
         self.max_idle_s = max_idle_s
-        self._slots = asyncio.Semaphore(max_size)  # one per connection lent or being opened
-        self._lent = 0  # slots taken
+        self._lent = 0  # slots taken: connections lent or being opened, at most max_size
+        self._waiters: collections.deque[asyncio.Future[C | None]] = collections.deque()
         self._idle: list[tuple[C, float]] = []  # (connection, given back at): most recent last
         self._closing: set[asyncio.Task[None]] = set()
         self._reaper: asyncio.TimerHandle | None = None
@@ -83,12 +85,36 @@ class Pool(Generic[C]):
         """A connection for the caller alone, until it is given back (prefer acquire())."""
         if self._closed:
             raise asyncpg.InterfaceError("the pool is closed")
-        if self._slots.locked():
-            async with asyncio.timeout(wait_s):
-                await self._slots.acquire()
-        else:
-            await self._slots.acquire()  # a free slot: returns without suspending
-        self._lent += 1
+        if self._lent < self.max_size:
+            self._lent += 1  # a free slot
+            return await self._fill_slot()
+        # Every slot is taken: wait for a connection given back, or for a slot a broken one
+        # freed (None). A future and a timer handle, not a Semaphore and a timeout context: under
+        # load most requests wait here.
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[C | None] = loop.create_future()
+        self._waiters.append(waiter)
+        timer = None if wait_s is None else loop.call_later(wait_s, _expire, waiter)
+        try:
+            conn = await waiter
+        except BaseException:
+            if not waiter.done():
+                self._waiters.remove(waiter)
+            elif not waiter.cancelled() and waiter.exception() is None:
+                # Served, then cancelled before it could run: pass the slot on.
+                handed = waiter.result()
+                if handed is None:
+                    self._free_slot()
+                else:
+                    self.give_back(handed)
+            raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+        return await self._fill_slot() if conn is None else conn
+
+    async def _fill_slot(self) -> C:
+        # The caller holds a slot: lend an idle connection, or open one.
         try:
             if self._closed:
                 raise asyncpg.InterfaceError("the pool is closed")
@@ -98,30 +124,45 @@ class Pool(Generic[C]):
                     return conn
             return await self._connect()
         except BaseException:
-            self._lent -= 1
-            self._slots.release()
+            self._free_slot()
             raise
 
     def give_back(self, conn: C, *, in_doubt: bool = False) -> None:
         """Return a connection taken with take(); in_doubt when its lease ended abnormally."""
-        try:
-            if conn.is_closed():
-                return
-            if in_doubt or conn.is_in_transaction():
-                conn.terminate()
-            elif self._closed:
-                self._close_later(conn)
-            else:
-                self._idle.append((conn, time.monotonic()))
-        finally:
+        if conn.is_closed():
+            self._free_slot()
+        elif in_doubt or conn.is_in_transaction():
+            conn.terminate()
+            self._free_slot()
+        elif self._closed:
+            self._close_later(conn)
+            self._free_slot()
+        elif waiter := self._next_waiter():
+            waiter.set_result(conn)  # straight to the caller waiting longest, slot and all
+        else:
+            self._idle.append((conn, time.monotonic()))
             self._lent -= 1
-            self._slots.release()
+
+    def _free_slot(self) -> None:
+        if waiter := self._next_waiter():
+            waiter.set_result(None)  # its caller opens a connection in the slot
+        else:
+            self._lent -= 1
+
+    def _next_waiter(self) -> asyncio.Future[C | None] | None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():  # timed out ones are left behind
+                return waiter
+        return None
 
     async def close(self) -> None:
         """Close the idle connections now, lent ones when they come back; refuse new leases."""
         self._closed = True
         if self._reaper is not None:
             self._reaper.cancel()
+        while waiter := self._next_waiter():
+            waiter.set_exception(asyncpg.InterfaceError("the pool is closed"))
         idle, self._idle = self._idle, []
         for conn, _ in idle:
             self._close_later(conn)
@@ -151,6 +192,11 @@ class Pool(Generic[C]):
             conn = self._idle.pop(0)[0]
             self._close_later(conn)
         self._schedule_reaper()
+
+
+def _expire(waiter: asyncio.Future[Any]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
 
 
 class Lease(Generic[C]):
