@@ -29,6 +29,9 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(data, default=str)
 
 
+PLAIN_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
 class PlainFormatter(logging.Formatter):
     """Human-readable lines; a request id, when there is one, goes at the end."""
 
@@ -36,14 +39,19 @@ class PlainFormatter(logging.Formatter):
     _stamp: str = ""
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
-        # The date part changes once a second; a busy server logs thousands of lines in it.
         if datefmt is not None:
             return super().formatTime(record, datefmt)
-        second = int(record.created)
+        return self.stamp(record.created)
+
+    def stamp(self, created: float) -> str:
+        """The asctime of a record made at created (time.time())."""
+        # The date part changes once a second; a busy server logs thousands of lines in it.
+        second = int(created)
         if second != self._second:
             self._stamp = time.strftime(self.default_time_format, self.converter(second))
             self._second = second
-        return f"{self._stamp},{int(record.msecs):03d}"  # as logging.Formatter writes it
+        msecs = int((created - second) * 1000)
+        return f"{self._stamp},{msecs:03d}"  # as logging.Formatter writes it
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
@@ -86,6 +94,19 @@ class BufferedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
                 )
                 self._flusher.start()
 
+    def add_line(self, line: str) -> None:
+        """Add a line formatted already (LineWriter's path), batched like emit()'s lines."""
+        with self.lock:  # type: ignore[union-attr]
+            self._lines.append(line)
+            self._size += len(line)
+            if self._size >= self.max_bytes:
+                self._write()
+            elif self._flusher is None:
+                self._flusher = threading.Thread(
+                    target=self._flush_periodically, name="foreman-log-flush", daemon=True
+                )
+                self._flusher.start()
+
     def flush(self) -> None:
         with self.lock:  # type: ignore[union-attr]
             self._write()
@@ -112,6 +133,48 @@ class BufferedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
             self.flush()
 
 
+class LineWriter:
+    """INFO lines of one logger written straight into the plain handler's batch.
+
+    The access log writes a line per request; going through a LogRecord, the logger's handler
+    lookup, the formatter and the handler's emit cost more than the request's own JSON. When
+    configure_logging's plain handler is the only place the logger's records go, ``info``
+    formats the same line itself; otherwise it logs through the logger as usual.
+    """
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self.logger = logger
+
+    def info(self, message: str, request_id: str, extra: dict[str, Any]) -> None:
+        """Log message (formatted already) at INFO with its request id and extra fields."""
+        handler = self._plain_handler()
+        if handler is None:
+            self.logger.info("%s", message, extra={"request_id": request_id, **extra})
+            return
+        formatter: PlainFormatter = handler.formatter  # type: ignore[assignment]
+        stamp = formatter.stamp(time.time())
+        handler.add_line(f"{stamp} INFO {self.logger.name}: {message} request_id={request_id}\n")
+
+    def _plain_handler(self) -> BufferedStreamHandler | None:
+        logger = self.logger
+        if logger.handlers or logger.filters or not logger.propagate:
+            return None
+        root = logging.getLogger()
+        handlers = root.handlers
+        if len(handlers) != 1 or root.filters:
+            return None
+        handler = handlers[0]
+        if (
+            type(handler) is not BufferedStreamHandler
+            or handler.filters
+            or handler.level > logging.INFO
+            or type(handler.formatter) is not PlainFormatter
+            or handler.formatter._fmt != PLAIN_FORMAT
+        ):
+            return None
+        return handler
+
+
 def configure_logging(level: str, *, json_lines: bool = False) -> None:
     """Route every logger to stderr at level (lines written in batches, see above)."""
     # No process id, thread or task names on records: nothing prints them, and os.getpid() is a
@@ -121,11 +184,7 @@ def configure_logging(level: str, *, json_lines: bool = False) -> None:
     logging.logMultiprocessing = False
     logging._srcfile = None  # no caller lookup (a stack walk per record); nothing prints it
     handler = BufferedStreamHandler(sys.stderr)
-    handler.setFormatter(
-        JsonFormatter()
-        if json_lines
-        else PlainFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-    )
+    handler.setFormatter(JsonFormatter() if json_lines else PlainFormatter(PLAIN_FORMAT))
     root = logging.getLogger()
     for previous in root.handlers:
         previous.close()  # configured twice (CLI, then the server process): one flusher left

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import logging
 import re
 import time
@@ -11,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from foreman.logs import BufferedStreamHandler, PlainFormatter
+from foreman.logs import BufferedStreamHandler, LineWriter, PlainFormatter, configure_logging
 
 
 class RecordingStream(io.StringIO):
@@ -158,3 +159,71 @@ def test_a_date_format_of_its_own_is_used_as_given():
     stdlib = logging.Formatter("%(asctime)s", datefmt="%H:%M")
     record = record_at(1_700_000_000.5)
     assert ours.format(record) == stdlib.format(record)
+
+
+@pytest.fixture
+def plain_root(monkeypatch: pytest.MonkeyPatch) -> Iterator[RecordingStream]:
+    """configure_logging's set-up (plain lines at INFO) on a stream of the test's own."""
+    stream = RecordingStream()
+    monkeypatch.setattr("sys.stderr", stream)
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    configure_logging("INFO")
+    yield stream
+    for handler in root.handlers:
+        handler.close()
+    root.handlers[:], root.level = saved[0], saved[1]
+
+
+def _undated(text: str) -> list[str]:
+    # "2026-11-26 06:00:00,123 " is 24 characters.
+    return [line[24:] for line in text.splitlines()]
+
+
+def test_line_writer_lines_are_the_loggers_own(plain_root):
+    log = logging.getLogger(f"test-lines-{uuid.uuid4().hex}")
+    log.info("GET /x 200 1.0ms org=a key=b", extra={"request_id": "r1"})
+    LineWriter(log).info("GET /x 200 1.0ms org=a key=b", "r1", {"org_id": "a"})
+    logging.getLogger().handlers[0].flush()
+    through_logger, written = plain_root.getvalue().splitlines()
+    assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO ", written)
+    assert _undated(written) == _undated(through_logger)
+    assert written.endswith(" request_id=r1")
+
+
+def test_line_writer_uses_the_logger_when_records_go_elsewhere(plain_root):
+    log = logging.getLogger(f"test-lines-{uuid.uuid4().hex}")
+    records: list[logging.LogRecord] = []
+    collector = logging.Handler()
+    collector.emit = records.append  # type: ignore[method-assign]
+    log.addHandler(collector)  # a second destination: records must be made
+    try:
+        LineWriter(log).info("POST /y 201 2.0ms", "r2", {"org_id": "orga"})
+    finally:
+        log.removeHandler(collector)
+    (record,) = records
+    assert record.getMessage() == "POST /y 201 2.0ms"
+    assert record.request_id == "r2"  # type: ignore[attr-defined]
+    assert record.org_id == "orga"  # type: ignore[attr-defined]
+    logging.getLogger().handlers[0].flush()
+    assert _undated(plain_root.getvalue()) == [
+        "INFO " + log.name + ": POST /y 201 2.0ms request_id=r2"
+    ]
+
+
+def test_line_writer_follows_json_lines(monkeypatch):
+    stream = RecordingStream()
+    monkeypatch.setattr("sys.stderr", stream)
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    configure_logging("INFO", json_lines=True)
+    try:
+        LineWriter(logging.getLogger("test-json-lines")).info("GET /z 200 1.0ms", "r3", {})
+        root.handlers[0].flush()
+    finally:
+        for handler in root.handlers:
+            handler.close()
+        root.handlers[:], root.level = saved[0], saved[1]
+    line = json.loads(stream.getvalue())
+    assert line["message"] == "GET /z 200 1.0ms"
+    assert line["request_id"] == "r3"

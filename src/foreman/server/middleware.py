@@ -26,10 +26,12 @@ from litestar.types import (
 )
 
 from foreman import errors
+from foreman.logs import LineWriter
 from foreman.server import auth
 from foreman.settings import Settings
 
 logger = logging.getLogger("foreman.access")
+_access_log = LineWriter(logger)
 
 _SECURITY_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
@@ -118,18 +120,13 @@ class RequestLogMiddleware:
 
 def _log_request(scope: Scope, status: int, start: float, request_id: bytes) -> None:
     caller = auth.caller_of(scope)
-    extra: dict[str, Any] = {"request_id": request_id.decode(errors="replace")}
+    elapsed_ms = (time.perf_counter() - start) * 1000
+    message = f"{scope['method']} {scope['path']} {status} {elapsed_ms:.1f}ms"  # type: ignore[typeddict-item]
+    extra: dict[str, Any] = {}
     if caller is not None:
-        extra.update(org_id=caller.org_id, key_fp=caller.fingerprint)
-    logger.info(
-        "%s %s %s %.1fms%s",
-        scope["method"],  # type: ignore[typeddict-item]
-        scope["path"],
-        status,
-        (time.perf_counter() - start) * 1000,
-        "" if caller is None else f" org={caller.org_id} key={caller.fingerprint}",
-        extra=extra,
-    )
+        message = f"{message} org={caller.org_id} key={caller.fingerprint}"
+        extra = {"org_id": caller.org_id, "key_fp": caller.fingerprint}
+    _access_log.info(message, request_id.decode(errors="replace"), extra)
 
 
 # ---------------------------------------------------------------- request bodies
