@@ -21,6 +21,7 @@ from foreman.server.deps import (
     sort_order,
     state,
 )
+from foreman.server.responses import JsonResponse
 from foreman.store import tasks as tasks_store
 
 
@@ -74,7 +75,7 @@ async def create_task(
         raise insert_failure(result, new)
     if result.created and new.enqueue:
         await state(request).publish([result.task])
-    return Response(result.task, status_code=201 if result.created else 200)
+    return JsonResponse(result.task, status_code=201 if result.created else 200)
 
 
 @get("/{task_id:str}", responses=error_responses(400, 404))
