@@ -75,7 +75,8 @@ class BufferedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
         self._lines: list[str] = []
         self._size = 0
         self._flusher: threading.Thread | None = None
-        self._closed = threading.Event()
+        # Not "_closed": logging.Handler.close() sets that attribute to True.
+        self._stop = threading.Event()
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -124,12 +125,12 @@ class BufferedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
     def close(self) -> None:
         """Write what is left and stop the flusher thread."""
-        self._closed.set()
+        self._stop.set()
         self.flush()
         super().close()
 
     def _flush_periodically(self) -> None:
-        while not self._closed.wait(self.flush_s):
+        while not self._stop.wait(self.flush_s):
             self.flush()
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
 import re
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -161,18 +163,29 @@ def test_a_date_format_of_its_own_is_used_as_given():
     assert ours.format(record) == stdlib.format(record)
 
 
-@pytest.fixture
-def plain_root(monkeypatch: pytest.MonkeyPatch) -> Iterator[RecordingStream]:
-    """configure_logging's set-up (plain lines at INFO) on a stream of the test's own."""
+@contextlib.contextmanager
+def configured(*, json_lines: bool) -> Iterator[RecordingStream]:
+    """configure_logging's set-up at INFO on a stream of the test's own; pytest's handlers kept."""
     stream = RecordingStream()
-    monkeypatch.setattr("sys.stderr", stream)
     root = logging.getLogger()
-    saved = (root.handlers[:], root.level)
-    configure_logging("INFO")
-    yield stream
-    for handler in root.handlers:
-        handler.close()
-    root.handlers[:], root.level = saved[0], saved[1]
+    saved_handlers, saved_level, saved_stderr = root.handlers[:], root.level, sys.stderr
+    root.handlers[:] = []  # configure_logging closes what it replaces: not pytest's handlers
+    sys.stderr = stream
+    try:
+        configure_logging("INFO", json_lines=json_lines)
+        yield stream
+    finally:
+        sys.stderr = saved_stderr
+        for handler in root.handlers:
+            handler.close()
+        root.handlers[:] = saved_handlers
+        root.setLevel(saved_level)
+
+
+@pytest.fixture
+def plain_root() -> Iterator[RecordingStream]:
+    with configured(json_lines=False) as stream:
+        yield stream
 
 
 def _undated(text: str) -> list[str]:
@@ -211,19 +224,16 @@ def test_line_writer_uses_the_logger_when_records_go_elsewhere(plain_root):
     ]
 
 
-def test_line_writer_follows_json_lines(monkeypatch):
-    stream = RecordingStream()
-    monkeypatch.setattr("sys.stderr", stream)
-    root = logging.getLogger()
-    saved = (root.handlers[:], root.level)
-    configure_logging("INFO", json_lines=True)
-    try:
+def test_line_writer_follows_json_lines():
+    with configured(json_lines=True) as stream:
         LineWriter(logging.getLogger("test-json-lines")).info("GET /z 200 1.0ms", "r3", {})
-        root.handlers[0].flush()
-    finally:
-        for handler in root.handlers:
-            handler.close()
-        root.handlers[:], root.level = saved[0], saved[1]
+        logging.getLogger().handlers[0].flush()
     line = json.loads(stream.getvalue())
     assert line["message"] == "GET /z 200 1.0ms"
     assert line["request_id"] == "r3"
+
+
+def test_a_handler_closes_twice_without_error():
+    handler = BufferedStreamHandler(RecordingStream())
+    handler.close()
+    handler.close()  # logging.shutdown may close a handler configure_logging closed already

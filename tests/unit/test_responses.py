@@ -47,7 +47,9 @@ def make_app(response_class: type[Response[Any]]) -> Litestar:
         return None
 
     return Litestar(
-        [item, created, listed, with_header, text, nothing], response_class=response_class
+        [item, created, listed, with_header, text, nothing],
+        response_class=response_class,
+        logging_config=None,
     )
 
 
