@@ -166,9 +166,14 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     ) -> None:
         self._disarm()
         cycle = self.cycle
-        # No answer over one the app is writing. An app waiting for the rest of its body has
-        # written nothing yet; the close below ends its wait with a disconnect.
-        if cycle is None or cycle.response_complete or (app_waiting and not cycle.response_started):
+        if app_waiting:
+            # The request's app waits for the rest of its body and has answered nothing yet; the
+            # close below ends its wait with a disconnect.
+            answer = cycle is not None and not cycle.response_started
+        else:
+            # Between requests: no answer over one the app of the previous request is writing.
+            answer = cycle is None or cycle.response_complete
+        if answer:
             body = msgspec.json.encode({"error": message, "code": code})
             head = (
                 b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
