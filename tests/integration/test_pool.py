@@ -171,6 +171,28 @@ async def test_a_cancelled_lease_ends_its_connection(pool: Pool[db.Connection]) 
     assert pool.size() == 1
 
 
+async def test_a_timed_out_query_ends_its_connection(database_url: str) -> None:
+    pool = await db.create_pool(
+        database_url, min_size=0, max_size=1, command_timeout_s=0.2, connect_timeout_s=3
+    )
+    pids: list[int] = []
+
+    async def sleep_too_long() -> None:
+        async with pool.acquire() as conn:
+            pids.append(conn.get_server_pid())
+            await conn.execute("SELECT pg_sleep(3)")
+
+    try:
+        with pytest.raises(TimeoutError):
+            await sleep_too_long()
+        # Not the connection still cancelling its query: the next lease answers at once.
+        async with pool.acquire() as conn:
+            assert conn.get_server_pid() != pids[0]
+            assert await conn.fetchval("SELECT 1") == 1
+    finally:
+        await pool.close()
+
+
 async def test_a_transaction_left_open_ends_its_connection(pool: Pool[db.Connection]) -> None:
     async with pool.acquire() as conn:
         before = conn.get_server_pid()

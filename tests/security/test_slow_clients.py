@@ -166,6 +166,30 @@ def test_a_slow_body_after_a_served_request_gets_408(server):
     assert waited < BODY_TIMEOUT_S + 2
 
 
+def test_a_late_pipelined_body_waits_for_the_answers_before_it(server):
+    # A long poll runs past the body timeout while a pipelined POST waits behind it with part of
+    # its body: the long poll's answer comes first, then the POST's 408.
+    with httpx.Client(base_url=server.url, headers={"x-api-key": "test-api-key"}) as client:
+        run = client.post("/api/v1/runs", json={"inputData": 1}).json()
+        task = client.post(
+            "/api/v1/tasks", json={"runId": run["id"], "type": "t", "inputData": 1}
+        ).json()
+    wait_ms = int(BODY_TIMEOUT_S * 2500)
+    with _connect(server) as sock:
+        sock.sendall(
+            b"GET /api/v1/tasks/%s/wait?timeoutMs=%d HTTP/1.1\r\nhost: x\r\n%s\r\n"
+            % (task["id"].encode(), wait_ms, KEY)
+            + b"POST /api/v1/runs HTTP/1.1\r\nhost: x\r\n"
+            + KEY
+            + b"content-type: application/json\r\ncontent-length: 100\r\n\r\n{"
+        )
+        answer, _ = _timed_answer(sock)
+    first, _, rest = answer.partition(b"\r\n")
+    assert first == b"HTTP/1.1 200 OK", answer[:300]
+    assert b"HTTP/1.1 408 " in rest
+    assert b"request_timeout" in rest
+
+
 def test_a_chunked_body_over_the_limit_gets_413(server):
     with _connect(server) as sock:
         sock.sendall(

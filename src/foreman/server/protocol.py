@@ -150,6 +150,11 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._header_timer = None
         if not self._awaiting_headers or self.transport.is_closing():
             return
+        if self.pipeline:
+            # Earlier pipelined requests still run and reading is paused for them: the client is
+            # not late, and no answer may go out before theirs.
+            self._arm()
+            return
         if self._header_bytes or getattr(self, "url", None) or self.headers:
             self._refuse(408, f"Request headers not received within {self.header_timeout_s:g} s")
         else:
@@ -157,6 +162,9 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def _body_timed_out(self) -> None:
         self._header_timer = None
+        if self.pipeline and self._awaiting_body:
+            self._arm(self.body_timeout_s, self._body_timed_out)  # as in _headers_timed_out
+            return
         if self._awaiting_body and not self.transport.is_closing():
             message = f"Request body not received within {self.body_timeout_s:g} s"
             self._refuse(408, message, code="request_timeout", app_waiting=True)

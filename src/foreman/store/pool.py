@@ -10,8 +10,8 @@ server relies on:
   timeout (the only case that arms a timer), and a connection given back goes straight to the
   caller waiting longest;
 - a connection found closed (the server went away while it was idle) is dropped, not lent;
-- a connection given back with its state in doubt (a lease ended by cancellation, or a
-  transaction still open) is terminated rather than reset: opening a new one is cheaper than
+- a connection given back with its state in doubt (a lease ended by cancellation, a timeout or
+  a lost server, or a transaction still open) is terminated rather than reset: opening a new one is cheaper than
   finding out what the old one was doing;
 - connections idle longer than ``max_idle_s`` are closed, down to ``min_size``.
 
@@ -30,6 +30,9 @@ from typing import Any, Generic, TypeVar
 import asyncpg
 
 CLOSE_TIMEOUT_S = 5.0
+# Errors that leave a connection's protocol state unknown (asyncpg cancels a timed-out query in the
+# background; the next query would wait for that first).
+_IN_DOUBT = (TimeoutError, OSError, asyncpg.InterfaceError, asyncpg.InternalClientError)
 
 C = TypeVar("C", bound=asyncpg.Connection)
 
@@ -221,6 +224,9 @@ class Lease(Generic[C]):
     ) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
-            # Cancelled (or interrupted) mid-lease, a query may still be running on it.
-            in_doubt = exc_type is not None and not issubclass(exc_type, Exception)
+            # Cancelled (or interrupted) mid-lease, or a query timed out or lost the server: a
+            # query may still be running, or being cancelled, on it.
+            in_doubt = exc_type is not None and (
+                not issubclass(exc_type, Exception) or issubclass(exc_type, _IN_DOUBT)
+            )
             self._pool.give_back(conn, in_doubt=in_doubt)
