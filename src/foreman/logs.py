@@ -84,23 +84,14 @@ class BufferedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
         except Exception:
             self.handleError(record)
             return
-        with self.lock:  # type: ignore[union-attr]
-            self._lines.append(line)
-            self._size += len(line)
-            if record.levelno >= logging.WARNING or self._size >= self.max_bytes:
-                self._write()
-            elif self._flusher is None:
-                self._flusher = threading.Thread(
-                    target=self._flush_periodically, name="foreman-log-flush", daemon=True
-                )
-                self._flusher.start()
+        self.add_line(line, at_once=record.levelno >= logging.WARNING)
 
-    def add_line(self, line: str) -> None:
-        """Add a line formatted already (LineWriter's path), batched like emit()'s lines."""
+    def add_line(self, line: str, *, at_once: bool = False) -> None:
+        """Add a formatted line to the batch (LineWriter calls this directly); at_once writes now."""
         with self.lock:  # type: ignore[union-attr]
             self._lines.append(line)
             self._size += len(line)
-            if self._size >= self.max_bytes:
+            if at_once or self._size >= self.max_bytes:
                 self._write()
             elif self._flusher is None:
                 self._flusher = threading.Thread(

@@ -222,8 +222,8 @@ class BodyLimitMiddleware:
     - JSON nested deeper than FOREMAN_MAX_JSON_DEPTH -> 400, when the app reads the body
     - not received within FOREMAN_BODY_TIMEOUT_S -> 408, from the server's protocol
       (server/protocol.py), which sees the bytes arrive
-    The app then reads the same bytes from memory: JsonRequest.body() takes them from the scope
-    (BODY_STATE_KEY of the scope's state, with the refusal to raise instead, if any); anything reading receive() gets
+    The app then reads the same bytes from memory: JsonRequest.body() takes them from the scope's
+    state (BODY_STATE_KEY, with the refusal to raise instead, if any); a reader of receive() gets
     them replayed.
     """
 

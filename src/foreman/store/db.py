@@ -152,13 +152,12 @@ class OrgConnection:
             self._pool.give_back(conn)
             return
         error = translated(exc) if isinstance(exc, Exception) else exc
-        if isinstance(error, errors.UnavailableError):
-            # A query outlived the command timeout (a server that no longer answers): giving
-            # the connection back would first wait out its cancellation. Or the database went
-            # away mid-request (shut down, crashed): the connection may be left mid-protocol,
-            # and its next query would fail with InternalClientError.
-            conn.terminate()
-        self._pool.give_back(conn, in_doubt=not isinstance(exc, Exception))
+        # In doubt (the pool terminates it): a cancelled lease, or an unavailable database — a
+        # query outlived the command timeout and would first have its cancellation waited out,
+        # or the server went away mid-request and left the connection mid-protocol, its next
+        # query failing with InternalClientError.
+        in_doubt = not isinstance(exc, Exception) or isinstance(error, errors.UnavailableError)
+        self._pool.give_back(conn, in_doubt=in_doubt)
         if error is not exc:
             raise error from exc
 
