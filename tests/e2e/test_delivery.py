@@ -10,6 +10,7 @@ from collections import Counter
 from collections.abc import AsyncIterator
 
 import pytest
+import redis
 from bullmq import Queue
 
 from foreman import AsyncClient, RedisOptions, TaskSpec, Worker
@@ -193,3 +194,57 @@ async def test_a_bullmq_burst_worker_takes_a_job_that_arrives_while_it_waits(
     stats = await asyncio.wait_for(running, 30)
     assert stats.completed == 1
     assert (await bull_client.get_task(task.id)).status == "completed"
+
+
+async def test_an_idle_bullmq_worker_takes_a_new_job_with_the_move_queued_behind_its_wait(
+    bull_server, bull_client, own_redis, monkeypatch
+):
+    # An idle worker blocks on the queue's marker with a moveToActive pipelined behind the wait:
+    # the job arrives with no further round trip. That move carries the wait's start as its
+    # timestamp, so the job's processedOn is set again to when it was taken (never before the job
+    # was added, which BullMQ tools would show as a negative wait).
+    from foreman.worker import _bullmq
+
+    started_by: list[int] = []
+    start_moved = _bullmq.JobConsumer._start_moved
+
+    def spy(self, reply, token, *, moved_at_ms=0):
+        took, delay = start_moved(self, reply, token, moved_at_ms=moved_at_ms)
+        if took:
+            started_by.append(moved_at_ms)
+        return took, delay
+
+    monkeypatch.setattr(_bullmq.JobConsumer, "_start_moved", spy)
+    gate = asyncio.Event()
+    running_handler = asyncio.Event()
+
+    async def held(_ctx):
+        running_handler.set()
+        await gate.wait()
+        return {"held": True}
+
+    config = await bull_client.get_config()
+    run = await bull_client.create_run({})
+    worker = Worker(bull_client, {"held": held}, handle_signals=False, backend="bullmq")
+    running = asyncio.create_task(worker.run())
+    try:
+        await asyncio.sleep(0.5)  # the queue is empty: the worker waits on the marker
+        task = await bull_client.enqueue_task(run.id, type="held", input_data={})
+        await asyncio.wait_for(running_handler.wait(), 10)
+        assert len(started_by) == 1
+        assert started_by[0] > 0  # taken by the queued move
+        key = f"bull:{config.queues.task_queue}:{task.id}:1"
+        job = await asyncio.to_thread(
+            redis.Redis(port=own_redis.port, decode_responses=True).hgetall, key
+        )
+        assert int(job["processedOn"]) >= int(job["timestamp"]) > started_by[0]
+        gate.set()
+
+        async def completed() -> bool:
+            return (await bull_client.get_task(task.id)).status == "completed"
+
+        await eventually(completed, timeout_s=10, what="the held task to complete")
+    finally:
+        gate.set()
+        worker.stop()
+        await asyncio.wait_for(running, 30)

@@ -74,6 +74,13 @@ BURST_WAIT_S = 0.2
 # idle for 4.8-5.8 s (tests/faults); a constant short backoff picks up again within RECONNECT_S.
 RECONNECT_S = 0.5
 RECONNECT_TRIES = 20
+# A job taken by the move queued behind a marker wait carries the wait's start as processedOn;
+# past this much it is set again, to when the job was taken, in the next wait's round trip.
+PROCESSED_ON_SLACK_MS = 1
+_SET_PROCESSED_ON = (
+    "if redis.call('EXISTS', KEYS[1]) == 1 then"
+    " return redis.call('HSET', KEYS[1], 'processedOn', ARGV[1]) end return 0"
+)
 
 
 async def queue_settings(client: AsyncClient) -> tuple[RedisOptions, str]:
@@ -111,6 +118,16 @@ class _Job:
     token: str
 
 
+@dataclass(frozen=True, slots=True)
+class _Woken:
+    """How a wait on the marker ended."""
+
+    marker: int | None  # 0: a job is ready; else a delayed job's due time (ms); None: timed out
+    took: bool  # the move queued behind the wait took a job (started)
+    due: int | None  # the move's next delayed job (ms, 0: none); None: the move did not run
+    more: bool  # jobs still wait after the move
+
+
 class JobConsumer:
     """Takes jobs while handler slots are free, claims their tasks, acknowledges them when done."""
 
@@ -123,6 +140,11 @@ class JobConsumer:
         self._scripts = Scripts(KEY_PREFIX, queue_name, RedisConnection(self._redis))
         self._commands = self._scripts.commands
         self._marker: str = self._scripts.keys["marker"]
+        self._waiting_keys: tuple[str, str] = (
+            self._scripts.keys["wait"],
+            self._scripts.keys["prioritized"],
+        )
+        self._stale: list[tuple[str, int]] = []  # (job key, when taken) of stale processedOn
         self._move_keys = self._scripts.getKeys(
             ["wait", "active", "prioritized", "events", "stalled", "limiter", "delayed",
              "paused", "meta", "pc", "marker"]
@@ -181,15 +203,31 @@ class JobConsumer:
                 await self._until_slot_freed()
                 continue
             if drained:
-                if burst and not self._active:
-                    if await self._wait_for_marker(BURST_WAIT_S) is None:
-                        return  # nothing ready, nothing running: the burst is over
-                elif burst:
+                if burst and self._active:
                     await self._until_slot_freed(BURST_WAIT_S)
                 else:
-                    block_until = await self._wait_for_marker(_block_s(block_until)) or 0
-                    if block_until > time.time() * 1000:
-                        continue  # a delayed job, not due yet: wait for it
+                    woke = await self._wait_for_marker(
+                        BURST_WAIT_S if burst else _block_s(block_until)
+                    )
+                    if woke.took:
+                        # A backlog is taken in batches; else the next wait (at once: BullMQ
+                        # leaves a marker behind every job it moves) finds what came meanwhile.
+                        drained = not woke.more
+                        continue
+                    if burst and woke.marker is None:
+                        return  # nothing ready, nothing running: the burst is over
+                    now_ms = time.time() * 1000
+                    if woke.due is None:  # the move did not run: as the marker says
+                        block_until = woke.marker or 0
+                        if block_until > now_ms:
+                            continue  # a delayed job, not due yet: wait for it
+                    else:
+                        # The move ran after the wait and found no job (BullMQ leaves a marker
+                        # behind every job it moves: most wakes after a job find nothing). Only a
+                        # delayed job due by now, which its stale timestamp missed, needs a take.
+                        block_until = woke.due
+                        if not 0 < block_until <= now_ms:
+                            continue
             try:
                 drained, block_until = await self._take(min(self._fetch_size, free))
             except Exception as exc:  # Redis down or restarting: retry shortly
@@ -210,17 +248,30 @@ class JobConsumer:
             if isinstance(reply, Exception):
                 failure = reply
                 continue
-            job_data, job_id, _limit_until, delay = raw2NextJobData(reply) or (None,) * 4
-            if delay:
-                delay_until = int(delay)
-            if job_data and job_id:
-                taken += 1
-                self._start(_Job(Job.fromJSON(self._queue, job_data, job_id), token))
+            took, delay = self._start_moved(reply, token)
+            taken += took
+            delay_until = delay or delay_until
         if failure is not None:
             raise failure
         drained = taken < count
         self._fetch_size = 1 if drained else min(self._fetch_size * 2, FETCH_MAX)
         return drained, delay_until
+
+    def _start_moved(self, reply: Any, token: str, *, moved_at_ms: int = 0) -> tuple[bool, int]:
+        """Start the job a moveToActive reply holds; (whether it held one, next delayed job's ms).
+
+        moved_at_ms: the timestamp the move ran with, when it may be stale (the move queued behind
+        a marker wait): the job's processedOn is then set to the time it was taken.
+        """
+        job_data, job_id, _limit_until, delay = raw2NextJobData(reply) or (None,) * 4
+        if not (job_data and job_id):
+            return False, int(delay or 0)
+        job = _Job(Job.fromJSON(self._queue, job_data, job_id), token)
+        now_ms = round(time.time() * 1000)
+        if moved_at_ms and now_ms - moved_at_ms > PROCESSED_ON_SLACK_MS:
+            self._stale.append((f"{self._queue.qualifiedName}:{job_id}", now_ms))
+        self._start(job)
+        return True, int(delay or 0)
 
     def _move_to_active_args(self, token: str) -> list[Any]:
         opts = {"token": token, "lockDuration": self.lock_ms, "limiter": None}
@@ -230,19 +281,43 @@ class JobConsumer:
             msgpack.packb(opts, use_bin_type=True),
         ]
 
-    async def _wait_for_marker(self, timeout_s: float) -> int | None:
-        """Block until a job may be ready: 0 (now) or the due time of a delayed job, in ms;
-        None when timeout_s passed without a marker."""
+    async def _wait_for_marker(self, timeout_s: float) -> _Woken:
+        """Block until a job may be ready (or timeout_s passes) and take one if there is.
+
+        A moveToActive is queued behind the wait on the same connection: Redis runs it as soon
+        as the wait ends, so an idle worker takes a new job in one round trip, not two (issue 4:
+        pickup latency).
+        """
+        token = next(self._tokens)
+        move = self._commands["moveToActive"]
+        args = self._move_to_active_args(token)
+        stale, self._stale = self._stale, []
         try:
-            reply = await self._blocking.bzpopmin(self._marker, timeout_s)
+            async with self._blocking.pipeline(transaction=False) as pipe:
+                for key, taken_ms in stale:  # cosmetic: lost with a failed round trip
+                    pipe.eval(_SET_PROCESSED_ON, 1, key, taken_ms)
+                pipe.bzpopmin(self._marker, timeout_s)
+                pipe.evalsha(move.sha, len(self._move_keys), *self._move_keys, *args)
+                pipe.llen(self._waiting_keys[0])
+                pipe.zcard(self._waiting_keys[1])
+                replies = await pipe.execute(raise_on_error=False)
+            popped, moved, *waiting = replies[len(stale) :]
+            if isinstance(popped, Exception):
+                raise popped
         except Exception as exc:
             logger.warning("waiting for BullMQ jobs failed: %s", exc)
             await asyncio.sleep(RECONNECT_S)
-            return 0  # look again
-        if not reply:
-            return None
-        _key, member, score = reply
-        return int(score) if member else 0
+            return _Woken(marker=0, took=False, due=None, more=False)  # look again
+        marker = None
+        if popped:
+            _key, member, score = popped
+            marker = int(score) if member else 0
+        more = any(isinstance(n, int) and n > 0 for n in waiting)
+        if isinstance(moved, Exception):
+            # Refused (its script not loaded yet, after a Redis restart): the next _take loads it.
+            return _Woken(marker, took=False, due=None, more=more)
+        took, due = self._start_moved(moved, token, moved_at_ms=args[1])
+        return _Woken(marker, took, due, more)
 
     async def _until_slot_freed(self, timeout_s: float | None = None) -> None:
         self._slot_freed.clear()
