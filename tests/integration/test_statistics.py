@@ -118,3 +118,22 @@ async def test_every_table_that_qualifies_is_analysed(conn):
     for table in ("run", "task"):
         assert (await table_stats(conn, table))["last_analyze"] is not None
     assert (await table_stats(conn, "run_data"))["last_analyze"] is None
+
+
+async def test_a_table_analysed_while_empty_is_analysed_again_once_it_has_rows(conn):
+    # A fresh deployment's first VACUUM (ANALYZE) finds the tables empty: analysed, yet without
+    # column statistics, which leaves the planner guessing as if never analysed.
+    await conn.execute("ANALYZE task")
+    empty = await table_stats(conn, "task")
+    assert empty["last_analyze"] is not None
+    run_id = await add_run(conn)
+    await add_tasks(conn, run_id, MIN_CHANGES - 1)
+    await wait_for_changes(conn, "task", MIN_CHANGES - 1)
+    assert await analyze_new_tables(conn) == []  # below MIN_CHANGES: not yet
+
+    await add_tasks(conn, run_id, 1)
+    await wait_for_changes(conn, "task", MIN_CHANGES)
+    assert await analyze_new_tables(conn) == ["task"]
+    assert (await table_stats(conn, "task"))["last_analyze"] > empty["last_analyze"]
+    assert await conn.fetchval("SELECT count(*) FROM pg_stats WHERE tablename = 'task'") > 0
+    assert await analyze_new_tables(conn) == []  # it has statistics now
