@@ -248,3 +248,28 @@ async def test_an_idle_bullmq_worker_takes_a_new_job_with_the_move_queued_behind
         gate.set()
         worker.stop()
         await asyncio.wait_for(running, 30)
+
+
+async def test_an_idle_bullmq_worker_starts_a_job_delayed_past_five_seconds_on_time(
+    bull_server, bull_client
+):
+    # The worker waits on the marker until the delayed job is due (6.5 s here). redis-py's default
+    # socket timeout of 5 s used to cut such a wait short and retry it until it gave up: the job
+    # started ~110 s late.
+    run = await bull_client.create_run({})
+    worker = Worker(bull_client, handlers.HANDLERS, handle_signals=False, backend="bullmq")
+    running = asyncio.create_task(worker.run())
+    try:
+        await asyncio.sleep(0.5)  # idle: the queue is empty
+        task = await bull_client.enqueue_task(run.id, type="noop", input_data=1, delay_ms=6500)
+
+        async def completed() -> bool:
+            return (await bull_client.get_task(task.id)).status == "completed"
+
+        await eventually(completed, timeout_s=20, what="the delayed task to complete")
+        done = await bull_client.get_task(task.id)
+        assert done.started_at is not None
+        assert 6500 <= done.started_at - done.created_at <= 8500
+    finally:
+        worker.stop()
+        await asyncio.wait_for(running, 30)

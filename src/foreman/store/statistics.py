@@ -19,15 +19,17 @@ TABLES = ("task", "run", "run_data")
 # Rows changed before a never-analysed table is analysed: below it every plan is cheap anyway.
 MIN_CHANGES = 1000
 
-# pg_stats (not pg_statistic, which only a superuser reads) shows the owner its tables' rows.
+# No column statistics: never analysed (nor vacuumed: reltuples -1), or analysed while empty
+# (reltuples 0). Only the catalog's counters: no pg_stats, whose rows depend on the caller's
+# privileges and row-level security, and which costs a scan of pg_class per table.
 _WITHOUT_STATISTICS = """
 SELECT t.relname
   FROM pg_stat_user_tables t
+  JOIN pg_class c ON c.oid = t.relid
  WHERE t.schemaname = current_schema()
    AND t.relname = ANY($1::text[])
    AND t.n_mod_since_analyze >= $2
-   AND NOT EXISTS (SELECT 1 FROM pg_stats s
-                    WHERE s.schemaname = t.schemaname AND s.tablename = t.relname)
+   AND (c.reltuples <= 0 OR (t.last_analyze IS NULL AND t.last_autoanalyze IS NULL))
 """
 
 

@@ -35,7 +35,7 @@ from bullmq import Job
 from bullmq.redis_connection import RedisConnection
 from bullmq.scripts import Scripts, raw2NextJobData
 from redis.asyncio.retry import Retry
-from redis.backoff import ConstantBackoff
+from redis.backoff import ConstantBackoff, NoBackoff
 
 from foreman import errors
 from foreman.client import AsyncClient, RedisOptions
@@ -68,6 +68,7 @@ MAX_STALLED_COUNT = 1
 # it earlier. A burst run ends when BURST_WAIT_S passes with no job and nothing running.
 DRAIN_DELAY_S = 5.0
 MAX_BLOCK_S = 10.0
+BLOCK_TIMEOUT_MARGIN_S = 5.0  # the wait's socket timeout is MAX_BLOCK_S + this
 MIN_BLOCK_S = 0.001
 BURST_WAIT_S = 0.2
 # After a Redis restart, redis-py's default backoff (exponential up to seconds) kept a worker
@@ -110,6 +111,21 @@ def _redis(options: RedisOptions) -> redis_asyncio.Redis:
     )
 
 
+def _blocking_redis(options: RedisOptions) -> redis_asyncio.Redis:
+    """The connection of the marker wait: its reads may block up to MAX_BLOCK_S, and it is never
+    retried by redis-py (a retry would run the queued moveToActive again and strand the job the
+    first one took); a failed wait is the consumer's to handle."""
+    return redis_asyncio.Redis(
+        **options.connection(),
+        decode_responses=True,
+        # redis-py's default of 5 s cut every wait of 5 s or more short and retried it: an idle
+        # worker reconnected every 5 s, and a job delayed past 5 s started up to ~110 s late.
+        socket_timeout=MAX_BLOCK_S + BLOCK_TIMEOUT_MARGIN_S,
+        retry=Retry(NoBackoff(), 0),
+        health_check_interval=30,
+    )
+
+
 @dataclass(slots=True)
 class _Job:
     """A job this consumer moved to active: held until acknowledged."""
@@ -136,7 +152,7 @@ class JobConsumer:
         self.queue_name = queue_name
         self.lock_ms = max(round(worker.lease_s * 1000), MIN_LOCK_MS)
         self._redis = _redis(redis)
-        self._blocking = _redis(redis)  # BZPOPMIN must not hold up the other commands
+        self._blocking = _blocking_redis(redis)  # the wait must not hold up other commands
         self._scripts = Scripts(KEY_PREFIX, queue_name, RedisConnection(self._redis))
         self._commands = self._scripts.commands
         self._marker: str = self._scripts.keys["marker"]
@@ -301,22 +317,27 @@ class JobConsumer:
                 pipe.llen(self._waiting_keys[0])
                 pipe.zcard(self._waiting_keys[1])
                 replies = await pipe.execute(raise_on_error=False)
-            popped, moved, *waiting = replies[len(stale) :]
-            if isinstance(popped, Exception):
-                raise popped
-        except Exception as exc:
+        except Exception as exc:  # the connection failed: nothing is known to have run
             logger.warning("waiting for BullMQ jobs failed: %s", exc)
             await asyncio.sleep(RECONNECT_S)
             return _Woken(marker=0, took=False, due=None, more=False)  # look again
+        popped, moved, *waiting = replies[len(stale) :]
+        # The move's reply first: whatever became of the wait, a job it took is ours to run.
+        took, due = False, None
+        if not isinstance(moved, Exception):  # refused: its script not loaded (Redis restarted)
+            try:
+                took, due = self._start_moved(moved, token, moved_at_ms=args[1])
+            except Exception as exc:  # as in _take: logged, looked at again
+                logger.warning("taking a BullMQ job failed: %s", exc)
+        if isinstance(popped, Exception):
+            logger.warning("waiting for BullMQ jobs failed: %s", popped)
+            await asyncio.sleep(RECONNECT_S)
+            return _Woken(marker=0, took=took, due=None, more=False)
         marker = None
         if popped:
             _key, member, score = popped
             marker = int(score) if member else 0
         more = any(isinstance(n, int) and n > 0 for n in waiting)
-        if isinstance(moved, Exception):
-            # Refused (its script not loaded yet, after a Redis restart): the next _take loads it.
-            return _Woken(marker, took=False, due=None, more=more)
-        took, due = self._start_moved(moved, token, moved_at_ms=args[1])
         return _Woken(marker, took, due, more)
 
     async def _until_slot_freed(self, timeout_s: float | None = None) -> None:
