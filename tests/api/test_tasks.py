@@ -493,7 +493,10 @@ async def test_malformed_id_filter_matches_nothing(client, run, param):
     "sort_by", ["created_at", "createdAt", "started_at", "startedAt", "completed_at", "completedAt"]
 )
 async def test_sort_by_snake_or_camel_case(client, run, sort_by):
-    tasks = [await create_task(client, run["id"]) for _ in range(3)]
+    tasks = []
+    for _ in range(3):  # timestamps are milliseconds: three creates can share one
+        await asyncio.sleep(0.002)
+        tasks.append(await create_task(client, run["id"]))
     for task in reversed(tasks):
         await asyncio.sleep(0.002)
         await patch_task(client, task["id"], status="running")
