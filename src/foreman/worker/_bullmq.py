@@ -102,26 +102,23 @@ async def consume(worker: Worker, *, burst: bool) -> None:
     await consumer.run(burst=burst)
 
 
-def _redis(options: RedisOptions) -> redis_asyncio.Redis:
+def _redis(options: RedisOptions, *, blocking: bool = False) -> redis_asyncio.Redis:
+    """A client for commands; blocking: for the marker wait, whose reads may block up to
+    MAX_BLOCK_S and which redis-py never retries (a retry would run the queued moveToActive again
+    and strand the job the first one took; a failed wait is the consumer's to handle)."""
+    if blocking:
+        # redis-py's default timeout of 5 s cut every wait of 5 s or more short and retried it:
+        # an idle worker reconnected every 5 s, and a job delayed past 5 s started ~110 s late.
+        timeouts: dict[str, Any] = {
+            "socket_timeout": MAX_BLOCK_S + BLOCK_TIMEOUT_MARGIN_S,
+            "retry": Retry(NoBackoff(), 0),
+        }
+    else:
+        timeouts = {"retry": Retry(ConstantBackoff(RECONNECT_S), RECONNECT_TRIES)}
     return redis_asyncio.Redis(
         **options.connection(),
+        **timeouts,
         decode_responses=True,  # what bullmq's scripts and Job expect
-        retry=Retry(ConstantBackoff(RECONNECT_S), RECONNECT_TRIES),
-        health_check_interval=30,
-    )
-
-
-def _blocking_redis(options: RedisOptions) -> redis_asyncio.Redis:
-    """The connection of the marker wait: its reads may block up to MAX_BLOCK_S, and it is never
-    retried by redis-py (a retry would run the queued moveToActive again and strand the job the
-    first one took); a failed wait is the consumer's to handle."""
-    return redis_asyncio.Redis(
-        **options.connection(),
-        decode_responses=True,
-        # redis-py's default of 5 s cut every wait of 5 s or more short and retried it: an idle
-        # worker reconnected every 5 s, and a job delayed past 5 s started up to ~110 s late.
-        socket_timeout=MAX_BLOCK_S + BLOCK_TIMEOUT_MARGIN_S,
-        retry=Retry(NoBackoff(), 0),
         health_check_interval=30,
     )
 
@@ -152,7 +149,7 @@ class JobConsumer:
         self.queue_name = queue_name
         self.lock_ms = max(round(worker.lease_s * 1000), MIN_LOCK_MS)
         self._redis = _redis(redis)
-        self._blocking = _blocking_redis(redis)  # the wait must not hold up other commands
+        self._blocking = _redis(redis, blocking=True)  # the wait holds up no other command
         self._scripts = Scripts(KEY_PREFIX, queue_name, RedisConnection(self._redis))
         self._commands = self._scripts.commands
         self._marker: str = self._scripts.keys["marker"]
@@ -285,7 +282,7 @@ class JobConsumer:
         job = _Job(Job.fromJSON(self._queue, job_data, job_id), token)
         now_ms = round(time.time() * 1000)
         if moved_at_ms and now_ms - moved_at_ms > PROCESSED_ON_SLACK_MS:
-            self._stale.append((f"{self._queue.qualifiedName}:{job_id}", now_ms))
+            self._stale.append((self._scripts.toKey(job_id), now_ms))
         self._start(job)
         return True, int(delay or 0)
 
