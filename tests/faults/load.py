@@ -213,6 +213,7 @@ class WriteCheck:
     tasks: int
     lost: list[str]  # one line per acknowledged write that is missing or wrong
     unacknowledged_applied: int  # writes whose answer was lost but which did commit
+    unacknowledged_tasks: int  # of them, task creations
 
     def figures(self) -> dict[str, Any]:
         return {
@@ -260,8 +261,9 @@ async def check_writes(ledger: Ledger, database_url: str) -> WriteCheck:
     for task_id, run_id in ledger.tasks.items():
         if tasks.get(task_id) != run_id:
             lost.append(f"task {task_id}: acknowledged (201) but not in run {run_id}")
-    applied = load_runs - len(ledger.runs) + load_tasks - len(ledger.tasks)
-    return WriteCheck(len(runs), len(tasks), lost, applied)
+    unacknowledged_tasks = load_tasks - len(ledger.tasks)
+    applied = load_runs - len(ledger.runs) + unacknowledged_tasks
+    return WriteCheck(len(runs), len(tasks), lost, applied, unacknowledged_tasks)
 
 
 # ---------------------------------------------------------------- tasks and run counters

@@ -85,6 +85,9 @@ async def test_postgres_restart_loses_nothing(
             server.kill()
 
     figures = ledger.figures()
+    # The acknowledged tasks, and any whose create committed as the database went down but whose
+    # answer was a 503 (seen once: 729 tasks in the database, 728 acknowledged).
+    enqueued = len(slow) + len(ledger.tasks) + check.unacknowledged_tasks
     during = ledger.statuses(since=down_at - 0.5)
     fault_report.add(
         f"postgres_restart_{mode}",
@@ -96,10 +99,10 @@ async def test_postgres_restart_loses_nothing(
             "outage_s": round(up_at - down_at, 3),
             "unavailable_window_s": ledger.error_window_s(),
             "recovery_s": ledger.first_ack_after(up_at),
-            "tasks_enqueued": len(slow) + len(ledger.tasks),
+            "tasks_enqueued": enqueued,
             "tasks_unfinished_at_stop": unfinished_at_stop,
             "tasks_completed": states.counts.get("completed", 0),
-            "tasks_lost": len(slow) + len(ledger.tasks) - states.counts.get("completed", 0),
+            "tasks_lost": enqueued - states.counts.get("completed", 0),
             "tasks_rerun": states.rerun,
             "worker_recovery_s": _seconds(first_done_ms, up_ms),
             "all_tasks_done_s": _seconds(last_done_ms, up_ms),
@@ -111,7 +114,7 @@ async def test_postgres_restart_loses_nothing(
     assert set(figures["statuses"]) <= {"200", "201", "503"}, (figures["statuses"], server_errors)
     assert check.lost == [], check.lost
     assert ledger.first_ack_after(up_at) is not None, "no write acknowledged after the restart"
-    assert states.counts == {"completed": len(slow) + len(ledger.tasks)}, states
+    assert states.counts == {"completed": enqueued}, states
     assert mismatches == [], mismatches
     assert alive, "the server or a worker exited instead of recovering"
     assert unfinished_at_stop > 0, "the workers had nothing left to do when PostgreSQL stopped"
