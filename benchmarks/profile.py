@@ -20,7 +20,7 @@ from pathlib import Path
 
 from foreman.bench import api, services
 from foreman.bench.defaults import FULL, Profile
-from foreman.bench.http import BenchHttp
+from foreman.bench.http import open_http
 from foreman.logs import configure_logging
 from foreman.settings import Settings
 
@@ -81,7 +81,7 @@ async def profile(args: argparse.Namespace) -> Path:
         try:
             async with (
                 services.run_server(url, workers=args.workers, log_level=args.log) as srv,
-                BenchHttp(srv.endpoint, connections=load.concurrency) as http,
+                open_http(srv.endpoint, connections=load.concurrency) as http,
             ):
                 if args.figure == "api_post_runs":
                     measuring = api.measure_post_runs(http, load)

@@ -16,13 +16,13 @@ import logging
 import os
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+from foreman.bench import services
 from foreman.bench.handlers import NOOP, PICKUP
 from foreman.bench.stats import percentile
 from foreman.client import AsyncClient, TaskSpec
@@ -76,11 +76,10 @@ async def run_workers(
         "FOREMAN_API_KEY": api_key,
         "FOREMAN_LOG_LEVEL": "WARNING",
     }
-    command = [
-        sys.executable, "-c", "from foreman.cli import main; main()", "worker",
-        "foreman.bench.handlers:HANDLERS", "--concurrency", str(workers.concurrency),
+    command = services.foreman_command(
+        "worker", "foreman.bench.handlers:HANDLERS", "--concurrency", str(workers.concurrency),
         "--backend", backend,
-    ]  # fmt: skip
+    )  # fmt: skip
     with tempfile.TemporaryFile(prefix="foreman-bench-worker-") as log:
         processes = [
             subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log)  # noqa: S603, ASYNC220 - this interpreter

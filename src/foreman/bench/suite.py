@@ -13,7 +13,7 @@ from typing import Any
 
 from foreman.bench import api, e2e, pginsert, scale, scaledata, services, sysinfo
 from foreman.bench.defaults import BENCH_API_KEY, Profile
-from foreman.bench.http import BenchHttp
+from foreman.bench.http import open_http
 from foreman.bench.loadgen import LoadResult
 from foreman.bench.report import SCALE_QUERIES
 from foreman.bench.stats import ratio
@@ -133,7 +133,7 @@ async def _api_figures(
     database_url: str | None,
 ) -> None:
     profile = options.profile
-    async with BenchHttp(
+    async with open_http(
         endpoint, connections=profile.concurrency, api_key=options.api_key
     ) as http:
         runs = {"api_lifecycle": profile.lifecycle_runs, "api_lifecycle_one_run": 1}
