@@ -311,7 +311,7 @@ async def run_soak(options: SoakOptions) -> dict[str, Any]:
                     url, workers=options.server_workers, log_level="WARNING", env=env
                 ) as server,
                 e2e.run_workers(
-                    server.endpoint, api_key=BENCH_API_KEY, backend="postgres", workers=workers
+                    e2e.Fleet(server.endpoint, BENCH_API_KEY, "postgres", workers)
                 ) as processes,
                 AsyncClient(server.endpoint, BENCH_API_KEY, retries=0) as client,
             ):

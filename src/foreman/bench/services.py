@@ -100,18 +100,17 @@ def postgres_server(settings: Settings) -> Iterator[BenchDatabase]:
 
 @contextlib.contextmanager
 def embedded_postgres(root: Path) -> Iterator[str]:
-    """A superuser URL of a pgserver cluster in root/pgdata, stopped (data kept) on exit."""
+    """A superuser URL of a pgserver cluster kept in root, stopped (data kept) on exit."""
     try:
-        import pgserver  # the [embedded] extra
+        from pgserver import postgres_server  # the [embedded] extra
     except ImportError as exc:
         raise errors.ForemanError(
-            "No database configured and pgserver is not installed: set FOREMAN_DATABASE_URL "
-            "or install foreman[embedded]"
+            "the bench needs a PostgreSQL on this machine: set FOREMAN_DATABASE_URL, "
+            "or install foreman[embedded] for one of its own"
         ) from exc
-    pgdata = (root / "pgdata").resolve()
-    pgdata.parent.mkdir(parents=True, exist_ok=True)
-    # cleanup_mode="stop": stopped when the last process using it lets go.
-    server = pgserver.postgres_server.get_server(pgdata, cleanup_mode="stop")
+    root.mkdir(parents=True, exist_ok=True)
+    # Stopped when the last process using it lets go (a running bench or soak).
+    server = postgres_server.get_server(root.resolve() / "pgdata", cleanup_mode="stop")
     try:
         yield str(server.get_uri("postgres"))
     finally:

@@ -196,50 +196,51 @@ def _e2e_measure(
 ) -> Callable[[], Awaitable[None]]:
     profile = options.profile
     workers = e2e.Workers(profile.e2e_worker_processes, profile.e2e_worker_concurrency)
+    fleet = e2e.Fleet(endpoint, options.api_key, backend, workers)
 
     async def measure() -> None:
         if figure == "pickup":
-            picked = await e2e.measure_pickup(
-                endpoint,
-                backend=backend,
-                rate_per_s=profile.pickup_rate_per_s,
-                duration_s=profile.pickup_duration_s,
-                api_key=options.api_key,
-                workers=workers,
-            )
-            prefix = "pickup" if backend == "postgres" else f"pickup_{backend}"
-            report.results[f"{prefix}_p50_ms"] = round(picked.p50_ms, 2)
-            report.results[f"{prefix}_p99_ms"] = round(picked.p99_ms, 2)
-            report.details[f"pickup_{backend}"] = {
-                "samples": picked.samples,
-                "rate_per_s": picked.rate_per_s,
-            }
-            return
-        result = await e2e.measure_e2e(
-            endpoint,
-            backend=backend,
-            tasks=profile.e2e_tasks,
-            api_key=options.api_key,
-            workers=workers,
-            deadline_s=profile.e2e_deadline_s,
-        )
-        if result.completed < result.tasks:
-            report.notes[figure] = (
-                f"partial: {result.completed} of {result.tasks} tasks completed within "
-                f"{profile.e2e_deadline_s:g} s; the figure is completed tasks per second so far"
-            )
-        report.results[f"e2e_{backend}_tasks_per_s"] = round(result.tasks_per_s, 1)
-        report.details[figure] = {
-            "tasks": result.tasks,
-            "completed": result.completed,
-            "elapsed_s": round(result.elapsed_s, 2),
-            "enqueue_s": round(result.enqueue_s, 2),
-            "worker_processes": workers.processes,
-            "worker_concurrency": workers.concurrency,
-            "enqueue_batch": e2e.ENQUEUE_BATCH,
-        }
+            await _pickup_figure(report, fleet, profile)
+        else:
+            await _throughput_figure(report, fleet, profile, figure)
 
     return measure
+
+
+async def _pickup_figure(report: Report, fleet: e2e.Fleet, profile: Profile) -> None:
+    picked = await e2e.measure_pickup(
+        fleet, rate_per_s=profile.pickup_rate_per_s, duration_s=profile.pickup_duration_s
+    )
+    prefix = "pickup" if fleet.backend == "postgres" else f"pickup_{fleet.backend}"
+    report.results[f"{prefix}_p50_ms"] = round(picked.p50_ms, 2)
+    report.results[f"{prefix}_p99_ms"] = round(picked.p99_ms, 2)
+    report.details[f"pickup_{fleet.backend}"] = {
+        "samples": picked.samples,
+        "rate_per_s": picked.rate_per_s,
+    }
+
+
+async def _throughput_figure(
+    report: Report, fleet: e2e.Fleet, profile: Profile, figure: str
+) -> None:
+    result = await e2e.measure_e2e(
+        fleet, tasks=profile.e2e_tasks, deadline_s=profile.e2e_deadline_s
+    )
+    if result.completed < result.tasks:
+        report.notes[figure] = (
+            f"partial: {result.completed} of {result.tasks} tasks completed within "
+            f"{profile.e2e_deadline_s:g} s; the figure is completed tasks per second so far"
+        )
+    report.results[f"e2e_{fleet.backend}_tasks_per_s"] = round(result.tasks_per_s, 1)
+    report.details[figure] = {
+        "tasks": result.tasks,
+        "completed": result.completed,
+        "elapsed_s": round(result.elapsed_s, 2),
+        "enqueue_s": round(result.enqueue_s, 2),
+        "worker_processes": fleet.workers.processes,
+        "worker_concurrency": fleet.workers.concurrency,
+        "enqueue_batch": e2e.ENQUEUE_BATCH,
+    }
 
 
 async def _pg_insert_figure(report: Report, options: BenchOptions, database_url: str) -> None:
