@@ -27,16 +27,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from foreman.bench import api, services, sysinfo
+from foreman.bench import api, services, suite, sysinfo
 from foreman.bench.defaults import FULL, Profile
-from foreman.bench.http import BenchHttp, open_http
-from foreman.bench.loadgen import LoadResult
+from foreman.bench.http import open_http
 from foreman.logs import configure_logging
 from foreman.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-FIGURES = ("api_post_runs", "api_get_task", "api_lifecycle", "api_lifecycle_one_run")
+FIGURES = suite.API_FIGURES
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,17 +82,6 @@ def parse_config(text: str) -> Config:
     return Config(name or text, workers, log_level, env, pghost)
 
 
-async def _measure(
-    http: BenchHttp, figure: str, profile: Profile, probe: sysinfo.CpuProbe
-) -> LoadResult:
-    if figure == "api_post_runs":
-        return await api.measure_post_runs(http, profile, probe)
-    if figure == "api_get_task":
-        return await api.measure_get_task(http, profile, probe)
-    runs = profile.lifecycle_runs if figure == "api_lifecycle" else 1
-    return await api.measure_lifecycle(http, profile, runs=runs, probe=probe)
-
-
 async def _round(
     database_url: str, config: Config, figures: list[str], profile: Profile
 ) -> dict[str, dict[str, Any]]:
@@ -106,7 +94,7 @@ async def _round(
         probe = sysinfo.CpuProbe(server.pids, services.BENCH_DATABASE)
         async with open_http(server.endpoint, connections=profile.concurrency) as http:
             for figure in figures:
-                result = await _measure(http, figure, profile, probe)
+                result = await api.measure_figure(http, figure, profile, probe)
                 s = result.summary
                 results[figure] = {
                     "per_s": round(s.per_s, 1),

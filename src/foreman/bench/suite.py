@@ -136,22 +136,13 @@ async def _api_figures(
     async with open_http(
         endpoint, connections=profile.concurrency, api_key=options.api_key
     ) as http:
-        runs = {"api_lifecycle": profile.lifecycle_runs, "api_lifecycle_one_run": 1}
         for name in API_FIGURES:
             if name not in options.figures:
                 continue
 
             async def measure(name: str = name) -> None:
                 await _settle(database_url)
-                if name == "api_post_runs":
-                    result = await api.measure_post_runs(http, profile, probe)
-                elif name == "api_get_task":
-                    result = await api.measure_get_task(http, profile, probe)
-                else:
-                    result = await api.measure_lifecycle(
-                        http, profile, runs=runs[name], probe=probe
-                    )
-                report.add_load(name, result)
+                report.add_load(name, await api.measure_figure(http, name, profile, probe))
 
             await _figure(report, name, measure)
     spread = report.results.get("api_lifecycle_per_s")
