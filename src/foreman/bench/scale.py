@@ -3,8 +3,10 @@
 Each query is the SQL the server sends for a request (same text, same parameters, as of the
 migrations this bench loads), on a connection set up as the server's: role foreman_app under
 row-level security, bound to the bench organisation, one query at a time: what one request pays
-in PostgreSQL. EXPLAIN of the same SQL shows which indexes it uses. The SQL is the bench's own
-copy: the bench reaches Foreman only through its HTTP API, its SDK and plain SQL.
+in PostgreSQL (the round trip only: the server's Python around the query is not timed). EXPLAIN
+of the same SQL shows which indexes it uses. The SQL is the bench's own copy, since the bench
+reaches Foreman only through its HTTP API, its SDK and plain SQL;
+tests/integration/test_bench_scale.py checks that it reads the rows the API answers.
 """
 
 from __future__ import annotations
