@@ -11,6 +11,7 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
 from foreman import errors
+from foreman.server import params
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +102,11 @@ _CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: 
 
 
 def http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
+    malformed = params.malformed_path(request.scope.get("raw_path"))
+    if malformed is not None and exc.status_code in (404, 405):
+        # The router collapsed an empty segment ("/tasks//fail" -> "/tasks/fail"): the answer is
+        # about the path the client sent, as the guard on every router gives it (params.py).
+        return foreman_error(request, malformed)
     if exc.status_code == 404:
         message = f"Not found: {request.method} {request.url.path}"
     elif exc.status_code == 405:
