@@ -414,3 +414,21 @@ async def test_tag_updates_count_distinct_tags(client):
         body = {field: [f"n{i}" for i in range(101)] + ["n0"]}
         refused = await client.patch(url, json=body, headers=HEADERS_A)
         assert_names_field(assert_error(refused, 400, "101"), field)
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["/runs?status={long}", "/tasks?status={long}", "/runs/{run}/data?tagMode={long}"],
+)
+async def test_a_long_bad_value_is_not_echoed(client, url):
+    run = await create_run(client)
+    long = "x" * 20_000
+    response = await client.get(API + url.format(run=run["id"], long=long), headers=HEADERS_A)
+    assert_error(response, 400, "must be one of")
+    assert len(response.content) < 1_000
+
+
+async def test_a_long_malformed_path_id_is_not_echoed_whole(client):
+    response = await client.get(f"{API}/tasks/{'x' * 20_000}", headers=HEADERS_A)
+    assert_error(response, 404, "task not found")
+    assert len(response.content) < 1_000

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,12 +54,14 @@ class _QuerySpec:
     integers: frozenset[str]  # those of them that are integers
 
 
-_SPECS: weakref.WeakKeyDictionary[BaseRouteHandler, _QuerySpec] = weakref.WeakKeyDictionary()
+# By the handler's function: the spec depends on its signature only, and Litestar's own handler
+# objects (the OPTIONS ones) cannot be weakly referenced.
+_SPECS: weakref.WeakKeyDictionary[Callable[..., Any], _QuerySpec] = weakref.WeakKeyDictionary()
 
 
 def _query_spec(handler: BaseRouteHandler) -> _QuerySpec:
     """The handler's query parameters, read once from its signature."""
-    spec = _SPECS.get(handler)
+    spec = _SPECS.get(handler.fn)
     if spec is None:
         names: set[str] = set()
         integers: set[str] = set()
@@ -69,7 +71,7 @@ def _query_spec(handler: BaseRouteHandler) -> _QuerySpec:
                 names.add(kwarg.name or field.name)
                 if field.annotation is int:
                     integers.add(kwarg.name or field.name)
-        spec = _SPECS[handler] = _QuerySpec(frozenset(names), frozenset(integers))
+        spec = _SPECS[handler.fn] = _QuerySpec(frozenset(names), frozenset(integers))
     return spec
 
 
@@ -168,7 +170,7 @@ def choice(value: str | None, name: str, allowed: Sequence[str]) -> str | None:
 
 # ---------------------------------------------------------------- their OpenAPI documentation
 
-_ONCE = " At most once per request."
+ONCE = " At most once per request."
 _ID_RULES = (
     "A UUID (hyphenated or 32 hex digits, any case); a value that is no UUID matches nothing."
 )
@@ -182,14 +184,12 @@ _LIST_RULES = (
 def integer_param(*, ge: int, le: int, name: str | None = None) -> QueryParameter:
     """An integer query parameter in ge..le, written in decimal digits (``exact_request``)."""
     rules = "Plain decimal digits: no sign, exponent, fraction, spaces or leading zero."
-    return QueryParameter(name=name, ge=ge, le=le, description=rules + _ONCE)
+    return QueryParameter(name=name, ge=ge, le=le, description=rules + ONCE)
 
 
 def enum_param(allowed: Sequence[str], *, name: str | None = None) -> QueryParameter:
     """A query parameter that is one of allowed (checked by ``choice``)."""
-    return QueryParameter(
-        name=name, enum=list(allowed), description="Exactly one of these." + _ONCE
-    )
+    return QueryParameter(name=name, enum=list(allowed), description="Exactly one of these." + ONCE)
 
 
 # The string rules are checked by text, comma_list and id_filter, which name the parameter as the
@@ -201,14 +201,14 @@ _LIST_SCHEMA = {"minLength": 1, "pattern": "^[^,]+(,[^,]+)*$"}
 
 def text_param(*, name: str | None = None) -> QueryParameter:
     """A text filter (checked by ``text``)."""
-    return QueryParameter(name=name, schema_extra=_NAME_SCHEMA, description=_TEXT_RULES + _ONCE)
+    return QueryParameter(name=name, schema_extra=_NAME_SCHEMA, description=_TEXT_RULES + ONCE)
 
 
 def list_param(*, name: str | None = None) -> QueryParameter:
     """A comma-list filter (checked by ``comma_list``)."""
-    return QueryParameter(name=name, schema_extra=_LIST_SCHEMA, description=_LIST_RULES + _ONCE)
+    return QueryParameter(name=name, schema_extra=_LIST_SCHEMA, description=_LIST_RULES + ONCE)
 
 
 def id_param(*, name: str | None = None) -> QueryParameter:
     """An id filter (checked by ``id_filter``)."""
-    return QueryParameter(name=name, schema_extra=_NAME_SCHEMA, description=_ID_RULES + _ONCE)
+    return QueryParameter(name=name, schema_extra=_NAME_SCHEMA, description=_ID_RULES + ONCE)

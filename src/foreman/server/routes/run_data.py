@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from litestar import Request, Router, delete, get, patch, post
 from litestar.params import FromPath, JSONBody, QueryParameter
@@ -12,6 +12,11 @@ from foreman.models import Deleted, Pagination, RunData, RunDataCreate, RunDataL
 from foreman.server import auth, params
 from foreman.server.deps import MAX_OFFSET, error_responses, org_conn, sort_column, sort_order
 from foreman.store import run_data as store
+
+SORT_BY = "One of created_at, updated_at, key (camelCase accepted)." + params.ONCE
+SORT_ORDER = "asc or desc, any case." + params.ONCE
+
+TAG_MODES = ("any", "all")
 
 
 @post("", status_code=201, responses=error_responses(400, 404, 413))
@@ -50,12 +55,14 @@ async def query_run_data(
     key_pattern: Annotated[str | None, params.text_param(name="keyPattern")] = None,
     tags: Annotated[str | None, params.list_param()] = None,
     tag_starts_with: Annotated[str | None, params.list_param(name="tagStartsWith")] = None,
-    tag_mode: Annotated[Literal["any", "all"], QueryParameter(name="tagMode")] = "any",
-    include_all: Annotated[bool, QueryParameter(name="includeAll")] = False,
+    tag_mode: Annotated[str, params.enum_param(TAG_MODES, name="tagMode")] = "any",
+    include_all: Annotated[
+        bool, QueryParameter(name="includeAll", description="true or false." + params.ONCE)
+    ] = False,
     limit: Annotated[int, params.integer_param(ge=1, le=1000)] = 100,
     offset: Annotated[int, params.integer_param(ge=0, le=MAX_OFFSET)] = 0,
-    sort_by: Annotated[str, QueryParameter(name="sortBy")] = "created_at",
-    sort_order_: Annotated[str, QueryParameter(name="sortOrder")] = "desc",
+    sort_by: Annotated[str, QueryParameter(name="sortBy", description=SORT_BY)] = "created_at",
+    sort_order_: Annotated[str, QueryParameter(name="sortOrder", description=SORT_ORDER)] = "desc",
 ) -> RunDataList:
     """Run data matching the filters; only the latest row per key unless includeAll=true."""
     run_id = params.path_id(run_id, "Run")
@@ -66,7 +73,7 @@ async def query_run_data(
         key_pattern=params.text(key_pattern, "keyPattern"),
         tags=params.comma_list(tags, "tags"),
         tag_prefixes=params.comma_list(tag_starts_with, "tagStartsWith"),
-        tag_mode=tag_mode,
+        tag_mode=params.choice(tag_mode, "tagMode", TAG_MODES) or "any",
         include_all=include_all,
         sort_by=sort_column(sort_by, ("created_at", "updated_at", "key")),
         sort_order=sort_order(sort_order_),

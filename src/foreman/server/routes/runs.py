@@ -14,6 +14,8 @@ from foreman.server import auth, params
 from foreman.server.deps import MAX_OFFSET, error_responses, org_conn, sort_column, sort_order
 from foreman.store import runs as runs_store
 
+SORT_BY = "One of created_at, started_at, completed_at (camelCase accepted)." + params.ONCE
+SORT_ORDER = "asc or desc, any case." + params.ONCE
 RUN_STATUSES: tuple[str, ...] = get_args(RunStatus)
 
 
@@ -64,8 +66,8 @@ async def list_runs(
     limit: Annotated[int, params.integer_param(ge=1, le=100)] = 20,
     offset: Annotated[int, params.integer_param(ge=0, le=MAX_OFFSET)] = 0,
     status: Annotated[str | None, params.enum_param(RUN_STATUSES)] = None,
-    sort_by: Annotated[str, QueryParameter(name="sortBy")] = "created_at",
-    sort_order_: Annotated[str, QueryParameter(name="sortOrder")] = "desc",
+    sort_by: Annotated[str, QueryParameter(name="sortBy", description=SORT_BY)] = "created_at",
+    sort_order_: Annotated[str, QueryParameter(name="sortOrder", description=SORT_ORDER)] = "desc",
 ) -> RunList:
     """The organisation's runs, newest first by default; ties broken by id."""
     status = params.choice(status, "status", RUN_STATUSES)

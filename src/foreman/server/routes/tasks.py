@@ -23,6 +23,9 @@ from foreman.server.deps import (
 from foreman.server.responses import JsonResponse
 from foreman.store import tasks as tasks_store
 
+SORT_BY = "One of created_at, started_at, completed_at (camelCase accepted)." + params.ONCE
+SORT_ORDER = "asc or desc, any case." + params.ONCE
+
 TASK_STATUSES: tuple[str, ...] = get_args(TaskStatus)
 
 
@@ -120,8 +123,8 @@ async def list_tasks(
     status: Annotated[str | None, params.enum_param(TASK_STATUSES)] = None,
     task_type: Annotated[str | None, params.text_param(name="type")] = None,
     parent_task_id: Annotated[str | None, params.id_param(name="parentTaskId")] = None,
-    sort_by: Annotated[str, QueryParameter(name="sortBy")] = "created_at",
-    sort_order_: Annotated[str, QueryParameter(name="sortOrder")] = "desc",
+    sort_by: Annotated[str, QueryParameter(name="sortBy", description=SORT_BY)] = "created_at",
+    sort_order_: Annotated[str, QueryParameter(name="sortOrder", description=SORT_ORDER)] = "desc",
 ) -> TaskList:
     """Tasks of the organisation, filtered by run, status, type or parent; ties broken by id."""
     filters = {
