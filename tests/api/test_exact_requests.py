@@ -4,6 +4,7 @@ mean what they say (server/params.py). Each defect here was found by a hostile c
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -431,4 +432,29 @@ async def test_a_long_bad_value_is_not_echoed(client, url):
 async def test_a_long_malformed_path_id_is_not_echoed_whole(client):
     response = await client.get(f"{API}/tasks/{'x' * 20_000}", headers=HEADERS_A)
     assert_error(response, 404, "task not found")
+    assert len(response.content) < 1_000
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/tasks/{task}", {"status": "{long}"}),
+        ("/runs/{run}", {"status": "{long}"}),
+        (
+            "/tasks/complete",
+            {"results": [{"taskId": "{task}", "leaseToken": "{task}", "status": "{long}"}]},
+        ),
+    ],
+)
+async def test_a_long_bad_enum_in_a_body_is_not_echoed_whole(client, path, body):
+    run = await create_run(client)
+    task = await ready_task(client, run["id"])
+    text = json.dumps(body).replace("{long}", "x" * 100_000)
+    text = text.replace("{task}", task["id"]).replace("{run}", run["id"])
+    method = "POST" if path == "/tasks/complete" else "PATCH"
+    url = API + path.format(run=run["id"], task=task["id"])
+    response = await client.request(
+        method, url, content=text, headers={**HEADERS_A, "content-type": "application/json"}
+    )
+    assert_error(response, 400, "status", "invalid enum value")
     assert len(response.content) < 1_000

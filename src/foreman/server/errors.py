@@ -19,6 +19,7 @@ logger = logging.getLogger(__name__)
 _AT_PATH = re.compile(r"^(?P<msg>.*) - at `\$(?P<path>[^`]*)`$", re.DOTALL)
 _PATH_PART = re.compile(r"\.([^.\[]+)|\[(\d+)\]|\[\"((?:[^\"\\]|\\.)*)\"\]")
 _NAMED_FIELD = re.compile(r"`([^`]+)`")
+_MAX_MSG_CHARS = 200
 
 
 def json_path(path: str) -> list[str | int]:
@@ -33,6 +34,8 @@ def body_error_detail(message: str) -> dict[str, Any]:
     """``{"loc", "msg"}`` for a msgspec validation message about a request body."""
     match = _AT_PATH.match(message)
     msg, loc = (match["msg"], json_path(match["path"])) if match else (message, [])
+    if len(msg) > _MAX_MSG_CHARS:  # msgspec echoes a bad enum value whole, megabytes of it
+        msg = f"{msg[:_MAX_MSG_CHARS]}..."
     # A missing field, or a __post_init__ check, names the field in backticks but not in the path.
     named = _NAMED_FIELD.search(msg)
     if named and msg.startswith(("Object missing required field", "`")):
