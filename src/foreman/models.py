@@ -19,13 +19,21 @@ TaskStatus = Literal["pending", "queued", "running", "completed", "failed", "can
 TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
 
 JsonObject = dict[str, Any]
-Name = Annotated[str, Meta(min_length=1, max_length=255)]
-Tag = Annotated[str, Meta(min_length=1, max_length=255)]
+# Limits of the identifier-like strings of bodies and queries, in one place (docs/security.md
+# lists where each applies). SPEC section 5 gives 1..255 for a task type and a run-data key; the
+# other names, keys and ids a client chooses get the same bound.
+MAX_NAME_CHARS = 255
+MAX_TAGS = 100  # distinct tags on a run-data entry, and in one tag update list
+MAX_LIST_ITEMS = 1000  # items of a comma-list filter, types of a claim
+Name = Annotated[str, Meta(min_length=1, max_length=MAX_NAME_CHARS)]
+Tag = Annotated[str, Meta(min_length=1, max_length=MAX_NAME_CHARS)]
 # Any JSON value but null (SPEC section 4). The check is _require_value; this only tells the
 # OpenAPI document (Litestar reads "extra" of extra_json_schema), so that the schema stays truthful.
 JsonValue = Annotated[Any, Meta(extra_json_schema={"extra": {"not": {"type": "null"}}})]
-MAX_TAGS = 100
-Tags = Annotated[list[Tag], Meta(max_length=MAX_TAGS)]
+# No maxItems: duplicates are dropped before the count (_unique_tags), so a list may be longer.
+Tags = Annotated[
+    list[Tag], Meta(description=f"At most {MAX_TAGS} distinct tags; repeats are dropped")
+]
 MaxRetries = Annotated[int, Meta(ge=0, le=10)]
 # BullMQ's range: 0 is the default, then 1 (highest) .. 2,097,152 (lowest).
 Priority = Annotated[int, Meta(ge=0, le=2_097_152)]
@@ -44,6 +52,14 @@ def _require_value(value: Any, field: str) -> None:
     if value is None:
         # msgspec reports a ValueError from __post_init__ as a validation error of the body.
         raise ValueError(f"`{field}` is required and must not be null")
+
+
+def _unique_tags(tags: list[str], field: str) -> list[str]:
+    """tags without repeats (first occurrences, in order); at most MAX_TAGS of them."""
+    unique = list(dict.fromkeys(tags))
+    if len(unique) > MAX_TAGS:
+        raise ValueError(f"`{field}` holds {len(unique)} distinct tags; the limit is {MAX_TAGS}")
+    return unique
 
 
 # ---------------------------------------------------------------- responses
@@ -230,7 +246,7 @@ class TaskUpdate(_In):
     output_data: Any | UnsetType = UNSET
     error_data: Any | UnsetType = UNSET
     metadata: JsonObject | UnsetType | None = UNSET
-    queue_job_id: str | UnsetType | None = UNSET
+    queue_job_id: Name | UnsetType | None = UNSET
 
 
 class RunDataCreate(_In):
@@ -242,11 +258,18 @@ class RunDataCreate(_In):
 
     def __post_init__(self) -> None:
         _require_value(self.value, "value")
+        self.tags = _unique_tags(self.tags, "tags")
 
 
 class TagsUpdate(_In):
     add: Tags | None = None
     remove: Tags | None = None
+
+    def __post_init__(self) -> None:
+        if self.add is not None:
+            self.add = _unique_tags(self.add, "add")
+        if self.remove is not None:
+            self.remove = _unique_tags(self.remove, "remove")
 
 
 # ---------------------------------------------------------------- queue (docs/queue-protocol.md)
@@ -274,7 +297,7 @@ class TaskClaim(_In):
     """POST /tasks/claim: lease up to ``limit`` ready tasks, long-polling up to ``waitMs``."""
 
     worker_id: Name
-    types: Annotated[list[Name], Meta(max_length=1000)] | None = None
+    types: Annotated[list[Name], Meta(max_length=MAX_LIST_ITEMS)] | None = None
     limit: ClaimLimit = 1
     lease_ms: LeaseMs = DEFAULT_LEASE_MS
     wait_ms: WaitMs = 0

@@ -11,7 +11,7 @@ import msgspec
 from litestar import Request
 from litestar.openapi.datastructures import ResponseSpec
 
-from foreman import errors, ids
+from foreman import errors
 from foreman.models import ErrorBody, Task
 from foreman.server import auth, notify
 from foreman.server import errors as error_handlers
@@ -109,13 +109,6 @@ def org_conn(request: Request[Any, Any, Any]) -> CallerConnection:
     """Authenticate (401/403 here), then lend a connection bound to the caller's organisation."""
     org_id = auth.request_org(request)
     return CallerConnection(org_id, db.org_connection(state(request).pool, org_id))
-
-
-def require_uuid(value: str, what: str) -> str:
-    """A path id; a malformed one is simply not found (SPEC section 2)."""
-    if not ids.is_uuid(value):
-        raise errors.NotFoundError(f"{what} not found: {value}")
-    return value
 
 
 _SORT_ALIASES = {

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from typing import Annotated, Any
 
 from litestar import Request, Router, get, post
-from litestar.params import FromPath, JSONBody, QueryParameter
+from litestar.params import FromPath, JSONBody
 
 from foreman import errors, ids
 from foreman.models import (
@@ -39,8 +39,8 @@ from foreman.models import (
     TaskRelease,
     TaskResults,
 )
-from foreman.server import auth
-from foreman.server.deps import AppState, error_responses, org_conn, require_uuid, state
+from foreman.server import auth, params
+from foreman.server.deps import AppState, error_responses, org_conn, state
 from foreman.server.notify import sleep_until
 from foreman.server.routes.tasks import new_task
 from foreman.store import db
@@ -137,7 +137,7 @@ async def claim_task(
     request: Request[Any, Any, Any], task_id: FromPath[str], data: JSONBody[TaskClaimOne]
 ) -> Task:
     """Lease one task by id (a BullMQ job named it); 409 if it is over or held by a live lease."""
-    require_uuid(task_id, "Task")
+    task_id = params.path_id(task_id, "Task")
     async with org_conn(request) as (org_id, conn):
         result = await queue_store.claim_task(
             conn,
@@ -213,7 +213,7 @@ async def heartbeat_one(
     request: Request[Any, Any, Any], task_id: FromPath[str], data: JSONBody[HeartbeatOne]
 ) -> LeaseStatus:
     """Renew one lease; 409 when it is lost, unless the task was cancelled (200, cancelled)."""
-    require_uuid(task_id, "Task")
+    task_id = params.path_id(task_id, "Task")
     lease = queue_store.Lease(task_id, str(data.lease_token))
     async with org_conn(request) as (org_id, conn):
         (result,) = await queue_store.heartbeat(
@@ -257,7 +257,7 @@ async def complete_task(
     request: Request[Any, Any, Any], task_id: FromPath[str], data: JSONBody[TaskComplete]
 ) -> Task:
     """End the attempt as completed with outputData; 409 for a stale lease token."""
-    require_uuid(task_id, "Task")
+    task_id = params.path_id(task_id, "Task")
     outcome = queue_store.Outcome(
         task_id, str(data.lease_token), "completed", output_data=data.output_data
     )
@@ -269,7 +269,7 @@ async def fail_task(
     request: Request[Any, Any, Any], task_id: FromPath[str], data: JSONBody[TaskFail]
 ) -> Task:
     """End the attempt as failed: retrying after a backoff while attempts remain, else failed."""
-    require_uuid(task_id, "Task")
+    task_id = params.path_id(task_id, "Task")
     outcome = queue_store.Outcome(
         task_id,
         str(data.lease_token),
@@ -320,7 +320,7 @@ async def release_task(
     request: Request[Any, Any, Any], task_id: FromPath[str], data: JSONBody[TaskRelease]
 ) -> Task:
     """Put a held task back in the queue without counting the attempt (graceful shutdown)."""
-    require_uuid(task_id, "Task")
+    task_id = params.path_id(task_id, "Task")
     (ended,) = await _release(request, [queue_store.Lease(task_id, str(data.lease_token))])
     if not ended.found:
         raise errors.NotFoundError(f"Task not found: {task_id}")
@@ -349,10 +349,12 @@ async def release_tasks(request: Request[Any, Any, Any], data: JSONBody[LeaseRef
 async def wait_task(
     request: Request[Any, Any, Any],
     task_id: FromPath[str],
-    timeout_ms: Annotated[int, QueryParameter(name="timeoutMs", ge=0, le=60_000)] = DEFAULT_WAIT_MS,
+    timeout_ms: Annotated[
+        int, params.integer_param(name="timeoutMs", ge=0, le=60_000)
+    ] = DEFAULT_WAIT_MS,
 ) -> Task:
     """The task as soon as it is terminal, or as it is when timeoutMs has passed."""
-    require_uuid(task_id, "Task")
+    task_id = params.path_id(task_id, "Task")
     org_id = auth.request_org(request)
     app = state(request)
     deadline = time.monotonic() + timeout_ms / 1000
@@ -373,6 +375,7 @@ async def wait_task(
 router = Router(
     path="/api/v1/tasks",
     middleware=[auth.authenticated],
+    guards=[params.exact_request],
     route_handlers=[
         create_tasks,
         claim_tasks,
