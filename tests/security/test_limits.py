@@ -10,6 +10,8 @@ from foreman.server import middleware
 from tests.api.helpers import API, assert_error, create_run, create_task
 from tests.conftest import HEADERS_A
 
+RAW_HEADERS = {**HEADERS_A, "content-type": "application/json"}
+
 
 def nested(depth: int) -> object:
     """A JSON value whose arrays and objects nest depth levels deep."""
@@ -130,6 +132,33 @@ async def test_default_limit_is_10_mib(client):
     assert len(accepted.json()["inputData"]) == len(near)
     over = await client.post(f"{API}/runs", json={"inputData": near + "x" * 200}, headers=HEADERS_A)
     assert_error(over, 413, "too large", str(10 * 1024 * 1024))
+
+
+async def test_numbers_may_not_grow_beyond_the_body_limit(app_with):
+    """jsonb writes 1e3000 as 3,001 digits: the digits a body's numbers gain are bounded."""
+    async with app_with(max_body_bytes=4096) as client:
+        ok = await client.post(
+            f"{API}/runs", content=b'{"inputData": [1e3000, -2.5E-1000]}', headers=RAW_HEADERS
+        )
+        assert ok.status_code == 201, ok.text
+        assert len(ok.text) > 4000  # 3,001 + 1,001 digits
+        grown = await client.post(
+            f"{API}/runs", content=b'{"inputData": [1e3000, 1e2000]}', headers=RAW_HEADERS
+        )
+        body = assert_error(grown, 400, "large exponents", "4096")
+        assert body["details"] == [{"loc": ["body"], "msg": body["error"].split(": ", 2)[2]}]
+        # In a string it is text, not a number.
+        text = await client.post(
+            f"{API}/runs", content=rb'{"inputData": ["1e9999999", "\\", 1]}', headers=RAW_HEADERS
+        )
+        assert text.status_code == 201, text.text
+        assert text.json()["inputData"] == ["1e9999999", "\\", 1]
+
+
+async def test_many_small_exponents_add_up(client):
+    body = b'{"inputData": [%s]}' % b",".join([b"1e999"] * 20_000)  # 120 kB, 20 MB written out
+    response = await client.post(f"{API}/runs", content=body, headers=RAW_HEADERS)
+    assert_error(response, 400, "large exponents")
 
 
 async def test_a_wide_valid_body_round_trips(client):

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-import msgspec
 from litestar import Request, Response, Router, get, patch, post
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
-from foreman import errors, ids
+from foreman import errors, ids, models
 from foreman.models import Pagination, Task, TaskCreate, TaskList, TaskStatus, TaskUpdate
 from foreman.server import auth
 from foreman.server.deps import (
@@ -32,7 +31,7 @@ def new_task(data: TaskCreate) -> tasks_store.NewTask:
         task_type=data.type,
         input_data=data.input_data,
         parent_task_id=None if data.parent_task_id is None else str(data.parent_task_id),
-        metadata=data.metadata,
+        metadata=models.stored(data.metadata),
         max_retries=data.max_retries,
         priority=data.priority,
         delay_ms=data.delay_ms,
@@ -95,7 +94,7 @@ async def update_task(
 ) -> Task:
     """Change a task's status or data; a terminal task cannot change status again (409)."""
     require_uuid(task_id, "Task")
-    changes = {k: v for k, v in msgspec.structs.asdict(data).items() if v is not msgspec.UNSET}
+    changes = models.changes(data)
     async with org_conn(request) as (org_id, conn):
         result = await tasks_store.update_task(
             conn, org_id=org_id, task_id=task_id, changes=changes, now=ids.now_ms()
