@@ -42,6 +42,14 @@ def test_json_depth(text, depth):
         assert middleware.too_deep(text, depth - 1) is True
 
 
+@pytest.mark.parametrize("offset", [65530, 65535, 65536, 131071])
+def test_json_depth_of_strings_across_slices(offset):
+    """Strings are cut out 64 KiB at a time: a string across a slice's end still hides brackets."""
+    text = b'["' + b"x" * offset + b'[[[\\"{{' + b"]" * 70_000 + b'", [[1]], "' + b"{" * 9 + b'"]'
+    assert middleware.json_depth(text) == 3
+    assert middleware.json_depth(b"[" * offset + b"]" * offset) == offset
+
+
 async def test_depth_at_the_limit_is_accepted_one_more_is_400(client):
     # The request body's envelope {"inputData": ...} is one level of the 64.
     accepted = await client.post(f"{API}/runs", json={"inputData": nested(63)}, headers=HEADERS_A)

@@ -142,16 +142,29 @@ def json_depth(body: bytes) -> int:
     """How deeply the arrays and objects of a JSON text nest (a scalar is 0, ``[]`` is 1).
 
     Linear and in C: escaped backslashes and quotes go first, then everything inside strings,
-    then all but the brackets, whose running sum is the depth. Measured on 10 MB bodies it costs
-    30-300 ms where decoding the same body costs 70 ms-2.8 s. Text that is not JSON gets some
-    number; the decoder rejects it afterwards anyway.
+    then all but the brackets, whose running sum is the depth. Strings are cut out a slice at a
+    time: splitting a whole 10 MB body of short strings at its quotes made millions of pieces at
+    once (210 MB, 0.5-1.1 s); by slices it takes a few MB and 0.25-0.4 s, against 1-3 s to store
+    the same body. Text that is not JSON gets some number; the decoder rejects it afterwards.
     """
-    unescaped = body.replace(b"\\\\", b"").replace(b'\\"', b"")
-    outside_strings = b"".join(unescaped.split(b'"')[::2])
-    brackets = outside_strings.translate(None, _NOT_BRACKETS)
+    brackets = _brackets_outside_strings(body)
     if not brackets:
         return 0
     return max(0, max(itertools.accumulate(map(_DEPTH_STEP.__getitem__, brackets))))
+
+
+_SLICE = 1 << 16
+
+
+def _brackets_outside_strings(body: bytes) -> bytes:
+    unescaped = body.replace(b"\\\\", b"").replace(b'\\"', b"")
+    brackets: list[bytes] = []
+    inside = False  # whether the slice starts inside a string (an odd count of quotes so far)
+    for start in range(0, len(unescaped), _SLICE):
+        parts = unescaped[start : start + _SLICE].split(b'"')
+        brackets.append(b"".join(parts[inside::2]).translate(None, _NOT_BRACKETS))
+        inside ^= len(parts) % 2 == 0
+    return b"".join(brackets)
 
 
 def too_deep(body: bytes, limit: int) -> bool:
