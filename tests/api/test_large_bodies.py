@@ -69,14 +69,14 @@ def _bodies(run_id: str, task_id: str, size: int) -> list[tuple[str, bytes]]:
 
 
 async def test_large_values_cost_a_few_times_their_size(client):
-    """A 2 MiB body of small values: Python allocations stay within 12 times its size.
+    """A 1 MiB body of small values: Python allocations stay within 12 times its size.
 
     Decoded into Python objects, the same bodies took 25-60 times their size (a dict per
     ``{"k":1}``, a float per number), and the depth check 20 times (a piece per string).
     """
     run = await create_run(client)
     task = await create_task(client, run["id"])
-    for path, body in _bodies(run["id"], task["id"], 2 * MIB):
+    for path, body in _bodies(run["id"], task["id"], MIB):
         await asyncio.sleep(0)
         tracemalloc.start()
         try:
