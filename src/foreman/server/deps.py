@@ -161,9 +161,10 @@ def error_responses(*codes: int) -> dict[int, ResponseSpec]:
         404: "Not found",
         409: "Conflict with the current state",
         413: "Body too large",
-        503: "Database unavailable",
+        503: "Database unavailable, or no database connection free in time",
+        504: "The database did not finish the request in time (statement timeout)",
     }
     return {
         code: ResponseSpec(data_container=ErrorBody, description=descriptions[code])
-        for code in (*codes, 401, 403, 503)
+        for code in (*codes, 401, 403, 503, 504)
     }
