@@ -52,6 +52,9 @@ ROWS = (
         "≈160",
     ),
     Row("api_lifecycle_one_run_ratio", "  one run / 200 runs", "ratio", 0.8),
+    # The slowest of four ~10 MiB bodies (bench/largebody.py); the target is the statement timeout.
+    Row("api_large_body_ms", "largest bodies, slowest", "ms", 5000, higher_is_better=False),
+    Row("api_large_body_peak_rss_mb", "  server peak RSS", "MB", higher_is_better=False),
     Row(
         "e2e_postgres_tasks_per_s",
         "end to end, postgres backend",
