@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from foreman.server import middleware
+from foreman.server import jsontext, middleware
 from tests.api.helpers import API, assert_error, create_run, create_task
 from tests.conftest import HEADERS_A
 
@@ -237,3 +237,10 @@ async def test_malformed_json_is_400(client):
         )
         assert response.status_code == 400, (text, response.text)
         assert json.loads(response.text)["error"]
+
+
+@pytest.mark.parametrize("offset", [0, 65525, 65528, 65530])
+def test_number_expansion_counts_numbers_not_strings(offset):
+    # A number across the end of a 64 KiB slice still counts; one inside a string does not.
+    text = b'["' + b"x" * offset + b'", 12.5e400, "1e99999", -3E+20]'
+    assert jsontext.expansion(text) == (400 - len(b"12.5e400")) + (20 - len(b"-3E+20"))
