@@ -88,10 +88,11 @@ async def create_pool(
     """Open a pool; with app_role, its connections run as foreman_app under row-level security.
 
     A statement may run command_timeout_s: PostgreSQL cancels it then (statement_timeout), so it
-    surely did not take effect, and the error says so (StatementTimeoutError). asyncpg's own
-    timeout, a moment later, only covers a server that stopped answering: it cannot be sure its
-    cancel request reached the server (terminating the connection drops a pending one), and a
-    statement it gave up on may still commit afterwards.
+    surely did not take effect, and the answer says so (StatementTimeoutError, 504). asyncpg's
+    own timeout, a moment later, means PostgreSQL stopped answering (frozen, cut off): an outage
+    (503). asyncpg alone was not enough: it cannot be sure its cancel request reaches the server
+    (terminating the connection drops a pending one), and a statement it gave up on could commit
+    after the client was told it failed.
 
     Nothing is reset when a connection comes back (asyncpg's RESET ALL would be a round trip
     per request, and would drop the role): requests end their transactions, and the pool
@@ -100,24 +101,19 @@ async def create_pool(
 
     async def connect() -> Connection:
         with translate_errors():
-            try:
-                conn = await asyncpg.connect(
-                    dsn,
-                    timeout=connect_timeout_s,
-                    command_timeout=command_timeout_s + COMMAND_TIMEOUT_GRACE_S,
-                    connection_class=Connection,
-                    server_settings={"application_name": "foreman"},
-                )
-            except TimeoutError as exc:  # no answer in time: unreachable, not a slow statement
-                raise errors.UnavailableError() from exc
+            conn = await asyncpg.connect(
+                dsn,
+                timeout=connect_timeout_s,
+                command_timeout=command_timeout_s + COMMAND_TIMEOUT_GRACE_S,
+                connection_class=Connection,
+                server_settings={"application_name": "foreman"},
+            )
             try:
                 await _init_connection(
                     conn, app_role=app_role, statement_timeout_s=command_timeout_s
                 )
-            except BaseException as exc:
+            except BaseException:
                 conn.terminate()
-                if isinstance(exc, TimeoutError):
-                    raise errors.UnavailableError() from exc
                 raise
             return conn
 
@@ -179,7 +175,11 @@ class OrgConnection:
         # query outlived the command timeout and would first have its cancellation waited out,
         # or the server went away mid-request and left the connection mid-protocol, its next
         # query failing with InternalClientError.
-        in_doubt = not isinstance(exc, Exception) or isinstance(error, errors.UnavailableError)
+        # A statement PostgreSQL cancelled itself (StatementTimeoutError) leaves it in step.
+        in_doubt = not isinstance(exc, Exception) or (
+            isinstance(error, errors.UnavailableError)
+            and not isinstance(error, errors.StatementTimeoutError)
+        )
         self._pool.give_back(conn, in_doubt=in_doubt)
         if error is not exc:
             raise error from exc
@@ -228,12 +228,11 @@ def translated(exc: BaseException) -> BaseException:
         if sqlstate == "40001" or sqlstate == "40P01":
             return errors.ConflictError("Concurrent update, try again")
         return exc
-    if isinstance(exc, TimeoutError):
-        # asyncpg's own timeout (see create_pool): the statement ran too long, or the server
-        # stopped answering. The other timeouts (connecting, waiting for a pooled connection)
-        # are translated where they happen.
-        return errors.StatementTimeoutError()
-    if isinstance(exc, (OSError, asyncpg.InterfaceError, asyncpg.InternalClientError)):
+    if isinstance(
+        exc, (TimeoutError, OSError, asyncpg.InterfaceError, asyncpg.InternalClientError)
+    ):
+        # TimeoutError: no answer from PostgreSQL, which cancels a slow statement itself a moment
+        # earlier (see create_pool).
         # InternalClientError: a pooled connection that received the server's FATAL shutdown
         # message while idle is left mid-protocol ("cannot switch to state ..."): a lost
         # connection, not a bug of the request.
