@@ -202,14 +202,19 @@ async def test_a_slow_statement_is_cancelled_by_postgresql_and_keeps_its_connect
     pool = await db.create_pool(
         database_url, min_size=0, max_size=1, command_timeout_s=0.2, connect_timeout_s=3
     )
+    pids: list[int] = []
+
+    async def sleep_too_long() -> None:
+        async with db.org_connection(pool, "org") as conn:
+            pids.append(conn.get_server_pid())
+            await conn.execute("SELECT pg_sleep(3)")
+
     try:
         with pytest.raises(errors.StatementTimeoutError) as caught:
-            async with db.org_connection(pool, "org") as conn:
-                before = conn.get_server_pid()
-                await conn.execute("SELECT pg_sleep(3)")
+            await sleep_too_long()
         assert caught.value.status_code == 504
         async with db.org_connection(pool, "org") as conn:
-            assert conn.get_server_pid() == before
+            assert conn.get_server_pid() == pids[0]
             assert await conn.fetchval("SELECT 1") == 1
     finally:
         await pool.close()
