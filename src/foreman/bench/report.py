@@ -21,7 +21,7 @@ class Row:
 
     @property
     def higher_is_better(self) -> bool:
-        return self.unit != "ms"
+        return self.unit not in ("ms", "MB")
 
 
 ROWS = (
@@ -44,6 +44,9 @@ ROWS = (
         "api_lifecycle_one_run",
     ),
     Row("api_lifecycle_one_run_ratio", "  one run / 200 runs", "ratio", 0.8),
+    # The slowest of four ~10 MiB bodies (bench/largebody.py); the target is the statement timeout.
+    Row("api_large_body_ms", "largest bodies, slowest", "ms", 5000),
+    Row("api_large_body_peak_rss_mb", "  server peak RSS", "MB"),
     Row("e2e_postgres_tasks_per_s", "end to end, postgres backend", "tasks/s", 5000, "≈1,800*"),
     Row("e2e_bullmq_tasks_per_s", "end to end, bullmq backend", "tasks/s", 2500),
     Row("pickup_p50_ms", "pickup latency p50 (postgres)", "ms", 5),

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from foreman.bench import api, e2e, pginsert, scale, scaledata, services, sysinfo
+from foreman.bench import api, e2e, largebody, pginsert, scale, scaledata, services, sysinfo
 from foreman.bench.defaults import BENCH_API_KEY, Profile
 from foreman.bench.http import open_http
 from foreman.bench.loadgen import LoadResult
@@ -21,7 +21,13 @@ from foreman.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-API_FIGURES = ("api_post_runs", "api_get_task", "api_lifecycle", "api_lifecycle_one_run")
+API_FIGURES = (
+    "api_post_runs",
+    "api_get_task",
+    "api_lifecycle",
+    "api_lifecycle_one_run",
+    "api_large_body",
+)
 E2E_FIGURES = ("e2e_postgres", "e2e_bullmq", "pickup")
 FIGURES = (*API_FIGURES, "pg_insert", "scale", *E2E_FIGURES)
 GROUPS = {"api": API_FIGURES, "e2e": E2E_FIGURES}
@@ -36,6 +42,8 @@ _HEADLINE = {
 }
 ALL_KEYS = (
     *_HEADLINE.values(),
+    "api_large_body_ms",
+    "api_large_body_peak_rss_mb",
     "e2e_postgres_tasks_per_s",
     "e2e_bullmq_tasks_per_s",
     "pickup_p50_ms",
@@ -142,6 +150,10 @@ async def _api_figures(
 
             async def measure(name: str = name) -> None:
                 await _settle(database_url)
+                if name == "api_large_body":  # one request per shape, not a load
+                    figures = await largebody.measure_large_bodies(http, probe.server_pids)
+                    report.results.update(figures)
+                    return
                 report.add_load(name, await api.measure_figure(http, name, profile, probe))
 
             await _figure(report, name, measure)

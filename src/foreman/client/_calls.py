@@ -14,7 +14,16 @@ import msgspec
 from msgspec import UNSET
 
 from foreman import errors
-from foreman.client._base import API, Call, Lease, TaskResult, TaskSpec, is_missing_route
+from foreman.client._base import (
+    API,
+    Call,
+    Lease,
+    TaskResult,
+    TaskSpec,
+    encode_json,
+    is_missing_route,
+    json_number,
+)
 from foreman.models import (
     TERMINAL_STATUSES,
     ClaimResult,
@@ -55,7 +64,7 @@ _DECODERS: dict[Any, msgspec.json.Decoder[Any]] = {}
 def _decoder(model: type[T]) -> Callable[[bytes], T]:
     decoder = _DECODERS.get(model)
     if decoder is None:
-        decoder = _DECODERS[model] = msgspec.json.Decoder(model)
+        decoder = _DECODERS[model] = msgspec.json.Decoder(model, float_hook=json_number)
     return decoder.decode
 
 
@@ -79,7 +88,7 @@ def _deleted(content: bytes) -> int:
     return _decoder(Deleted)(content).deleted
 
 
-_encode = msgspec.json.Encoder().encode
+_encode = encode_json
 
 
 def _body(values: Mapping[str, Any]) -> bytes:

@@ -205,7 +205,11 @@ SELECT v.run_ok, v.parent_ok,
 
 def _jsonb_items(values: list[Any]) -> list[msgspec.Raw | None]:
     # Encoded here: asyncpg would take a JSON array for a nested dimension of the jsonb[] array.
-    return [None if v is None else msgspec.Raw(msgspec.json.encode(v)) for v in values]
+    # A request's JSON text (msgspec.Raw) goes as it is.
+    return [
+        v if v is None or isinstance(v, msgspec.Raw) else msgspec.Raw(msgspec.json.encode(v))
+        for v in values
+    ]
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,7 @@ from typing import Annotated, Any
 from litestar import Request, Router, get, post
 from litestar.params import FromPath, JSONBody
 
-from foreman import errors, ids
+from foreman import errors, ids, models
 from foreman.models import (
     TERMINAL_STATUSES,
     ClaimResult,
@@ -259,7 +259,7 @@ async def complete_task(
     """End the attempt as completed with outputData; 409 for a stale lease token."""
     task_id = params.path_id(task_id, "Task")
     outcome = queue_store.Outcome(
-        task_id, str(data.lease_token), "completed", output_data=data.output_data
+        task_id, str(data.lease_token), "completed", output_data=models.stored(data.output_data)
     )
     return await _finish_one(request, task_id, outcome)
 
@@ -274,7 +274,7 @@ async def fail_task(
         task_id,
         str(data.lease_token),
         "failed",
-        error_data=data.error_data,
+        error_data=models.stored(data.error_data),
         retryable=data.retryable,
     )
     return await _finish_one(request, task_id, outcome)
@@ -290,8 +290,8 @@ async def complete_tasks(
             str(r.task_id),
             str(r.lease_token),
             r.status,
-            output_data=r.output_data,
-            error_data=r.error_data,
+            output_data=models.stored(r.output_data),
+            error_data=models.stored(r.error_data),
             retryable=r.retryable,
         )
         for r in data.results

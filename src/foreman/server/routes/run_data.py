@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from litestar import Request, Router, delete, get, patch, post
 from litestar.params import FromPath, JSONBody, QueryParameter
 
-from foreman import errors, ids
+from foreman import errors, ids, models
 from foreman.models import Deleted, Pagination, RunData, RunDataCreate, RunDataList, TagsUpdate
 from foreman.server import auth, params
 from foreman.server.deps import MAX_OFFSET, error_responses, org_conn, sort_column, sort_order
@@ -35,7 +35,7 @@ async def create_run_data(
             key=data.key,
             value=data.value,
             tags=data.tags,
-            metadata=data.metadata,
+            metadata=models.stored(data.metadata),
             now=ids.now_ms(),
         )
     if not result.run_found:

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, get_args
 
-import msgspec
 from litestar import Request, Router, get, patch, post
 from litestar.params import FromPath, JSONBody, QueryParameter
 
-from foreman import errors, ids
+from foreman import errors, ids, models
 from foreman.models import Pagination, Run, RunCreate, RunList, RunStatus, RunUpdate
 from foreman.server import auth, params
 from foreman.server.deps import MAX_OFFSET, error_responses, org_conn, sort_column, sort_order
@@ -28,7 +27,7 @@ async def create_run(request: Request[Any, Any, Any], data: JSONBody[RunCreate])
             run_id=ids.new_id(),
             org_id=org_id,
             input_data=data.input_data,
-            metadata=data.metadata,
+            metadata=models.stored(data.metadata),
             now=ids.now_ms(),
         )
 
@@ -50,7 +49,7 @@ async def update_run(
 ) -> Run:
     """Change a run's status, output, error or metadata (metadata is replaced whole)."""
     run_id = params.path_id(run_id, "Run")
-    changes = {k: v for k, v in msgspec.structs.asdict(data).items() if v is not msgspec.UNSET}
+    changes = models.changes(data)
     async with org_conn(request) as (org_id, conn):
         run = await runs_store.update_run(
             conn, org_id=org_id, run_id=run_id, changes=changes, now=ids.now_ms()

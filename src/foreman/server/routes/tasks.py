@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any, get_args
 
-import msgspec
 from litestar import Request, Response, Router, get, patch, post
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, JSONBody, QueryParameter
 
-from foreman import errors, ids
+from foreman import errors, ids, models
 from foreman.models import Pagination, Task, TaskCreate, TaskList, TaskStatus, TaskUpdate
 from foreman.server import auth, params
 from foreman.server.deps import (
@@ -36,7 +35,7 @@ def new_task(data: TaskCreate) -> tasks_store.NewTask:
         task_type=data.type,
         input_data=data.input_data,
         parent_task_id=None if data.parent_task_id is None else str(data.parent_task_id),
-        metadata=data.metadata,
+        metadata=models.stored(data.metadata),
         max_retries=data.max_retries,
         priority=data.priority,
         delay_ms=data.delay_ms,
@@ -99,7 +98,7 @@ async def update_task(
 ) -> Task:
     """Change a task's status or data; a terminal task cannot change status again (409)."""
     task_id = params.path_id(task_id, "Task")
-    changes = {k: v for k, v in msgspec.structs.asdict(data).items() if v is not msgspec.UNSET}
+    changes = models.changes(data)
     async with org_conn(request) as (org_id, conn):
         result = await tasks_store.update_task(
             conn, org_id=org_id, task_id=task_id, changes=changes, now=ids.now_ms()
