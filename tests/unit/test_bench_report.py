@@ -33,6 +33,8 @@ def test_table_names_every_figure_with_its_cells_and_verdict():
         "task lifecycle, 200 runs",
         "task lifecycle, one run",
         "one run / 200 runs",
+        "largest bodies, slowest",
+        "server peak RSS",
         "end to end, postgres backend",
         "end to end, bullmq backend",
         "pickup latency p50 (postgres)",
@@ -46,6 +48,7 @@ def test_table_names_every_figure_with_its_cells_and_verdict():
     assert "ok (≥ 4,200)" in rows["GET /api/v1/tasks/:id"]
     assert "MISS (≤ 5)" in rows["pickup latency p50 (postgres)"]  # lower is better in ms
     assert rows["PostgreSQL single-row commits"].split()[:4] == ["8,404", "commits/s", "3.21", "—"]
+    assert "api_large_body_peak_rss_mb" in ALL_KEYS
     assert "note: e2e_bullmq: failed: no Redis" in text
 
 
