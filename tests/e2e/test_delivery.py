@@ -206,15 +206,15 @@ async def test_an_idle_bullmq_worker_takes_a_new_job_with_the_move_queued_behind
     from foreman.worker import _bullmq
 
     started_by: list[int] = []
-    start_moved = _bullmq.JobConsumer._start_moved
+    moved = _bullmq.BullMQSource._moved
 
     def spy(self, reply, token, *, moved_at_ms=0):
-        took, delay = start_moved(self, reply, token, moved_at_ms=moved_at_ms)
-        if took:
+        job, delay = moved(self, reply, token, moved_at_ms=moved_at_ms)
+        if job is not None:
             started_by.append(moved_at_ms)
-        return took, delay
+        return job, delay
 
-    monkeypatch.setattr(_bullmq.JobConsumer, "_start_moved", spy)
+    monkeypatch.setattr(_bullmq.BullMQSource, "_moved", spy)
     gate = asyncio.Event()
     running_handler = asyncio.Event()
 

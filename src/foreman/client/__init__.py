@@ -7,6 +7,8 @@ from foreman.client._base import (
     RedisOptions,
     TaskResult,
     TaskSpec,
+    chunks,
+    retry_delay_s,
 )
 from foreman.client._sync import Client
 
@@ -18,4 +20,6 @@ __all__ = [
     "RedisOptions",
     "TaskResult",
     "TaskSpec",
+    "chunks",
+    "retry_delay_s",
 ]
