@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -116,15 +115,6 @@ async def run_scripts(client: redis_asyncio.Redis, calls: Sequence[ScriptCall]) 
     return replies
 
 
-def job_for(message: Message) -> dict[str, Any]:
-    """The ``addBulk`` entry of a message."""
-    return {
-        "name": message.task_type,
-        "data": job_data(message.task_id),
-        "opts": job_options(message),
-    }
-
-
 def _other_id(message: Message) -> bool:
     """Whether the task records a job id of its own (a Node client's) besides ours."""
     return bool(message.receipt) and message.receipt != job_id(message.task_id, message.attempt)
@@ -211,10 +201,6 @@ class BullMQQueue:
             scripts.getKeys(_ADD_KEYS[name]),
             [*scripts.addJobArgs(job), last],
         )
-
-    async def retry(self, message: Message, *, delay_s: float) -> None:
-        """Add the job of message's attempt, to run after delay_s."""
-        await self.enqueue([dataclasses.replace(message, delay_ms=max(0, round(delay_s * 1000)))])
 
     async def missing(self, messages: Sequence[Message]) -> list[Message]:
         """Messages with no live job; a finished job of the same id is removed so it can be re-added.
