@@ -115,6 +115,24 @@ async def run_scripts(client: redis_asyncio.Redis, calls: Sequence[ScriptCall]) 
     return replies
 
 
+def add_job_call(scripts: Any, job: Any) -> ScriptCall:
+    """What bullmq's ``Scripts.addJob`` runs for job (a ``bullmq.Job``), to send it pipelined.
+
+    tests/integration/test_bullmq_contract.py checks it is exactly what bullmq sends.
+    """
+    if job.opts.get("delay"):
+        name, last = "addDelayedJob", job.opts["delay"]
+    elif job.opts.get("priority"):
+        name, last = "addPrioritizedJob", job.opts["priority"]
+    else:
+        name, last = "addStandardJob", job.timestamp
+    return (
+        scripts.commands[name],
+        scripts.getKeys(_ADD_KEYS[name]),
+        [*scripts.addJobArgs(job), last],
+    )
+
+
 def _other_id(message: Message) -> bool:
     """Whether the task records a job id of its own (a Node client's) besides ours."""
     return bool(message.receipt) and message.receipt != job_id(message.task_id, message.attempt)
@@ -187,20 +205,9 @@ class BullMQQueue:
 
     def _add_call(self, message: Message) -> ScriptCall:
         """The script bullmq's Queue.add runs for this message's job, with its keys and arguments."""
-        scripts = self._queue.scripts
         opts = {**self._queue.jobsOpts, **job_options(message)}
         job = Job(self._queue, message.task_type, job_data(message.task_id), opts, opts["jobId"])
-        if opts.get("delay"):
-            name, last = "addDelayedJob", opts["delay"]
-        elif opts.get("priority"):
-            name, last = "addPrioritizedJob", opts["priority"]
-        else:
-            name, last = "addStandardJob", job.timestamp
-        return (
-            scripts.commands[name],
-            scripts.getKeys(_ADD_KEYS[name]),
-            [*scripts.addJobArgs(job), last],
-        )
+        return add_job_call(self._queue.scripts, job)
 
     async def missing(self, messages: Sequence[Message]) -> list[Message]:
         """Messages with no live job; a finished job of the same id is removed so it can be re-added.
