@@ -3,7 +3,8 @@
 Delivery is at least once per attempt, fenced by leases (SPEC section 7): a claimed task is held
 under a lease that this worker renews in batched heartbeats; results go back in batches with the
 lease token, so a result whose lease was lost (the worker stalled, the sweeper re-queued the
-task) is refused by the server and dropped here.
+task) is refused by the server and dropped here. Tasks come from one ``TaskSource`` per queue
+backend (worker/source.py, docs/backends.md); everything else is the Worker's.
 """
 
 from __future__ import annotations
@@ -36,8 +37,7 @@ logger = logging.getLogger(__name__)
 
 Handler = Callable[[TaskContext], Any] | Callable[[TaskContext], Awaitable[Any]]
 Backend = Literal["postgres", "bullmq"]
-# Results go out in batches: at once when none is out, else gathered for this long (or up to
-# result_batch of them); two requests out at most.
+# Result requests out at once; while they are out, results gather for the next (MicroBatcher).
 RESULTS_IN_FLIGHT = 2
 
 
@@ -65,7 +65,8 @@ class Worker:
     task, renewed every heartbeat_s (default lease_s / 3) in one request for all of them.
     grace_s is what running handlers get after stop() or SIGTERM before their tasks are put
     back in the queue. claim_wait_s is the long poll of an idle postgres worker. Results go to
-    the server every result_flush_s or result_batch results.
+    the server at once when no result request is out, else together after result_flush_s (or
+    result_batch of them).
     """
 
     def __init__(
