@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
 
@@ -18,6 +19,7 @@ from tests.conftest import KEY_A
 from tests.e2e import handlers
 from tests.e2e.conftest import OwnRedis, WorkerProcess
 from tests.e2e.helpers import all_tasks, eventually, run_finished
+from tests.queue_helpers import unique_queue_name
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -206,15 +208,15 @@ async def test_an_idle_bullmq_worker_takes_a_new_job_with_the_move_queued_behind
     from foreman.worker import _bullmq
 
     started_by: list[int] = []
-    start_moved = _bullmq.JobConsumer._start_moved
+    moved = _bullmq.BullMQSource._moved
 
     def spy(self, reply, token, *, moved_at_ms=0):
-        took, delay = start_moved(self, reply, token, moved_at_ms=moved_at_ms)
-        if took:
+        job, delay = moved(self, reply, token, moved_at_ms=moved_at_ms)
+        if job is not None:
             started_by.append(moved_at_ms)
-        return took, delay
+        return job, delay
 
-    monkeypatch.setattr(_bullmq.JobConsumer, "_start_moved", spy)
+    monkeypatch.setattr(_bullmq.BullMQSource, "_moved", spy)
     gate = asyncio.Event()
     running_handler = asyncio.Event()
 
@@ -273,3 +275,30 @@ async def test_an_idle_bullmq_worker_starts_a_job_delayed_past_five_seconds_on_t
     finally:
         worker.stop()
         await asyncio.wait_for(running, 30)
+
+
+async def test_an_incompatible_bullmq_stops_the_worker_with_its_error(
+    bull_server, bull_client, monkeypatch
+):
+    # Only Redis's own errors (down, restarting) are logged and retried; anything else, such as a
+    # bullmq upgrade whose helpers read its replies differently, ends run() with that error
+    # (it used to be a warning logged every 0.5 s, forever).
+    from foreman.worker import _bullmq
+
+    def changed(raw):
+        raise TypeError("raw2NextJobData changed")
+
+    monkeypatch.setattr(_bullmq, "raw2NextJobData", changed)
+    config = await bull_client.get_config()
+    name = unique_queue_name()  # the job stays locked: a queue of this test alone
+    connection = RedisOptions.from_config(config.redis).connection()
+    queue = Queue(name, {"connection": connection})
+    try:
+        await queue.add("noop", {"taskId": str(uuid.uuid4())})
+        async with AsyncClient(bull_server.url, KEY_A, task_queue=name) as client:
+            worker = Worker(client, handlers.HANDLERS, handle_signals=False, backend="bullmq")
+            with pytest.raises(TypeError, match="raw2NextJobData changed"):
+                await asyncio.wait_for(worker.run(burst=True), 10)
+    finally:
+        await queue.obliterate(force=True)
+        await queue.close()

@@ -7,6 +7,9 @@ from foreman.client._base import (
     RedisOptions,
     TaskResult,
     TaskSpec,
+    chunks,
+    encode_json,
+    retry_delay_s,
 )
 from foreman.client._sync import Client
 
@@ -18,4 +21,7 @@ __all__ = [
     "RedisOptions",
     "TaskResult",
     "TaskSpec",
+    "chunks",
+    "encode_json",
+    "retry_delay_s",
 ]

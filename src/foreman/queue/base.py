@@ -1,8 +1,8 @@
 """The queue interface: queues carry task ids only, every task's state stays in PostgreSQL.
 
-The server uses a backend to hand ready tasks to workers after the database write (``publish``),
-to make a failed attempt's retry deliverable after its backoff (``retry``), and, in the sweeper,
-to find ready tasks whose message is gone (``missing``) so it can publish them again.
+The server uses a backend to hand ready tasks to workers after the database write (``publish``:
+also a failed attempt's retry, after its backoff), and, in the sweeper, to find ready tasks whose
+message is gone (``missing``) so it can publish them again. docs/backends.md: adding a backend.
 A backend with a service of its own (Redis) also has ``ping()``, which ``/health`` reports.
 """
 
@@ -62,10 +62,6 @@ class QueueBackend(Protocol):
 
     async def enqueue(self, messages: Sequence[Message]) -> None:
         """Deliver messages; a message already in the queue is not added twice."""
-        ...
-
-    async def retry(self, message: Message, *, delay_s: float) -> None:
-        """Deliver message again after delay_s (the next attempt of a failed task)."""
         ...
 
     async def missing(self, messages: Sequence[Message]) -> list[Message]:

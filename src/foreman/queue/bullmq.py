@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -116,13 +115,22 @@ async def run_scripts(client: redis_asyncio.Redis, calls: Sequence[ScriptCall]) 
     return replies
 
 
-def job_for(message: Message) -> dict[str, Any]:
-    """The ``addBulk`` entry of a message."""
-    return {
-        "name": message.task_type,
-        "data": job_data(message.task_id),
-        "opts": job_options(message),
-    }
+def add_job_call(scripts: Any, job: Any) -> ScriptCall:
+    """What bullmq's ``Scripts.addJob`` runs for job (a ``bullmq.Job``), to send it pipelined.
+
+    tests/integration/test_bullmq_contract.py checks it is exactly what bullmq sends.
+    """
+    if job.opts.get("delay"):
+        name, last = "addDelayedJob", job.opts["delay"]
+    elif job.opts.get("priority"):
+        name, last = "addPrioritizedJob", job.opts["priority"]
+    else:
+        name, last = "addStandardJob", job.timestamp
+    return (
+        scripts.commands[name],
+        scripts.getKeys(_ADD_KEYS[name]),
+        [*scripts.addJobArgs(job), last],
+    )
 
 
 def _other_id(message: Message) -> bool:
@@ -197,24 +205,9 @@ class BullMQQueue:
 
     def _add_call(self, message: Message) -> ScriptCall:
         """The script bullmq's Queue.add runs for this message's job, with its keys and arguments."""
-        scripts = self._queue.scripts
         opts = {**self._queue.jobsOpts, **job_options(message)}
         job = Job(self._queue, message.task_type, job_data(message.task_id), opts, opts["jobId"])
-        if opts.get("delay"):
-            name, last = "addDelayedJob", opts["delay"]
-        elif opts.get("priority"):
-            name, last = "addPrioritizedJob", opts["priority"]
-        else:
-            name, last = "addStandardJob", job.timestamp
-        return (
-            scripts.commands[name],
-            scripts.getKeys(_ADD_KEYS[name]),
-            [*scripts.addJobArgs(job), last],
-        )
-
-    async def retry(self, message: Message, *, delay_s: float) -> None:
-        """Add the job of message's attempt, to run after delay_s."""
-        await self.enqueue([dataclasses.replace(message, delay_ms=max(0, round(delay_s * 1000)))])
+        return add_job_call(self._queue.scripts, job)
 
     async def missing(self, messages: Sequence[Message]) -> list[Message]:
         """Messages with no live job; a finished job of the same id is removed so it can be re-added.

@@ -25,9 +25,6 @@ class PostgresQueue:
     async def enqueue(self, messages: Sequence[Message]) -> None:
         """Nothing to do: the committed row is the message."""
 
-    async def retry(self, message: Message, *, delay_s: float) -> None:
-        """Nothing to do: the fail statement already set the row's runAfter."""
-
     async def missing(self, messages: Sequence[Message]) -> list[Message]:
         """Always empty: a ready row is always in the queue."""
         return []

@@ -1,33 +1,23 @@
-"""The bullmq backend: take BullMQ jobs in batches, claim each task by its id.
+"""The bullmq backend's source: take BullMQ jobs in batches, claim each task by its id.
 
 Jobs carry only ``{"taskId"}`` (SPEC section 7), from the server, from ``Client`` with
-``queue_backend="bullmq"`` or from the Node foreman-client (whose extra fields are ignored). The
-database decides: a claim refused with 409 means another attempt owns the task or it is done, so
-the job is acknowledged and dropped. Retries are the server's: a failed attempt goes back to the
-database as ``retrying`` and the server publishes its next job, so a job is always acknowledged
-(completed) once its result is reported.
-
-The consumer speaks BullMQ's own protocol with the ``bullmq`` package's Lua scripts: a job is
-taken with ``moveToActive`` (which locks it under a token), its lock is renewed with
-``extendLocks``, it is acknowledged with ``moveToFinished``, and ``moveStalledJobsToWait`` gives
-back the jobs of a worker that died; an idle consumer blocks on the queue's marker. So Node and
-Python workers share one queue. Unlike bullmq's ``Worker``, which makes a round trip per job and
-per state change (measured: ≈470 jobs/s here, issue 4), it pipelines them: up to FETCH_MAX
-``moveToActive`` calls per round trip while jobs wait, and the acknowledgements of jobs that
-finished together in one round trip.
+``queue_backend="bullmq"`` or from the Node foreman-client, so Node and Python workers share one
+queue. It speaks BullMQ's protocol with the ``bullmq`` package's Lua scripts, pipelined (several
+jobs per round trip) where bullmq's ``Worker`` makes one round trip per job; the database decides
+whether a job's task runs. Measurements behind the design: benchmarks/README.md, "Notes moved from
+worker/_bullmq.py".
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import time
 import uuid
 from dataclasses import dataclass
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgpack
 import redis.asyncio as redis_asyncio
@@ -36,18 +26,20 @@ from bullmq.redis_connection import RedisConnection
 from bullmq.scripts import Scripts, raw2NextJobData
 from redis.asyncio.retry import Retry
 from redis.backoff import ConstantBackoff, NoBackoff
+from redis.exceptions import RedisError
 
 from foreman import errors
-from foreman.client import AsyncClient, RedisOptions
-from foreman.client._base import is_missing_route, retry_delay_s
+from foreman.client import AsyncClient, RedisOptions, retry_delay_s
 from foreman.models import Task
 from foreman.queue.bullmq import KEY_PREFIX, run_scripts, task_id_of
 from foreman.worker._batching import MicroBatcher
-
-if TYPE_CHECKING:
-    from foreman.worker.worker import Worker
+from foreman.worker.source import SourceContext
 
 logger = logging.getLogger(__name__)
+
+# What a lost or restarting Redis raises (redis-py wraps socket errors; OSError for the rest).
+# Anything else is a bug or an incompatible bullmq/redis release: raised, never retried.
+REDIS_ERRORS = (RedisError, OSError)
 
 # Jobs moved to active per round trip: after an idle spell 1, doubling while every call of the
 # round trip found a job (a short queue wastes few empty calls), at most FETCH_MAX.
@@ -56,10 +48,6 @@ FETCH_MAX = 128
 # ACK_WINDOW_S (or ACK_BATCH of them).
 ACK_WINDOW_S = 0.002
 ACK_BATCH = 500
-# Claims of jobs taken together go in one claim_task_ids request (one per job was half of the
-# worker's CPU, issue 4).
-CLAIM_WINDOW_S = 0.002
-CLAIM_BATCH = 500
 # bullmq's defaults, so that a mixed fleet of workers agrees on when a job has stalled.
 MIN_LOCK_MS = 30_000
 STALLED_INTERVAL_MS = 30_000
@@ -82,6 +70,12 @@ _SET_PROCESSED_ON = (
     "if redis.call('EXISTS', KEYS[1]) == 1 then"
     " return redis.call('HSET', KEYS[1], 'processedOn', ARGV[1]) end return 0"
 )
+# The keys of BullMQ's moveToActive script, as bullmq's Scripts.moveToActive passes them
+# (tests/integration/test_bullmq_contract.py checks they still are).
+MOVE_TO_ACTIVE_KEYS = [
+    "wait", "active", "prioritized", "events", "stalled", "limiter", "delayed", "paused", "meta",
+    "pc", "marker",
+]  # fmt: skip
 
 
 async def queue_settings(client: AsyncClient) -> tuple[RedisOptions, str]:
@@ -94,18 +88,10 @@ async def queue_settings(client: AsyncClient) -> tuple[RedisOptions, str]:
     return redis, queue_name
 
 
-async def consume(worker: Worker, *, burst: bool) -> None:
-    """Process jobs until the worker stops (burst: until the queue has no ready job)."""
-    redis, queue_name = await queue_settings(worker.client)
-    consumer = JobConsumer(worker, redis, queue_name)
-    logger.info("consuming BullMQ queue %r on %s:%s", queue_name, redis.host, redis.port)
-    await consumer.run(burst=burst)
-
-
 def _redis(options: RedisOptions, *, blocking: bool = False) -> redis_asyncio.Redis:
     """A client for commands; blocking: for the marker wait, whose reads may block up to
     MAX_BLOCK_S and which redis-py never retries (a retry would run the queued moveToActive again
-    and strand the job the first one took; a failed wait is the consumer's to handle)."""
+    and strand the job the first one took; a failed wait is the source's to handle)."""
     if blocking:
         # redis-py's default timeout of 5 s cut every wait of 5 s or more short and retried it:
         # an idle worker reconnected every 5 s, and a job delayed past 5 s started ~110 s late.
@@ -125,7 +111,7 @@ def _redis(options: RedisOptions, *, blocking: bool = False) -> redis_asyncio.Re
 
 @dataclass(slots=True)
 class _Job:
-    """A job this consumer moved to active: held until acknowledged."""
+    """A job this worker moved to active: held until acknowledged."""
 
     job: Any  # bullmq.Job
     token: str
@@ -136,155 +122,163 @@ class _Woken:
     """How a wait on the marker ended."""
 
     marker: int | None  # 0: a job is ready; else a delayed job's due time (ms); None: timed out
-    took: bool  # the move queued behind the wait took a job (started)
+    jobs: list[_Job]  # what the move queued behind the wait took
     due: int | None  # the move's next delayed job (ms, 0: none); None: the move did not run
     more: bool  # jobs still wait after the move
 
 
-class JobConsumer:
-    """Takes jobs while handler slots are free, claims their tasks, acknowledges them when done."""
+class BullMQSource:
+    """Takes jobs for the worker's free slots, claims their tasks, acknowledges them when done."""
 
-    def __init__(self, worker: Worker, redis: RedisOptions, queue_name: str) -> None:
-        self.worker = worker
+    def __init__(self, context: SourceContext, redis: RedisOptions, queue_name: str) -> None:
+        self.context = context
         self.queue_name = queue_name
-        self.lock_ms = max(round(worker.lease_s * 1000), MIN_LOCK_MS)
+        self.lock_ms = max(round(context.lease_s * 1000), MIN_LOCK_MS)
         self._redis = _redis(redis)
         self._blocking = _redis(redis, blocking=True)  # the wait holds up no other command
         self._scripts = Scripts(KEY_PREFIX, queue_name, RedisConnection(self._redis))
-        self._commands = self._scripts.commands
+        self._move = self._scripts.commands["moveToActive"]
+        self._finish = self._scripts.commands["moveToFinished"]
+        self._move_keys = self._scripts.getKeys(MOVE_TO_ACTIVE_KEYS)
         self._marker: str = self._scripts.keys["marker"]
-        self._waiting_keys: tuple[str, str] = (
-            self._scripts.keys["wait"],
-            self._scripts.keys["prioritized"],
-        )
+        self._waiting_keys = (self._scripts.keys["wait"], self._scripts.keys["prioritized"])
         self._stale: list[tuple[str, int]] = []  # (job key, when taken) of stale processedOn
-        self._move_keys = self._scripts.getKeys(
-            ["wait", "active", "prioritized", "events", "stalled", "limiter", "delayed",
-             "paused", "meta", "pc", "marker"]
-        )  # fmt: skip
         # What bullmq.Job and the scripts' argument builders read of their queue.
         self._queue = SimpleNamespace(
             opts={"lockDuration": self.lock_ms},
-            backend=None,  # never used: this consumer runs the scripts itself
+            backend=None,  # never used: this source runs the scripts itself
             qualifiedName=f"{KEY_PREFIX}:{queue_name}",
         )
-        self._active: dict[str, _Job] = {}
-        self._slot_freed = asyncio.Event()
+        self._active: dict[str, _Job] = {}  # by job id: every job whose lock is renewed
+        self._by_task: dict[str, _Job] = {}  # the job of each task handed to the worker
         self._tokens = (f"{uuid.uuid4()}:{n}" for n in itertools.count(1))
-        self._claims = ClaimBatcher(worker)
         self._acks: MicroBatcher[_Job, None] = MicroBatcher(
             self._acknowledge, window_s=ACK_WINDOW_S, max_batch=ACK_BATCH
         )
-        self._jobs: set[asyncio.Task[None]] = set()
         self._fetch_size = 1
+        self._drained = False
+        self._block_until = 0  # epoch ms of the next delayed job, once drained
         self._pause_until = 0.0
+        self._background: list[asyncio.Task[None]] = []
+        self._failure: BaseException | None = None
 
-    async def run(self, *, burst: bool) -> None:
-        """Take jobs until the worker stops (burst: until none is ready and none runs)."""
-        background = [
-            asyncio.create_task(self._renew_locks()),
-            asyncio.create_task(self._check_stalled()),
+    @classmethod
+    async def open(cls, context: SourceContext) -> BullMQSource:
+        """The source of the queue the client names, else the server's; lock upkeep started."""
+        redis, queue_name = await queue_settings(context.client)
+        logger.info("consuming BullMQ queue %r on %s:%s", queue_name, redis.host, redis.port)
+        source = cls(context, redis, queue_name)
+        source._background = [
+            asyncio.create_task(source._renew_locks()),
+            asyncio.create_task(source._check_stalled()),
         ]
-        fetching = asyncio.create_task(self._fetch(burst=burst))
-        stopped = asyncio.create_task(self.worker.wait_stopped())
-        try:
-            await asyncio.wait({fetching, stopped}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stopped.cancel()
-            fetching.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await fetching
-            # Running handlers get their grace period; then every job is acknowledged.
-            await self.worker.drain()
-            if self._jobs:
-                await asyncio.gather(*self._jobs, return_exceptions=True)
-            await self._acks.drain()
-            for task in background:
-                task.cancel()
-            await asyncio.gather(*background, return_exceptions=True)
-            await self._redis.aclose()
-            await self._blocking.aclose()
+        return source
+
+    async def close(self) -> None:
+        """Acknowledge what is left, stop the lock upkeep, close the connections."""
+        await self._acks.drain()
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        await self._redis.aclose()
+        await self._blocking.aclose()
+
+    async def acknowledge(self, task: Task) -> None:
+        """Move the task's job to completed (with others that finished about together)."""
+        job = self._by_task.pop(task.id, None)
+        if job is not None:
+            await self._acks.submit(job)
 
     # ------------------------------------------------------------ taking jobs
 
-    async def _fetch(self, *, burst: bool) -> None:
-        block_until = 0  # epoch ms of the next delayed job, once drained
-        drained = False
-        while not self.worker.stopping:
-            free = self.worker.concurrency - len(self._active)
-            if free <= 0 or time.monotonic() < self._pause_until:
-                await self._until_slot_freed()
+    async def take(self, limit: int, *, burst: bool) -> list[Task]:
+        """Up to limit claimed tasks; [] after a wait found no job or when the worker stops."""
+        stopped = self.context.stopped
+        while not stopped.is_set():
+            self._raise_failure()
+            pause_s = self._pause_until - time.monotonic()
+            if pause_s > 0:
+                await self.context.pause(pause_s)
                 continue
-            if drained:
-                if burst and self._active:
-                    await self._until_slot_freed(BURST_WAIT_S)
-                else:
-                    woke = await self._wait_for_marker(
-                        BURST_WAIT_S if burst else _block_s(block_until)
-                    )
-                    if woke.took:
-                        # A backlog is taken in batches; else the next wait (at once: BullMQ
-                        # leaves a marker behind every job it moves) finds what came meanwhile.
-                        drained = not woke.more
-                        continue
-                    if burst and woke.marker is None:
-                        return  # nothing ready, nothing running: the burst is over
-                    now_ms = time.time() * 1000
-                    if woke.due is None:  # the move did not run: as the marker says
-                        block_until = woke.marker or 0
-                        if block_until > now_ms:
-                            continue  # a delayed job, not due yet: wait for it
-                    else:
-                        # The move ran after the wait and found no job (BullMQ leaves a marker
-                        # behind every job it moves: most wakes after a job find nothing). Only a
-                        # delayed job due by now, which its stale timestamp missed, needs a take.
-                        block_until = woke.due
-                        if not 0 < block_until <= now_ms:
-                            continue
-            try:
-                drained, block_until = await self._take(min(self._fetch_size, free))
-            except Exception as exc:  # Redis down or restarting: retry shortly
-                logger.warning("taking jobs from BullMQ failed: %s", exc)
-                await asyncio.sleep(RECONNECT_S)
-                drained = False
+            jobs = await self._jobs(limit, burst=burst)
+            if jobs is None:
+                return []  # waited, nothing came
+            if jobs:
+                tasks = await self._claim(jobs)
+                if tasks:
+                    return tasks
+        return []
 
-    async def _take(self, count: int) -> tuple[bool, int]:
-        """Move up to count jobs to active and start them; (drained, next delayed job's ms)."""
+    async def _jobs(self, limit: int, *, burst: bool) -> list[_Job] | None:
+        """Jobs moved to active (maybe none: look again); None when a wait ended with none."""
+        if not self._drained:
+            try:
+                return await self._take(min(self._fetch_size, limit))
+            except REDIS_ERRORS as exc:  # Redis down or restarting: retry shortly
+                logger.warning("taking jobs from BullMQ failed: %s", exc)
+                await self.context.pause(RECONNECT_S)
+                return []
+        woke = await self._wait_for_marker(BURST_WAIT_S if burst else _block_s(self._block_until))
+        if woke.jobs:
+            # A backlog is taken in batches; else the next wait (at once: BullMQ leaves a
+            # marker behind every job it moves) finds what came meanwhile.
+            self._drained = not woke.more
+            return woke.jobs
+        if woke.marker is None and (burst or self.context.stopped.is_set()):
+            return None  # nothing came: a burst is over unless handlers still run
+        now_ms = time.time() * 1000
+        if woke.due is None:  # the move did not run: as the marker says
+            self._block_until = woke.marker or 0
+            # A delayed job, not due yet: wait for it.
+            self._drained = self._block_until > now_ms
+        else:
+            # The move ran after the wait and found no job (BullMQ leaves a marker behind every
+            # job it moves: most wakes after a job find nothing). Only a delayed job due by now,
+            # which its stale timestamp missed, needs a take.
+            self._block_until = woke.due
+            self._drained = not 0 < self._block_until <= now_ms
+        return []
+
+    async def _take(self, count: int) -> list[_Job]:
+        """Move up to count jobs to active in one round trip."""
         tokens = [next(self._tokens) for _ in range(count)]
-        move = self._commands["moveToActive"]
         replies = await run_scripts(
             self._redis,
-            [(move, self._move_keys, self._move_to_active_args(token)) for token in tokens],
+            [(self._move, self._move_keys, self._move_to_active_args(t)) for t in tokens],
         )
-        taken, delay_until, failure = 0, 0, None
+        jobs, delay_until, failure = [], 0, None
         for token, reply in zip(tokens, replies, strict=True):
             if isinstance(reply, Exception):
                 failure = reply
                 continue
-            took, delay = self._start_moved(reply, token)
-            taken += took
+            job, delay = self._moved(reply, token)
+            if job is not None:
+                jobs.append(job)
             delay_until = delay or delay_until
         if failure is not None:
-            raise failure
-        drained = taken < count
-        self._fetch_size = 1 if drained else min(self._fetch_size * 2, FETCH_MAX)
-        return drained, delay_until
+            # Redis refused a move: the jobs the others took run, the next take waits a little.
+            logger.warning("taking jobs from BullMQ failed: %s", failure)
+            self._pause_until = time.monotonic() + RECONNECT_S
+        self._drained = failure is None and len(jobs) < count
+        self._block_until = delay_until
+        self._fetch_size = 1 if len(jobs) < count else min(self._fetch_size * 2, FETCH_MAX)
+        return jobs
 
-    def _start_moved(self, reply: Any, token: str, *, moved_at_ms: int = 0) -> tuple[bool, int]:
-        """Start the job a moveToActive reply holds; (whether it held one, next delayed job's ms).
+    def _moved(self, reply: Any, token: str, *, moved_at_ms: int = 0) -> tuple[_Job | None, int]:
+        """The job a moveToActive reply holds (None: none), and the next delayed job's ms.
 
         moved_at_ms: the timestamp the move ran with, when it may be stale (the move queued behind
         a marker wait): the job's processedOn is then set to the time it was taken.
         """
         job_data, job_id, _limit_until, delay = raw2NextJobData(reply) or (None,) * 4
         if not (job_data and job_id):
-            return False, int(delay or 0)
+            return None, int(delay or 0)
         job = _Job(Job.fromJSON(self._queue, job_data, job_id), token)
+        self._active[job_id] = job
         now_ms = round(time.time() * 1000)
         if moved_at_ms and now_ms - moved_at_ms > PROCESSED_ON_SLACK_MS:
             self._stale.append((self._scripts.toKey(job_id), now_ms))
-        self._start(job)
-        return True, int(delay or 0)
+        return job, int(delay or 0)
 
     def _move_to_active_args(self, token: str) -> list[Any]:
         opts = {"token": token, "lockDuration": self.lock_ms, "limiter": None}
@@ -295,89 +289,133 @@ class JobConsumer:
         ]
 
     async def _wait_for_marker(self, timeout_s: float) -> _Woken:
-        """Block until a job may be ready (or timeout_s passes) and take one if there is.
+        """Block until a job may be ready (or timeout_s passes, or the worker stops) and take
+        one if there is.
 
         A moveToActive is queued behind the wait on the same connection: Redis runs it as soon
-        as the wait ends, so an idle worker takes a new job in one round trip, not two (issue 4:
-        pickup latency).
+        as the wait ends, so an idle worker takes a new job in one round trip, not two.
         """
         token = next(self._tokens)
-        move = self._commands["moveToActive"]
         args = self._move_to_active_args(token)
         stale, self._stale = self._stale, []
+        waiting = asyncio.ensure_future(self._wait_round_trip(stale, timeout_s, args))
+        stopped = asyncio.ensure_future(self.context.stopped.wait())
         try:
-            async with self._blocking.pipeline(transaction=False) as pipe:
-                for key, taken_ms in stale:  # cosmetic: lost with a failed round trip
-                    pipe.eval(_SET_PROCESSED_ON, 1, key, taken_ms)
-                pipe.bzpopmin(self._marker, timeout_s)
-                pipe.evalsha(move.sha, len(self._move_keys), *self._move_keys, *args)
-                pipe.llen(self._waiting_keys[0])
-                pipe.zcard(self._waiting_keys[1])
-                replies = await pipe.execute(raise_on_error=False)
-        except Exception as exc:  # the connection failed: nothing is known to have run
+            await asyncio.wait({waiting, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+            if not waiting.done():
+                # Stopping: a job the cancelled move took is given back by the stalled check.
+                waiting.cancel()
+                await asyncio.wait({waiting})
+        if waiting.cancelled():
+            return _Woken(marker=None, jobs=[], due=None, more=False)
+        try:
+            replies = waiting.result()
+        except REDIS_ERRORS as exc:  # the connection failed: nothing is known to have run
             logger.warning("waiting for BullMQ jobs failed: %s", exc)
-            await asyncio.sleep(RECONNECT_S)
-            return _Woken(marker=0, took=False, due=None, more=False)  # look again
-        popped, moved, *waiting = replies[len(stale) :]
+            await self.context.pause(RECONNECT_S)
+            return _Woken(marker=0, jobs=[], due=None, more=False)  # look again
+        popped, moved, *counts = replies[len(stale) :]
         # The move's reply first: whatever became of the wait, a job it took is ours to run.
-        took, due = False, None
+        jobs, due = [], None
         if not isinstance(moved, Exception):  # refused: its script not loaded (Redis restarted)
-            try:
-                took, due = self._start_moved(moved, token, moved_at_ms=args[1])
-            except Exception as exc:  # as in _take: logged, looked at again
-                logger.warning("taking a BullMQ job failed: %s", exc)
+            job, due = self._moved(moved, token, moved_at_ms=args[1])
+            jobs = [job] if job is not None else []
         if isinstance(popped, Exception):
             logger.warning("waiting for BullMQ jobs failed: %s", popped)
-            await asyncio.sleep(RECONNECT_S)
-            return _Woken(marker=0, took=took, due=None, more=False)
+            await self.context.pause(RECONNECT_S)
+            return _Woken(marker=0, jobs=jobs, due=None, more=False)
         marker = None
         if popped:
             _key, member, score = popped
             marker = int(score) if member else 0
-        more = any(isinstance(n, int) and n > 0 for n in waiting)
-        return _Woken(marker, took, due, more)
+        more = any(isinstance(n, int) and n > 0 for n in counts)
+        return _Woken(marker, jobs, due, more)
 
-    async def _until_slot_freed(self, timeout_s: float | None = None) -> None:
-        self._slot_freed.clear()
-        wait = max(0.0, self._pause_until - time.monotonic()) or timeout_s
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._slot_freed.wait(), wait)
+    async def _wait_round_trip(
+        self, stale: list[tuple[str, int]], timeout_s: float, move_args: list[Any]
+    ) -> list[Any]:
+        async with self._blocking.pipeline(transaction=False) as pipe:
+            for key, taken_ms in stale:  # cosmetic: lost with a failed round trip
+                pipe.eval(_SET_PROCESSED_ON, 1, key, taken_ms)
+            pipe.bzpopmin(self._marker, timeout_s)
+            pipe.evalsha(self._move.sha, len(self._move_keys), *self._move_keys, *move_args)
+            pipe.llen(self._waiting_keys[0])
+            pipe.zcard(self._waiting_keys[1])
+            return list(await pipe.execute(raise_on_error=False))
 
-    # ------------------------------------------------------------ running jobs
+    # ------------------------------------------------------------ claiming tasks
 
-    def _start(self, job: _Job) -> None:
-        self._active[job.job.id] = job
-        running = asyncio.create_task(self._run(job))
-        self._jobs.add(running)
-        running.add_done_callback(self._jobs.discard)
-
-    async def _run(self, job: _Job) -> None:
-        """Claim the job's task, run it, report the result; then acknowledge the job."""
-        try:
+    async def _claim(self, jobs: list[_Job]) -> list[Task]:
+        """The tasks of jobs, leased to this worker; the jobs of the others are acknowledged."""
+        by_task: dict[str, _Job] = {}
+        for job in jobs:
             task_id = task_id_of(job.job.data)
             if task_id is None:
                 logger.warning("job %s has no valid taskId: dropped", job.job.id)
-            elif not self.worker.stopping:  # else never claimed: the sweeper publishes it again
-                task = await self._claims.claim(task_id)
-                if task is not None:
-                    await self.worker.wait_reported(self.worker.start(task))
+            elif task_id in by_task or task_id in self._by_task:
+                logger.debug("a second job %s for task %s: dropped", job.job.id, task_id)
+            else:
+                by_task[task_id] = job
+                continue
+            self._drop(job)
+        if not by_task or self.context.stopped.is_set():
+            # Stopping: never claimed, the task stays queued (the sweeper publishes it again).
+            for job in by_task.values():
+                self._drop(job)
+            return []
+        try:
+            tasks = await self._claim_tasks(list(by_task))
         except errors.ForemanError as exc:
-            # The task stays queued in the database: the server's sweeper publishes it again.
-            self._claim_failed(exc)
-        finally:
-            await self._acks.submit(job)
-
-    def _claim_failed(self, exc: errors.ForemanError) -> None:
-        now = time.monotonic()
-        if now >= self._pause_until:
+            # The tasks stay queued in the database: the server's sweeper publishes them again.
             logger.warning("claiming tasks failed, pausing: %s", exc)
-        self._pause_until = now + retry_delay_s(3)
+            self._pause_until = time.monotonic() + retry_delay_s(3)
+            tasks = [None] * len(by_task)
+        claimed = []
+        for (task_id, job), task in zip(by_task.items(), tasks, strict=True):
+            if task is None:
+                self._drop(job)
+            else:
+                self._by_task[task_id] = job
+                claimed.append(task)
+        return claimed
+
+    async def _claim_tasks(self, task_ids: list[str]) -> list[Task | None]:
+        """Per id, the leased task or None (done, held by another attempt, or unknown)."""
+        context = self.context
+        if len(task_ids) == 1:
+            # A lone job (an idle worker's pickup): the single-task statement is cheaper
+            # (measured 0.2 against 0.6 ms in PostgreSQL).
+            return [await self._claim_one(task_ids[0])]
+        results = await context.client.claim_task_ids(
+            task_ids, worker_id=context.worker_id, lease_s=context.lease_s
+        )
+        for result in results:
+            if result.reason == "not_found":
+                logger.warning("a job names unknown task %s: dropped", result.task_id)
+            elif not result.ok:
+                logger.debug("task %s is %s: job dropped", result.task_id, result.status)
+        return [result.task for result in results]
+
+    async def _claim_one(self, task_id: str) -> Task | None:
+        context = self.context
+        try:
+            return await context.client.claim_task(
+                task_id, worker_id=context.worker_id, lease_s=context.lease_s
+            )
+        except errors.ConflictError:
+            logger.debug("task %s is done or held by another attempt: job dropped", task_id)
+        except errors.NotFoundError:
+            logger.warning("a job names unknown task %s: dropped", task_id)
+        return None
+
+    # ------------------------------------------------------------ acknowledging
 
     async def _acknowledge(self, jobs: list[_Job]) -> list[None]:
         """Move the jobs to completed (removed, as their options say) in one round trip."""
-        finish = self._commands["moveToFinished"]
         calls = [
-            (finish, *self._scripts.moveToCompletedArgs(
+            (self._finish, *self._scripts.moveToCompletedArgs(
                 job.job, None, job.job.opts.get("removeOnComplete", False), job.token,
                 fetchNext=False,
             ))
@@ -385,7 +423,7 @@ class JobConsumer:
         ]  # fmt: skip
         try:
             replies = await run_scripts(self._redis, calls)
-        except Exception as exc:
+        except REDIS_ERRORS as exc:
             # Their locks expire and the stalled check gives them back; the claim then drops them.
             logger.warning("acknowledging %d BullMQ job(s) failed: %s", len(jobs), exc)
             replies = [None] * len(jobs)
@@ -393,10 +431,26 @@ class JobConsumer:
             if isinstance(reply, Exception) or (isinstance(reply, int) and reply < 0):
                 logger.info("job %s was not acknowledged (lock lost?): %s", job.job.id, reply)
             self._active.pop(job.job.id, None)
-        self._slot_freed.set()
         return [None] * len(jobs)
 
     # ------------------------------------------------------------ locks and stalled jobs
+
+    def _raise_failure(self) -> None:
+        """A failure other than Redis's (a bug, an incompatible bullmq) in the lock upkeep or
+        an acknowledgement ends the worker, loudly, rather than being logged forever."""
+        for task in self._background:
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                self._failure = self._failure or task.exception()
+        if self._failure is not None:
+            raise self._failure
+
+    def _drop(self, job: _Job) -> None:
+        """Acknowledge a job whose task this worker does not run."""
+        self._acks.submit(job).add_done_callback(self._ack_done)
+
+    def _ack_done(self, answer: asyncio.Future[None]) -> None:
+        if not answer.cancelled() and answer.exception() is not None:
+            self._failure = self._failure or answer.exception()
 
     async def _renew_locks(self) -> None:
         """Extend the locks of the active jobs every half lock duration, in one call."""
@@ -409,7 +463,7 @@ class JobConsumer:
                 lost = await self._scripts.extendJobLocks(
                     [job.job.id for job in jobs], [job.token for job in jobs], self.lock_ms
                 )
-            except Exception as exc:
+            except REDIS_ERRORS as exc:
                 logger.warning("renewing BullMQ locks failed: %s", exc)
                 continue
             if lost:
@@ -422,7 +476,7 @@ class JobConsumer:
                 stalled = await self._scripts.moveStalledJobsToWait(
                     MAX_STALLED_COUNT, STALLED_INTERVAL_MS
                 )
-            except Exception as exc:
+            except REDIS_ERRORS as exc:
                 logger.warning("checking for stalled BullMQ jobs failed: %s", exc)
             else:
                 if stalled:
@@ -436,60 +490,3 @@ def _block_s(block_until_ms: int) -> float:
         return DRAIN_DELAY_S
     delay_s = (block_until_ms - time.time() * 1000) / 1000
     return min(max(delay_s, MIN_BLOCK_S), MAX_BLOCK_S)
-
-
-class ClaimBatcher:
-    """Claims the tasks of jobs taken together with one ``claim_task_ids`` request.
-
-    ``claim`` answers per job: the leased task, or None when the job must be dropped (the task
-    is done, held by another attempt, or unknown). A server without the batch endpoint gets one
-    ``claim_task`` per job.
-    """
-
-    def __init__(self, worker: Worker) -> None:
-        self.worker = worker
-        self._batcher: MicroBatcher[str, Task | None] = MicroBatcher(
-            self._claim, window_s=CLAIM_WINDOW_S, max_batch=CLAIM_BATCH
-        )
-        self._batch_endpoint = True
-
-    async def claim(self, task_id: str) -> Task | None:
-        """The task leased for this job, or None (drop the job)."""
-        return await self._batcher.submit(task_id)
-
-    async def _claim(self, task_ids: list[str]) -> list[Task | None]:
-        worker = self.worker
-        if len(task_ids) == 1:
-            # A lone job (an idle worker's pickup): the single-task statement is cheaper
-            # (measured 0.2 against 0.6 ms in PostgreSQL).
-            return [await self._claim_one(task_ids[0])]
-        if self._batch_endpoint:
-            try:
-                results = await worker.client.claim_task_ids(
-                    task_ids, worker_id=worker.worker_id, lease_s=worker.lease_s
-                )
-            except errors.ForemanError as exc:
-                if not is_missing_route(exc):
-                    raise
-                logger.info("server has no batch claim endpoint: claiming one job at a time")
-                self._batch_endpoint = False
-            else:
-                for result in results:
-                    if result.reason == "not_found":
-                        logger.warning("a job names unknown task %s: dropped", result.task_id)
-                    elif not result.ok:
-                        logger.debug("task %s is %s: job dropped", result.task_id, result.status)
-                return [result.task for result in results]
-        return list(await asyncio.gather(*(self._claim_one(task_id) for task_id in task_ids)))
-
-    async def _claim_one(self, task_id: str) -> Task | None:
-        worker = self.worker
-        try:
-            return await worker.client.claim_task(
-                task_id, worker_id=worker.worker_id, lease_s=worker.lease_s
-            )
-        except errors.ConflictError:
-            logger.debug("task %s is done or held by another attempt: job dropped", task_id)
-        except errors.NotFoundError:
-            logger.warning("a job names unknown task %s: dropped", task_id)
-        return None

@@ -7,8 +7,7 @@ import logging
 from dataclasses import dataclass
 
 from foreman import errors
-from foreman.client import AsyncClient, Lease
-from foreman.client._base import chunks
+from foreman.client import AsyncClient, Lease, chunks
 from foreman.models import Task
 from foreman.worker.context import AttemptState
 

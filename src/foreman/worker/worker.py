@@ -3,7 +3,8 @@
 Delivery is at least once per attempt, fenced by leases (SPEC section 7): a claimed task is held
 under a lease that this worker renews in batched heartbeats; results go back in batches with the
 lease token, so a result whose lease was lost (the worker stalled, the sweeper re-queued the
-task) is refused by the server and dropped here.
+task) is refused by the server and dropped here. Tasks come from one ``TaskSource`` per queue
+backend (worker/source.py, docs/backends.md); everything else is the Worker's.
 """
 
 from __future__ import annotations
@@ -23,18 +24,21 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from foreman import errors
-from foreman.client import AsyncClient, Client, TaskResult
-from foreman.client._base import chunks, is_missing_route, retry_delay_s
+from foreman.client import AsyncClient, Client, TaskResult, chunks, retry_delay_s
 from foreman.models import Task
 from foreman.worker import _results
+from foreman.worker._batching import MicroBatcher
 from foreman.worker._leases import Held, LeaseKeeper
 from foreman.worker._threads import DaemonThreads
 from foreman.worker.context import AttemptState, TaskContext
+from foreman.worker.source import SourceContext, TaskSource
 
 logger = logging.getLogger(__name__)
 
 Handler = Callable[[TaskContext], Any] | Callable[[TaskContext], Awaitable[Any]]
 Backend = Literal["postgres", "bullmq"]
+# Result requests out at once; while they are out, results gather for the next (MicroBatcher).
+RESULTS_IN_FLIGHT = 2
 
 
 @dataclass(slots=True)
@@ -61,7 +65,8 @@ class Worker:
     task, renewed every heartbeat_s (default lease_s / 3) in one request for all of them.
     grace_s is what running handlers get after stop() or SIGTERM before their tasks are put
     back in the queue. claim_wait_s is the long poll of an idle postgres worker. Results go to
-    the server every result_flush_s or result_batch results.
+    the server at once when no result request is out, else together after result_flush_s (or
+    result_batch of them).
     """
 
     def __init__(
@@ -113,7 +118,9 @@ class Worker:
         self._stopped = asyncio.Event()
         self._wakeup = asyncio.Event()
         self._leases = LeaseKeeper(self.client, lease_s=lease_s, interval_s=self._heartbeat_s)
-        self._results: _results.ResultBatcher | None = None
+        self._results: MicroBatcher[TaskResult, bool] | None = None
+        self._attempts: set[asyncio.Task[None]] = set()  # until each message is acknowledged
+        self._failure: BaseException | None = None
         self._threads: DaemonThreads | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -125,12 +132,15 @@ class Worker:
         self._stopping = False
         self._force.clear()
         self._stopped.clear()
+        self._failure = None
         backend = self.backend or await self._server_backend()
-        self._results = _results.ResultBatcher(
-            self.client, max_batch=self._result_batch, flush_s=self._result_flush_s
+        self._results = MicroBatcher(
+            functools.partial(_results.send, self.client),
+            window_s=self._result_flush_s,
+            max_batch=self._result_batch,
+            max_in_flight=RESULTS_IN_FLIGHT,
         )
         self._threads = DaemonThreads(self.concurrency, name="foreman-task")
-        results_runner = asyncio.create_task(self._results.run())
         beats = asyncio.create_task(self._leases.run())
         signals = self._install_signals()
         logger.info(
@@ -141,19 +151,14 @@ class Worker:
             ", ".join(sorted(self.handlers)) or "none",
         )
         try:
-            if backend == "bullmq":
-                try:
-                    from foreman.worker import _bullmq
-                except ImportError as exc:
-                    raise errors.ForemanError(
-                        "The bullmq backend needs the bullmq package: pip install 'foreman[redis]'"
-                    ) from exc
-                await _bullmq.consume(self, burst=burst)
-            else:
-                await self._consume(burst=burst)
-            await self.drain()
+            source = await open_source(backend, self._source_context())
+            try:
+                await self._work(source, burst=burst)
+            finally:
+                await self._drain()
+                await source.close()
         finally:
-            await self._results.close(results_runner)
+            await self._results.drain()
             beats.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await beats
@@ -161,8 +166,20 @@ class Worker:
             self._threads.shutdown()
             if self._owns_client:
                 await self.client.aclose()  # it reopens if run() is called again
+        if self._failure is not None:
+            raise self._failure
         logger.info("worker %s stopped: %s", self.worker_id, self.stats)
         return self.stats
+
+    def _source_context(self) -> SourceContext:
+        return SourceContext(
+            client=self.client,
+            worker_id=self.worker_id,
+            lease_s=self.lease_s,
+            claim_wait_s=self.claim_wait_s,
+            types=sorted(self.handlers) if self.only_known_types else None,
+            stopped=self._stopped,
+        )
 
     async def _server_backend(self) -> Backend:
         """The backend the server advertises, asking until it answers (it may start later)."""
@@ -186,10 +203,6 @@ class Worker:
     def stopping(self) -> bool:
         """Whether stop() was called."""
         return self._stopping
-
-    async def wait_stopped(self) -> None:
-        """Until stop() is called."""
-        await self._stopped.wait()
 
     @property
     def running(self) -> int:
@@ -225,32 +238,17 @@ class Worker:
         logger.info("%s: %s", sig.name, "stopping now" if now else "stopping gracefully")
         self.stop(now=now)
 
-    # ------------------------------------------------------------ postgres backend
+    # ------------------------------------------------------------ the loop
 
-    async def _consume(self, *, burst: bool) -> None:
-        """Claim batches sized to the free slots, long-polling while idle."""
-        types = sorted(self.handlers) if self.only_known_types else None
-        failures = 0
+    async def _work(self, source: TaskSource, *, burst: bool) -> None:
+        """Take tasks for the free slots and start them, until stopped (burst: until none is left)."""
         while not self._stopping:
             await self._free_slot()
             if self._stopping:
                 break
-            try:
-                tasks = await self.client.claim_tasks(
-                    worker_id=self.worker_id,
-                    limit=min(self.concurrency - self._running, 1000),
-                    lease_s=self.lease_s,
-                    wait_s=0.0 if burst else self.claim_wait_s,
-                    types=types,
-                )
-            except errors.ForemanError as exc:
-                failures += 1
-                logger.warning("claim failed (%s): %s", failures, exc)
-                await self._pause(retry_delay_s(min(failures + 2, 6)))
-                continue
-            failures = 0
+            tasks = await source.take(self.concurrency - self._running, burst=burst)
             for task in tasks:
-                self.start(task)
+                self._start(task, source)
             if burst and not tasks:
                 if self._running == 0:
                     break
@@ -265,25 +263,43 @@ class Worker:
         self._wakeup.clear()
         await self._wakeup.wait()
 
-    async def _pause(self, seconds: float) -> None:
-        self._wakeup.clear()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wakeup.wait(), seconds)
-
     # ------------------------------------------------------------ running tasks
 
-    def start(self, task: Task) -> Held:
+    def _start(self, task: Task, source: TaskSource) -> None:
         """Run a claimed task's handler in the background (released at once when stopping)."""
         held = Held(task, AttemptState())
         self._leases.add(held)
         self.stats.claimed += 1
-        if self._stopping:
+        run = not self._stopping
+        if run:
+            self._running += 1
+        else:
             held.executing = False
-            held.handle = asyncio.create_task(self._release(held))
-            return held
-        self._running += 1
-        held.handle = asyncio.create_task(self._execute(held))
-        return held
+        held.handle = asyncio.create_task(self._attempt(held, source, run=run))
+        self._attempts.add(held.handle)
+        held.handle.add_done_callback(self._attempt_ended)
+
+    def _attempt_ended(self, handle: asyncio.Task[None]) -> None:
+        self._attempts.discard(handle)
+        if handle.cancelled() or handle.exception() is None:
+            return
+        # Reporting and acknowledging raise only on a bug or an incompatible library: stop and
+        # raise it from run(), rather than failing every task the same way.
+        if self._failure is None:
+            self._failure = handle.exception()
+            logger.error("worker %s failed: %r", self.worker_id, self._failure)
+        self.stop()
+
+    async def _attempt(self, held: Held, source: TaskSource, *, run: bool) -> None:
+        """Run held's handler and report its result (run=False: give it back unrun); then
+        acknowledge its message."""
+        try:
+            if run:
+                await self._execute(held)
+            else:
+                await self._release([held])
+        finally:
+            await source.acknowledge(held.task)
 
     async def _execute(self, held: Held) -> None:
         try:
@@ -325,7 +341,7 @@ class Worker:
             self._leases.remove(held.task.id)
             return
         assert self._results is not None
-        recorded = await self._results.add(result)
+        recorded = await self._results.submit(result)
         self._leases.remove(held.task.id)
         if not recorded:
             self.stats.dropped += 1
@@ -334,14 +350,9 @@ class Worker:
         else:
             self.stats.failed += 1
 
-    async def wait_reported(self, held: Held) -> None:
-        """Until held's handler ran and its result was sent (used by the bullmq consumer)."""
-        if held.handle is not None:
-            await asyncio.shield(held.handle)
-
     # ------------------------------------------------------------ stopping
 
-    async def drain(self) -> None:
+    async def _drain(self) -> None:
         """Give running handlers grace_s to finish, then release the tasks still running."""
         running = {h.handle for h in self._leases.held.values() if h.handle and not h.handle.done()}
         if running:
@@ -363,10 +374,12 @@ class Worker:
             if not held.state.released:
                 held.state.released = True
                 held.handle.cancel()  # type: ignore[union-attr]
-        await self._release_all(late)
+        await self._release(late)
+        # Every attempt reported (or released) and acknowledged.
+        await asyncio.gather(*self._attempts, return_exceptions=True)
 
-    async def _release_all(self, helds: list[Held]) -> None:
-        """Give tasks back in batches (one by one on a server without the batch endpoint)."""
+    async def _release(self, helds: list[Held]) -> None:
+        """Give tasks back unrun, in batches (the attempt is not counted)."""
         for held in helds:
             held.state.released = True
         try:
@@ -374,25 +387,26 @@ class Worker:
                 acks = await self.client.release_tasks([held.lease for held in chunk])
                 self.stats.released += sum(ack.ok for ack in acks)
         except errors.ForemanError as exc:
-            if not is_missing_route(exc):
-                # Their leases then expire and the sweeper re-queues the tasks.
-                logger.warning("could not release %s task(s): %s", len(helds), exc)
-            else:
-                await asyncio.gather(*(self._release(held) for held in helds))
+            # Their leases then expire and the sweeper re-queues the tasks.
+            logger.warning("could not release %s task(s): %s", len(helds), exc)
         finally:
             for held in helds:
                 self._leases.remove(held.task.id)
 
-    async def _release(self, held: Held) -> None:
-        held.state.released = True
+
+async def open_source(backend: Backend, context: SourceContext) -> TaskSource:
+    """The source of backend: a new queue backend registers its worker side here."""
+    if backend == "bullmq":
         try:
-            await self.client.release_task(held.task.id, lease_token=held.lease.lease_token)
-            self.stats.released += 1
-        except errors.ForemanError as exc:
-            # The lease then expires and the sweeper re-queues the task.
-            logger.warning("could not release task %s: %s", held.task.id, exc)
-        finally:
-            self._leases.remove(held.task.id)
+            from foreman.worker import _bullmq
+        except ImportError as exc:
+            raise errors.ForemanError(
+                "The bullmq backend needs the bullmq package: pip install 'foreman[redis]'"
+            ) from exc
+        return await _bullmq.BullMQSource.open(context)
+    from foreman.worker import _postgres
+
+    return _postgres.PostgresSource(context)
 
 
 def _is_async(handler: Handler) -> bool:
