@@ -223,7 +223,7 @@ async def test_idempotency_key_repeat_returns_the_same_task_with_200(client, run
     assert first.status_code == 201
     assert first.json()["idempotencyKey"] == "order-42"
     again = await post_task(
-        client, {"runId": run["id"], "type": "t", "inputData": 2, "idempotencyKey": "order-42"}
+        client, {"runId": run["id"], "type": "t", "inputData": 1, "idempotencyKey": "order-42"}
     )
     assert again.status_code == 200, again.text
     assert again.json() == first.json()

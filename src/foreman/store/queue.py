@@ -9,9 +9,9 @@ it on its run in the same statement, and wakes ``wait`` long-polls with
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import msgspec
 
@@ -299,6 +299,42 @@ def jsonb_items(values: Sequence[Any]) -> list[msgspec.Raw | None]:
     return [None if v is None else msgspec.Raw(msgspec.json.encode(v)) for v in values]
 
 
+R = TypeVar("R")
+
+
+@dataclass(frozen=True, slots=True)
+class FirstOccurrences:
+    """The distinct task ids of a bulk request, in the order of their first occurrence.
+
+    A bulk statement joins its input rows to the task by id, so an id sent twice would change the
+    task once yet answer both rows as applied: only first occurrences go to the statement, and
+    every later one is answered as a duplicate that was not applied.
+    """
+
+    task_ids: Sequence[str]  # the request's ids
+    items: list[str]  # the distinct ones
+    indexes: list[int]  # where each of them first occurs
+
+    def expand(self, results: list[R], duplicate: Callable[[R], R]) -> list[R]:
+        """One result per request item: a first occurrence's own, a later one duplicate(first's)."""
+        if len(self.items) == len(self.task_ids):
+            return results
+        by_id = dict(zip(self.items, results, strict=True))
+        firsts = set(self.indexes)
+        return [
+            by_id[task_id] if i in firsts else duplicate(by_id[task_id])
+            for i, task_id in enumerate(self.task_ids)
+        ]
+
+
+def first_occurrences(task_ids: Sequence[str]) -> FirstOccurrences:
+    """The first occurrence of each id (see FirstOccurrences)."""
+    first: dict[str, int] = {}
+    for index, task_id in enumerate(task_ids):
+        first.setdefault(task_id, index)
+    return FirstOccurrences(task_ids, list(first), list(first.values()))
+
+
 @dataclass(frozen=True, slots=True)
 class Lease:
     """A held task and the fencing token of its current attempt."""
@@ -316,6 +352,7 @@ class LeaseState:
     cancelled: bool
     lease_expires_at: int | None
     found: bool
+    duplicate: bool = False  # a later occurrence of the task in one request: not applied
 
 
 @dataclass(frozen=True, slots=True)
@@ -343,6 +380,7 @@ class Ended:
     found: bool
     repeat: bool
     task: Task | None
+    duplicate: bool = False  # a later occurrence of the task in one request: not applied
 
 
 @dataclass(frozen=True, slots=True)
@@ -395,46 +433,49 @@ class Claimed:
     task_id: str
     task: Task | None
     status: str | None  # None: no such task (in this organisation)
+    duplicate: bool = False  # a later occurrence of the id in one request: not applied
 
 
 async def claim_task_ids(
     conn: Db, *, org_id: str, task_ids: Sequence[str], worker_id: str, lease_ms: int, now: int
 ) -> list[Claimed]:
     """Lease tasks by id in one statement (input order), each under claim_task's rules."""
-    records = await conn.fetch(_CLAIM_TASK_IDS, org_id, list(task_ids), now, lease_ms, worker_id)
-    claimed: list[Claimed] = []
-    seen: set[str] = set()
-    for r in records:
-        task = task_from(r, 2) if r[2] is not None else None
-        if task is not None and r[0] in seen:
-            # A repeated id: its first occurrence holds the lease, this one is refused like a
-            # second claim of a running task.
-            claimed.append(Claimed(r[0], None, "running"))
-            continue
-        seen.add(r[0])
-        claimed.append(Claimed(r[0], task, r[1]))
-    return claimed
+    firsts = first_occurrences(task_ids)
+    records = await conn.fetch(_CLAIM_TASK_IDS, org_id, firsts.items, now, lease_ms, worker_id)
+    claimed = [Claimed(r[0], task_from(r, 2) if r[2] is not None else None, r[1]) for r in records]
+    # A repeated id: its first occurrence holds the lease (the task is running now, or is as the
+    # first answer says).
+    return firsts.expand(
+        claimed, lambda c: Claimed(c.task_id, None, "running" if c.task else c.status, True)
+    )
 
 
 async def heartbeat(
     conn: Db, *, org_id: str, leases: Sequence[Lease], lease_ms: int, now: int
 ) -> list[LeaseState]:
     """Extend every lease still held; report lost and cancelled ones (in input order)."""
+    firsts = first_occurrences([lease.task_id for lease in leases])
     records = await conn.fetch(
         _HEARTBEAT,
         org_id,
-        [lease.task_id for lease in leases],
-        [lease.lease_token for lease in leases],
+        firsts.items,
+        [leases[i].lease_token for i in firsts.indexes],
         now,
         lease_ms,
     )
-    return [LeaseState(*r) for r in records]
+    states = [LeaseState(*r) for r in records]
+    return firsts.expand(
+        states, lambda s: LeaseState(s.task_id, False, s.cancelled, None, s.found, True)
+    )
 
 
 async def finish_tasks(
     conn: Db, *, org_id: str, outcomes: Sequence[Outcome], now: int
 ) -> list[Ended]:
     """Complete or fail attempts under their lease tokens, in one statement (input order)."""
+    firsts = first_occurrences([o.task_id for o in outcomes])
+    if len(firsts.indexes) < len(outcomes):
+        outcomes = [outcomes[i] for i in firsts.indexes]
     records = await conn.fetch(
         _FINISH_TASKS,
         org_id,
@@ -454,7 +495,7 @@ async def finish_tasks(
         repeat = not ok and same_token and _ended_as(outcome.status, status)
         task = task_from(r, 6) if ok else None
         ended.append(Ended(r[0], ok or repeat, status, found, repeat, task))
-    return ended
+    return firsts.expand(ended, _duplicate_of)
 
 
 def _ended_as(outcome: str, status: str | None) -> bool:
@@ -465,16 +506,23 @@ def _ended_as(outcome: str, status: str | None) -> bool:
 
 async def release_tasks(conn: Db, *, org_id: str, leases: Sequence[Lease], now: int) -> list[Ended]:
     """Put held tasks back in the queue, undoing the claim's attempt count (input order)."""
+    firsts = first_occurrences([lease.task_id for lease in leases])
     records = await conn.fetch(
         _RELEASE_TASKS,
         org_id,
-        [lease.task_id for lease in leases],
-        [lease.lease_token for lease in leases],
+        firsts.items,
+        [leases[i].lease_token for i in firsts.indexes],
         now,
     )
-    return [
+    ended = [
         Ended(r[0], r[1], r[2], r[3], False, task_from(r, 5) if r[1] else None) for r in records
     ]
+    return firsts.expand(ended, _duplicate_of)
+
+
+def _duplicate_of(first: Ended) -> Ended:
+    # Not applied; the task's status is what the first occurrence left.
+    return Ended(first.task_id, False, first.status, first.found, False, None, True)
 
 
 async def expire_leases(conn: Db, *, now: int, limit: int) -> list[Task]:

@@ -8,6 +8,7 @@ from typing import Any
 
 import msgspec
 
+from foreman import errors
 from foreman.models import TERMINAL_STATUSES, Task
 from foreman.store.db import Db
 from foreman.store.queries import SORT_ORDERS, Page, Where
@@ -139,7 +140,60 @@ async def insert_task(
     existing = None
     if new.idempotency_key is not None and run_found:
         existing = await get_task_by_key(conn, org_id=org_id, key=new.idempotency_key)
+        if existing is not None:
+            check_replay(existing, new)
     return InsertResult(existing, False, run_found, parent_found)
+
+
+# What a replay must repeat (docs/queue-protocol.md, "Creating and queueing"): the fields that make
+# the task and that nothing changes afterwards. Not compared: metadata (a PATCH may change it),
+# delayMs and enqueue (the row keeps neither as sent: runAfter and status move on with the task).
+def request_differences(task: Task, new: NewTask) -> list[str]:
+    """The request fields (wire names) in which new differs from the request that made task."""
+    pairs = {
+        "runId": (task.run_id, new.run_id),
+        "type": (task.type, new.task_type),
+        "inputData": (_json_value(task.input_data), _json_value(new.input_data)),
+        "parentTaskId": (task.parent_task_id, new.parent_task_id),
+        "maxRetries": (task.max_retries, new.max_retries),
+        "priority": (task.priority, new.priority),
+    }
+    return [name for name, (made, sent) in pairs.items() if not _same_json(made, sent)]
+
+
+def check_replay(task: Task, new: NewTask, *, index: int | None = None) -> None:
+    """Raise ConflictError unless new repeats the request that created task (same key)."""
+    differences = request_differences(task, new)
+    if not differences:
+        return
+    where = {} if index is None else {"index": index}
+    raise errors.ConflictError(
+        f"Idempotency key {new.idempotency_key!r} was used for another request:"
+        f" {', '.join(differences)} differ from the task it created",
+        taskId=task.id,
+        fields=differences,
+        **where,
+    )
+
+
+def _json_value(value: Any) -> Any:
+    # Stored JSON comes back undecoded (store/db.py passes jsonb through as msgspec.Raw).
+    return msgspec.json.decode(value) if isinstance(value, msgspec.Raw) else value
+
+
+def _same_json(a: Any, b: Any) -> bool:
+    """JSON equality as jsonb's: key order aside, 1 == 1.0, but true is not 1."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    if isinstance(a, dict):
+        return (
+            isinstance(b, dict) and a.keys() == b.keys() and all(_same_json(a[k], b[k]) for k in a)
+        )
+    if isinstance(a, list):
+        return isinstance(b, list) and len(a) == len(b) and all(map(_same_json, a, b))
+    if isinstance(a, int | float) and isinstance(b, int | float):
+        return a == b
+    return type(a) is type(b) and a == b
 
 
 # Many tasks in one statement (POST /tasks/batch): all of them or none. A parent may be an
@@ -222,7 +276,24 @@ class BatchInsertResult:
 async def insert_tasks(
     conn: Db, *, org_id: str, task_ids: list[str], news: list[NewTask], now: int
 ) -> BatchInsertResult:
-    """Create tasks in one statement: all of them, or none when a run or parent is missing."""
+    """Create tasks in one statement: all of them, or none when a run or parent is missing.
+
+    A key that replays another request (see check_replay) raises ConflictError and creates none:
+    with keys, the statement and the replay check share a transaction.
+    """
+    if all(n.idempotency_key is None for n in news):
+        return await _insert_tasks(conn, org_id=org_id, task_ids=task_ids, news=news, now=now)
+    async with conn.transaction():
+        result = await _insert_tasks(conn, org_id=org_id, task_ids=task_ids, news=news, now=now)
+        for index, (task, made) in enumerate(zip(result.tasks, result.created, strict=True)):
+            if task is not None and not made:
+                check_replay(task, news[index], index=index)
+    return result
+
+
+async def _insert_tasks(
+    conn: Db, *, org_id: str, task_ids: list[str], news: list[NewTask], now: int
+) -> BatchInsertResult:
     records = await conn.fetch(
         _INSERT_TASKS,
         org_id,
