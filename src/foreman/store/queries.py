@@ -1,12 +1,79 @@
-"""Pieces shared by the store modules: list envelopes and LIKE escaping."""
+"""Pieces shared by the store modules: the SQL loader, models from records, list envelopes and
+LIKE escaping."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+import importlib.resources
+import operator
+import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
+
+import msgspec
 
 T = TypeVar("T")
+M = TypeVar("M", bound=msgspec.Struct)
+
+# A statement of store/sql/<file>.sql starts at a `-- name --` line; the comment lines right below
+# it describe the statement (procrastinate's sql/queries.sql layout).
+_STATEMENT_HEADER = re.compile(r"^-- ([a-z0-9_]+) --\n(?:--.*\n)*", re.MULTILINE)
+
+
+def parse_statements(text: str) -> dict[str, str]:
+    """The named statements of a .sql file's text (the file's own header comment is dropped)."""
+    parts = _STATEMENT_HEADER.split(text)
+    statements = {name: body.strip() for name, body in zip(parts[1::2], parts[2::2], strict=True)}
+    if len(statements) * 2 != len(parts) - 1 or not all(statements.values()):
+        raise ValueError("a statement name repeats, or a statement is empty")
+    return statements
+
+
+def load_statements(file: str) -> dict[str, str]:
+    """The named statements of store/sql/<file>.sql, whole, as the store sends them."""
+    path = importlib.resources.files("foreman.store") / "sql" / f"{file}.sql"
+    return parse_statements(path.read_text(encoding="utf-8"))
+
+
+@functools.cache
+def _fields_getter(model: type[msgspec.Struct], columns: tuple[str, ...]) -> Callable[[Any], Any]:
+    index: dict[str, int] = {}
+    for position, column in enumerate(columns):
+        if column in model.__struct_fields__:
+            if column in index:
+                raise ValueError(f"column {column!r} twice in a record for {model.__name__}")
+            index[column] = position
+    fields = model.__struct_fields__[: len(index)]
+    if set(fields) != set(index):
+        missing = [f for f in fields if f not in index]
+        raise ValueError(f"{model.__name__} needs the columns {missing}")
+    return operator.itemgetter(*(index[f] for f in fields))
+
+
+def builder(model: type[M], records: Sequence[Any]) -> Callable[[Any], M]:
+    """A function that builds model from a record of records by column name.
+
+    Other columns are ignored. The columns must carry the model's fields up to the last one
+    present (the rest keep their defaults). The records of one result share their columns, so
+    the positions are looked up once: as fast as ``model(*record)``.
+    """
+    if not records:
+        return model
+    get = _fields_getter(model, tuple(records[0].keys()))
+    return lambda record: model(*get(record))
+
+
+def models_from(model: type[M], records: Sequence[Any]) -> list[M]:
+    """Build model from each record by column name (see builder)."""
+    build = builder(model, records)
+    return [build(record) for record in records]
+
+
+def model_from(model: type[M], record: Any) -> M:
+    """Build model from one record by column name (see models_from)."""
+    return model(*_fields_getter(model, tuple(record.keys()))(record))
+
 
 SORT_ORDERS = {"asc": "ASC", "desc": "DESC"}
 
@@ -35,8 +102,18 @@ class Where:
     def sql(self) -> str:
         return " AND ".join(self.clauses)
 
-    def next_param(self) -> str:
-        return f"${len(self.args) + 1}"
+    def param(self, value: object) -> str:
+        """Append a value; its placeholder."""
+        self.args.append(value)
+        return f"${len(self.args)}"
+
+
+def jsonb_items(values: Sequence[Any]) -> list[msgspec.Raw | None]:
+    """JSON values as elements of a jsonb[] parameter.
+
+    Encoded here: asyncpg would take a JSON array for a nested dimension of the SQL array.
+    """
+    return [None if v is None else msgspec.Raw(msgspec.json.encode(v)) for v in values]
 
 
 def escape_like(text: str) -> str:
