@@ -39,11 +39,10 @@ def unique_tags(tags: list[str]) -> list[str]:
 
 @dataclass(frozen=True, slots=True)
 class InsertResult:
-    """The new row, or which of run and task was missing."""
+    """The new row; None when the run is missing (run_found False) or the task is not the run's."""
 
     item: RunData | None
     run_found: bool
-    task_found: bool
 
 
 async def run_exists(conn: Db, *, org_id: str, run_id: str) -> bool:
@@ -79,7 +78,7 @@ async def insert_run_data(
     )
     assert record is not None
     item = None if record["id"] is None else model_from(RunData, record)
-    return InsertResult(item, record["run_found"], record["task_found"])
+    return InsertResult(item, record["run_found"])
 
 
 async def update_tags(

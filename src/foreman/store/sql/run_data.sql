@@ -19,7 +19,7 @@ WITH r AS (
     SELECT $4, r.id, t.id, $1, $5, $6, $7, $8, $9, $9 FROM r, t
     RETURNING *
 )
-SELECT EXISTS (SELECT 1 FROM r) AS run_found, EXISTS (SELECT 1 FROM t) AS task_found,
+SELECT EXISTS (SELECT 1 FROM r) AS run_found,
        d.id, d.run_id, d.task_id, d.org_id, d.key, d.value, d.tags, d.metadata,
        d.created_at, d.updated_at
   FROM (SELECT 1) AS one LEFT JOIN d ON true
