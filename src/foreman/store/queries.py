@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+import asyncpg
 import msgspec
 
 T = TypeVar("T")
@@ -102,10 +103,25 @@ class Where:
     def sql(self) -> str:
         return " AND ".join(self.clauses)
 
+    def page(self) -> tuple[str, str]:
+        """The placeholders of LIMIT and OFFSET, whose values follow args."""
+        return f"${len(self.args) + 1}", f"${len(self.args) + 2}"
+
     def param(self, value: object) -> str:
         """Append a value; its placeholder."""
         self.args.append(value)
         return f"${len(self.args)}"
+
+
+async def fetch_page(
+    conn: asyncpg.Connection, model: type[M], sql: str, args: Sequence[object]
+) -> Page[M]:
+    """Run a list statement: each row is the total count, then one item's columns (NULL there
+    when the page is empty: the rows come from a LEFT JOIN LATERAL on the count)."""
+    records = await conn.fetch(sql, *args)
+    build = builder(model, records)
+    items = [build(r) for r in records if r["id"] is not None]
+    return Page(items=items, total=records[0]["total"] if records else 0)
 
 
 def jsonb_items(values: Sequence[Any]) -> list[msgspec.Raw | None]:

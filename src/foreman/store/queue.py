@@ -184,19 +184,20 @@ async def claim_task_ids(
     )
 
 
+async def _fetch_leases(
+    conn: Db, sql: str, org_id: str, leases: Sequence[Lease], *args: object
+) -> tuple[FirstOccurrences, list[Any]]:
+    # A statement over ($1 org, $2 task ids, $3 lease tokens, args...), each task once.
+    firsts = first_occurrences([lease.task_id for lease in leases])
+    tokens = [leases[i].lease_token for i in firsts.indexes]
+    return firsts, await conn.fetch(sql, org_id, firsts.items, tokens, *args)
+
+
 async def heartbeat(
     conn: Db, *, org_id: str, leases: Sequence[Lease], lease_ms: int, now: int
 ) -> list[LeaseState]:
     """Extend every lease still held; report lost and cancelled ones (in input order)."""
-    firsts = first_occurrences([lease.task_id for lease in leases])
-    records = await conn.fetch(
-        _HEARTBEAT,
-        org_id,
-        firsts.items,
-        [leases[i].lease_token for i in firsts.indexes],
-        now,
-        lease_ms,
-    )
+    firsts, records = await _fetch_leases(conn, _HEARTBEAT, org_id, leases, now, lease_ms)
     states = [
         LeaseState(r["task_id"], r["ok"], r["cancelled"], r["lease_expires_at"], r["found"])
         for r in records
@@ -245,14 +246,7 @@ def _ended_as(outcome: str, status: str | None) -> bool:
 
 async def release_tasks(conn: Db, *, org_id: str, leases: Sequence[Lease], now: int) -> list[Ended]:
     """Put held tasks back in the queue, undoing the claim's attempt count (input order)."""
-    firsts = first_occurrences([lease.task_id for lease in leases])
-    records = await conn.fetch(
-        _RELEASE_TASKS,
-        org_id,
-        firsts.items,
-        [leases[i].lease_token for i in firsts.indexes],
-        now,
-    )
+    firsts, records = await _fetch_leases(conn, _RELEASE_TASKS, org_id, leases, now)
     task = builder(Task, records)
     ended = [
         Ended(

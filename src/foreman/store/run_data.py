@@ -12,8 +12,8 @@ from foreman.store.queries import (
     SORT_ORDERS,
     Page,
     Where,
-    builder,
     escape_like,
+    fetch_page,
     glob_to_like,
     load_statements,
     model_from,
@@ -149,17 +149,14 @@ async def query_run_data(conn: Db, *, org_id: str, run_id: str, q: RunDataQuery)
     sql = _query_run_data_sql(
         where, _SORT_COLUMNS[q.sort_by], SORT_ORDERS[q.sort_order], latest_per_key=not q.include_all
     )
-    records = await conn.fetch(sql, *where.args, q.limit, q.offset)
-    total = records[0]["total"] if records else 0
-    item = builder(RunData, records)
-    return Page(items=[item(r) for r in records if r["id"] is not None], total=total)
+    return await fetch_page(conn, RunData, sql, [*where.args, q.limit, q.offset])
 
 
 def _query_run_data_sql(where: Where, column: str, order: str, *, latest_per_key: bool) -> str:
     """A page of entries and the total, from fixed fragments: where's clauses (their values are
     parameters, then $n limit and offset), a whitelisted sort column and order. Latest per key:
     among the matching rows, by created_at, then id."""
-    limit, offset = f"${len(where.args) + 1}", f"${len(where.args) + 2}"
+    limit, offset = where.page()
     distinct, latest = (
         ("DISTINCT ON (d.key) ", " ORDER BY d.key, d.created_at DESC, d.id DESC")
         if latest_per_key

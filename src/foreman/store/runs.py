@@ -6,7 +6,7 @@ from typing import Any
 
 from foreman.models import TERMINAL_STATUSES, Run
 from foreman.store.db import Db
-from foreman.store.queries import SORT_ORDERS, Page, Where, builder, load_statements, model_from
+from foreman.store.queries import SORT_ORDERS, Page, Where, fetch_page, load_statements, model_from
 
 _SQL = load_statements("runs")  # store/sql/runs.sql
 _INSERT_RUN = _SQL["insert_run"]
@@ -108,16 +108,13 @@ async def list_runs(
     if status is not None:
         where.add("status = {}", status)
     sql = _list_runs_sql(where, _SORT_COLUMNS[sort_by], SORT_ORDERS[sort_order])
-    records = await conn.fetch(sql, *where.args, limit, offset)
-    total = records[0]["total"] if records else 0
-    run = builder(Run, records)
-    return Page(items=[run(r) for r in records if r["id"] is not None], total=total)
+    return await fetch_page(conn, Run, sql, [*where.args, limit, offset])
 
 
 def _list_runs_sql(where: Where, column: str, order: str) -> str:
     """A page of runs and the total, from fixed fragments: where's clauses (their values are
     parameters, then $n limit and offset), a whitelisted sort column and order."""
-    limit, offset = f"${len(where.args) + 1}", f"${len(where.args) + 2}"
+    limit, offset = where.page()
     return f"""
 SELECT t.total, p.*
   FROM (SELECT count(*) AS total FROM run WHERE {where.sql()}) t

@@ -16,6 +16,7 @@ from foreman.store.queries import (
     Page,
     Where,
     builder,
+    fetch_page,
     jsonb_items,
     load_statements,
     model_from,
@@ -361,16 +362,13 @@ async def list_tasks(
         if value is not None:
             where.add(f"t.{column} = {{}}", value)
     sql = _list_tasks_sql(where, _SORT_COLUMNS[sort_by], SORT_ORDERS[sort_order])
-    records = await conn.fetch(sql, *where.args, limit, offset)
-    total = records[0]["total"] if records else 0
-    task = builder(Task, records)
-    return Page(items=[task(r) for r in records if r["id"] is not None], total=total)
+    return await fetch_page(conn, Task, sql, [*where.args, limit, offset])
 
 
 def _list_tasks_sql(where: Where, column: str, order: str) -> str:
     """A page of tasks and the total, from fixed fragments: where's clauses (their values are
     parameters, then $n limit and offset), a whitelisted sort column and order."""
-    limit, offset = f"${len(where.args) + 1}", f"${len(where.args) + 2}"
+    limit, offset = where.page()
     return f"""
 SELECT n.total, p.*
   FROM (SELECT count(*) AS total FROM task t WHERE {where.sql()}) n
