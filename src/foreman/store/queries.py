@@ -52,27 +52,44 @@ def _fields_getter(model: type[msgspec.Struct], columns: tuple[str, ...]) -> Cal
     return operator.itemgetter(*(index[f] for f in fields))
 
 
-def builder(model: type[M], records: Sequence[Any]) -> Callable[[Any], M]:
-    """A function that builds model from a record of records by column name.
+def fields_of(model: type[msgspec.Struct], records: Sequence[Any]) -> Callable[[Any], Any]:
+    """A function that returns a record's values for ``model(*values)``, found by column name.
 
     Other columns are ignored. The columns must carry the model's fields up to the last one
     present (the rest keep their defaults). The records of one result share their columns, so
-    the positions are looked up once: as fast as ``model(*record)``.
+    the positions are looked up once: ``model(*get(record))`` costs what ``model(*record)`` did.
     """
     if not records:
-        return model
-    get = _fields_getter(model, tuple(records[0].keys()))
-    return lambda record: model(*get(record))
+        return tuple
+    return _fields_getter(model, tuple(records[0].keys()))
+
+
+@functools.cache
+def _values_getter(columns: tuple[str, ...], names: tuple[str, ...]) -> Callable[[Any], Any]:
+    if len(names) < 2 or any(columns.count(name) != 1 for name in names):
+        raise ValueError(f"need two or more names, each one column of the record: {names}")
+    return operator.itemgetter(*(columns.index(name) for name in names))
+
+
+def values(records: Sequence[Any], *names: str) -> Callable[[Any], tuple[Any, ...]]:
+    """A function that returns the named columns of a record of records, as a tuple.
+
+    The positions are looked up once for the result (see fields_of): by name, at the cost of
+    indexing by position.
+    """
+    if not records:
+        return lambda record: ()
+    return _values_getter(tuple(records[0].keys()), names)
 
 
 def models_from(model: type[M], records: Sequence[Any]) -> list[M]:
-    """Build model from each record by column name (see builder)."""
-    build = builder(model, records)
-    return [build(record) for record in records]
+    """Build model from each record by column name (see fields_of)."""
+    get = fields_of(model, records)
+    return [model(*get(record)) for record in records]
 
 
 def model_from(model: type[M], record: Any) -> M:
-    """Build model from one record by column name (see models_from)."""
+    """Build model from one record by column name (see fields_of)."""
     return model(*_fields_getter(model, tuple(record.keys()))(record))
 
 
@@ -119,8 +136,8 @@ async def fetch_page(
     """Run a list statement: each row is the total count, then one item's columns (NULL there
     when the page is empty: the rows come from a LEFT JOIN LATERAL on the count)."""
     records = await conn.fetch(sql, *args)
-    build = builder(model, records)
-    items = [build(r) for r in records if r["id"] is not None]
+    get = fields_of(model, records)
+    items = [model(*get(r)) for r in records if r["id"] is not None]
     return Page(items=items, total=records[0]["total"] if records else 0)
 
 

@@ -15,7 +15,14 @@ from typing import Any, Literal, TypeVar
 
 from foreman.models import Task
 from foreman.store.db import Db
-from foreman.store.queries import builder, jsonb_items, load_statements, model_from, models_from
+from foreman.store.queries import (
+    fields_of,
+    jsonb_items,
+    load_statements,
+    model_from,
+    models_from,
+    values,
+)
 from foreman.store.tasks import get_task, shard
 
 _SQL = load_statements("queue")  # store/sql/queue.sql: the statements and why they are so
@@ -172,9 +179,9 @@ async def claim_task_ids(
     """Lease tasks by id in one statement (input order), each under claim_task's rules."""
     firsts = first_occurrences(task_ids)
     records = await conn.fetch(_CLAIM_TASK_IDS, org_id, firsts.items, now, lease_ms, worker_id)
-    task = builder(Task, records)
+    task = fields_of(Task, records)
     claimed = [
-        Claimed(r["claimed_id"], None if r["id"] is None else task(r), r["status_before"])
+        Claimed(r["claimed_id"], None if r["id"] is None else Task(*task(r)), r["status_before"])
         for r in records
     ]
     # A repeated id: its first occurrence holds the lease (the task is running now, or is as the
@@ -226,14 +233,15 @@ async def finish_tasks(
         now,
         shard(),
     )
-    task = builder(Task, records)
+    task = fields_of(Task, records)
+    head = values(records, "ended_id", "ok", "status_now", "found", "same_token")
     ended = []
     for outcome, r in zip(outcomes, records, strict=True):
-        ok, status = r["ok"], r["status_now"]
+        task_id, ok, status, found, same_token = head(r)
         # A repeat of a call that already ended this attempt (the answer was lost, say).
-        repeat = not ok and r["same_token"] and _ended_as(outcome.status, status)
+        repeat = not ok and same_token and _ended_as(outcome.status, status)
         ended.append(
-            Ended(r["ended_id"], ok or repeat, status, r["found"], repeat, task(r) if ok else None)
+            Ended(task_id, ok or repeat, status, found, repeat, Task(*task(r)) if ok else None)
         )
     return firsts.expand(ended, _duplicate_of)
 
@@ -247,7 +255,7 @@ def _ended_as(outcome: str, status: str | None) -> bool:
 async def release_tasks(conn: Db, *, org_id: str, leases: Sequence[Lease], now: int) -> list[Ended]:
     """Put held tasks back in the queue, undoing the claim's attempt count (input order)."""
     firsts, records = await _fetch_leases(conn, _RELEASE_TASKS, org_id, leases, now)
-    task = builder(Task, records)
+    task = fields_of(Task, records)
     ended = [
         Ended(
             r["released_id"],
@@ -255,7 +263,7 @@ async def release_tasks(conn: Db, *, org_id: str, leases: Sequence[Lease], now: 
             r["status_now"],
             r["found"],
             False,
-            task(r) if r["ok"] else None,
+            Task(*task(r)) if r["ok"] else None,
         )
         for r in records
     ]

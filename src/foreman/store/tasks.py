@@ -15,8 +15,8 @@ from foreman.store.queries import (
     SORT_ORDERS,
     Page,
     Where,
-    builder,
     fetch_page,
+    fields_of,
     jsonb_items,
     load_statements,
     model_from,
@@ -213,8 +213,8 @@ async def _insert_tasks(
     for index, record in enumerate(records):
         if not (record["run_ok"] and record["parent_ok"]):
             return BatchInsertResult([], [], index, record["run_ok"], record["parent_ok"])
-    build = builder(Task, records)
-    tasks: list[Task | None] = [None if r["id"] is None else build(r) for r in records]
+    values_of = fields_of(Task, records)
+    tasks: list[Task | None] = [None if r["id"] is None else Task(*values_of(r)) for r in records]
     for index, task in enumerate(tasks):
         key = news[index].idempotency_key
         if task is None and key is not None:
