@@ -20,7 +20,7 @@ from pathlib import Path
 
 from foreman.bench import api, services
 from foreman.bench.defaults import FULL, Profile
-from foreman.bench.http import BenchHttp
+from foreman.bench.http import open_http
 from foreman.logs import configure_logging
 from foreman.settings import Settings
 
@@ -75,22 +75,15 @@ async def profile(args: argparse.Namespace) -> Path:
         duration_s=args.duration + 6.0,
         get_task_pool=FULL.get_task_pool,
     )
-    raw = args.out / f"{args.figure}-w{args.workers}-{args.log}.txt"
+    raw: Path = args.out / f"{args.figure}-w{args.workers}-{args.log}.txt"
     with services.postgres_server(Settings()) as server:
         url = await services.fresh_bench_database(server)
         try:
             async with (
                 services.run_server(url, workers=args.workers, log_level=args.log) as srv,
-                BenchHttp(srv.endpoint, connections=load.concurrency) as http,
+                open_http(srv.endpoint, connections=load.concurrency) as http,
             ):
-                if args.figure == "api_post_runs":
-                    measuring = api.measure_post_runs(http, load)
-                elif args.figure == "api_get_task":
-                    measuring = api.measure_get_task(http, load)
-                else:
-                    runs = 200 if args.figure == "api_lifecycle" else 1
-                    measuring = api.measure_lifecycle(http, load, runs=runs)
-                task = asyncio.ensure_future(measuring)
+                task = asyncio.ensure_future(api.measure_figure(http, args.figure, load))
                 await asyncio.sleep(8.0)  # set-up and warm-up
                 command = [
                     shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(srv.process.pid),

@@ -95,6 +95,20 @@ class UnavailableError(ForemanError):
     code = "unavailable"
 
 
+class StatementTimeoutError(UnavailableError):
+    """The database did not finish this request in time; it was cancelled, most likely before it took effect."""
+
+    # 504, not 503: the database is up; this request's statement outlived the server's timeout
+    # (FOREMAN_DB_COMMAND_TIMEOUT_S). The outcome is not certain (the statement may have
+    # committed as it was cancelled): read before repeating a request that is not idempotent.
+    # Repeating helps when the database was busy, not when the request itself is too costly.
+    # A subclass of UnavailableError: like an outage, the request was most likely not carried
+    # out and the connection is discarded, and callers that retry a 503 after a pause (the
+    # worker reporting results) retry this too (docs/security.md).
+    status_code = 504
+    code = "statement_timeout"
+
+
 class TransportError(ForemanError):
     """The Foreman server could not be reached."""
 
@@ -112,6 +126,7 @@ _BY_STATUS: dict[int, type[ForemanError]] = {
     413: PayloadTooLargeError,
     429: RateLimitedError,
     503: UnavailableError,
+    504: StatementTimeoutError,
 }
 
 

@@ -1,8 +1,9 @@
 """Wire models shared by the server and the client (SPEC section 4), as msgspec structs.
 
 Field names are snake_case in Python and camelCase on the wire. JSON payload fields
-(``input_data``, ``value``, ...) are typed ``Any``: the server fills them with the raw jsonb text
-from PostgreSQL (no parse, no re-encode), the client gets decoded Python values.
+(``input_data``, ``value``, ...) are typed ``Any`` in answers: the server fills them with the raw
+jsonb text from PostgreSQL (no parse, no re-encode), the client gets decoded Python values. In
+requests they are ``JsonText``: the JSON text as sent, never decoded on the server (see JsonText).
 Optional fields default to None and are omitted from the JSON when unset (SPEC section 4).
 """
 
@@ -19,13 +20,30 @@ TaskStatus = Literal["pending", "queued", "running", "completed", "failed", "can
 TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
 
 JsonObject = dict[str, Any]
-Name = Annotated[str, Meta(min_length=1, max_length=255)]
-Tag = Annotated[str, Meta(min_length=1, max_length=255)]
-# Any JSON value but null (SPEC section 4). The check is _require_value; this only tells the
-# OpenAPI document (Litestar reads "extra" of extra_json_schema), so that the schema stays truthful.
-JsonValue = Annotated[Any, Meta(extra_json_schema={"extra": {"not": {"type": "null"}}})]
-MAX_TAGS = 100
-Tags = Annotated[list[Tag], Meta(max_length=MAX_TAGS)]
+# Limits of the identifier-like strings of bodies and queries, in one place (docs/security.md
+# lists where each applies). SPEC section 5 gives 1..255 for a task type and a run-data key; the
+# other names, keys and ids a client chooses get the same bound.
+MAX_NAME_CHARS = 255
+MAX_TAGS = 100  # distinct tags on a run-data entry, and in one tag update list
+MAX_LIST_ITEMS = 1000  # items of a comma-list filter, types of a claim
+Name = Annotated[str, Meta(min_length=1, max_length=MAX_NAME_CHARS)]
+Tag = Annotated[str, Meta(min_length=1, max_length=MAX_NAME_CHARS)]
+# No maxItems: duplicates are dropped before the count (_unique_tags), so a list may be longer.
+Tags = Annotated[
+    list[Tag], Meta(description=f"At most {MAX_TAGS} distinct tags; repeats are dropped")
+]
+# A JSON value of a request body, kept as the JSON text the client sent (msgspec checks only its
+# syntax) and handed to PostgreSQL's jsonb as text: numbers stay exact (jsonb stores numeric, not
+# double), and a 10 MiB value costs its bytes, not millions of Python objects (docs/security.md).
+# The schema entries only tell the OpenAPI document (Litestar reads "extra" of extra_json_schema).
+JsonText = Annotated[msgspec.Raw, Meta(extra_json_schema={"extra": {}})]
+# Any JSON value but null (SPEC section 4); the check is _require_value.
+JsonValue = Annotated[msgspec.Raw, Meta(extra_json_schema={"extra": {"not": {"type": "null"}}})]
+# An object or null (SPEC section 4: metadata); the check is _require_object.
+JsonObjectText = Annotated[
+    msgspec.Raw, Meta(extra_json_schema={"extra": {"type": ["object", "null"]}})
+]
+JSON_NULL = msgspec.Raw(b"null")
 MaxRetries = Annotated[int, Meta(ge=0, le=10)]
 # BullMQ's range: 0 is the default, then 1 (highest) .. 2,097,152 (lowest).
 Priority = Annotated[int, Meta(ge=0, le=2_097_152)]
@@ -40,10 +58,41 @@ class _In(msgspec.Struct, rename="camel"):
     pass
 
 
-def _require_value(value: Any, field: str) -> None:
-    if value is None:
+def _require_value(value: msgspec.Raw, field: str) -> None:
+    if value == JSON_NULL:
         # msgspec reports a ValueError from __post_init__ as a validation error of the body.
         raise ValueError(f"`{field}` is required and must not be null")
+
+
+def _unique_tags(tags: list[str], field: str) -> list[str]:
+    """tags without repeats (first occurrences, in order); at most MAX_TAGS of them."""
+    unique = list(dict.fromkeys(tags))
+    if len(unique) > MAX_TAGS:
+        raise ValueError(f"`{field}` holds {len(unique)} distinct tags; the limit is {MAX_TAGS}")
+    return unique
+
+
+# The JSON type of a value's text, by its first byte (msgspec's names, as in its own messages).
+_JSON_TYPES = {ord("{"): "object", ord("["): "array", ord('"'): "str", ord("t"): "bool"}
+_JSON_TYPES |= {ord("f"): "bool", ord("n"): "null"}
+
+
+def _require_object(value: msgspec.Raw | UnsetType, field: str) -> None:
+    if isinstance(value, msgspec.Raw):
+        kind = _JSON_TYPES.get(memoryview(value)[0], "number")
+        if kind not in ("object", "null"):
+            raise ValueError(f"`{field}` must be an object or null, got {kind}")
+
+
+def stored(value: msgspec.Raw | UnsetType) -> msgspec.Raw | None:
+    """A request's JSON value as the store takes it: null or left out is None (SQL NULL)."""
+    return value if isinstance(value, msgspec.Raw) and value != JSON_NULL else None
+
+
+def changes(update: RunUpdate | TaskUpdate) -> dict[str, Any]:
+    """The fields a PATCH sets (snake_case), JSON values as stored()."""
+    fields = msgspec.structs.asdict(update).items()
+    return {k: stored(v) if isinstance(v, msgspec.Raw) else v for k, v in fields if v is not UNSET}
 
 
 # ---------------------------------------------------------------- responses
@@ -195,17 +244,21 @@ class Config(_Out):
 
 class RunCreate(_In):
     input_data: JsonValue
-    metadata: JsonObject | None = None
+    metadata: JsonObjectText | UnsetType = UNSET
 
     def __post_init__(self) -> None:
         _require_value(self.input_data, "inputData")
+        _require_object(self.metadata, "metadata")
 
 
 class RunUpdate(_In):
     status: RunStatus | UnsetType = UNSET
-    output_data: Any | UnsetType = UNSET
-    error_data: Any | UnsetType = UNSET
-    metadata: JsonObject | UnsetType | None = UNSET
+    output_data: JsonText | UnsetType = UNSET
+    error_data: JsonText | UnsetType = UNSET
+    metadata: JsonObjectText | UnsetType = UNSET
+
+    def __post_init__(self) -> None:
+        _require_object(self.metadata, "metadata")
 
 
 class TaskCreate(_In):
@@ -213,7 +266,7 @@ class TaskCreate(_In):
     type: Name
     input_data: JsonValue
     parent_task_id: uuid.UUID | None = None
-    metadata: JsonObject | None = None
+    metadata: JsonObjectText | UnsetType = UNSET
     max_retries: MaxRetries = 3
     # Extensions (SPEC section 5): queue order, a delay, idempotent creation, and queueing at once.
     priority: Priority = 0
@@ -223,14 +276,18 @@ class TaskCreate(_In):
 
     def __post_init__(self) -> None:
         _require_value(self.input_data, "inputData")
+        _require_object(self.metadata, "metadata")
 
 
 class TaskUpdate(_In):
     status: TaskStatus | UnsetType = UNSET
-    output_data: Any | UnsetType = UNSET
-    error_data: Any | UnsetType = UNSET
-    metadata: JsonObject | UnsetType | None = UNSET
-    queue_job_id: str | UnsetType | None = UNSET
+    output_data: JsonText | UnsetType = UNSET
+    error_data: JsonText | UnsetType = UNSET
+    metadata: JsonObjectText | UnsetType = UNSET
+    queue_job_id: Name | UnsetType | None = UNSET
+
+    def __post_init__(self) -> None:
+        _require_object(self.metadata, "metadata")
 
 
 class RunDataCreate(_In):
@@ -238,15 +295,23 @@ class RunDataCreate(_In):
     key: Name
     value: JsonValue
     tags: Tags = msgspec.field(default_factory=list)
-    metadata: JsonObject | None = None
+    metadata: JsonObjectText | UnsetType = UNSET
 
     def __post_init__(self) -> None:
         _require_value(self.value, "value")
+        self.tags = _unique_tags(self.tags, "tags")
+        _require_object(self.metadata, "metadata")
 
 
 class TagsUpdate(_In):
     add: Tags | None = None
     remove: Tags | None = None
+
+    def __post_init__(self) -> None:
+        if self.add is not None:
+            self.add = _unique_tags(self.add, "add")
+        if self.remove is not None:
+            self.remove = _unique_tags(self.remove, "remove")
 
 
 # ---------------------------------------------------------------- queue (docs/queue-protocol.md)
@@ -274,7 +339,7 @@ class TaskClaim(_In):
     """POST /tasks/claim: lease up to ``limit`` ready tasks, long-polling up to ``waitMs``."""
 
     worker_id: Name
-    types: Annotated[list[Name], Meta(max_length=1000)] | None = None
+    types: Annotated[list[Name], Meta(max_length=MAX_LIST_ITEMS)] | None = None
     limit: ClaimLimit = 1
     lease_ms: LeaseMs = DEFAULT_LEASE_MS
     wait_ms: WaitMs = 0
@@ -357,14 +422,14 @@ class TaskComplete(_In):
     """POST /tasks/{id}/complete."""
 
     lease_token: uuid.UUID
-    output_data: Any = None
+    output_data: JsonText | UnsetType = UNSET
 
 
 class TaskFail(_In):
     """POST /tasks/{id}/fail: retried after a backoff while attempts remain and retryable."""
 
     lease_token: uuid.UUID
-    error_data: Any = None
+    error_data: JsonText | UnsetType = UNSET
     retryable: bool = True
 
 
@@ -380,8 +445,8 @@ class TaskResult(_In):
     task_id: uuid.UUID
     lease_token: uuid.UUID
     status: Literal["completed", "failed"]
-    output_data: Any = None
-    error_data: Any = None
+    output_data: JsonText | UnsetType = UNSET
+    error_data: JsonText | UnsetType = UNSET
     retryable: bool = True
 
 

@@ -8,6 +8,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from decimal import Decimal
 
 import aiohttp
 import httpx
@@ -115,6 +116,36 @@ def test_tasks_round_trip(client: Client):
     assert client.list_tasks(run_id=run.id, type="parent").pagination.total == 1
     counters = client.get_run(run.id)
     assert (counters.total_tasks, counters.completed_tasks) == (2, 1)
+
+
+# A float cannot hold these: 23 and 36 significant digits, beyond a double's range.
+PRECISE = [Decimal("12345678901234567890.123"), Decimal("0.1000000000000000055511151231257827")]
+PRECISE_VALUE = {"p": PRECISE, "tiny": Decimal("1E-400"), "big": 10**30, "f": 0.1, "g": -2.5e-7}
+
+
+def test_numbers_round_trip_exactly(client: Client, live: LiveApp):
+    """Decimals go out as JSON numbers; a number a float would change comes back as a Decimal,
+    one a float holds exactly as a float (as before)."""
+    run = client.create_run(PRECISE_VALUE, metadata={"m": PRECISE[0]})
+    for value in (run.input_data, client.get_run(run.id).input_data):
+        assert value == PRECISE_VALUE
+        assert [type(v) for v in value["p"]] == [Decimal, Decimal]
+        assert (type(value["f"]), type(value["g"]), type(value["big"])) == (float, float, int)
+    assert run.metadata == {"m": PRECISE[0]}
+    # What another client stored is read exactly too.
+    raw = httpx.get(f"{live.url}/api/v1/runs/{run.id}", headers={"x-api-key": KEY_A})
+    assert "12345678901234567890.123" in raw.text
+    task = client.create_task(run.id, type="t", input_data=PRECISE)
+    done = client.update_task(task.id, status="completed", output_data={"r": PRECISE[1]})
+    assert done.output_data == {"r": PRECISE[1]}
+    data = client.create_run_data(run.id, task_id=task.id, key="k", value=PRECISE)
+    assert data.value == PRECISE
+    assert client.query_run_data(run.id, key="k").data[0].value == PRECISE
+
+
+async def test_async_numbers_round_trip_exactly(aclient: AsyncClient):
+    run = await aclient.create_run(PRECISE_VALUE)
+    assert (await aclient.get_run(run.id)).input_data == PRECISE_VALUE
 
 
 def test_errors_carry_the_server_class_and_message(client: Client):

@@ -267,3 +267,37 @@ async def test_docs_serve_html(client):
     assert response.headers["content-type"].startswith("text/html")
     assert "openapi" in response.text.lower()
     assert (await client.get("/docs/openapi.json")).status_code == 200
+
+
+async def test_query_parameters_state_their_rules(document):
+    # server/params.py: every query parameter of a list says how it is read.
+    for method, path in QUERY_PARAMETERS:
+        for parameter in document["paths"][path][method]["parameters"]:
+            if parameter["in"] != "query":
+                continue
+            assert "at most once" in parameter["description"].lower(), (path, parameter)
+            schema = parameter["schema"]
+            if schema.get("type") == "integer":
+                assert "decimal digits" in parameter["description"], parameter
+            elif parameter["name"] in ("keys", "keyStartsWith", "tags", "tagStartsWith"):
+                assert (schema["minLength"], schema["pattern"]) == (1, "^[^,]+(,[^,]+)*$")
+                assert "spaces are kept" in parameter["description"], parameter
+            elif parameter["name"] in ("status", "tagMode"):
+                assert schema["enum"], parameter
+            elif parameter["name"] not in ("includeAll", "sortBy", "sortOrder"):
+                assert (schema["minLength"], schema["maxLength"]) == (1, 255), parameter
+
+
+async def test_identifier_fields_are_bounded_in_the_schema(document):
+    schemas = document["components"]["schemas"]
+    for schema, field in (
+        ("TaskUpdate", "queueJobId"),
+        ("TaskCreate", "idempotencyKey"),
+        ("TaskClaim", "workerId"),
+        ("TaskClaimOne", "workerId"),
+        ("TaskClaimIds", "workerId"),
+        ("RunDataCreate", "key"),
+    ):
+        prop = schemas[schema]["properties"][field]
+        assert (prop["minLength"], prop["maxLength"]) == (1, 255), (schema, field, prop)
+    assert "100 distinct" in schemas["RunDataCreate"]["properties"]["tags"]["description"]

@@ -180,6 +180,9 @@ async def test_a_timed_out_query_ends_its_connection(database_url: str) -> None:
     async def sleep_too_long() -> None:
         async with pool.acquire() as conn:
             pids.append(conn.get_server_pid())
+            # As if PostgreSQL stopped answering: its own statement_timeout does not stop this
+            # one, asyncpg's timeout (a moment later) does.
+            await conn.execute("SET statement_timeout = 0")
             await conn.execute("SELECT pg_sleep(3)")
 
     try:
@@ -191,6 +194,38 @@ async def test_a_timed_out_query_ends_its_connection(database_url: str) -> None:
             assert await conn.fetchval("SELECT 1") == 1
     finally:
         await pool.close()
+
+
+async def test_a_slow_statement_is_cancelled_by_postgresql_and_keeps_its_connection(
+    database_url: str,
+) -> None:
+    pool = await db.create_pool(
+        database_url, min_size=0, max_size=1, command_timeout_s=0.2, connect_timeout_s=3
+    )
+    pids: list[int] = []
+
+    async def sleep_too_long() -> None:
+        async with db.org_connection(pool, "org") as conn:
+            pids.append(conn.get_server_pid())
+            await conn.execute("SELECT pg_sleep(3)")
+
+    try:
+        with pytest.raises(errors.StatementTimeoutError) as caught:
+            await sleep_too_long()
+        assert caught.value.status_code == 504
+        async with db.org_connection(pool, "org") as conn:
+            assert conn.get_server_pid() == pids[0]
+            assert await conn.fetchval("SELECT 1") == 1
+    finally:
+        await pool.close()
+
+
+async def test_no_free_connection_in_time_is_server_busy(pool: Pool[db.Connection]) -> None:
+    async with pool.acquire(), pool.acquire():
+        with pytest.raises(errors.UnavailableError, match="Server busy") as caught:
+            async with db.org_connection(pool, "org", timeout_s=0.05):
+                pass
+    assert caught.value.status_code == 503
 
 
 async def test_a_transaction_left_open_ends_its_connection(pool: Pool[db.Connection]) -> None:

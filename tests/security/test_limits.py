@@ -6,9 +6,11 @@ import json
 
 import pytest
 
-from foreman.server import middleware
+from foreman.server import jsontext, middleware
 from tests.api.helpers import API, assert_error, create_run, create_task
 from tests.conftest import HEADERS_A
+
+RAW_HEADERS = {**HEADERS_A, "content-type": "application/json"}
 
 
 def nested(depth: int) -> object:
@@ -38,6 +40,14 @@ def test_json_depth(text, depth):
     assert middleware.too_deep(text, depth) is False
     if depth:
         assert middleware.too_deep(text, depth - 1) is True
+
+
+@pytest.mark.parametrize("offset", [65530, 65535, 65536, 131071])
+def test_json_depth_of_strings_across_slices(offset):
+    """Strings are cut out 64 KiB at a time: a string across a slice's end still hides brackets."""
+    text = b'["' + b"x" * offset + b'[[[\\"{{' + b"]" * 70_000 + b'", [[1]], "' + b"{" * 9 + b'"]'
+    assert middleware.json_depth(text) == 3
+    assert middleware.json_depth(b"[" * offset + b"]" * offset) == offset
 
 
 async def test_depth_at_the_limit_is_accepted_one_more_is_400(client):
@@ -132,6 +142,33 @@ async def test_default_limit_is_10_mib(client):
     assert_error(over, 413, "too large", str(10 * 1024 * 1024))
 
 
+async def test_numbers_may_not_grow_beyond_the_body_limit(app_with):
+    """jsonb writes 1e3000 as 3,001 digits: the digits a body's numbers gain are bounded."""
+    async with app_with(max_body_bytes=4096) as client:
+        ok = await client.post(
+            f"{API}/runs", content=b'{"inputData": [1e3000, -2.5E-1000]}', headers=RAW_HEADERS
+        )
+        assert ok.status_code == 201, ok.text
+        assert len(ok.text) > 4000  # 3,001 + 1,001 digits
+        grown = await client.post(
+            f"{API}/runs", content=b'{"inputData": [1e3000, 1e2000]}', headers=RAW_HEADERS
+        )
+        body = assert_error(grown, 400, "large exponents", "4096")
+        assert body["details"] == [{"loc": ["body"], "msg": body["error"].split(": ", 2)[2]}]
+        # In a string it is text, not a number.
+        text = await client.post(
+            f"{API}/runs", content=rb'{"inputData": ["1e9999999", "\\", 1]}', headers=RAW_HEADERS
+        )
+        assert text.status_code == 201, text.text
+        assert text.json()["inputData"] == ["1e9999999", "\\", 1]
+
+
+async def test_many_small_exponents_add_up(client):
+    body = b'{"inputData": [%s]}' % b",".join([b"1e999"] * 20_000)  # 120 kB, 20 MB written out
+    response = await client.post(f"{API}/runs", content=body, headers=RAW_HEADERS)
+    assert_error(response, 400, "large exponents")
+
+
 async def test_a_wide_valid_body_round_trips(client):
     wide = {f"k{i}": [i, str(i), {"n": i}] for i in range(20_000)}
     response = await client.post(f"{API}/runs", json={"inputData": wide}, headers=HEADERS_A)
@@ -200,3 +237,10 @@ async def test_malformed_json_is_400(client):
         )
         assert response.status_code == 400, (text, response.text)
         assert json.loads(response.text)["error"]
+
+
+@pytest.mark.parametrize("offset", [0, 65525, 65528, 65530])
+def test_number_expansion_counts_numbers_not_strings(offset):
+    # A number across the end of a 64 KiB slice still counts; one inside a string does not.
+    text = b'["' + b"x" * offset + b'", 12.5e400, "1e99999", -3E+20]'
+    assert jsontext.expansion(text) == (400 - len(b"12.5e400")) + (20 - len(b"-3E+20"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import json
 import sys
+from decimal import Decimal
 
 import httpx
 import msgspec
@@ -400,3 +401,33 @@ def test_load_handlers(tmp_path, monkeypatch):
         load_handlers("my_handlers:MISSING")
     with pytest.raises(ValueError, match="must be a dict"):
         load_handlers("my_handlers:NOT_A_DICT")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("0.1", 0.1),
+        ("-2.5", -2.5),
+        ("1.50", 1.5),
+        ("-0.0", -0.0),
+        ("0.0000001", 1e-7),
+        ("123456789.123456", 123456789.123456),
+        ("0.30000000000000004", 0.30000000000000004),  # a double's own 17 digits: a float
+        ("1e300", 1e300),
+        ("12345678901234567890.123", Decimal("12345678901234567890.123")),
+        ("0.1000000000000000055511151231257827", Decimal("0.1000000000000000055511151231257827")),
+        ("1e400", Decimal("1e400")),
+        ("1E-400", Decimal("1e-400")),
+    ],
+)
+def test_json_numbers_are_floats_only_when_a_float_holds_them(text, expected):
+    number = _base.json_number(text)
+    assert type(number) is type(expected)
+    assert number == expected
+    assert Decimal(str(number)) == Decimal(text)
+
+
+def test_decimals_are_sent_as_json_numbers():
+    assert _base.encode_json({"d": Decimal("12345678901234567890.123")}) == (
+        b'{"d":12345678901234567890.123}'
+    )

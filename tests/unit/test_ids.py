@@ -33,10 +33,31 @@ def test_uuids(value):
         "g" * 32,
         "0" * 33,
         "\x00",
+        "01900000-0000-7000-8000-000000000001\n",
+        "01900000000070008000000000000001\n",
+        " 01900000-0000-7000-8000-000000000001",
+        "01900000-00007000-8000-000000000001",  # hyphens must be all there or all gone
+        "urn:uuid:01900000-0000-7000-8000-000000000001",
+        "\uff10" * 32,  # fullwidth digits are no hex digits
     ],
 )
 def test_not_uuids(value):
     assert not ids.is_uuid(value)
+    assert ids.canonical_id(value) is None
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "01900000-0000-7000-8000-00000000ABCD",
+        "01900000-0000-7000-8000-00000000abcd",
+        "0190000000007000800000000000abcd",
+        "0190000000007000800000000000ABCD",
+    ],
+)
+def test_every_spelling_has_one_canonical_form(value):
+    assert ids.canonical_id(value) == "01900000-0000-7000-8000-00000000abcd"
+    assert ids.canonical_id(value) == str(uuid.UUID(value))
 
 
 def test_new_ids_are_version_7_and_ordered():

@@ -114,6 +114,18 @@ async def measure_lifecycle(
     return await _drive(lifecycle_operation(http, run_ids), profile, probe)
 
 
+async def measure_figure(
+    http: BenchHttp, figure: str, profile: Profile, probe: WindowProbe | None = None
+) -> LoadResult:
+    """One REST figure by name: api_post_runs, api_get_task, api_lifecycle(_one_run)."""
+    if figure == "api_post_runs":
+        return await measure_post_runs(http, profile, probe)
+    if figure == "api_get_task":
+        return await measure_get_task(http, profile, probe)
+    runs = profile.lifecycle_runs if figure == "api_lifecycle" else 1
+    return await measure_lifecycle(http, profile, runs=runs, probe=probe)
+
+
 async def _drive(operation: Operation, profile: Profile, probe: WindowProbe | None) -> LoadResult:
     return await drive(
         operation,

@@ -16,13 +16,13 @@ import logging
 import os
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+from foreman.bench import services
 from foreman.bench.handlers import NOOP, PICKUP
 from foreman.bench.stats import percentile
 from foreman.client import AsyncClient, TaskSpec
@@ -65,26 +65,33 @@ class Workers:
     concurrency: int = 200
 
 
+@dataclass(frozen=True, slots=True)
+class Fleet:
+    """A server to send tasks to, and the worker processes that run them."""
+
+    endpoint: str
+    api_key: str
+    backend: str  # the server's FOREMAN_QUEUE_BACKEND: the workers use the same
+    workers: Workers = Workers()
+
+
 @contextlib.asynccontextmanager
-async def run_workers(
-    endpoint: str, *, api_key: str, backend: str, workers: Workers
-) -> AsyncIterator[list[subprocess.Popen[bytes]]]:
+async def run_workers(fleet: Fleet) -> AsyncIterator[list[subprocess.Popen[bytes]]]:
     """Start the worker processes; SIGTERM (graceful stop) and wait for them on exit."""
     env = {
         **os.environ,
-        "FOREMAN_ENDPOINT": endpoint,
-        "FOREMAN_API_KEY": api_key,
+        "FOREMAN_ENDPOINT": fleet.endpoint,
+        "FOREMAN_API_KEY": fleet.api_key,
         "FOREMAN_LOG_LEVEL": "WARNING",
     }
-    command = [
-        sys.executable, "-c", "from foreman.cli import main; main()", "worker",
-        "foreman.bench.handlers:HANDLERS", "--concurrency", str(workers.concurrency),
-        "--backend", backend,
-    ]  # fmt: skip
+    command = services.foreman_command(
+        "worker", "foreman.bench.handlers:HANDLERS",
+        "--concurrency", str(fleet.workers.concurrency), "--backend", fleet.backend,
+    )  # fmt: skip
     with tempfile.TemporaryFile(prefix="foreman-bench-worker-") as log:
         processes = [
             subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log)  # noqa: S603, ASYNC220 - this interpreter
-            for _ in range(workers.processes)
+            for _ in range(fleet.workers.processes)
         ]
         try:
             yield processes
@@ -141,25 +148,26 @@ async def _wait_completed(
         await asyncio.sleep(POLL_S)
 
 
-async def measure_e2e(
-    endpoint: str,
-    *,
-    backend: str,
-    tasks: int,
-    api_key: str,
-    workers: Workers,
-    deadline_s: float,
-) -> E2eFigure:
+@contextlib.asynccontextmanager
+async def _started(
+    fleet: Fleet, *, timeout_s: float
+) -> AsyncIterator[tuple[AsyncClient, list[subprocess.Popen[bytes]]]]:
+    """A client of the fleet's server, and its worker processes running."""
+    async with (
+        AsyncClient(fleet.endpoint, fleet.api_key, timeout=timeout_s) as client,
+        run_workers(fleet) as processes,
+    ):
+        yield client, processes
+
+
+async def measure_e2e(fleet: Fleet, *, tasks: int, deadline_s: float) -> E2eFigure:
     """Enqueue `tasks` no-op tasks in batches; tasks/s until every one is completed.
 
     If they are not all done within deadline_s, the figure is the completed ones per second so
     far, marked partial.
     """
-    async with (
-        AsyncClient(endpoint, api_key, timeout=60.0) as client,
-        run_workers(endpoint, api_key=api_key, backend=backend, workers=workers) as processes,
-    ):
-        run = await client.create_run({"bench": "e2e", "backend": backend})
+    async with _started(fleet, timeout_s=60.0) as (client, processes):
+        run = await client.create_run({"bench": "e2e", "backend": fleet.backend})
         await asyncio.sleep(1.0)  # let the workers connect and start polling
         began = time.perf_counter()
         for start in range(0, tasks, ENQUEUE_BATCH):
@@ -173,25 +181,16 @@ async def measure_e2e(
             client, run.id, tasks, deadline=began + deadline_s, workers=processes
         )
     elapsed = finished - began
-    return E2eFigure(backend, tasks, completed, elapsed, enqueued - began, completed / elapsed)
+    return E2eFigure(
+        fleet.backend, tasks, completed, elapsed, enqueued - began, completed / elapsed
+    )
 
 
-async def measure_pickup(
-    endpoint: str,
-    *,
-    backend: str,
-    rate_per_s: float,
-    duration_s: float,
-    api_key: str,
-    workers: Workers,
-) -> PickupFigure:
+async def measure_pickup(fleet: Fleet, *, rate_per_s: float, duration_s: float) -> PickupFigure:
     """Enqueue one task at a time at rate_per_s for duration_s; enqueue-to-start p50/p99."""
     count = max(1, round(rate_per_s * duration_s))
-    async with (
-        AsyncClient(endpoint, api_key, timeout=30.0) as client,
-        run_workers(endpoint, api_key=api_key, backend=backend, workers=workers) as processes,
-    ):
-        run = await client.create_run({"bench": "pickup", "backend": backend})
+    async with _started(fleet, timeout_s=30.0) as (client, processes):
+        run = await client.create_run({"bench": "pickup", "backend": fleet.backend})
         await asyncio.sleep(1.0)
         began = time.perf_counter()
         pending: set[asyncio.Task[Any]] = set()
@@ -212,7 +211,7 @@ async def measure_pickup(
         latencies = await _pickup_latencies(client, run.id)
     ordered = sorted(latencies)
     return PickupFigure(
-        backend, rate_per_s, len(ordered), percentile(ordered, 0.5), percentile(ordered, 0.99)
+        fleet.backend, rate_per_s, len(ordered), percentile(ordered, 0.5), percentile(ordered, 0.99)
     )
 
 

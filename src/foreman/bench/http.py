@@ -6,7 +6,8 @@ generator shares this machine's two cores with the server and PostgreSQL.
 
 from __future__ import annotations
 
-from types import TracebackType
+import contextlib
+from collections.abc import AsyncIterator
 
 import aiohttp
 import msgspec
@@ -29,39 +30,33 @@ def response_id(body: bytes) -> str:
 
 
 class BenchHttp:
-    """Requests against one Foreman endpoint with at most `connections` open connections."""
+    """Requests against one Foreman endpoint through one session (see open_http)."""
 
-    def __init__(self, endpoint: str, *, connections: int, api_key: str = BENCH_API_KEY) -> None:
+    def __init__(self, session: aiohttp.ClientSession, endpoint: str) -> None:
         self.base = endpoint.rstrip("/")
-        self._connections = connections
-        self._headers = {"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"}
-        self._session: aiohttp.ClientSession | None = None
-
-    async def __aenter__(self) -> BenchHttp:
-        connector = aiohttp.TCPConnector(
-            limit=self._connections, limit_per_host=self._connections, ttl_dns_cache=None
-        )
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            headers=self._headers,
-            cookie_jar=aiohttp.DummyCookieJar(),
-            auto_decompress=False,
-            skip_auto_headers=("User-Agent", "Accept-Encoding"),
-            timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S),
-        )
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._session is not None:
-            await self._session.close()
+        self._session = session
 
     async def request(self, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
         """Status and body of one request; path starts with /."""
-        assert self._session is not None, "use BenchHttp as an async context manager"
         async with self._session.request(method, self.base + path, data=body) as response:
             return response.status, await response.read()
+
+
+@contextlib.asynccontextmanager
+async def open_http(
+    endpoint: str, *, connections: int, api_key: str = BENCH_API_KEY
+) -> AsyncIterator[BenchHttp]:
+    """A BenchHttp with at most `connections` open connections, closed on exit."""
+    connector = aiohttp.TCPConnector(
+        limit=connections, limit_per_host=connections, ttl_dns_cache=None
+    )
+    session = aiohttp.ClientSession(
+        connector=connector,
+        headers={"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"},
+        cookie_jar=aiohttp.DummyCookieJar(),
+        auto_decompress=False,
+        skip_auto_headers=("User-Agent", "Accept-Encoding"),
+        timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S),
+    )
+    async with session:
+        yield BenchHttp(session, endpoint)

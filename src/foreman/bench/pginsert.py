@@ -7,10 +7,11 @@ API figure can be read as a fraction of what PostgreSQL on this machine allows.
 from __future__ import annotations
 
 import json
+import time
 
 import asyncpg
+import uuid_utils
 
-from foreman import ids
 from foreman.bench.loadgen import LoadResult, WindowProbe, drive
 
 TABLE = "bench_task_insert"
@@ -47,13 +48,19 @@ async def measure_insert_commits(
         # A stack of idle connections: at most `concurrency` inserts are in flight, so a loop
         # always finds one, without the pool's acquire machinery on the client's side.
         idle = [await pool.acquire() for _ in range(concurrency)]
-        run_id = ids.new_id()
+        run_id = str(uuid_utils.uuid7())
 
         async def insert(_index: int) -> bool:
             conn = idle.pop()
             try:
                 await conn.execute(
-                    _INSERT, ids.new_id(), run_id, "bench", "bench.noop", _INPUT, ids.now_ms()
+                    _INSERT,
+                    str(uuid_utils.uuid7()),
+                    run_id,
+                    "bench",
+                    "bench.noop",
+                    _INPUT,
+                    time.time_ns() // 1_000_000,
                 )
             finally:
                 idle.append(conn)

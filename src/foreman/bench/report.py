@@ -10,68 +10,55 @@ from typing import Any
 
 @dataclass(frozen=True, slots=True)
 class Row:
-    """One line of the table: a JSON key and how to judge it."""
+    """One line of the table: a JSON key, how to judge it, and the stem of its latency keys."""
 
     key: str
     label: str
     unit: str
     target: float | None = None
-    higher_is_better: bool = True
     reference: str = ""  # the original TypeScript Foreman on this machine (issue 4)
-    p50_key: str | None = None
-    p99_key: str | None = None
-    errors_key: str | None = None
+    stem: str | None = None  # {stem}_p50_ms, {stem}_p99_ms, {stem}_errors, {stem}_server_cpu_us
 
-
-def _api(stem: str, key: str, label: str, unit: str, target: float, reference: str) -> Row:
-    return Row(
-        key,
-        label,
-        unit,
-        target,
-        True,
-        reference,
-        f"{stem}_p50_ms",
-        f"{stem}_p99_ms",
-        f"{stem}_errors",
-    )
+    @property
+    def higher_is_better(self) -> bool:
+        return self.unit not in ("ms", "MB")
 
 
 ROWS = (
-    _api("api_post_runs", "api_post_runs_rps", "POST /api/v1/runs", "req/s", 3000, "≈1,500"),
-    _api("api_get_task", "api_get_task_rps", "GET /api/v1/tasks/:id", "req/s", 4200, "≈2,100"),
-    _api(
-        "api_lifecycle", "api_lifecycle_per_s", "task lifecycle, 200 runs", "tasks/s", 600, "≈300"
+    Row("api_post_runs_rps", "POST /api/v1/runs", "req/s", 3000, "≈1,500", "api_post_runs"),
+    Row("api_get_task_rps", "GET /api/v1/tasks/:id", "req/s", 4200, "≈2,100", "api_get_task"),
+    Row(
+        "api_lifecycle_per_s",
+        "task lifecycle, 200 runs",
+        "tasks/s",
+        600,
+        "≈300",
+        "api_lifecycle",
     ),
-    _api(
-        "api_lifecycle_one_run",
+    Row(
         "api_lifecycle_one_run_per_s",
         "task lifecycle, one run",
         "tasks/s",
         480,
         "≈160",
+        "api_lifecycle_one_run",
     ),
     Row("api_lifecycle_one_run_ratio", "  one run / 200 runs", "ratio", 0.8),
-    Row(
-        "e2e_postgres_tasks_per_s",
-        "end to end, postgres backend",
-        "tasks/s",
-        5000,
-        reference="≈1,800*",
-    ),
+    # The slowest of four ~10 MiB bodies (bench/largebody.py); the target is the statement timeout.
+    Row("api_large_body_ms", "largest bodies, slowest", "ms", 5000),
+    Row("api_large_body_peak_rss_mb", "  server peak RSS", "MB"),
+    Row("e2e_postgres_tasks_per_s", "end to end, postgres backend", "tasks/s", 5000, "≈1,800*"),
     Row("e2e_bullmq_tasks_per_s", "end to end, bullmq backend", "tasks/s", 2500),
-    Row("pickup_p50_ms", "pickup latency p50 (postgres)", "ms", 5, higher_is_better=False),
-    Row("pickup_p99_ms", "pickup latency p99 (postgres)", "ms", 25, higher_is_better=False),
-    Row("pickup_bullmq_p50_ms", "pickup latency p50 (bullmq)", "ms", 5, higher_is_better=False),
-    Row("pickup_bullmq_p99_ms", "pickup latency p99 (bullmq)", "ms", 25, higher_is_better=False),
+    Row("pickup_p50_ms", "pickup latency p50 (postgres)", "ms", 5),
+    Row("pickup_p99_ms", "pickup latency p99 (postgres)", "ms", 25),
+    Row("pickup_bullmq_p50_ms", "pickup latency p50 (bullmq)", "ms", 5),
+    Row("pickup_bullmq_p99_ms", "pickup latency p99 (bullmq)", "ms", 25),
     Row(
         "pg_insert_commits_per_s",
         "PostgreSQL single-row commits",
         "commits/s",
         reference="12,000-17,000",
-        p50_key="pg_insert_p50_ms",
-        p99_key="pg_insert_p99_ms",
-        errors_key="pg_insert_errors",
+        stem="pg_insert",
     ),
 )
 
@@ -87,10 +74,12 @@ def _number(value: Any, unit: str = "") -> str:
     return f"{value:,.0f}"
 
 
-def _server_cpu(results: dict[str, Any], row: Row) -> str:
-    if row.p50_key is None:
-        return ""
-    return _number(results.get(row.p50_key.removesuffix("_p50_ms") + "_server_cpu_us"))
+def _stem_cells(results: dict[str, Any], row: Row) -> list[str]:
+    """p50 ms, p99 ms, errors and server µs/op of a row with latency keys; blank cells otherwise."""
+    if row.stem is None:
+        return [""] * 4
+    suffixes = ("_p50_ms", "_p99_ms", "_errors", "_server_cpu_us")
+    return [_number(results.get(row.stem + suffix)) for suffix in suffixes]
 
 
 def _verdict(value: Any, row: Row) -> str:
@@ -124,10 +113,7 @@ def format_table(results: dict[str, Any], notes: dict[str, str]) -> str:
                 row.label,
                 _number(value, row.unit),
                 row.unit,
-                _number(results.get(row.p50_key)) if row.p50_key else "",
-                _number(results.get(row.p99_key)) if row.p99_key else "",
-                _number(results.get(row.errors_key)) if row.errors_key else "",
-                _server_cpu(results, row),
+                *_stem_cells(results, row),
                 _verdict(value, row),
                 row.reference,
             ]

@@ -1,8 +1,12 @@
-"""Scale figures: latency of the real store queries on a loaded database, and their plans.
+"""Scale figures: latency of the API's read queries on a loaded database, and their plans.
 
-Each query is the store function the API runs (same SQL, same parameters), on a connection of
-the server's role under row-level security, one at a time: what one request pays in PostgreSQL.
-EXPLAIN of the very SQL the store sent proves which indexes it uses.
+Each query is the SQL the server sends for a request (same text, same parameters, as of the
+migrations this bench loads), on a connection set up as the server's: role foreman_app under
+row-level security, bound to the bench organisation, one query at a time: what one request pays
+in PostgreSQL (the round trip only: the server's Python around the query is not timed). EXPLAIN
+of the same SQL shows which indexes it uses. The SQL is the bench's own copy, since the bench
+reaches Foreman only through its HTTP API, its SDK and plain SQL;
+tests/integration/test_bench_scale.py checks that it reads the rows the API answers.
 """
 
 from __future__ import annotations
@@ -12,42 +16,74 @@ import json
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import asyncpg
+
 from foreman.bench.defaults import BENCH_ORG
 from foreman.bench.stats import summarize
-from foreman.store import db
-from foreman.store import run_data as run_data_store
-from foreman.store import tasks as tasks_store
 
 logger = logging.getLogger(__name__)
 
 WARMUP_CALLS = 30
+PAGE = 20  # GET /api/v1/tasks?runId=&status=&limit=20
+RUN_DATA_PAGE = 100  # GET /api/v1/runs/:id/data, default limit
 
-Query = Callable[[db.Db, int], Awaitable[object]]
+# Defined by the migrations: requests run as this role, under RLS policies on this setting.
+_SET_ROLE = "SET ROLE foreman_app"
+_SET_ORG = "SELECT set_config('app.current_org_id', $1, false)"
+
+# What the API reads for a task and for a run-data row: the width of each row fetched.
+_TASK_COLUMNS = """
+    t.id, t.run_id, t.org_id, t.type, t.status, t.input_data, t.metadata, t.retry_count,
+    t.max_retries, t.priority, t.attempt, t.created_at, t.updated_at, t.parent_task_id,
+    t.output_data, t.error_data, t.queued_at, t.started_at, t.completed_at, t.duration_ms,
+    t.queue_job_id, CASE WHEN t.run_after > t.created_at THEN t.run_after END,
+    t.lease_expires_at, t.idempotency_key, t.worker_id"""
+_RUN_DATA_COLUMNS = """
+    d.id, d.run_id, d.task_id, d.org_id, d.key, d.value, d.tags, d.metadata,
+    d.created_at, d.updated_at"""
+
+_GET_TASK = f"SELECT {_TASK_COLUMNS} FROM task t WHERE t.org_id = $1 AND t.id = $2"
+
+# A page of a run's tasks in one status, newest first, and how many there are.
+_LIST_TASKS = f"""
+SELECT n.total, p.*
+  FROM (SELECT count(*) AS total FROM task t WHERE t.org_id = $1 AND t.run_id = $2 AND t.status = $3) n
+  LEFT JOIN LATERAL (
+      SELECT {_TASK_COLUMNS} FROM task t WHERE t.org_id = $1 AND t.run_id = $2 AND t.status = $3
+       ORDER BY t.created_at DESC, t.id DESC LIMIT $4 OFFSET $5
+  ) p ON true
+"""
 
 
-class RecordingConnection:
-    """Passes queries through to a connection and keeps the last SQL and arguments sent."""
+def _latest_run_data(condition: str, page_at: int) -> str:
+    """The latest row per key of a run among rows matching condition, a page, and the count."""
+    return f"""
+WITH m AS (SELECT DISTINCT ON (d.key) * FROM run_data d WHERE d.org_id = $1 AND d.run_id = $2{condition}
+            ORDER BY d.key, d.created_at DESC, d.id DESC)
+SELECT n.total, p.*
+  FROM (SELECT count(*) AS total FROM m) n
+  LEFT JOIN LATERAL (
+      SELECT {_RUN_DATA_COLUMNS} FROM m d
+       ORDER BY d.created_at DESC, d.id DESC LIMIT ${page_at} OFFSET ${page_at + 1}
+  ) p ON true
+"""
 
-    def __init__(self, conn: db.Connection) -> None:
-        self._conn = conn
-        self.sql = ""
-        self.args: tuple[Any, ...] = ()
 
-    async def fetch(self, sql: str, *args: Any) -> Any:
-        self.sql, self.args = sql, args
-        return await self._conn.fetch(sql, *args)
+_LATEST_RUN_DATA = _latest_run_data("", 3)
+_LATEST_RUN_DATA_BY_TAGS = _latest_run_data(" AND d.tags && $3::text[]", 4)
+_LATEST_RUN_DATA_BY_PREFIXES = _latest_run_data(" AND (d.key LIKE ANY($3::text[]))", 4)
 
-    async def fetchrow(self, sql: str, *args: Any) -> Any:
-        self.sql, self.args = sql, args
-        return await self._conn.fetchrow(sql, *args)
 
-    async def fetchval(self, sql: str, *args: Any) -> Any:
-        self.sql, self.args = sql, args
-        return await self._conn.fetchval(sql, *args)
+@dataclass(frozen=True, slots=True)
+class Query:
+    """One measured statement; args(i) are its parameters for the i-th call."""
+
+    sql: str
+    args: Callable[[int], tuple[object, ...]]
 
 
 @dataclass(slots=True)
@@ -64,30 +100,36 @@ def queries(samples: Samples) -> dict[str, Query]:
     def run(i: int) -> str:
         return samples.run_ids[i % len(samples.run_ids)]
 
-    async def list_tasks(conn: db.Db, i: int) -> object:
-        filters: dict[str, str | None] = {"run_id": run(i), "status": "completed"}
-        return await tasks_store.list_tasks(
-            conn, org_id=BENCH_ORG, filters=filters, sort_by="created_at", sort_order="desc",
-            limit=20, offset=0,
-        )  # fmt: skip
+    def task(i: int) -> str:
+        return samples.task_ids[i % len(samples.task_ids)]
 
-    async def get_task(conn: db.Db, i: int) -> object:
-        task_id = samples.task_ids[i % len(samples.task_ids)]
-        return await tasks_store.get_task(conn, org_id=BENCH_ORG, task_id=task_id)
-
-    def run_data(q: run_data_store.RunDataQuery) -> Query:
-        async def query(conn: db.Db, i: int) -> object:
-            return await run_data_store.query_run_data(conn, org_id=BENCH_ORG, run_id=run(i), q=q)
-
-        return query
+    def run_data(sql: str, *condition: object) -> Query:
+        return Query(sql, lambda i: (BENCH_ORG, run(i), *condition, RUN_DATA_PAGE, 0))
 
     return {
-        "list_tasks": list_tasks,
-        "get_task": get_task,
-        "run_data_latest": run_data(run_data_store.RunDataQuery()),
-        "run_data_tags": run_data(run_data_store.RunDataQuery(tags=("t3",))),
-        "run_data_prefix": run_data(run_data_store.RunDataQuery(key_prefixes=("metrics/",))),
+        "list_tasks": Query(_LIST_TASKS, lambda i: (BENCH_ORG, run(i), "completed", PAGE, 0)),
+        "get_task": Query(_GET_TASK, lambda i: (BENCH_ORG, task(i))),
+        "run_data_latest": run_data(_LATEST_RUN_DATA),
+        "run_data_tags": run_data(_LATEST_RUN_DATA_BY_TAGS, ["t3"]),
+        "run_data_prefix": run_data(_LATEST_RUN_DATA_BY_PREFIXES, ["metrics/%"]),
     }
+
+
+async def connect_as_app(url: str, org_id: str = BENCH_ORG) -> asyncpg.Connection:
+    """A connection as the server's request connections are: role, organisation and codecs."""
+    conn = await asyncpg.connect(url, timeout=10.0, command_timeout=60.0)
+    # As the server's: uuid as text, jsonb passed through undecoded.
+    await conn.set_type_codec("uuid", encoder=str, decoder=str, schema="pg_catalog", format="text")
+    await conn.set_type_codec(
+        "jsonb",
+        encoder=lambda value: b"\x01" + value,
+        decoder=lambda data: data[1:],
+        schema="pg_catalog",
+        format="binary",
+    )
+    await conn.execute(_SET_ROLE)
+    await conn.execute(_SET_ORG, org_id)
+    return conn
 
 
 @dataclass(slots=True)
@@ -101,7 +143,7 @@ class QueryFigure:
     seq_scans: list[str] = field(default_factory=list)
 
 
-async def load_samples(conn: db.Db, *, count: int = 1000) -> Samples:
+async def load_samples(conn: asyncpg.Connection, *, count: int = 1000) -> Samples:
     """Random runs and tasks of the loaded set (TABLESAMPLE: no full scan of a large table)."""
     run_ids = [r[0] for r in await conn.fetch("SELECT id FROM run ORDER BY random() LIMIT 200")]
     task_ids = [
@@ -131,7 +173,9 @@ def plan_scans(plan: dict[str, Any]) -> list[str]:
     return found
 
 
-async def explain(conn: db.Connection, sql: str, args: tuple[Any, ...]) -> tuple[list[str], int]:
+async def explain(
+    conn: asyncpg.Connection, sql: str, args: tuple[object, ...]
+) -> tuple[list[str], int]:
     """The scans PostgreSQL uses for sql with these arguments, and the shared buffers it touched."""
     document = await conn.fetchval(f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {sql}", *args)
     plan = (json.loads(document) if isinstance(document, str) else document)[0]["Plan"]
@@ -144,10 +188,9 @@ async def explain(conn: db.Connection, sql: str, args: tuple[Any, ...]) -> tuple
 class _Target:
     """One loaded database under measurement."""
 
-    conn: db.Connection
+    conn: asyncpg.Connection
     queries: dict[str, Query]
     latencies: dict[str, list[float]] = field(default_factory=dict)
-    recorder: RecordingConnection | None = None
 
 
 async def _time_calls(target: _Target, name: str, calls: int) -> None:
@@ -156,14 +199,13 @@ async def _time_calls(target: _Target, name: str, calls: int) -> None:
     for _ in range(calls):
         i = random.randrange(1_000_000)  # noqa: S311 - not for security
         began = time.perf_counter()
-        await query(target.conn, i)
+        await target.conn.fetch(query.sql, *query.args(i))
         latencies.append(time.perf_counter() - began)
 
 
 async def _figure(target: _Target, name: str) -> QueryFigure:
-    recorder = RecordingConnection(target.conn)
-    await target.queries[name](recorder, 0)  # type: ignore[arg-type]
-    scans, buffers = await explain(target.conn, recorder.sql, recorder.args)
+    query = target.queries[name]
+    scans, buffers = await explain(target.conn, query.sql, query.args(0))
     latencies = target.latencies[name]
     summary = summarize(latencies, errors=0, duration_s=sum(latencies) or 1e-9)
     return QueryFigure(
@@ -186,11 +228,8 @@ async def measure_scale(
     async with contextlib.AsyncExitStack() as stack:
         targets: dict[str, _Target] = {}
         for label, url in urls.items():
-            pool = await db.create_pool(
-                url, min_size=1, max_size=1, command_timeout_s=60.0, connect_timeout_s=10.0
-            )
-            stack.push_async_callback(pool.close)
-            conn = await stack.enter_async_context(db.org_connection(pool, BENCH_ORG))
+            conn = await connect_as_app(url)
+            stack.push_async_callback(conn.close)
             targets[label] = _Target(conn, queries(await load_samples(conn)))
         names = list(queries(Samples(["-"], ["-"])))
         for name in names:

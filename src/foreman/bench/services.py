@@ -1,4 +1,8 @@
-"""What the bench starts itself: a dedicated database and `foreman server` processes, on loopback."""
+"""What the bench starts itself: a dedicated database and `foreman` processes, on loopback.
+
+Foreman itself is reached only as a user reaches it: `foreman migrate`, `foreman server` and
+`foreman worker` processes, and HTTP. The bench's own SQL creates, settles and drops its databases.
+"""
 
 from __future__ import annotations
 
@@ -17,14 +21,13 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import aiohttp
 import asyncpg
 
 from foreman import errors
 from foreman.settings import Settings
-from foreman.store.migrate import apply_migrations_async
 
 logger = logging.getLogger(__name__)
 
@@ -68,16 +71,6 @@ def with_database(url: str, name: str) -> str:
     return f"{base}/{name}" + (f"?{query}" if query else "")
 
 
-def with_host(url: str, host: str) -> str:
-    """url reaching its server at host instead (a directory: a Unix socket; libpq's ?host=)."""
-    parts = urlsplit(url)
-    netloc = parts.netloc.rsplit("@", 1)
-    userinfo = f"{netloc[0]}@" if len(netloc) == 2 else ""
-    query = "&".join(q for q in parts.query.split("&") if q and not q.startswith("host="))
-    query = "&".join(filter(None, [query, f"host={host}"]))
-    return urlunsplit(parts._replace(netloc=userinfo, query=query))
-
-
 @dataclass(frozen=True, slots=True)
 class BenchDatabase:
     """The PostgreSQL server the bench uses: a superuser URL for admin work, and where it came from."""
@@ -101,32 +94,51 @@ def postgres_server(settings: Settings) -> Iterator[BenchDatabase]:
             )
         yield BenchDatabase(admin_url=with_database(url, "postgres"), source="FOREMAN_DATABASE_URL")
         return
-    from foreman.store.embedded import start_embedded  # optional extra
+    with embedded_postgres(settings.data_dir / "bench") as admin_url:
+        yield BenchDatabase(admin_url=admin_url, source="embedded")
 
-    embedded = start_embedded(settings.data_dir / "bench")
+
+@contextlib.contextmanager
+def embedded_postgres(root: Path) -> Iterator[str]:
+    """A superuser URL of a pgserver cluster kept in root, stopped (data kept) on exit."""
     try:
-        yield BenchDatabase(admin_url=with_database(embedded.url, "postgres"), source="embedded")
+        from pgserver import postgres_server  # the [embedded] extra
+    except ImportError as exc:
+        raise errors.ForemanError(
+            "the bench needs a PostgreSQL on this machine: set FOREMAN_DATABASE_URL, "
+            "or install foreman[embedded] for one of its own"
+        ) from exc
+    root.mkdir(parents=True, exist_ok=True)
+    # Stopped when the last process using it lets go (a running bench or soak).
+    server = postgres_server.get_server(root.resolve() / "pgdata", cleanup_mode="stop")
+    try:
+        yield str(server.get_uri("postgres"))
     finally:
-        embedded.stop()
+        server.cleanup()
+
+
+async def _admin(admin_url: str, *statements: str) -> None:
+    """Run statements on the server's maintenance database, one after another."""
+    conn = await asyncpg.connect(admin_url)
+    try:
+        for statement in statements:
+            await conn.execute(statement)
+    finally:
+        await conn.close()
 
 
 async def recreate_database(admin_url: str, name: str) -> None:
     """Drop (forcibly) and create database name; identifiers are fixed by the bench, never input."""
-    conn = await asyncpg.connect(admin_url)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
+    await _admin(admin_url, _drop_database(name), f'CREATE DATABASE "{name}"')
 
 
 async def drop_database(admin_url: str, name: str) -> None:
     """Drop database name if it exists."""
-    conn = await asyncpg.connect(admin_url)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
+    await _admin(admin_url, _drop_database(name))
+
+
+def _drop_database(name: str) -> str:
+    return f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'
 
 
 async def database_exists(admin_url: str, name: str) -> bool:
@@ -139,11 +151,32 @@ async def database_exists(admin_url: str, name: str) -> bool:
 
 
 async def fresh_bench_database(server: BenchDatabase, name: str = BENCH_DATABASE) -> str:
-    """A newly created, migrated database; its URL."""
+    """A newly created database migrated by `foreman migrate`; its URL."""
     await recreate_database(server.admin_url, name)
     url = server.url(name)
-    await apply_migrations_async(url)
+    await migrate(url)
     return url
+
+
+def foreman_command(*args: str) -> list[str]:
+    """The `foreman` command line run by this interpreter (no console script needed)."""
+    return [sys.executable, "-c", "from foreman.cli import main; main()", *args]
+
+
+async def migrate(database_url: str) -> None:
+    """Apply Foreman's migrations to database_url with `foreman migrate`."""
+    env = {**os.environ, "FOREMAN_DATABASE_URL": database_url, "FOREMAN_LOG_LEVEL": "WARNING"}
+    process = await asyncio.create_subprocess_exec(
+        *foreman_command("migrate"),
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    output, _ = await process.communicate()
+    if process.returncode != 0:
+        raise RuntimeError(f"foreman migrate failed:\n{output.decode(errors='replace')[-2000:]}")
+    logger.info("%s", output.decode(errors="replace").strip())
 
 
 async def settle(database_url: str) -> None:
@@ -250,10 +283,9 @@ async def run_server(
     port = free_port()
     log_fd, log_name = tempfile.mkstemp(prefix="foreman-bench-server-", suffix=".log")
     log_file = os.fdopen(log_fd, "wb")
-    command = [sys.executable, "-c", "from foreman.cli import main; main()", "server"]
     # Popen returns at once (the readiness wait is async); the command is this interpreter.
     process = subprocess.Popen(  # noqa: S603, ASYNC220
-        command,
+        foreman_command("server"),
         env=_server_env(database_url, port, workers, log_level, env or {}),
         stdin=subprocess.DEVNULL,
         stdout=log_file,

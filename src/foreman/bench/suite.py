@@ -11,9 +11,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from foreman.bench import api, e2e, pginsert, scale, scaledata, services, sysinfo
+from foreman.bench import api, e2e, largebody, pginsert, scale, scaledata, services, sysinfo
 from foreman.bench.defaults import BENCH_API_KEY, Profile
-from foreman.bench.http import BenchHttp
+from foreman.bench.http import open_http
 from foreman.bench.loadgen import LoadResult
 from foreman.bench.report import SCALE_QUERIES
 from foreman.bench.stats import ratio
@@ -21,7 +21,13 @@ from foreman.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-API_FIGURES = ("api_post_runs", "api_get_task", "api_lifecycle", "api_lifecycle_one_run")
+API_FIGURES = (
+    "api_post_runs",
+    "api_get_task",
+    "api_lifecycle",
+    "api_lifecycle_one_run",
+    "api_large_body",
+)
 E2E_FIGURES = ("e2e_postgres", "e2e_bullmq", "pickup")
 FIGURES = (*API_FIGURES, "pg_insert", "scale", *E2E_FIGURES)
 GROUPS = {"api": API_FIGURES, "e2e": E2E_FIGURES}
@@ -36,6 +42,8 @@ _HEADLINE = {
 }
 ALL_KEYS = (
     *_HEADLINE.values(),
+    "api_large_body_ms",
+    "api_large_body_peak_rss_mb",
     "e2e_postgres_tasks_per_s",
     "e2e_bullmq_tasks_per_s",
     "pickup_p50_ms",
@@ -133,25 +141,20 @@ async def _api_figures(
     database_url: str | None,
 ) -> None:
     profile = options.profile
-    async with BenchHttp(
+    async with open_http(
         endpoint, connections=profile.concurrency, api_key=options.api_key
     ) as http:
-        runs = {"api_lifecycle": profile.lifecycle_runs, "api_lifecycle_one_run": 1}
         for name in API_FIGURES:
             if name not in options.figures:
                 continue
 
             async def measure(name: str = name) -> None:
                 await _settle(database_url)
-                if name == "api_post_runs":
-                    result = await api.measure_post_runs(http, profile, probe)
-                elif name == "api_get_task":
-                    result = await api.measure_get_task(http, profile, probe)
-                else:
-                    result = await api.measure_lifecycle(
-                        http, profile, runs=runs[name], probe=probe
-                    )
-                report.add_load(name, result)
+                if name == "api_large_body":  # one request per shape, not a load
+                    figures = await largebody.measure_large_bodies(http, probe.server_pids)
+                    report.results.update(figures)
+                    return
+                report.add_load(name, await api.measure_figure(http, name, profile, probe))
 
             await _figure(report, name, measure)
     spread = report.results.get("api_lifecycle_per_s")
@@ -196,50 +199,51 @@ def _e2e_measure(
 ) -> Callable[[], Awaitable[None]]:
     profile = options.profile
     workers = e2e.Workers(profile.e2e_worker_processes, profile.e2e_worker_concurrency)
+    fleet = e2e.Fleet(endpoint, options.api_key, backend, workers)
 
     async def measure() -> None:
         if figure == "pickup":
-            picked = await e2e.measure_pickup(
-                endpoint,
-                backend=backend,
-                rate_per_s=profile.pickup_rate_per_s,
-                duration_s=profile.pickup_duration_s,
-                api_key=options.api_key,
-                workers=workers,
-            )
-            prefix = "pickup" if backend == "postgres" else f"pickup_{backend}"
-            report.results[f"{prefix}_p50_ms"] = round(picked.p50_ms, 2)
-            report.results[f"{prefix}_p99_ms"] = round(picked.p99_ms, 2)
-            report.details[f"pickup_{backend}"] = {
-                "samples": picked.samples,
-                "rate_per_s": picked.rate_per_s,
-            }
-            return
-        result = await e2e.measure_e2e(
-            endpoint,
-            backend=backend,
-            tasks=profile.e2e_tasks,
-            api_key=options.api_key,
-            workers=workers,
-            deadline_s=profile.e2e_deadline_s,
-        )
-        if result.completed < result.tasks:
-            report.notes[figure] = (
-                f"partial: {result.completed} of {result.tasks} tasks completed within "
-                f"{profile.e2e_deadline_s:g} s; the figure is completed tasks per second so far"
-            )
-        report.results[f"e2e_{backend}_tasks_per_s"] = round(result.tasks_per_s, 1)
-        report.details[figure] = {
-            "tasks": result.tasks,
-            "completed": result.completed,
-            "elapsed_s": round(result.elapsed_s, 2),
-            "enqueue_s": round(result.enqueue_s, 2),
-            "worker_processes": workers.processes,
-            "worker_concurrency": workers.concurrency,
-            "enqueue_batch": e2e.ENQUEUE_BATCH,
-        }
+            await _pickup_figure(report, fleet, profile)
+        else:
+            await _throughput_figure(report, fleet, profile, figure)
 
     return measure
+
+
+async def _pickup_figure(report: Report, fleet: e2e.Fleet, profile: Profile) -> None:
+    picked = await e2e.measure_pickup(
+        fleet, rate_per_s=profile.pickup_rate_per_s, duration_s=profile.pickup_duration_s
+    )
+    prefix = "pickup" if fleet.backend == "postgres" else f"pickup_{fleet.backend}"
+    report.results[f"{prefix}_p50_ms"] = round(picked.p50_ms, 2)
+    report.results[f"{prefix}_p99_ms"] = round(picked.p99_ms, 2)
+    report.details[f"pickup_{fleet.backend}"] = {
+        "samples": picked.samples,
+        "rate_per_s": picked.rate_per_s,
+    }
+
+
+async def _throughput_figure(
+    report: Report, fleet: e2e.Fleet, profile: Profile, figure: str
+) -> None:
+    result = await e2e.measure_e2e(
+        fleet, tasks=profile.e2e_tasks, deadline_s=profile.e2e_deadline_s
+    )
+    if result.completed < result.tasks:
+        report.notes[figure] = (
+            f"partial: {result.completed} of {result.tasks} tasks completed within "
+            f"{profile.e2e_deadline_s:g} s; the figure is completed tasks per second so far"
+        )
+    report.results[f"e2e_{fleet.backend}_tasks_per_s"] = round(result.tasks_per_s, 1)
+    report.details[figure] = {
+        "tasks": result.tasks,
+        "completed": result.completed,
+        "elapsed_s": round(result.elapsed_s, 2),
+        "enqueue_s": round(result.enqueue_s, 2),
+        "worker_processes": fleet.workers.processes,
+        "worker_concurrency": fleet.workers.concurrency,
+        "enqueue_batch": e2e.ENQUEUE_BATCH,
+    }
 
 
 async def _pg_insert_figure(report: Report, options: BenchOptions, database_url: str) -> None:

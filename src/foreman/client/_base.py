@@ -4,14 +4,21 @@ Each API operation is described once as a ``Call`` (built in ``_calls``: method,
 to decode the answer, whether it may be repeated); ``Client`` and ``AsyncClient`` only send
 calls. Bodies are camelCase JSON (SPEC section 1), encoded with msgspec; answers decode into
 ``foreman.models``; an error answer raises the ``foreman.errors`` class of its status.
+
+Numbers are exact both ways: a ``decimal.Decimal`` is sent as a JSON number (not a string), and a
+number in an answer that a float would change (more than 15 significant digits that a double does
+not hold, or beyond its range) is read as a Decimal; every other number is a float as it always
+was. The server stores numbers exactly (jsonb numeric), so what one client sent another reads.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any, Generic, Literal, Protocol, TypeVar
 from urllib.parse import quote, unquote, urlsplit
 
@@ -196,6 +203,25 @@ def task_spec(item: TaskSpec | Mapping[str, Any]) -> TaskSpec:
         return TaskSpec(**item)
     except TypeError as exc:
         raise ValueError(f"Not a task description: {exc}") from None
+
+
+# ---------------------------------------------------------------- JSON numbers
+
+encode_json = msgspec.json.Encoder(decimal_format="number").encode
+
+
+def json_number(text: str) -> float | Decimal:
+    """A JSON number with a fraction or an exponent: a float when one holds it, else a Decimal."""
+    number = float(text)
+    # Up to 15 significant digits (16 characters with the point) a double always holds.
+    if len(text) <= 16 and "e" not in text and "E" not in text:
+        return number
+    if repr(number) == text:  # a float's own shortest form, as a client sent it
+        return number
+    exact = Decimal(text)
+    if math.isfinite(number) and Decimal(repr(number)) == exact:
+        return number
+    return exact
 
 
 # ---------------------------------------------------------------- a call

@@ -14,7 +14,16 @@ import msgspec
 from msgspec import UNSET
 
 from foreman import errors
-from foreman.client._base import API, Call, Lease, TaskResult, TaskSpec, is_missing_route
+from foreman.client._base import (
+    API,
+    Call,
+    Lease,
+    TaskResult,
+    TaskSpec,
+    encode_json,
+    is_missing_route,
+    json_number,
+)
 from foreman.models import (
     TERMINAL_STATUSES,
     ClaimResult,
@@ -55,7 +64,7 @@ _DECODERS: dict[Any, msgspec.json.Decoder[Any]] = {}
 def _decoder(model: type[T]) -> Callable[[bytes], T]:
     decoder = _DECODERS.get(model)
     if decoder is None:
-        decoder = _DECODERS[model] = msgspec.json.Decoder(model)
+        decoder = _DECODERS[model] = msgspec.json.Decoder(model, float_hook=json_number)
     return decoder.decode
 
 
@@ -79,7 +88,7 @@ def _deleted(content: bytes) -> int:
     return _decoder(Deleted)(content).deleted
 
 
-_encode = msgspec.json.Encoder().encode
+_encode = encode_json
 
 
 def _body(values: Mapping[str, Any]) -> bytes:
@@ -102,9 +111,16 @@ def _query(values: Mapping[str, Any]) -> dict[str, str]:
     return params
 
 
-def _segment(value: str) -> str:
-    # An id goes into the path as one segment whatever it contains.
-    return quote(str(value), safe="")
+def _segment(value: str, name: str) -> str:
+    """An id as one path segment, whatever it contains.
+
+    Refused before sending: an empty id, or ``.``/``..`` (which httpx resolves away), would make
+    the path name another endpoint (``/tasks//claim`` is the server's bulk claim).
+    """
+    text = str(value)
+    if text in ("", ".", ".."):
+        raise errors.ValidationError(f"{name} must be an id, got {text!r} (refused before sending)")
+    return quote(text, safe="")
 
 
 def _optional(**values: Any) -> dict[str, Any]:
@@ -120,7 +136,7 @@ def create_run(input_data: Any, *, metadata: dict[str, Any] | None) -> Call[Run]
 
 
 def get_run(run_id: str) -> Call[Run]:
-    return Call("GET", f"{API}/runs/{_segment(run_id)}", _decoder(Run), idempotent=True)
+    return Call("GET", f"{API}/runs/{_segment(run_id, 'run_id')}", _decoder(Run), idempotent=True)
 
 
 def update_run(run_id: str, changes: Mapping[str, Any]) -> Call[Run]:
@@ -133,7 +149,9 @@ def update_run(run_id: str, changes: Mapping[str, Any]) -> Call[Run]:
         }
     )
     # Setting the same fields twice leaves the same run: safe to repeat.
-    return Call("PATCH", f"{API}/runs/{_segment(run_id)}", _decoder(Run), body, idempotent=True)
+    return Call(
+        "PATCH", f"{API}/runs/{_segment(run_id, 'run_id')}", _decoder(Run), body, idempotent=True
+    )
 
 
 def list_runs(filters: Mapping[str, Any]) -> Call[RunList]:
@@ -185,7 +203,9 @@ def create_tasks(specs: Sequence[TaskSpec], *, enqueue: bool) -> Call[list[Task]
 
 
 def get_task(task_id: str) -> Call[Task]:
-    return Call("GET", f"{API}/tasks/{_segment(task_id)}", _decoder(Task), idempotent=True)
+    return Call(
+        "GET", f"{API}/tasks/{_segment(task_id, 'task_id')}", _decoder(Task), idempotent=True
+    )
 
 
 def update_task(task_id: str, changes: Mapping[str, Any]) -> Call[Task]:
@@ -200,7 +220,7 @@ def update_task(task_id: str, changes: Mapping[str, Any]) -> Call[Task]:
     )
     # retrying is the one status whose repeat changes the task (retryCount + 1).
     idempotent = changes.get("status") != "retrying"
-    path = f"{API}/tasks/{_segment(task_id)}"
+    path = f"{API}/tasks/{_segment(task_id, 'task_id')}"
     return Call("PATCH", path, _decoder(Task), body, idempotent=idempotent)
 
 
@@ -232,7 +252,7 @@ def create_run_data(run_id: str, values: Mapping[str, Any]) -> Call[RunData]:
             **_optional(tags=values.get("tags"), metadata=values.get("metadata")),
         }
     )
-    return Call("POST", f"{API}/runs/{_segment(run_id)}/data", _decoder(RunData), body)
+    return Call("POST", f"{API}/runs/{_segment(run_id, 'run_id')}/data", _decoder(RunData), body)
 
 
 def query_run_data(run_id: str, filters: Mapping[str, Any]) -> Call[RunDataList]:
@@ -252,7 +272,7 @@ def query_run_data(run_id: str, filters: Mapping[str, Any]) -> Call[RunDataList]
             "sortOrder": filters.get("sort_order"),
         }
     )
-    path = f"{API}/runs/{_segment(run_id)}/data"
+    path = f"{API}/runs/{_segment(run_id, 'run_id')}/data"
     return Call("GET", path, _decoder(RunDataList), params=params, idempotent=True)
 
 
@@ -260,7 +280,7 @@ def update_run_data_tags(
     run_id: str, data_id: str, *, add: Sequence[str] | None, remove: Sequence[str] | None
 ) -> Call[RunData]:
     body = _body(_optional(add=_list(add), remove=_list(remove)))
-    path = f"{API}/runs/{_segment(run_id)}/data/{_segment(data_id)}/tags"
+    path = f"{API}/runs/{_segment(run_id, 'run_id')}/data/{_segment(data_id, 'data_id')}/tags"
     # Remove-then-add-if-missing gives the same tags when repeated.
     return Call("PATCH", path, _decoder(RunData), body, idempotent=True)
 
@@ -273,7 +293,7 @@ def delete_run_data(run_id: str, *, key: str | None, data_id: str | None) -> Cal
     if key is None and data_id is None:
         raise ValueError("delete_run_data needs a key or a data_id")
     params = _query({"key": key, "id": data_id})
-    path = f"{API}/runs/{_segment(run_id)}/data"
+    path = f"{API}/runs/{_segment(run_id, 'run_id')}/data"
     return Call("DELETE", path, _deleted, params=params)
 
 
@@ -307,7 +327,7 @@ def claim_tasks(
 
 def claim_task(task_id: str, *, worker_id: str, lease_s: float) -> Call[Task]:
     body = _body({"workerId": worker_id, "leaseMs": _ms(lease_s)})
-    return Call("POST", f"{API}/tasks/{_segment(task_id)}/claim", _decoder(Task), body)
+    return Call("POST", f"{API}/tasks/{_segment(task_id, 'task_id')}/claim", _decoder(Task), body)
 
 
 def claim_task_ids(
@@ -325,17 +345,19 @@ def heartbeat(leases: Sequence[Lease], *, lease_s: float) -> Call[list[LeaseStat
 
 def complete_task(task_id: str, *, lease_token: str, output_data: Any) -> Call[Task]:
     body = _encode({"leaseToken": lease_token, "outputData": output_data})
-    return Call("POST", f"{API}/tasks/{_segment(task_id)}/complete", _decoder(Task), body)
+    return Call(
+        "POST", f"{API}/tasks/{_segment(task_id, 'task_id')}/complete", _decoder(Task), body
+    )
 
 
 def fail_task(task_id: str, *, lease_token: str, error_data: Any, retryable: bool) -> Call[Task]:
     body = _encode({"leaseToken": lease_token, "errorData": error_data, "retryable": retryable})
-    return Call("POST", f"{API}/tasks/{_segment(task_id)}/fail", _decoder(Task), body)
+    return Call("POST", f"{API}/tasks/{_segment(task_id, 'task_id')}/fail", _decoder(Task), body)
 
 
 def release_task(task_id: str, *, lease_token: str) -> Call[Task]:
     body = _encode({"leaseToken": lease_token})
-    return Call("POST", f"{API}/tasks/{_segment(task_id)}/release", _decoder(Task), body)
+    return Call("POST", f"{API}/tasks/{_segment(task_id, 'task_id')}/release", _decoder(Task), body)
 
 
 def release_tasks(leases: Sequence[Lease]) -> Call[list[TaskAck]]:
@@ -350,7 +372,7 @@ def complete_tasks(results: Sequence[TaskResult]) -> Call[list[TaskAck]]:
 
 def wait_task(task_id: str, *, wait_s: float) -> Call[Task]:
     params = {"timeoutMs": str(_ms(wait_s))}
-    path = f"{API}/tasks/{_segment(task_id)}/wait"
+    path = f"{API}/tasks/{_segment(task_id, 'task_id')}/wait"
     return Call("GET", path, _decoder(Task), params=params, idempotent=True, timeout_s=wait_s + 10)
 
 

@@ -11,9 +11,9 @@ import msgspec
 from litestar import Request
 from litestar.openapi.datastructures import ResponseSpec
 
-from foreman import errors, ids
+from foreman import errors
 from foreman.models import ErrorBody, Task
-from foreman.server import auth, notify
+from foreman.server import auth, jsontext, notify
 from foreman.server import errors as error_handlers
 from foreman.server.middleware import received_body
 from foreman.settings import Settings
@@ -49,7 +49,8 @@ class JsonRequest(Request[Any, Any, Any]):
 
     Litestar decodes to builtins and then converts with ``strict=False``, which accepts ``"3"`` and
     ``3.0`` for an integer; SPEC section 2 makes a wrong type a 400. Litestar's later conversion
-    passes the decoded struct through unchanged.
+    passes the decoded struct through unchanged. JSON values stay text (models.JsonText); the
+    checks of server/jsontext.py cover what decoding them would have checked.
     """
 
     async def body(self) -> bytes:
@@ -69,14 +70,17 @@ class JsonRequest(Request[Any, Any, Any]):
                 "Validation failed: body: a JSON request body is required",
                 details=[{"loc": ["body"], "msg": "a JSON request body is required"}],
             )
+        jsontext.require_utf8(body)
         try:
-            return decoder.decode(body)
+            decoded = decoder.decode(body)
         except msgspec.ValidationError as exc:
             raise error_handlers.body_validation_error(str(exc)) from exc
         except (msgspec.DecodeError, UnicodeDecodeError) as exc:
             raise errors.ClientError(f"Malformed JSON body: {exc}") from exc
         except RecursionError as exc:
             raise errors.ClientError("Malformed JSON body: nested too deeply") from exc
+        jsontext.require_bounded_numbers(body, state(self).settings.max_body_bytes)
+        return decoded
 
 
 def state(request: Request[Any, Any, Any]) -> AppState:
@@ -109,13 +113,6 @@ def org_conn(request: Request[Any, Any, Any]) -> CallerConnection:
     """Authenticate (401/403 here), then lend a connection bound to the caller's organisation."""
     org_id = auth.request_org(request)
     return CallerConnection(org_id, db.org_connection(state(request).pool, org_id))
-
-
-def require_uuid(value: str, what: str) -> str:
-    """A path id; a malformed one is simply not found (SPEC section 2)."""
-    if not ids.is_uuid(value):
-        raise errors.NotFoundError(f"{what} not found: {value}")
-    return value
 
 
 _SORT_ALIASES = {
@@ -157,9 +154,10 @@ def error_responses(*codes: int) -> dict[int, ResponseSpec]:
         404: "Not found",
         409: "Conflict with the current state",
         413: "Body too large",
-        503: "Database unavailable",
+        503: "Database unavailable, or no database connection free in time",
+        504: "The database did not finish the request in time (statement timeout)",
     }
     return {
         code: ResponseSpec(data_container=ErrorBody, description=descriptions[code])
-        for code in (*codes, 401, 403, 503)
+        for code in (*codes, 401, 403, 503, 504)
     }

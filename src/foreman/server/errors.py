@@ -11,6 +11,7 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
 from foreman import errors
+from foreman.server import params
 
 logger = logging.getLogger(__name__)
 
@@ -18,6 +19,7 @@ logger = logging.getLogger(__name__)
 _AT_PATH = re.compile(r"^(?P<msg>.*) - at `\$(?P<path>[^`]*)`$", re.DOTALL)
 _PATH_PART = re.compile(r"\.([^.\[]+)|\[(\d+)\]|\[\"((?:[^\"\\]|\\.)*)\"\]")
 _NAMED_FIELD = re.compile(r"`([^`]+)`")
+_MAX_MSG_CHARS = 200
 
 
 def json_path(path: str) -> list[str | int]:
@@ -32,6 +34,8 @@ def body_error_detail(message: str) -> dict[str, Any]:
     """``{"loc", "msg"}`` for a msgspec validation message about a request body."""
     match = _AT_PATH.match(message)
     msg, loc = (match["msg"], json_path(match["path"])) if match else (message, [])
+    if len(msg) > _MAX_MSG_CHARS:  # msgspec echoes a bad enum value whole, megabytes of it
+        msg = f"{msg[:_MAX_MSG_CHARS]}..."
     # A missing field, or a __post_init__ check, names the field in backticks but not in the path.
     named = _NAMED_FIELD.search(msg)
     if named and msg.startswith(("Object missing required field", "`")):
@@ -101,6 +105,11 @@ _CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: 
 
 
 def http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
+    malformed = params.malformed_path(request.scope.get("raw_path"))
+    if malformed is not None and exc.status_code in (404, 405):
+        # The router collapsed an empty segment ("/tasks//fail" -> "/tasks/fail"): the answer is
+        # about the path the client sent, as the guard on every router gives it (params.py).
+        return foreman_error(request, malformed)
     if exc.status_code == 404:
         message = f"Not found: {request.method} {request.url.path}"
     elif exc.status_code == 405:

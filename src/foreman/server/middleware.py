@@ -27,7 +27,7 @@ from litestar.types import (
 
 from foreman import errors
 from foreman.logs import LineWriter
-from foreman.server import auth
+from foreman.server import auth, jsontext
 from foreman.settings import Settings
 
 logger = logging.getLogger("foreman.access")
@@ -141,17 +141,20 @@ _DEPTH_STEP[ord("]")] = _DEPTH_STEP[ord("}")] = -1
 def json_depth(body: bytes) -> int:
     """How deeply the arrays and objects of a JSON text nest (a scalar is 0, ``[]`` is 1).
 
-    Linear and in C: escaped backslashes and quotes go first, then everything inside strings,
-    then all but the brackets, whose running sum is the depth. Measured on 10 MB bodies it costs
-    30-300 ms where decoding the same body costs 70 ms-2.8 s. Text that is not JSON gets some
-    number; the decoder rejects it afterwards anyway.
+    Linear and in C: the strings are cut out (jsontext.outside_strings, a slice at a time), then
+    all but the brackets, whose running sum is the depth. On 10 MB bodies of short strings it
+    takes a few MB and 0.25-0.4 s (splitting the whole body at once took 210 MB and 0.5-1.1 s),
+    against 1-3 s to store the same body. Text that is not JSON gets some number; the decoder
+    rejects it afterwards.
     """
-    unescaped = body.replace(b"\\\\", b"").replace(b'\\"', b"")
-    outside_strings = b"".join(unescaped.split(b'"')[::2])
-    brackets = outside_strings.translate(None, _NOT_BRACKETS)
+    brackets = _brackets_outside_strings(body)
     if not brackets:
         return 0
     return max(0, max(itertools.accumulate(map(_DEPTH_STEP.__getitem__, brackets))))
+
+
+def _brackets_outside_strings(body: bytes) -> bytes:
+    return b"".join(text.translate(None, _NOT_BRACKETS) for text in jsontext.outside_strings(body))
 
 
 def too_deep(body: bytes, limit: int) -> bool:

@@ -28,6 +28,8 @@ APP_ROLE = "foreman_app"
 _SET_ORG = "SELECT set_config('app.current_org_id', $1, false)"
 # A pooled connection idle this long is closed (down to the pool's minimum size).
 IDLE_CLOSE_S = 60.0
+# asyncpg gives up on a statement this long after PostgreSQL's statement_timeout would cancel it.
+COMMAND_TIMEOUT_GRACE_S = 1.0
 
 
 class Connection(asyncpg.Connection):
@@ -62,13 +64,16 @@ def _decode_jsonb(data: bytes) -> msgspec.Raw:
     return msgspec.Raw(data[1:])
 
 
-async def _init_connection(conn: asyncpg.Connection, *, app_role: bool) -> None:
+async def _init_connection(
+    conn: asyncpg.Connection, *, app_role: bool, statement_timeout_s: float
+) -> None:
     await conn.set_type_codec(
         "jsonb", encoder=_encode_jsonb, decoder=_decode_jsonb, schema="pg_catalog", format="binary"
     )
     await conn.set_type_codec("uuid", encoder=str, decoder=str, schema="pg_catalog", format="text")
-    if app_role:
-        await conn.execute(f"SET ROLE {APP_ROLE}")
+    timeout_ms = max(1, round(statement_timeout_s * 1000))
+    role = f"SET ROLE {APP_ROLE}; " if app_role else ""
+    await conn.execute(f"{role}SET statement_timeout = {timeout_ms}")
 
 
 async def create_pool(
@@ -82,6 +87,13 @@ async def create_pool(
 ) -> Pool[Connection]:
     """Open a pool; with app_role, its connections run as foreman_app under row-level security.
 
+    A statement may run command_timeout_s: PostgreSQL cancels it then (statement_timeout), so it
+    surely did not take effect, and the answer says so (StatementTimeoutError, 504). asyncpg's
+    own timeout, a moment later, means PostgreSQL stopped answering (frozen, cut off): an outage
+    (503). asyncpg alone was not enough: it cannot be sure its cancel request reaches the server
+    (terminating the connection drops a pending one), and a statement it gave up on could commit
+    after the client was told it failed.
+
     Nothing is reset when a connection comes back (asyncpg's RESET ALL would be a round trip
     per request, and would drop the role): requests end their transactions, and the pool
     terminates a connection whose lease ended in doubt (see store/pool.py).
@@ -92,12 +104,14 @@ async def create_pool(
             conn = await asyncpg.connect(
                 dsn,
                 timeout=connect_timeout_s,
-                command_timeout=command_timeout_s,
+                command_timeout=command_timeout_s + COMMAND_TIMEOUT_GRACE_S,
                 connection_class=Connection,
                 server_settings={"application_name": "foreman"},
             )
             try:
-                await _init_connection(conn, app_role=app_role)
+                await _init_connection(
+                    conn, app_role=app_role, statement_timeout_s=command_timeout_s
+                )
             except BaseException:
                 conn.terminate()
                 raise
@@ -126,6 +140,11 @@ class OrgConnection:
     async def __aenter__(self) -> Connection:
         try:
             conn = await self._pool.take(self._timeout_s)
+        except TimeoutError as exc:
+            # Every connection stayed in use: the server is busy, the database may well be fine.
+            raise errors.UnavailableError(
+                f"Server busy: no database connection was free within {self._timeout_s:g} s"
+            ) from exc
         except Exception as exc:
             error = translated(exc)
             if error is exc:
@@ -156,7 +175,11 @@ class OrgConnection:
         # query outlived the command timeout and would first have its cancellation waited out,
         # or the server went away mid-request and left the connection mid-protocol, its next
         # query failing with InternalClientError.
-        in_doubt = not isinstance(exc, Exception) or isinstance(error, errors.UnavailableError)
+        # A statement PostgreSQL cancelled itself (StatementTimeoutError) leaves it in step.
+        in_doubt = not isinstance(exc, Exception) or (
+            isinstance(error, errors.UnavailableError)
+            and not isinstance(error, errors.StatementTimeoutError)
+        )
         self._pool.give_back(conn, in_doubt=in_doubt)
         if error is not exc:
             raise error from exc
@@ -180,6 +203,9 @@ _DATA_EXCEPTION = (
 
 # SQLSTATE classes that mean the database (not the request) is the problem.
 _UNAVAILABLE_CLASSES = ("08", "53", "57", "58")
+# query_canceled (class 57): PostgreSQL's statement_timeout, or a cancel; lock_not_available: its
+# lock_timeout. Slow statements, not an outage.
+_TIMEOUT_STATES = ("57014", "55P03")
 
 
 def translated(exc: BaseException) -> BaseException:
@@ -191,6 +217,8 @@ def translated(exc: BaseException) -> BaseException:
         return exc
     if isinstance(exc, asyncpg.PostgresError):
         sqlstate = getattr(exc, "sqlstate", "") or ""
+        if sqlstate in _TIMEOUT_STATES:
+            return errors.StatementTimeoutError()
         if sqlstate.startswith(_UNAVAILABLE_CLASSES):
             return errors.UnavailableError()
         if sqlstate.startswith("22"):  # data exception: bad text, \u0000 in JSON, out of range
@@ -203,6 +231,8 @@ def translated(exc: BaseException) -> BaseException:
     if isinstance(
         exc, (TimeoutError, OSError, asyncpg.InterfaceError, asyncpg.InternalClientError)
     ):
+        # TimeoutError: no answer from PostgreSQL, which cancels a slow statement itself a moment
+        # earlier (see create_pool).
         # InternalClientError: a pooled connection that received the server's FATAL shutdown
         # message while idle is left mid-protocol ("cannot switch to state ..."): a lost
         # connection, not a bug of the request.

@@ -144,9 +144,13 @@ async def fetch_page(
 def jsonb_items(values: Sequence[Any]) -> list[msgspec.Raw | None]:
     """JSON values as elements of a jsonb[] parameter.
 
-    Encoded here: asyncpg would take a JSON array for a nested dimension of the SQL array.
+    Encoded here: asyncpg would take a JSON array for a nested dimension of the SQL array. A
+    request's JSON text (msgspec.Raw) goes as it is.
     """
-    return [None if v is None else msgspec.Raw(msgspec.json.encode(v)) for v in values]
+    return [
+        v if v is None or isinstance(v, msgspec.Raw) else msgspec.Raw(msgspec.json.encode(v))
+        for v in values
+    ]
 
 
 def escape_like(text: str) -> str:

@@ -12,12 +12,12 @@ import msgspec
 
 from foreman import errors
 from foreman.client import AsyncClient, TaskResult
-from foreman.client._base import is_missing_route, retry_delay_s
+from foreman.client._base import encode_json, is_missing_route, retry_delay_s
 from foreman.models import Task
 
 logger = logging.getLogger(__name__)
 
-_encode = msgspec.json.Encoder().encode
+_encode = encode_json  # a Decimal in a handler's result is a JSON number
 SEND_ATTEMPTS = 6  # a server restart takes a few seconds; the lease outlives them
 MAX_STACK_CHARS = 20_000
 

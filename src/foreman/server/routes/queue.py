@@ -14,9 +14,9 @@ from collections.abc import Iterator
 from typing import Annotated, Any
 
 from litestar import Request, Router, get, post
-from litestar.params import FromPath, JSONBody, QueryParameter
+from litestar.params import FromPath, JSONBody
 
-from foreman import errors, ids
+from foreman import errors, ids, models
 from foreman.models import (
     TERMINAL_STATUSES,
     ClaimResult,
@@ -39,8 +39,8 @@ from foreman.models import (
     TaskRelease,
     TaskResults,
 )
-from foreman.server import auth
-from foreman.server.deps import AppState, error_responses, org_conn, require_uuid, state
+from foreman.server import auth, params
+from foreman.server.deps import AppState, error_responses, org_conn, state
 from foreman.server.notify import sleep_until
 from foreman.server.routes.tasks import new_task
 from foreman.store import db
@@ -139,7 +139,7 @@ async def claim_task(
     request: Request[Any, Any, Any], task_id: FromPath[str], data: JSONBody[TaskClaimOne]
 ) -> Task:
     """Lease one task by id (a BullMQ job named it); 409 if it is over or held by a live lease."""
-    require_uuid(task_id, "Task")
+    task_id = params.path_id(task_id, "Task")
     async with org_conn(request) as (org_id, conn):
         result = await queue_store.claim_task(
             conn,
@@ -219,7 +219,7 @@ async def heartbeat_one(
     request: Request[Any, Any, Any], task_id: FromPath[str], data: JSONBody[HeartbeatOne]
 ) -> LeaseStatus:
     """Renew one lease; 409 when it is lost, unless the task was cancelled (200, cancelled)."""
-    require_uuid(task_id, "Task")
+    task_id = params.path_id(task_id, "Task")
     lease = queue_store.Lease(task_id, str(data.lease_token))
     async with org_conn(request) as (org_id, conn):
         (result,) = await queue_store.heartbeat(
@@ -263,9 +263,9 @@ async def complete_task(
     request: Request[Any, Any, Any], task_id: FromPath[str], data: JSONBody[TaskComplete]
 ) -> Task:
     """End the attempt as completed with outputData; 409 for a stale lease token."""
-    require_uuid(task_id, "Task")
+    task_id = params.path_id(task_id, "Task")
     outcome = queue_store.Outcome(
-        task_id, str(data.lease_token), "completed", output_data=data.output_data
+        task_id, str(data.lease_token), "completed", output_data=models.stored(data.output_data)
     )
     return await _finish_one(request, task_id, outcome)
 
@@ -275,12 +275,12 @@ async def fail_task(
     request: Request[Any, Any, Any], task_id: FromPath[str], data: JSONBody[TaskFail]
 ) -> Task:
     """End the attempt as failed: retrying after a backoff while attempts remain, else failed."""
-    require_uuid(task_id, "Task")
+    task_id = params.path_id(task_id, "Task")
     outcome = queue_store.Outcome(
         task_id,
         str(data.lease_token),
         "failed",
-        error_data=data.error_data,
+        error_data=models.stored(data.error_data),
         retryable=data.retryable,
     )
     return await _finish_one(request, task_id, outcome)
@@ -296,8 +296,8 @@ async def complete_tasks(
             str(r.task_id),
             str(r.lease_token),
             r.status,
-            output_data=r.output_data,
-            error_data=r.error_data,
+            output_data=models.stored(r.output_data),
+            error_data=models.stored(r.error_data),
             retryable=r.retryable,
         )
         for r in data.results
@@ -331,7 +331,7 @@ async def release_task(
     request: Request[Any, Any, Any], task_id: FromPath[str], data: JSONBody[TaskRelease]
 ) -> Task:
     """Put a held task back in the queue without counting the attempt (graceful shutdown)."""
-    require_uuid(task_id, "Task")
+    task_id = params.path_id(task_id, "Task")
     (ended,) = await _release(request, [queue_store.Lease(task_id, str(data.lease_token))])
     if not ended.found:
         raise errors.NotFoundError(f"Task not found: {task_id}")
@@ -360,10 +360,12 @@ async def release_tasks(request: Request[Any, Any, Any], data: JSONBody[LeaseRef
 async def wait_task(
     request: Request[Any, Any, Any],
     task_id: FromPath[str],
-    timeout_ms: Annotated[int, QueryParameter(name="timeoutMs", ge=0, le=60_000)] = DEFAULT_WAIT_MS,
+    timeout_ms: Annotated[
+        int, params.integer_param(name="timeoutMs", ge=0, le=60_000)
+    ] = DEFAULT_WAIT_MS,
 ) -> Task:
     """The task as soon as it is terminal, or as it is when timeoutMs has passed."""
-    require_uuid(task_id, "Task")
+    task_id = params.path_id(task_id, "Task")
     org_id = auth.request_org(request)
     app = state(request)
     deadline = time.monotonic() + timeout_ms / 1000
@@ -384,6 +386,7 @@ async def wait_task(
 router = Router(
     path="/api/v1/tasks",
     middleware=[auth.authenticated],
+    guards=[params.exact_request],
     route_handlers=[
         create_tasks,
         claim_tasks,

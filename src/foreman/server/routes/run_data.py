@@ -2,24 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from litestar import Request, Router, delete, get, patch, post
-from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
+from litestar.params import FromPath, JSONBody, QueryParameter
 
-from foreman import errors, ids
+from foreman import errors, ids, models
 from foreman.models import Deleted, Pagination, RunData, RunDataCreate, RunDataList, TagsUpdate
-from foreman.server import auth
-from foreman.server.deps import (
-    MAX_OFFSET,
-    error_responses,
-    org_conn,
-    require_uuid,
-    sort_column,
-    sort_order,
-)
+from foreman.server import auth, params
+from foreman.server.deps import MAX_OFFSET, error_responses, org_conn, sort_column, sort_order
 from foreman.store import run_data as store
-from foreman.store.queries import split_list
+
+SORT_BY = "One of created_at, updated_at, key (camelCase accepted)." + params.ONCE
+SORT_ORDER = "asc or desc, any case." + params.ONCE
+
+TAG_MODES = ("any", "all")
 
 
 @post("", status_code=201, responses=error_responses(400, 404, 413))
@@ -27,7 +24,7 @@ async def create_run_data(
     request: Request[Any, Any, Any], run_id: FromPath[str], data: JSONBody[RunDataCreate]
 ) -> RunData:
     """Add a value under a key; every POST adds a row."""
-    require_uuid(run_id, "Run")
+    run_id = params.path_id(run_id, "Run")
     async with org_conn(request) as (org_id, conn):
         result = await store.insert_run_data(
             conn,
@@ -38,7 +35,7 @@ async def create_run_data(
             key=data.key,
             value=data.value,
             tags=data.tags,
-            metadata=data.metadata,
+            metadata=models.stored(data.metadata),
             now=ids.now_ms(),
         )
     if not result.run_found:
@@ -52,29 +49,31 @@ async def create_run_data(
 async def query_run_data(
     request: Request[Any, Any, Any],
     run_id: FromPath[str],
-    key: FromQuery[str | None] = None,
-    keys: FromQuery[str | None] = None,
-    key_starts_with: Annotated[str | None, QueryParameter(name="keyStartsWith")] = None,
-    key_pattern: Annotated[str | None, QueryParameter(name="keyPattern")] = None,
-    tags: FromQuery[str | None] = None,
-    tag_starts_with: Annotated[str | None, QueryParameter(name="tagStartsWith")] = None,
-    tag_mode: Annotated[Literal["any", "all"], QueryParameter(name="tagMode")] = "any",
-    include_all: Annotated[bool, QueryParameter(name="includeAll")] = False,
-    limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
-    offset: Annotated[int, QueryParameter(ge=0, le=MAX_OFFSET)] = 0,
-    sort_by: Annotated[str, QueryParameter(name="sortBy")] = "created_at",
-    sort_order_: Annotated[str, QueryParameter(name="sortOrder")] = "desc",
+    key: Annotated[str | None, params.text_param()] = None,
+    keys: Annotated[str | None, params.list_param()] = None,
+    key_starts_with: Annotated[str | None, params.list_param(name="keyStartsWith")] = None,
+    key_pattern: Annotated[str | None, params.text_param(name="keyPattern")] = None,
+    tags: Annotated[str | None, params.list_param()] = None,
+    tag_starts_with: Annotated[str | None, params.list_param(name="tagStartsWith")] = None,
+    tag_mode: Annotated[str, params.enum_param(TAG_MODES, name="tagMode")] = "any",
+    include_all: Annotated[
+        bool, QueryParameter(name="includeAll", description="true or false." + params.ONCE)
+    ] = False,
+    limit: Annotated[int, params.integer_param(ge=1, le=1000)] = 100,
+    offset: Annotated[int, params.integer_param(ge=0, le=MAX_OFFSET)] = 0,
+    sort_by: Annotated[str, QueryParameter(name="sortBy", description=SORT_BY)] = "created_at",
+    sort_order_: Annotated[str, QueryParameter(name="sortOrder", description=SORT_ORDER)] = "desc",
 ) -> RunDataList:
     """Run data matching the filters; only the latest row per key unless includeAll=true."""
-    require_uuid(run_id, "Run")
+    run_id = params.path_id(run_id, "Run")
     query = store.RunDataQuery(
-        key=key,
-        keys=tuple(split_list(keys)),
-        key_prefixes=tuple(split_list(key_starts_with)),
-        key_pattern=key_pattern or None,
-        tags=tuple(split_list(tags)),
-        tag_prefixes=tuple(split_list(tag_starts_with)),
-        tag_mode=tag_mode,
+        key=params.text(key, "key"),
+        keys=params.comma_list(keys, "keys"),
+        key_prefixes=params.comma_list(key_starts_with, "keyStartsWith"),
+        key_pattern=params.text(key_pattern, "keyPattern"),
+        tags=params.comma_list(tags, "tags"),
+        tag_prefixes=params.comma_list(tag_starts_with, "tagStartsWith"),
+        tag_mode=params.choice(tag_mode, "tagMode", TAG_MODES) or "any",
         include_all=include_all,
         sort_by=sort_column(sort_by, ("created_at", "updated_at", "key")),
         sort_order=sort_order(sort_order_),
@@ -98,8 +97,8 @@ async def update_run_data_tags(
     data: JSONBody[TagsUpdate],
 ) -> RunData:
     """Remove tags, then add tags not already present; order kept, tags unique."""
-    require_uuid(run_id, "Run")
-    require_uuid(data_id, "Run data")
+    run_id = params.path_id(run_id, "Run")
+    data_id = params.path_id(data_id, "Run data")
     async with org_conn(request) as (org_id, conn):
         item = await store.update_tags(
             conn,
@@ -121,11 +120,13 @@ async def update_run_data_tags(
 async def delete_run_data(
     request: Request[Any, Any, Any],
     run_id: FromPath[str],
-    key: FromQuery[str | None] = None,
-    data_id: Annotated[str | None, QueryParameter(name="id")] = None,
+    key: Annotated[str | None, params.text_param()] = None,
+    data_id: Annotated[str | None, params.id_param(name="id")] = None,
 ) -> Deleted:
     """Delete the run's values of a key, or one value by id."""
-    require_uuid(run_id, "Run")
+    run_id = params.path_id(run_id, "Run")
+    key = params.text(key, "key")
+    data_id = params.id_filter(data_id, "id")
     if key is None and data_id is None:
         raise errors.ValidationError(
             "Either key or id is required",
@@ -148,5 +149,6 @@ router = Router(
     middleware=[auth.authenticated],
     path="/api/v1/runs/{run_id:str}/data",
     route_handlers=[create_run_data, query_run_data, update_run_data_tags, delete_run_data],
+    guards=[params.exact_request],
     tags=["run data"],
 )

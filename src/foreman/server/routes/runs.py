@@ -2,24 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args
 
-import msgspec
 from litestar import Request, Router, get, patch, post
-from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
+from litestar.params import FromPath, JSONBody, QueryParameter
 
-from foreman import errors, ids
+from foreman import errors, ids, models
 from foreman.models import Pagination, Run, RunCreate, RunList, RunStatus, RunUpdate
-from foreman.server import auth
-from foreman.server.deps import (
-    MAX_OFFSET,
-    error_responses,
-    org_conn,
-    require_uuid,
-    sort_column,
-    sort_order,
-)
+from foreman.server import auth, params
+from foreman.server.deps import MAX_OFFSET, error_responses, org_conn, sort_column, sort_order
 from foreman.store import runs as runs_store
+
+SORT_BY = "One of created_at, started_at, completed_at (camelCase accepted)." + params.ONCE
+SORT_ORDER = "asc or desc, any case." + params.ONCE
+RUN_STATUSES: tuple[str, ...] = get_args(RunStatus)
 
 
 @post("", status_code=201, responses=error_responses(400, 413))
@@ -31,7 +27,7 @@ async def create_run(request: Request[Any, Any, Any], data: JSONBody[RunCreate])
             run_id=ids.new_id(),
             org_id=org_id,
             input_data=data.input_data,
-            metadata=data.metadata,
+            metadata=models.stored(data.metadata),
             now=ids.now_ms(),
         )
 
@@ -39,7 +35,7 @@ async def create_run(request: Request[Any, Any, Any], data: JSONBody[RunCreate])
 @get("/{run_id:str}", responses=error_responses(400, 404))
 async def get_run(request: Request[Any, Any, Any], run_id: FromPath[str]) -> Run:
     """A run with its task counters."""
-    require_uuid(run_id, "Run")
+    run_id = params.path_id(run_id, "Run")
     async with org_conn(request) as (org_id, conn):
         run = await runs_store.get_run(conn, org_id=org_id, run_id=run_id)
     if run is None:
@@ -52,8 +48,8 @@ async def update_run(
     request: Request[Any, Any, Any], run_id: FromPath[str], data: JSONBody[RunUpdate]
 ) -> Run:
     """Change a run's status, output, error or metadata (metadata is replaced whole)."""
-    require_uuid(run_id, "Run")
-    changes = {k: v for k, v in msgspec.structs.asdict(data).items() if v is not msgspec.UNSET}
+    run_id = params.path_id(run_id, "Run")
+    changes = models.changes(data)
     async with org_conn(request) as (org_id, conn):
         run = await runs_store.update_run(
             conn, org_id=org_id, run_id=run_id, changes=changes, now=ids.now_ms()
@@ -66,13 +62,14 @@ async def update_run(
 @get("", responses=error_responses(400))
 async def list_runs(
     request: Request[Any, Any, Any],
-    limit: Annotated[int, QueryParameter(ge=1, le=100)] = 20,
-    offset: Annotated[int, QueryParameter(ge=0, le=MAX_OFFSET)] = 0,
-    status: FromQuery[RunStatus | None] = None,
-    sort_by: Annotated[str, QueryParameter(name="sortBy")] = "created_at",
-    sort_order_: Annotated[str, QueryParameter(name="sortOrder")] = "desc",
+    limit: Annotated[int, params.integer_param(ge=1, le=100)] = 20,
+    offset: Annotated[int, params.integer_param(ge=0, le=MAX_OFFSET)] = 0,
+    status: Annotated[str | None, params.enum_param(RUN_STATUSES)] = None,
+    sort_by: Annotated[str, QueryParameter(name="sortBy", description=SORT_BY)] = "created_at",
+    sort_order_: Annotated[str, QueryParameter(name="sortOrder", description=SORT_ORDER)] = "desc",
 ) -> RunList:
     """The organisation's runs, newest first by default; ties broken by id."""
+    status = params.choice(status, "status", RUN_STATUSES)
     column = sort_column(sort_by, ("created_at", "started_at", "completed_at"))
     order = sort_order(sort_order_)
     async with org_conn(request) as (org_id, conn):
@@ -94,5 +91,6 @@ router = Router(
     middleware=[auth.authenticated],
     path="/api/v1/runs",
     route_handlers=[create_run, get_run, update_run, list_runs],
+    guards=[params.exact_request],
     tags=["runs"],
 )

@@ -2,27 +2,30 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args
 
-import msgspec
 from litestar import Request, Response, Router, get, patch, post
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
+from litestar.params import FromPath, JSONBody, QueryParameter
 
-from foreman import errors, ids
+from foreman import errors, ids, models
 from foreman.models import Pagination, Task, TaskCreate, TaskList, TaskStatus, TaskUpdate
-from foreman.server import auth
+from foreman.server import auth, params
 from foreman.server.deps import (
     MAX_OFFSET,
     error_responses,
     org_conn,
-    require_uuid,
     sort_column,
     sort_order,
     state,
 )
 from foreman.server.responses import JsonResponse
 from foreman.store import tasks as tasks_store
+
+SORT_BY = "One of created_at, started_at, completed_at (camelCase accepted)." + params.ONCE
+SORT_ORDER = "asc or desc, any case." + params.ONCE
+
+TASK_STATUSES: tuple[str, ...] = get_args(TaskStatus)
 
 
 def new_task(data: TaskCreate) -> tasks_store.NewTask:
@@ -32,7 +35,7 @@ def new_task(data: TaskCreate) -> tasks_store.NewTask:
         task_type=data.type,
         input_data=data.input_data,
         parent_task_id=None if data.parent_task_id is None else str(data.parent_task_id),
-        metadata=data.metadata,
+        metadata=models.stored(data.metadata),
         max_retries=data.max_retries,
         priority=data.priority,
         delay_ms=data.delay_ms,
@@ -81,7 +84,7 @@ async def create_task(
 @get("/{task_id:str}", responses=error_responses(400, 404))
 async def get_task(request: Request[Any, Any, Any], task_id: FromPath[str]) -> Task:
     """A task."""
-    require_uuid(task_id, "Task")
+    task_id = params.path_id(task_id, "Task")
     async with org_conn(request) as (org_id, conn):
         task = await tasks_store.get_task(conn, org_id=org_id, task_id=task_id)
     if task is None:
@@ -94,8 +97,8 @@ async def update_task(
     request: Request[Any, Any, Any], task_id: FromPath[str], data: JSONBody[TaskUpdate]
 ) -> Task:
     """Change a task's status or data; a terminal task cannot change status again (409)."""
-    require_uuid(task_id, "Task")
-    changes = {k: v for k, v in msgspec.structs.asdict(data).items() if v is not msgspec.UNSET}
+    task_id = params.path_id(task_id, "Task")
+    changes = models.changes(data)
     async with org_conn(request) as (org_id, conn):
         result = await tasks_store.update_task(
             conn, org_id=org_id, task_id=task_id, changes=changes, now=ids.now_ms()
@@ -113,30 +116,29 @@ async def update_task(
 @get("", responses=error_responses(400))
 async def list_tasks(
     request: Request[Any, Any, Any],
-    limit: Annotated[int, QueryParameter(ge=1, le=100)] = 20,
-    offset: Annotated[int, QueryParameter(ge=0, le=MAX_OFFSET)] = 0,
-    run_id: Annotated[str | None, QueryParameter(name="runId")] = None,
-    status: FromQuery[TaskStatus | None] = None,
-    task_type: Annotated[str | None, QueryParameter(name="type")] = None,
-    parent_task_id: Annotated[str | None, QueryParameter(name="parentTaskId")] = None,
-    sort_by: Annotated[str, QueryParameter(name="sortBy")] = "created_at",
-    sort_order_: Annotated[str, QueryParameter(name="sortOrder")] = "desc",
+    limit: Annotated[int, params.integer_param(ge=1, le=100)] = 20,
+    offset: Annotated[int, params.integer_param(ge=0, le=MAX_OFFSET)] = 0,
+    run_id: Annotated[str | None, params.id_param(name="runId")] = None,
+    status: Annotated[str | None, params.enum_param(TASK_STATUSES)] = None,
+    task_type: Annotated[str | None, params.text_param(name="type")] = None,
+    parent_task_id: Annotated[str | None, params.id_param(name="parentTaskId")] = None,
+    sort_by: Annotated[str, QueryParameter(name="sortBy", description=SORT_BY)] = "created_at",
+    sort_order_: Annotated[str, QueryParameter(name="sortOrder", description=SORT_ORDER)] = "desc",
 ) -> TaskList:
     """Tasks of the organisation, filtered by run, status, type or parent; ties broken by id."""
+    filters = {
+        "run_id": params.id_filter(run_id, "runId"),
+        "status": params.choice(status, "status", TASK_STATUSES),
+        "type": params.text(task_type, "type"),
+        "parent_task_id": params.id_filter(parent_task_id, "parentTaskId"),
+    }
     column = sort_column(sort_by, ("created_at", "started_at", "completed_at"))
     order = sort_order(sort_order_)
     pagination = Pagination(total=0, limit=limit, offset=offset)
-    # A malformed id matches nothing (it cannot be any row's id).
-    if (run_id is not None and not ids.is_uuid(run_id)) or (
-        parent_task_id is not None and not ids.is_uuid(parent_task_id)
-    ):
+    # An id filter that is no UUID matches nothing (it cannot be any row's id).
+    id_filters = (filters["run_id"], filters["parent_task_id"])
+    if any(value is not None and not ids.is_uuid(value) for value in id_filters):
         return TaskList(data=[], pagination=pagination)
-    filters = {
-        "run_id": run_id,
-        "status": status,
-        "type": task_type,
-        "parent_task_id": parent_task_id,
-    }
     async with org_conn(request) as (org_id, conn):
         page = await tasks_store.list_tasks(
             conn,
@@ -155,5 +157,6 @@ router = Router(
     middleware=[auth.authenticated],
     path="/api/v1/tasks",
     route_handlers=[create_task, get_task, update_task, list_tasks],
+    guards=[params.exact_request],
     tags=["tasks"],
 )

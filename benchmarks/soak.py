@@ -1,6 +1,6 @@
 """Soak: Foreman at a moderate steady rate for minutes, watching for leaks (issue 5).
 
-    python -m foreman.bench.soak --minutes 10
+    python benchmarks/soak.py --minutes 10
 
 Everything it uses is its own and on loopback: a PostgreSQL cluster in a temp folder (pgserver,
 unless --admin-url names another loopback server), `foreman server` and `foreman worker`
@@ -275,14 +275,12 @@ async def private_postgres(options: SoakOptions) -> AsyncIterator[str]:
             raise errors.ClientError("the soak only loads a PostgreSQL on this machine")
         yield options.admin_url
         return
-    from foreman.store.embedded import start_embedded  # the [embedded] extra
-
     root = Path(tempfile.mkdtemp(prefix="foreman-soak-"))
-    embedded = await asyncio.to_thread(start_embedded, root)
+    stack = contextlib.ExitStack()  # pgserver blocks: started and stopped in a thread
     try:
-        yield services.with_database(embedded.url, "postgres")
+        yield await asyncio.to_thread(stack.enter_context, services.embedded_postgres(root))
     finally:
-        await asyncio.to_thread(embedded.stop)
+        await asyncio.to_thread(stack.close)
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -313,7 +311,7 @@ async def run_soak(options: SoakOptions) -> dict[str, Any]:
                     url, workers=options.server_workers, log_level="WARNING", env=env
                 ) as server,
                 e2e.run_workers(
-                    server.endpoint, api_key=BENCH_API_KEY, backend="postgres", workers=workers
+                    e2e.Fleet(server.endpoint, BENCH_API_KEY, "postgres", workers)
                 ) as processes,
                 AsyncClient(server.endpoint, BENCH_API_KEY, retries=0) as client,
             ):
@@ -435,7 +433,7 @@ def format_summary(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Command line: python -m foreman.bench.soak --minutes 10."""
+    """Command line: python benchmarks/soak.py --minutes 10."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
