@@ -364,7 +364,8 @@ class ClaimResult(msgspec.Struct, rename="camel"):
     """One id of a batch claim; every field always present.
 
     ``ok``: ``task`` is leased (with its ``leaseToken``). Else ``reason`` is ``"conflict"`` (terminal,
-    or held by a live lease; ``status`` says which) or ``"not_found"``.
+    or held by a live lease; ``status`` says which), ``"not_found"``, or ``"duplicate"`` (a later
+    occurrence of an id in the same request).
     """
 
     task_id: str
@@ -400,12 +401,17 @@ class HeartbeatOne(_In):
 
 
 class LeaseStatus(msgspec.Struct, rename="camel"):
-    """A lease after a heartbeat; every field is always present (``leaseExpiresAt`` may be null)."""
+    """A lease after a heartbeat; every field is always present (``leaseExpiresAt`` may be null).
+
+    ``reason`` is ``"duplicate"`` for a later occurrence of a task id in the same request (not
+    applied), else null.
+    """
 
     task_id: str
     ok: bool
     cancelled: bool
     lease_expires_at: int | None
+    reason: str | None = None
 
 
 class LeaseStatusList(_Out):
@@ -457,11 +463,16 @@ class LeaseRefs(_In):
 
 
 class TaskAck(msgspec.Struct, rename="camel"):
-    """The answer for one item of a batch: ok = recorded; status = the task's status now."""
+    """The answer for one item of a batch: ok = recorded; status = the task's status now.
+
+    ``reason`` is ``"duplicate"`` for a later occurrence of a task id in the same request (not
+    applied), else null.
+    """
 
     task_id: str
     ok: bool
     status: str | None
+    reason: str | None = None
 
 
 class TaskAckList(_Out):

@@ -139,3 +139,24 @@ async def admin_insert_runs(db_url: str, *, org_id: str, created_at: int, count:
     finally:
         await conn.close()
     return ids
+
+
+BACK_MS = 1000
+
+
+async def backdate(
+    admin_conn: asyncpg.Connection, table: str, row_id: str, *columns: str, ms: int = BACK_MS
+) -> None:
+    """Move a row's timestamps (created_at, updated_at by default) ms into the past.
+
+    The test's clock: the server's next write lands strictly later without a sleep that waits for
+    its clock (milliseconds) to move on.
+    """
+    sets = ", ".join(f"{c} = {c} - $2" for c in columns or ("created_at", "updated_at"))
+    await admin_conn.execute(f"UPDATE {table} SET {sets} WHERE id = $1", row_id, ms)
+
+
+async def set_times(admin_conn: asyncpg.Connection, table: str, row_id: str, **times: int) -> None:
+    """Give a row chosen timestamps (column=epoch ms), as the superuser."""
+    sets = ", ".join(f"{column} = ${i}" for i, column in enumerate(times, start=2))
+    await admin_conn.execute(f"UPDATE {table} SET {sets} WHERE id = $1", row_id, *times.values())

@@ -217,7 +217,14 @@ def test_enqueue_is_idempotent_with_a_key(client: Client):
     assert first.priority == 3
     assert first.run_after is not None
     assert first.run_after >= first.created_at + 60_000
-    again = client.enqueue_task(run.id, type="mail", input_data={"to": "x"}, idempotency_key="k1")
+    again = client.enqueue_task(
+        run.id,
+        type="mail",
+        input_data={"to": "x"},
+        priority=3,
+        delay_ms=60_000,
+        idempotency_key="k1",
+    )
     assert again.id == first.id
     assert client.get_run(run.id).total_tasks == 1
 

@@ -167,7 +167,12 @@ async def test_idempotency_keys_are_per_org(client, two_orgs):
     assert b["parent"]["orgId"] == ORG_B
     again = await client.post(
         f"{API}/tasks",
-        json={"runId": b["run"]["id"], "type": "t", "inputData": 1, "idempotencyKey": "same-key"},
+        json={
+            "runId": b["run"]["id"],
+            "type": "work",
+            "inputData": {"n": 1},
+            "idempotencyKey": "same-key",
+        },
         headers=HEADERS_B,
     )
     assert again.status_code == 200

@@ -236,7 +236,7 @@ async def test_claim_ids_claims_each_id_like_claim_by_id(client):
         (False, "conflict", "completed"),
         (False, "not_found", None),
         (False, "not_found", None),
-        (False, "conflict", "running"),
+        (False, "duplicate", "running"),
     ]
     first, pending = results[0]["task"], results[2]["task"]
     assert first["id"] == queued["id"]
@@ -413,6 +413,7 @@ async def test_batch_complete(client):
         "taskId": held[199]["id"],
         "ok": False,
         "status": "running",
+        "reason": None,
     }
     counts = await get_run(client, run["id"])
     assert (counts["completedTasks"], counts["failedTasks"]) == (150, 49)
@@ -433,7 +434,9 @@ async def test_release(client):
     batch = await post(
         client, "/release", {"leases": [{"taskId": b["id"], "leaseToken": b["leaseToken"]}]}
     )
-    assert batch.json()["data"] == [{"taskId": b["id"], "ok": True, "status": "queued"}]
+    assert batch.json()["data"] == [
+        {"taskId": b["id"], "ok": True, "status": "queued", "reason": None}
+    ]
     assert {t["id"] for t in await claim(client)} == {a["id"], b["id"]}
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from urllib.parse import quote
 
@@ -11,10 +10,12 @@ import pytest
 
 from tests.api.helpers import (
     API,
+    BACK_MS,
     JSON_VALUES,
     admin_count,
     assert_error,
     assert_names_field,
+    backdate,
     create_data,
     create_run,
     create_task,
@@ -375,12 +376,11 @@ async def test_sort_by_key_and_order(client, keyed):
 
 
 @pytest.mark.parametrize("sort_by", ["created_at", "createdAt", "updated_at", "updatedAt"])
-async def test_sort_by_time_snake_or_camel_case(client, run_task, sort_by):
+async def test_sort_by_time_snake_or_camel_case(client, admin_conn, run_task, sort_by):
     run_id, task_id = run_task
-    items = []
-    for key in ("a", "b", "c"):
-        items.append(await add(client, run_id, task_id, key))
-        await asyncio.sleep(0.002)
+    items = [await add(client, run_id, task_id, key) for key in ("a", "b", "c")]
+    for i, item in enumerate(items):  # distinct times, chosen by the test, in the past
+        await backdate(admin_conn, "run_data", item["id"], ms=BACK_MS * (3 - i))
     # Touch "a" last: it becomes the most recently updated.
     await client.patch(
         f"{data_url(run_id)}/{items[0]['id']}/tags", json={"add": ["t"]}, headers=HEADERS_A
@@ -475,17 +475,17 @@ async def patch_tags(client, run_id, data_id, **body):
     ],
 )
 async def test_tags_patch_removes_then_adds_unique_in_order(
-    client, run_task, start, remove, add_tags, expected
+    client, admin_conn, run_task, start, remove, add_tags, expected
 ):
     run_id, task_id = run_task
     item = await add(client, run_id, task_id, "k", tags=start)
-    await asyncio.sleep(0.002)
+    await backdate(admin_conn, "run_data", item["id"], "updated_at")
     body = {k: v for k, v in (("remove", remove), ("add", add_tags)) if v is not None}
     response = await patch_tags(client, run_id, item["id"], **body)
     assert response.status_code == 200, response.text
     updated = response.json()
     assert updated["tags"] == expected
-    assert updated["updatedAt"] > item["updatedAt"]
+    assert updated["updatedAt"] > item["updatedAt"] - BACK_MS
     assert {k: v for k, v in updated.items() if k not in ("tags", "updatedAt")} == {
         k: v for k, v in item.items() if k not in ("tags", "updatedAt")
     }

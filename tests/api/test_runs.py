@@ -2,23 +2,25 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 
 import pytest
 
 from tests.api.helpers import (
     API,
+    BACK_MS,
     JSON_VALUES,
     admin_count,
     admin_insert_runs,
     assert_error,
     assert_names_field,
+    backdate,
     create_run,
     create_task,
     get_run,
     missing_id,
     now_ms,
+    set_times,
 )
 from tests.conftest import HEADERS_A, ORG_A
 
@@ -141,63 +143,66 @@ async def test_run_ids_are_accepted_in_any_uuid_spelling(client):
 # ---------------------------------------------------------------- update
 
 
-async def test_patch_running_sets_started_at_once(client):
+async def test_patch_running_sets_started_at_once(client, admin_conn):
     run = await create_run(client)
-    await asyncio.sleep(0.003)
+    await backdate(admin_conn, "run", run["id"])
     first = (await patch_run(client, run["id"], status="running")).json()
     assert first["status"] == "running"
-    assert first["startedAt"] > run["createdAt"]
+    assert first["startedAt"] > run["createdAt"] - BACK_MS
     assert first["updatedAt"] == first["startedAt"]
     assert "completedAt" not in first
     assert "durationMs" not in first
 
-    await asyncio.sleep(0.003)
+    await backdate(admin_conn, "run", run["id"], "updated_at")
     second = (await patch_run(client, run["id"], status="running")).json()
     assert second["startedAt"] == first["startedAt"]
-    assert second["updatedAt"] > first["updatedAt"]
+    assert second["updatedAt"] > first["updatedAt"] - BACK_MS
 
 
 @pytest.mark.parametrize("terminal", ["completed", "failed", "cancelled"])
-async def test_terminal_status_sets_completed_at_and_duration_from_start(client, terminal):
+async def test_terminal_status_sets_completed_at_and_duration_from_start(
+    client, admin_conn, terminal
+):
     run = await create_run(client)
     started = (await patch_run(client, run["id"], status="running")).json()
-    await asyncio.sleep(0.01)
+    await backdate(admin_conn, "run", run["id"], "started_at")
+    started_at = started["startedAt"] - BACK_MS
     response = await patch_run(client, run["id"], status=terminal)
     assert response.status_code == 200, response.text
     done = response.json()
     assert done["status"] == terminal
     assert isinstance(done["completedAt"], int)
-    assert done["completedAt"] >= started["startedAt"] + 10
-    assert done["durationMs"] == done["completedAt"] - started["startedAt"]
+    assert done["completedAt"] >= started_at + BACK_MS
+    assert done["durationMs"] == done["completedAt"] - started_at
     assert done["updatedAt"] == done["completedAt"]
 
 
-async def test_duration_without_start_counts_from_creation(client):
+async def test_duration_without_start_counts_from_creation(client, admin_conn):
     run = await create_run(client)
-    await asyncio.sleep(0.01)
+    await backdate(admin_conn, "run", run["id"])
     done = (await patch_run(client, run["id"], status="completed")).json()
     assert "startedAt" not in done
-    assert done["durationMs"] == done["completedAt"] - run["createdAt"]
-    assert done["durationMs"] >= 10
+    assert done["durationMs"] == done["completedAt"] - (run["createdAt"] - BACK_MS)
+    assert done["durationMs"] >= BACK_MS
 
 
-async def test_repeating_a_terminal_status_keeps_the_first_completion(client):
+async def test_repeating_a_terminal_status_keeps_the_first_completion(client, admin_conn):
     run = await create_run(client)
     first = (await patch_run(client, run["id"], status="completed")).json()
-    await asyncio.sleep(0.003)
+    await backdate(admin_conn, "run", run["id"], "completed_at")
     again = await patch_run(client, run["id"], status="completed")
     assert again.status_code == 200
-    assert again.json()["completedAt"] == first["completedAt"]
+    assert again.json()["completedAt"] == first["completedAt"] - BACK_MS  # not moved to now
     assert again.json()["durationMs"] == first["durationMs"]
 
 
-async def test_patch_always_bumps_updated_at(client):
+async def test_patch_always_bumps_updated_at(client, admin_conn):
     run = await create_run(client)
-    await asyncio.sleep(0.003)
+    await backdate(admin_conn, "run", run["id"], "updated_at")
     response = await patch_run(client, run["id"])
     assert response.status_code == 200
     updated = response.json()
-    assert updated["updatedAt"] > run["updatedAt"]
+    assert updated["updatedAt"] > run["updatedAt"] - BACK_MS
     assert updated["createdAt"] == run["createdAt"]
     assert updated["status"] == "pending"
 
@@ -337,18 +342,14 @@ async def test_sort_order_asc(client):
         ("createdAt", "createdAt"),
     ],
 )
-async def test_sort_by_snake_or_camel_case(client, sort_by, field):
-    runs = []
-    for _ in range(3):  # distinct createdAt (ms): requests are faster than that
-        runs.append(await create_run(client))
-        await asyncio.sleep(0.002)
-    # Start and finish in the reverse order of creation.
-    for run in reversed(runs):
-        await asyncio.sleep(0.002)
-        await patch_run(client, run["id"], status="running")
-    for run in reversed(runs):
-        await asyncio.sleep(0.002)
+async def test_sort_by_snake_or_camel_case(client, admin_conn, sort_by, field):
+    runs = [await create_run(client) for _ in range(3)]
+    # Distinct times chosen by the test (requests are faster than a millisecond); started and
+    # finished in the reverse order of creation.
+    for i, run in enumerate(runs):
         await patch_run(client, run["id"], status="completed")
+        times = {"created_at": 1000 + i, "started_at": 2000 - i, "completed_at": 3000 - i}
+        await set_times(admin_conn, "run", run["id"], **times)
     page = await list_runs(client, f"?sortBy={sort_by}&sortOrder=asc")
     values = [run[field] for run in page["data"]]
     assert values == sorted(values)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 
 import asyncpg
@@ -10,16 +9,19 @@ import pytest
 
 from tests.api.helpers import (
     API,
+    BACK_MS,
     JSON_VALUES,
     admin_count,
     assert_error,
     assert_names_field,
+    backdate,
     create_run,
     create_task,
     get_run,
     missing_id,
     now_ms,
     patch_task,
+    set_times,
 )
 from tests.conftest import HEADERS_A, ORG_A
 
@@ -223,7 +225,7 @@ async def test_idempotency_key_repeat_returns_the_same_task_with_200(client, run
     assert first.status_code == 201
     assert first.json()["idempotencyKey"] == "order-42"
     again = await post_task(
-        client, {"runId": run["id"], "type": "t", "inputData": 2, "idempotencyKey": "order-42"}
+        client, {"runId": run["id"], "type": "t", "inputData": 1, "idempotencyKey": "order-42"}
     )
     assert again.status_code == 200, again.text
     assert again.json() == first.json()
@@ -294,26 +296,26 @@ async def test_get_task_with_malformed_id_is_404(client, bad_id):
 # ---------------------------------------------------------------- update
 
 
-async def test_queued_sets_queued_at_once(client, run):
+async def test_queued_sets_queued_at_once(client, admin_conn, run):
     task = await create_task(client, run["id"])
-    await asyncio.sleep(0.003)
+    await backdate(admin_conn, "task", task["id"])
     first = (await patch_task(client, task["id"], status="queued")).json()
     assert first["status"] == "queued"
-    assert first["queuedAt"] > task["createdAt"]
+    assert first["queuedAt"] > task["createdAt"] - BACK_MS
     await patch_task(client, task["id"], status="running")
-    await asyncio.sleep(0.003)
+    await backdate(admin_conn, "task", task["id"], "queued_at")
     again = (await patch_task(client, task["id"], status="queued")).json()
-    assert again["queuedAt"] == first["queuedAt"]
+    assert again["queuedAt"] == first["queuedAt"] - BACK_MS  # kept, not moved to now
 
 
-async def test_running_sets_started_at_once(client, run):
+async def test_running_sets_started_at_once(client, admin_conn, run):
     task = await create_task(client, run["id"])
     first = (await patch_task(client, task["id"], status="running")).json()
     assert first["startedAt"] >= task["createdAt"]
     await patch_task(client, task["id"], status="retrying")
-    await asyncio.sleep(0.003)
+    await backdate(admin_conn, "task", task["id"], "started_at")
     again = (await patch_task(client, task["id"], status="running")).json()
-    assert again["startedAt"] == first["startedAt"]
+    assert again["startedAt"] == first["startedAt"] - BACK_MS  # kept, not moved to now
     assert "completedAt" not in again
 
 
@@ -327,14 +329,15 @@ async def test_retrying_adds_one_to_retry_count_each_time(client, run):
 
 
 @pytest.mark.parametrize("terminal", TERMINAL)
-async def test_terminal_status_sets_completion_and_counts_once(client, run, terminal):
+async def test_terminal_status_sets_completion_and_counts_once(client, admin_conn, run, terminal):
     task = await create_task(client, run["id"])
     started = (await patch_task(client, task["id"], status="running")).json()
-    await asyncio.sleep(0.01)
+    await backdate(admin_conn, "task", task["id"], "started_at")
+    started_at = started["startedAt"] - BACK_MS
     done = (await patch_task(client, task["id"], status=terminal)).json()
     assert done["status"] == terminal
-    assert done["completedAt"] >= started["startedAt"] + 10
-    assert done["durationMs"] == done["completedAt"] - started["startedAt"]
+    assert done["completedAt"] >= started_at + BACK_MS
+    assert done["durationMs"] == done["completedAt"] - started_at
     counters = await get_run(client, run["id"])
     for status, counter in COUNTER_OF.items():
         assert counters[counter] == (1 if status == terminal else 0)
@@ -346,12 +349,13 @@ async def test_terminal_status_sets_completion_and_counts_once(client, run, term
     assert await get_run(client, run["id"]) == counters
 
 
-async def test_duration_without_start_counts_from_creation(client, run):
+async def test_duration_without_start_counts_from_creation(client, admin_conn, run):
     task = await create_task(client, run["id"])
-    await asyncio.sleep(0.01)
+    await backdate(admin_conn, "task", task["id"])
     done = (await patch_task(client, task["id"], status="failed")).json()
     assert "startedAt" not in done
-    assert done["durationMs"] == done["completedAt"] - task["createdAt"]
+    assert done["durationMs"] == done["completedAt"] - (task["createdAt"] - BACK_MS)
+    assert done["durationMs"] >= BACK_MS
 
 
 @pytest.mark.parametrize("terminal", TERMINAL)
@@ -380,13 +384,13 @@ async def test_patch_without_status_on_a_terminal_task_changes_data_only(client,
     assert (await get_run(client, run["id"]))["completedTasks"] == 1
 
 
-async def test_patch_sets_queue_job_id_and_replaces_metadata(client, run):
+async def test_patch_sets_queue_job_id_and_replaces_metadata(client, admin_conn, run):
     task = await create_task(client, run["id"], metadata={"a": 1, "b": 2})
-    await asyncio.sleep(0.003)
+    await backdate(admin_conn, "task", task["id"], "updated_at")
     updated = (await patch_task(client, task["id"], queueJobId="job-7", metadata={"c": 3})).json()
     assert updated["queueJobId"] == "job-7"
     assert updated["metadata"] == {"c": 3}
-    assert updated["updatedAt"] > task["updatedAt"]
+    assert updated["updatedAt"] > task["updatedAt"] - BACK_MS
     assert updated["status"] == "pending"
     cleared = (await patch_task(client, task["id"], metadata=None, queueJobId=None)).json()
     assert cleared["metadata"] is None
@@ -492,17 +496,14 @@ async def test_malformed_id_filter_matches_nothing(client, run, param):
 @pytest.mark.parametrize(
     "sort_by", ["created_at", "createdAt", "started_at", "startedAt", "completed_at", "completedAt"]
 )
-async def test_sort_by_snake_or_camel_case(client, run, sort_by):
-    tasks = []
-    for _ in range(3):  # timestamps are milliseconds: three creates can share one
-        await asyncio.sleep(0.002)
-        tasks.append(await create_task(client, run["id"]))
-    for task in reversed(tasks):
-        await asyncio.sleep(0.002)
-        await patch_task(client, task["id"], status="running")
-    for task in reversed(tasks):
-        await asyncio.sleep(0.002)
+async def test_sort_by_snake_or_camel_case(client, admin_conn, run, sort_by):
+    tasks = [await create_task(client, run["id"]) for _ in range(3)]
+    # Distinct times chosen by the test (three creates can share a millisecond); started and
+    # finished in the reverse order of creation.
+    for i, task in enumerate(tasks):
         await patch_task(client, task["id"], status="completed")
+        times = {"created_at": 1000 + i, "started_at": 2000 - i, "completed_at": 3000 - i}
+        await set_times(admin_conn, "task", task["id"], **times)
     field = {"created": "createdAt", "started": "startedAt"}.get(sort_by[:7], "completedAt")
     asc = [t[field] for t in (await list_tasks(client, f"?sortBy={sort_by}&sortOrder=asc"))["data"]]
     desc = [t[field] for t in (await list_tasks(client, f"?sortBy={sort_by}"))["data"]]

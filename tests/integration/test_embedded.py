@@ -7,13 +7,18 @@ stopping the server also stops that PostgreSQL.
 
 from __future__ import annotations
 
+import importlib.metadata
+import json
+import os
 import signal
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import httpx
 import psutil
 
+from foreman.store import embedded
 from tests.integration.live_server import ServerProcess, server_env
 
 KEY = {"x-api-key": "test-api-key"}
@@ -136,3 +141,32 @@ def test_after_a_crash_the_next_server_adopts_and_then_stops_the_postgres(pg_wor
         crashed.kill()
         restarted.kill()
         _stop_leftover(data_dir / "pgdata")
+
+
+def test_pgserver_internals_that_embedded_relies_on(pg_work_dir):
+    """store/embedded.py edits pgserver's list of user processes under pgserver's own lock.
+
+    When this fails, pgserver changed under that adapter: check forget_dead_users against the new
+    pgserver (and its public API) before moving the bound pgserver<0.2.
+    """
+    import pgserver  # the [embedded] extra; the suite installs it
+
+    major, minor = (int(part) for part in importlib.metadata.version("pgserver").split(".")[:2])
+    assert (major, minor) < (0, 2), "pgserver moved past the range store/embedded.py was checked on"
+    lock = pgserver.PostgresServer._lock
+    assert callable(lock.acquire)
+    assert callable(lock.release)
+    pgdata = pg_work_dir / "pgdata"
+    server = pgserver.get_server(pgdata, cleanup_mode="stop")
+    try:
+        handles = pgdata / embedded.HANDLES_FILE
+        assert json.loads(handles.read_text()) == [os.getpid()]  # this process is a user
+        gone = subprocess.Popen(["true"])  # a process that exited: a user killed without cleanup
+        gone.wait()
+        handles.write_text(json.dumps([os.getpid(), gone.pid]))
+        embedded.forget_dead_users(pgserver, pgdata)
+        assert json.loads(handles.read_text()) == [os.getpid()]
+    finally:
+        server.cleanup()
+    # This process was the last user left on the list: pgserver stopped the server.
+    assert not (pgdata / "postmaster.pid").exists()

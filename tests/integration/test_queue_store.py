@@ -10,7 +10,7 @@ import asyncpg
 import msgspec
 import pytest
 
-from foreman import ids
+from foreman import errors, ids
 from foreman.store import db
 from foreman.store import queue as queue_store
 from foreman.store import runs as runs_store
@@ -92,7 +92,7 @@ async def test_batch_insert_keeps_order_counts_once_and_is_idempotent(conn):
         for i in range(300)
     ]
     news[10] = tasks_store.NewTask(run_id=run_id, task_type="k", input_data=1, idempotency_key="K")
-    news[20] = tasks_store.NewTask(run_id=run_id, task_type="k", input_data=2, idempotency_key="K")
+    news[20] = tasks_store.NewTask(run_id=run_id, task_type="k", input_data=1, idempotency_key="K")
     task_ids = [ids.new_id() for _ in news]
     result = await tasks_store.insert_tasks(
         conn, org_id=ORG_A, task_ids=task_ids, news=news, now=ids.now_ms()
@@ -112,6 +112,42 @@ async def test_batch_insert_keeps_order_counts_once_and_is_idempotent(conn):
     assert again.tasks[0].id == task_ids[10]
     assert again.created == [False]
     assert await run_counts(conn, run_id) == (299, 0, 0, 0)
+
+
+@pytest.mark.parametrize(
+    ("made", "sent", "same"),
+    [
+        ({"a": 1, "b": [1, 2]}, {"b": [1, 2], "a": 1}, True),
+        (1, 1.0, True),  # jsonb's number equality
+        (True, 1, False),
+        ({"a": None}, {}, False),
+        ("1", 1, False),
+    ],
+)
+async def test_a_key_replays_only_the_same_request(conn, made, sent, same):
+    run_id = await make_run(conn)
+    first = tasks_store.NewTask(run_id=run_id, task_type="k", input_data=made, idempotency_key="K")
+    again = tasks_store.NewTask(run_id=run_id, task_type="k", input_data=sent, idempotency_key="K")
+    await tasks_store.insert_tasks(
+        conn, org_id=ORG_A, task_ids=[ids.new_id()], news=[first], now=ids.now_ms()
+    )
+    fresh = tasks_store.NewTask(run_id=run_id, task_type="f", input_data=0)
+    batch = [fresh, again]
+    if same:
+        result = await tasks_store.insert_tasks(
+            conn, org_id=ORG_A, task_ids=[ids.new_id(), ids.new_id()], news=batch, now=ids.now_ms()
+        )
+        assert result.created == [True, False]
+        assert await run_counts(conn, run_id) == (2, 0, 0, 0)
+        return
+    with pytest.raises(errors.ConflictError) as caught:
+        await tasks_store.insert_tasks(
+            conn, org_id=ORG_A, task_ids=[ids.new_id(), ids.new_id()], news=batch, now=ids.now_ms()
+        )
+    assert (caught.value.details["index"], caught.value.details["fields"]) == (1, ["inputData"])
+    # The whole batch rolled back: the fresh task was not created, nor counted.
+    assert await run_counts(conn, run_id) == (1, 0, 0, 0)
+    assert await conn.fetchval("SELECT count(*) FROM task") == 1
 
 
 async def test_batch_insert_is_all_or_nothing(conn):

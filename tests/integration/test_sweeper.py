@@ -56,6 +56,11 @@ async def owner_pool(db_url: str) -> AsyncIterator[asyncpg.Pool]:
     await pool.close()
 
 
+def later() -> int:
+    """A clock the test moves: past every lease of 1 s taken so far, without waiting for it."""
+    return ids.now_ms() + 1_100
+
+
 def sweeper(owner_pool, queue=None, *, batch: int = 1000) -> Sweeper:
     return Sweeper(
         owner_pool, queue=queue or PostgresQueue(), interval_s=1.0, batch=batch, grace_s=0.0
@@ -102,8 +107,7 @@ async def test_expired_leases_are_retried_or_failed_in_every_organisation(pool, 
     run_a, retried = await leased(pool, ORG_A, 3, lease_ms=1000, max_retries=1)
     run_b, exhausted = await leased(pool, ORG_B, 2, lease_ms=1000, max_retries=0)
     _, alive = await leased(pool, ORG_A, 1, lease_ms=60_000)
-    await asyncio.sleep(1.1)
-    result = await sweeper(owner_pool).sweep()
+    result = await sweeper(owner_pool).sweep(now=later())
     assert (result.locked, result.retried, result.failed) == (True, 3, 2)
     for held in retried:
         task = await task_of(pool, ORG_A, held.id)
@@ -131,13 +135,12 @@ async def test_expired_leases_are_retried_or_failed_in_every_organisation(pool, 
             now=ids.now_ms(),
         )
     assert (late.ok, late.status) == (False, "retrying")
-    assert (await sweeper(owner_pool).sweep()).retried == 0
+    assert (await sweeper(owner_pool).sweep(now=later())).retried == 0
 
 
 async def test_a_retried_task_expiring_again_exhausts_its_attempts(pool, owner_pool):
     run_id, (held,) = await leased(pool, ORG_A, 1, lease_ms=1000, max_retries=1)
-    await asyncio.sleep(1.1)
-    await sweeper(owner_pool).sweep()
+    await sweeper(owner_pool).sweep(now=later())
     async with db.org_connection(pool, ORG_A) as conn:
         (again,) = await queue_store.claim_tasks(
             conn,
@@ -161,19 +164,18 @@ async def test_a_retried_task_expiring_again_exhausts_its_attempts(pool, owner_p
 
 async def test_only_one_replica_sweeps_at_a_time(pool, owner_pool, db_url):
     run_id, held = await leased(pool, ORG_A, 50, lease_ms=1000, max_retries=0)
-    await asyncio.sleep(1.1)
     other = await asyncpg.connect(db_url)
     try:
         async with other.transaction():
             await other.execute("SELECT pg_advisory_xact_lock($1)", SWEEP_LOCK_KEY)
-            assert (await sweeper(owner_pool).sweep()).locked is False
+            assert (await sweeper(owner_pool).sweep(now=later())).locked is False
         assert (await task_of(pool, ORG_A, held[0].id)).status == "running"
     finally:
         await other.close()
     # Replicas racing: each expired lease is handled once, counters stay exact.
     replicas = [sweeper(owner_pool, batch=10) for _ in range(4)]
     for _ in range(10):
-        await asyncio.gather(*(r.sweep() for r in replicas))
+        await asyncio.gather(*(r.sweep(now=later()) for r in replicas))
     assert await counters(pool, ORG_A, run_id) == (50, 0, 50)
 
 
@@ -217,14 +219,14 @@ async def test_bullmq_lost_jobs_are_published_again_once(pool, owner_pool, bullm
         sweep = sweeper(owner_pool, bullmq, batch=7)  # several sweeps walk the whole set
         republished = 0
         for _ in range(6):
-            republished += (await sweep.sweep()).republished
+            republished += (await sweep.sweep(now=later())).republished
         assert republished == 20
         counts = await inspect.getJobCounts()
         assert counts["waiting"] == 30
         # Redis flushed (this queue's keys only: the Redis is shared): everything comes back.
         await inspect.obliterate(force=True)
         for _ in range(6):
-            await sweep.sweep()
+            await sweep.sweep(now=later())
         assert (await inspect.getJobCounts())["waiting"] == 30
         for t in tasks:
             job = await inspect.getJob(f"{t.id}:1")
@@ -245,8 +247,7 @@ async def test_bullmq_sweeper_publishes_expired_leases_and_clears_finished_jobs(
         await bullmq.publish([stuck])
         key = bullmq.job_key(message_for(stuck, now=ids.now_ms()))
         await inspect.client.hset(key, "finishedOn", ids.now_ms())
-        await asyncio.sleep(1.1)
-        result = await sweeper(owner_pool, bullmq).sweep()
+        result = await sweeper(owner_pool, bullmq).sweep(now=later())
         assert (result.retried, result.republished) == (1, 1)
         retry = await inspect.getJob(f"{held.id}:2")
         assert retry is not None
@@ -273,7 +274,7 @@ async def test_bullmq_job_of_a_node_client_counts_as_present(
                 changes={"queue_job_id": node_job.id},
                 now=ids.now_ms() - 10_000,
             )
-        assert (await sweeper(owner_pool, bullmq).sweep()).republished == 0
+        assert (await sweeper(owner_pool, bullmq).sweep(now=later())).republished == 0
         assert (await inspect.getJobCounts())["waiting"] == 1
     finally:
         await inspect.close()
@@ -303,8 +304,7 @@ async def test_a_redis_outage_does_not_stop_the_lease_sweep(pool, owner_pool, db
     try:
         _, (held,) = await leased(pool, ORG_A, 1, lease_ms=1000, max_retries=0)
         await ready(pool, 3)
-        await asyncio.sleep(1.1)
-        result = await sweeper(owner_pool, down).sweep()
+        result = await sweeper(owner_pool, down).sweep(now=later())
     finally:
         await down.close()
     assert (result.locked, result.failed, result.republished) == (True, 1, 0)

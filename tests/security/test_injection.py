@@ -84,10 +84,10 @@ async def test_text_fields_are_stored_and_returned_verbatim(client, text):
     assert fetched["errorData"] == payload
     again = await client.post(
         f"{API}/tasks",
-        json={"runId": run["id"], "type": "t", "inputData": 1, "idempotencyKey": text},
+        json={"runId": run["id"], "type": text, "inputData": text, "idempotencyKey": text},
         headers=HEADERS_A,
     )
-    assert _ok(again)["id"] == task["id"]  # the same key finds the same task
+    assert _ok(again)["id"] == task["id"]  # the same key and request find the same task
 
 
 @pytest.fixture

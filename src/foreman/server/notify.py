@@ -37,7 +37,6 @@ class Notifier:
         self._done: dict[str, set[asyncio.Event]] = {}
         self._task: asyncio.Task[None] | None = None
         self._lost: asyncio.Event = asyncio.Event()
-        self.connected = False
 
     def start(self) -> None:
         """Connect and listen in the background (and reconnect whenever the connection drops)."""
@@ -87,7 +86,6 @@ class Notifier:
                 logger.exception("LISTEN connection failed unexpectedly")
                 await asyncio.sleep(delay_s)
             finally:
-                self.connected = False
                 with contextlib.suppress(Exception):
                     await asyncio.shield(conn.close(timeout=1))
 
@@ -96,7 +94,6 @@ class Notifier:
         conn.add_termination_listener(lambda _: self._lost.set())
         await conn.add_listener(READY_CHANNEL, self._on_ready)
         await conn.add_listener(DONE_CHANNEL, self._on_done)
-        self.connected = True
         # Notifications may have been missed while disconnected: every waiter looks again.
         _wake_all(self._ready)
         _wake_all(self._done)

@@ -109,7 +109,7 @@ class Sweeper:
             # Jitter: replicas started together do not all try the lock at the same instant.
             await asyncio.sleep(self._interval_s * random.uniform(0.8, 1.2))  # noqa: S311
             try:
-                result = await self.sweep()
+                result = await self.sweep(now=ids.now_ms())
             except _OUTAGES as exc:
                 # A database outage must not end the sweeper (nor fill the log): try again.
                 logger.warning("sweep skipped, database unavailable: %s", exc)
@@ -125,9 +125,8 @@ class Sweeper:
                     result.republished,
                 )
 
-    async def sweep(self) -> SweepResult:
-        """One sweep, if no other process is sweeping right now."""
-        now = ids.now_ms()
+    async def sweep(self, *, now: int) -> SweepResult:
+        """One sweep as of now (epoch ms), if no other process is sweeping right now."""
         check_queue = self._queue.name != "postgres"
         ready: list[Task] = []
         async with self._pool.acquire() as conn, conn.transaction():

@@ -118,10 +118,10 @@ async def lookup_api_key(conn: Db, key_hash: bytes) -> KeyRecord | None:
     if record is None:
         return None
     return KeyRecord(
-        id=str(record[0]),
-        org_id=record[1],
-        key_hash=bytes(record[2]),
-        revoked=record[3] is not None,
+        id=str(record["id"]),
+        org_id=record["org_id"],
+        key_hash=bytes(record["key_hash"]),
+        revoked=record["revoked_at"] is not None,
     )
 
 
@@ -135,13 +135,13 @@ SELECT id, org_id, name, prefix, key_hash, created_at, revoked_at
 
 def _api_key(row: asyncpg.Record) -> ApiKey:
     return ApiKey(
-        id=str(row[0]),
-        org_id=row[1],
-        name=row[2],
-        prefix=row[3],
-        fingerprint=fingerprint(bytes(row[4])),
-        created_at=row[5],
-        revoked_at=row[6],
+        id=str(row["id"]),
+        org_id=row["org_id"],
+        name=row["name"],
+        prefix=row["prefix"],
+        fingerprint=fingerprint(bytes(row["key_hash"])),
+        created_at=row["created_at"],
+        revoked_at=row["revoked_at"],
     )
 
 

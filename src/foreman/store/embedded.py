@@ -13,6 +13,11 @@ from foreman import errors
 
 logger = logging.getLogger(__name__)
 
+# An adapter over two pgserver internals: the lock its handles take (PostgresServer._lock) and its
+# list of user processes (pgdata/.handle_pids.json). Fenced by the bound pgserver<0.2 and by
+# tests/integration/test_embedded.py::test_pgserver_internals_that_embedded_relies_on.
+HANDLES_FILE = ".handle_pids.json"
+
 
 @dataclass(slots=True)
 class EmbeddedPostgres:
@@ -44,11 +49,18 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _forget_dead_users(pgserver: Any, pgdata: Path) -> None:
-    # pgserver stops the server when the last process in its list of users exits; a process that
-    # was killed (SIGKILL, OOM) never takes itself off, and then the server is never stopped again.
-    handles = pgdata / ".handle_pids.json"
-    with pgserver.PostgresServer._lock:
+def forget_dead_users(pgserver: Any, pgdata: Path) -> None:
+    """Take dead processes off pgserver's list of the server's users.
+
+    pgserver stops the server when the last process in that list exits; a process that was killed
+    (SIGKILL, OOM) never takes itself off, and then the server is never stopped again.
+    """
+    lock = getattr(pgserver.PostgresServer, "_lock", None)
+    if lock is None:  # pgserver changed under us (see HANDLES_FILE): leave its list alone
+        logger.warning("pgserver has no PostgresServer._lock; dead users are not forgotten")
+        return
+    handles = pgdata / HANDLES_FILE
+    with lock:
         try:
             pids = json.loads(handles.read_text())
         except (OSError, ValueError):
@@ -69,7 +81,7 @@ def start_embedded(data_dir: Path) -> EmbeddedPostgres:
         ) from exc
     pgdata = (data_dir / "pgdata").resolve()
     pgdata.parent.mkdir(parents=True, exist_ok=True)
-    _forget_dead_users(pgserver, pgdata)
+    forget_dead_users(pgserver, pgdata)
     # cleanup_mode="stop": stopped when the last process using it exits, data kept.
     server = pgserver.postgres_server.get_server(pgdata, cleanup_mode="stop")
     if "foreman" not in server.psql("SELECT datname FROM pg_database;"):

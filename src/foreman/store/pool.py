@@ -1,21 +1,11 @@
-"""The connection pool: idle connections lent last-in first-out, with nothing per lease but a slot.
+"""The connection pool of the server: idle connections lent last-in first-out, nothing per lease
+but a slot.
 
-asyncpg's own pool wraps every lease in a proxy object, a shielded release task, a timeout
-context and an idle timer. Measured with callgrind on ``GET /api/v1/tasks/:id`` driven in
-process, that bookkeeping was a quarter of the instructions the app spent per request (612k
-instructions with it, 455k with one connection held throughout). This pool keeps what the
-server relies on:
-
-- at most ``max_size`` connections lent or being opened; a caller waits for one up to its
-  timeout (the only case that arms a timer), and a connection given back goes straight to the
-  caller waiting longest;
-- a connection found closed (the server went away while it was idle) is dropped, not lent;
-- a connection given back with its state in doubt (a lease ended by cancellation, a timeout or
-  a lost server, or a transaction still open) is terminated rather than reset: opening a new one is cheaper than
-  finding out what the old one was doing;
-- connections idle longer than ``max_idle_s`` are closed, down to ``min_size``.
-
-Leases hand out the connection itself, not a proxy: code must not keep it past its lease.
+It replaces asyncpg's pool on the request path, whose per-lease bookkeeping cost a quarter of the
+app's instructions per request (benchmarks/README.md, "Notes moved from store/pool.py"). At most
+``max_size`` connections; a closed one is dropped, one in doubt is terminated rather than reset;
+idle ones are closed after ``max_idle_s``, down to ``min_size``. Leases hand out the connection
+itself, not a proxy: code must not keep it past its lease.
 """
 
 from __future__ import annotations

@@ -8,55 +8,26 @@ from typing import Any
 from foreman import errors
 from foreman.models import MAX_TAGS, RunData
 from foreman.store.db import Db
-from foreman.store.queries import SORT_ORDERS, Page, Where, escape_like, glob_to_like
-
-COLUMNS = """
-    d.id, d.run_id, d.task_id, d.org_id, d.key, d.value, d.tags, d.metadata,
-    d.created_at, d.updated_at
-"""
-
-_RUN_EXISTS = "SELECT EXISTS (SELECT 1 FROM run WHERE org_id = $1 AND id = $2)"
-
-_INSERT_RUN_DATA = f"""
-WITH r AS (
-    SELECT id FROM run WHERE org_id = $1 AND id = $2
-), t AS (
-    SELECT id FROM task WHERE org_id = $1 AND id = $3 AND run_id = $2
-), d AS (
-    INSERT INTO run_data (id, run_id, task_id, org_id, key, value, tags, metadata,
-                          created_at, updated_at)
-    SELECT $4, r.id, t.id, $1, $5, $6, $7, $8, $9, $9 FROM r, t
-    RETURNING *
+from foreman.store.queries import (
+    SORT_ORDERS,
+    Page,
+    Where,
+    escape_like,
+    fetch_page,
+    glob_to_like,
+    load_statements,
+    model_from,
 )
-SELECT EXISTS (SELECT 1 FROM r), EXISTS (SELECT 1 FROM t), {COLUMNS}
-  FROM (SELECT 1) AS one LEFT JOIN d ON true
-"""
 
-# Remove first, then append each added tag not already there (the row's tags as updated by
-# this statement: recomputed on the latest row version if a concurrent update got there first).
-_NEW_TAGS = """unnest(array_cat(
-                    ARRAY(SELECT x FROM unnest(tags) AS x WHERE x <> ALL($4::text[])),
-                    $5::text[])) WITH ORDINALITY AS u(tag, n)"""
+_SQL = load_statements("run_data")  # store/sql/run_data.sql
+_RUN_EXISTS = _SQL["run_exists"]
+_INSERT_RUN_DATA = _SQL["insert_run_data"]
+_UPDATE_TAGS = _SQL["update_tags"]
+_RUN_DATA_EXISTS = _SQL["run_data_exists"]
 
-# First occurrences kept, in order; refused (no row) when the entry would pass MAX_TAGS.
-_UPDATE_TAGS = f"""
-WITH d AS (
-    UPDATE run_data
-       SET tags = (
-               SELECT coalesce(array_agg(tag ORDER BY first), '{{}}')
-                 FROM (SELECT tag, min(n) AS first FROM {_NEW_TAGS} GROUP BY tag) AS kept
-           ),
-           updated_at = $6
-     WHERE org_id = $1 AND run_id = $2 AND id = $3
-       AND (SELECT count(DISTINCT tag) FROM {_NEW_TAGS}) <= $7
-    RETURNING *
-)
-SELECT {COLUMNS} FROM d
-"""
-
-_RUN_DATA_EXISTS = (
-    "SELECT EXISTS (SELECT 1 FROM run_data WHERE org_id = $1 AND run_id = $2 AND id = $3)"
-)
+# For the statements built below (as in store/sql/run_data.sql): named as models.RunData's fields.
+_RUN_DATA_COLUMNS = """d.id, d.run_id, d.task_id, d.org_id, d.key, d.value, d.tags, d.metadata,
+       d.created_at, d.updated_at"""
 
 _SORT_COLUMNS = {"created_at": "created_at", "updated_at": "updated_at", "key": "key"}
 
@@ -68,11 +39,10 @@ def unique_tags(tags: list[str]) -> list[str]:
 
 @dataclass(frozen=True, slots=True)
 class InsertResult:
-    """The new row, or which of run and task was missing."""
+    """The new row; None when the run is missing (run_found False) or the task is not the run's."""
 
     item: RunData | None
     run_found: bool
-    task_found: bool
 
 
 async def run_exists(conn: Db, *, org_id: str, run_id: str) -> bool:
@@ -107,8 +77,8 @@ async def insert_run_data(
         now,
     )
     assert record is not None
-    item = None if record[2] is None else RunData(*tuple(record)[2:])
-    return InsertResult(item, record[0], record[1])
+    item = None if record["id"] is None else model_from(RunData, record)
+    return InsertResult(item, record["run_found"])
 
 
 async def update_tags(
@@ -117,7 +87,7 @@ async def update_tags(
     """Remove, then add tags; None if the entry is not in this run (400 past MAX_TAGS)."""
     record = await conn.fetchrow(_UPDATE_TAGS, org_id, run_id, data_id, remove, add, now, MAX_TAGS)
     if record is not None:
-        return RunData(*record)
+        return model_from(RunData, record)
     if await conn.fetchval(_RUN_DATA_EXISTS, org_id, run_id, data_id):
         raise errors.ValidationError(
             f"Validation failed: an entry may carry at most {MAX_TAGS} tags",
@@ -176,27 +146,33 @@ def _where(org_id: str, run_id: str, q: RunDataQuery) -> Where:
 async def query_run_data(conn: Db, *, org_id: str, run_id: str, q: RunDataQuery) -> Page[RunData]:
     """Matching rows (or only the latest per key), a page of them, and how many match in all."""
     where = _where(org_id, run_id, q)
-    column = _SORT_COLUMNS[q.sort_by]
-    order = SORT_ORDERS[q.sort_order]
-    if q.include_all:
-        matches = f"SELECT * FROM run_data d WHERE {where.sql()}"
-    else:
-        # Latest row per key among the matching rows: by created_at, then id.
-        matches = f"""SELECT DISTINCT ON (d.key) * FROM run_data d WHERE {where.sql()}
-                       ORDER BY d.key, d.created_at DESC, d.id DESC"""
-    lim, off = f"${len(where.args) + 1}", f"${len(where.args) + 2}"
-    sql = f"""
-WITH m AS ({matches})
+    sql = _query_run_data_sql(
+        where, _SORT_COLUMNS[q.sort_by], SORT_ORDERS[q.sort_order], latest_per_key=not q.include_all
+    )
+    return await fetch_page(conn, RunData, sql, [*where.args, q.limit, q.offset])
+
+
+def _query_run_data_sql(where: Where, column: str, order: str, *, latest_per_key: bool) -> str:
+    """A page of entries and the total, from fixed fragments: where's clauses (their values are
+    parameters, then $n limit and offset), a whitelisted sort column and order. Latest per key:
+    among the matching rows, by created_at, then id."""
+    limit, offset = where.page()
+    distinct, latest = (
+        ("DISTINCT ON (d.key) ", " ORDER BY d.key, d.created_at DESC, d.id DESC")
+        if latest_per_key
+        else ("", "")
+    )
+    return f"""
+WITH m AS (SELECT {distinct}* FROM run_data d WHERE {where.sql()}{latest})
 SELECT n.total, p.*
   FROM (SELECT count(*) AS total FROM m) n
   LEFT JOIN LATERAL (
-      SELECT {COLUMNS} FROM m d ORDER BY d.{column} {order}, d.id {order} LIMIT {lim} OFFSET {off}
+      SELECT {_RUN_DATA_COLUMNS}
+        FROM m d
+       ORDER BY d.{column} {order}, d.id {order}
+       LIMIT {limit} OFFSET {offset}
   ) p ON true
-"""
-    records = await conn.fetch(sql, *where.args, q.limit, q.offset)
-    total = records[0][0] if records else 0
-    items = [RunData(*tuple(rec)[1:]) for rec in records if rec[1] is not None]
-    return Page(items=items, total=total)
+"""  # noqa: S608 - fixed fragments only (see the docstring); every value is a parameter
 
 
 async def delete_run_data(
@@ -208,5 +184,6 @@ async def delete_run_data(
         where.add("key = {}", key)
     if data_id is not None:
         where.add("id = {}", data_id)
-    status = await conn.execute(f"DELETE FROM run_data WHERE {where.sql()}", *where.args)
+    sql = f"DELETE FROM run_data WHERE {where.sql()}"  # noqa: S608 - Where's fixed fragments, values as parameters
+    status = await conn.execute(sql, *where.args)
     return int(status.split()[-1])

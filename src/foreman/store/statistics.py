@@ -36,7 +36,7 @@ SELECT t.relname
 async def analyze_new_tables(conn: Db) -> list[str]:
     """ANALYZE the TABLES without column statistics that changed MIN_CHANGES rows; their names."""
     names: list[str] = [
-        r[0] for r in await conn.fetch(_WITHOUT_STATISTICS, list(TABLES), MIN_CHANGES)
+        r["relname"] for r in await conn.fetch(_WITHOUT_STATISTICS, list(TABLES), MIN_CHANGES)
     ]
     for name in names:
         assert name in TABLES  # an identifier, so it cannot be a parameter

@@ -8,64 +8,35 @@ from typing import Any
 
 import msgspec
 
+from foreman import errors
 from foreman.models import TERMINAL_STATUSES, Task
 from foreman.store.db import Db
-from foreman.store.queries import SORT_ORDERS, Page, Where
+from foreman.store.queries import (
+    SORT_ORDERS,
+    Page,
+    Where,
+    fetch_page,
+    fields_of,
+    jsonb_items,
+    load_statements,
+    model_from,
+)
 
-# Matches the positional fields of models.Task; the lease token is only shown to its claimer.
-COLUMNS = """
-    t.id, t.run_id, t.org_id, t.type, t.status, t.input_data, t.metadata, t.retry_count,
-    t.max_retries, t.priority, t.attempt, t.created_at, t.updated_at, t.parent_task_id,
-    t.output_data, t.error_data, t.queued_at, t.started_at, t.completed_at, t.duration_ms,
-    t.queue_job_id, CASE WHEN t.run_after > t.created_at THEN t.run_after END, t.lease_expires_at, t.idempotency_key, t.worker_id
-"""
+_SQL = load_statements("tasks")  # store/sql/tasks.sql: the statements and why they are so
+_INSERT_TASK = _SQL["insert_task"]
+_INSERT_TASKS = _SQL["insert_tasks"]
+_GET_TASK = _SQL["get_task"]
+_GET_TASK_BY_KEY = _SQL["get_task_by_key"]
 
 COUNTER_SHARDS = 16
 
-# Adds the task's terminal status to one random shard of its run's counters.
-COUNT_TERMINAL = """
-INSERT INTO run_counter (run_id, shard, org_id, completed_tasks, failed_tasks, cancelled_tasks)
-SELECT run_id, {shard}, org_id,
-       (status = 'completed')::int, (status = 'failed')::int, (status = 'cancelled')::int
-  FROM {source}
- WHERE status IN ('completed', 'failed', 'cancelled') {condition}
-ON CONFLICT (run_id, shard) DO UPDATE
-   SET completed_tasks = run_counter.completed_tasks + EXCLUDED.completed_tasks,
-       failed_tasks    = run_counter.failed_tasks + EXCLUDED.failed_tasks,
-       cancelled_tasks = run_counter.cancelled_tasks + EXCLUDED.cancelled_tasks
-"""
-
-# One statement: check run and parent, insert (idempotently), count the task on a shard of its
-# run, and wake waiting claimers when it is ready now. Autocommit: no BEGIN/COMMIT round trips.
-_INSERT_TASK = f"""
-WITH r AS (
-    SELECT id FROM run WHERE org_id = $1 AND id = $2
-), p AS (
-    SELECT id FROM task WHERE org_id = $1 AND id = $3 AND run_id = $2
-), t AS (
-    INSERT INTO task (id, run_id, parent_task_id, org_id, type, status, input_data, metadata,
-                      max_retries, priority, run_after, idempotency_key, created_at, updated_at,
-                      queued_at)
-    SELECT $4, r.id, $3, $1, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13,
-           CASE WHEN $6 = 'queued' THEN $13::bigint END
-      FROM r
-     WHERE $3::uuid IS NULL OR EXISTS (SELECT 1 FROM p)
-    ON CONFLICT (org_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-    RETURNING *
-), c AS (
-    INSERT INTO run_counter (run_id, shard, org_id, total_tasks)
-    SELECT run_id, $14, org_id, 1 FROM t
-    ON CONFLICT (run_id, shard) DO UPDATE SET total_tasks = run_counter.total_tasks + 1
-)
-SELECT EXISTS (SELECT 1 FROM r), EXISTS (SELECT 1 FROM p),
-       CASE WHEN t.status = 'queued' AND t.run_after <= $13
-            THEN pg_notify('foreman_task_ready', $1) END,
-       {COLUMNS}
-  FROM (SELECT 1) AS one LEFT JOIN t ON true
-"""
-
-_GET_TASK = f"SELECT {COLUMNS} FROM task t WHERE t.org_id = $1 AND t.id = $2"
-_GET_TASK_BY_KEY = f"SELECT {COLUMNS} FROM task t WHERE t.org_id = $1 AND t.idempotency_key = $2"
+# The columns of a task in the statements built below (as in store/sql/tasks.sql): named as the
+# fields of models.Task; run_after only when it lies after created_at, never the lease token.
+_TASK_COLUMNS = """t.id, t.run_id, t.org_id, t.type, t.status, t.input_data, t.metadata, t.retry_count,
+       t.max_retries, t.priority, t.attempt, t.created_at, t.updated_at, t.parent_task_id,
+       t.output_data, t.error_data, t.queued_at, t.started_at, t.completed_at, t.duration_ms,
+       t.queue_job_id, CASE WHEN t.run_after > t.created_at THEN t.run_after END AS run_after,
+       t.lease_expires_at, t.idempotency_key, t.worker_id"""
 
 _SORT_COLUMNS = {
     "created_at": "created_at",
@@ -77,11 +48,6 @@ _SORT_COLUMNS = {
 def shard() -> int:
     """A random counter shard: spreads one busy run's counter updates over several rows."""
     return random.randrange(COUNTER_SHARDS)  # noqa: S311 - not for security
-
-
-def task_from(record: Any, skip: int = 0) -> Task:
-    """Build a Task from a record holding COLUMNS after skip leading columns."""
-    return Task(*tuple(record)[skip:]) if skip else Task(*record)
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,83 +99,66 @@ async def insert_task(
         shard(),
     )
     assert record is not None
-    run_found, parent_found = record[0], record[1]
-    if record[3] is not None:
-        return InsertResult(task_from(record, 3), True, run_found, parent_found)
+    run_found, parent_found = record["run_found"], record["parent_found"]
+    if record["id"] is not None:
+        return InsertResult(model_from(Task, record), True, run_found, parent_found)
     existing = None
     if new.idempotency_key is not None and run_found:
         existing = await get_task_by_key(conn, org_id=org_id, key=new.idempotency_key)
+        if existing is not None:
+            check_replay(existing, new)
     return InsertResult(existing, False, run_found, parent_found)
 
 
-# Many tasks in one statement (POST /tasks/batch): all of them or none. A parent may be an
-# existing task of the same run or an earlier task of the batch. Idempotent repeats (keys that
-# exist, or repeat within the batch) return the existing task; counters grow once per run.
-_INSERT_TASKS = f"""
-WITH i AS (
-    SELECT *
-      FROM unnest($2::uuid[], $3::uuid[], $4::uuid[], $5::text[], $6::text[], $7::jsonb[],
-                  $8::jsonb[], $9::int[], $10::int[], $11::bigint[], $12::text[])
-           WITH ORDINALITY AS i(id, run_id, parent_task_id, type, status, input_data, metadata,
-                                max_retries, priority, run_after, idempotency_key, ord)
-), r AS (
-    SELECT id FROM run WHERE org_id = $1 AND id = ANY($3::uuid[])
-), p AS (
-    SELECT id, run_id FROM task WHERE org_id = $1 AND id = ANY($4::uuid[])
-), v AS (
-    SELECT i.ord,
-           i.run_id IN (SELECT id FROM r) AS run_ok,
-           (i.parent_task_id IS NULL
-            OR EXISTS (SELECT 1 FROM p WHERE p.id = i.parent_task_id AND p.run_id = i.run_id)
-            OR EXISTS (SELECT 1 FROM i AS e
-                        WHERE e.id = i.parent_task_id AND e.run_id = i.run_id AND e.ord < i.ord)
-           ) AS parent_ok
-      FROM i
-), ins AS (
-    INSERT INTO task (id, run_id, parent_task_id, org_id, type, status, input_data, metadata,
-                      max_retries, priority, run_after, idempotency_key, created_at, updated_at,
-                      queued_at)
-    SELECT i.id, i.run_id, i.parent_task_id, $1, i.type, i.status, i.input_data, i.metadata,
-           i.max_retries, i.priority, i.run_after, i.idempotency_key, $13, $13,
-           CASE WHEN i.status = 'queued' THEN $13::bigint END
-      FROM i
-     WHERE NOT EXISTS (SELECT 1 FROM v WHERE NOT (v.run_ok AND v.parent_ok))
-     ORDER BY i.ord
-    ON CONFLICT (org_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-    RETURNING *
-), c AS (
-    INSERT INTO run_counter (run_id, shard, org_id, total_tasks)
-    SELECT run_id, $14, org_id, count(*) FROM ins GROUP BY run_id, org_id
-    ON CONFLICT (run_id, shard) DO UPDATE
-       SET total_tasks = run_counter.total_tasks + EXCLUDED.total_tasks
-), x AS (
-    SELECT * FROM task
-     WHERE org_id = $1 AND idempotency_key = ANY($12::text[])
-), m AS (
-    SELECT i.ord, ins.* FROM i JOIN ins ON ins.id = i.id
-    UNION ALL
-    SELECT i.ord, k.*
-      FROM i JOIN (SELECT * FROM ins UNION ALL SELECT * FROM x) k
-        ON k.idempotency_key = i.idempotency_key
-     WHERE NOT EXISTS (SELECT 1 FROM ins WHERE ins.id = i.id)
-)
-SELECT v.run_ok, v.parent_ok,
-       (SELECT count(pg_notify('foreman_task_ready', $1))
-          FROM (SELECT 1 FROM ins WHERE status = 'queued' AND run_after <= $13 LIMIT 1) q),
-       {COLUMNS}
-  FROM v
-  LEFT JOIN m AS t ON t.ord = v.ord
- ORDER BY v.ord
-"""
+# What a replay must repeat (docs/queue-protocol.md, "Creating and queueing"): the fields that make
+# the task and that nothing changes afterwards. Not compared: metadata (a PATCH may change it),
+# delayMs and enqueue (the row keeps neither as sent: runAfter and status move on with the task).
+def request_differences(task: Task, new: NewTask) -> list[str]:
+    """The request fields (wire names) in which new differs from the request that made task."""
+    pairs = {
+        "runId": (task.run_id, new.run_id),
+        "type": (task.type, new.task_type),
+        "inputData": (_json_value(task.input_data), _json_value(new.input_data)),
+        "parentTaskId": (task.parent_task_id, new.parent_task_id),
+        "maxRetries": (task.max_retries, new.max_retries),
+        "priority": (task.priority, new.priority),
+    }
+    return [name for name, (made, sent) in pairs.items() if not _same_json(made, sent)]
 
 
-def _jsonb_items(values: list[Any]) -> list[msgspec.Raw | None]:
-    # Encoded here: asyncpg would take a JSON array for a nested dimension of the jsonb[] array.
-    # A request's JSON text (msgspec.Raw) goes as it is.
-    return [
-        v if v is None or isinstance(v, msgspec.Raw) else msgspec.Raw(msgspec.json.encode(v))
-        for v in values
-    ]
+def check_replay(task: Task, new: NewTask, *, index: int | None = None) -> None:
+    """Raise ConflictError unless new repeats the request that created task (same key)."""
+    differences = request_differences(task, new)
+    if not differences:
+        return
+    where = {} if index is None else {"index": index}
+    raise errors.ConflictError(
+        f"Idempotency key {new.idempotency_key!r} was used for another request:"
+        f" {', '.join(differences)} differ from the task it created",
+        taskId=task.id,
+        fields=differences,
+        **where,
+    )
+
+
+def _json_value(value: Any) -> Any:
+    # Stored JSON comes back undecoded (store/db.py passes jsonb through as msgspec.Raw).
+    return msgspec.json.decode(value) if isinstance(value, msgspec.Raw) else value
+
+
+def _same_json(a: Any, b: Any) -> bool:
+    """JSON equality as jsonb's: key order aside, 1 == 1.0, but true is not 1."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    if isinstance(a, dict):
+        return (
+            isinstance(b, dict) and a.keys() == b.keys() and all(_same_json(a[k], b[k]) for k in a)
+        )
+    if isinstance(a, list):
+        return isinstance(b, list) and len(a) == len(b) and all(map(_same_json, a, b))
+    if isinstance(a, int | float) and isinstance(b, int | float):
+        return a == b
+    return type(a) is type(b) and a == b
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,7 +175,24 @@ class BatchInsertResult:
 async def insert_tasks(
     conn: Db, *, org_id: str, task_ids: list[str], news: list[NewTask], now: int
 ) -> BatchInsertResult:
-    """Create tasks in one statement: all of them, or none when a run or parent is missing."""
+    """Create tasks in one statement: all of them, or none when a run or parent is missing.
+
+    A key that replays another request (see check_replay) raises ConflictError and creates none:
+    with keys, the statement and the replay check share a transaction.
+    """
+    if all(n.idempotency_key is None for n in news):
+        return await _insert_tasks(conn, org_id=org_id, task_ids=task_ids, news=news, now=now)
+    async with conn.transaction():
+        result = await _insert_tasks(conn, org_id=org_id, task_ids=task_ids, news=news, now=now)
+        for index, (task, made) in enumerate(zip(result.tasks, result.created, strict=True)):
+            if task is not None and not made:
+                check_replay(task, news[index], index=index)
+    return result
+
+
+async def _insert_tasks(
+    conn: Db, *, org_id: str, task_ids: list[str], news: list[NewTask], now: int
+) -> BatchInsertResult:
     records = await conn.fetch(
         _INSERT_TASKS,
         org_id,
@@ -235,8 +201,8 @@ async def insert_tasks(
         [n.parent_task_id for n in news],
         [n.task_type for n in news],
         ["queued" if n.enqueue else "pending" for n in news],
-        _jsonb_items([n.input_data for n in news]),
-        _jsonb_items([n.metadata for n in news]),
+        jsonb_items([n.input_data for n in news]),
+        jsonb_items([n.metadata for n in news]),
         [n.max_retries for n in news],
         [n.priority for n in news],
         [now + n.delay_ms for n in news],
@@ -245,9 +211,10 @@ async def insert_tasks(
         shard(),
     )
     for index, record in enumerate(records):
-        if not (record[0] and record[1]):
-            return BatchInsertResult([], [], index, record[0], record[1])
-    tasks: list[Task | None] = [None if r[3] is None else task_from(r, 3) for r in records]
+        if not (record["run_ok"] and record["parent_ok"]):
+            return BatchInsertResult([], [], index, record["run_ok"], record["parent_ok"])
+    values_of = fields_of(Task, records)
+    tasks: list[Task | None] = [None if r["id"] is None else Task(*values_of(r)) for r in records]
     for index, task in enumerate(tasks):
         key = news[index].idempotency_key
         if task is None and key is not None:
@@ -260,19 +227,13 @@ async def insert_tasks(
 async def get_task(conn: Db, *, org_id: str, task_id: str) -> Task | None:
     """The task, or None."""
     record = await conn.fetchrow(_GET_TASK, org_id, task_id)
-    return None if record is None else task_from(record)
+    return None if record is None else model_from(Task, record)
 
 
 async def get_task_by_key(conn: Db, *, org_id: str, key: str) -> Task | None:
     """The task created with this idempotency key, or None."""
     record = await conn.fetchrow(_GET_TASK_BY_KEY, org_id, key)
-    return None if record is None else task_from(record)
-
-
-# A terminal task takes no new status (409), except the same one again (a no-op).
-_NEW_STATUS_NOT_TERMINAL = (
-    "($4::text IS NULL OR status NOT IN ('completed', 'failed', 'cancelled'))"
-)
+    return None if record is None else model_from(Task, record)
 
 
 def _confirms_job(changes: dict[str, Any]) -> bool:
@@ -312,6 +273,44 @@ def _update_sql(changes: dict[str, Any], status: str | None) -> tuple[str, list[
     return ", ".join(sets), names
 
 
+def _update_task_sql(sets: str, *, confirms: bool, shard: str) -> str:
+    """The PATCH statement, from fixed fragments: SET clauses of _update_sql, the shard's $n.
+
+    A terminal task takes no new status (409), except the same one again (a no-op); a job
+    confirmation (see _confirms_job) keeps a terminal status: allowed, and never counted. A
+    task's first move into a terminal status counts it on one shard of its run's counters, and
+    wakes `wait` long-polls; a move to queued wakes claimers.
+    """
+    if confirms:
+        guard, counted = "TRUE", "FALSE"
+    else:
+        guard = "($4::text IS NULL OR status NOT IN ('completed', 'failed', 'cancelled'))"
+        counted = "$4::text IS NOT NULL"
+    return f"""
+WITH t AS (
+    UPDATE task SET {sets}
+     WHERE org_id = $1 AND id = $2
+       AND {guard}
+    RETURNING *
+), c AS (
+    INSERT INTO run_counter (run_id, shard, org_id, completed_tasks, failed_tasks, cancelled_tasks)
+    SELECT run_id, {shard}::smallint, org_id,
+           (status = 'completed')::int, (status = 'failed')::int, (status = 'cancelled')::int
+      FROM t
+     WHERE status IN ('completed', 'failed', 'cancelled') AND {counted}
+    ON CONFLICT (run_id, shard) DO UPDATE
+       SET completed_tasks = run_counter.completed_tasks + EXCLUDED.completed_tasks,
+           failed_tasks    = run_counter.failed_tasks + EXCLUDED.failed_tasks,
+           cancelled_tasks = run_counter.cancelled_tasks + EXCLUDED.cancelled_tasks
+)
+SELECT CASE WHEN $4::text IN ('completed', 'failed', 'cancelled')
+            THEN pg_notify('foreman_task_done', t.id::text)
+            WHEN $4::text = 'queued' THEN pg_notify('foreman_task_ready', $1) END AS notified,
+       {_TASK_COLUMNS}
+  FROM t
+"""  # noqa: S608 - fixed fragments only (see the docstring); every value is a parameter
+
+
 @dataclass(frozen=True, slots=True)
 class UpdateResult:
     """The task after a PATCH, or the reason it was not changed."""
@@ -332,29 +331,13 @@ async def update_task(
     """
     status = changes.get("status")
     sets, names = _update_sql(changes, status)
-    # A job confirmation keeps a terminal status (see _confirms_job): allowed, and never counted.
-    confirms = _confirms_job(changes)
-    guard = "TRUE" if confirms else _NEW_STATUS_NOT_TERMINAL
-    counted = "AND FALSE" if confirms else "AND $4::text IS NOT NULL"
-    sql = f"""
-WITH t AS (
-    UPDATE task SET {sets}
-     WHERE org_id = $1 AND id = $2
-       AND {guard}
-    RETURNING *
-), c AS ({COUNT_TERMINAL.format(shard=f"${5 + len(names)}::smallint", source="t", condition=counted)})
-SELECT CASE WHEN $4::text IN ('completed', 'failed', 'cancelled')
-            THEN pg_notify('foreman_task_done', t.id::text)
-            WHEN $4::text = 'queued' THEN pg_notify('foreman_task_ready', $1) END,
-       {COLUMNS} FROM t
-"""
     # The shard is a parameter, not SQL text: one prepared statement per shape, not sixteen.
+    sql = _update_task_sql(sets, confirms=_confirms_job(changes), shard=f"${5 + len(names)}")
     record = await conn.fetchrow(
         sql, org_id, task_id, now, status, *(changes[n] for n in names), shard()
     )
     if record is not None:
-        # Column 0 wakes `wait` long-polls (a terminal move) or claimers (a move to queued).
-        return UpdateResult(task_from(record, 1), True, False)
+        return UpdateResult(model_from(Task, record), True, False)
     current = await get_task(conn, org_id=org_id, task_id=task_id)
     if current is None:
         return UpdateResult(None, False, False)
@@ -378,18 +361,22 @@ async def list_tasks(
         value = filters.get(column)
         if value is not None:
             where.add(f"t.{column} = {{}}", value)
-    column = _SORT_COLUMNS[sort_by]
-    order = SORT_ORDERS[sort_order]
-    lim, off = f"${len(where.args) + 1}", f"${len(where.args) + 2}"
-    sql = f"""
+    sql = _list_tasks_sql(where, _SORT_COLUMNS[sort_by], SORT_ORDERS[sort_order])
+    return await fetch_page(conn, Task, sql, [*where.args, limit, offset])
+
+
+def _list_tasks_sql(where: Where, column: str, order: str) -> str:
+    """A page of tasks and the total, from fixed fragments: where's clauses (their values are
+    parameters, then $n limit and offset), a whitelisted sort column and order."""
+    limit, offset = where.page()
+    return f"""
 SELECT n.total, p.*
   FROM (SELECT count(*) AS total FROM task t WHERE {where.sql()}) n
   LEFT JOIN LATERAL (
-      SELECT {COLUMNS} FROM task t WHERE {where.sql()}
-       ORDER BY t.{column} {order}, t.id {order} LIMIT {lim} OFFSET {off}
+      SELECT {_TASK_COLUMNS}
+        FROM task t
+       WHERE {where.sql()}
+       ORDER BY t.{column} {order}, t.id {order}
+       LIMIT {limit} OFFSET {offset}
   ) p ON true
-"""
-    records = await conn.fetch(sql, *where.args, limit, offset)
-    total = records[0][0] if records else 0
-    items = [task_from(rec, 1) for rec in records if rec[1] is not None]
-    return Page(items=items, total=total)
+"""  # noqa: S608 - fixed fragments only (see the docstring); every value is a parameter

@@ -48,6 +48,8 @@ from foreman.store import queue as queue_store
 from foreman.store import tasks as tasks_store
 
 DEFAULT_WAIT_MS = 30_000
+# The reason of a later occurrence of a task id in one bulk request: answered, not applied.
+DUPLICATE = "duplicate"
 
 
 @contextlib.contextmanager
@@ -160,7 +162,10 @@ async def claim_task(
 def _claim_result(claimed: queue_store.Claimed) -> ClaimResult:
     if claimed.task is not None:
         return ClaimResult(claimed.task_id, True, None, "running", claimed.task)
-    reason = "not_found" if claimed.status is None else "conflict"
+    if claimed.duplicate:
+        reason = DUPLICATE
+    else:
+        reason = "not_found" if claimed.status is None else "conflict"
     return ClaimResult(claimed.task_id, False, reason, claimed.status, None)
 
 
@@ -190,6 +195,7 @@ def _lease_status(state_: queue_store.LeaseState) -> LeaseStatus:
         ok=state_.ok,
         cancelled=state_.cancelled,
         lease_expires_at=state_.lease_expires_at,
+        reason=DUPLICATE if state_.duplicate else None,
     )
 
 
@@ -301,7 +307,12 @@ async def complete_tasks(
             conn, org_id=org_id, outcomes=outcomes, now=ids.now_ms()
         )
     await state(request).publish([e.task for e in ended if e.task is not None])
-    return TaskAckList(data=[TaskAck(task_id=e.task_id, ok=e.ok, status=e.status) for e in ended])
+    return TaskAckList(data=[_ack(e) for e in ended])
+
+
+def _ack(ended: queue_store.Ended) -> TaskAck:
+    reason = DUPLICATE if ended.duplicate else None
+    return TaskAck(task_id=ended.task_id, ok=ended.ok, status=ended.status, reason=reason)
 
 
 async def _release(
@@ -339,7 +350,7 @@ async def release_tasks(request: Request[Any, Any, Any], data: JSONBody[LeaseRef
         queue_store.Lease(str(lease.task_id), str(lease.lease_token)) for lease in data.leases
     ]
     ended = await _release(request, leases)
-    return TaskAckList(data=[TaskAck(task_id=e.task_id, ok=e.ok, status=e.status) for e in ended])
+    return TaskAckList(data=[_ack(e) for e in ended])
 
 
 # ---------------------------------------------------------------- wait

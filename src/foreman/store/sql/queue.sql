@@ -1,0 +1,351 @@
+-- Leases on tasks (store/queue.py): claim, heartbeat, complete/fail, release, and the sweeper's
+-- statements. Each statement is whole: store/queries.py loads it by the name in its `-- name --`
+-- line; the comment lines right below that line describe it and are not sent.
+--
+-- Shared rules, written out in each statement that needs them:
+-- * Claims and heartbeats commit without waiting for the WAL flush: `set_config(
+--   'synchronous_commit', 'off', true)` for their own transaction only, inside the statement (no
+--   extra round trip). One lost in a PostgreSQL crash only puts its task back as it was, which
+--   at-least-once delivery covers (the worker's result is then refused by its lease), and any
+--   later durable commit flushes it anyway. It takes the fsync wait (~0.3 ms) off the pickup path.
+-- * Backoff of a failed attempt: least(2000 * 2^(attempt-1), 300000) ms, +-20 % jitter
+--   (docs/queue-protocol.md), so that many tasks failing together do not come back together.
+-- * A task's first move into a terminal status counts it on one random shard ($n::smallint) of its
+--   run's counters in the same statement, summed per run: one statement may end many tasks of one
+--   run, and an INSERT ... ON CONFLICT cannot touch the same (run, shard) row twice.
+-- * Ended tasks wake `wait` long-polls: NOTIFY foreman_task_done, one notification per 100 ended
+--   tasks (a payload holds at most 8000 bytes). As an uncorrelated subquery in the select list it
+--   runs once, when the statement returns a row.
+-- * `s`, the rows as they were before the statement, explains a refusal. `id = ANY(array)` makes
+--   PostgreSQL look each id up in the primary key; a join against the unnest() rows may instead
+--   scan every task of the organisation.
+-- * The task columns come last, named as the fields of models.Task; the lease token is only shown
+--   to its claimer, and run_after only when it lies after created_at.
+
+-- claim_tasks --
+-- Ready tasks in claim order (BullMQ order: priority 0 first, then 1 = highest), locked without
+-- waiting for rows another claimer holds. The CTE is MATERIALIZED so LIMIT applies exactly once.
+-- $1 org, $2 now, $3 types (NULL: any), $4 limit, $5 lease ms, $6 worker id.
+WITH c AS MATERIALIZED (
+    SELECT id
+      FROM task
+     WHERE org_id = $1
+       AND status IN ('queued', 'retrying')
+       AND run_after <= $2
+       AND ($3::text[] IS NULL OR type = ANY($3::text[]))
+     ORDER BY priority, run_after, id
+     LIMIT $4
+       FOR UPDATE SKIP LOCKED
+), t AS (
+    UPDATE task
+       SET status = 'running',
+           attempt = attempt + 1,
+           started_at = coalesce(started_at, $2),
+           lease_token = gen_random_uuid(),
+           lease_expires_at = $2 + $5::bigint,
+           worker_id = $6,
+           updated_at = $2
+     WHERE org_id = $1 AND id IN (SELECT id FROM c)
+    RETURNING *
+)
+SELECT t.id, t.run_id, t.org_id, t.type, t.status, t.input_data, t.metadata, t.retry_count,
+       t.max_retries, t.priority, t.attempt, t.created_at, t.updated_at, t.parent_task_id,
+       t.output_data, t.error_data, t.queued_at, t.started_at, t.completed_at, t.duration_ms,
+       t.queue_job_id, CASE WHEN t.run_after > t.created_at THEN t.run_after END AS run_after,
+       t.lease_expires_at, t.idempotency_key, t.worker_id, t.lease_token
+  FROM t, (SELECT set_config('synchronous_commit', 'off', true)) AS async_commit
+ ORDER BY t.priority, t.run_after, t.id
+
+-- claim_task --
+-- By id (a BullMQ job named it): any not-yet-terminal task that nobody holds. A running task whose
+-- lease expired is taken over like the sweeper would: the lost attempt counts as a retry, and only
+-- while attempts remain (the sweeper fails it otherwise). Keep its SET and WHERE the same as
+-- claim_task_ids'. $1 org, $2 task id, $3 now, $4 lease ms, $5 worker id.
+WITH t AS (
+    UPDATE task
+       SET status = 'running',
+           attempt = attempt + 1,
+           retry_count = retry_count + (status = 'running')::int,
+           error_data = CASE WHEN status = 'running'
+                             THEN jsonb_build_object(
+                                      'message',
+                                      format('Lease expired on attempt %s; retrying', attempt),
+                                      'type', 'LeaseExpired')
+                             ELSE error_data END,
+           queued_at = coalesce(queued_at, $3),
+           started_at = coalesce(started_at, $3),
+           lease_token = gen_random_uuid(),
+           lease_expires_at = $3 + $4::bigint,
+           worker_id = $5,
+           updated_at = $3
+     WHERE org_id = $1 AND id = $2
+       AND (status IN ('pending', 'queued', 'retrying')
+            OR (status = 'running' AND lease_expires_at < $3 AND attempt <= max_retries))
+    RETURNING *
+)
+SELECT t.id, t.run_id, t.org_id, t.type, t.status, t.input_data, t.metadata, t.retry_count,
+       t.max_retries, t.priority, t.attempt, t.created_at, t.updated_at, t.parent_task_id,
+       t.output_data, t.error_data, t.queued_at, t.started_at, t.completed_at, t.duration_ms,
+       t.queue_job_id, CASE WHEN t.run_after > t.created_at THEN t.run_after END AS run_after,
+       t.lease_expires_at, t.idempotency_key, t.worker_id, t.lease_token
+  FROM t, (SELECT set_config('synchronous_commit', 'off', true)) AS async_commit
+
+-- claim_task_ids --
+-- Many ids at once (jobs a bullmq worker received together): claim_task's rules per id, one
+-- statement; the ids are distinct (store/queue.py answers repeats). $1 org, $2 task ids, $3 now,
+-- $4 lease ms, $5 worker id.
+WITH i AS (
+    SELECT * FROM unnest($2::uuid[]) WITH ORDINALITY AS i(task_id, ord)
+), t AS (
+    UPDATE task
+       SET status = 'running',
+           attempt = attempt + 1,
+           retry_count = retry_count + (status = 'running')::int,
+           error_data = CASE WHEN status = 'running'
+                             THEN jsonb_build_object(
+                                      'message',
+                                      format('Lease expired on attempt %s; retrying', attempt),
+                                      'type', 'LeaseExpired')
+                             ELSE error_data END,
+           queued_at = coalesce(queued_at, $3),
+           started_at = coalesce(started_at, $3),
+           lease_token = gen_random_uuid(),
+           lease_expires_at = $3 + $4::bigint,
+           worker_id = $5,
+           updated_at = $3
+     WHERE org_id = $1 AND id = ANY($2::uuid[])
+       AND (status IN ('pending', 'queued', 'retrying')
+            OR (status = 'running' AND lease_expires_at < $3 AND attempt <= max_retries))
+    RETURNING *
+), s AS (
+    SELECT id, status FROM task WHERE org_id = $1 AND id = ANY($2::uuid[])
+)
+SELECT i.task_id::text AS claimed_id, s.status AS status_before,
+       t.id, t.run_id, t.org_id, t.type, t.status, t.input_data, t.metadata, t.retry_count,
+       t.max_retries, t.priority, t.attempt, t.created_at, t.updated_at, t.parent_task_id,
+       t.output_data, t.error_data, t.queued_at, t.started_at, t.completed_at, t.duration_ms,
+       t.queue_job_id, CASE WHEN t.run_after > t.created_at THEN t.run_after END AS run_after,
+       t.lease_expires_at, t.idempotency_key, t.worker_id, t.lease_token
+  FROM i
+  LEFT JOIN t ON t.id = i.task_id
+  LEFT JOIN s ON s.id = i.task_id,
+       (SELECT set_config('synchronous_commit', 'off', true)) AS async_commit
+ ORDER BY i.ord
+
+-- heartbeat --
+-- Extend the leases still held under their tokens. $1 org, $2 task ids, $3 lease tokens, $4 now,
+-- $5 lease ms.
+WITH i AS (
+    SELECT * FROM unnest($2::uuid[], $3::uuid[]) WITH ORDINALITY AS i(task_id, token, ord)
+), h AS (
+    UPDATE task
+       SET lease_expires_at = $4::bigint + $5::bigint
+      FROM i
+     WHERE task.org_id = $1 AND task.id = ANY($2::uuid[]) AND task.id = i.task_id
+       AND task.status = 'running' AND task.lease_token = i.token
+    RETURNING task.id, task.lease_expires_at
+), s AS (
+    SELECT id, status, lease_token FROM task WHERE org_id = $1 AND id = ANY($2::uuid[])
+)
+SELECT i.task_id, h.id IS NOT NULL AS ok, coalesce(s.status = 'cancelled', false) AS cancelled,
+       h.lease_expires_at, s.id IS NOT NULL AS found
+  FROM i
+  LEFT JOIN h ON h.id = i.task_id
+  LEFT JOIN s ON s.id = i.task_id
+ ORDER BY i.ord
+
+-- finish_tasks --
+-- complete and fail, single or batch. The next status is 'completed', or 'retrying' while the
+-- failure is retryable and attempts remain (maxRetries 0 = one attempt: attempt 1 <= 0 is false),
+-- else 'failed'; its CASE is written out where each column needs it. The lease token stays on the
+-- row, so a repeat of the same call is recognised (and changes nothing) while a newer attempt's
+-- claim replaces it. $1 org, $2 task ids, $3 lease tokens, $4 outcomes, $5 output data,
+-- $6 error data, $7 retryable, $8 now, $9 counter shard.
+WITH i AS (
+    SELECT *
+      FROM unnest($2::uuid[], $3::uuid[], $4::text[], $5::jsonb[], $6::jsonb[], $7::bool[])
+           WITH ORDINALITY AS i(task_id, token, outcome, output_data, error_data, retryable, ord)
+), t AS (
+    UPDATE task
+       SET status = CASE WHEN i.outcome = 'completed' THEN 'completed'
+                         WHEN i.retryable AND task.attempt <= task.max_retries THEN 'retrying'
+                         ELSE 'failed' END,
+           output_data = CASE WHEN i.outcome = 'completed' THEN i.output_data
+                              ELSE task.output_data END,
+           error_data = CASE WHEN i.outcome = 'failed' THEN i.error_data ELSE task.error_data END,
+           retry_count = task.retry_count
+                         + (CASE WHEN i.outcome = 'completed' THEN 'completed'
+                                 WHEN i.retryable AND task.attempt <= task.max_retries
+                                 THEN 'retrying'
+                                 ELSE 'failed' END = 'retrying')::int,
+           run_after = CASE WHEN CASE WHEN i.outcome = 'completed' THEN 'completed'
+                                      WHEN i.retryable AND task.attempt <= task.max_retries
+                                      THEN 'retrying'
+                                      ELSE 'failed' END = 'retrying'
+                            THEN $8::bigint
+                                 + (least(2000 * power(2, greatest(task.attempt, 1) - 1), 300000)
+                                    * (0.8 + random() * 0.4))::bigint
+                            ELSE task.run_after END,
+           completed_at = CASE WHEN CASE WHEN i.outcome = 'completed' THEN 'completed'
+                                         WHEN i.retryable AND task.attempt <= task.max_retries
+                                         THEN 'retrying'
+                                         ELSE 'failed' END = 'retrying'
+                               THEN NULL ELSE $8::bigint END,
+           duration_ms = CASE WHEN CASE WHEN i.outcome = 'completed' THEN 'completed'
+                                        WHEN i.retryable AND task.attempt <= task.max_retries
+                                        THEN 'retrying'
+                                        ELSE 'failed' END = 'retrying'
+                              THEN NULL
+                              ELSE $8::bigint - coalesce(task.started_at, task.created_at) END,
+           lease_expires_at = NULL,
+           updated_at = $8
+      FROM i
+     WHERE task.org_id = $1 AND task.id = ANY($2::uuid[]) AND task.id = i.task_id
+       AND task.status = 'running' AND task.lease_token = i.token
+    RETURNING task.*
+), c AS (
+    INSERT INTO run_counter (run_id, shard, org_id, completed_tasks, failed_tasks, cancelled_tasks)
+    SELECT run_id, $9::smallint, org_id,
+           count(*) FILTER (WHERE status = 'completed'),
+           count(*) FILTER (WHERE status = 'failed'),
+           count(*) FILTER (WHERE status = 'cancelled')
+      FROM t
+     WHERE status IN ('completed', 'failed', 'cancelled')
+     GROUP BY run_id, org_id
+    ON CONFLICT (run_id, shard) DO UPDATE
+       SET completed_tasks = run_counter.completed_tasks + EXCLUDED.completed_tasks,
+           failed_tasks    = run_counter.failed_tasks + EXCLUDED.failed_tasks,
+           cancelled_tasks = run_counter.cancelled_tasks + EXCLUDED.cancelled_tasks
+), s AS (
+    SELECT id, status, lease_token FROM task WHERE org_id = $1 AND id = ANY($2::uuid[])
+)
+SELECT i.task_id AS ended_id, t.id IS NOT NULL AS ok, coalesce(t.status, s.status) AS status_now,
+       s.id IS NOT NULL AS found, coalesce(s.lease_token = i.token, false) AS same_token,
+       (SELECT count(pg_notify('foreman_task_done', g.ids))
+          FROM (SELECT string_agg(d.id::text, ',') AS ids
+                  FROM (SELECT id, (row_number() OVER () - 1) / 100 AS n
+                          FROM t
+                         WHERE status IN ('completed', 'failed', 'cancelled')) d
+                 GROUP BY d.n) g) AS notified,
+       t.id, t.run_id, t.org_id, t.type, t.status, t.input_data, t.metadata, t.retry_count,
+       t.max_retries, t.priority, t.attempt, t.created_at, t.updated_at, t.parent_task_id,
+       t.output_data, t.error_data, t.queued_at, t.started_at, t.completed_at, t.duration_ms,
+       t.queue_job_id, CASE WHEN t.run_after > t.created_at THEN t.run_after END AS run_after,
+       t.lease_expires_at, t.idempotency_key, t.worker_id
+  FROM i
+  LEFT JOIN t ON t.id = i.task_id
+  LEFT JOIN s ON s.id = i.task_id
+ ORDER BY i.ord
+
+-- release_tasks --
+-- Back to the queue, as if the attempt had not started (graceful shutdown of a worker).
+-- $1 org, $2 task ids, $3 lease tokens, $4 now.
+WITH i AS (
+    SELECT * FROM unnest($2::uuid[], $3::uuid[]) WITH ORDINALITY AS i(task_id, token, ord)
+), t AS (
+    UPDATE task
+       SET status = 'queued',
+           attempt = greatest(task.attempt - 1, 0),
+           queued_at = coalesce(task.queued_at, $4),
+           lease_token = NULL,
+           lease_expires_at = NULL,
+           worker_id = NULL,
+           updated_at = $4
+      FROM i
+     WHERE task.org_id = $1 AND task.id = ANY($2::uuid[]) AND task.id = i.task_id
+       AND task.status = 'running' AND task.lease_token = i.token
+    RETURNING task.*
+), s AS (
+    SELECT id, status, lease_token FROM task WHERE org_id = $1 AND id = ANY($2::uuid[])
+)
+SELECT i.task_id AS released_id, t.id IS NOT NULL AS ok, coalesce(t.status, s.status) AS status_now,
+       s.id IS NOT NULL AS found,
+       (SELECT count(pg_notify('foreman_task_ready', $1)) FROM (SELECT 1 FROM t LIMIT 1) one)
+           AS notified,
+       t.id, t.run_id, t.org_id, t.type, t.status, t.input_data, t.metadata, t.retry_count,
+       t.max_retries, t.priority, t.attempt, t.created_at, t.updated_at, t.parent_task_id,
+       t.output_data, t.error_data, t.queued_at, t.started_at, t.completed_at, t.duration_ms,
+       t.queue_job_id, CASE WHEN t.run_after > t.created_at THEN t.run_after END AS run_after,
+       t.lease_expires_at, t.idempotency_key, t.worker_id
+  FROM i
+  LEFT JOIN t ON t.id = i.task_id
+  LEFT JOIN s ON s.id = i.task_id
+ ORDER BY i.ord
+
+-- expire_leases --
+-- The sweeper, across organisations (its connection is the table owner, which RLS does not
+-- restrict because RLS is not FORCEd). SKIP LOCKED: a worker finishing the task right now wins.
+-- An expired lease is retried after a backoff while attempts remain (attempt <= max_retries),
+-- else failed. $1 now, $2 limit, $3 counter shard.
+WITH x AS MATERIALIZED (
+    SELECT id
+      FROM task
+     WHERE status = 'running' AND lease_expires_at < $1
+     ORDER BY lease_expires_at
+     LIMIT $2
+       FOR UPDATE SKIP LOCKED
+), t AS (
+    UPDATE task
+       SET status = CASE WHEN attempt > max_retries THEN 'failed' ELSE 'retrying' END,
+           retry_count = retry_count + (NOT attempt > max_retries)::int,
+           run_after = CASE WHEN attempt > max_retries THEN run_after
+                            ELSE $1 + (least(2000 * power(2, greatest(attempt, 1) - 1), 300000)
+                                       * (0.8 + random() * 0.4))::bigint END,
+           error_data = jsonb_build_object(
+               'message',
+               CASE WHEN NOT attempt > max_retries
+                    THEN format('Lease expired on attempt %s; retrying', attempt)
+                    ELSE format('Lease expired after %s attempt(s): attempts exhausted', attempt)
+               END,
+               'type', 'LeaseExpired'),
+           completed_at = CASE WHEN attempt > max_retries THEN $1 END,
+           duration_ms = CASE WHEN attempt > max_retries
+                              THEN $1 - coalesce(started_at, created_at) END,
+           lease_token = NULL,
+           lease_expires_at = NULL,
+           updated_at = $1
+     WHERE id IN (SELECT id FROM x) AND status = 'running'
+    RETURNING *
+), c AS (
+    INSERT INTO run_counter (run_id, shard, org_id, completed_tasks, failed_tasks, cancelled_tasks)
+    SELECT run_id, $3::smallint, org_id,
+           count(*) FILTER (WHERE status = 'completed'),
+           count(*) FILTER (WHERE status = 'failed'),
+           count(*) FILTER (WHERE status = 'cancelled')
+      FROM t
+     WHERE status IN ('completed', 'failed', 'cancelled')
+     GROUP BY run_id, org_id
+    ON CONFLICT (run_id, shard) DO UPDATE
+       SET completed_tasks = run_counter.completed_tasks + EXCLUDED.completed_tasks,
+           failed_tasks    = run_counter.failed_tasks + EXCLUDED.failed_tasks,
+           cancelled_tasks = run_counter.cancelled_tasks + EXCLUDED.cancelled_tasks
+)
+SELECT (SELECT count(pg_notify('foreman_task_done', g.ids))
+          FROM (SELECT string_agg(d.id::text, ',') AS ids
+                  FROM (SELECT id, (row_number() OVER () - 1) / 100 AS n
+                          FROM t
+                         WHERE status IN ('completed', 'failed', 'cancelled')) d
+                 GROUP BY d.n) g) AS notified,
+       t.id, t.run_id, t.org_id, t.type, t.status, t.input_data, t.metadata, t.retry_count,
+       t.max_retries, t.priority, t.attempt, t.created_at, t.updated_at, t.parent_task_id,
+       t.output_data, t.error_data, t.queued_at, t.started_at, t.completed_at, t.duration_ms,
+       t.queue_job_id, CASE WHEN t.run_after > t.created_at THEN t.run_after END AS run_after,
+       t.lease_expires_at, t.idempotency_key, t.worker_id
+  FROM t
+
+-- ready_tasks --
+-- Ready tasks of every organisation, in the order of task_ready_idx, from a cursor on; the raw
+-- run_after comes first (the task's own run_after column hides it unless it lies after
+-- created_at). $1 ready before, $2..$5 the cursor (org, priority, run_after, id), $6 limit.
+SELECT t.run_after AS cursor_run_after,
+       t.id, t.run_id, t.org_id, t.type, t.status, t.input_data, t.metadata, t.retry_count,
+       t.max_retries, t.priority, t.attempt, t.created_at, t.updated_at, t.parent_task_id,
+       t.output_data, t.error_data, t.queued_at, t.started_at, t.completed_at, t.duration_ms,
+       t.queue_job_id, CASE WHEN t.run_after > t.created_at THEN t.run_after END AS run_after,
+       t.lease_expires_at, t.idempotency_key, t.worker_id
+  FROM task t
+ WHERE t.status IN ('queued', 'retrying')
+   AND (t.org_id, t.priority, t.run_after, t.id) > ($2, $3, $4, $5::uuid)
+   AND t.run_after <= $1 AND t.updated_at <= $1
+ ORDER BY t.org_id, t.priority, t.run_after, t.id
+ LIMIT $6

@@ -1,0 +1,32 @@
+-- Runs (store/runs.py). Each statement is whole: store/queries.py loads it by the name in its
+-- `-- name --` line; the comment lines right below that line describe it.
+-- Columns are named as the fields of models.Run; a run's task counters are the sums over its
+-- shards in run_counter (see the migration).
+
+-- insert_run --
+-- A pending run: no tasks yet. $1 id, $2 org, $3 input, $4 metadata, $5 now.
+INSERT INTO run (id, org_id, input_data, metadata, created_at, updated_at)
+VALUES ($1, $2, $3, $4, $5, $5)
+RETURNING id, org_id, status, input_data, metadata, 0 AS total_tasks, 0 AS completed_tasks,
+          0 AS failed_tasks, 0 AS cancelled_tasks, created_at, updated_at, output_data,
+          error_data, started_at, completed_at, duration_ms
+
+-- get_run --
+-- $1 org, $2 run id.
+SELECT r.id, r.org_id, r.status, r.input_data, r.metadata,
+       coalesce(c.total_tasks, 0) AS total_tasks,
+       coalesce(c.completed_tasks, 0) AS completed_tasks,
+       coalesce(c.failed_tasks, 0) AS failed_tasks,
+       coalesce(c.cancelled_tasks, 0) AS cancelled_tasks,
+       r.created_at, r.updated_at, r.output_data, r.error_data,
+       r.started_at, r.completed_at, r.duration_ms
+  FROM run r
+  LEFT JOIN LATERAL (
+      SELECT sum(total_tasks)::bigint     AS total_tasks,
+             sum(completed_tasks)::bigint AS completed_tasks,
+             sum(failed_tasks)::bigint    AS failed_tasks,
+             sum(cancelled_tasks)::bigint AS cancelled_tasks
+        FROM run_counter
+       WHERE run_id = r.id
+  ) c ON true
+ WHERE r.org_id = $1 AND r.id = $2

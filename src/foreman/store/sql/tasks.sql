@@ -1,0 +1,124 @@
+-- Tasks (store/tasks.py): insert, read. Each statement is whole: store/queries.py loads it by the
+-- name in its `-- name --` line; the comment lines right below that line describe it.
+-- The task columns come last, named as the fields of models.Task; run_after only when it lies
+-- after created_at (a delayed task), the lease token never (only its claimer sees it).
+
+-- insert_task --
+-- One statement: check run and parent, insert (idempotently), count the task on a shard of its
+-- run, and wake waiting claimers when it is ready now. Autocommit: no BEGIN/COMMIT round trips.
+-- $1 org, $2 run, $3 parent, $4 id, $5 type, $6 status, $7 input, $8 metadata, $9 max retries,
+-- $10 priority, $11 run after, $12 idempotency key, $13 now, $14 counter shard.
+WITH r AS (
+    SELECT id FROM run WHERE org_id = $1 AND id = $2
+), p AS (
+    SELECT id FROM task WHERE org_id = $1 AND id = $3 AND run_id = $2
+), t AS (
+    INSERT INTO task (id, run_id, parent_task_id, org_id, type, status, input_data, metadata,
+                      max_retries, priority, run_after, idempotency_key, created_at, updated_at,
+                      queued_at)
+    SELECT $4, r.id, $3, $1, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13,
+           CASE WHEN $6 = 'queued' THEN $13::bigint END
+      FROM r
+     WHERE $3::uuid IS NULL OR EXISTS (SELECT 1 FROM p)
+    ON CONFLICT (org_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+    RETURNING *
+), c AS (
+    INSERT INTO run_counter (run_id, shard, org_id, total_tasks)
+    SELECT run_id, $14, org_id, 1 FROM t
+    ON CONFLICT (run_id, shard) DO UPDATE SET total_tasks = run_counter.total_tasks + 1
+)
+SELECT EXISTS (SELECT 1 FROM r) AS run_found, EXISTS (SELECT 1 FROM p) AS parent_found,
+       CASE WHEN t.status = 'queued' AND t.run_after <= $13
+            THEN pg_notify('foreman_task_ready', $1) END AS notified,
+       t.id, t.run_id, t.org_id, t.type, t.status, t.input_data, t.metadata, t.retry_count,
+       t.max_retries, t.priority, t.attempt, t.created_at, t.updated_at, t.parent_task_id,
+       t.output_data, t.error_data, t.queued_at, t.started_at, t.completed_at, t.duration_ms,
+       t.queue_job_id, CASE WHEN t.run_after > t.created_at THEN t.run_after END AS run_after,
+       t.lease_expires_at, t.idempotency_key, t.worker_id
+  FROM (SELECT 1) AS one LEFT JOIN t ON true
+
+-- insert_tasks --
+-- Many tasks in one statement (POST /tasks/batch): all of them or none. A parent may be an
+-- existing task of the same run or an earlier task of the batch. Idempotent repeats (keys that
+-- exist, or repeat within the batch) return the existing task; counters grow once per run.
+-- $1 org, $2..$12 one array per column (ids, runs, parents, types, statuses, inputs, metadata,
+-- max retries, priorities, run after, idempotency keys), $13 now, $14 counter shard.
+WITH i AS (
+    SELECT *
+      FROM unnest($2::uuid[], $3::uuid[], $4::uuid[], $5::text[], $6::text[], $7::jsonb[],
+                  $8::jsonb[], $9::int[], $10::int[], $11::bigint[], $12::text[])
+           WITH ORDINALITY AS i(id, run_id, parent_task_id, type, status, input_data, metadata,
+                                max_retries, priority, run_after, idempotency_key, ord)
+), r AS (
+    SELECT id FROM run WHERE org_id = $1 AND id = ANY($3::uuid[])
+), p AS (
+    SELECT id, run_id FROM task WHERE org_id = $1 AND id = ANY($4::uuid[])
+), v AS (
+    SELECT i.ord,
+           i.run_id IN (SELECT id FROM r) AS run_ok,
+           (i.parent_task_id IS NULL
+            OR EXISTS (SELECT 1 FROM p WHERE p.id = i.parent_task_id AND p.run_id = i.run_id)
+            OR EXISTS (SELECT 1 FROM i AS e
+                        WHERE e.id = i.parent_task_id AND e.run_id = i.run_id AND e.ord < i.ord)
+           ) AS parent_ok
+      FROM i
+), ins AS (
+    INSERT INTO task (id, run_id, parent_task_id, org_id, type, status, input_data, metadata,
+                      max_retries, priority, run_after, idempotency_key, created_at, updated_at,
+                      queued_at)
+    SELECT i.id, i.run_id, i.parent_task_id, $1, i.type, i.status, i.input_data, i.metadata,
+           i.max_retries, i.priority, i.run_after, i.idempotency_key, $13, $13,
+           CASE WHEN i.status = 'queued' THEN $13::bigint END
+      FROM i
+     WHERE NOT EXISTS (SELECT 1 FROM v WHERE NOT (v.run_ok AND v.parent_ok))
+     ORDER BY i.ord
+    ON CONFLICT (org_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+    RETURNING *
+), c AS (
+    INSERT INTO run_counter (run_id, shard, org_id, total_tasks)
+    SELECT run_id, $14, org_id, count(*) FROM ins GROUP BY run_id, org_id
+    ON CONFLICT (run_id, shard) DO UPDATE
+       SET total_tasks = run_counter.total_tasks + EXCLUDED.total_tasks
+), x AS (
+    SELECT * FROM task
+     WHERE org_id = $1 AND idempotency_key = ANY($12::text[])
+), m AS (
+    SELECT i.ord, ins.* FROM i JOIN ins ON ins.id = i.id
+    UNION ALL
+    SELECT i.ord, k.*
+      FROM i JOIN (SELECT * FROM ins UNION ALL SELECT * FROM x) k
+        ON k.idempotency_key = i.idempotency_key
+     WHERE NOT EXISTS (SELECT 1 FROM ins WHERE ins.id = i.id)
+)
+SELECT v.run_ok, v.parent_ok,
+       (SELECT count(pg_notify('foreman_task_ready', $1))
+          FROM (SELECT 1 FROM ins WHERE status = 'queued' AND run_after <= $13 LIMIT 1) q)
+           AS notified,
+       t.id, t.run_id, t.org_id, t.type, t.status, t.input_data, t.metadata, t.retry_count,
+       t.max_retries, t.priority, t.attempt, t.created_at, t.updated_at, t.parent_task_id,
+       t.output_data, t.error_data, t.queued_at, t.started_at, t.completed_at, t.duration_ms,
+       t.queue_job_id, CASE WHEN t.run_after > t.created_at THEN t.run_after END AS run_after,
+       t.lease_expires_at, t.idempotency_key, t.worker_id
+  FROM v
+  LEFT JOIN m AS t ON t.ord = v.ord
+ ORDER BY v.ord
+
+-- get_task --
+-- $1 org, $2 task id.
+SELECT t.id, t.run_id, t.org_id, t.type, t.status, t.input_data, t.metadata, t.retry_count,
+       t.max_retries, t.priority, t.attempt, t.created_at, t.updated_at, t.parent_task_id,
+       t.output_data, t.error_data, t.queued_at, t.started_at, t.completed_at, t.duration_ms,
+       t.queue_job_id, CASE WHEN t.run_after > t.created_at THEN t.run_after END AS run_after,
+       t.lease_expires_at, t.idempotency_key, t.worker_id
+  FROM task t
+ WHERE t.org_id = $1 AND t.id = $2
+
+-- get_task_by_key --
+-- The task created with an idempotency key. $1 org, $2 key.
+SELECT t.id, t.run_id, t.org_id, t.type, t.status, t.input_data, t.metadata, t.retry_count,
+       t.max_retries, t.priority, t.attempt, t.created_at, t.updated_at, t.parent_task_id,
+       t.output_data, t.error_data, t.queued_at, t.started_at, t.completed_at, t.duration_ms,
+       t.queue_job_id, CASE WHEN t.run_after > t.created_at THEN t.run_after END AS run_after,
+       t.lease_expires_at, t.idempotency_key, t.worker_id
+  FROM task t
+ WHERE t.org_id = $1 AND t.idempotency_key = $2
