@@ -13,6 +13,17 @@ from typing import Any, TextIO
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
 
+def printable(text: str) -> str:
+    """text with control characters and backslashes escaped (``\\n``, ``\\x1b``, ``\\\\``).
+
+    Request paths and headers reach log lines; a raw newline in one would start a forged line.
+    Text that needs no escaping (nearly all of it) is returned as it is, at the cost of one scan.
+    """
+    if text.isprintable() and "\\" not in text:
+        return text
+    return text.encode("unicode_escape").decode("ascii")
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line, with the record's extra fields (request_id, task_id, ...)."""
 
@@ -38,6 +49,10 @@ class PlainFormatter(logging.Formatter):
     _second: int = -1
     _stamp: str = ""
 
+    def __init__(self, fmt: str | None = None, datefmt: str | None = None) -> None:
+        super().__init__(fmt, datefmt)
+        self.fmt = fmt  # what LineWriter checks (logging.Formatter keeps it in a private field)
+
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
         if datefmt is not None:
             return super().formatTime(record, datefmt)
@@ -53,10 +68,14 @@ class PlainFormatter(logging.Formatter):
         msecs = int((created - second) * 1000)
         return f"{self._stamp},{msecs:03d}"  # as logging.Formatter writes it
 
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802
+        # The message part is one line, whatever a logged value holds (a traceback follows it).
+        return printable(super().formatMessage(record))
+
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
         request_id = getattr(record, "request_id", None)
-        return f"{line} request_id={request_id}" if request_id else line
+        return f"{line} request_id={printable(str(request_id))}" if request_id else line
 
 
 class BufferedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
@@ -161,7 +180,8 @@ class LineWriter:
             or handler.filters
             or handler.level > logging.INFO
             or type(handler.formatter) is not PlainFormatter
-            or handler.formatter._fmt != PLAIN_FORMAT
+            or handler.formatter.fmt != PLAIN_FORMAT
+            or handler.formatter.datefmt is not None
         ):
             return None
         return handler

@@ -15,41 +15,29 @@ import hmac
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Final
 
 from litestar import Litestar
 from litestar.connection import ASGIConnection
 from litestar.enums import ScopeType
-from litestar.handlers import BaseRouteHandler
 from litestar.types import ASGIApp, Receive, Scope, Send
 
 from foreman import errors
-from foreman.server import ratelimit
+from foreman.server import context, ratelimit
+from foreman.server.context import Caller
 from foreman.settings import Settings
 from foreman.store import api_keys, db
+from foreman.store.pool import Pool
 
 logger = logging.getLogger(__name__)
 
 TEST_KEY = "test-api-key"
 TEST_ORG = "test-org"
 MAX_KEY_LENGTH = 512
-# Where the guard leaves the caller for the handler and the access log (scope state, per request).
-_ORG_STATE_KEY = "foreman_org"
-CALLER_STATE_KEY = "foreman_caller"
 LOOKUP_TIMEOUT_S = 5.0
 MAX_CACHED_KEYS = 10_000
 
 Connection = ASGIConnection[Any, Any, Any, Any]
-
-
-@dataclass(frozen=True, slots=True)
-class Caller:
-    """Who is calling: the organisation, a loggable fingerprint of the key, how it was checked."""
-
-    org_id: str
-    fingerprint: str
-    registered: bool  # True when the key was found, unrevoked, in the key table
 
 
 def _key_bytes(key: str) -> bytes:
@@ -72,29 +60,59 @@ def org_for_key(key: str, *, allow_test_key: bool) -> str:
     return parts[2]
 
 
-def header(scope: Scope, name: bytes) -> str | None:
-    """The first value of a request header, straight from the ASGI scope.
+def _ascii_key(value: bytes) -> str:
+    # Header bytes have no declared charset: the same bytes read as Latin-1 or as UTF-8 would
+    # name two organisations ("ørg" or its mojibake), so a key is ASCII or it is refused.
+    try:
+        return value.decode("ascii")
+    except UnicodeDecodeError:
+        raise errors.UnauthorizedError("Invalid API key format: an API key is ASCII") from None
 
-    Server names arrive lower-cased; reading them here instead of through Litestar's Headers
-    saves building that mapping on every request.
+
+class KeyHeaders:
+    """The key headers of a request, read in one pass over the raw ASGI headers.
+
+    Reading the scope's headers directly instead of through Litestar's Headers saves building
+    that mapping on every request; server names arrive lower-cased.
     """
-    for key, value in scope["headers"]:
-        if key == name:
-            return value.decode("latin-1")
-    return None
+
+    __slots__ = ("api_key", "bearer", "org_id")
+
+    def __init__(self, scope: Scope) -> None:
+        authorization = api_key = org_id = None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                authorization = value if authorization is None else authorization
+            elif name == b"x-api-key":
+                api_key = value if api_key is None else api_key
+            elif name == b"x-org-id":
+                org_id = value if org_id is None else org_id
+        self.bearer = _bearer(authorization)
+        self.api_key = _ascii_key(api_key) if api_key else None
+        self.org_id = None if org_id is None else org_id.decode("latin-1")
+
+    def key(self) -> str:
+        """The key of ``Authorization: Bearer`` or else ``x-api-key``; 401 when there is none."""
+        key = self.bearer or self.api_key
+        if key is None:
+            raise errors.UnauthorizedError("Missing API key")
+        return key
+
+    def other_key(self) -> str | None:
+        """The x-api-key when a bearer key was sent too and differs from it."""
+        if self.bearer is None or self.api_key is None or self.api_key == self.bearer:
+            return None
+        return self.api_key
 
 
-def key_from_headers(scope: Scope) -> str:
-    """The key from ``Authorization: Bearer`` or ``x-api-key``; 401 when there is none."""
-    authorization = header(scope, b"authorization")
-    if authorization:
-        scheme, _, value = authorization.partition(" ")
-        if scheme.lower() == "bearer" and value.strip():
-            return value.strip()
-    key = header(scope, b"x-api-key")
-    if not key:
-        raise errors.UnauthorizedError("Missing API key")
-    return key
+def _bearer(authorization: bytes | None) -> str | None:
+    if not authorization:
+        return None
+    scheme, _, value = authorization.partition(b" ")
+    value = value.strip()
+    if scheme.lower() != b"bearer" or not value:
+        return None
+    return _ascii_key(value)
 
 
 def fingerprint(key: str) -> str:
@@ -145,16 +163,49 @@ class KeyCache:
 
 
 class Authenticator:
-    """How this process recognises callers and limits their rate (one per app)."""
+    """How this process recognises callers and limits their rate (one per app, made in the
+    lifespan: it holds the key cache and the rate buckets)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, pool: Pool[db.Connection]) -> None:
         self.settings = settings
+        self.pool = pool
+        self.registered = settings.auth_mode == "registered"
         self.cache = KeyCache(settings.auth_cache_ttl_s)
-        rate = ratelimit.parse_rate(settings.rate_limit, burst=settings.rate_limit_burst)
+        rate = settings.rate()
         self.limiter = None if rate is None else ratelimit.RateLimiter(rate)
         # Callers of well-formed keys in format mode: a pure function of the key, so no expiry;
         # the hash behind the fingerprint is then paid once per key, not once per request.
         self._format_callers: dict[str, Caller] = {}
+
+    async def authenticate(self, scope: Scope) -> Caller:
+        """The caller of a request's key (401), checked against x-org-id (403) and the rate (429)."""
+        headers = KeyHeaders(scope)
+        key = headers.key()
+        if self.registered:
+            caller = await self.registered_caller(key)
+        else:
+            caller = self.format_caller(key)
+        other = headers.other_key()
+        if other is not None:
+            self._check_same_org(caller, other)
+        if headers.org_id is not None and headers.org_id != caller.org_id:
+            raise errors.ForbiddenError("x-org-id does not match the organisation of the API key")
+        if self.limiter is not None:
+            self.limiter.check(caller.org_id)
+        return caller
+
+    def _check_same_org(self, caller: Caller, other: str) -> None:
+        # Two keys are fine when they are of one organisation; which one would win is otherwise a
+        # guess a proxy and the server may make differently.
+        allow_test_key = self.settings.allow_test_key and not self.registered
+        try:
+            same = org_for_key(other, allow_test_key=allow_test_key) == caller.org_id
+        except errors.UnauthorizedError:
+            same = False
+        if not same:
+            raise errors.UnauthorizedError(
+                "Authorization and x-api-key carry keys of different organisations: send one key"
+            )
 
     def format_caller(self, key: str) -> Caller:
         """SPEC section 3's format check only."""
@@ -167,22 +218,22 @@ class Authenticator:
             self._format_callers[key] = caller
         return caller
 
-    async def registered_caller(self, key: str, *, pool: Any) -> Caller:
+    async def registered_caller(self, key: str) -> Caller:
         """The caller of a registered, unrevoked key; 401 for any other key."""
         claimed_org = org_for_key(key, allow_test_key=False)  # garbage never reaches the database
         digest = api_keys.hash_key(key)
         org_id = self.cache.get(digest)
         if isinstance(org_id, _Miss):
-            org_id = await self._lookup(digest, claimed_org=claimed_org, pool=pool)
+            org_id = await self._lookup(digest, claimed_org=claimed_org)
             self.cache.put(digest, org_id)
         if org_id is None:
             raise errors.UnauthorizedError("Unknown or revoked API key")
         return Caller(org_id=org_id, fingerprint=api_keys.fingerprint(digest), registered=True)
 
-    async def _lookup(self, digest: bytes, *, claimed_org: str, pool: Any) -> str | None:
+    async def _lookup(self, digest: bytes, *, claimed_org: str) -> str | None:
         # Any pooled connection will do: the lookup function ignores the bound organisation.
         with db.translate_errors():
-            async with pool.acquire(timeout=LOOKUP_TIMEOUT_S) as conn:
+            async with self.pool.acquire(timeout=LOOKUP_TIMEOUT_S) as conn:
                 record = await api_keys.lookup_api_key(conn, digest)
         # The digest already matched in the index; the constant-time comparison makes sure that no
         # other row could ever be accepted for this key, whatever the index did.
@@ -200,45 +251,6 @@ class Authenticator:
         logger.info("%s API key refused", reason, extra={"org_id": claimed_org, "key_fp": fp})
         return None
 
-    def admit(self, scope: Scope, caller: Caller) -> str:
-        """Check x-org-id (403) and the rate limit (429), then remember the caller."""
-        claimed = header(scope, b"x-org-id")
-        if claimed is not None and claimed != caller.org_id:
-            raise errors.ForbiddenError("x-org-id does not match the organisation of the API key")
-        if self.limiter is not None:
-            self.limiter.check(caller.org_id)
-        state = scope["state"]
-        state[CALLER_STATE_KEY] = caller
-        state[_ORG_STATE_KEY] = caller.org_id
-        return caller.org_id
-
-
-def authenticator(app: Litestar) -> Authenticator:
-    """The app's Authenticator, made on first use (it holds the key cache and rate buckets)."""
-    found: Authenticator | None = getattr(app.state, "foreman_auth", None)
-    if found is None:
-        found = Authenticator(app.state.foreman.settings)
-        app.state.foreman_auth = found
-    return found
-
-
-def request_org(connection: Connection) -> str:
-    """The caller's organisation; 403 when an x-org-id header names another one."""
-    cached = connection.scope["state"].get(_ORG_STATE_KEY)
-    if cached is not None:
-        return str(cached)
-    auth = authenticator(connection.app)
-    if auth.settings.auth_mode == "registered":
-        # Only the async guard can ask the key table; a route without it must not let anyone in.
-        logger.error("route %s has no require_org guard", connection.scope["path"])
-        raise errors.UnauthorizedError("API key could not be verified")
-    return auth.admit(connection.scope, auth.format_caller(key_from_headers(connection.scope)))
-
-
-async def require_org(connection: Connection, _: BaseRouteHandler) -> None:
-    """Guard form of authenticate_connection (for a route outside the authenticated routers)."""
-    await authenticate_connection(connection)
-
 
 def authenticated(app: ASGIApp) -> ASGIApp:
     """Route middleware: authenticate before the path, query or body is looked at.
@@ -251,41 +263,28 @@ def authenticated(app: ASGIApp) -> ASGIApp:
 
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == ScopeType.HTTP:
-            await authenticate_scope(scope)
+            auth: Authenticator = Litestar.from_scope(scope).state.foreman.auth
+            caller = await auth.authenticate(scope)
+            context.set_context(scope, context.context_of(scope).with_caller(caller))
         await app(scope, receive, send)
 
     return middleware
 
 
-async def authenticate_connection(connection: Connection) -> None:
-    """Find the caller of a request (401/403/429 otherwise) and remember it in the scope."""
-    await authenticate_scope(connection.scope)
-
-
-async def authenticate_scope(scope: Scope) -> None:
-    """authenticate_connection on the request's ASGI scope."""
-    if scope["state"].get(_ORG_STATE_KEY) is not None:
-        return
-    app = Litestar.from_scope(scope)
-    auth = authenticator(app)
-    key = key_from_headers(scope)
-    if auth.settings.auth_mode == "registered":
-        caller = await auth.registered_caller(key, pool=app.state.foreman.pool)
-    else:
-        caller = auth.format_caller(key)
-    auth.admit(scope, caller)
-
-
-def caller_of(scope: Any) -> Caller | None:
-    """The authenticated caller of a request, if any (for the access log)."""
-    state = scope.get("state")
-    return None if state is None else state.get(CALLER_STATE_KEY)
+def request_org(connection: Connection) -> str:
+    """The organisation of the caller the route's ``authenticated`` middleware found."""
+    caller = context.context_of(connection.scope).caller
+    if caller is None:
+        # A route without the middleware must not let anyone in.
+        logger.error("route %s has no authenticated middleware", connection.scope["path"])
+        raise errors.UnauthorizedError("API key could not be verified")
+    return caller.org_id
 
 
 def may_see_redis_password(connection: Connection) -> bool:
     """Whether /api/v1/config may include REDIS_PASSWORD (FOREMAN_EXPOSE_REDIS_PASSWORD)."""
-    policy = authenticator(connection.app).settings.expose_redis_password
+    policy: str = connection.app.state.foreman.settings.expose_redis_password
     if policy == "registered":
-        caller = caller_of(connection.scope)
+        caller = context.context_of(connection.scope).caller
         return caller is not None and caller.registered
     return policy == "always"
