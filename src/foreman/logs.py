@@ -81,10 +81,9 @@ class PlainFormatter(logging.Formatter):
 class BufferedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """A StreamHandler that writes its lines in batches, every flush_s or max_bytes.
 
-    A busy server logs a line per request, and on this kind of machine each write(2) costs more
-    than the line is worth (py-spy --native on `foreman bench`: 38 % of a server process's
-    samples in write; one write per access line). WARNING and above go out at once, with what
-    waited before them; ``logging.shutdown`` at exit flushes the rest.
+    A busy server logs a line per request, and a write(2) per line costs more than the line is
+    worth (benchmarks/README.md, "Notes moved from server/"). WARNING and above go out at once,
+    with what waited before them; ``logging.shutdown`` at exit flushes the rest.
     """
 
     def __init__(self, stream: TextIO, *, flush_s: float = 0.1, max_bytes: int = 64 * 1024) -> None:

@@ -258,7 +258,7 @@ def authenticated(app: ASGIApp) -> ASGIApp:
     It runs before Litestar parses parameters, so a caller without a valid key gets 401
     (SPEC section 3) and never learns whether its ids or body would have been valid. It does
     what a guard would, without the copy of the route handler Litestar makes for every guard
-    call (about a tenth of the server's CPU on GET /tasks/:id in a profile).
+    call (benchmarks/README.md, "Notes moved from server/").
     """
 
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
