@@ -24,14 +24,13 @@ from uvicorn.protocols.http import httptools_impl
 from uvicorn.server import ServerState
 
 from foreman.logs import PlainFormatter
+from foreman.server.edge import REFUSAL_KEY
 from foreman.server.protocol import LimitedHttpToolsProtocol, _CoalescingTransport
 from foreman.server.responses import JsonResponse
 
 
 def parameters(function: Any) -> list[tuple[str, Any, Any]]:
-    return [
-        (p.name, p.kind, p.default) for p in inspect.signature(function).parameters.values()
-    ]
+    return [(p.name, p.kind, p.default) for p in inspect.signature(function).parameters.values()]
 
 
 # ---------------------------------------------------------------- Litestar Response
@@ -190,10 +189,8 @@ async def test_a_head_response_is_written_at_once_without_its_body():
 
 async def test_a_header_block_over_the_limit_in_one_read_is_refused():
     request = b"GET / HTTP/1.1\r\nhost: x\r\nx-big: " + b"a" * 70_000 + b"\r\n\r\n"
-    protocol, transport = await _served(json_app, request)
+    protocol, _ = await _served(json_app, request)
     # The protocol hands the refusal to the app in the scope (the app is the edge in the server).
-    from foreman.server.edge import REFUSAL_KEY
-
     assert protocol.cycle.scope[REFUSAL_KEY].status_code == 431  # type: ignore[literal-required]
 
 

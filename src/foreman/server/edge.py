@@ -91,10 +91,11 @@ async def handle(
     method: str = scope["method"]  # type: ignore[typeddict-item]
     path = scope["path"]
     head = method == "HEAD"
+    app_scope = scope
     if head:
         # Answered as its GET, without the body. A copy: the server reads the method of its own
         # scope to leave out the body on the wire too.
-        scope = {**scope, "method": "GET"}  # type: ignore[assignment]
+        app_scope = {**scope, "method": "GET"}  # type: ignore[assignment]
     status = 0
 
     async def send_answer(message: Message) -> None:
@@ -111,17 +112,21 @@ async def handle(
     try:
         refusal: errors.ForemanError | None = scope.get(REFUSAL_KEY)  # type: ignore[assignment]
         if refusal is None:
-            await app(scope, receive, send_answer)
+            await app(app_scope, receive, send_answer)
         else:
             # The rest of the request may still be on the wire: close, do not parse it as a request.
             await send_error(send_answer, refusal, close=True)
     finally:
         if logger.isEnabledFor(logging.INFO):
-            if not status:
-                refused = scope.get(REFUSAL_KEY)
-                status = refused.status_code if refused is not None else CLIENT_CLOSED  # type: ignore[attr-defined]
             context: RequestContext = state[CONTEXT_KEY]
+            status = status or _unanswered_status(scope)
             log_request(method, path, status, start, request_id, context.caller)
+
+
+def _unanswered_status(scope: Scope) -> int:
+    # The app sent nothing: the protocol answered for it (a late body), or the client left.
+    refused: errors.ForemanError | None = scope.get(REFUSAL_KEY)  # type: ignore[assignment]
+    return CLIENT_CLOSED if refused is None else refused.status_code
 
 
 async def send_error(send: Send, error: errors.ForemanError, *, close: bool = False) -> None:
