@@ -152,3 +152,37 @@ def test_other_loggers_escape_request_data_too():
         logging.getLogger("foreman.server.errors").error("unhandled error on %s", "/x\nFORGED")
     (line,) = stream.getvalue().splitlines()
     assert line.endswith("unhandled error on /x\\nFORGED")
+
+
+async def test_a_client_gone_before_any_answer_is_logged_499(app_with, caplog):
+    caplog.set_level(logging.INFO, logger=ACCESS)
+    sent: list[dict[str, object]] = []
+
+    async def receive() -> dict[str, object]:
+        return {"type": "http.disconnect"}  # gone while its body was awaited
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": f"{API}/runs",
+        "raw_path": f"{API}/runs".encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"x-api-key", KEY_A.encode()), (b"content-length", b"100")],
+        "server": ("127.0.0.1", 3000),
+        "client": ("127.0.0.1", 50000),
+        "state": {},
+    }
+    async with app_with() as client:
+        caplog.clear()
+        await client.app(scope, receive, send)
+        lines = access_lines(caplog)
+    assert sent == []
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"POST {API}/runs 499 ")
