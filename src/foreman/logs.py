@@ -193,7 +193,9 @@ def configure_logging(level: str, *, json_lines: bool = False) -> None:
     logging.logProcesses = False
     logging.logThreads = False
     logging.logMultiprocessing = False
-    logging._srcfile = None  # no caller lookup (a stack walk per record); nothing prints it
+    # No caller lookup (a stack walk per record); nothing prints it. The logging HOWTO's advice,
+    # pinned by tests/unit/test_adapters.py.
+    logging._srcfile = None
     handler = BufferedStreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if json_lines else PlainFormatter(PLAIN_FORMAT))
     root = logging.getLogger()
