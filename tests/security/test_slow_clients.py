@@ -266,6 +266,16 @@ def test_malformed_requests_get_400(server):
     assert _quick_health(server) < 1
 
 
+def test_a_malformed_request_gets_its_access_line(server):
+    path = f"/malformed-{uuid.uuid4().hex}"
+    with _connect(server) as sock:
+        sock.sendall(b"GET %s HTTP/9.9\r\nhost: x\r\n\r\n" % path.encode())
+        answer = _read_all(sock)
+    assert answer.startswith(b"HTTP/1.1 400 ")
+    (line,) = _access_lines(server, path)
+    assert f" GET {path} 400 " in line
+
+
 def test_keep_alive_pauses_longer_than_the_header_timeout_still_work(server):
     # The header clock starts with a request, not after the previous answer.
     with httpx.Client(base_url=server.url, timeout=10) as client:

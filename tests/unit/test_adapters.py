@@ -99,6 +99,7 @@ PROTOCOL_METHODS = {
     "on_message_begin": ["self"],
     "on_headers_complete": ["self"],
     "on_message_complete": ["self"],
+    "send_400_response": ["self", "msg"],
 }
 
 

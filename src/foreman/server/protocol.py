@@ -221,6 +221,12 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             self.transport.write(head + body)
         self.transport.close()
 
+    def send_400_response(self, msg: str) -> None:
+        # uvicorn's answer to a request httptools could not parse: it gets its access line too.
+        self._disarm()
+        self._log_refusal(errors.ClientError(msg))
+        super().send_400_response(msg)
+
     def _log_refusal(self, error: errors.ForemanError) -> None:
         # No app ran for this request (its headers never completed): its access line is written
         # here, with what of the request line and headers had arrived.
