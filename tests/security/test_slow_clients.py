@@ -159,6 +159,22 @@ def test_a_header_block_over_the_limit_after_a_served_request_gets_431(server):
     assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
 
 
+def test_a_pipelined_header_block_over_the_limit_gets_431(server):
+    # The second request begins in the read that ends the first: its block is measured whole.
+    with _connect(server) as sock:
+        sock.sendall(
+            b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n"
+            + b"GET /health HTTP/1.1\r\nhost: x\r\nx-big: "
+            + b"a" * 60_000
+        )
+        time.sleep(0.2)  # its own read
+        _send_until_closed(sock, b"a" * 10_000 + b"\r\n\r\n", times=1)
+        answer = _read_all(sock)
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
+    second = answer[answer.index(b"HTTP/1.1 ", 10) :]
+    assert second.startswith(b"HTTP/1.1 431 "), second[:200]
+
+
 def test_headers_within_the_limit_are_fine(server):
     response = httpx.get(f"{server.url}/health", headers={"x-big": "a" * 32_000}, timeout=5)
     assert response.status_code == 200

@@ -87,6 +87,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._awaiting_body = False  # headers complete, message not yet
         self._header_bytes = 0  # of the header block, in reads before the current one
         self._read_bytes = 0  # of the current read
+        self._read_awaiting = True  # whether the current read began in a header block
+        self._mid_read = False  # the request began after another in the same read
         self._header_timer: asyncio.TimerHandle | None = None
         self._request_start = 0.0
 
@@ -99,7 +101,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        awaiting = self._awaiting_headers
+        awaiting = self._read_awaiting = self._awaiting_headers
         self._read_bytes = len(data)
         super().data_received(data)
         # A read that leaves the header block incomplete counts whole; the read that completes it
@@ -121,6 +123,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._awaiting_headers = True
+        # Part of its header block may be in a read counted for nobody: measured when complete.
+        self._mid_read = not (self._read_awaiting and self._read_bytes)
         self._request_start = time.perf_counter()
         if self._header_timer is None:
             self._arm()
@@ -131,9 +135,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._disarm()
         # Counted only when this read and those before could hold too much: one sum per large read.
         if (
-            self._header_bytes + self._read_bytes > self.max_header_bytes
-            and self._header_block_size() > self.max_header_bytes
-        ):
+            self._mid_read or self._header_bytes + self._read_bytes > self.max_header_bytes
+        ) and self._header_block_size() > self.max_header_bytes:
             # The app answers it (server/edge.py), in turn after any pipelined request before it.
             self.scope[edge.REFUSAL_KEY] = HeadersTooLargeError(self._too_large_message())  # type: ignore[literal-required]
         self._read_bytes = 0
