@@ -12,7 +12,6 @@ from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
-from litestar.types import Receive, Scope, Send
 
 from foreman import errors
 from foreman.queue import open_queue
@@ -65,12 +64,9 @@ class ForemanApp(Litestar):
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http":
-            await edge.handle(self._litestar, scope, receive, send)
+            await edge.handle(super().__call__, scope, receive, send)
         else:
             await super().__call__(scope, receive, send)
-
-    async def _litestar(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await super().__call__(scope, receive, send)
 
 
 def create_app(settings: Settings) -> Litestar:

@@ -24,7 +24,7 @@ from litestar.types import ASGIApp, Receive, Scope, Send
 
 from foreman import errors
 from foreman.server import context, ratelimit
-from foreman.server.context import Caller
+from foreman.server.context import CONTEXT_KEY, Caller
 from foreman.settings import Settings
 from foreman.store import api_keys, db
 from foreman.store.pool import Pool
@@ -69,50 +69,25 @@ def _ascii_key(value: bytes) -> str:
         raise errors.UnauthorizedError("Invalid API key format: an API key is ASCII") from None
 
 
-class KeyHeaders:
-    """The key headers of a request, read in one pass over the raw ASGI headers.
-
-    Reading the scope's headers directly instead of through Litestar's Headers saves building
-    that mapping on every request; server names arrive lower-cased.
-    """
-
-    __slots__ = ("api_key", "bearer", "org_id")
-
-    def __init__(self, scope: Scope) -> None:
-        authorization = api_key = org_id = None
-        for name, value in scope["headers"]:
-            if name == b"authorization":
-                authorization = value if authorization is None else authorization
-            elif name == b"x-api-key":
-                api_key = value if api_key is None else api_key
-            elif name == b"x-org-id":
-                org_id = value if org_id is None else org_id
-        self.bearer = _bearer(authorization)
-        self.api_key = _ascii_key(api_key) if api_key else None
-        self.org_id = None if org_id is None else org_id.decode("latin-1")
-
-    def key(self) -> str:
-        """The key of ``Authorization: Bearer`` or else ``x-api-key``; 401 when there is none."""
-        key = self.bearer or self.api_key
-        if key is None:
-            raise errors.UnauthorizedError("Missing API key")
-        return key
-
-    def other_key(self) -> str | None:
-        """The x-api-key when a bearer key was sent too and differs from it."""
-        if self.bearer is None or self.api_key is None or self.api_key == self.bearer:
-            return None
-        return self.api_key
-
-
-def _bearer(authorization: bytes | None) -> str | None:
-    if not authorization:
-        return None
-    scheme, _, value = authorization.partition(b" ")
-    value = value.strip()
-    if scheme.lower() != b"bearer" or not value:
-        return None
-    return _ascii_key(value)
+def key_headers(scope: Scope) -> tuple[str | None, str | None, bytes | None]:
+    """The ``Authorization: Bearer`` key, the ``x-api-key`` key and the raw ``x-org-id`` of a
+    request, in one pass over the raw ASGI headers (names arrive lower-cased; reading them here
+    instead of through Litestar's Headers saves building that mapping on every request)."""
+    authorization = api_key = org_id = None
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            authorization = value if authorization is None else authorization
+        elif name == b"x-api-key":
+            api_key = value if api_key is None else api_key
+        elif name == b"x-org-id":
+            org_id = value if org_id is None else org_id
+    bearer = None
+    if authorization:
+        scheme, _, value = authorization.partition(b" ")
+        value = value.strip()
+        if value and scheme.lower() == b"bearer":
+            bearer = _ascii_key(value)
+    return bearer, (_ascii_key(api_key) if api_key else None), org_id
 
 
 def fingerprint(key: str) -> str:
@@ -179,16 +154,17 @@ class Authenticator:
 
     async def authenticate(self, scope: Scope) -> Caller:
         """The caller of a request's key (401), checked against x-org-id (403) and the rate (429)."""
-        headers = KeyHeaders(scope)
-        key = headers.key()
+        bearer, api_key, claimed_org = key_headers(scope)
+        key = bearer or api_key
+        if key is None:
+            raise errors.UnauthorizedError("Missing API key")
         if self.registered:
             caller = await self.registered_caller(key)
         else:
             caller = self.format_caller(key)
-        other = headers.other_key()
-        if other is not None:
-            self._check_same_org(caller, other)
-        if headers.org_id is not None and headers.org_id != caller.org_id:
+        if bearer is not None and api_key is not None and api_key != bearer:
+            self._check_same_org(caller, api_key)
+        if claimed_org is not None and claimed_org.decode("latin-1") != caller.org_id:
             raise errors.ForbiddenError("x-org-id does not match the organisation of the API key")
         if self.limiter is not None:
             self.limiter.check(caller.org_id)
@@ -265,7 +241,8 @@ def authenticated(app: ASGIApp) -> ASGIApp:
         if scope["type"] == ScopeType.HTTP:
             auth: Authenticator = Litestar.from_scope(scope).state.foreman.auth
             caller = await auth.authenticate(scope)
-            context.set_context(scope, context.context_of(scope).with_caller(caller))
+            state = scope["state"]
+            state[CONTEXT_KEY] = state[CONTEXT_KEY].with_caller(caller)
         await app(scope, receive, send)
 
     return middleware
@@ -273,7 +250,7 @@ def authenticated(app: ASGIApp) -> ASGIApp:
 
 def request_org(connection: Connection) -> str:
     """The organisation of the caller the route's ``authenticated`` middleware found."""
-    caller = context.context_of(connection.scope).caller
+    caller: Caller | None = connection.scope["state"][CONTEXT_KEY].caller
     if caller is None:
         # A route without the middleware must not let anyone in.
         logger.error("route %s has no authenticated middleware", connection.scope["path"])

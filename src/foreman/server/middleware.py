@@ -18,7 +18,7 @@ from litestar.types import (
 )
 
 from foreman import errors
-from foreman.server import context
+from foreman.server.context import CONTEXT_KEY, RequestContext
 from foreman.server.edge import send_error
 from foreman.settings import Settings
 
@@ -142,7 +142,8 @@ class BodyLimitMiddleware:
         # Not JSON (415) and too deep (400) are refusals of the body, raised when the app reads
         # it: after authentication, so a caller without a key still gets 401 first (SPEC 3).
         refusal = self._refusal(content_type, body)
-        context.set_context(scope, context.context_of(scope).with_body(body, refusal))
+        state = scope["state"]
+        state[CONTEXT_KEY] = state[CONTEXT_KEY].with_body(body, refusal)
         await self.app(scope, _replay(body, receive, refusal=refusal), send)
 
     def _refusal(self, content_type: bytes | None, body: bytes) -> errors.ClientError | None:
@@ -167,7 +168,7 @@ class BodyLimitMiddleware:
 
 def received_body(scope: Scope) -> bytes | None:
     """The body BodyLimitMiddleware received for this request (None when it did not run)."""
-    found = context.context_of(scope)
+    found: RequestContext = scope["state"][CONTEXT_KEY]
     if found.body_error is not None:
         raise found.body_error
     return found.body
