@@ -149,7 +149,11 @@ def log_request(
 ) -> None:
     """Write the access line of a request (control characters of the request escaped)."""
     elapsed_ms = (time.perf_counter() - start) * 1000
-    message = f"{printable(method)} {printable(path)} {status} {elapsed_ms:.1f}ms"
+    if not (path.isprintable() and "\\" not in path):  # printable() inline: the usual path is clean
+        path = printable(path)
+    if not method.isalpha():  # a server's methods are tokens: letters
+        method = printable(method)
+    message = f"{method} {path} {status} {elapsed_ms:.1f}ms"
     extra: dict[str, Any] = {}
     if caller is not None:
         message = f"{message} org={caller.org_id} key={caller.fingerprint}"

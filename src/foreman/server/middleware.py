@@ -95,6 +95,10 @@ def _body_headers(scope: Scope) -> tuple[int | None, bytes | None]:
     return length, content_type
 
 
+# Content-Types of nearly every request, accepted without parsing them.
+_PLAIN_JSON = frozenset({None, b"application/json"})
+
+
 def is_json(content_type: bytes | None) -> bool:
     """Whether a request's Content-Type is JSON: application/json or application/*+json, any
     parameters; a missing one counts as JSON, as the original API took such bodies."""
@@ -141,7 +145,9 @@ class BodyLimitMiddleware:
             return
         # Not JSON (415) and too deep (400) are refusals of the body, raised when the app reads
         # it: after authentication, so a caller without a key still gets 401 first (SPEC 3).
-        refusal = self._refusal(content_type, body)
+        refusal = None
+        if content_type not in _PLAIN_JSON or too_deep(body, self.max_depth):
+            refusal = self._refusal(content_type, body)
         state = scope["state"]
         state[CONTEXT_KEY] = state[CONTEXT_KEY].with_body(body, refusal)
         await self.app(scope, _replay(body, receive, refusal=refusal), send)
