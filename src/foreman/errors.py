@@ -81,6 +81,20 @@ class PayloadTooLargeError(ClientError):
     code = "payload_too_large"
 
 
+class RequestTimeoutError(ClientError):
+    """The request body did not arrive in time."""
+
+    status_code = 408
+    code = "request_timeout"
+
+
+class UnsupportedMediaTypeError(ClientError):
+    """The request body is not JSON."""
+
+    status_code = 415
+    code = "unsupported_media_type"
+
+
 class RateLimitedError(ClientError):
     """Too many requests."""
 
@@ -123,7 +137,9 @@ _BY_STATUS: dict[int, type[ForemanError]] = {
     404: NotFoundError,
     405: MethodNotAllowedError,
     409: ConflictError,
+    408: RequestTimeoutError,
     413: PayloadTooLargeError,
+    415: UnsupportedMediaTypeError,
     429: RateLimitedError,
     503: UnavailableError,
     504: StatementTimeoutError,

@@ -13,6 +13,17 @@ from typing import Any, TextIO
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
 
+def printable(text: str) -> str:
+    """text with control characters and backslashes escaped (``\\n``, ``\\x1b``, ``\\\\``).
+
+    Request paths and headers reach log lines; a raw newline in one would start a forged line.
+    Text that needs no escaping (nearly all of it) is returned as it is, at the cost of one scan.
+    """
+    if text.isprintable() and "\\" not in text:
+        return text
+    return text.encode("unicode_escape").decode("ascii")
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line, with the record's extra fields (request_id, task_id, ...)."""
 
@@ -38,6 +49,10 @@ class PlainFormatter(logging.Formatter):
     _second: int = -1
     _stamp: str = ""
 
+    def __init__(self, fmt: str | None = None, datefmt: str | None = None) -> None:
+        super().__init__(fmt, datefmt)
+        self.fmt = fmt  # what LineWriter checks (logging.Formatter keeps it in a private field)
+
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
         if datefmt is not None:
             return super().formatTime(record, datefmt)
@@ -53,19 +68,22 @@ class PlainFormatter(logging.Formatter):
         msecs = int((created - second) * 1000)
         return f"{self._stamp},{msecs:03d}"  # as logging.Formatter writes it
 
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802
+        # The message part is one line, whatever a logged value holds (a traceback follows it).
+        return printable(super().formatMessage(record))
+
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
         request_id = getattr(record, "request_id", None)
-        return f"{line} request_id={request_id}" if request_id else line
+        return f"{line} request_id={printable(str(request_id))}" if request_id else line
 
 
 class BufferedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """A StreamHandler that writes its lines in batches, every flush_s or max_bytes.
 
-    A busy server logs a line per request, and on this kind of machine each write(2) costs more
-    than the line is worth (py-spy --native on `foreman bench`: 38 % of a server process's
-    samples in write; one write per access line). WARNING and above go out at once, with what
-    waited before them; ``logging.shutdown`` at exit flushes the rest.
+    A busy server logs a line per request, and a write(2) per line costs more than the line is
+    worth (benchmarks/README.md, "Notes moved from server/"). WARNING and above go out at once,
+    with what waited before them; ``logging.shutdown`` at exit flushes the rest.
     """
 
     def __init__(self, stream: TextIO, *, flush_s: float = 0.1, max_bytes: int = 64 * 1024) -> None:
@@ -161,7 +179,8 @@ class LineWriter:
             or handler.filters
             or handler.level > logging.INFO
             or type(handler.formatter) is not PlainFormatter
-            or handler.formatter._fmt != PLAIN_FORMAT
+            or handler.formatter.fmt != PLAIN_FORMAT
+            or handler.formatter.datefmt is not None
         ):
             return None
         return handler
@@ -174,7 +193,9 @@ def configure_logging(level: str, *, json_lines: bool = False) -> None:
     logging.logProcesses = False
     logging.logThreads = False
     logging.logMultiprocessing = False
-    logging._srcfile = None  # no caller lookup (a stack walk per record); nothing prints it
+    # No caller lookup (a stack walk per record); nothing prints it. The logging HOWTO's advice,
+    # pinned by tests/unit/test_adapters.py.
+    logging._srcfile = None
     handler = BufferedStreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if json_lines else PlainFormatter(PLAIN_FORMAT))
     root = logging.getLogger()

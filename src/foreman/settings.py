@@ -2,12 +2,52 @@
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 from urllib.parse import quote
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_RATE_UNITS_S = {
+    "": 1.0,
+    "s": 1.0,
+    "sec": 1.0,
+    "second": 1.0,
+    "m": 60.0,
+    "min": 60.0,
+    "minute": 60.0,
+    "h": 3600.0,
+    "hour": 3600.0,
+}
+_RATE = re.compile(r"^\s*(?P<count>\d+(?:\.\d+)?)\s*(?:/\s*(?P<unit>[a-z]+))?\s*$")
+
+
+@dataclass(frozen=True, slots=True)
+class Rate:
+    """``per_s`` requests per second on average, at most ``burst`` at once."""
+
+    per_s: float
+    burst: float
+
+
+def parse_rate(text: str | None, *, burst: int | None = None) -> Rate | None:
+    """``"100/s"``, ``"6000/min"``, ``"10/hour"`` or ``"100"`` (per second); None or 0 = no limit.
+
+    The one parser of FOREMAN_RATE_LIMIT; ValueError names the accepted forms.
+    """
+    if text is None or not text.strip():
+        return None
+    match = _RATE.match(text.lower())
+    if match is None or (match["unit"] or "") not in _RATE_UNITS_S:
+        raise ValueError(f"Invalid rate limit {text!r}: use e.g. 100/s or 6000/min")
+    per_s = float(match["count"]) / _RATE_UNITS_S[match["unit"] or ""]
+    if per_s <= 0:
+        return None
+    # One second's worth by default, and never less than one request.
+    return Rate(per_s=per_s, burst=float(burst) if burst else max(1.0, per_s))
 
 
 def _env(*names: str) -> AliasChoices:
@@ -56,9 +96,7 @@ class Settings(BaseSettings):
     auth_mode: Literal["format", "registered"] = "format"
     auth_cache_ttl_s: float = Field(default=5.0, ge=0)  # how long a revoked key may still work
     # Requests per organisation per process: "100/s", "6000/min", "100" (= per second).
-    rate_limit: str | None = Field(
-        default=None, pattern=r"^\s*(\d+(\.\d+)?\s*(/\s*(s|sec|second|m|min|minute|h|hour))?)?\s*$"
-    )
+    rate_limit: str | None = None  # checked by parse_rate
     rate_limit_burst: int | None = Field(default=None, ge=1)  # default: one second's worth
     max_json_depth: int = Field(default=64, ge=2)  # nesting of a request body, envelope included
     body_timeout_s: float = Field(default=30.0, gt=0)  # a body not received by then gets 408
@@ -96,6 +134,16 @@ class Settings(BaseSettings):
     sweep_publish_grace_s: float = Field(default=3.0, ge=0)
     # Long polls (claim, wait) re-check at least this often if no NOTIFY woke them (fallback).
     poll_interval_s: float = Field(default=1.0, gt=0)
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _check_rate_limit(cls, value: str | None) -> str | None:
+        parse_rate(value)
+        return value
+
+    def rate(self) -> Rate | None:
+        """The rate limit per organisation and process; None for no limit."""
+        return parse_rate(self.rate_limit, burst=self.rate_limit_burst)
 
     def resolved_database_url(self) -> str | None:
         """The configured database URL, built from FOREMAN_DB_* if needed; None means embedded."""

@@ -118,12 +118,6 @@ async def test_accepted_key_headers(client, headers):
     assert response.json()["orgId"] == "orga"
 
 
-async def test_bearer_wins_over_x_api_key(client):
-    headers = {"authorization": "Bearer fmn_prod_first_k", "x-api-key": "fmn_prod_second_k"}
-    response = await client.post(f"{API}/runs", json={"inputData": 1}, headers=headers)
-    assert response.json()["orgId"] == "first"
-
-
 @pytest.mark.parametrize(
     ("key", "org"),
     [
@@ -241,3 +235,53 @@ async def test_config_reflects_the_settings(db_url):
     assert config["queues"] == {"taskQueue": "jobs", "resultQueue": "results"}
     assert config["queue"] == {"backend": "postgres"}
     assert health["environment"] == "staging"
+
+
+# ---------------------------------------------------------------- non-ASCII keys, two keys
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "fmn_prod_ørg_k1".encode(),  # UTF-8 (read as Latin-1, another organisation)
+        "fmn_prod_ørg_k1".encode("latin-1"),
+        "fmn_prod_orga_k€".encode(),  # the organisation is ASCII, the random part is not
+    ],
+)
+@pytest.mark.parametrize("header", ["authorization", "x-api-key"])
+async def test_a_key_with_non_ascii_bytes_is_refused(client, db_url, raw, header):
+    value = b"Bearer " + raw if header == "authorization" else raw
+    response = await client.post(f"{API}/runs", json={"inputData": 1}, headers={header: value})
+    body = assert_error(response, 401, "API key")
+    assert "ASCII" in body["error"]
+    assert await admin_counts(db_url) == {"run": 0, "task": 0, "run_data": 0}
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"authorization": "Bearer fmn_prod_first_k", "x-api-key": "fmn_prod_second_k"},
+        {"authorization": f"Bearer {KEY_A}", "x-api-key": "test-api-key"},
+        {"authorization": "Bearer test-api-key", "x-api-key": KEY_A},
+        {"authorization": f"Bearer {KEY_A}", "x-api-key": "garbage"},
+    ],
+)
+async def test_two_keys_of_different_organisations_are_refused(client, db_url, headers):
+    response = await client.post(f"{API}/runs", json={"inputData": 1}, headers=headers)
+    body = assert_error(response, 401)
+    assert "Authorization" in body["error"]
+    assert "x-api-key" in body["error"]
+    assert await admin_counts(db_url) == {"run": 0, "task": 0, "run_data": 0}
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"authorization": f"Bearer {KEY_A}", "x-api-key": KEY_A},  # the same key twice
+        {"authorization": f"Bearer {KEY_A}", "x-api-key": "fmn_prod_orga_other"},  # same org
+    ],
+)
+async def test_two_keys_of_the_same_organisation_are_accepted(client, headers):
+    response = await client.post(f"{API}/runs", json={"inputData": 1}, headers=headers)
+    assert response.status_code == 201, response.text
+    assert response.json()["orgId"] == "orga"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.api.helpers import API
+from tests.api.helpers import API, admin_counts, assert_error, create_run, create_task, missing_id
 from tests.conftest import HEADERS_A
 from tests.security.conftest import bearer
 
@@ -156,3 +156,95 @@ async def test_redis_password_is_never_logged(app_with, caplog):
     async with app_with(redis_host="redis.internal", redis_password="s3cret") as client:
         await client.get(f"{API}/config", headers=HEADERS_A)
     assert all("s3cret" not in f"{r.getMessage()} {vars(r)}" for r in caplog.records)
+
+
+# ---------------------------------------------------------------- HEAD
+
+VARYING = {"date", "x-request-id"}
+
+
+async def _get_paths(client) -> list[tuple[str, dict[str, str]]]:
+    run = await create_run(client)
+    task = await create_task(client, run["id"])
+    keyed = [
+        f"{API}/config",
+        f"{API}/config/redis",
+        f"{API}/config/queues",
+        f"{API}/runs",
+        f"{API}/runs/{run['id']}",
+        f"{API}/runs/{missing_id()}",
+        f"{API}/runs/{run['id']}/data",
+        f"{API}/tasks",
+        f"{API}/tasks?limit=0",
+        f"{API}/tasks/{task['id']}",
+        f"{API}/tasks/{task['id']}/wait?timeoutMs=1",
+    ]
+    public = ["/health", f"{API}/health", "/openapi.json", "/docs/", "/docs/openapi.json"]
+    return [(p, HEADERS_A) for p in keyed] + [(p, {}) for p in public] + [(keyed[3], {})]
+
+
+async def test_head_answers_every_get_route_like_get_without_a_body(client):
+    for path, headers in await _get_paths(client):
+        got = await client.get(path, headers=headers)
+        head = await client.head(path, headers=headers)
+        assert head.status_code == got.status_code, path
+        assert head.content == b"", path
+        expected = {k: v for k, v in got.headers.items() if k not in VARYING}
+        assert {k: v for k, v in head.headers.items() if k not in VARYING} == expected, path
+
+
+async def test_head_of_a_route_without_get_is_405(client):
+    response = await client.head(f"{API}/tasks/claim", headers=HEADERS_A)
+    assert response.status_code == 405
+    assert response.content == b""
+
+
+# ---------------------------------------------------------------- content types
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=x",
+        "application/xml",
+        "application/jsonp",
+        "text/json",
+    ],
+)
+async def test_a_declared_non_json_body_is_415(client, db_url, content_type):
+    response = await client.post(
+        f"{API}/runs",
+        content=b'{"inputData": 1}',
+        headers={**HEADERS_A, "content-type": content_type},
+    )
+    body = assert_error(response, 415, "content-type")
+    assert body["code"] == "unsupported_media_type"
+    assert await admin_counts(db_url) == {"run": 0, "task": 0, "run_data": 0}
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        None,  # no content-type: accepted as JSON, as the original API did
+        "application/json",
+        "application/json; charset=utf-8",
+        "Application/JSON;charset=UTF-8",
+        "application/vnd.foreman+json",
+        "application/merge-patch+json",
+    ],
+)
+async def test_json_content_types_are_accepted(client, content_type):
+    headers = dict(HEADERS_A)
+    if content_type is not None:
+        headers["content-type"] = content_type
+    response = await client.post(f"{API}/runs", content=b'{"inputData": 1}', headers=headers)
+    assert response.status_code == 201, response.text
+
+
+async def test_415_comes_after_401(client):
+    response = await client.post(
+        f"{API}/runs", content=b"a=1", headers={"content-type": "text/plain"}
+    )
+    assert_error(response, 401)

@@ -9,7 +9,7 @@ import pytest
 
 from foreman import errors
 from foreman.server import ratelimit
-from foreman.settings import Settings
+from foreman.settings import Rate, Settings, parse_rate
 from tests.api.helpers import API, assert_error
 from tests.conftest import HEADERS_A, HEADERS_B
 from tests.security.conftest import bearer
@@ -28,7 +28,7 @@ from tests.security.conftest import bearer
     ],
 )
 def test_parse_rate(text, per_s, burst):
-    rate = ratelimit.parse_rate(text)
+    rate = parse_rate(text)
     assert rate is not None
     assert rate.per_s == pytest.approx(per_s)
     assert rate.burst == pytest.approx(burst)
@@ -36,13 +36,13 @@ def test_parse_rate(text, per_s, burst):
 
 @pytest.mark.parametrize("text", [None, "", "  ", "0", "0/s"])
 def test_no_rate_means_no_limit(text):
-    assert ratelimit.parse_rate(text) is None
+    assert parse_rate(text) is None
 
 
 @pytest.mark.parametrize("text", ["abc", "10/fortnight", "-1/s", "10/s/s"])
 def test_bad_rates_are_refused(text):
-    with pytest.raises(errors.ValidationError):
-        ratelimit.parse_rate(text)
+    with pytest.raises(ValueError, match="Invalid rate limit"):
+        parse_rate(text)
 
 
 @pytest.mark.parametrize("text", ["abc", "10/fortnight", "-1/s"])
@@ -51,9 +51,16 @@ def test_settings_refuse_bad_rates(text):
         Settings(rate_limit=text)
 
 
+@pytest.mark.parametrize("text", ["6000/MIN", " 100 / Second", "100"])
+def test_settings_read_the_rate_with_the_same_grammar(text):
+    # One parser: what the settings accept is what the limiter gets.
+    assert Settings(rate_limit=text).rate() == Rate(per_s=100.0, burst=100.0)
+    assert Settings(rate_limit=text, rate_limit_burst=7).rate() == Rate(per_s=100.0, burst=7.0)
+
+
 def test_bucket_allows_a_burst_then_refills_at_the_rate():
     now = [0.0]
-    limiter = ratelimit.RateLimiter(ratelimit.Rate(per_s=2.0, burst=3.0), clock=lambda: now[0])
+    limiter = ratelimit.RateLimiter(Rate(per_s=2.0, burst=3.0), clock=lambda: now[0])
     assert [limiter.acquire("a") for _ in range(3)] == [0.0, 0.0, 0.0]
     assert limiter.acquire("a") == pytest.approx(0.5)
     assert limiter.acquire("b") == 0.0  # organisations do not share a bucket
@@ -66,7 +73,7 @@ def test_bucket_allows_a_burst_then_refills_at_the_rate():
 
 def test_check_raises_429_with_whole_seconds_to_wait():
     now = [0.0]
-    limiter = ratelimit.RateLimiter(ratelimit.Rate(per_s=0.1, burst=1.0), clock=lambda: now[0])
+    limiter = ratelimit.RateLimiter(Rate(per_s=0.1, burst=1.0), clock=lambda: now[0])
     limiter.check("a")
     with pytest.raises(errors.RateLimitedError) as caught:
         limiter.check("a")
@@ -78,7 +85,7 @@ def test_check_raises_429_with_whole_seconds_to_wait():
 def test_buckets_of_many_organisations_stay_bounded():
     now = [0.0]
     limiter = ratelimit.RateLimiter(
-        ratelimit.Rate(per_s=1.0, burst=1.0), max_buckets=100, clock=lambda: now[0]
+        Rate(per_s=1.0, burst=1.0), max_buckets=100, clock=lambda: now[0]
     )
     for i in range(10_000):
         now[0] += 0.0001

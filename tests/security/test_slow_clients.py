@@ -8,8 +8,10 @@ connections closed by uvicorn after 5 s. The limits are set low here so the test
 
 from __future__ import annotations
 
+import re
 import socket
 import time
+import uuid
 from collections.abc import Iterator
 
 import httpx
@@ -34,7 +36,7 @@ def server(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
         FOREMAN_HEADER_TIMEOUT_S=str(HEADER_TIMEOUT_S),
         FOREMAN_BODY_TIMEOUT_S=str(BODY_TIMEOUT_S),
         FOREMAN_MAX_BODY_BYTES=str(MAX_BODY),
-        FOREMAN_LOG_LEVEL="WARNING",
+        FOREMAN_LOG_LEVEL="INFO",  # the access lines of refused requests are checked too
     )
     process = ServerProcess(tmp_path_factory.mktemp("slow"), env=env).start()
     try:
@@ -89,13 +91,16 @@ def test_a_silent_connection_is_closed(server):
 
 
 def test_trickled_headers_get_408(server):
+    marker = f"trickled-{uuid.uuid4().hex}"
     with _connect(server) as sock:
-        sock.sendall(b"GET /health HTTP/1.1\r\nhost: x\r\n")
+        sock.sendall(b"GET /health HTTP/1.1\r\nhost: x\r\nx-request-id: %s\r\n" % marker.encode())
         time.sleep(HEADER_TIMEOUT_S / 2)
         sock.sendall(b"x-one: 1\r\n")  # still sending, but too slowly in total
         answer, _ = _timed_answer(sock)
     assert answer.startswith(b"HTTP/1.1 408 ")
     assert b'"error":"Request headers not received within' in answer
+    (line,) = _access_lines(server, marker)
+    assert " GET /health 408 " in line
 
 
 def test_endless_headers_get_431_and_memory_stays_flat(server):
@@ -111,16 +116,77 @@ def test_endless_headers_get_431_and_memory_stays_flat(server):
     assert _quick_health(server) < 1
 
 
+def _access_lines(server: ServerProcess, marker: str, *, count: int = 1) -> list[str]:
+    """The access lines naming marker, once count of them are in the log (written in batches)."""
+    deadline = time.monotonic() + 5
+    while True:
+        lines = [
+            line
+            for line in server.log().splitlines()
+            if "foreman.access" in line and marker in line
+        ]
+        if len(lines) >= count or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("size", [66_000, 100_000, 1_000_000])
+def test_a_header_block_over_the_limit_in_one_read_gets_431(server, size):
+    marker = f"big-{size}-{uuid.uuid4().hex}"
+    request = b"GET /health HTTP/1.1\r\nhost: x\r\nx-request-id: %s\r\nx-big: %s\r\n\r\n" % (
+        marker.encode(),
+        b"a" * size,
+    )
+    with _connect(server) as sock:
+        _send_until_closed(sock, request, times=1)
+        answer = _read_all(sock)
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+    assert b"Request headers larger than" in answer
+    (line,) = _access_lines(server, marker)
+    assert re.search(rf" GET /health 431 .* request_id={marker}$", line), line
+
+
+def test_a_header_block_over_the_limit_after_a_served_request_gets_431(server):
+    # Keep-alive: the second request's headers count from their first byte, in whatever reads.
+    with _connect(server) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n")
+        first = sock.recv(65536)
+        assert first.startswith(b"HTTP/1.1 200 ")
+        sock.sendall(b"GET /health HTTP/1.1\r\nhost: x\r\nx-big: " + b"a" * 60_000)
+        time.sleep(0.2)  # its own read
+        _send_until_closed(sock, b"a" * 10_000 + b"\r\n\r\n", times=1)
+        answer = _read_all(sock)
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+
+
+def test_a_pipelined_header_block_over_the_limit_gets_431(server):
+    # The second request begins in the read that ends the first: its block is measured whole.
+    with _connect(server) as sock:
+        sock.sendall(
+            b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n"
+            + b"GET /health HTTP/1.1\r\nhost: x\r\nx-big: "
+            + b"a" * 60_000
+        )
+        time.sleep(0.2)  # its own read
+        _send_until_closed(sock, b"a" * 10_000 + b"\r\n\r\n", times=1)
+        answer = _read_all(sock)
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
+    second = answer[answer.index(b"HTTP/1.1 ", 10) :]
+    assert second.startswith(b"HTTP/1.1 431 "), second[:200]
+
+
 def test_headers_within_the_limit_are_fine(server):
     response = httpx.get(f"{server.url}/health", headers={"x-big": "a" * 32_000}, timeout=5)
     assert response.status_code == 200
 
 
 def test_a_slow_body_gets_408(server):
+    marker = f"slow-body-{uuid.uuid4().hex}"
     with _connect(server) as sock:
         sock.sendall(
             b"POST /api/v1/runs HTTP/1.1\r\nhost: x\r\n"
             + KEY
+            + b"x-request-id: %s\r\n" % marker.encode()
             + b"content-type: application/json\r\n"
             b"content-length: 100\r\n\r\n{"
         )
@@ -128,6 +194,8 @@ def test_a_slow_body_gets_408(server):
     assert answer.startswith(b"HTTP/1.1 408 ")
     assert b"Request body not received within" in answer
     assert waited < BODY_TIMEOUT_S + 2
+    (line,) = _access_lines(server, marker)
+    assert " POST /api/v1/runs 408 " in line
 
 
 def test_a_body_in_pieces_within_the_timeout_is_served(server):
@@ -212,6 +280,16 @@ def test_malformed_requests_get_400(server):
             answer = _read_all(sock)
         assert answer.startswith(b"HTTP/1.1 400 ")
     assert _quick_health(server) < 1
+
+
+def test_a_malformed_request_gets_its_access_line(server):
+    path = f"/malformed-{uuid.uuid4().hex}"
+    with _connect(server) as sock:
+        sock.sendall(b"GET %s HTTP/9.9\r\nhost: x\r\n\r\n" % path.encode())
+        answer = _read_all(sock)
+    assert answer.startswith(b"HTTP/1.1 400 ")
+    (line,) = _access_lines(server, path)
+    assert f" GET {path} 400 " in line
 
 
 def test_keep_alive_pauses_longer_than_the_header_timeout_still_work(server):

@@ -14,7 +14,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from foreman.logs import BufferedStreamHandler, LineWriter, PlainFormatter, configure_logging
+from foreman.logs import (
+    BufferedStreamHandler,
+    LineWriter,
+    PlainFormatter,
+    configure_logging,
+    printable,
+)
 
 
 class RecordingStream(io.StringIO):
@@ -237,3 +243,38 @@ def test_a_handler_closes_twice_without_error():
     handler = BufferedStreamHandler(RecordingStream())
     handler.close()
     handler.close()  # logging.shutdown may close a handler configure_logging closed already
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("/api/v1/runs/abc", "/api/v1/runs/abc"),
+        ("/ørg/é", "/ørg/é"),  # printable non-ASCII stays as it is
+        ("/x\nFORGED", "/x\\nFORGED"),
+        ("/x\r\n", "/x\\r\\n"),
+        ("/x\x00\x1b\x7f", "/x\\x00\\x1b\\x7f"),
+        ("/x\\n", "/x\\\\n"),  # a real backslash stays distinguishable from an escape
+        ("/x\u2028y", "/x\\u2028y"),  # a line separator some viewers break on
+    ],
+)
+def test_printable_escapes_what_could_break_a_line(text, shown):
+    assert printable(text) == shown
+    assert printable(text).isprintable()
+
+
+def test_plain_lines_escape_the_message_but_keep_the_traceback():
+    formatter = PlainFormatter("%(levelname)s %(message)s")
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        record = logging.makeLogRecord(
+            {
+                "levelname": "ERROR",
+                "msg": "on %s",
+                "args": ("/x\nFORGED",),
+                "exc_info": sys.exc_info(),
+            }
+        )
+    first, *rest = formatter.format(record).splitlines()
+    assert first == "ERROR on /x\\nFORGED"
+    assert rest[0] == "Traceback (most recent call last):"

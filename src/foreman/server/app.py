@@ -15,14 +15,11 @@ from litestar.openapi.spec import Components, SecurityScheme
 
 from foreman import errors
 from foreman.queue import open_queue
+from foreman.server import edge
 from foreman.server import errors as error_handlers
+from foreman.server.auth import Authenticator
 from foreman.server.deps import AppState, JsonRequest
-from foreman.server.middleware import (
-    BodyLimitMiddleware,
-    RequestLogMiddleware,
-    add_response_headers,
-    cors_config,
-)
+from foreman.server.middleware import BodyLimitMiddleware, cors_config
 from foreman.server.notify import Notifier
 from foreman.server.responses import JsonResponse
 from foreman.server.routes import queue as queue_routes
@@ -61,6 +58,17 @@ def _openapi(settings: Settings) -> OpenAPIConfig:
     )
 
 
+class ForemanApp(Litestar):
+    """Litestar inside the server's edge (server/edge.py): request ids, HEAD, security headers
+    and the access log around everything Litestar answers, unknown routes included."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            await edge.handle(super().__call__, scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
+
+
 def create_app(settings: Settings) -> Litestar:
     """The API over the database of settings.database_url (already migrated, already running)."""
     database_url = settings.resolved_database_url()
@@ -85,7 +93,13 @@ def create_app(settings: Settings) -> Litestar:
         if settings.sweep_enabled:
             sweeper = await Sweeper.open(settings, database_url=database_url, queue=queue)
             sweeper.start()
-        app.state.foreman = AppState(settings=settings, pool=pool, queue=queue, notifier=notifier)
+        app.state.foreman = AppState(
+            settings=settings,
+            pool=pool,
+            auth=Authenticator(settings, pool=pool),
+            queue=queue,
+            notifier=notifier,
+        )
         try:
             yield
         finally:
@@ -95,7 +109,7 @@ def create_app(settings: Settings) -> Litestar:
             await queue.close()
             await pool.close()
 
-    return Litestar(
+    return ForemanApp(
         route_handlers=[
             system.router,
             runs.router,
@@ -106,8 +120,7 @@ def create_app(settings: Settings) -> Litestar:
         ],
         lifespan=[lifespan],
         exception_handlers=error_handlers.EXCEPTION_HANDLERS,
-        middleware=[RequestLogMiddleware, DefineMiddleware(BodyLimitMiddleware, settings=settings)],
-        before_send=[add_response_headers],  # security headers, unknown routes included
+        middleware=[DefineMiddleware(BodyLimitMiddleware, settings=settings)],
         openapi_config=_openapi(settings),
         cors_config=cors_config(settings),
         request_max_body_size=settings.max_body_bytes,

@@ -15,41 +15,29 @@ import hmac
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Final
 
 from litestar import Litestar
 from litestar.connection import ASGIConnection
 from litestar.enums import ScopeType
-from litestar.handlers import BaseRouteHandler
 from litestar.types import ASGIApp, Receive, Scope, Send
 
 from foreman import errors
-from foreman.server import ratelimit
+from foreman.server import context, ratelimit
+from foreman.server.context import CONTEXT_KEY, Caller
 from foreman.settings import Settings
 from foreman.store import api_keys, db
+from foreman.store.pool import Pool
 
 logger = logging.getLogger(__name__)
 
 TEST_KEY = "test-api-key"
 TEST_ORG = "test-org"
 MAX_KEY_LENGTH = 512
-# Where the guard leaves the caller for the handler and the access log (scope state, per request).
-_ORG_STATE_KEY = "foreman_org"
-CALLER_STATE_KEY = "foreman_caller"
 LOOKUP_TIMEOUT_S = 5.0
 MAX_CACHED_KEYS = 10_000
 
 Connection = ASGIConnection[Any, Any, Any, Any]
-
-
-@dataclass(frozen=True, slots=True)
-class Caller:
-    """Who is calling: the organisation, a loggable fingerprint of the key, how it was checked."""
-
-    org_id: str
-    fingerprint: str
-    registered: bool  # True when the key was found, unrevoked, in the key table
 
 
 def _key_bytes(key: str) -> bytes:
@@ -72,29 +60,34 @@ def org_for_key(key: str, *, allow_test_key: bool) -> str:
     return parts[2]
 
 
-def header(scope: Scope, name: bytes) -> str | None:
-    """The first value of a request header, straight from the ASGI scope.
-
-    Server names arrive lower-cased; reading them here instead of through Litestar's Headers
-    saves building that mapping on every request.
-    """
-    for key, value in scope["headers"]:
-        if key == name:
-            return value.decode("latin-1")
-    return None
+def _ascii_key(value: bytes) -> str:
+    # Header bytes have no declared charset: the same bytes read as Latin-1 or as UTF-8 would
+    # name two organisations ("ørg" or its mojibake), so a key is ASCII or it is refused.
+    try:
+        return value.decode("ascii")
+    except UnicodeDecodeError:
+        raise errors.UnauthorizedError("Invalid API key format: an API key is ASCII") from None
 
 
-def key_from_headers(scope: Scope) -> str:
-    """The key from ``Authorization: Bearer`` or ``x-api-key``; 401 when there is none."""
-    authorization = header(scope, b"authorization")
+def key_headers(scope: Scope) -> tuple[str | None, str | None, bytes | None]:
+    """The ``Authorization: Bearer`` key, the ``x-api-key`` key and the raw ``x-org-id`` of a
+    request, in one pass over the raw ASGI headers (names arrive lower-cased; reading them here
+    instead of through Litestar's Headers saves building that mapping on every request)."""
+    authorization = api_key = org_id = None
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            authorization = value if authorization is None else authorization
+        elif name == b"x-api-key":
+            api_key = value if api_key is None else api_key
+        elif name == b"x-org-id":
+            org_id = value if org_id is None else org_id
+    bearer = None
     if authorization:
-        scheme, _, value = authorization.partition(" ")
-        if scheme.lower() == "bearer" and value.strip():
-            return value.strip()
-    key = header(scope, b"x-api-key")
-    if not key:
-        raise errors.UnauthorizedError("Missing API key")
-    return key
+        scheme, _, value = authorization.partition(b" ")
+        value = value.strip()
+        if value and scheme.lower() == b"bearer":
+            bearer = _ascii_key(value)
+    return bearer, (_ascii_key(api_key) if api_key else None), org_id
 
 
 def fingerprint(key: str) -> str:
@@ -145,16 +138,50 @@ class KeyCache:
 
 
 class Authenticator:
-    """How this process recognises callers and limits their rate (one per app)."""
+    """How this process recognises callers and limits their rate (one per app, made in the
+    lifespan: it holds the key cache and the rate buckets)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, pool: Pool[db.Connection]) -> None:
         self.settings = settings
+        self.pool = pool
+        self.registered = settings.auth_mode == "registered"
         self.cache = KeyCache(settings.auth_cache_ttl_s)
-        rate = ratelimit.parse_rate(settings.rate_limit, burst=settings.rate_limit_burst)
+        rate = settings.rate()
         self.limiter = None if rate is None else ratelimit.RateLimiter(rate)
         # Callers of well-formed keys in format mode: a pure function of the key, so no expiry;
         # the hash behind the fingerprint is then paid once per key, not once per request.
         self._format_callers: dict[str, Caller] = {}
+
+    async def authenticate(self, scope: Scope) -> Caller:
+        """The caller of a request's key (401), checked against x-org-id (403) and the rate (429)."""
+        bearer, api_key, claimed_org = key_headers(scope)
+        key = bearer or api_key
+        if key is None:
+            raise errors.UnauthorizedError("Missing API key")
+        if self.registered:
+            caller = await self.registered_caller(key)
+        else:
+            caller = self.format_caller(key)
+        if bearer is not None and api_key is not None and api_key != bearer:
+            self._check_same_org(caller, api_key)
+        if claimed_org is not None and claimed_org.decode("latin-1") != caller.org_id:
+            raise errors.ForbiddenError("x-org-id does not match the organisation of the API key")
+        if self.limiter is not None:
+            self.limiter.check(caller.org_id)
+        return caller
+
+    def _check_same_org(self, caller: Caller, other: str) -> None:
+        # Two keys are fine when they are of one organisation; which one would win is otherwise a
+        # guess a proxy and the server may make differently.
+        allow_test_key = self.settings.allow_test_key and not self.registered
+        try:
+            same = org_for_key(other, allow_test_key=allow_test_key) == caller.org_id
+        except errors.UnauthorizedError:
+            same = False
+        if not same:
+            raise errors.UnauthorizedError(
+                "Authorization and x-api-key carry keys of different organisations: send one key"
+            )
 
     def format_caller(self, key: str) -> Caller:
         """SPEC section 3's format check only."""
@@ -167,22 +194,22 @@ class Authenticator:
             self._format_callers[key] = caller
         return caller
 
-    async def registered_caller(self, key: str, *, pool: Any) -> Caller:
+    async def registered_caller(self, key: str) -> Caller:
         """The caller of a registered, unrevoked key; 401 for any other key."""
         claimed_org = org_for_key(key, allow_test_key=False)  # garbage never reaches the database
         digest = api_keys.hash_key(key)
         org_id = self.cache.get(digest)
         if isinstance(org_id, _Miss):
-            org_id = await self._lookup(digest, claimed_org=claimed_org, pool=pool)
+            org_id = await self._lookup(digest, claimed_org=claimed_org)
             self.cache.put(digest, org_id)
         if org_id is None:
             raise errors.UnauthorizedError("Unknown or revoked API key")
         return Caller(org_id=org_id, fingerprint=api_keys.fingerprint(digest), registered=True)
 
-    async def _lookup(self, digest: bytes, *, claimed_org: str, pool: Any) -> str | None:
+    async def _lookup(self, digest: bytes, *, claimed_org: str) -> str | None:
         # Any pooled connection will do: the lookup function ignores the bound organisation.
         with db.translate_errors():
-            async with pool.acquire(timeout=LOOKUP_TIMEOUT_S) as conn:
+            async with self.pool.acquire(timeout=LOOKUP_TIMEOUT_S) as conn:
                 record = await api_keys.lookup_api_key(conn, digest)
         # The digest already matched in the index; the constant-time comparison makes sure that no
         # other row could ever be accepted for this key, whatever the index did.
@@ -200,45 +227,6 @@ class Authenticator:
         logger.info("%s API key refused", reason, extra={"org_id": claimed_org, "key_fp": fp})
         return None
 
-    def admit(self, scope: Scope, caller: Caller) -> str:
-        """Check x-org-id (403) and the rate limit (429), then remember the caller."""
-        claimed = header(scope, b"x-org-id")
-        if claimed is not None and claimed != caller.org_id:
-            raise errors.ForbiddenError("x-org-id does not match the organisation of the API key")
-        if self.limiter is not None:
-            self.limiter.check(caller.org_id)
-        state = scope["state"]
-        state[CALLER_STATE_KEY] = caller
-        state[_ORG_STATE_KEY] = caller.org_id
-        return caller.org_id
-
-
-def authenticator(app: Litestar) -> Authenticator:
-    """The app's Authenticator, made on first use (it holds the key cache and rate buckets)."""
-    found: Authenticator | None = getattr(app.state, "foreman_auth", None)
-    if found is None:
-        found = Authenticator(app.state.foreman.settings)
-        app.state.foreman_auth = found
-    return found
-
-
-def request_org(connection: Connection) -> str:
-    """The caller's organisation; 403 when an x-org-id header names another one."""
-    cached = connection.scope["state"].get(_ORG_STATE_KEY)
-    if cached is not None:
-        return str(cached)
-    auth = authenticator(connection.app)
-    if auth.settings.auth_mode == "registered":
-        # Only the async guard can ask the key table; a route without it must not let anyone in.
-        logger.error("route %s has no require_org guard", connection.scope["path"])
-        raise errors.UnauthorizedError("API key could not be verified")
-    return auth.admit(connection.scope, auth.format_caller(key_from_headers(connection.scope)))
-
-
-async def require_org(connection: Connection, _: BaseRouteHandler) -> None:
-    """Guard form of authenticate_connection (for a route outside the authenticated routers)."""
-    await authenticate_connection(connection)
-
 
 def authenticated(app: ASGIApp) -> ASGIApp:
     """Route middleware: authenticate before the path, query or body is looked at.
@@ -246,46 +234,34 @@ def authenticated(app: ASGIApp) -> ASGIApp:
     It runs before Litestar parses parameters, so a caller without a valid key gets 401
     (SPEC section 3) and never learns whether its ids or body would have been valid. It does
     what a guard would, without the copy of the route handler Litestar makes for every guard
-    call (about a tenth of the server's CPU on GET /tasks/:id in a profile).
+    call (benchmarks/README.md, "Notes moved from server/").
     """
 
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == ScopeType.HTTP:
-            await authenticate_scope(scope)
+            auth: Authenticator = Litestar.from_scope(scope).state.foreman.auth
+            caller = await auth.authenticate(scope)
+            state = scope["state"]
+            state[CONTEXT_KEY] = state[CONTEXT_KEY].with_caller(caller)
         await app(scope, receive, send)
 
     return middleware
 
 
-async def authenticate_connection(connection: Connection) -> None:
-    """Find the caller of a request (401/403/429 otherwise) and remember it in the scope."""
-    await authenticate_scope(connection.scope)
-
-
-async def authenticate_scope(scope: Scope) -> None:
-    """authenticate_connection on the request's ASGI scope."""
-    if scope["state"].get(_ORG_STATE_KEY) is not None:
-        return
-    app = Litestar.from_scope(scope)
-    auth = authenticator(app)
-    key = key_from_headers(scope)
-    if auth.settings.auth_mode == "registered":
-        caller = await auth.registered_caller(key, pool=app.state.foreman.pool)
-    else:
-        caller = auth.format_caller(key)
-    auth.admit(scope, caller)
-
-
-def caller_of(scope: Any) -> Caller | None:
-    """The authenticated caller of a request, if any (for the access log)."""
-    state = scope.get("state")
-    return None if state is None else state.get(CALLER_STATE_KEY)
+def request_org(connection: Connection) -> str:
+    """The organisation of the caller the route's ``authenticated`` middleware found."""
+    caller: Caller | None = connection.scope["state"][CONTEXT_KEY].caller
+    if caller is None:
+        # A route without the middleware must not let anyone in.
+        logger.error("route %s has no authenticated middleware", connection.scope["path"])
+        raise errors.UnauthorizedError("API key could not be verified")
+    return caller.org_id
 
 
 def may_see_redis_password(connection: Connection) -> bool:
     """Whether /api/v1/config may include REDIS_PASSWORD (FOREMAN_EXPOSE_REDIS_PASSWORD)."""
-    policy = authenticator(connection.app).settings.expose_redis_password
+    policy: str = connection.app.state.foreman.settings.expose_redis_password
     if policy == "registered":
-        caller = caller_of(connection.scope)
+        caller = context.context_of(connection.scope).caller
         return caller is not None and caller.registered
     return policy == "always"

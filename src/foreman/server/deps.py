@@ -13,6 +13,7 @@ from litestar.openapi.datastructures import ResponseSpec
 
 from foreman import errors
 from foreman.models import ErrorBody, Task
+from foreman.queue.base import QueueBackend
 from foreman.server import auth, jsontext, notify
 from foreman.server import errors as error_handlers
 from foreman.server.middleware import received_body
@@ -30,7 +31,8 @@ class AppState:
 
     settings: Settings
     pool: Pool[db.Connection]
-    queue: Any = None
+    auth: auth.Authenticator
+    queue: QueueBackend | None = None
     notifier: notify.Notifier | None = None  # wakes long polls; None = polling only
 
     async def publish(self, tasks: list[Task]) -> None:
@@ -110,7 +112,7 @@ class CallerConnection:
 
 
 def org_conn(request: Request[Any, Any, Any]) -> CallerConnection:
-    """Authenticate (401/403 here), then lend a connection bound to the caller's organisation."""
+    """A connection bound to the organisation of the caller the route authenticated."""
     org_id = auth.request_org(request)
     return CallerConnection(org_id, db.org_connection(state(request).pool, org_id))
 

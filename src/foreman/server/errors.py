@@ -1,4 +1,8 @@
-"""The one place where exceptions become JSON error answers (SPEC section 2)."""
+"""The one place where exceptions become JSON error answers (SPEC section 2).
+
+error_body encodes every error body the server sends, those of the body limit (server/middleware.py)
+and of the protocol (server/protocol.py) included.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,9 @@ import logging
 import re
 from typing import Any
 
+import msgspec
 from litestar import Request, Response
+from litestar.enums import MediaType
 from litestar.exceptions import HTTPException, ValidationException
 
 from foreman import errors
@@ -78,33 +84,62 @@ def _details(request: Request[Any, Any, Any], extra: Any) -> list[dict[str, Any]
     return details
 
 
-def foreman_error(_: Request[Any, Any, Any], exc: errors.ForemanError) -> Response[Any]:
+def error_body(exc: errors.ForemanError) -> bytes:
+    """The JSON body of an error answer (SPEC section 2); every error answer is encoded here."""
+    return msgspec.json.encode(exc.to_body())
+
+
+def error_response(exc: errors.ForemanError, *, headers: Any = None) -> Response[bytes]:
+    """exc as a Litestar answer of its status."""
+    return Response(
+        error_body(exc), status_code=exc.status_code, headers=headers, media_type=MediaType.JSON
+    )
+
+
+def foreman_error(_: Request[Any, Any, Any], exc: errors.ForemanError) -> Response[bytes]:
     headers = (
         {"Retry-After": str(exc.details["retryAfter"])} if "retryAfter" in exc.details else None
     )
-    return Response(exc.to_body(), status_code=exc.status_code, headers=headers)
+    return error_response(exc, headers=headers)
 
 
-def validation_error(request: Request[Any, Any, Any], exc: ValidationException) -> Response[Any]:
+def validation_error(request: Request[Any, Any, Any], exc: ValidationException) -> Response[bytes]:
     details = _details(request, exc.extra)
-    if details:
-        named = "; ".join(
-            f"{'.'.join(str(p) for p in d['loc'][1:]) or d['loc'][0]}: {d['msg']}" for d in details
-        )
-        body = {
-            "error": f"Validation failed: {named}",
-            "code": "validation_error",
-            "details": details,
-        }
-    else:
-        body = {"error": f"Malformed request: {exc.detail}", "code": "bad_request"}
-    return Response(body, status_code=400)
+    if not details:
+        return error_response(errors.ClientError(f"Malformed request: {exc.detail}"))
+    named = "; ".join(
+        f"{'.'.join(str(p) for p in d['loc'][1:]) or d['loc'][0]}: {d['msg']}" for d in details
+    )
+    return error_response(errors.ValidationError(f"Validation failed: {named}", details=details))
 
 
-_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+class HeadersTooLargeError(errors.ClientError):
+    """Request headers too large."""
+
+    status_code = 431
 
 
-def http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
+class HeadersTimeoutError(errors.ClientError):
+    """Request headers not received in time."""
+
+    status_code = 408
+
+
+class _HttpError(errors.ForemanError):
+    """An HTTP error of Litestar's with no class of its own here."""
+
+    code = "http_error"
+
+
+_HTTP_ERRORS: dict[int, type[errors.ForemanError]] = {
+    400: errors.ClientError,
+    404: errors.NotFoundError,
+    405: errors.MethodNotAllowedError,
+    413: errors.PayloadTooLargeError,
+}
+
+
+def http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
     malformed = params.malformed_path(request.scope.get("raw_path"))
     if malformed is not None and exc.status_code in (404, 405):
         # The router collapsed an empty segment ("/tasks//fail" -> "/tasks/fail"): the answer is
@@ -118,15 +153,18 @@ def http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[
         message = f"Request body too large (limit {request.app.state.foreman.settings.max_body_bytes} bytes)"
     else:
         message = str(exc.detail)
-    code = _CODES.get(exc.status_code, "http_error")
+    error = _HTTP_ERRORS.get(exc.status_code, _HttpError)(message)
     return Response(
-        {"error": message, "code": code}, status_code=exc.status_code, headers=exc.headers
+        error_body(error),
+        status_code=exc.status_code,
+        headers=exc.headers,
+        media_type=MediaType.JSON,
     )
 
 
-def unexpected_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+def unexpected_error(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     logger.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return Response({"error": "Internal server error", "code": "internal_error"}, status_code=500)
+    return error_response(errors.ForemanError("Internal server error"))
 
 
 EXCEPTION_HANDLERS: dict[Any, Any] = {

@@ -1,24 +1,16 @@
-"""Pure-ASGI pieces: the request log, security headers, the request-body guard, CORS."""
+"""Pure-ASGI pieces: the request-body guard and CORS (the rest of the edge is server/edge.py)."""
 
 from __future__ import annotations
 
 import itertools
-import logging
-import os
-import time
-from collections.abc import Iterable
-from typing import Any, cast
+from typing import cast
 
-import msgspec
 from litestar.config.cors import CORSConfig
 from litestar.enums import ScopeType
 from litestar.types import (
     ASGIApp,
     HTTPReceiveMessage,
     HTTPRequestEvent,
-    HTTPResponseBodyEvent,
-    HTTPResponseStartEvent,
-    Message,
     Receive,
     ReceiveMessage,
     Scope,
@@ -26,107 +18,12 @@ from litestar.types import (
 )
 
 from foreman import errors
-from foreman.logs import LineWriter
-from foreman.server import auth, jsontext
+from foreman.server import jsontext
+from foreman.server.context import CONTEXT_KEY, RequestContext
+from foreman.server.edge import send_error
 from foreman.settings import Settings
 
-logger = logging.getLogger("foreman.access")
-_access_log = LineWriter(logger)
-
-_SECURITY_HEADERS = [
-    (b"x-content-type-options", b"nosniff"),
-    (b"x-frame-options", b"DENY"),
-    (b"referrer-policy", b"no-referrer"),
-]
-# API answers are per caller and may carry secrets (the Redis password of /api/v1/config): no
-# cache may keep them, and a JSON answer opened in a browser may run or embed nothing. The Swagger
-# page under /docs loads its scripts and styles from a CDN, so it keeps its own defaults.
-_API_HEADERS = [
-    (b"cache-control", b"no-store"),
-    (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'"),
-]
-_DOCS_PREFIX = "/docs"
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
-
-
-# Request ids made here: a random prefix per process and a counter, unique without a uuid4 (and
-# its getrandom system call) per request.
-_ID_PREFIX = os.urandom(8).hex()
-_id_counter = itertools.count(1)
-
-
-def _request_id(scope: Scope) -> bytes:
-    for name, value in scope["headers"]:
-        if name == b"x-request-id" and 0 < len(value) <= 128 and value.isascii():
-            return value
-    return f"{_ID_PREFIX}{next(_id_counter):016x}".encode()
-
-
-def _response_headers(original: Iterable[Any], request_id: bytes, path: str) -> list[Any]:
-    headers: list[Any] = list(original)
-    headers.append((b"x-request-id", request_id))
-    headers.extend(_SECURITY_HEADERS)
-    if not path.startswith(_DOCS_PREFIX):
-        present = {name.lower() for name, _ in headers}
-        headers.extend(h for h in _API_HEADERS if h[0] not in present)
-    return headers
-
-
-REQUEST_ID_STATE_KEY = "foreman_request_id"
-
-
-async def add_response_headers(message: Message, scope: Scope) -> None:
-    """before_send hook: x-request-id and the security headers on every HTTP answer.
-
-    A hook rather than middleware, so that answers of no route (404, 405) get them too.
-    """
-    if message["type"] != "http.response.start":
-        return
-    state: dict[str, Any] = scope.get("state") or {}
-    request_id = state.get(REQUEST_ID_STATE_KEY) or _request_id(scope)
-    message["headers"] = _response_headers(message.get("headers", []), request_id, scope["path"])
-
-
-class RequestLogMiddleware:
-    """Echo or assign x-request-id and log one line per request.
-
-    The line names the caller by organisation and key fingerprint, never by key.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != ScopeType.HTTP:
-            await self.app(scope, receive, send)
-            return
-        start = time.perf_counter()
-        request_id = _request_id(scope)
-        scope["state"][REQUEST_ID_STATE_KEY] = request_id
-        status = 500
-
-        async def send_with_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_with_status)
-        finally:
-            if logger.isEnabledFor(logging.INFO):
-                _log_request(scope, status, start, request_id)
-
-
-def _log_request(scope: Scope, status: int, start: float, request_id: bytes) -> None:
-    caller = auth.caller_of(scope)
-    elapsed_ms = (time.perf_counter() - start) * 1000
-    message = f"{scope['method']} {scope['path']} {status} {elapsed_ms:.1f}ms"  # type: ignore[typeddict-item]
-    extra: dict[str, Any] = {}
-    if caller is not None:
-        message = f"{message} org={caller.org_id} key={caller.fingerprint}"
-        extra = {"org_id": caller.org_id, "key_fp": caller.fingerprint}
-    _access_log.info(message, request_id.decode(errors="replace"), extra)
 
 
 # ---------------------------------------------------------------- request bodies
@@ -142,10 +39,9 @@ def json_depth(body: bytes) -> int:
     """How deeply the arrays and objects of a JSON text nest (a scalar is 0, ``[]`` is 1).
 
     Linear and in C: the strings are cut out (jsontext.outside_strings, a slice at a time), then
-    all but the brackets, whose running sum is the depth. On 10 MB bodies of short strings it
-    takes a few MB and 0.25-0.4 s (splitting the whole body at once took 210 MB and 0.5-1.1 s),
-    against 1-3 s to store the same body. Text that is not JSON gets some number; the decoder
-    rejects it afterwards.
+    all but the brackets, whose running sum is the depth: cheaper than decoding the body
+    (benchmarks/README.md, "Notes moved from server/"). Text that is not JSON gets some number;
+    the decoder rejects it afterwards anyway.
     """
     brackets = _brackets_outside_strings(body)
     if not brackets:
@@ -188,34 +84,33 @@ async def _read_body(receive: Receive, *, limit: int) -> bytes:
             return b"".join(chunks)
 
 
-def _content_length(scope: Scope) -> int | None:
+def _body_headers(scope: Scope) -> tuple[int | None, bytes | None]:
+    """Content-Length (None when absent or not a number) and Content-Type, in one pass."""
+    length = content_type = None
     for name, value in scope["headers"]:
         if name == b"content-length":
             try:
-                return int(value)
+                length = int(value)
             except ValueError:
-                return None
-    return None
+                length = None
+        elif name == b"content-type":
+            content_type = value
+    return length, content_type
 
 
-async def _send_error(send: Send, status: int, body: dict[str, Any]) -> None:
-    # The rest of the request may still be on the wire: close rather than parse it as a request.
-    content = msgspec.json.encode(body)
-    start: HTTPResponseStartEvent = {
-        "type": "http.response.start",
-        "status": status,
-        "headers": [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(content)).encode()),
-            (b"connection", b"close"),
-        ],
-    }
-    await send(start)
-    end: HTTPResponseBodyEvent = {"type": "http.response.body", "body": content, "more_body": False}
-    await send(end)
+# Content-Types of nearly every request, accepted without parsing them.
+_PLAIN_JSON = frozenset({None, b"application/json"})
 
 
-BODY_STATE_KEY = "foreman_body"
+def is_json(content_type: bytes | None) -> bool:
+    """Whether a request's Content-Type is JSON: application/json or application/*+json, any
+    parameters; a missing one counts as JSON, as the original API took such bodies."""
+    if not content_type:
+        return True
+    media_type = content_type.partition(b";")[0].strip().lower()
+    return media_type == b"application/json" or (
+        media_type.startswith(b"application/") and media_type.endswith(b"+json")
+    )
 
 
 class BodyLimitMiddleware:
@@ -223,11 +118,12 @@ class BodyLimitMiddleware:
 
     - more than FOREMAN_MAX_BODY_BYTES (announced or actually sent, chunked too) -> 413
     - JSON nested deeper than FOREMAN_MAX_JSON_DEPTH -> 400, when the app reads the body
+    - a Content-Type that is not JSON -> 415, when the app reads the body
     - not received within FOREMAN_BODY_TIMEOUT_S -> 408, from the server's protocol
       (server/protocol.py), which sees the bytes arrive
-    The app then reads the same bytes from memory: JsonRequest.body() takes them from the scope's
-    state (BODY_STATE_KEY, with the refusal to raise instead, if any); a reader of receive() gets
-    them replayed.
+    The app then reads the same bytes from memory: JsonRequest.body() takes them from the request
+    context (server/context.py, with the refusal to raise instead, if any); a reader of receive()
+    gets them replayed.
     """
 
     def __init__(self, app: ASGIApp, *, settings: Settings) -> None:
@@ -239,26 +135,38 @@ class BodyLimitMiddleware:
         if scope["type"] != ScopeType.HTTP or scope["method"] not in _BODY_METHODS:
             await self.app(scope, receive, send)
             return
-        length = _content_length(scope)
+        length, content_type = _body_headers(scope)
         if length is not None and length > self.max_body_bytes:
-            await _send_error(send, 413, self._too_large())
+            await send_error(send, self._too_large(), close=True)
             return
         try:
             body = await _read_body(receive, limit=self.max_body_bytes)
         except _DisconnectedError:
             return  # nobody left to answer (or the protocol answered 408 and closed)
         except _BodyTooLargeError:
-            await _send_error(send, 413, self._too_large())
+            await send_error(send, self._too_large(), close=True)
             return
-        # Too deep is a 400 of the body, raised when the app reads it: after authentication, so
-        # a caller without a key still gets 401 first (SPEC section 3).
-        refusal = self._too_deep() if too_deep(body, self.max_depth) else None
-        scope["state"][BODY_STATE_KEY] = (body, refusal)
+        # Not JSON (415) and too deep (400) are refusals of the body, raised when the app reads
+        # it: after authentication, so a caller without a key still gets 401 first (SPEC 3).
+        refusal = None
+        if content_type not in _PLAIN_JSON or too_deep(body, self.max_depth):
+            refusal = self._refusal(content_type, body)
+        state = scope["state"]
+        state[CONTEXT_KEY] = state[CONTEXT_KEY].with_body(body, refusal)
         await self.app(scope, _replay(body, receive, refusal=refusal), send)
 
-    def _too_large(self) -> dict[str, Any]:
-        message = f"Request body too large (limit {self.max_body_bytes} bytes)"
-        return {"error": message, "code": "payload_too_large"}
+    def _refusal(self, content_type: bytes | None, body: bytes) -> errors.ClientError | None:
+        if not is_json(content_type):
+            shown = (content_type or b"").decode("latin-1")[:100]
+            return errors.UnsupportedMediaTypeError(
+                f"Unsupported content-type {shown!r}: the body must be JSON (application/json)"
+            )
+        return self._too_deep() if too_deep(body, self.max_depth) else None
+
+    def _too_large(self) -> errors.PayloadTooLargeError:
+        return errors.PayloadTooLargeError(
+            f"Request body too large (limit {self.max_body_bytes} bytes)"
+        )
 
     def _too_deep(self) -> errors.ValidationError:
         return errors.ValidationError(
@@ -269,13 +177,10 @@ class BodyLimitMiddleware:
 
 def received_body(scope: Scope) -> bytes | None:
     """The body BodyLimitMiddleware received for this request (None when it did not run)."""
-    found: tuple[bytes, Exception | None] | None = scope["state"].get(BODY_STATE_KEY)
-    if found is None:
-        return None
-    body, refusal = found
-    if refusal is not None:
-        raise refusal
-    return body
+    found: RequestContext = scope["state"][CONTEXT_KEY]
+    if found.body_error is not None:
+        raise found.body_error
+    return found.body
 
 
 def _replay(body: bytes, receive: Receive, *, refusal: Exception | None) -> Receive:

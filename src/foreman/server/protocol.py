@@ -1,32 +1,29 @@
-"""uvicorn's httptools protocol with the two limits it lacks, and one write per response.
+"""uvicorn's httptools protocol with the limits it lacks, and one write per response.
 
-Measured on uvicorn 0.54 + httptools 0.9 (docs/security.md): a client may send request headers
-without end (200 MiB of one header grew the server process by 290 MB), and a connection that sends
-nothing, or trickles its headers, is never closed (uvicorn's keep-alive timer runs only after a
-response). This subclass refuses headers over ``max_header_bytes`` with 431 and closes a
-connection whose request headers are not complete ``header_timeout_s`` after the request (or the
-connection) began. A request body not complete ``body_timeout_s`` after its first incomplete chunk
-gets 408 here too: a timer armed only when a body is actually still on its way costs nothing on
-the usual request, whose body arrives with its headers, where a timeout around the app's body
-read cost every POST an asyncio timeout context. Body sizes are bounded by the app
-(server/middleware.py).
-
-uvicorn writes a response's head and its body with two write(2) calls. System calls are this
-kind of machine's biggest cost per request (py-spy --native on `foreman bench`: 38 % of a server
-process's samples in write), so each response cycle writes through a ``_CoalescingTransport``
-that holds the head until the first body bytes and sends both at once.
+It refuses a request header block over ``max_header_bytes`` (431), closes a connection whose
+headers are not complete ``header_timeout_s`` after the request began (408), answers 408 to a body
+not complete ``body_timeout_s`` after its first incomplete chunk, and writes each response's head
+and first body bytes with one write(2). It drives uvicorn's undocumented per-request state
+(``cycle``, ``pipeline``, the parser callbacks), so uvicorn is pinned below its next minor release
+and tests/unit/test_adapters.py checks what it uses; measurements: benchmarks/README.md.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import logging
+import time
+import urllib.parse
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-import msgspec
+import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from foreman import errors
+from foreman.server import edge
+from foreman.server.errors import HeadersTimeoutError, HeadersTooLargeError, error_body
 from foreman.settings import Settings
 
 _REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
@@ -75,7 +72,10 @@ def _flushed_first(transport: _CoalescingTransport, on_response: Callable[[], No
 
 
 class LimitedHttpToolsProtocol(HttpToolsProtocol):
-    """HttpToolsProtocol that bounds the size and the duration of each request's header block."""
+    """HttpToolsProtocol that bounds the size and the duration of each request's header block.
+
+    The head of each response waits for its first body bytes (``_CoalescingTransport``).
+    """
 
     max_header_bytes: ClassVar[int] = 64 * 1024
     header_timeout_s: ClassVar[float] = 10.0
@@ -83,10 +83,14 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._awaiting_headers = True
+        self._awaiting_headers = True  # the next bytes are (still) those of a header block
         self._awaiting_body = False  # headers complete, message not yet
-        self._header_bytes = 0
+        self._header_bytes = 0  # of the header block, in reads before the current one
+        self._read_bytes = 0  # of the current read
+        self._read_awaiting = True  # whether the current read began in a header block
+        self._mid_read = False  # the request began after another in the same read
         self._header_timer: asyncio.TimerHandle | None = None
+        self._request_start = 0.0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -97,14 +101,21 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        awaiting = self._awaiting_headers
+        awaiting = self._read_awaiting = self._awaiting_headers
+        self._read_bytes = len(data)
         super().data_received(data)
-        # Only bytes of a header block that is still incomplete count: a chunk that completes the
-        # headers may carry the body, which the app limits.
-        if awaiting and self._awaiting_headers and not self.transport.is_closing():
+        # A read that leaves the header block incomplete counts whole; the read that completes it
+        # is measured in on_headers_complete (it may carry the body, which the app limits), which
+        # sets _read_bytes to 0.
+        if (
+            awaiting
+            and self._awaiting_headers
+            and self._read_bytes
+            and not self.transport.is_closing()
+        ):
             self._header_bytes += len(data)
             if self._header_bytes > self.max_header_bytes:
-                self._refuse(431, f"Request headers larger than {self.max_header_bytes} bytes")
+                self._refuse(HeadersTooLargeError(self._too_large_message()))
         elif self._awaiting_body and self._header_timer is None:
             # The chunk ended inside a body: the rest has body_timeout_s to arrive.
             self._arm(self.body_timeout_s, self._body_timed_out)
@@ -112,7 +123,9 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._awaiting_headers = True
-        self._header_bytes = 0
+        # Part of its header block may be in a read counted for nobody: measured when complete.
+        self._mid_read = not (self._read_awaiting and self._read_bytes)
+        self._request_start = time.perf_counter()
         if self._header_timer is None:
             self._arm()
 
@@ -120,6 +133,13 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._awaiting_headers = False
         self._awaiting_body = True
         self._disarm()
+        # Counted only when this read and those before could hold too much: one sum per large read.
+        if (
+            self._mid_read or self._header_bytes + self._read_bytes > self.max_header_bytes
+        ) and self._header_block_size() > self.max_header_bytes:
+            # The app answers it (server/edge.py), in turn after any pipelined request before it.
+            self.scope[edge.REFUSAL_KEY] = HeadersTooLargeError(self._too_large_message())  # type: ignore[literal-required]
+        self._read_bytes = 0
         super().on_headers_complete()
         cycle = self.cycle
         if cycle is not None and cycle.transport is self.transport:
@@ -129,8 +149,17 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         self._awaiting_body = False
+        self._awaiting_headers = True  # the next request's first read counts too
+        self._header_bytes = 0
         self._disarm()
         super().on_message_complete()
+
+    def _header_block_size(self) -> int:
+        # The request line and each "name: value" line with its CRLF, as received.
+        return len(self.url) + 12 + sum(len(name) + len(value) + 4 for name, value in self.headers)
+
+    def _too_large_message(self) -> str:
+        return f"Request headers larger than {self.max_header_bytes} bytes"
 
     def _arm(
         self, delay_s: float | None = None, callback: Callable[[], None] | None = None
@@ -156,7 +185,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             self._arm()
             return
         if self._header_bytes or getattr(self, "url", None) or self.headers:
-            self._refuse(408, f"Request headers not received within {self.header_timeout_s:g} s")
+            message = f"Request headers not received within {self.header_timeout_s:g} s"
+            self._refuse(HeadersTimeoutError(message))
         else:
             self.transport.close()  # silent connection: nobody to answer
 
@@ -167,22 +197,25 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             return
         if self._awaiting_body and not self.transport.is_closing():
             message = f"Request body not received within {self.body_timeout_s:g} s"
-            self._refuse(408, message, code="request_timeout", app_waiting=True)
+            self._refuse(errors.RequestTimeoutError(message), app_waiting=True)
 
-    def _refuse(
-        self, status: int, message: str, *, code: str = "bad_request", app_waiting: bool = False
-    ) -> None:
+    def _refuse(self, error: errors.ForemanError, *, app_waiting: bool = False) -> None:
         self._disarm()
         cycle = self.cycle
         if app_waiting:
             # The request's app waits for the rest of its body and has answered nothing yet; the
-            # close below ends its wait with a disconnect.
+            # close below ends its wait with a disconnect, and the edge logs this answer.
             answer = cycle is not None and not cycle.response_started
+            if answer:
+                cycle.scope[edge.REFUSAL_KEY] = error  # type: ignore[literal-required]
         else:
             # Between requests: no answer over one the app of the previous request is writing.
             answer = cycle is None or cycle.response_complete
+            if answer:
+                self._log_refusal(error)
         if answer:
-            body = msgspec.json.encode({"error": message, "code": code})
+            status = error.status_code
+            body = error_body(error)
             head = (
                 b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
                 b"connection: close\r\nx-content-type-options: nosniff\r\n"
@@ -190,6 +223,30 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             ) % (status, _REASONS[status], len(body))
             self.transport.write(head + body)
         self.transport.close()
+
+    def send_400_response(self, msg: str) -> None:
+        # uvicorn's answer to a request httptools could not parse: it gets its access line too.
+        self._disarm()
+        self._log_refusal(errors.ClientError(msg))
+        super().send_400_response(msg)
+
+    def _log_refusal(self, error: errors.ForemanError) -> None:
+        # No app ran for this request (its headers never completed): its access line is written
+        # here, with what of the request line and headers had arrived.
+        if not edge.logger.isEnabledFor(logging.INFO):
+            return
+        try:
+            method = self.parser.get_method().decode("ascii", "replace")
+        except Exception:  # the request line was not complete
+            method = "-"
+        url = getattr(self, "url", b"") or b""
+        try:
+            path = urllib.parse.unquote(httptools.parse_url(url).path.decode("latin-1"))
+        except httptools.HttpParserInvalidURLError:
+            path = url.decode("latin-1") or "-"
+        request_id = edge.client_request_id(self.headers or ()) or edge.new_request_id()
+        start = self._request_start or time.perf_counter()
+        edge.log_request(method, path, error.status_code, start, request_id)
 
 
 def limited_protocol(settings: Settings) -> type[LimitedHttpToolsProtocol]:

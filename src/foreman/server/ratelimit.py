@@ -3,55 +3,20 @@
 Each server process keeps its own buckets, so with N processes (FOREMAN_SERVER_WORKERS) an
 organisation can get up to N times the limit when its connections land on every process. A shared
 limit would cost a PostgreSQL or Redis round trip on every request; the per-process bucket costs
-a dictionary lookup and bounds what one client connection can do (docs/security.md).
+a dictionary lookup and bounds what one client connection can do (docs/security.md). The rate's
+grammar (``100/s``, ``6000/min``) is parsed by foreman.settings.parse_rate.
 """
 
 from __future__ import annotations
 
 import math
-import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from foreman import errors
+from foreman.settings import Rate
 
 MAX_BUCKETS = 10_000  # organisations remembered before idle (full) buckets are dropped
-
-_UNITS_S = {
-    "": 1.0,
-    "s": 1.0,
-    "sec": 1.0,
-    "second": 1.0,
-    "m": 60.0,
-    "min": 60.0,
-    "minute": 60.0,
-    "h": 3600.0,
-    "hour": 3600.0,
-}
-_RATE = re.compile(r"^\s*(?P<count>\d+(?:\.\d+)?)\s*(?:/\s*(?P<unit>[a-z]+))?\s*$")
-
-
-@dataclass(frozen=True, slots=True)
-class Rate:
-    """``per_s`` requests per second on average, at most ``burst`` at once."""
-
-    per_s: float
-    burst: float
-
-
-def parse_rate(text: str | None, *, burst: int | None = None) -> Rate | None:
-    """``"100/s"``, ``"6000/min"``, ``"10/hour"`` or ``"100"`` (per second); None or 0 = no limit."""
-    if text is None or not text.strip():
-        return None
-    match = _RATE.match(text.lower())
-    if match is None or (match["unit"] or "") not in _UNITS_S:
-        raise errors.ValidationError(f"Invalid rate limit {text!r}: use e.g. 100/s or 6000/min")
-    per_s = float(match["count"]) / _UNITS_S[match["unit"] or ""]
-    if per_s <= 0:
-        return None
-    # One second's worth by default, and never less than one request.
-    return Rate(per_s=per_s, burst=float(burst) if burst else max(1.0, per_s))
 
 
 class RateLimiter:

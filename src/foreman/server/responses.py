@@ -4,6 +4,9 @@ Nearly every answer is a msgspec struct sent as JSON with no cookies, extra head
 background task. Litestar's general path builds a header mapping, a cookie list and an
 ASGIResponse for each one; this path encodes the body and sends two prepared messages. Any
 answer that needs more takes Litestar's own path unchanged.
+
+It overrides Litestar 2's ``Response.__init__`` and ``to_asgi_response`` (whose signature changes
+in Litestar 3): litestar is pinned below 3, and tests/unit/test_adapters.py checks both.
 """
 
 from __future__ import annotations

@@ -74,8 +74,7 @@ def _tune_gc() -> None:
 
     Everything alive after start-up (modules, the app and its routes) is frozen out of the
     collector's view, and young collections run every GC_THRESHOLDS[0] container allocations
-    instead of 700. Measured with benchmarks/compare.py in alternating rounds (1 and 2
-    processes): server CPU -7 % per GET /tasks/:id and -14 to -17 % per task lifecycle.
+    instead of 700 (measured: benchmarks/README.md, "Notes moved from server/").
     """
     gc.collect()
     gc.freeze()
