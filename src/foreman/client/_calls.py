@@ -127,6 +127,48 @@ def _optional(**values: Any) -> dict[str, Any]:
     return {k: v for k, v in values.items() if v is not None}
 
 
+# The twins' keywords (snake_case) that a call sends, each with its name on the wire, in the
+# order they are sent: what a PATCH may change, and the filters of a list.
+_RUN_CHANGES = {
+    "status": "status",
+    "output_data": "outputData",
+    "error_data": "errorData",
+    "metadata": "metadata",
+}
+_TASK_CHANGES = {**_RUN_CHANGES, "queue_job_id": "queueJobId"}
+_RUN_FILTERS = {
+    "limit": "limit",
+    "offset": "offset",
+    "status": "status",
+    "sort_by": "sortBy",
+    "sort_order": "sortOrder",
+}
+_PAGE = {"limit": "limit", "offset": "offset", "sort_by": "sortBy", "sort_order": "sortOrder"}
+_TASK_FILTERS = {
+    "run_id": "runId",
+    "status": "status",
+    "type": "type",
+    "parent_task_id": "parentTaskId",
+    **_PAGE,
+}
+_RUN_DATA_FILTERS = {
+    "key": "key",
+    "keys": "keys",
+    "key_starts_with": "keyStartsWith",
+    "key_pattern": "keyPattern",
+    "tags": "tags",
+    "tag_starts_with": "tagStartsWith",
+    "tag_mode": "tagMode",
+    "include_all": "includeAll",
+    **_PAGE,
+}
+
+
+def _on_wire(values: Mapping[str, Any], fields: Mapping[str, str], absent: Any) -> dict[str, Any]:
+    """values under their wire names, in the order of fields; absent for a value not given."""
+    return {wire: values.get(name, absent) for name, wire in fields.items()}
+
+
 # runs
 
 
@@ -140,14 +182,7 @@ def get_run(run_id: str) -> Call[Run]:
 
 
 def update_run(run_id: str, changes: Mapping[str, Any]) -> Call[Run]:
-    body = _body(
-        {
-            "status": changes.get("status", UNSET),
-            "outputData": changes.get("output_data", UNSET),
-            "errorData": changes.get("error_data", UNSET),
-            "metadata": changes.get("metadata", UNSET),
-        }
-    )
+    body = _body(_on_wire(changes, _RUN_CHANGES, UNSET))
     # Setting the same fields twice leaves the same run: safe to repeat.
     return Call(
         "PATCH", f"{API}/runs/{_segment(run_id, 'run_id')}", _decoder(Run), body, idempotent=True
@@ -155,15 +190,7 @@ def update_run(run_id: str, changes: Mapping[str, Any]) -> Call[Run]:
 
 
 def list_runs(filters: Mapping[str, Any]) -> Call[RunList]:
-    params = _query(
-        {
-            "limit": filters.get("limit"),
-            "offset": filters.get("offset"),
-            "status": filters.get("status"),
-            "sortBy": filters.get("sort_by"),
-            "sortOrder": filters.get("sort_order"),
-        }
-    )
+    params = _query(_on_wire(filters, _RUN_FILTERS, None))
     return Call("GET", f"{API}/runs", _decoder(RunList), params=params, idempotent=True)
 
 
@@ -209,15 +236,7 @@ def get_task(task_id: str) -> Call[Task]:
 
 
 def update_task(task_id: str, changes: Mapping[str, Any]) -> Call[Task]:
-    body = _body(
-        {
-            "status": changes.get("status", UNSET),
-            "outputData": changes.get("output_data", UNSET),
-            "errorData": changes.get("error_data", UNSET),
-            "metadata": changes.get("metadata", UNSET),
-            "queueJobId": changes.get("queue_job_id", UNSET),
-        }
-    )
+    body = _body(_on_wire(changes, _TASK_CHANGES, UNSET))
     # retrying is the one status whose repeat changes the task (retryCount + 1).
     idempotent = changes.get("status") != "retrying"
     path = f"{API}/tasks/{_segment(task_id, 'task_id')}"
@@ -225,18 +244,7 @@ def update_task(task_id: str, changes: Mapping[str, Any]) -> Call[Task]:
 
 
 def list_tasks(filters: Mapping[str, Any]) -> Call[TaskList]:
-    params = _query(
-        {
-            "runId": filters.get("run_id"),
-            "status": filters.get("status"),
-            "type": filters.get("type"),
-            "parentTaskId": filters.get("parent_task_id"),
-            "limit": filters.get("limit"),
-            "offset": filters.get("offset"),
-            "sortBy": filters.get("sort_by"),
-            "sortOrder": filters.get("sort_order"),
-        }
-    )
+    params = _query(_on_wire(filters, _TASK_FILTERS, None))
     return Call("GET", f"{API}/tasks", _decoder(TaskList), params=params, idempotent=True)
 
 
@@ -256,22 +264,7 @@ def create_run_data(run_id: str, values: Mapping[str, Any]) -> Call[RunData]:
 
 
 def query_run_data(run_id: str, filters: Mapping[str, Any]) -> Call[RunDataList]:
-    params = _query(
-        {
-            "key": filters.get("key"),
-            "keys": filters.get("keys"),
-            "keyStartsWith": filters.get("key_starts_with"),
-            "keyPattern": filters.get("key_pattern"),
-            "tags": filters.get("tags"),
-            "tagStartsWith": filters.get("tag_starts_with"),
-            "tagMode": filters.get("tag_mode"),
-            "includeAll": filters.get("include_all"),
-            "limit": filters.get("limit"),
-            "offset": filters.get("offset"),
-            "sortBy": filters.get("sort_by"),
-            "sortOrder": filters.get("sort_order"),
-        }
-    )
+    params = _query(_on_wire(filters, _RUN_DATA_FILTERS, None))
     path = f"{API}/runs/{_segment(run_id, 'run_id')}/data"
     return Call("GET", path, _decoder(RunDataList), params=params, idempotent=True)
 

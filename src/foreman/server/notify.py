@@ -17,6 +17,8 @@ from typing import Any
 
 import asyncpg
 
+from foreman import background
+
 logger = logging.getLogger(__name__)
 
 READY_CHANNEL = "foreman_task_ready"
@@ -44,11 +46,8 @@ class Notifier:
 
     async def close(self) -> None:
         """Stop listening and close the connection."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        await background.cancel_and_wait(task)
 
     @contextlib.contextmanager
     def watch_ready(self, org_id: str) -> Iterator[asyncio.Event]:

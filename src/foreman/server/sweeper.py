@@ -11,14 +11,13 @@ does not apply to the owner because it is not FORCEd.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 from dataclasses import dataclass
 
 import asyncpg
 
-from foreman import errors, ids
+from foreman import background, errors, ids
 from foreman.models import Task
 from foreman.queue.base import Message, QueueBackend, ready_messages
 from foreman.settings import Settings
@@ -97,11 +96,8 @@ class Sweeper:
 
     async def close(self) -> None:
         """Stop sweeping and close the pool."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        await background.cancel_and_wait(task)
         await self._pool.close()
 
     async def _loop(self) -> None:

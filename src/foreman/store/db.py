@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator
-from types import TracebackType
 from typing import Any
 
 import asyncpg
@@ -158,12 +157,7 @@ class OrgConnection:
             raise
         return conn
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
         conn, self._conn = self._conn, None
         if conn is None:
             return

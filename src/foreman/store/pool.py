@@ -14,7 +14,6 @@ import asyncio
 import collections
 import time
 from collections.abc import Awaitable, Callable
-from types import TracebackType
 from typing import Any, Generic, TypeVar
 
 import asyncpg
@@ -206,17 +205,12 @@ class Lease(Generic[C]):
         self._conn = await self._pool.take(self._timeout)
         return self._conn
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
             # Cancelled (or interrupted) mid-lease, or a query timed out or lost the server: a
             # query may still be running, or being cancelled, on it.
-            in_doubt = exc_type is not None and (
-                not issubclass(exc_type, Exception) or issubclass(exc_type, _IN_DOUBT)
+            in_doubt = exc is not None and (
+                not isinstance(exc, Exception) or isinstance(exc, _IN_DOUBT)
             )
             self._pool.give_back(conn, in_doubt=in_doubt)

@@ -10,7 +10,6 @@ backend (worker/source.py, docs/backends.md); everything else is the Worker's.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import inspect
 import itertools
@@ -23,7 +22,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from foreman import errors
+from foreman import background, errors
 from foreman.client import AsyncClient, Client, TaskResult, chunks, retry_delay_s
 from foreman.models import Task
 from foreman.worker import _results
@@ -159,9 +158,7 @@ class Worker:
                 await source.close()
         finally:
             await self._results.drain()
-            beats.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await beats
+            await background.cancel_and_wait(beats)
             self._remove_signals(signals)
             self._threads.shutdown()
             if self._owns_client:
