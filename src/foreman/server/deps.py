@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
 
 import msgspec
@@ -102,12 +101,7 @@ class CallerConnection:
     async def __aenter__(self) -> tuple[str, db.Connection]:
         return self._org_id, await self._lease.__aenter__()
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
         await self._lease.__aexit__(exc_type, exc, tb)
 
 
