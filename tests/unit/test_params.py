@@ -112,3 +112,22 @@ def test_choices_are_exact():
     for value in ("null", "A", " a", ""):
         with pytest.raises(errors.ValidationError, match="status: must be one of a, b"):
             params.choice(value, "status", ("a", "b"))
+
+
+def test_every_handler_with_query_parameters_checks_them_and_no_other_pays_for_it():
+    """exact_request is a per-handler hook (a router-wide one, or a guard, costs every request)."""
+    from foreman.server.app import create_app
+    from foreman.settings import Settings
+
+    app = create_app(Settings(database_url="postgresql://unused@127.0.0.1/unused"))
+    checked, unchecked = [], []
+    for route in app.routes:
+        for handler in getattr(route, "route_handlers", []):
+            if not handler.fn.__module__.startswith("foreman."):
+                continue  # Litestar's own (OPTIONS, the OpenAPI pages)
+            hook = handler.resolve_before_request()
+            has_query = bool(params._query_spec(handler).names)
+            assert (hook is not None) == has_query, (route.path, handler.http_methods)
+            (checked if has_query else unchecked).append(route.path)
+    assert "/api/v1/tasks" in checked
+    assert "/api/v1/tasks/{task_id:str}" in unchecked

@@ -19,6 +19,7 @@ from litestar.types import Message, Receive, Scope, Send
 
 from foreman import errors
 from foreman.logs import LineWriter, printable
+from foreman.server import params
 from foreman.server.context import CONTEXT_KEY, Caller, RequestContext
 from foreman.server.errors import error_body
 
@@ -111,11 +112,14 @@ async def handle(
 
     try:
         refusal: errors.ForemanError | None = scope.get(REFUSAL_KEY)  # type: ignore[assignment]
-        if refusal is None:
-            await app(app_scope, receive, send_answer)
-        else:
+        if refusal is not None:
             # The rest of the request may still be on the wire: close, do not parse it as a request.
             await send_error(send_answer, refusal, close=True)
+        elif (malformed := params.malformed_path(scope.get("raw_path"))) is not None:
+            # Before routing: the router would collapse the segment and reach another endpoint.
+            await send_error(send_answer, malformed)
+        else:
+            await app(app_scope, receive, send_answer)
     finally:
         if logger.isEnabledFor(logging.INFO):
             context: RequestContext = state[CONTEXT_KEY]

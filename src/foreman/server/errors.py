@@ -17,7 +17,6 @@ from litestar.enums import MediaType
 from litestar.exceptions import HTTPException, ValidationException
 
 from foreman import errors
-from foreman.server import params
 
 logger = logging.getLogger(__name__)
 
@@ -140,11 +139,6 @@ _HTTP_ERRORS: dict[int, type[errors.ForemanError]] = {
 
 
 def http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
-    malformed = params.malformed_path(request.scope.get("raw_path"))
-    if malformed is not None and exc.status_code in (404, 405):
-        # The router collapsed an empty segment ("/tasks//fail" -> "/tasks/fail"): the answer is
-        # about the path the client sent, as the guard on every router gives it (params.py).
-        return foreman_error(request, malformed)
     if exc.status_code == 404:
         message = f"Not found: {request.method} {request.url.path}"
     elif exc.status_code == 405:

@@ -356,7 +356,9 @@ async def release_tasks(request: Request[Any, Any, Any], data: JSONBody[LeaseRef
 # ---------------------------------------------------------------- wait
 
 
-@get("/{task_id:str}/wait", responses=error_responses(400, 404))
+@get(
+    "/{task_id:str}/wait", responses=error_responses(400, 404), before_request=params.exact_request
+)
 async def wait_task(
     request: Request[Any, Any, Any],
     task_id: FromPath[str],
@@ -386,7 +388,6 @@ async def wait_task(
 router = Router(
     path="/api/v1/tasks",
     middleware=[auth.authenticated],
-    guards=[params.exact_request],
     route_handlers=[
         create_tasks,
         claim_tasks,

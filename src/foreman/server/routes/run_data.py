@@ -45,7 +45,7 @@ async def create_run_data(
     return result.item
 
 
-@get("", responses=error_responses(400, 404))
+@get("", responses=error_responses(400, 404), before_request=params.exact_request)
 async def query_run_data(
     request: Request[Any, Any, Any],
     run_id: FromPath[str],
@@ -116,7 +116,9 @@ async def update_run_data_tags(
     return item
 
 
-@delete("", status_code=200, responses=error_responses(400, 404))
+@delete(
+    "", status_code=200, responses=error_responses(400, 404), before_request=params.exact_request
+)
 async def delete_run_data(
     request: Request[Any, Any, Any],
     run_id: FromPath[str],
@@ -149,6 +151,5 @@ router = Router(
     middleware=[auth.authenticated],
     path="/api/v1/runs/{run_id:str}/data",
     route_handlers=[create_run_data, query_run_data, update_run_data_tags, delete_run_data],
-    guards=[params.exact_request],
     tags=["run data"],
 )

@@ -59,7 +59,7 @@ async def update_run(
     return run
 
 
-@get("", responses=error_responses(400))
+@get("", responses=error_responses(400), before_request=params.exact_request)
 async def list_runs(
     request: Request[Any, Any, Any],
     limit: Annotated[int, params.integer_param(ge=1, le=100)] = 20,
@@ -91,6 +91,5 @@ router = Router(
     middleware=[auth.authenticated],
     path="/api/v1/runs",
     route_handlers=[create_run, get_run, update_run, list_runs],
-    guards=[params.exact_request],
     tags=["runs"],
 )

@@ -17,7 +17,6 @@ from foreman.models import (
     QueuesConfig,
     RedisConfig,
 )
-from foreman.server import params
 from foreman.server.auth import authenticated, may_see_redis_password
 from foreman.server.deps import error_responses, state
 from foreman.settings import Settings
@@ -115,6 +114,5 @@ async def get_queues_config(request: Request[Any, Any, Any]) -> QueuesConfig:
 router = Router(
     path="/",
     route_handlers=[health, get_config, get_redis_config, get_queues_config],
-    guards=[params.exact_request],
     tags=["system"],
 )

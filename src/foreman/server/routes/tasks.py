@@ -113,7 +113,7 @@ async def update_task(
     return result.task
 
 
-@get("", responses=error_responses(400))
+@get("", responses=error_responses(400), before_request=params.exact_request)
 async def list_tasks(
     request: Request[Any, Any, Any],
     limit: Annotated[int, params.integer_param(ge=1, le=100)] = 20,
@@ -157,6 +157,5 @@ router = Router(
     middleware=[auth.authenticated],
     path="/api/v1/tasks",
     route_handlers=[create_task, get_task, update_task, list_tasks],
-    guards=[params.exact_request],
     tags=["tasks"],
 )
