@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
-import logging
-from collections.abc import Iterator
-
 import typer
 
 from foreman import errors, keys_cli
 from foreman.bench.command import bench as bench_command
 from foreman.logs import configure_logging
 from foreman.settings import Settings
-
-logger = logging.getLogger("foreman")
+from foreman.store import embedded
 
 app = typer.Typer(
     help="Foreman: workflow orchestration on PostgreSQL.",
@@ -21,25 +16,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(keys_cli.app, name="keys")
-
-
-@contextlib.contextmanager
-def database(settings: Settings) -> Iterator[str]:
-    """The configured database URL, or an embedded PostgreSQL started for the duration."""
-    url = settings.resolved_database_url()
-    if url is not None:
-        yield url
-        return
-    from foreman.store.embedded import start_embedded
-
-    embedded = start_embedded(settings.data_dir)
-    logger.info(
-        "no database configured: using the embedded PostgreSQL, data in %s", embedded.pgdata
-    )
-    try:
-        yield embedded.url
-    finally:
-        embedded.stop()
 
 
 @app.command()
@@ -58,7 +34,7 @@ def server(
     from foreman.server.runner import serve
     from foreman.store.migrate import apply_migrations
 
-    with database(settings) as url:
+    with embedded.database(settings) as url:
         if settings.auto_migrate:
             apply_migrations(url)
         serve(settings.model_copy(update={"database_url": url}))
@@ -71,7 +47,7 @@ def migrate() -> None:
     configure_logging(settings.log_level, json_lines=settings.log_json)
     from foreman.store.migrate import apply_migrations
 
-    with database(settings) as url:
+    with embedded.database(settings) as url:
         applied = apply_migrations(url)
     typer.echo(
         f"applied {len(applied)} migration(s)" + (f": {', '.join(applied)}" if applied else "")

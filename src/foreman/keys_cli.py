@@ -8,9 +8,8 @@ A new key is printed once, on standard output alone, so that a script can captur
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import asyncpg
@@ -19,28 +18,12 @@ import typer
 from foreman import errors, ids
 from foreman.logs import configure_logging
 from foreman.settings import Settings
-from foreman.store import api_keys
+from foreman.store import api_keys, embedded
 from foreman.store.db import translate_errors
 
 T = TypeVar("T")
 
 app = typer.Typer(help="Registered API keys (FOREMAN_AUTH_MODE=registered).", no_args_is_help=True)
-
-
-@contextlib.contextmanager
-def _database(settings: Settings) -> Iterator[str]:
-    """The configured database URL, or the embedded PostgreSQL for the duration."""
-    url = settings.resolved_database_url()
-    if url is not None:
-        yield url
-        return
-    from foreman.store.embedded import start_embedded  # optional extra: imported only when used
-
-    embedded = start_embedded(settings.data_dir)
-    try:
-        yield embedded.url
-    finally:
-        embedded.stop()
 
 
 def _run(work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
@@ -57,7 +40,7 @@ def _run(work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
             await conn.close()
 
     try:
-        with _database(settings) as url:
+        with embedded.database(settings) as url:
             if settings.auto_migrate:
                 from foreman.store.migrate import apply_migrations  # imported only when migrating
 

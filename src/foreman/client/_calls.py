@@ -13,7 +13,7 @@ from urllib.parse import quote
 import msgspec
 from msgspec import UNSET
 
-from foreman import errors
+from foreman import errors, models
 from foreman.client._base import (
     API,
     Call,
@@ -24,38 +24,24 @@ from foreman.client._base import (
     is_missing_route,
     json_number,
 )
-from foreman.models import (
-    TERMINAL_STATUSES,
-    ClaimResult,
-    Config,
-    Deleted,
-    LeaseStatus,
-    Run,
-    RunData,
-    RunDataList,
-    RunList,
-    Task,
-    TaskAck,
-    TaskList,
-)
 
 T = TypeVar("T")
 
 
 class _Tasks(msgspec.Struct):
-    data: list[Task]
+    data: list[models.Task]
 
 
 class _Leases(msgspec.Struct):
-    data: list[LeaseStatus]
+    data: list[models.LeaseStatus]
 
 
 class _Acks(msgspec.Struct):
-    data: list[TaskAck]
+    data: list[models.TaskAck]
 
 
 class _Claims(msgspec.Struct):
-    data: list[ClaimResult]
+    data: list[models.ClaimResult]
 
 
 _DECODERS: dict[Any, msgspec.json.Decoder[Any]] = {}
@@ -68,24 +54,24 @@ def _decoder(model: type[T]) -> Callable[[bytes], T]:
     return decoder.decode
 
 
-def _tasks(content: bytes) -> list[Task]:
+def _tasks(content: bytes) -> list[models.Task]:
     return _decoder(_Tasks)(content).data
 
 
-def _leases(content: bytes) -> list[LeaseStatus]:
+def _leases(content: bytes) -> list[models.LeaseStatus]:
     return _decoder(_Leases)(content).data
 
 
-def _acks(content: bytes) -> list[TaskAck]:
+def _acks(content: bytes) -> list[models.TaskAck]:
     return _decoder(_Acks)(content).data
 
 
-def _claims(content: bytes) -> list[ClaimResult]:
+def _claims(content: bytes) -> list[models.ClaimResult]:
     return _decoder(_Claims)(content).data
 
 
 def _deleted(content: bytes) -> int:
-    return _decoder(Deleted)(content).deleted
+    return _decoder(models.Deleted)(content).deleted
 
 
 _encode = encode_json
@@ -172,26 +158,32 @@ def _on_wire(values: Mapping[str, Any], fields: Mapping[str, str], absent: Any) 
 # runs
 
 
-def create_run(input_data: Any, *, metadata: dict[str, Any] | None) -> Call[Run]:
+def create_run(input_data: Any, *, metadata: dict[str, Any] | None) -> Call[models.Run]:
     body = _body({"inputData": input_data, **_optional(metadata=metadata)})
-    return Call("POST", f"{API}/runs", _decoder(Run), body)
+    return Call("POST", f"{API}/runs", _decoder(models.Run), body)
 
 
-def get_run(run_id: str) -> Call[Run]:
-    return Call("GET", f"{API}/runs/{_segment(run_id, 'run_id')}", _decoder(Run), idempotent=True)
-
-
-def update_run(run_id: str, changes: Mapping[str, Any]) -> Call[Run]:
-    body = _body(_on_wire(changes, _RUN_CHANGES, UNSET))
-    # Setting the same fields twice leaves the same run: safe to repeat.
+def get_run(run_id: str) -> Call[models.Run]:
     return Call(
-        "PATCH", f"{API}/runs/{_segment(run_id, 'run_id')}", _decoder(Run), body, idempotent=True
+        "GET", f"{API}/runs/{_segment(run_id, 'run_id')}", _decoder(models.Run), idempotent=True
     )
 
 
-def list_runs(filters: Mapping[str, Any]) -> Call[RunList]:
+def update_run(run_id: str, changes: Mapping[str, Any]) -> Call[models.Run]:
+    body = _body(_on_wire(changes, _RUN_CHANGES, UNSET))
+    # Setting the same fields twice leaves the same run: safe to repeat.
+    return Call(
+        "PATCH",
+        f"{API}/runs/{_segment(run_id, 'run_id')}",
+        _decoder(models.Run),
+        body,
+        idempotent=True,
+    )
+
+
+def list_runs(filters: Mapping[str, Any]) -> Call[models.RunList]:
     params = _query(_on_wire(filters, _RUN_FILTERS, None))
-    return Call("GET", f"{API}/runs", _decoder(RunList), params=params, idempotent=True)
+    return Call("GET", f"{API}/runs", _decoder(models.RunList), params=params, idempotent=True)
 
 
 # tasks
@@ -215,43 +207,43 @@ def task_body(spec: TaskSpec, *, enqueue: bool) -> dict[str, Any]:
     return body
 
 
-def create_task(spec: TaskSpec, *, enqueue: bool) -> Call[Task]:
+def create_task(spec: TaskSpec, *, enqueue: bool) -> Call[models.Task]:
     body = _encode(task_body(spec, enqueue=enqueue))
     # With an idempotency key a repeat returns the first task instead of making a second one.
     idempotent = spec.idempotency_key is not None
-    return Call("POST", f"{API}/tasks", _decoder(Task), body, idempotent=idempotent)
+    return Call("POST", f"{API}/tasks", _decoder(models.Task), body, idempotent=idempotent)
 
 
-def create_tasks(specs: Sequence[TaskSpec], *, enqueue: bool) -> Call[list[Task]]:
+def create_tasks(specs: Sequence[TaskSpec], *, enqueue: bool) -> Call[list[models.Task]]:
     """``POST /tasks/batch``: one transaction, answers in input order."""
     body = _encode({"tasks": [task_body(spec, enqueue=enqueue) for spec in specs]})
     idempotent = all(spec.idempotency_key is not None for spec in specs)
     return Call("POST", f"{API}/tasks/batch", _tasks, body, idempotent=idempotent)
 
 
-def get_task(task_id: str) -> Call[Task]:
+def get_task(task_id: str) -> Call[models.Task]:
     return Call(
-        "GET", f"{API}/tasks/{_segment(task_id, 'task_id')}", _decoder(Task), idempotent=True
+        "GET", f"{API}/tasks/{_segment(task_id, 'task_id')}", _decoder(models.Task), idempotent=True
     )
 
 
-def update_task(task_id: str, changes: Mapping[str, Any]) -> Call[Task]:
+def update_task(task_id: str, changes: Mapping[str, Any]) -> Call[models.Task]:
     body = _body(_on_wire(changes, _TASK_CHANGES, UNSET))
     # retrying is the one status whose repeat changes the task (retryCount + 1).
     idempotent = changes.get("status") != "retrying"
     path = f"{API}/tasks/{_segment(task_id, 'task_id')}"
-    return Call("PATCH", path, _decoder(Task), body, idempotent=idempotent)
+    return Call("PATCH", path, _decoder(models.Task), body, idempotent=idempotent)
 
 
-def list_tasks(filters: Mapping[str, Any]) -> Call[TaskList]:
+def list_tasks(filters: Mapping[str, Any]) -> Call[models.TaskList]:
     params = _query(_on_wire(filters, _TASK_FILTERS, None))
-    return Call("GET", f"{API}/tasks", _decoder(TaskList), params=params, idempotent=True)
+    return Call("GET", f"{API}/tasks", _decoder(models.TaskList), params=params, idempotent=True)
 
 
 # run data
 
 
-def create_run_data(run_id: str, values: Mapping[str, Any]) -> Call[RunData]:
+def create_run_data(run_id: str, values: Mapping[str, Any]) -> Call[models.RunData]:
     body = _body(
         {
             "taskId": values["task_id"],
@@ -260,22 +252,24 @@ def create_run_data(run_id: str, values: Mapping[str, Any]) -> Call[RunData]:
             **_optional(tags=values.get("tags"), metadata=values.get("metadata")),
         }
     )
-    return Call("POST", f"{API}/runs/{_segment(run_id, 'run_id')}/data", _decoder(RunData), body)
+    return Call(
+        "POST", f"{API}/runs/{_segment(run_id, 'run_id')}/data", _decoder(models.RunData), body
+    )
 
 
-def query_run_data(run_id: str, filters: Mapping[str, Any]) -> Call[RunDataList]:
+def query_run_data(run_id: str, filters: Mapping[str, Any]) -> Call[models.RunDataList]:
     params = _query(_on_wire(filters, _RUN_DATA_FILTERS, None))
     path = f"{API}/runs/{_segment(run_id, 'run_id')}/data"
-    return Call("GET", path, _decoder(RunDataList), params=params, idempotent=True)
+    return Call("GET", path, _decoder(models.RunDataList), params=params, idempotent=True)
 
 
 def update_run_data_tags(
     run_id: str, data_id: str, *, add: Sequence[str] | None, remove: Sequence[str] | None
-) -> Call[RunData]:
+) -> Call[models.RunData]:
     body = _body(_optional(add=_list(add), remove=_list(remove)))
     path = f"{API}/runs/{_segment(run_id, 'run_id')}/data/{_segment(data_id, 'data_id')}/tags"
     # Remove-then-add-if-missing gives the same tags when repeated.
-    return Call("PATCH", path, _decoder(RunData), body, idempotent=True)
+    return Call("PATCH", path, _decoder(models.RunData), body, idempotent=True)
 
 
 def _list(values: Sequence[str] | None) -> list[str] | None:
@@ -290,8 +284,8 @@ def delete_run_data(run_id: str, *, key: str | None, data_id: str | None) -> Cal
     return Call("DELETE", path, _deleted, params=params)
 
 
-def get_config() -> Call[Config]:
-    return Call("GET", f"{API}/config", _decoder(Config), idempotent=True)
+def get_config() -> Call[models.Config]:
+    return Call("GET", f"{API}/config", _decoder(models.Config), idempotent=True)
 
 
 # queue (docs/queue-protocol.md)
@@ -303,7 +297,7 @@ def _ms(seconds: float) -> int:
 
 def claim_tasks(
     *, worker_id: str, limit: int, lease_s: float, wait_s: float, types: Sequence[str] | None
-) -> Call[list[Task]]:
+) -> Call[list[models.Task]]:
     body = _body(
         {
             "workerId": worker_id,
@@ -318,55 +312,65 @@ def claim_tasks(
     return Call("POST", f"{API}/tasks/claim", _tasks, body, timeout_s=timeout_s)
 
 
-def claim_task(task_id: str, *, worker_id: str, lease_s: float) -> Call[Task]:
+def claim_task(task_id: str, *, worker_id: str, lease_s: float) -> Call[models.Task]:
     body = _body({"workerId": worker_id, "leaseMs": _ms(lease_s)})
-    return Call("POST", f"{API}/tasks/{_segment(task_id, 'task_id')}/claim", _decoder(Task), body)
+    return Call(
+        "POST", f"{API}/tasks/{_segment(task_id, 'task_id')}/claim", _decoder(models.Task), body
+    )
 
 
 def claim_task_ids(
     task_ids: Sequence[str], *, worker_id: str, lease_s: float
-) -> Call[list[ClaimResult]]:
+) -> Call[list[models.ClaimResult]]:
     body = _encode({"workerId": worker_id, "taskIds": list(task_ids), "leaseMs": _ms(lease_s)})
     return Call("POST", f"{API}/tasks/claim-ids", _claims, body)
 
 
-def heartbeat(leases: Sequence[Lease], *, lease_s: float) -> Call[list[LeaseStatus]]:
+def heartbeat(leases: Sequence[Lease], *, lease_s: float) -> Call[list[models.LeaseStatus]]:
     body = _encode({"leases": list(leases), "leaseMs": _ms(lease_s)})
     # Renewing a lease twice only moves its expiry: safe to repeat.
     return Call("POST", f"{API}/tasks/heartbeat", _leases, body, idempotent=True)
 
 
-def complete_task(task_id: str, *, lease_token: str, output_data: Any) -> Call[Task]:
+def complete_task(task_id: str, *, lease_token: str, output_data: Any) -> Call[models.Task]:
     body = _encode({"leaseToken": lease_token, "outputData": output_data})
     return Call(
-        "POST", f"{API}/tasks/{_segment(task_id, 'task_id')}/complete", _decoder(Task), body
+        "POST", f"{API}/tasks/{_segment(task_id, 'task_id')}/complete", _decoder(models.Task), body
     )
 
 
-def fail_task(task_id: str, *, lease_token: str, error_data: Any, retryable: bool) -> Call[Task]:
+def fail_task(
+    task_id: str, *, lease_token: str, error_data: Any, retryable: bool
+) -> Call[models.Task]:
     body = _encode({"leaseToken": lease_token, "errorData": error_data, "retryable": retryable})
-    return Call("POST", f"{API}/tasks/{_segment(task_id, 'task_id')}/fail", _decoder(Task), body)
+    return Call(
+        "POST", f"{API}/tasks/{_segment(task_id, 'task_id')}/fail", _decoder(models.Task), body
+    )
 
 
-def release_task(task_id: str, *, lease_token: str) -> Call[Task]:
+def release_task(task_id: str, *, lease_token: str) -> Call[models.Task]:
     body = _encode({"leaseToken": lease_token})
-    return Call("POST", f"{API}/tasks/{_segment(task_id, 'task_id')}/release", _decoder(Task), body)
+    return Call(
+        "POST", f"{API}/tasks/{_segment(task_id, 'task_id')}/release", _decoder(models.Task), body
+    )
 
 
-def release_tasks(leases: Sequence[Lease]) -> Call[list[TaskAck]]:
+def release_tasks(leases: Sequence[Lease]) -> Call[list[models.TaskAck]]:
     body = _encode({"leases": list(leases)})
     return Call("POST", f"{API}/tasks/release", _acks, body)
 
 
-def complete_tasks(results: Sequence[TaskResult]) -> Call[list[TaskAck]]:
+def complete_tasks(results: Sequence[TaskResult]) -> Call[list[models.TaskAck]]:
     body = _encode({"results": list(results)})
     return Call("POST", f"{API}/tasks/complete", _acks, body)
 
 
-def wait_task(task_id: str, *, wait_s: float) -> Call[Task]:
+def wait_task(task_id: str, *, wait_s: float) -> Call[models.Task]:
     params = {"timeoutMs": str(_ms(wait_s))}
     path = f"{API}/tasks/{_segment(task_id, 'task_id')}/wait"
-    return Call("GET", path, _decoder(Task), params=params, idempotent=True, timeout_s=wait_s + 10)
+    return Call(
+        "GET", path, _decoder(models.Task), params=params, idempotent=True, timeout_s=wait_s + 10
+    )
 
 
 # ---------------------------------------------------------------- waiting
@@ -383,7 +387,7 @@ class WaitPlan:
         self.long_poll = True
         self.pause = 0.05
 
-    def call(self, now: float) -> Call[Task]:
+    def call(self, now: float) -> Call[models.Task]:
         """The next request."""
         if not self.long_poll:
             return get_task(self.task_id)
@@ -396,9 +400,9 @@ class WaitPlan:
             raise exc
         self.long_poll = False
 
-    def finished(self, task: Task, now: float) -> bool:
+    def finished(self, task: models.Task, now: float) -> bool:
         """True when task is terminal; TimeoutError once the deadline has passed."""
-        if task.status in TERMINAL_STATUSES:
+        if task.status in models.TERMINAL_STATUSES:
             return True
         if self.deadline is not None and now >= self.deadline:
             raise TimeoutError(f"Task {self.task_id} is still {task.status}")

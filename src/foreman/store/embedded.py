@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from foreman import errors
+
+if TYPE_CHECKING:
+    from foreman.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -89,3 +94,20 @@ def start_embedded(data_dir: Path) -> EmbeddedPostgres:
     url = server.get_uri("foreman")
     logger.info("embedded PostgreSQL running, data in %s", pgdata)
     return EmbeddedPostgres(pgdata=pgdata, server=server, url=url)
+
+
+@contextlib.contextmanager
+def database(settings: Settings) -> Iterator[str]:
+    """The configured database URL, or an embedded PostgreSQL started for the duration."""
+    url = settings.resolved_database_url()
+    if url is not None:
+        yield url
+        return
+    embedded = start_embedded(settings.data_dir)
+    logger.info(
+        "no database configured: using the embedded PostgreSQL, data in %s", embedded.pgdata
+    )
+    try:
+        yield embedded.url
+    finally:
+        embedded.stop()

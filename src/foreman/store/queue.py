@@ -14,18 +14,11 @@ from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 from foreman.models import Task
+from foreman.store import queries
 from foreman.store.db import Db
-from foreman.store.queries import (
-    fields_of,
-    jsonb_items,
-    load_statements,
-    model_from,
-    models_from,
-    values,
-)
 from foreman.store.tasks import get_task, shard
 
-_SQL = load_statements("queue")  # store/sql/queue.sql: the statements and why they are so
+_SQL = queries.load_statements("queue")  # store/sql/queue.sql: the statements and why they are so
 _CLAIM_TASKS = _SQL["claim_tasks"]
 _CLAIM_TASK = _SQL["claim_task"]
 _CLAIM_TASK_IDS = _SQL["claim_task_ids"]
@@ -149,7 +142,7 @@ async def claim_tasks(
         lease_ms,
         worker_id,
     )
-    return models_from(Task, records)
+    return queries.models_from(Task, records)
 
 
 async def claim_task(
@@ -158,7 +151,7 @@ async def claim_task(
     """Lease one task by id; ``current`` explains a refusal (terminal, or held by a lease)."""
     record = await conn.fetchrow(_CLAIM_TASK, org_id, task_id, now, lease_ms, worker_id)
     if record is not None:
-        return ClaimOne(model_from(Task, record), True, None)
+        return ClaimOne(queries.model_from(Task, record), True, None)
     current = await get_task(conn, org_id=org_id, task_id=task_id)
     return ClaimOne(None, current is not None, current)
 
@@ -179,7 +172,7 @@ async def claim_task_ids(
     """Lease tasks by id in one statement (input order), each under claim_task's rules."""
     firsts = first_occurrences(task_ids)
     records = await conn.fetch(_CLAIM_TASK_IDS, org_id, firsts.items, now, lease_ms, worker_id)
-    task = fields_of(Task, records)
+    task = queries.fields_of(Task, records)
     claimed = [
         Claimed(r["claimed_id"], None if r["id"] is None else Task(*task(r)), r["status_before"])
         for r in records
@@ -227,14 +220,14 @@ async def finish_tasks(
         [o.task_id for o in outcomes],
         [o.lease_token for o in outcomes],
         [o.status for o in outcomes],
-        jsonb_items([o.output_data for o in outcomes]),
-        jsonb_items([o.error_data for o in outcomes]),
+        queries.jsonb_items([o.output_data for o in outcomes]),
+        queries.jsonb_items([o.error_data for o in outcomes]),
         [o.retryable for o in outcomes],
         now,
         shard(),
     )
-    task = fields_of(Task, records)
-    head = values(records, "ended_id", "ok", "status_now", "found", "same_token")
+    task = queries.fields_of(Task, records)
+    head = queries.values(records, "ended_id", "ok", "status_now", "found", "same_token")
     ended = []
     for outcome, r in zip(outcomes, records, strict=True):
         task_id, ok, status, found, same_token = head(r)
@@ -255,7 +248,7 @@ def _ended_as(outcome: str, status: str | None) -> bool:
 async def release_tasks(conn: Db, *, org_id: str, leases: Sequence[Lease], now: int) -> list[Ended]:
     """Put held tasks back in the queue, undoing the claim's attempt count (input order)."""
     firsts, records = await _fetch_leases(conn, _RELEASE_TASKS, org_id, leases, now)
-    task = fields_of(Task, records)
+    task = queries.fields_of(Task, records)
     ended = [
         Ended(
             r["released_id"],
@@ -278,7 +271,7 @@ def _duplicate_of(first: Ended) -> Ended:
 async def expire_leases(conn: Db, *, now: int, limit: int) -> list[Task]:
     """Expired leases of every organisation: retrying with a backoff, or failed when exhausted."""
     records = await conn.fetch(_EXPIRE_LEASES, now, limit, shard())
-    return models_from(Task, records)
+    return queries.models_from(Task, records)
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,7 +297,7 @@ async def ready_tasks(
         cursor.task_id,
         limit,
     )
-    tasks = models_from(Task, records)
+    tasks = queries.models_from(Task, records)
     if len(tasks) < limit:
         return tasks, ReadyCursor()
     last = tasks[-1]

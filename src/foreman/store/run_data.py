@@ -7,19 +7,10 @@ from typing import Any
 
 from foreman import errors
 from foreman.models import MAX_TAGS, RunData
+from foreman.store import queries
 from foreman.store.db import Db
-from foreman.store.queries import (
-    SORT_ORDERS,
-    Page,
-    Where,
-    escape_like,
-    fetch_page,
-    glob_to_like,
-    load_statements,
-    model_from,
-)
 
-_SQL = load_statements("run_data")  # store/sql/run_data.sql
+_SQL = queries.load_statements("run_data")  # store/sql/run_data.sql
 _RUN_EXISTS = _SQL["run_exists"]
 _INSERT_RUN_DATA = _SQL["insert_run_data"]
 _UPDATE_TAGS = _SQL["update_tags"]
@@ -77,7 +68,7 @@ async def insert_run_data(
         now,
     )
     assert record is not None
-    item = None if record["id"] is None else model_from(RunData, record)
+    item = None if record["id"] is None else queries.model_from(RunData, record)
     return InsertResult(item, record["run_found"])
 
 
@@ -87,7 +78,7 @@ async def update_tags(
     """Remove, then add tags; None if the entry is not in this run (400 past MAX_TAGS)."""
     record = await conn.fetchrow(_UPDATE_TAGS, org_id, run_id, data_id, remove, add, now, MAX_TAGS)
     if record is not None:
-        return model_from(RunData, record)
+        return queries.model_from(RunData, record)
     if await conn.fetchval(_RUN_DATA_EXISTS, org_id, run_id, data_id):
         raise errors.ValidationError(
             f"Validation failed: an entry may carry at most {MAX_TAGS} tags",
@@ -116,17 +107,19 @@ class RunDataQuery:
     offset: int = 0
 
 
-def _where(org_id: str, run_id: str, q: RunDataQuery) -> Where:
-    where = Where(["d.org_id = $1", "d.run_id = $2"], [org_id, run_id])
-    key_group = Where([], where.args)  # shares the parameter list
+def _where(org_id: str, run_id: str, q: RunDataQuery) -> queries.Where:
+    where = queries.Where(["d.org_id = $1", "d.run_id = $2"], [org_id, run_id])
+    key_group = queries.Where([], where.args)  # shares the parameter list
     if q.key is not None:
         key_group.add("d.key = {}", q.key)
     if q.keys:
         key_group.add("d.key = ANY({}::text[])", list(q.keys))
     if q.key_prefixes:
-        key_group.add("d.key LIKE ANY({}::text[])", [escape_like(p) + "%" for p in q.key_prefixes])
+        key_group.add(
+            "d.key LIKE ANY({}::text[])", [queries.escape_like(p) + "%" for p in q.key_prefixes]
+        )
     if q.key_pattern is not None:
-        key_group.add("d.key LIKE {}", glob_to_like(q.key_pattern))
+        key_group.add("d.key LIKE {}", queries.glob_to_like(q.key_pattern))
     if key_group.clauses:
         where.clauses.append("(" + " OR ".join(key_group.clauses) + ")")
     if q.tags:
@@ -134,7 +127,7 @@ def _where(org_id: str, run_id: str, q: RunDataQuery) -> Where:
             "d.tags @> {}::text[]" if q.tag_mode == "all" else "d.tags && {}::text[]", list(q.tags)
         )
     if q.tag_prefixes:
-        patterns = [escape_like(p) + "%" for p in q.tag_prefixes]
+        patterns = [queries.escape_like(p) + "%" for p in q.tag_prefixes]
         if q.tag_mode == "all":
             fragment = "NOT EXISTS (SELECT 1 FROM unnest({}::text[]) AS p WHERE NOT EXISTS (SELECT 1 FROM unnest(d.tags) AS x WHERE x LIKE p))"
         else:
@@ -143,16 +136,23 @@ def _where(org_id: str, run_id: str, q: RunDataQuery) -> Where:
     return where
 
 
-async def query_run_data(conn: Db, *, org_id: str, run_id: str, q: RunDataQuery) -> Page[RunData]:
+async def query_run_data(
+    conn: Db, *, org_id: str, run_id: str, q: RunDataQuery
+) -> queries.Page[RunData]:
     """Matching rows (or only the latest per key), a page of them, and how many match in all."""
     where = _where(org_id, run_id, q)
     sql = _query_run_data_sql(
-        where, _SORT_COLUMNS[q.sort_by], SORT_ORDERS[q.sort_order], latest_per_key=not q.include_all
+        where,
+        _SORT_COLUMNS[q.sort_by],
+        queries.SORT_ORDERS[q.sort_order],
+        latest_per_key=not q.include_all,
     )
-    return await fetch_page(conn, RunData, sql, [*where.args, q.limit, q.offset])
+    return await queries.fetch_page(conn, RunData, sql, [*where.args, q.limit, q.offset])
 
 
-def _query_run_data_sql(where: Where, column: str, order: str, *, latest_per_key: bool) -> str:
+def _query_run_data_sql(
+    where: queries.Where, column: str, order: str, *, latest_per_key: bool
+) -> str:
     """A page of entries and the total, from fixed fragments: where's clauses (their values are
     parameters, then $n limit and offset), a whitelisted sort column and order. Latest per key:
     among the matching rows, by created_at, then id."""
@@ -179,7 +179,7 @@ async def delete_run_data(
     conn: Db, *, org_id: str, run_id: str, key: str | None, data_id: str | None
 ) -> int:
     """Delete the run's rows with this key and/or id; the number deleted."""
-    where = Where(["org_id = $1", "run_id = $2"], [org_id, run_id])
+    where = queries.Where(["org_id = $1", "run_id = $2"], [org_id, run_id])
     if key is not None:
         where.add("key = {}", key)
     if data_id is not None:

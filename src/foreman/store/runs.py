@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from foreman.models import TERMINAL_STATUSES, Run
+from foreman.store import queries
 from foreman.store.db import Db
-from foreman.store.queries import SORT_ORDERS, Page, Where, fetch_page, load_statements, model_from
 
-_SQL = load_statements("runs")  # store/sql/runs.sql
+_SQL = queries.load_statements("runs")  # store/sql/runs.sql
 _INSERT_RUN = _SQL["insert_run"]
 _GET_RUN = _SQL["get_run"]
 
@@ -42,20 +42,22 @@ async def insert_run(
 ) -> Run:
     """Insert a pending run."""
     record = await conn.fetchrow(_INSERT_RUN, run_id, org_id, input_data, metadata, now)
-    return model_from(Run, record)
+    return queries.model_from(Run, record)
 
 
 async def get_run(conn: Db, *, org_id: str, run_id: str) -> Run | None:
     """The run with its counters, or None."""
     record = await conn.fetchrow(_GET_RUN, org_id, run_id)
-    return None if record is None else model_from(Run, record)
+    return None if record is None else queries.model_from(Run, record)
 
 
 async def update_run(
     conn: Db, *, org_id: str, run_id: str, changes: dict[str, Any], now: int
 ) -> Run | None:
     """Apply changes (status, output_data, error_data, metadata); None if there is no such run."""
-    params = Where([], [org_id, run_id, now])  # only its parameter list: no WHERE clause here
+    params = queries.Where(
+        [], [org_id, run_id, now]
+    )  # only its parameter list: no WHERE clause here
     sets = ["updated_at = $3"]
     for column in ("output_data", "error_data", "metadata"):
         if column in changes:
@@ -76,7 +78,7 @@ async def update_run(
                 " ELSE $3 - coalesce(started_at, created_at) END"
             )
     record = await conn.fetchrow(_update_run_sql(", ".join(sets)), *params.args)
-    return None if record is None else model_from(Run, record)
+    return None if record is None else queries.model_from(Run, record)
 
 
 def _update_run_sql(sets: str) -> str:
@@ -102,16 +104,16 @@ async def list_runs(
     sort_order: str,
     limit: int,
     offset: int,
-) -> Page[Run]:
+) -> queries.Page[Run]:
     """A page of the organisation's runs, ties broken by id, with the total matching count."""
-    where = Where(["org_id = $1"], [org_id])
+    where = queries.Where(["org_id = $1"], [org_id])
     if status is not None:
         where.add("status = {}", status)
-    sql = _list_runs_sql(where, _SORT_COLUMNS[sort_by], SORT_ORDERS[sort_order])
-    return await fetch_page(conn, Run, sql, [*where.args, limit, offset])
+    sql = _list_runs_sql(where, _SORT_COLUMNS[sort_by], queries.SORT_ORDERS[sort_order])
+    return await queries.fetch_page(conn, Run, sql, [*where.args, limit, offset])
 
 
-def _list_runs_sql(where: Where, column: str, order: str) -> str:
+def _list_runs_sql(where: queries.Where, column: str, order: str) -> str:
     """A page of runs and the total, from fixed fragments: where's clauses (their values are
     parameters, then $n limit and offset), a whitelisted sort column and order."""
     limit, offset = where.page()

@@ -10,19 +10,10 @@ import msgspec
 
 from foreman import errors
 from foreman.models import TERMINAL_STATUSES, Task
+from foreman.store import queries
 from foreman.store.db import Db
-from foreman.store.queries import (
-    SORT_ORDERS,
-    Page,
-    Where,
-    fetch_page,
-    fields_of,
-    jsonb_items,
-    load_statements,
-    model_from,
-)
 
-_SQL = load_statements("tasks")  # store/sql/tasks.sql: the statements and why they are so
+_SQL = queries.load_statements("tasks")  # store/sql/tasks.sql: the statements and why they are so
 _INSERT_TASK = _SQL["insert_task"]
 _INSERT_TASKS = _SQL["insert_tasks"]
 _GET_TASK = _SQL["get_task"]
@@ -101,7 +92,7 @@ async def insert_task(
     assert record is not None
     run_found, parent_found = record["run_found"], record["parent_found"]
     if record["id"] is not None:
-        return InsertResult(model_from(Task, record), True, run_found, parent_found)
+        return InsertResult(queries.model_from(Task, record), True, run_found, parent_found)
     existing = None
     if new.idempotency_key is not None and run_found:
         existing = await get_task_by_key(conn, org_id=org_id, key=new.idempotency_key)
@@ -201,8 +192,8 @@ async def _insert_tasks(
         [n.parent_task_id for n in news],
         [n.task_type for n in news],
         ["queued" if n.enqueue else "pending" for n in news],
-        jsonb_items([n.input_data for n in news]),
-        jsonb_items([n.metadata for n in news]),
+        queries.jsonb_items([n.input_data for n in news]),
+        queries.jsonb_items([n.metadata for n in news]),
         [n.max_retries for n in news],
         [n.priority for n in news],
         [now + n.delay_ms for n in news],
@@ -213,7 +204,7 @@ async def _insert_tasks(
     for index, record in enumerate(records):
         if not (record["run_ok"] and record["parent_ok"]):
             return BatchInsertResult([], [], index, record["run_ok"], record["parent_ok"])
-    values_of = fields_of(Task, records)
+    values_of = queries.fields_of(Task, records)
     tasks: list[Task | None] = [None if r["id"] is None else Task(*values_of(r)) for r in records]
     for index, task in enumerate(tasks):
         key = news[index].idempotency_key
@@ -227,13 +218,13 @@ async def _insert_tasks(
 async def get_task(conn: Db, *, org_id: str, task_id: str) -> Task | None:
     """The task, or None."""
     record = await conn.fetchrow(_GET_TASK, org_id, task_id)
-    return None if record is None else model_from(Task, record)
+    return None if record is None else queries.model_from(Task, record)
 
 
 async def get_task_by_key(conn: Db, *, org_id: str, key: str) -> Task | None:
     """The task created with this idempotency key, or None."""
     record = await conn.fetchrow(_GET_TASK_BY_KEY, org_id, key)
-    return None if record is None else model_from(Task, record)
+    return None if record is None else queries.model_from(Task, record)
 
 
 def _confirms_job(changes: dict[str, Any]) -> bool:
@@ -337,7 +328,7 @@ async def update_task(
         sql, org_id, task_id, now, status, *(changes[n] for n in names), shard()
     )
     if record is not None:
-        return UpdateResult(model_from(Task, record), True, False)
+        return UpdateResult(queries.model_from(Task, record), True, False)
     current = await get_task(conn, org_id=org_id, task_id=task_id)
     if current is None:
         return UpdateResult(None, False, False)
@@ -354,18 +345,18 @@ async def list_tasks(
     sort_order: str,
     limit: int,
     offset: int,
-) -> Page[Task]:
+) -> queries.Page[Task]:
     """A page of tasks matching filters (run_id, status, type, parent_task_id), ties by id."""
-    where = Where(["t.org_id = $1"], [org_id])
+    where = queries.Where(["t.org_id = $1"], [org_id])
     for column in ("run_id", "status", "type", "parent_task_id"):
         value = filters.get(column)
         if value is not None:
             where.add(f"t.{column} = {{}}", value)
-    sql = _list_tasks_sql(where, _SORT_COLUMNS[sort_by], SORT_ORDERS[sort_order])
-    return await fetch_page(conn, Task, sql, [*where.args, limit, offset])
+    sql = _list_tasks_sql(where, _SORT_COLUMNS[sort_by], queries.SORT_ORDERS[sort_order])
+    return await queries.fetch_page(conn, Task, sql, [*where.args, limit, offset])
 
 
-def _list_tasks_sql(where: Where, column: str, order: str) -> str:
+def _list_tasks_sql(where: queries.Where, column: str, order: str) -> str:
     """A page of tasks and the total, from fixed fragments: where's clauses (their values are
     parameters, then $n limit and offset), a whitelisted sort column and order."""
     limit, offset = where.page()

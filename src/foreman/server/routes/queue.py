@@ -235,9 +235,26 @@ async def heartbeat_one(
 # ---------------------------------------------------------------- end of an attempt
 
 
+def _outcome(task_id: str, data: TaskComplete | TaskFail) -> queue_store.Outcome:
+    if isinstance(data, TaskFail):
+        return queue_store.Outcome(
+            task_id,
+            str(data.lease_token),
+            "failed",
+            error_data=models.stored(data.error_data),
+            retryable=data.retryable,
+        )
+    return queue_store.Outcome(
+        task_id, str(data.lease_token), "completed", output_data=models.stored(data.output_data)
+    )
+
+
 async def _finish_one(
-    request: Request[Any, Any, Any], task_id: str, outcome: queue_store.Outcome
+    request: Request[Any, Any, Any], task_id: str, data: TaskComplete | TaskFail
 ) -> Task:
+    """End one attempt (complete_task, fail_task); 404 for no such task, 409 for a stale token."""
+    task_id = params.path_id(task_id, "Task")
+    outcome = _outcome(task_id, data)
     current = None
     async with org_conn(request) as (org_id, conn):
         (ended,) = await queue_store.finish_tasks(
@@ -263,11 +280,7 @@ async def complete_task(
     request: Request[Any, Any, Any], task_id: FromPath[str], data: JSONBody[TaskComplete]
 ) -> Task:
     """End the attempt as completed with outputData; 409 for a stale lease token."""
-    task_id = params.path_id(task_id, "Task")
-    outcome = queue_store.Outcome(
-        task_id, str(data.lease_token), "completed", output_data=models.stored(data.output_data)
-    )
-    return await _finish_one(request, task_id, outcome)
+    return await _finish_one(request, task_id, data)
 
 
 @post("/{task_id:str}/fail", status_code=200, responses=error_responses(400, 404, 409))
@@ -275,15 +288,7 @@ async def fail_task(
     request: Request[Any, Any, Any], task_id: FromPath[str], data: JSONBody[TaskFail]
 ) -> Task:
     """End the attempt as failed: retrying after a backoff while attempts remain, else failed."""
-    task_id = params.path_id(task_id, "Task")
-    outcome = queue_store.Outcome(
-        task_id,
-        str(data.lease_token),
-        "failed",
-        error_data=models.stored(data.error_data),
-        retryable=data.retryable,
-    )
-    return await _finish_one(request, task_id, outcome)
+    return await _finish_one(request, task_id, data)
 
 
 @post("/complete", status_code=200, responses=error_responses(400))
