@@ -205,3 +205,33 @@ async def test_an_id_twice_in_claim_ids_is_leased_once_and_named_duplicate(clien
         "running",
         None,
     )
+
+
+async def post_text(client, path: str, text: str):
+    headers = {**HEADERS_A, "content-type": "application/json"}
+    return await client.post(f"{API}/tasks{path}", content=text.encode(), headers=headers)
+
+
+@pytest.mark.parametrize("path", ["", "/batch"])
+async def test_a_replay_compares_numbers_exactly_as_jsonb_stores_them(client, path):
+    """1e400 (no float can hold it) replays; numbers a float cannot tell apart are still 409."""
+    run = await create_run(client)
+
+    def body(number: str, key: str) -> str:
+        task = (
+            f'{{"runId":"{run["id"]}","type":"t","idempotencyKey":"{key}",'
+            f'"inputData":{{"n":{number}}}}}'
+        )
+        return task if path == "" else f'{{"tasks":[{task}]}}'
+
+    created = 201
+    assert (await post_text(client, path, body("1e400", "big"))).status_code == created
+    again = await post_text(client, path, body("1e400", "big"))
+    assert again.status_code == (200 if path == "" else 201), again.text
+    assert (await post_text(client, path, body("1.0e400", "big"))).status_code in (200, 201)
+
+    first = await post_text(client, path, body("12345678901234567890.123", "exact"))
+    assert first.status_code == created, first.text
+    other = await post_text(client, path, body("12345678901234567890.124", "exact"))
+    assert_error(other, 409, "was used for another request")
+    assert other.json()["fields"] == ["inputData"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import decimal
 import random
 from dataclasses import dataclass
 from typing import Any
@@ -132,9 +133,14 @@ def check_replay(task: Task, new: NewTask, *, index: int | None = None) -> None:
     )
 
 
+# Numbers as Decimal: exact like jsonb's numeric (floats judged 12345678901234567890.123 and .124
+# the same), and 1e400, which jsonb stores, is no float at all (it raised: a 500 on the replay).
+_exact_json = msgspec.json.Decoder(float_hook=decimal.Decimal)
+
+
 def _json_value(value: Any) -> Any:
     # Stored JSON comes back undecoded (store/db.py passes jsonb through as msgspec.Raw).
-    return msgspec.json.decode(value) if isinstance(value, msgspec.Raw) else value
+    return _exact_json.decode(value) if isinstance(value, msgspec.Raw) else value
 
 
 def _same_json(a: Any, b: Any) -> bool:
@@ -147,7 +153,7 @@ def _same_json(a: Any, b: Any) -> bool:
         )
     if isinstance(a, list):
         return isinstance(b, list) and len(a) == len(b) and all(map(_same_json, a, b))
-    if isinstance(a, int | float) and isinstance(b, int | float):
+    if isinstance(a, int | decimal.Decimal) and isinstance(b, int | decimal.Decimal):
         return a == b
     return type(a) is type(b) and a == b
 
