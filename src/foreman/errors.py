@@ -117,8 +117,8 @@ class StatementTimeoutError(UnavailableError):
     # committed as it was cancelled): read before repeating a request that is not idempotent.
     # Repeating helps when the database was busy, not when the request itself is too costly.
     # A subclass of UnavailableError: like an outage, the request was most likely not carried
-    # out and the connection is discarded, and callers that retry a 503 after a pause (the
-    # worker reporting results) retry this too (docs/security.md).
+    # out, and callers that retry a 503 after a pause (the worker reporting results) retry this
+    # too (docs/security.md). The server keeps the connection: PostgreSQL cancelled the statement.
     status_code = 504
     code = "statement_timeout"
 

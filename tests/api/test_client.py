@@ -190,6 +190,8 @@ def test_run_data(client: Client):
     tagged = client.update_run_data_tags(run.id, first.id, add=["b", "a"], remove=["a"])
     assert tagged.tags == ["b", "a"]
     assert client.query_run_data(run.id, tags=["b"]).data[0].id == first.id
+    # An empty list is no filter (the SDK leaves it out; the server refuses an empty `tags=`).
+    assert client.query_run_data(run.id, tags=[], keys=[]).pagination.total == 2
     assert client.delete_run_data(run.id, key="score") == 2
     assert client.delete_run_data(run.id, data_id=other.id) == 1
     with pytest.raises(errors.NotFoundError):

@@ -83,10 +83,14 @@ def _body(values: Mapping[str, Any]) -> bytes:
 
 
 def _query(values: Mapping[str, Any]) -> dict[str, str]:
-    """Query parameters of the values that are set; lists become comma lists."""
+    """Query parameters of the values that are set; lists become comma lists.
+
+    An empty list is left out, as no filter: what it meant before the server refused an empty
+    filter (``tags=`` is a 400 now, docs/security.md).
+    """
     params: dict[str, str] = {}
     for name, value in values.items():
-        if value is None:
+        if value is None or (isinstance(value, list | tuple) and not value):
             continue
         if isinstance(value, bool):
             params[name] = "true" if value else "false"
