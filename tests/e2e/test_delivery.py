@@ -298,7 +298,9 @@ async def test_an_incompatible_bullmq_stops_the_worker_with_its_error(
         async with AsyncClient(bull_server.url, KEY_A, task_queue=name) as client:
             worker = Worker(client, handlers.HANDLERS, handle_signals=False, backend="bullmq")
             with pytest.raises(TypeError, match="raw2NextJobData changed"):
-                await asyncio.wait_for(worker.run(burst=True), 10)
+                # Not "at once": run() closes the source first, which may wait out the marker
+                # wait in flight (up to 10 s, more on a loaded machine); forever is what failed.
+                await asyncio.wait_for(worker.run(burst=True), 40)
     finally:
         await queue.obliterate(force=True)
         await queue.close()

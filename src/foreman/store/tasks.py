@@ -136,6 +136,7 @@ def check_replay(task: Task, new: NewTask, *, index: int | None = None) -> None:
 # Numbers as Decimal: exact like jsonb's numeric (floats judged 12345678901234567890.123 and .124
 # the same), and 1e400, which jsonb stores, is no float at all (it raised: a 500 on the replay).
 _exact_json = msgspec.json.Decoder(float_hook=decimal.Decimal)
+_NUMBERS = (int, float, decimal.Decimal)  # float: a value the store's callers passed as Python
 
 
 def _json_value(value: Any) -> Any:
@@ -153,8 +154,8 @@ def _same_json(a: Any, b: Any) -> bool:
         )
     if isinstance(a, list):
         return isinstance(b, list) and len(a) == len(b) and all(map(_same_json, a, b))
-    if isinstance(a, int | decimal.Decimal) and isinstance(b, int | decimal.Decimal):
-        return a == b
+    if isinstance(a, _NUMBERS) and isinstance(b, _NUMBERS):
+        return a == b  # exact across the types (Decimal("0.1") != 0.1)
     return type(a) is type(b) and a == b
 
 
