@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from foreman.store.queries import escape_like, glob_to_like, split_list
+from foreman.store.queries import escape_like, glob_to_like
 
 # Keys drawn from an alphabet rich in characters that mean something to LIKE, globs and regexes.
 TEXT = st.text(alphabet="ab%_\\*?.[]^$-", max_size=8)
@@ -79,19 +79,3 @@ def test_escaped_text_matches_only_itself(text, key):
 @given(pattern=TEXT, key=TEXT)
 def test_glob_translation_keeps_glob_semantics(pattern, key):
     assert like_matches(glob_to_like(pattern), key) == glob_matches(pattern, key)
-
-
-@pytest.mark.parametrize(
-    ("raw", "items"),
-    [
-        (None, []),
-        ("", []),
-        ("a", ["a"]),
-        ("a,b", ["a", "b"]),
-        (" a , b ,, ", ["a", "b"]),
-        (",,,", []),
-        (["a,b", "c"], ["a", "b", "c"]),
-    ],
-)
-def test_split_list(raw, items):
-    assert split_list(raw) == items

@@ -161,11 +161,3 @@ def escape_like(text: str) -> str:
 def glob_to_like(pattern: str) -> str:
     """Translate a glob (``*`` any run, ``?`` one character) into an escaped LIKE pattern."""
     return "".join("%" if c == "*" else "_" if c == "?" else escape_like(c) for c in pattern)
-
-
-def split_list(values: Sequence[str] | str | None) -> list[str]:
-    """A comma list from a query string, without empty items."""
-    if values is None:
-        return []
-    joined = values if isinstance(values, str) else ",".join(values)
-    return [v.strip() for v in joined.split(",") if v.strip()]
