@@ -528,3 +528,18 @@ def test_async_client_built_outside_a_loop_is_usable_again_after_aclose(
 
     first, second = asyncio.run(twice())
     assert first.version == second.version
+
+
+async def test_the_workers_send_reads_answers_in_request_order(aclient: AsyncClient):
+    """A task twice in one batch: the first is applied, the repeat is not (reason "duplicate");
+    answers keyed by task id made the applied one look refused."""
+    from foreman.worker import _results
+
+    run = await aclient.create_run({})
+    made = await aclient.enqueue_task(run.id, type="t", input_data=1)
+    [task] = await aclient.claim_tasks(worker_id="w", limit=1, lease_s=30)
+    assert task.id == made.id
+    results = [_results.success(task, 1), _results.success(task, 2)]
+    assert await _results.send(aclient, results) == [True, False]
+    done = await aclient.get_task(task.id)
+    assert (done.status, done.output_data) == ("completed", 1)

@@ -76,10 +76,9 @@ async def send(client: AsyncClient, results: Sequence[TaskResult]) -> list[bool]
         recorded = await _deliver(client, results)
     except errors.ForemanError as exc:
         logger.error("could not send %s task result(s): %s", len(results), exc)
-        recorded = {}
+        recorded = [False] * len(results)
     answers = []
-    for result in results:
-        ok = recorded.get(result.task_id, False)
+    for result, ok in zip(results, recorded, strict=True):
         if not ok:
             logger.warning(
                 "result of task %s not recorded (lease lost or task cancelled)",
@@ -90,7 +89,9 @@ async def send(client: AsyncClient, results: Sequence[TaskResult]) -> list[bool]
     return answers
 
 
-async def _deliver(client: AsyncClient, results: Sequence[TaskResult]) -> dict[str, bool]:
+async def _deliver(client: AsyncClient, results: Sequence[TaskResult]) -> list[bool]:
+    # Per result in request order (docs/queue-protocol.md), not by task id: a task sent twice in
+    # one request is applied once, and its repeat is answered ok=false (reason "duplicate").
     for attempt in itertools.count():
         try:
             acks = await client.complete_tasks(results)
@@ -99,5 +100,5 @@ async def _deliver(client: AsyncClient, results: Sequence[TaskResult]) -> dict[s
                 raise
             await asyncio.sleep(retry_delay_s(attempt + 2))
         else:
-            return {ack.task_id: ack.ok for ack in acks}
+            return [ack.ok for ack in acks]
     raise AssertionError("unreachable")
