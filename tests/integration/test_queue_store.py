@@ -480,3 +480,30 @@ async def test_terminal_transitions_notify_task_done(db_url, conn):
     # One payload per 100 ids from the batch (3), one from the PATCH.
     assert sum(ch == "foreman_task_done" for ch, _ in received) == 4
     assert ("foreman_task_ready", ORG_A) in received
+
+
+@pytest.mark.parametrize("batch", [False, True])
+async def test_a_run_cannot_be_deleted_while_tasks_are_added_to_it(pool, db_url: str, batch: bool):
+    """The insert locks its run FOR KEY SHARE (migration 0006 replaced the foreign key): a
+    DELETE of the run waits for the insert's commit, so it never leaves a task without its run."""
+    async with db.org_connection(pool, ORG_A) as conn:
+        run_id = await make_run(conn)
+        transaction = conn.transaction()
+        await transaction.start()
+        new = tasks_store.NewTask(run_id=run_id, task_type="work", input_data={})
+        if batch:
+            await tasks_store.insert_tasks(
+                conn, org_id=ORG_A, task_ids=[ids.new_id()], news=[new], now=ids.now_ms()
+            )
+        else:
+            await tasks_store.insert_task(
+                conn, org_id=ORG_A, task_id=ids.new_id(), new=new, now=ids.now_ms()
+            )
+        admin = await asyncpg.connect(db_url)
+        try:
+            await admin.execute("SET lock_timeout = '300ms'")
+            with pytest.raises(asyncpg.LockNotAvailableError):
+                await admin.execute("DELETE FROM run WHERE id = $1", uuid.UUID(run_id))
+        finally:
+            await transaction.rollback()
+            await admin.close()

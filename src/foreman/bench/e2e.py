@@ -3,6 +3,10 @@
 - e2e_{backend}_tasks_per_s: in a fresh run, `tasks` no-op tasks enqueued with
   AsyncClient.enqueue_tasks in batches, executed by worker processes started beforehand; tasks/s
   from the first enqueue until the run counts every task completed.
+- drain_{backend}_tasks_per_s: processing only: the tasks are queued before the workers start;
+  tasks/s from the first completion to the last (the workers' start-up is not counted).
+- e2e_{backend}_cpu_us_per_task: CPU of every process involved (server, workers, this load
+  generator, the PostgreSQL backends of the bench database) over the end-to-end window, per task.
 - pickup: tasks enqueued one at a time at a steady rate, each carrying its enqueue time; the
   handler returns how long after that it started (same machine, same clock).
 The server must run with FOREMAN_QUEUE_BACKEND = the backend measured (suite.py starts one).
@@ -22,7 +26,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from foreman.bench import services
+from foreman.bench import services, sysinfo
 from foreman.bench.handlers import NOOP, PICKUP
 from foreman.bench.stats import percentile
 from foreman.client import AsyncClient, TaskSpec
@@ -30,6 +34,7 @@ from foreman.client import AsyncClient, TaskSpec
 logger = logging.getLogger(__name__)
 
 ENQUEUE_BATCH = 500
+ENQUEUE_CONCURRENCY = 4  # batch senders at once in api_batch_enqueue (one per core and more)
 POLL_S = 0.02
 STOP_TIMEOUT_S = 30.0
 
@@ -44,6 +49,15 @@ class E2eFigure:
     elapsed_s: float
     enqueue_s: float
     tasks_per_s: float
+    cpu_s: dict[str, float | None]  # by part: server, workers, loadgen, postgres
+
+    @property
+    def cpu_us_per_task(self) -> float | None:
+        """All parts' CPU per completed task; None when a part could not be seen (remote)."""
+        parts = self.cpu_s.values()
+        if not self.completed or any(v is None for v in parts):
+            return None
+        return sum(v for v in parts if v is not None) / self.completed * 1e6
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +87,8 @@ class Fleet:
     api_key: str
     backend: str  # the server's FOREMAN_QUEUE_BACKEND: the workers use the same
     workers: Workers = Workers()
+    server_pids: tuple[int, ...] = ()  # our own server's processes (empty: a remote endpoint)
+    database: str | None = None  # the database whose backends count as the server's PostgreSQL
 
 
 @contextlib.asynccontextmanager
@@ -160,6 +176,15 @@ async def _started(
         yield client, processes
 
 
+async def _enqueue(client: AsyncClient, run_id: str, tasks: int) -> None:
+    for start in range(0, tasks, ENQUEUE_BATCH):
+        batch = [
+            TaskSpec(run_id=run_id, type=NOOP, input_data={"i": i})
+            for i in range(start, min(start + ENQUEUE_BATCH, tasks))
+        ]
+        await client.enqueue_tasks(batch)
+
+
 async def measure_e2e(fleet: Fleet, *, tasks: int, deadline_s: float) -> E2eFigure:
     """Enqueue `tasks` no-op tasks in batches; tasks/s until every one is completed.
 
@@ -169,21 +194,85 @@ async def measure_e2e(fleet: Fleet, *, tasks: int, deadline_s: float) -> E2eFigu
     async with _started(fleet, timeout_s=60.0) as (client, processes):
         run = await client.create_run({"bench": "e2e", "backend": fleet.backend})
         await asyncio.sleep(1.0)  # let the workers connect and start polling
+        cpu = sysinfo.TaskCpu(list(fleet.server_pids), [p.pid for p in processes], fleet.database)
+        cpu.start()
         began = time.perf_counter()
-        for start in range(0, tasks, ENQUEUE_BATCH):
-            batch = [
-                TaskSpec(run_id=run.id, type=NOOP, input_data={"i": i})
-                for i in range(start, min(start + ENQUEUE_BATCH, tasks))
-            ]
-            await client.enqueue_tasks(batch)
+        await _enqueue(client, run.id, tasks)
         enqueued = time.perf_counter()
         finished, completed = await _wait_completed(
             client, run.id, tasks, deadline=began + deadline_s, workers=processes
         )
+        used = cpu.stop()
     elapsed = finished - began
     return E2eFigure(
-        fleet.backend, tasks, completed, elapsed, enqueued - began, completed / elapsed
+        fleet.backend, tasks, completed, elapsed, enqueued - began, completed / elapsed, used
     )
+
+
+async def measure_drain(fleet: Fleet, *, tasks: int, deadline_s: float) -> E2eFigure:
+    """Processing only: queue `tasks` no-op tasks, then start the workers; tasks/s from the
+    first completion to the last (enqueue_s is the time the tasks took to queue)."""
+    async with AsyncClient(fleet.endpoint, fleet.api_key, timeout=60.0) as client:
+        run = await client.create_run({"bench": "drain", "backend": fleet.backend})
+        began = time.perf_counter()
+        await _enqueue(client, run.id, tasks)
+        enqueue_s = time.perf_counter() - began
+        async with run_workers(fleet) as processes:
+            cpu = sysinfo.TaskCpu(
+                list(fleet.server_pids), [p.pid for p in processes], fleet.database
+            )
+            cpu.start()
+            deadline = time.perf_counter() + deadline_s
+            first, before = await _first_completion(client, run.id, deadline, processes)
+            finished, completed = await _wait_completed(
+                client, run.id, tasks, deadline=deadline, workers=processes
+            )
+            used = cpu.stop()
+    elapsed = max(finished - first, 1e-9)
+    return E2eFigure(
+        fleet.backend, tasks, completed, elapsed, enqueue_s, (completed - before) / elapsed, used
+    )
+
+
+async def _first_completion(
+    client: AsyncClient, run_id: str, deadline: float, workers: list[Any]
+) -> tuple[float, int]:
+    """When the run first counts a finished task, and how many it counts then."""
+    while True:
+        run = await client.get_run(run_id)
+        done = run.completed_tasks + run.failed_tasks
+        if done or time.perf_counter() > deadline:
+            return time.perf_counter(), done
+        if any(w.poll() is not None for w in workers):
+            raise RuntimeError("a worker process exited before the first completion")
+        await asyncio.sleep(POLL_S / 4)
+
+
+@dataclass(frozen=True, slots=True)
+class EnqueueFigure:
+    """Tasks/s queued through ``POST /tasks/batch`` with no worker running."""
+
+    tasks: int
+    concurrency: int
+    elapsed_s: float
+
+    @property
+    def tasks_per_s(self) -> float:
+        return self.tasks / self.elapsed_s
+
+
+async def measure_batch_enqueue(
+    fleet: Fleet, *, tasks: int, concurrency: int = ENQUEUE_CONCURRENCY
+) -> EnqueueFigure:
+    """`tasks` no-op tasks queued in batches of ENQUEUE_BATCH by `concurrency` senders at once."""
+    async with AsyncClient(fleet.endpoint, fleet.api_key, timeout=60.0) as client:
+        run = await client.create_run({"bench": "enqueue", "backend": fleet.backend})
+        await _enqueue(client, run.id, ENQUEUE_BATCH)  # warm: connections, prepared statements
+        share = tasks // concurrency
+        began = time.perf_counter()
+        await asyncio.gather(*(_enqueue(client, run.id, share) for _ in range(concurrency)))
+        elapsed = time.perf_counter() - began
+    return EnqueueFigure(share * concurrency, concurrency, elapsed)
 
 
 async def measure_pickup(fleet: Fleet, *, rate_per_s: float, duration_s: float) -> PickupFigure:

@@ -28,7 +28,7 @@ API_FIGURES = (
     "api_lifecycle_one_run",
     "api_large_body",
 )
-E2E_FIGURES = ("e2e_postgres", "e2e_bullmq", "pickup")
+E2E_FIGURES = ("e2e_postgres", "drain_postgres", "api_batch_enqueue", "e2e_bullmq", "pickup")
 FIGURES = (*API_FIGURES, "pg_insert", "scale", *E2E_FIGURES)
 GROUPS = {"api": API_FIGURES, "e2e": E2E_FIGURES}
 
@@ -45,7 +45,11 @@ ALL_KEYS = (
     "api_large_body_ms",
     "api_large_body_peak_rss_mb",
     "e2e_postgres_tasks_per_s",
+    "cpu_us_per_task",
+    "drain_postgres_tasks_per_s",
+    "api_batch_enqueue_tasks_per_s",
     "e2e_bullmq_tasks_per_s",
+    "e2e_bullmq_cpu_us_per_task",
     "pickup_p50_ms",
     "pickup_p99_ms",
     "pickup_bullmq_p50_ms",
@@ -168,7 +172,10 @@ async def _e2e_figures(
 ) -> None:
     """Each backend through its own server (FOREMAN_QUEUE_BACKEND) and worker processes."""
     for backend in ("postgres", "bullmq"):
-        figures = [f for f in (f"e2e_{backend}", "pickup") if f in options.figures]
+        own: tuple[str, ...] = (f"e2e_{backend}", "pickup")
+        if backend == "postgres":
+            own = (f"e2e_{backend}", "drain_postgres", "api_batch_enqueue", "pickup")
+        figures = [f for f in own if f in options.figures]
         if not figures:
             continue
         queue = f"foreman-bench-{os.getpid()}"  # colon-free (BullMQ), ours alone on a shared Redis
@@ -178,11 +185,18 @@ async def _e2e_figures(
             "RESULT_QUEUE_NAME": f"{queue}-results",
         }
         try:
-            async with _server(options, database_url, env=env) as (endpoint, _pids):
+            async with _server(options, database_url, env=env) as (endpoint, pids):
+                workers = e2e.Workers(
+                    options.profile.e2e_worker_processes, options.profile.e2e_worker_concurrency
+                )
+                database = services.BENCH_DATABASE if pids else None
+                fleet = e2e.Fleet(
+                    endpoint, options.api_key, backend, workers, tuple(pids), database
+                )
                 for figure in figures:
                     await _settle(database_url)
                     await _figure(report, f"{figure}_{backend}" if figure == "pickup" else figure,
-                                  _e2e_measure(report, options, endpoint, backend, figure))  # fmt: skip
+                                  _e2e_measure(report, options.profile, fleet, figure))  # fmt: skip
         finally:
             if backend == "bullmq" and options.endpoint is None:
                 with contextlib.suppress(Exception):
@@ -195,15 +209,13 @@ def _redis_url(settings: Settings) -> str:
 
 
 def _e2e_measure(
-    report: Report, options: BenchOptions, endpoint: str, backend: str, figure: str
+    report: Report, profile: Profile, fleet: e2e.Fleet, figure: str
 ) -> Callable[[], Awaitable[None]]:
-    profile = options.profile
-    workers = e2e.Workers(profile.e2e_worker_processes, profile.e2e_worker_concurrency)
-    fleet = e2e.Fleet(endpoint, options.api_key, backend, workers)
-
     async def measure() -> None:
         if figure == "pickup":
             await _pickup_figure(report, fleet, profile)
+        elif figure == "api_batch_enqueue":
+            await _batch_enqueue_figure(report, fleet, profile)
         else:
             await _throughput_figure(report, fleet, profile, figure)
 
@@ -226,15 +238,19 @@ async def _pickup_figure(report: Report, fleet: e2e.Fleet, profile: Profile) -> 
 async def _throughput_figure(
     report: Report, fleet: e2e.Fleet, profile: Profile, figure: str
 ) -> None:
-    result = await e2e.measure_e2e(
-        fleet, tasks=profile.e2e_tasks, deadline_s=profile.e2e_deadline_s
-    )
+    measure = e2e.measure_drain if figure.startswith("drain_") else e2e.measure_e2e
+    result = await measure(fleet, tasks=profile.e2e_tasks, deadline_s=profile.e2e_deadline_s)
     if result.completed < result.tasks:
         report.notes[figure] = (
             f"partial: {result.completed} of {result.tasks} tasks completed within "
             f"{profile.e2e_deadline_s:g} s; the figure is completed tasks per second so far"
         )
-    report.results[f"e2e_{fleet.backend}_tasks_per_s"] = round(result.tasks_per_s, 1)
+    report.results[f"{figure}_tasks_per_s"] = round(result.tasks_per_s, 1)
+    cpu_us = result.cpu_us_per_task
+    if figure == "e2e_postgres":
+        report.results["cpu_us_per_task"] = _round(cpu_us)
+    elif figure.startswith("e2e_"):
+        report.results[f"{figure}_cpu_us_per_task"] = _round(cpu_us)
     report.details[figure] = {
         "tasks": result.tasks,
         "completed": result.completed,
@@ -243,6 +259,22 @@ async def _throughput_figure(
         "worker_processes": fleet.workers.processes,
         "worker_concurrency": fleet.workers.concurrency,
         "enqueue_batch": e2e.ENQUEUE_BATCH,
+        "cpu_us_per_task": _round(cpu_us),
+        "cpu_us_per_task_by_part": {
+            part: None if used is None else round(used / max(result.completed, 1) * 1e6, 1)
+            for part, used in result.cpu_s.items()
+        },
+    }
+
+
+async def _batch_enqueue_figure(report: Report, fleet: e2e.Fleet, profile: Profile) -> None:
+    result = await e2e.measure_batch_enqueue(fleet, tasks=profile.e2e_tasks)
+    report.results["api_batch_enqueue_tasks_per_s"] = round(result.tasks_per_s, 1)
+    report.details["api_batch_enqueue"] = {
+        "tasks": result.tasks,
+        "batch": e2e.ENQUEUE_BATCH,
+        "concurrency": result.concurrency,
+        "elapsed_s": round(result.elapsed_s, 2),
     }
 
 

@@ -131,3 +131,42 @@ class CpuProbe:
         if not self.server_pids:  # a remote --endpoint: its CPU is not visible from here
             cores["server_cores"] = None
         return cores
+
+
+@dataclass(slots=True)
+class TaskCpu:
+    """CPU seconds spent on a batch of tasks, by part: the server, the workers, this load
+    generator, and PostgreSQL (the backends connected to `database`, autovacuum included).
+
+    Over a window, like CpuProbe, but in seconds, to divide by the tasks done (cpu_us_per_task).
+    PostgreSQL's shared processes (WAL writer, checkpointer) are not counted: they serve everyone.
+    """
+
+    server_pids: list[int]
+    worker_pids: list[int]
+    database: str | None = None
+    _before: dict[str, float] = field(default_factory=dict)
+    _backends: dict[int, float] = field(default_factory=dict)
+
+    def _sample(self) -> dict[str, float]:
+        return {
+            "server": sum(_tree_cpu_s(pid) for pid in self.server_pids),
+            "workers": sum(_tree_cpu_s(pid) for pid in self.worker_pids),
+            "loadgen": time.process_time(),
+        }
+
+    def start(self) -> None:
+        self._before = self._sample()
+        self._backends = _postgres_cpu_s(self.database) if self.database else {}
+
+    def stop(self) -> dict[str, float | None]:
+        """Seconds per part since start(); postgres is None when its backends are not ours."""
+        after = self._sample()
+        used: dict[str, float | None] = {k: after[k] - self._before[k] for k in after}
+        used["postgres"] = None
+        if self.database is not None:
+            backends = _postgres_cpu_s(self.database)
+            used["postgres"] = sum(s - self._backends.get(pid, 0.0) for pid, s in backends.items())
+        if not self.server_pids:
+            used["server"] = None
+        return used

@@ -5,11 +5,12 @@
 
 -- insert_task --
 -- One statement: check run and parent, insert (idempotently), count the task on a shard of its
--- run, and wake waiting claimers when it is ready now. Autocommit: no BEGIN/COMMIT round trips.
+-- run, and wake waiting claimers when it is ready now. The run is locked FOR KEY SHARE (it
+-- cannot be deleted until this commits): the work of a foreign key, once per statement. Autocommit: no BEGIN/COMMIT round trips.
 -- $1 org, $2 run, $3 parent, $4 id, $5 type, $6 status, $7 input, $8 metadata, $9 max retries,
 -- $10 priority, $11 run after, $12 idempotency key, $13 now, $14 counter shard.
 WITH r AS (
-    SELECT id FROM run WHERE org_id = $1 AND id = $2
+    SELECT id FROM run WHERE org_id = $1 AND id = $2 FOR KEY SHARE
 ), p AS (
     SELECT id FROM task WHERE org_id = $1 AND id = $3 AND run_id = $2
 ), t AS (
@@ -50,7 +51,7 @@ WITH i AS (
            WITH ORDINALITY AS i(id, run_id, parent_task_id, type, status, input_data, metadata,
                                 max_retries, priority, run_after, idempotency_key, ord)
 ), r AS (
-    SELECT id FROM run WHERE org_id = $1 AND id = ANY($3::uuid[])
+    SELECT id FROM run WHERE org_id = $1 AND id = ANY($3::uuid[]) FOR KEY SHARE
 ), p AS (
     SELECT id, run_id FROM task WHERE org_id = $1 AND id = ANY($4::uuid[])
 ), v AS (
