@@ -335,6 +335,18 @@ class TaskItems(_Out):
     data: list[Task]
 
 
+class TaskRef(_Out):
+    """A task named by its id only."""
+
+    id: str
+
+
+class TaskRefs(_Out):
+    """``{"data": [{"id": ...}, ...]}``: a batch create asked for ``Prefer: return=minimal``."""
+
+    data: list[TaskRef]
+
+
 class TaskClaim(_In):
     """POST /tasks/claim: lease up to ``limit`` ready tasks, long-polling up to ``waitMs``."""
 

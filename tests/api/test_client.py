@@ -242,6 +242,22 @@ def test_enqueue_tasks_in_one_request(client: Client):
     assert client.get_run(run.id).total_tasks == 6
 
 
+def test_enqueue_task_ids_answers_the_ids_in_order(client: Client):
+    run = client.create_run({})
+    specs = [TaskSpec(run.id, "n", i, idempotency_key=f"ids-{i}") for i in range(3)]
+    task_ids = client.enqueue_task_ids(specs)
+    assert [client.get_task(i).input_data for i in task_ids] == [0, 1, 2]
+    assert client.enqueue_task_ids(specs[1:]) == task_ids[1:]
+
+
+async def test_enqueue_task_ids_async(aclient: AsyncClient):
+    run = await aclient.create_run({})
+    task_ids = await aclient.enqueue_task_ids([TaskSpec(run.id, "n", i) for i in range(1001)])
+    assert len(set(task_ids)) == 1001  # two requests: 1,000 tasks each at most
+    assert (await aclient.get_task(task_ids[-1])).input_data == 1000
+    assert (await aclient.get_run(run.id)).total_tasks == 1001
+
+
 def test_claim_task_ids_sync(client: Client):
     run = client.create_run({})
     a, b = client.enqueue_tasks([TaskSpec(run.id, "n", i) for i in range(2)])

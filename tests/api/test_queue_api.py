@@ -90,6 +90,32 @@ async def test_batch_create_idempotent_repeat(client):
     assert (await get_run(client, run["id"]))["totalTasks"] == 1
 
 
+async def test_batch_create_answers_ids_only_when_asked_for_minimal(client):
+    run = await create_run(client)
+    items = [{"runId": run["id"], "type": "x", "inputData": i, "enqueue": True} for i in range(3)]
+    keyed = {
+        "runId": run["id"],
+        "type": "x",
+        "inputData": 9,
+        "idempotencyKey": "min",
+        "enqueue": True,
+    }
+    minimal = {**HEADERS_A, "Prefer": "return=minimal"}
+    response = await client.post(
+        f"{API}/tasks/batch", json={"tasks": [*items, keyed]}, headers=minimal
+    )
+    assert response.status_code == 201
+    refs = response.json()["data"]
+    assert all(set(ref) == {"id"} for ref in refs)
+    listed = await client.get(f"{API}/tasks", params={"runId": run["id"]}, headers=HEADERS_A)
+    by_id = {t["id"]: t for t in listed.json()["data"]}
+    assert [by_id[ref["id"]]["inputData"] for ref in refs] == [0, 1, 2, 9]
+    assert {by_id[ref["id"]]["status"] for ref in refs} == {"queued"}
+    again = await client.post(f"{API}/tasks/batch", json={"tasks": [keyed]}, headers=minimal)
+    assert again.json()["data"] == [refs[-1]]
+    assert (await get_run(client, run["id"]))["totalTasks"] == 4
+
+
 async def test_batch_create_names_the_first_missing_run_and_creates_nothing(client, db_url):
     run = await create_run(client)
     absent = missing_id()

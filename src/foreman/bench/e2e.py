@@ -50,14 +50,15 @@ class E2eFigure:
     enqueue_s: float
     tasks_per_s: float
     cpu_s: dict[str, float | None]  # by part: server, workers, loadgen, postgres
+    cpu_tasks: int  # the tasks done while cpu_s was measured
 
     @property
     def cpu_us_per_task(self) -> float | None:
-        """All parts' CPU per completed task; None when a part could not be seen (remote)."""
+        """All parts' CPU per task; None when a part could not be seen (a remote server)."""
         parts = self.cpu_s.values()
-        if not self.completed or any(v is None for v in parts):
+        if not self.cpu_tasks or any(v is None for v in parts):
             return None
-        return sum(v for v in parts if v is not None) / self.completed * 1e6
+        return sum(v for v in parts if v is not None) / self.cpu_tasks * 1e6
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,7 +183,7 @@ async def _enqueue(client: AsyncClient, run_id: str, tasks: int) -> None:
             TaskSpec(run_id=run_id, type=NOOP, input_data={"i": i})
             for i in range(start, min(start + ENQUEUE_BATCH, tasks))
         ]
-        await client.enqueue_tasks(batch)
+        await client.enqueue_task_ids(batch)
 
 
 async def measure_e2e(fleet: Fleet, *, tasks: int, deadline_s: float) -> E2eFigure:
@@ -205,8 +206,9 @@ async def measure_e2e(fleet: Fleet, *, tasks: int, deadline_s: float) -> E2eFigu
         used = cpu.stop()
     elapsed = finished - began
     return E2eFigure(
-        fleet.backend, tasks, completed, elapsed, enqueued - began, completed / elapsed, used
-    )
+        fleet.backend, tasks, completed, elapsed, enqueued - began, completed / elapsed, used,
+        completed,
+    )  # fmt: skip
 
 
 async def measure_drain(fleet: Fleet, *, tasks: int, deadline_s: float) -> E2eFigure:
@@ -218,19 +220,21 @@ async def measure_drain(fleet: Fleet, *, tasks: int, deadline_s: float) -> E2eFi
         await _enqueue(client, run.id, tasks)
         enqueue_s = time.perf_counter() - began
         async with run_workers(fleet) as processes:
+            deadline = time.perf_counter() + deadline_s
+            first, before = await _first_completion(client, run.id, deadline, processes)
+            # From the first completion: the workers' start-up is not the tasks' cost.
             cpu = sysinfo.TaskCpu(
                 list(fleet.server_pids), [p.pid for p in processes], fleet.database
             )
             cpu.start()
-            deadline = time.perf_counter() + deadline_s
-            first, before = await _first_completion(client, run.id, deadline, processes)
             finished, completed = await _wait_completed(
                 client, run.id, tasks, deadline=deadline, workers=processes
             )
             used = cpu.stop()
     elapsed = max(finished - first, 1e-9)
+    done = completed - before
     return E2eFigure(
-        fleet.backend, tasks, completed, elapsed, enqueue_s, (completed - before) / elapsed, used
+        fleet.backend, tasks, completed, elapsed, enqueue_s, done / elapsed, used, done
     )
 
 

@@ -261,7 +261,7 @@ async def _throughput_figure(
         "enqueue_batch": e2e.ENQUEUE_BATCH,
         "cpu_us_per_task": _round(cpu_us),
         "cpu_us_per_task_by_part": {
-            part: None if used is None else round(used / max(result.completed, 1) * 1e6, 1)
+            part: None if used is None else round(used / max(result.cpu_tasks, 1) * 1e6, 1)
             for part, used in result.cpu_s.items()
         },
     }

@@ -140,7 +140,7 @@ class AsyncClient:
             self.options.endpoint + call.path,  # the endpoint may carry a path prefix
             data=call.body,
             params=call.params or None,
-            headers=_base.JSON_HEADERS if call.body is not None else None,
+            headers=call.headers or (_base.JSON_HEADERS if call.body is not None else None),
             timeout=timeout,
             allow_redirects=False,  # as httpx: a redirect is an answer, not followed
         ) as response:
@@ -330,6 +330,17 @@ class AsyncClient:
             batch: list[Task] = await self._send(call)
             created.extend(batch)
         return await self._publish(created) if self.options.publishes_jobs else created
+
+    async def enqueue_task_ids(self, tasks: Iterable[TaskSpec | Mapping[str, Any]]) -> list[str]:
+        """enqueue_tasks answering the tasks' ids only: less for the server to send."""
+        if self.options.publishes_jobs:  # the jobs are published from the tasks
+            return [task.id for task in await self.enqueue_tasks(tasks)]
+        specs = [_base.task_spec(item) for item in tasks]
+        return [
+            i
+            for chunk in _base.chunks(specs)
+            for i in await self._send(_calls.create_task_ids(chunk))
+        ]
 
     async def wait_for_task(
         self,

@@ -239,6 +239,7 @@ class Call(Generic[T]):
     # Safe to send again after a connection error that may have reached the server.
     idempotent: bool = False
     timeout_s: float | None = None  # overrides the client's read timeout (long polls)
+    headers: Mapping[str, str] | None = None  # instead of the JSON content type alone
 
 
 # ---------------------------------------------------------------- answers and retries

@@ -16,6 +16,7 @@ from msgspec import UNSET
 from foreman import errors, models
 from foreman.client._base import (
     API,
+    JSON_HEADERS,
     Call,
     Lease,
     TaskResult,
@@ -56,6 +57,10 @@ def _decoder(model: type[T]) -> Callable[[bytes], T]:
 
 def _tasks(content: bytes) -> list[models.Task]:
     return _decoder(_Tasks)(content).data
+
+
+def _task_ids(content: bytes) -> list[str]:
+    return [ref.id for ref in _decoder(models.TaskRefs)(content).data]
 
 
 def _leases(content: bytes) -> list[models.LeaseStatus]:
@@ -223,6 +228,15 @@ def create_tasks(specs: Sequence[TaskSpec], *, enqueue: bool) -> Call[list[model
     body = _encode({"tasks": [task_body(spec, enqueue=enqueue) for spec in specs]})
     idempotent = all(spec.idempotency_key is not None for spec in specs)
     return Call("POST", f"{API}/tasks/batch", _tasks, body, idempotent=idempotent)
+
+
+def create_task_ids(specs: Sequence[TaskSpec]) -> Call[list[str]]:
+    """``POST /tasks/batch`` with ``Prefer: return=minimal``: queued, answered with ids only."""
+    call = create_tasks(specs, enqueue=True)
+    return Call(
+        call.method, call.path, _task_ids, call.body, idempotent=call.idempotent,
+        headers={**JSON_HEADERS, "Prefer": "return=minimal"},
+    )  # fmt: skip
 
 
 def get_task(task_id: str) -> Call[models.Task]:

@@ -88,7 +88,7 @@ class Client:
                     call.path,
                     content=call.body,
                     params=call.params or None,
-                    headers=_base.JSON_HEADERS if call.body is not None else None,
+                    headers=call.headers or (_base.JSON_HEADERS if call.body is not None else None),
                     timeout=_base.timeout_of(call),
                 )
             except httpx.TransportError as exc:
@@ -269,6 +269,15 @@ class Client:
             batch: list[Task] = self._send(call)
             created.extend(batch)
         return self._publish(created) if self.options.publishes_jobs else created
+
+    def enqueue_task_ids(self, tasks: Iterable[TaskSpec | Mapping[str, Any]]) -> list[str]:
+        """enqueue_tasks answering the tasks' ids only: less for the server to send."""
+        if self.options.publishes_jobs:  # the jobs are published from the tasks
+            return [task.id for task in self.enqueue_tasks(tasks)]
+        specs = [_base.task_spec(item) for item in tasks]
+        return [
+            i for chunk in _base.chunks(specs) for i in self._send(_calls.create_task_ids(chunk))
+        ]
 
     def wait_for_task(self, task_id: str, *, timeout: float | None = None) -> Task:
         """The task once it is terminal; TimeoutError after timeout seconds (None: no limit)."""

@@ -36,6 +36,8 @@ from foreman.models import (
     TaskComplete,
     TaskFail,
     TaskItems,
+    TaskRef,
+    TaskRefs,
     TaskRelease,
     TaskResults,
 )
@@ -50,6 +52,7 @@ from foreman.store import tasks as tasks_store
 DEFAULT_WAIT_MS = 30_000
 # The reason of a later occurrence of a task id in one bulk request: answered, not applied.
 DUPLICATE = "duplicate"
+_MINIMAL = "return=minimal"
 
 
 @contextlib.contextmanager
@@ -75,8 +78,11 @@ def _watch(
 @post("/batch", status_code=201, responses=error_responses(400, 404, 409, 413))
 async def create_tasks(
     request: Request[Any, Any, Any], data: JSONBody[TaskBatchCreate]
-) -> TaskItems:
-    """Create 1..1000 tasks in one transaction; idempotent repeats return the existing task."""
+) -> TaskItems | TaskRefs:
+    """Create 1..1000 tasks in one transaction; idempotent repeats return the existing task.
+
+    With ``Prefer: return=minimal`` (RFC 7240) the answer is only the tasks' ids, in order.
+    """
     news = [new_task(item) for item in data.tasks]
     task_ids = [ids.new_id() for _ in news]
     async with org_conn(request) as (org_id, conn):
@@ -102,6 +108,8 @@ async def create_tasks(
             if made and new.enqueue
         ]
     )
+    if _MINIMAL in request.headers.get("prefer", ""):
+        return TaskRefs(data=[TaskRef(id=t.id) for t in tasks])
     return TaskItems(data=tasks)
 
 
