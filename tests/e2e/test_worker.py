@@ -271,3 +271,39 @@ async def test_a_heartbeat_racing_a_recorded_result_is_not_a_lost_lease(
     assert running.state.lease_lost  # a handler still running did lose its lease
     lost_logs = [r.getMessage() for r in caplog.records if "lost" in r.getMessage()]
     assert lost_logs == [f"lease of task {lost.id} lost: its result will be dropped"]
+
+
+async def test_a_worker_keeps_its_sources_takes_out_and_never_exceeds_its_slots(
+    client: AsyncClient, server, monkeypatch
+):
+    """As many takes out at once as the source allows (postgres: two claims, each for its share
+    of the slots; bullmq: one reader), and each task runs exactly once."""
+    from foreman.worker._bullmq import BullMQSource
+    from foreman.worker._postgres import PostgresSource
+
+    backend = server.env["FOREMAN_QUEUE_BACKEND"]
+    source = PostgresSource if backend == "postgres" else BullMQSource
+    out = 0
+    most_out = 0
+    limits: list[int] = []
+    take = source.take
+
+    async def counting_take(self, limit: int, *, burst: bool):
+        nonlocal out, most_out
+        out += 1
+        most_out = max(most_out, out)
+        limits.append(limit)
+        try:
+            return await take(self, limit, burst=burst)
+        finally:
+            out -= 1
+
+    monkeypatch.setattr(source, "take", counting_take)
+    run = await client.create_run({})
+    await client.enqueue_tasks([TaskSpec(run.id, "nap", 0.01) for _ in range(300)])
+    worker = make_worker(client, concurrency=20)
+    stats = await asyncio.wait_for(worker.run(burst=True), 30)
+    finished = await run_finished(client, run.id, 300, timeout_s=10)
+    assert (finished.completed_tasks, stats.claimed, stats.completed) == (300, 300, 300)
+    assert most_out == source.takes_in_flight
+    assert max(limits) <= 20 // source.takes_in_flight

@@ -130,6 +130,8 @@ class _Woken:
 class BullMQSource:
     """Takes jobs for the worker's free slots, claims their tasks, acknowledges them when done."""
 
+    takes_in_flight = 1  # one reader of the queue
+
     def __init__(self, context: SourceContext, redis: RedisOptions, queue_name: str) -> None:
         self.context = context
         self.queue_name = queue_name

@@ -22,6 +22,9 @@ MAX_CLAIM = 1000  # docs/queue-protocol.md: a claim takes 1..1000 tasks
 class PostgresSource:
     """Claims ready tasks of the caller's organisation in batches."""
 
+    # Two claims out at once: one's round trip overlaps the other's (e2e +15-30 %, benchmarks/).
+    takes_in_flight = 2
+
     def __init__(self, context: SourceContext) -> None:
         self.context = context
 

@@ -37,6 +37,9 @@ class SourceContext:
 class TaskSource(Protocol):
     """Claimed tasks for one worker, from one queue backend."""
 
+    # How many take() calls the worker may have out at once, each for its share of the slots.
+    takes_in_flight: int
+
     async def take(self, limit: int, *, burst: bool) -> list[Task]:
         """Up to limit tasks leased to this worker (SPEC section 7), at least one if any is ready.
 

@@ -238,27 +238,48 @@ class Worker:
     # ------------------------------------------------------------ the loop
 
     async def _work(self, source: TaskSource, *, burst: bool) -> None:
-        """Take tasks for the free slots and start them, until stopped (burst: until none is left)."""
-        while not self._stopping:
-            await self._free_slot()
-            if self._stopping:
-                break
-            tasks = await source.take(self.concurrency - self._running, burst=burst)
-            for task in tasks:
-                self._start(task, source)
-            if burst and not tasks:
-                if self._running == 0:
-                    break
-                await self._running_changed()
+        """Take tasks for the free slots and start them, until stopped (burst: until none is left).
 
-    async def _free_slot(self) -> None:
-        while self._running >= self.concurrency and not self._stopping:
-            self._wakeup.clear()
-            await self._wakeup.wait()
+        A source may have several takes out at once (``takes_in_flight``), each for its share of
+        the slots: the next claim's round trip then overlaps the current one's, instead of every
+        slot waiting for one request at a time.
+        """
+        parallel = max(1, source.takes_in_flight)
+        share = -(-self.concurrency // parallel)  # ceil: the slots one take may fill
+        takes: dict[asyncio.Task[list[Task]], int] = {}  # out now, with the slots each reserves
+        idle = False  # burst: the last take found nothing; wait for a slot to free first
+        try:
+            while not self._stopping:
+                self._wakeup.clear()  # before counting: a slot freed from here on wakes the wait
+                free = self.concurrency - self._running - sum(takes.values())
+                if free > 0 and len(takes) < parallel and not idle:
+                    limit = min(free, share)
+                    takes[asyncio.create_task(source.take(limit, burst=burst))] = limit
+                    continue
+                if burst and idle and not takes and self._running == 0:
+                    return
+                if await self._take_or_slot(takes):
+                    idle = False  # a slot freed: more may be ready now
+                for take in [t for t in takes if t.done()]:
+                    del takes[take]
+                    tasks = take.result()
+                    for task in tasks:
+                        self._start(task, source)
+                    idle = idle or (burst and not tasks)
+        finally:
+            # Stopping: takes still out return soon; what they claimed is released at once.
+            for take in takes:
+                for task in await take:
+                    self._start(task, source)
 
-    async def _running_changed(self) -> None:
-        self._wakeup.clear()
-        await self._wakeup.wait()
+    async def _take_or_slot(self, takes: Mapping[asyncio.Task[list[Task]], int]) -> bool:
+        """Until a take answers or a slot frees (or stop()); whether a slot freed."""
+        slot = asyncio.ensure_future(self._wakeup.wait())
+        try:
+            await asyncio.wait([slot, *takes], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            slot.cancel()
+        return self._wakeup.is_set()
 
     # ------------------------------------------------------------ running tasks
 
