@@ -22,6 +22,7 @@ def test_table_names_every_figure_with_its_cells_and_verdict():
         "api_get_task_errors": 0,
         "api_get_task_server_cpu_us": 156.0,
         "pickup_p50_ms": 7.5,
+        "cpu_us_per_task": 180.4,
         "pg_insert_commits_per_s": 8404.2,
         "pg_insert_p50_ms": 3.21,
     }
@@ -36,13 +37,18 @@ def test_table_names_every_figure_with_its_cells_and_verdict():
         "largest bodies, slowest",
         "server peak RSS",
         "end to end, postgres backend",
+        "CPU per task (postgres)",
+        "processing only, postgres",
+        "POST /api/v1/tasks/batch",
         "end to end, bullmq backend",
+        "CPU per task (bullmq)",
         "pickup latency p50 (postgres)",
         "pickup latency p99 (postgres)",
         "pickup latency p50 (bullmq)",
         "pickup latency p99 (bullmq)",
         "PostgreSQL single-row commits",
     ]
+    assert "MISS (≤ 150)" in rows["CPU per task (postgres)"]
     get_task = rows["GET /api/v1/tasks/:id"].split()
     assert get_task[:6] == ["4,400", "req/s", "6.70", "19.55", "0", "156"]
     assert "ok (≥ 4,200)" in rows["GET /api/v1/tasks/:id"]

@@ -12,24 +12,6 @@ _SQL = queries.load_statements("runs")  # store/sql/runs.sql
 _INSERT_RUN = _SQL["insert_run"]
 _GET_RUN = _SQL["get_run"]
 
-# For the statements built below (as in store/sql/runs.sql): columns named as the fields of
-# models.Run, the counters summed over the run's shards (see the migration).
-_RUN_COLUMNS = """r.id, r.org_id, r.status, r.input_data, r.metadata,
-       coalesce(c.total_tasks, 0) AS total_tasks,
-       coalesce(c.completed_tasks, 0) AS completed_tasks,
-       coalesce(c.failed_tasks, 0) AS failed_tasks,
-       coalesce(c.cancelled_tasks, 0) AS cancelled_tasks,
-       r.created_at, r.updated_at, r.output_data, r.error_data,
-       r.started_at, r.completed_at, r.duration_ms"""
-_COUNTERS = """LEFT JOIN LATERAL (
-      SELECT sum(total_tasks)::bigint     AS total_tasks,
-             sum(completed_tasks)::bigint AS completed_tasks,
-             sum(failed_tasks)::bigint    AS failed_tasks,
-             sum(cancelled_tasks)::bigint AS cancelled_tasks
-        FROM run_counter
-       WHERE run_id = r.id
-  ) c ON true"""
-
 _SORT_COLUMNS = {
     "created_at": "created_at",
     "started_at": "started_at",
@@ -89,9 +71,9 @@ WITH r AS (
      WHERE org_id = $1 AND id = $2
     RETURNING *
 )
-SELECT {_RUN_COLUMNS}
+SELECT r.*, c.*
   FROM r
-  {_COUNTERS}
+ CROSS JOIN LATERAL run_task_counts(r.id) c
 """  # noqa: S608 - fixed fragments only (see the docstring); every value is a parameter
 
 
@@ -121,10 +103,10 @@ def _list_runs_sql(where: queries.Where, column: str, order: str) -> str:
 SELECT t.total, p.*
   FROM (SELECT count(*) AS total FROM run WHERE {where.sql()}) t
   LEFT JOIN LATERAL (
-      SELECT {_RUN_COLUMNS}
+      SELECT r.*, c.*
         FROM (SELECT * FROM run WHERE {where.sql()}
                ORDER BY {column} {order}, id {order} LIMIT {limit} OFFSET {offset}) r
-        {_COUNTERS}
+       CROSS JOIN LATERAL run_task_counts(r.id) c
        ORDER BY r.{column} {order}, r.id {order}
   ) p ON true
 """  # noqa: S608 - fixed fragments only (see the docstring); every value is a parameter

@@ -1,7 +1,7 @@
 -- Runs (store/runs.py). Each statement is whole: store/queries.py loads it by the name in its
 -- `-- name --` line; the comment lines right below that line describe it.
 -- Columns are named as the fields of models.Run; a run's task counters are the sums over its
--- shards in run_counter (see the migration).
+-- shards in run_counter, by run_task_counts() (migration 0009).
 
 -- insert_run --
 -- A pending run: no tasks yet. $1 id, $2 org, $3 input, $4 metadata, $5 now.
@@ -13,20 +13,7 @@ RETURNING id, org_id, status, input_data, metadata, 0 AS total_tasks, 0 AS compl
 
 -- get_run --
 -- $1 org, $2 run id.
-SELECT r.id, r.org_id, r.status, r.input_data, r.metadata,
-       coalesce(c.total_tasks, 0) AS total_tasks,
-       coalesce(c.completed_tasks, 0) AS completed_tasks,
-       coalesce(c.failed_tasks, 0) AS failed_tasks,
-       coalesce(c.cancelled_tasks, 0) AS cancelled_tasks,
-       r.created_at, r.updated_at, r.output_data, r.error_data,
-       r.started_at, r.completed_at, r.duration_ms
+SELECT r.*, c.*
   FROM run r
-  LEFT JOIN LATERAL (
-      SELECT sum(total_tasks)::bigint     AS total_tasks,
-             sum(completed_tasks)::bigint AS completed_tasks,
-             sum(failed_tasks)::bigint    AS failed_tasks,
-             sum(cancelled_tasks)::bigint AS cancelled_tasks
-        FROM run_counter
-       WHERE run_id = r.id
-  ) c ON true
+ CROSS JOIN LATERAL run_task_counts(r.id) c
  WHERE r.org_id = $1 AND r.id = $2
