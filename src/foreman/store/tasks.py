@@ -22,14 +22,13 @@ _GET_TASK_BY_KEY = _SQL["get_task_by_key"]
 
 COUNTER_SHARDS = 16
 
-# The columns of a task in the statements built below (as in store/sql/tasks.sql): named as the
-# fields of models.Task; run_after only when it lies after created_at, never the lease token.
+# The columns of a task in the PATCH statement (as the view task_answer, migration 0010): named
+# as the fields of models.Task; run_after only when it lies after created_at, never the lease token.
 _TASK_COLUMNS = """t.id, t.run_id, t.org_id, t.type, t.status, t.input_data, t.metadata, t.retry_count,
        t.max_retries, t.priority, t.attempt, t.created_at, t.updated_at, t.parent_task_id,
        t.output_data, t.error_data, t.queued_at, t.started_at, t.completed_at, t.duration_ms,
        t.queue_job_id, CASE WHEN t.run_after > t.created_at THEN t.run_after END AS run_after,
        t.lease_expires_at, t.idempotency_key, t.worker_id"""
-
 _SORT_COLUMNS = {
     "created_at": "created_at",
     "started_at": "started_at",
@@ -371,8 +370,8 @@ def _list_tasks_sql(where: queries.Where, column: str, order: str) -> str:
 SELECT n.total, p.*
   FROM (SELECT count(*) AS total FROM task t WHERE {where.sql()}) n
   LEFT JOIN LATERAL (
-      SELECT {_TASK_COLUMNS}
-        FROM task t
+      SELECT t.*
+        FROM task_answer t
        WHERE {where.sql()}
        ORDER BY t.{column} {order}, t.id {order}
        LIMIT {limit} OFFSET {offset}

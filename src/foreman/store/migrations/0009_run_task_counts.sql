@@ -14,3 +14,4 @@ AS $$
       FROM run_counter
      WHERE run_id = run
 $$;
+GRANT EXECUTE ON FUNCTION run_task_counts(uuid) TO foreman_app;

@@ -106,20 +106,8 @@ SELECT v.run_ok, v.parent_ok,
 
 -- get_task --
 -- $1 org, $2 task id.
-SELECT t.id, t.run_id, t.org_id, t.type, t.status, t.input_data, t.metadata, t.retry_count,
-       t.max_retries, t.priority, t.attempt, t.created_at, t.updated_at, t.parent_task_id,
-       t.output_data, t.error_data, t.queued_at, t.started_at, t.completed_at, t.duration_ms,
-       t.queue_job_id, CASE WHEN t.run_after > t.created_at THEN t.run_after END AS run_after,
-       t.lease_expires_at, t.idempotency_key, t.worker_id
-  FROM task t
- WHERE t.org_id = $1 AND t.id = $2
+SELECT * FROM task_answer WHERE org_id = $1 AND id = $2
 
 -- get_task_by_key --
 -- The task created with an idempotency key. $1 org, $2 key.
-SELECT t.id, t.run_id, t.org_id, t.type, t.status, t.input_data, t.metadata, t.retry_count,
-       t.max_retries, t.priority, t.attempt, t.created_at, t.updated_at, t.parent_task_id,
-       t.output_data, t.error_data, t.queued_at, t.started_at, t.completed_at, t.duration_ms,
-       t.queue_job_id, CASE WHEN t.run_after > t.created_at THEN t.run_after END AS run_after,
-       t.lease_expires_at, t.idempotency_key, t.worker_id
-  FROM task t
- WHERE t.org_id = $1 AND t.idempotency_key = $2
+SELECT * FROM task_answer WHERE org_id = $1 AND idempotency_key = $2
