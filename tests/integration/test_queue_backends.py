@@ -20,6 +20,7 @@ from foreman import ids
 from foreman.queue import QueueBackend, open_queue
 from foreman.queue.base import ready_messages
 from foreman.queue.bullmq import BullMQQueue
+from foreman.queue.naming import org_queue_name
 from foreman.store import db
 from foreman.store import queue as queue_store
 from foreman.store import runs as runs_store
@@ -103,11 +104,12 @@ async def backend(request, pool, db_url) -> AsyncIterator[Backend]:
         task_queue_name=name,
     )
     queue = open_queue(settings)
+    org_queue = org_queue_name(name, ORG_A)  # the tasks are org A's: they go to its queue
     try:
-        yield Backend(queue, bullmq_drain(redis_server, name))
+        yield Backend(queue, bullmq_drain(redis_server, org_queue))
     finally:
         await queue.close()
-        await obliterate(redis_server, name)
+        await obliterate(redis_server, org_queue)
 
 
 async def make_tasks(pool, count: int, **fields) -> list:
