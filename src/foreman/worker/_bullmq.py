@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import logging
 import time
 import uuid
@@ -321,10 +322,13 @@ class BullMQSource:
         if not (job_data and job_id):
             return None, int(delay or 0)
         try:
+            if not isinstance(json.loads(job_data.get("opts", "{}")), dict):
+                raise ValueError("the job's opts are not an object")
             job = _Job(Job.fromJSON(self._queue, job_data, job_id), token)
-        except (ValueError, TypeError, KeyError, AttributeError):
+        except ValueError:  # JSON or numbers that do not parse
             # Anyone with write access to the queue can put anything there: this one job is
-            # moved to failed (by _claim), the others of the batch run.
+            # moved to failed (by _claim), the others of the batch run. Other errors are bugs or
+            # an incompatible bullmq, and stop the worker.
             job = _Job(Job(self._queue, "", {}, {}, job_id), token, poison=MALFORMED)
         self._active[job_id] = job
         now_ms = round(time.time() * 1000)
