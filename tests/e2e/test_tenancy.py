@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import redis.asyncio as redis_asyncio
 from bullmq import Queue
@@ -29,7 +30,7 @@ from redis.exceptions import NoPermissionError, ResponseError
 from foreman import AsyncClient, RedisOptions, TaskSpec, Worker
 from foreman.queue.naming import org_queue_name
 from foreman.worker import _bullmq
-from tests.conftest import KEY_A, KEY_B
+from tests.conftest import KEY_A, KEY_B, ORG_A
 from tests.e2e import handlers
 from tests.e2e.conftest import OwnRedis, running_own_redis, start_server
 from tests.e2e.helpers import all_tasks, eventually, run_finished
@@ -39,6 +40,7 @@ pytestmark = pytest.mark.timeout(120)
 
 ADMIN_PASSWORD = "admin-" + uuid.uuid4().hex
 ACL_SECRET = uuid.uuid4().hex + uuid.uuid4().hex
+DENIED = r"NOPERM|permission|can't run this command"  # Redis's words for an ACL refusal
 
 
 @pytest.fixture
@@ -232,3 +234,144 @@ async def test_a_broker_error_is_retried_with_backoff_not_logged_at_a_fixed_rate
         await admin.delete(wait_key)
         await admin.aclose()
     assert any("BullMQ answers again" in r.message for r in foreman_logs.records)
+
+
+# ---------------------------------------------------------------- finding 2: Redis ACLs
+
+
+@pytest.fixture(scope="module")
+def acl_redis() -> Iterator[OwnRedis]:
+    """A Redis whose default user needs the admin password, as FOREMAN_REDIS_ACL requires."""
+    with running_own_redis(password=ADMIN_PASSWORD) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def acl_server(database_url: str, e2e_dir: Path, acl_redis: OwnRedis) -> Iterator[ServerProcess]:
+    server = start_server(
+        database_url,
+        e2e_dir,
+        backend="bullmq",
+        own=acl_redis,
+        FOREMAN_REDIS_ACL="per-org",
+        FOREMAN_REDIS_ACL_SECRET=ACL_SECRET,
+    )
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+@pytest.fixture
+async def acl_apis(acl_server, db_url) -> AsyncIterator[tuple[AsyncClient, AsyncClient]]:
+    async with AsyncClient(acl_server.url, KEY_A) as a, AsyncClient(acl_server.url, KEY_B) as b:
+        yield a, b
+
+
+def _connection(config: Any) -> dict[str, Any]:
+    return RedisOptions.from_config(config.redis).connection()
+
+
+async def test_each_organisation_gets_a_redis_user_of_its_own_and_never_the_admin_password(
+    acl_apis, acl_server
+):
+    api_a, api_b = acl_apis
+    a, b = await api_a.get_config(), await api_b.get_config()
+    for config in (a, b):
+        assert config.redis.username
+        assert config.redis.password
+        assert config.redis.password != ADMIN_PASSWORD
+    assert a.redis.username != b.redis.username
+    assert a.redis.password != b.redis.password
+    # Asked again (another replica would derive the same): the same user and password.
+    again = await api_a.get_config()
+    assert (again.redis.username, again.redis.password) == (a.redis.username, a.redis.password)
+    # The admin password appears in no answer of any config endpoint.
+    async with httpx.AsyncClient(base_url=acl_server.url) as http:
+        for key in (KEY_A, KEY_B):
+            for path in ("/api/v1/config", "/api/v1/config/redis", "/api/v1/config/queues"):
+                answer = await http.get(path, headers={"x-api-key": key})
+                assert answer.status_code == 200
+                assert ADMIN_PASSWORD not in answer.text
+
+
+async def test_organisation_b_cannot_read_or_write_organisation_a_s_queue(
+    acl_apis, acl_server, acl_redis
+):
+    api_a, api_b = acl_apis
+    a, b = await api_a.get_config(), await api_b.get_config()
+    run = await api_a.create_run({})
+    pending = await api_a.create_task(run.id, type="noop", input_data="never enqueued")
+    delayed = await api_a.enqueue_task(run.id, type="noop", input_data="later", delay_ms=60_000)
+    a_queue = a.queues.task_queue
+    assert a_queue == org_queue_name(acl_server.env["TASK_QUEUE_NAME"], ORG_A)
+    b_redis = redis_asyncio.Redis(**_connection(b), decode_responses=True)
+    a_as_b = Queue(a_queue, {"connection": _connection(b)})
+    try:
+        assert await b_redis.ping()
+        # The old attack: B adds a job naming A's pending task to A's queue. Refused.
+        with pytest.raises(NoPermissionError):
+            await a_as_b.add("noop", {"taskId": pending.id})
+        with pytest.raises(NoPermissionError):
+            await a_as_b.add("noop", {"taskId": delayed.id}, {"jobId": f"{delayed.id}:1"})
+        denied = [
+            ("HGETALL", f"bull:{a_queue}:{delayed.id}:1"),
+            ("ZRANGE", f"bull:{a_queue}:delayed", "0", "-1"),
+            ("DEL", f"bull:{a_queue}:delayed"),
+            ("SET", f"bull:{a_queue}:wait", "x"),
+            ("KEYS", "*"),
+            ("SCAN", "0"),
+            ("RANDOMKEY",),
+            ("FLUSHALL",),
+            ("FLUSHDB",),
+            ("CONFIG", "GET", "requirepass"),
+            ("ACL", "LIST"),
+            ("CLIENT", "LIST"),
+            ("MONITOR",),
+            ("PUBLISH", f"bull:{a_queue}:events", "x"),
+            ("EVAL", "return redis.call('GET', KEYS[1])", "1", f"bull:{a_queue}:meta"),
+            ("EVAL", f"return redis.call('KEYS', 'bull:{a_queue}:*')", "0"),
+            ("CLIENT", "TRACKING", "on", "BCAST"),
+        ]
+        for command in denied:
+            with pytest.raises(ResponseError, match=DENIED):
+                await b_redis.execute_command(*command)
+        # Its own queue's keys it may use.
+        await b_redis.set(f"bull:{b.queues.task_queue}:probe", "1")
+        await b_redis.delete(f"bull:{b.queues.task_queue}:probe")
+    finally:
+        await a_as_b.close()
+        await b_redis.aclose()
+    # Nothing of A's changed: the pending task is pending, the delayed one still waits.
+    assert (await api_a.get_task(pending.id)).status == "pending"
+    assert (await api_a.get_task(delayed.id)).attempt == 0
+    admin = admin_redis(acl_redis)
+    try:
+        assert await admin.zcard(f"bull:{a_queue}:delayed") == 1
+    finally:
+        await admin.aclose()
+
+
+async def test_workers_run_their_organisation_s_tasks_with_their_own_redis_user(acl_apis):
+    api_a, api_b = acl_apis
+    runs = [await api.create_run({}) for api in (api_a, api_b)]
+    for api, run in zip((api_a, api_b), runs, strict=True):
+        await api.enqueue_tasks([TaskSpec(run.id, "noop", i, priority=i % 3 or None)
+                                 for i in range(20)])  # fmt: skip
+    workers = [Running(api_a), Running(api_b)]
+    try:
+        for api, run in zip((api_a, api_b), runs, strict=True):
+            finished = await run_finished(api, run.id, 20, timeout_s=30)
+            assert finished.completed_tasks == 20
+    finally:
+        for worker in workers:
+            await worker.stop()
+    # The client publishing jobs itself (as the Node foreman-client) uses the same user.
+    async with AsyncClient(api_a.options.endpoint, KEY_A, queue_backend="bullmq") as sdk:
+        run = await sdk.create_run({})
+        await sdk.enqueue_tasks([TaskSpec(run.id, "noop", i) for i in range(5)])
+        worker = Running(api_a)
+        try:
+            assert (await run_finished(api_a, run.id, 5, timeout_s=30)).completed_tasks == 5
+        finally:
+            await worker.stop()
