@@ -175,8 +175,9 @@ class BullMQQueue:
         self.queue_name = queue_name
         self.per_org = per_org
         self._redis = client
-        # bullmq Queue objects by queue name, all on the one client (building one costs about
-        # 0.8 ms: its Lua scripts are hashed), so they are kept, up to MAX_CACHED_QUEUES.
+        # bullmq Queue objects by organisation ("": the shared queue), all on the one client
+        # (building one costs about 0.8 ms: its Lua scripts are hashed), kept up to
+        # MAX_CACHED_QUEUES.
         self._queues: dict[str, Queue] = {}
 
     @classmethod
@@ -193,14 +194,15 @@ class BullMQQueue:
         return naming.org_queue_name(self.queue_name, org_id) if self.per_org else self.queue_name
 
     def _queue(self, message: Message) -> Queue:
-        name = self.queue_name_of(message.org_id)
-        queue = self._queues.get(name)
+        org = message.org_id if self.per_org else ""  # by organisation: no name hashed per job
+        queue = self._queues.get(org)
         if queue is None:
             if len(self._queues) >= MAX_CACHED_QUEUES:
                 # Dropped, not closed: every Queue shares the one client this object closes.
                 self._queues.pop(next(iter(self._queues)))
+            name = self.queue_name_of(org)
             queue = Queue(name, {"connection": self._redis, "prefix": KEY_PREFIX})
-            self._queues[name] = queue
+            self._queues[org] = queue
         return queue
 
     def job_key(self, message: Message) -> str:
