@@ -9,6 +9,7 @@ from foreman.queue.naming import org_queue_name
 from foreman.server.app import create_app
 from tests.api.helpers import API, admin_counts, assert_error, create_run, missing_id
 from tests.conftest import KEY_A, KEY_B, ORG_A, ORG_B, make_settings
+from tests.services import free_port
 
 RUN = "01900000-0000-7000-8000-000000000001"
 TASK = "01900000-0000-7000-8000-000000000002"
@@ -311,3 +312,23 @@ async def test_two_keys_of_the_same_organisation_are_accepted(client, headers):
     response = await client.post(f"{API}/runs", json={"inputData": 1}, headers=headers)
     assert response.status_code == 201, response.text
     assert response.json()["orgId"] == "orga"
+
+
+async def test_per_org_redis_users_are_never_replaced_by_the_admin_password(db_url):
+    # FOREMAN_REDIS_ACL=per-org with Redis unreachable: 503, never the admin password instead.
+    settings = make_settings(
+        db_url,
+        sweep_enabled=False,
+        queue_backend="bullmq",
+        redis_host="127.0.0.1",
+        redis_port=free_port(),
+        redis_password="admin-secret",
+        redis_acl="per-org",
+        redis_acl_secret="x" * 32,
+    )
+    async with AsyncTestClient(app=create_app(settings)) as client:
+        for path in (f"{API}/config", f"{API}/config/redis"):
+            response = await client.get(path, headers={"x-api-key": KEY_A})
+            assert response.status_code == 503, response.text
+            assert "admin-secret" not in response.text
+            assert response.json()["code"] == "unavailable"

@@ -375,3 +375,28 @@ async def test_workers_run_their_organisation_s_tasks_with_their_own_redis_user(
             assert (await run_finished(api_a, run.id, 5, timeout_s=30)).completed_tasks == 5
         finally:
             await worker.stop()
+
+
+async def test_a_worker_whose_redis_user_vanished_asks_again_and_carries_on(acl_apis, acl_redis):
+    # A Redis restarted without its ACL file (or a password rotated out): the worker's next
+    # connection is refused, it asks /api/v1/config again, and the server sets the user up again.
+    api_a, _ = acl_apis
+    config = await api_a.get_config()
+    run = await api_a.create_run({})
+    worker = Running(api_a)
+    admin = admin_redis(acl_redis)
+    try:
+        first = await api_a.enqueue_task(run.id, type="noop", input_data=1)
+        await run_finished(api_a, run.id, 1, timeout_s=20)
+        assert await admin.execute_command("ACL", "DELUSER", config.redis.username) == 1
+        started = time.monotonic()
+        second = await api_a.enqueue_task(run.id, type="noop", input_data=2)
+        finished = await run_finished(api_a, run.id, 2, timeout_s=60)
+        assert finished.completed_tasks == 2
+        # redis-py retries a refused connection for up to 10 s (RECONNECT_S x RECONNECT_TRIES)
+        # before the worker sees it: 11 s measured.
+        assert time.monotonic() - started < 30
+    finally:
+        await worker.stop()
+        await admin.aclose()
+    assert first.id != second.id
