@@ -69,6 +69,7 @@ RECONNECT_TRIES = 20
 # A take that keeps failing (Redis down, a refusing script) waits longer each time, up to
 # MAX_RETRY_S, and is logged at the 1st, 2nd, 4th, 8th... failure: never at a fixed rate.
 MAX_RETRY_S = 5.0
+RECANCEL_S = 0.1
 # Why a job is moved to failed (kept in BullMQ's failed set for inspection, with this reason).
 MALFORMED = "foreman: malformed job (its data or options are not BullMQ JSON)"
 NO_TASK_ID = 'foreman: the job names no task (its data is not {"taskId": <uuid>})'
@@ -223,7 +224,12 @@ class BullMQSource:
         """Acknowledge what is left, stop the lock upkeep, close the connections."""
         await self._acks.drain()
         for task in self._background:
-            task.cancel()
+            # A cancellation that lands as a Redis call returns was seen swallowed below us (the
+            # stalled check went on to its 30 s sleep and close() waited it out): cancel again
+            # until the task has ended.
+            while not task.done():
+                task.cancel()
+                await asyncio.wait({task}, timeout=RECANCEL_S)
         await asyncio.gather(*self._background, return_exceptions=True)
         await self._redis.aclose()
         await self._blocking.aclose()
