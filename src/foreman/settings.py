@@ -159,6 +159,8 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _check_redis_acl(self) -> Settings:
         if self.redis_acl == "per-org":
+            if self.queue_backend != "bullmq":
+                raise ValueError("FOREMAN_REDIS_ACL=per-org is for FOREMAN_QUEUE_BACKEND=bullmq")
             if not self.queue_per_org:
                 raise ValueError("FOREMAN_REDIS_ACL=per-org needs FOREMAN_QUEUE_PER_ORG=true")
             if len(self.redis_acl_secret or "") < MIN_ACL_SECRET_CHARS:

@@ -128,11 +128,16 @@ async def test_every_keyless_command_a_user_may_run_was_reviewed(admin, acl):
     assert {"scan", "keys", "flushall", "randomkey", "client|list", "config|get"} & allowed == set()
 
 
-def test_per_org_acl_needs_a_secret_and_queues_per_organisation():
+def test_per_org_acl_needs_bullmq_a_secret_and_queues_per_organisation():
+    bullmq = {"queue_backend": "bullmq"}
+    with pytest.raises(ValidationError, match="FOREMAN_QUEUE_BACKEND=bullmq"):
+        Settings(redis_acl="per-org", redis_acl_secret=SECRET)
     with pytest.raises(ValidationError, match="FOREMAN_REDIS_ACL_SECRET"):
-        Settings(redis_acl="per-org")
+        Settings(redis_acl="per-org", **bullmq)
     with pytest.raises(ValidationError, match="FOREMAN_REDIS_ACL_SECRET"):
-        Settings(redis_acl="per-org", redis_acl_secret="short")
+        Settings(redis_acl="per-org", redis_acl_secret="short", **bullmq)
     with pytest.raises(ValidationError, match="FOREMAN_QUEUE_PER_ORG"):
-        Settings(redis_acl="per-org", redis_acl_secret=SECRET, queue_per_org=False)
-    assert Settings(redis_acl="per-org", redis_acl_secret=SECRET).redis_acl == "per-org"
+        Settings(redis_acl="per-org", redis_acl_secret=SECRET, queue_per_org=False, **bullmq)
+    settings = Settings(redis_acl="per-org", redis_acl_secret=SECRET, **bullmq)
+    assert settings.redis_acl == "per-org"
+    assert SECRET not in repr(settings)
