@@ -141,3 +141,18 @@ def test_per_org_acl_needs_bullmq_a_secret_and_queues_per_organisation():
     settings = Settings(redis_acl="per-org", redis_acl_secret=SECRET, **bullmq)
     assert settings.redis_acl == "per-org"
     assert SECRET not in repr(settings)
+
+
+async def test_rotation_leaves_users_of_another_deployment_alone(redis7, admin, acl):
+    mine = await acl.ensure(f"mine-{uuid.uuid4().hex[:6]}", now_ms=DAY_MS)
+    # Another Foreman on the same Redis, its TASK_QUEUE_NAME beginning like ours.
+    theirs = f"foreman-org:foreman-tasks-eu:foreman-tasks-eu-{uuid.uuid4().hex[:6]}"
+    await admin.execute_command("ACL", "SETUSER", theirs, "on", ">their-password", "+ping")
+    try:
+        assert await acl.rotate(now_ms=5 * DAY_MS) >= 0
+        await (await _as(redis7, theirs, "their-password")).aclose()
+        # Ours was rotated, however long no server ran (its password is four periods old).
+        with pytest.raises(AuthenticationError):
+            await _as(redis7, mine.username, mine.password)
+    finally:
+        await admin.execute_command("ACL", "DELUSER", theirs)

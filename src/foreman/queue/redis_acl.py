@@ -33,7 +33,7 @@ from foreman.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-USER_PREFIX = "foreman-org-"
+USER_PREFIX = "foreman-org:"
 ROTATE_CHECKS = 10  # per rotation period, so a period begins at most a tenth late
 MAX_ROTATE_CHECK_S = 60.0
 ENSURE_TIMEOUT_S = 3.0
@@ -93,6 +93,7 @@ class RedisAcl:
         self._secret = secret
         self._queue_names = tuple(queue_names)  # the configured base names (task, result)
         self.rotate_s = rotate_s
+        self._user_prefix = f"{USER_PREFIX}{naming.safe_queue_name(self._queue_names[0])}:"
         self._rotated: int | None = None  # the last generation rotate() applied
         self._task: asyncio.Task[None] | None = None
 
@@ -108,8 +109,10 @@ class RedisAcl:
         )
 
     def username(self, org_id: str) -> str:
-        """The Redis user of org_id (named after its task queue: unique per organisation)."""
-        return USER_PREFIX + naming.org_queue_name(self._queue_names[0], org_id)
+        """The Redis user of org_id: ``foreman-org:<base>:<its task queue>``, unique per
+        organisation and per deployment (the colon never occurs in a queue name, so another
+        deployment's TASK_QUEUE_NAME is never mistaken for a prefix of ours)."""
+        return self._user_prefix + naming.org_queue_name(self._queue_names[0], org_id)
 
     def credentials(self, org_id: str, *, now_ms: int) -> OrgCredentials:
         """org_id's user and its password of the current period."""
@@ -152,13 +155,13 @@ class RedisAcl:
         return self.credentials(org_id, now_ms=now_ms)
 
     async def rotate(self, *, now_ms: int) -> int:
-        """Give every organisation user the passwords of now's period (once per period per
-        process); how many users were rotated."""
+        """Give every organisation user of this deployment the passwords of now's period (once
+        per period per process); how many users were rotated."""
         period = generation(now_ms, self.rotate_s)
         if self._rotated == period:
             return 0
         users: list[Any] = await self._redis.acl_users()
-        ours = [u for u in map(_text, users) if u.startswith(USER_PREFIX)]
+        ours = [u for u in map(_text, users) if u.startswith(self._user_prefix)]
         if ours:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for username in ours:
