@@ -156,3 +156,17 @@ async def test_rotation_leaves_users_of_another_deployment_alone(redis7, admin, 
             await _as(redis7, mine.username, mine.password)
     finally:
         await admin.execute_command("ACL", "DELUSER", theirs)
+
+
+async def test_an_open_default_user_is_noticed(acl, redis_server):
+    # The admin password protects the default user here; the shared test Redis has none.
+    assert await acl.open_default_user() is False
+    shared = redis_asyncio.Redis(
+        host=redis_server.host, port=redis_server.port, decode_responses=True
+    )
+    try:
+        probe = RedisAcl(shared, secret=SECRET, queue_names=("q", "r"), rotate_s=86_400)
+        flags = (await shared.acl_getuser("default"))["flags"]
+        assert await probe.open_default_user() is ("nopass" in flags)
+    finally:
+        await shared.aclose()

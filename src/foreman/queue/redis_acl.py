@@ -184,7 +184,25 @@ class RedisAcl:
         await background.cancel_and_wait(task)
         await self._redis.aclose()
 
+    async def open_default_user(self) -> bool:
+        """Whether Redis's ``default`` user is enabled without a password: then anyone who can
+        reach Redis is admin, and per-organisation users protect nothing (warned at start)."""
+        info: Any = await self._redis.acl_getuser("default")
+        flags = set(map(_text, (info or {}).get("flags", [])))
+        return {"on", "nopass"} <= flags
+
+    async def _warn_open_default_user(self) -> None:
+        try:
+            if await self.open_default_user():
+                logger.warning(
+                    "FOREMAN_REDIS_ACL=per-org, but Redis's default user needs no password: "
+                    "anyone who can reach Redis is admin. Set one (requirepass) or disable it."
+                )
+        except Exception as exc:  # Redis down or the admin may not read ACLs: say so, go on
+            logger.warning("could not check Redis's default user: %s", exc)
+
     async def _loop(self) -> None:
+        await self._warn_open_default_user()
         while True:
             try:
                 await self.rotate(now_ms=ids.now_ms())
