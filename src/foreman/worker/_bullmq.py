@@ -418,7 +418,7 @@ class BullMQSource:
                 self._reject(job, job.poison or NO_TASK_ID)
                 continue
             if task_id in by_task or task_id in self._by_task:
-                logger.debug("a second job %s for task %s: dropped", job.job.id, task_id)
+                logger.debug("job %s names a task another job took: dropped", job.job.id)
             else:
                 by_task[task_id] = job
                 continue
