@@ -16,10 +16,14 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 import redis.asyncio as redis_asyncio
-from bullmq import Job, Queue
+from bullmq import Job
+from bullmq.redis_connection import RedisConnection
+from bullmq.scripts import Scripts
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisError
@@ -41,8 +45,9 @@ REMOVE_ON_FAIL = False
 # How many jobs go to Redis in one MULTI/EXEC, and how many existence checks in one pipeline.
 ADD_CHUNK = 500
 CHECK_CHUNK = 1000
-# Queue objects kept per process (one per organisation that published lately).
+# Queues whose keys are kept per process (one per organisation that published lately).
 MAX_CACHED_QUEUES = 4096
+
 # A publish must not hold up the HTTP answer for long: on timeout the sweeper publishes later.
 PUBLISH_TIMEOUT_S = 3.0
 
@@ -160,6 +165,14 @@ def redis_client(settings: Settings) -> redis_asyncio.Redis:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class _Queue:
+    """One BullMQ queue: its keys over the shared scripts, and what a Job needs of it."""
+
+    scripts: Scripts
+    job_queue: Any
+
+
 class BullMQQueue:
     """Publishes task ids as BullMQ jobs and checks which ones are still in Redis.
 
@@ -175,10 +188,11 @@ class BullMQQueue:
         self.queue_name = queue_name
         self.per_org = per_org
         self._redis = client
-        # bullmq Queue objects by organisation ("": the shared queue), all on the one client
-        # (building one costs about 0.8 ms: its Lua scripts are hashed), kept up to
-        # MAX_CACHED_QUEUES.
-        self._queues: dict[str, Queue] = {}
+        # BullMQ's Lua scripts, registered once (a bullmq Queue registers them all again: 0.8 ms
+        # and 280 KiB each), and each queue's keys over them, by organisation ("": the shared
+        # queue), kept up to MAX_CACHED_QUEUES.
+        self._connection = RedisConnection(client)
+        self._queues: dict[str, _Queue] = {}
 
     @classmethod
     def from_settings(cls, settings: Settings) -> BullMQQueue:
@@ -193,21 +207,25 @@ class BullMQQueue:
         """The BullMQ queue that carries org_id's tasks."""
         return naming.org_queue_name(self.queue_name, org_id) if self.per_org else self.queue_name
 
-    def _queue(self, message: Message) -> Queue:
+    def _queue(self, message: Message) -> _Queue:
+        """Message's queue."""
         org = message.org_id if self.per_org else ""  # by organisation: no name hashed per job
         queue = self._queues.get(org)
         if queue is None:
             if len(self._queues) >= MAX_CACHED_QUEUES:
-                # Dropped, not closed: every Queue shares the one client this object closes.
                 self._queues.pop(next(iter(self._queues)))
             name = self.queue_name_of(org)
-            queue = Queue(name, {"connection": self._redis, "prefix": KEY_PREFIX})
+            queue = _Queue(
+                Scripts(KEY_PREFIX, name, self._connection),
+                # What bullmq.Job reads of its queue (a job here is only serialised).
+                SimpleNamespace(opts={}, backend=None, qualifiedName=f"{KEY_PREFIX}:{name}"),
+            )
             self._queues[org] = queue
         return queue
 
     def job_key(self, message: Message) -> str:
         """The Redis hash of a message's job."""
-        return str(self._queue(message).toKey(job_id(message.task_id, message.attempt)))
+        return str(self._queue(message).scripts.toKey(job_id(message.task_id, message.attempt)))
 
     async def publish(self, tasks: Sequence[Task]) -> None:
         """Add a job for every queued/retrying task; a Redis failure is logged, not raised."""
@@ -239,9 +257,10 @@ class BullMQQueue:
 
     def _add_call(self, message: Message) -> ScriptCall:
         """The script bullmq's Queue.add runs for this message's job, with its keys and arguments."""
-        queue = self._queue(message)
-        opts = {**queue.jobsOpts, **job_options(message)}
-        job = Job(queue, message.task_type, job_data(message.task_id), opts, opts["jobId"])
+        queue, opts = self._queue(message), job_options(message)
+        job = Job(
+            queue.job_queue, message.task_type, job_data(message.task_id), opts, opts["jobId"]
+        )
         return add_job_call(queue.scripts, job)
 
     async def missing(self, messages: Sequence[Message]) -> list[Message]:
@@ -258,7 +277,7 @@ class BullMQQueue:
                 for message in chunk:
                     pipe.hmget(self.job_key(message), ["timestamp", "finishedOn"])
                     if _other_id(message):
-                        other_key = self._queue(message).toKey(message.receipt)
+                        other_key = self._queue(message).scripts.toKey(message.receipt)
                         pipe.hmget(other_key, ["timestamp", "finishedOn"])
                 replies = iter(await pipe.execute())
             for message in chunk:
@@ -278,7 +297,8 @@ class BullMQQueue:
     async def _remove_finished(self, message: Message) -> None:
         # A job that BullMQ failed (removeOnFail is false) would block re-adding the same id.
         with contextlib.suppress(RedisError):
-            await self._queue(message).remove(job_id(message.task_id, message.attempt))
+            job = job_id(message.task_id, message.attempt)
+            await self._queue(message).scripts.remove(job, True)
 
     async def ping(self) -> None:
         """Raise if Redis does not answer."""
