@@ -40,6 +40,7 @@ SCRIPTS_METHODS = {
     "moveToFailedArgs": ["self", "job", "failed_reason", "shouldRemove", "token", "fetchNext"],
     "extendJobLocks": ["self", "job_ids", "tokens", "duration"],
     "moveStalledJobsToWait": ["self", "maxStalledCount", "stalledInterval"],
+    "remove": ["self", "job_id", "remove_children"],  # the sweeper clears a finished job
 }
 LUA_SCRIPTS = [
     "addStandardJob", "addDelayedJob", "addPrioritizedJob", "moveToActive", "moveToFinished",
