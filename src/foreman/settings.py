@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import quote
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _RATE_UNITS_S = {
@@ -22,6 +22,7 @@ _RATE_UNITS_S = {
     "h": 3600.0,
     "hour": 3600.0,
 }
+MIN_ACL_SECRET_CHARS = 32
 _RATE = re.compile(r"^\s*(?P<count>\d+(?:\.\d+)?)\s*(?:/\s*(?P<unit>[a-z]+))?\s*$")
 
 
@@ -125,6 +126,20 @@ class Settings(BaseSettings):
         default="foreman:results",
         validation_alias=_env("FOREMAN_RESULT_QUEUE_NAME", "RESULT_QUEUE_NAME"),
     )
+    # Broker queues per organisation (queue/naming.py): only acme's workers see acme's task ids.
+    # false: one queue named TASK_QUEUE_NAME for everyone, for single-organisation deployments
+    # whose old Node workers read the name from their own environment.
+    queue_per_org: bool = True
+    redis_username: str | None = Field(
+        default=None, validation_alias=_env("FOREMAN_REDIS_USERNAME", "REDIS_USERNAME")
+    )
+    # "per-org": a Redis ACL user per organisation, allowed only its own queues' keys and
+    # channels, is what /api/v1/config/redis hands out (queue/redis_acl.py, docs/security.md).
+    redis_acl: Literal["off", "per-org"] = "off"
+    # Per-organisation passwords are HMACs of this secret (every replica derives the same ones).
+    redis_acl_secret: str | None = Field(default=None, repr=False)
+    # A per-organisation password is replaced this often; the one before stays valid as long.
+    redis_acl_rotate_s: float = Field(default=86_400.0, ge=60)
 
     sweep_enabled: bool = True  # run the sweeper in this process (safe in every replica)
     sweep_interval_s: float = Field(default=1.0, gt=0)
@@ -140,6 +155,20 @@ class Settings(BaseSettings):
     def _check_rate_limit(cls, value: str | None) -> str | None:
         parse_rate(value)
         return value
+
+    @model_validator(mode="after")
+    def _check_redis_acl(self) -> Settings:
+        if self.redis_acl == "per-org":
+            if self.queue_backend != "bullmq":
+                raise ValueError("FOREMAN_REDIS_ACL=per-org is for FOREMAN_QUEUE_BACKEND=bullmq")
+            if not self.queue_per_org:
+                raise ValueError("FOREMAN_REDIS_ACL=per-org needs FOREMAN_QUEUE_PER_ORG=true")
+            if len(self.redis_acl_secret or "") < MIN_ACL_SECRET_CHARS:
+                raise ValueError(
+                    "FOREMAN_REDIS_ACL=per-org needs FOREMAN_REDIS_ACL_SECRET, at least "
+                    f"{MIN_ACL_SECRET_CHARS} characters (e.g. `openssl rand -hex 32`)"
+                )
+        return self
 
     def rate(self) -> Rate | None:
         """The rate limit per organisation and process; None for no limit."""

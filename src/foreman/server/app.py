@@ -14,7 +14,7 @@ from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 
 from foreman import errors
-from foreman.queue import open_queue
+from foreman.queue import open_queue, open_redis_acl
 from foreman.server import edge
 from foreman.server import errors as error_handlers
 from foreman.server.auth import Authenticator
@@ -87,6 +87,7 @@ def create_app(settings: Settings) -> Litestar:
             connect_timeout_s=settings.db_connect_timeout_s,
         )
         queue = open_queue(settings)
+        redis_acl = open_redis_acl(settings)
         notifier = Notifier(database_url)  # one LISTEN connection: wakes long polls
         notifier.start()
         sweeper = None
@@ -99,10 +100,13 @@ def create_app(settings: Settings) -> Litestar:
             auth=Authenticator(settings, pool=pool),
             queue=queue,
             notifier=notifier,
+            redis_acl=redis_acl,
         )
         try:
             yield
         finally:
+            if redis_acl is not None:
+                await redis_acl.close()
             if sweeper is not None:
                 await sweeper.close()
             await notifier.close()

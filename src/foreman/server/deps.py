@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 from litestar import Request
@@ -13,6 +13,9 @@ from litestar.openapi.datastructures import ResponseSpec
 from foreman import errors
 from foreman.models import ErrorBody, Task
 from foreman.queue.base import QueueBackend
+
+if TYPE_CHECKING:  # redis_acl imports redis, the optional foreman[redis] extra
+    from foreman.queue.redis_acl import RedisAcl
 from foreman.server import auth, jsontext, notify
 from foreman.server import errors as error_handlers
 from foreman.server.middleware import received_body
@@ -33,6 +36,8 @@ class AppState:
     auth: auth.Authenticator
     queue: QueueBackend | None = None
     notifier: notify.Notifier | None = None  # wakes long polls; None = polling only
+    # FOREMAN_REDIS_ACL=per-org: hands out each organisation's own Redis user (else None).
+    redis_acl: RedisAcl | None = None
 
     async def publish(self, tasks: list[Task]) -> None:
         """Hand queued tasks to the queue backend (the postgres backend needs nothing more)."""
