@@ -33,7 +33,12 @@ def _run(work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
 
     async def main(url: str) -> T:
         with translate_errors():
-            conn = await asyncpg.connect(url, timeout=settings.db_connect_timeout_s)
+            conn = await asyncpg.connect(
+                url,
+                timeout=settings.db_connect_timeout_s,
+                # Behind PgBouncer a statement prepared in one transaction is gone in the next.
+                statement_cache_size=0 if settings.db_pgbouncer else 100,
+            )
         try:
             return await work(conn)
         finally:

@@ -72,6 +72,11 @@ class Settings(BaseSettings):
     db_pool_max: int = Field(default=10, ge=1)
     db_command_timeout_s: float = Field(default=5.0, gt=0)
     db_connect_timeout_s: float = Field(default=3.0, gt=0)
+    # The URL is a PgBouncer in transaction mode: no prepared statement cache (docs/deployment.md).
+    db_pgbouncer: bool = False
+    # A direct PostgreSQL URL for LISTEN (long polls' wake-ups); behind PgBouncer, without it,
+    # long polls only poll (every poll_interval_s).
+    database_listen_url: str | None = None
     data_dir: Path = Path(".foreman")
     auto_migrate: bool = True
 
@@ -134,6 +139,12 @@ class Settings(BaseSettings):
     sweep_publish_grace_s: float = Field(default=3.0, ge=0)
     # Long polls (claim, wait) re-check at least this often if no NOTIFY woke them (fallback).
     poll_interval_s: float = Field(default=1.0, gt=0)
+
+    def listen_url(self, database_url: str) -> str | None:
+        """Where the LISTEN connection goes; None: nowhere, long polls poll (PgBouncer)."""
+        if self.database_listen_url:
+            return self.database_listen_url
+        return None if self.db_pgbouncer else database_url
 
     @field_validator("rate_limit")
     @classmethod

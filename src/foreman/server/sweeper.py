@@ -4,8 +4,8 @@ Every ``sweep_interval_s`` each server process tries to take a transaction-level
 the one that gets it (one per moment, however many replicas run) turns expired leases into
 ``retrying`` (or ``failed`` when the attempts ran out) and, for the ``bullmq`` backend, publishes
 again the ready tasks whose job is no longer in Redis. Its connections work across
-organisations, so they are the table owner's (no ``SET ROLE foreman_app``): row-level security
-does not apply to the owner because it is not FORCEd.
+organisations, so they are the table owner's (role ``none`` in each transaction, not
+``foreman_app``): row-level security does not apply to the owner because it is not FORCEd.
 """
 
 from __future__ import annotations
@@ -81,6 +81,7 @@ class Sweeper:
             command_timeout_s=settings.db_command_timeout_s,
             connect_timeout_s=settings.db_connect_timeout_s,
             app_role=False,
+            pgbouncer=settings.db_pgbouncer,
         )
         return cls(
             pool,
