@@ -137,6 +137,9 @@ class Settings(BaseSettings):
     # bullmq: a ready task is checked for its job only once it has been ready this long, so
     # that a publish in flight after its commit is not mistaken for a lost one.
     sweep_publish_grace_s: float = Field(default=3.0, ge=0)
+    # Retention: ended runs older than this many days are deleted by the sweeper (None: kept).
+    retention_days: float | None = Field(default=None, gt=0)
+    retention_batch: int = Field(default=5000, ge=1)  # rows per retention transaction (one a sweep)
     # Long polls (claim, wait) re-check at least this often if no NOTIFY woke them (fallback).
     poll_interval_s: float = Field(default=1.0, gt=0)
 
