@@ -75,10 +75,7 @@ async def seed(conn: asyncpg.Connection, *, runs: int, tasks: int) -> dict[str, 
     await conn.execute(_SEED_TASKS, tasks, ended)
     await conn.execute(_SEED_DATA, ended)
     await conn.execute("VACUUM (ANALYZE)")
-    return {
-        t: await conn.fetchval(f"SELECT count(*) FROM {t}")
-        for t in TABLES
-    }
+    return {t: await conn.fetchval(f"SELECT count(*) FROM {t}") for t in TABLES}
 
 
 async def sizes(conn: asyncpg.Connection) -> dict[str, dict[str, int]]:
