@@ -145,7 +145,7 @@ class Connection(asyncpg.Connection):
         # executemany) passes here with the executor that writes its Bind/Execute/Sync: the
         # setter's messages go out first, on the same socket, in the same round trip. asyncpg
         # reads their answers (ParseComplete, BindComplete, CommandComplete, no row) as part of
-        # the statement's. Fenced by asyncpg's upper bound and tests/integration/test_binding.py.
+        # the statement's. Fenced by asyncpg's upper bound and tests/integration/test_pgbouncer.py.
         prefix = self._foreman_prefix
         if prefix is None:
             return await super()._do_execute(query, executor, timeout, *args, **kwargs)  # type: ignore[misc]
