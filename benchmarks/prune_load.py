@@ -9,8 +9,9 @@ ago, plus one live run of the load's organisation, then starts `foreman server` 
 load twice: --window seconds alone, then while `prune_all` (what `foreman prune` runs) deletes
 every ended run in batches of --batch rows. The load: --clients connections alternating
 `GET /tasks/:id` of a live task and `POST /runs`. It prints the latencies of both windows, the
-pruning rate, and the sizes of the tables before, right after the pruning and after a VACUUM, with
-their dead rows; then it writes the same data again, to show whether the freed space is reused.
+pruning rate, and the sizes of the tables (heap and indexes) before, right after the pruning and
+after each of --vacuums VACUUMs, with their dead rows; then it writes the same data again, to show
+whether the freed space is reused.
 """
 
 from __future__ import annotations
@@ -60,8 +61,9 @@ SELECT gen_random_uuid(), t.run_id, t.id, t.org_id, 'progress', '100', $1, $1
  WHERE t.org_id LIKE 'old-%' AND get_byte(uuid_send(t.id), 15) < 26
 """
 _SIZES = """
-SELECT relname, pg_total_relation_size(relid) AS bytes, n_live_tup, n_dead_tup,
-       autovacuum_count, vacuum_count
+SELECT relname, pg_total_relation_size(relid) AS bytes, pg_relation_size(relid) AS heap_bytes,
+       pg_indexes_size(relid) AS index_bytes, n_live_tup, n_dead_tup, autovacuum_count,
+       vacuum_count
   FROM pg_stat_user_tables
  WHERE relname = ANY($1::text[])
 """
@@ -212,10 +214,11 @@ async def main(options: argparse.Namespace) -> dict[str, Any]:
             )
             result["alone_after"] = await window(*args, options.clients, options.window)
         result["sizes_after_prune"] = await sizes(conn)
-        began = time.monotonic()
-        await conn.execute("VACUUM")
-        result["vacuum_s"] = round(time.monotonic() - began, 1)
-        result["sizes_after_vacuum"] = await sizes(conn)
+        for n in range(options.vacuums):
+            began = time.monotonic()
+            await conn.execute("VACUUM")
+            result[f"vacuum_{n + 1}_s"] = round(time.monotonic() - began, 1)
+            result[f"sizes_after_vacuum_{n + 1}"] = await sizes(conn)
         await seed(conn, runs=options.runs, tasks=options.tasks)
         result["sizes_after_reseed"] = await sizes(conn)
     finally:
@@ -232,6 +235,13 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=5000, help="rows per prune transaction")
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--window", type=float, default=30.0, help="seconds of load alone")
+    parser.add_argument(
+        "--vacuums",
+        type=int,
+        default=2,
+        help="VACUUMs before the data is written again (a B-tree page deleted by one VACUUM can"
+        " be reused once a later one has seen that no transaction needs it)",
+    )
     return parser.parse_args(argv)
 
 
