@@ -11,7 +11,9 @@ could fail.
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -20,8 +22,11 @@ import asyncpg
 import httpx
 import pytest
 
+from foreman.server.app import create_app
+from foreman.settings import Settings
 from foreman.store import db
 from tests.integration.live_server import ServerProcess, server_env
+from tests.queue_helpers import running_app
 from tests.services import PgBouncer
 
 pytestmark = pytest.mark.timeout(240)
@@ -239,3 +244,37 @@ async def test_three_servers_two_orgs_thousands_of_alternating_requests(
     finally:
         for server in servers:
             server.kill()
+
+
+async def test_without_a_listen_url_long_polls_poll_and_the_server_says_so(bouncer, db_url, caplog):
+    settings = Settings(
+        database_url=bouncer.url(db_url),
+        db_pgbouncer=True,
+        db_pool_min=1,
+        db_pool_max=4,
+        sweep_enabled=False,
+        poll_interval_s=0.2,
+    )
+    with caplog.at_level(logging.WARNING, logger="foreman.server.notify"):
+        async with running_app(create_app(settings)) as http:
+            assert "long polls fall back to polling" in caplog.text
+            run = await http.post("/api/v1/runs", json={"inputData": 1}, headers=KEYS[ORGS[0]])
+            claim = asyncio.create_task(
+                http.post(
+                    "/api/v1/tasks/claim",
+                    json={"workerId": "w", "types": ["late"], "waitMs": 10_000},
+                    headers=KEYS[ORGS[0]],
+                )
+            )
+            await asyncio.sleep(0.3)  # the claim is waiting
+            made = await http.post(
+                "/api/v1/tasks",
+                json={"runId": run.json()["id"], "type": "late", "inputData": 1, "enqueue": True},
+                headers=KEYS[ORGS[0]],
+            )
+            began = time.monotonic()
+            claimed = await claim
+            waited_s = time.monotonic() - began
+    assert claimed.status_code == 200, claimed.text
+    assert [t["id"] for t in claimed.json()["data"]] == [made.json()["id"]]
+    assert waited_s < 2  # found by the 0.2 s poll, not at the end of the 10 s wait
