@@ -3,10 +3,12 @@
 Three `foreman server` processes share this package's PostgreSQL behind an HAProxy (the OS
 package) that checks `GET /health` every 200 ms, as docs/deployment.md configures it. SDK clients
 (AsyncClient, default retries) send their load to HAProxy only: idempotent task creations (with
-an idempotency key, which the SDK retries) and reads. Replica 0 gets SIGKILL after 2.5 s, replica
-1 SIGTERM after 4.5 s; replica 2 serves alone to the end. Meanwhile every replica sweeps every
-50 ms the leases a vanished worker left. Proven: no SDK call failed (its retries and HAProxy's
-re-dispatch ride over both faults), every acknowledged task is in the database once, the stopped
+an idempotency key, which the SDK retries) and reads, and nine long polls (`wait_for_task`) held
+open on the three replicas. Replica 0 gets SIGKILL after 2.5 s, replica 1 SIGTERM after 4.5 s;
+replica 2 serves alone to the end. Meanwhile every replica sweeps every 50 ms the leases a
+vanished worker left. Proven: no SDK call failed (HAProxy answered 502 for the long polls of the
+killed replica, and the SDK asked again; HAProxy's re-dispatch and health checks moved the rest),
+every long poll ended with its task, every acknowledged task is in the database once, the stopped
 replica exited 0, and each expired lease was swept exactly once.
 """
 
@@ -25,7 +27,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from foreman import AsyncClient, errors
+from foreman import AsyncClient, Task, errors
 from tests.conftest import KEY_A
 from tests.faults.report import FaultReport
 from tests.faults.test_server_kill import (
@@ -47,6 +49,7 @@ CLIENTS = 6
 LOAD_S = 9.0
 KILL_AFTER_S = 2.5
 STOP_AFTER_S = 4.5
+WATCHED = 9  # long polls (GET /tasks/:id/wait) open through the faults
 
 
 def haproxy_config(port: int, backends: list[int]) -> str:
@@ -106,6 +109,23 @@ def start_haproxy(folder: Path, backends: list[int]) -> tuple[subprocess.Popen[b
     return process, f"http://127.0.0.1:{port}"
 
 
+async def _watched_tasks(client: AsyncClient, run_id: str) -> list[Task]:
+    """WATCHED tasks claimed under a long lease, to be completed once the faults are over."""
+    for i in range(WATCHED):
+        await client.enqueue_task(run_id, type="watched", input_data=i)
+    claimed = await client.claim_tasks(
+        worker_id="watcher", types=["watched"], limit=WATCHED, lease_s=120
+    )
+    assert len(claimed) == WATCHED
+    return claimed
+
+
+async def _watch(url: str, task_id: str) -> Task:
+    """The task once it ends, long-polling through the load balancer (SDK retries on)."""
+    async with AsyncClient(url, KEY_A) as client:
+        return await client.wait_for_task(task_id, timeout=60)
+
+
 class Load:
     """SDK clients through the load balancer: acknowledged task ids, and every SDK failure."""
 
@@ -148,7 +168,13 @@ async def test_replicas_behind_haproxy_ride_over_a_kill_and_a_stop(
         async with AsyncClient(url, KEY_A) as client:
             run_id = await _abandoned_leases(client)
             load_run = (await client.create_run({"load": "haproxy"})).id
+            watched = await _watched_tasks(client, load_run)
 
+        # Long polls held open on every replica while the faults hit, sent before the load so
+        # that round robin gives each replica the same share: HAProxy answers 502 for those on
+        # the killed one, and the SDK asks again elsewhere.
+        watchers = asyncio.gather(*(_watch(url, task.id) for task in watched))
+        await asyncio.sleep(0.5)
         load = Load(url, load_run)
         began = time.monotonic()
         clients = asyncio.gather(*(load.client(i, began + LOAD_S) for i in range(CLIENTS)))
@@ -158,6 +184,11 @@ async def test_replicas_behind_haproxy_ride_over_a_kill_and_a_stop(
         await asyncio.sleep(STOP_AFTER_S - KILL_AFTER_S)
         stopped = asyncio.to_thread(replicas[1].stop, signal.SIGTERM)
         await clients
+        async with AsyncClient(url, KEY_A) as client:
+            for task in watched:
+                assert task.lease_token is not None
+                await client.complete_task(task.id, lease_token=task.lease_token, output_data=1)
+        waited = await watchers
         assert replicas[0].wait(10) == -signal.SIGKILL
         stop_code = await stopped
 
@@ -168,7 +199,8 @@ async def test_replicas_behind_haproxy_ride_over_a_kill_and_a_stop(
         conn = await asyncpg.connect(db_url)
         try:
             found = await conn.fetch(
-                "SELECT id::text, idempotency_key FROM task WHERE run_id = $1", load_run
+                "SELECT id::text, idempotency_key FROM task WHERE run_id = $1 AND type = 'noop'",
+                load_run,
             )
         finally:
             await conn.close()
@@ -183,6 +215,10 @@ async def test_replicas_behind_haproxy_ride_over_a_kill_and_a_stop(
             replica.kill()
 
     in_db = {r["idempotency_key"]: r["id"] for r in found}
+    # Answers HAProxy gave itself for a replica that died under a request (the SDK retried them).
+    haproxy_5xx = sum(
+        f" {code} " in line for line in balancer_log.splitlines() for code in ("502", "503", "504")
+    )
     swept = [_swept(log) for log in logs]
     fault_report.add(
         "haproxy_kill_and_stop",
@@ -205,16 +241,14 @@ async def test_replicas_behind_haproxy_ride_over_a_kill_and_a_stop(
             "sdk_failures": len(load.failures),
             "acknowledged_tasks": len(load.acked),
             "tasks_in_database": len(in_db),
-            # answers HAProxy gave itself for a replica that died under a request (the SDK retried)
-            "haproxy_5xx": sum(
-                f" {code} " in line
-                for line in balancer_log.splitlines()
-                for code in ("502", "503", "504")
-            ),
+            "haproxy_5xx": haproxy_5xx,
+            "long_polls_completed": len(waited),
             "swept_by_replica": [{"retried": r, "failed": f} for r, f in swept],
         },
     )
     assert load.failures == []
+    assert [t.status for t in waited] == ["completed"] * WATCHED
+    assert haproxy_5xx >= 1  # a long poll died with the killed replica: the SDK rode over it
     assert len(load.acked) > 100
     # Every acknowledged task is there, once (a retried creation replayed the first one).
     assert {k: in_db.get(k) for k in load.acked} == load.acked
