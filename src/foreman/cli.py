@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from foreman import errors, keys_cli
+from foreman import errors, keys_cli, prune_cli
 from foreman.bench.command import bench as bench_command
 from foreman.logs import configure_logging
 from foreman.settings import Settings
@@ -55,6 +55,7 @@ def migrate() -> None:
 
 
 app.command(name="bench")(bench_command)
+app.command(name="prune")(prune_cli.prune)
 
 
 @app.command()

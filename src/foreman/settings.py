@@ -73,6 +73,11 @@ class Settings(BaseSettings):
     db_pool_max: int = Field(default=10, ge=1)
     db_command_timeout_s: float = Field(default=5.0, gt=0)
     db_connect_timeout_s: float = Field(default=3.0, gt=0)
+    # The URL is a PgBouncer in transaction mode: no prepared statement cache (docs/deployment.md).
+    db_pgbouncer: bool = False
+    # A direct PostgreSQL URL for LISTEN (long polls' wake-ups); behind PgBouncer, without it,
+    # long polls only poll (every poll_interval_s).
+    database_listen_url: str | None = None
     data_dir: Path = Path(".foreman")
     auto_migrate: bool = True
 
@@ -147,8 +152,17 @@ class Settings(BaseSettings):
     # bullmq: a ready task is checked for its job only once it has been ready this long, so
     # that a publish in flight after its commit is not mistaken for a lost one.
     sweep_publish_grace_s: float = Field(default=3.0, ge=0)
+    # Retention: ended runs older than this many days are deleted by the sweeper (None: kept).
+    retention_days: float | None = Field(default=None, gt=0)
+    retention_batch: int = Field(default=5000, ge=1)  # rows per retention transaction (one a sweep)
     # Long polls (claim, wait) re-check at least this often if no NOTIFY woke them (fallback).
     poll_interval_s: float = Field(default=1.0, gt=0)
+
+    def listen_url(self, database_url: str) -> str | None:
+        """Where the LISTEN connection goes; None: nowhere, long polls poll (PgBouncer)."""
+        if self.database_listen_url:
+            return self.database_listen_url
+        return None if self.db_pgbouncer else database_url
 
     @field_validator("rate_limit")
     @classmethod

@@ -85,10 +85,11 @@ def create_app(settings: Settings) -> Litestar:
             max_size=settings.db_pool_max,
             command_timeout_s=settings.db_command_timeout_s,
             connect_timeout_s=settings.db_connect_timeout_s,
+            pgbouncer=settings.db_pgbouncer,
         )
         queue = open_queue(settings)
         redis_acl = open_redis_acl(settings)
-        notifier = Notifier(database_url)  # one LISTEN connection: wakes long polls
+        notifier = Notifier(settings.listen_url(database_url))  # wakes long polls
         notifier.start()
         sweeper = None
         if settings.sweep_enabled:
