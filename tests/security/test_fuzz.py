@@ -98,8 +98,15 @@ def _shorten_waits(case: schemathesis.Case) -> None:
     # the fuzzer only needs their answer, not the wait.
     if isinstance(case.body, dict) and isinstance(case.body.get("waitMs"), int):
         case.body["waitMs"] = min(case.body["waitMs"], MAX_WAIT_MS)
-    if isinstance(case.query, dict) and isinstance(case.query.get("timeoutMs"), int):
-        case.query["timeoutMs"] = min(case.query["timeoutMs"], MAX_WAIT_MS)
+    # An explicit example's timeoutMs is text ("30000"): a task the fuzzer retried (POST
+    # /tasks/:id/retry) is queued again, and a wait on it would outlast the client's timeout.
+    if case.operation.path.endswith("/wait") and "timeoutMs" not in (case.query or {}):
+        case.query = {**(case.query or {}), "timeoutMs": MAX_WAIT_MS}  # the default is 30 s
+    timeout_ms = case.query.get("timeoutMs") if isinstance(case.query, dict) else None
+    if isinstance(timeout_ms, str) and timeout_ms.isdigit():
+        timeout_ms = int(timeout_ms)
+    if isinstance(timeout_ms, int) and isinstance(case.query, dict):
+        case.query["timeoutMs"] = min(timeout_ms, MAX_WAIT_MS)
 
 
 @schema.parametrize()

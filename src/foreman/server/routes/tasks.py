@@ -113,6 +113,26 @@ async def update_task(
     return result.task
 
 
+@post("/{task_id:str}/retry", status_code=200, responses=error_responses(400, 404, 409))
+async def retry_task(request: Request[Any, Any, Any], task_id: FromPath[str]) -> Task:
+    """Queue a failed or cancelled task again with one more attempt allowed (409 otherwise)."""
+    task_id = params.path_id(task_id, "Task")
+    async with org_conn(request) as (org_id, conn):
+        result = await tasks_store.retry_task(
+            conn, org_id=org_id, task_id=task_id, now=ids.now_ms()
+        )
+    if result.status_before is None:
+        raise errors.NotFoundError(f"Task not found: {task_id}")
+    if result.task is None:
+        raise errors.ConflictError(
+            f"Task {task_id} is {result.status_before}; only a failed or cancelled task is retried",
+            status=result.status_before,
+        )
+    # After the commit: a lost publish is repaired by the sweeper.
+    await state(request).publish([result.task])
+    return result.task
+
+
 @get("", responses=error_responses(400), before_request=params.exact_request)
 async def list_tasks(
     request: Request[Any, Any, Any],
@@ -156,6 +176,6 @@ async def list_tasks(
 router = Router(
     middleware=[auth.authenticated],
     path="/api/v1/tasks",
-    route_handlers=[create_task, get_task, update_task, list_tasks],
+    route_handlers=[create_task, get_task, update_task, retry_task, list_tasks],
     tags=["tasks"],
 )
