@@ -71,6 +71,10 @@ def worker(
     only_known_types: bool = typer.Option(
         False, help="Claim only the handled types (postgres); else unknown types fail clearly."
     ),
+    metrics_port: int | None = typer.Option(
+        None, help="Serve the worker's Prometheus figures on this port (/metrics)."
+    ),
+    metrics_host: str = typer.Option("127.0.0.1", help="Address of --metrics-port."),
 ) -> None:
     """Run task handlers until SIGTERM/SIGINT (the API key comes from FOREMAN_API_KEY)."""
     settings = Settings()
@@ -89,6 +93,8 @@ def worker(
         endpoint=endpoint,
         api_key=settings.api_key,
         only_known_types=only_known_types,
+        metrics_port=metrics_port,
+        metrics_host=metrics_host,
     )
 
 

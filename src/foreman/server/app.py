@@ -7,7 +7,7 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
-from litestar import Litestar, Request, get
+from litestar import Litestar, Request, Response, get
 from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
@@ -19,6 +19,7 @@ from foreman.server import edge
 from foreman.server import errors as error_handlers
 from foreman.server.auth import Authenticator
 from foreman.server.deps import AppState, JsonRequest
+from foreman.server.metrics import Exporter, ServerMetrics
 from foreman.server.middleware import BodyLimitMiddleware, cors_config
 from foreman.server.notify import Notifier
 from foreman.server.responses import JsonResponse
@@ -58,13 +59,25 @@ def _openapi(settings: Settings) -> OpenAPIConfig:
     )
 
 
+@get("/metrics", include_in_schema=False, media_type="text/plain; version=0.0.4; charset=utf-8")
+async def metrics_text(request: Request[Any, Any, Any]) -> Response[bytes]:
+    """The Prometheus text format, for a caller with FOREMAN_METRICS_TOKEN as its bearer."""
+    exporter: Exporter = request.app.state.foreman_exporter
+    if not exporter.authorized(request.headers.get("authorization")):
+        raise errors.UnauthorizedError("/metrics needs FOREMAN_METRICS_TOKEN as a bearer token")
+    return Response(await exporter.exposition())
+
+
 class ForemanApp(Litestar):
-    """Litestar inside the server's edge (server/edge.py): request ids, HEAD, security headers
-    and the access log around everything Litestar answers, unknown routes included."""
+    """Litestar inside the server's edge (server/edge.py): request ids, HEAD, security headers,
+    the access log and the request metrics around everything Litestar answers, unknown routes
+    included."""
+
+    foreman_metrics: ServerMetrics | None = None  # None: metrics are off (no token)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http":
-            await edge.handle(super().__call__, scope, receive, send)
+            await edge.handle(super().__call__, scope, receive, send, self.foreman_metrics)
         else:
             await super().__call__(scope, receive, send)
 
@@ -76,6 +89,10 @@ def create_app(settings: Settings) -> Litestar:
         raise errors.ForemanError(
             "create_app needs a database URL (the CLI starts the embedded one)"
         )
+
+    exporter = None
+    if settings.metrics_token:
+        exporter = Exporter(settings, database_url=database_url)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -89,9 +106,12 @@ def create_app(settings: Settings) -> Litestar:
         queue = open_queue(settings)
         notifier = Notifier(database_url)  # one LISTEN connection: wakes long polls
         notifier.start()
+        metrics = None if exporter is None else exporter.metrics
         sweeper = None
         if settings.sweep_enabled:
-            sweeper = await Sweeper.open(settings, database_url=database_url, queue=queue)
+            sweeper = await Sweeper.open(
+                settings, database_url=database_url, queue=queue, metrics=metrics
+            )
             sweeper.start()
         app.state.foreman = AppState(
             settings=settings,
@@ -99,25 +119,34 @@ def create_app(settings: Settings) -> Litestar:
             auth=Authenticator(settings, pool=pool),
             queue=queue,
             notifier=notifier,
+            metrics=metrics,
         )
+        if exporter is not None:
+            app.state.foreman_exporter = exporter
+            exporter.start([pool])
         try:
             yield
         finally:
+            if exporter is not None:
+                await exporter.close()
             if sweeper is not None:
                 await sweeper.close()
             await notifier.close()
             await queue.close()
             await pool.close()
 
-    return ForemanApp(
-        route_handlers=[
-            system.router,
-            runs.router,
-            tasks.router,
-            queue_routes.router,
-            run_data.router,
-            openapi_json,
-        ],
+    handlers: list[Any] = [
+        system.router,
+        runs.router,
+        tasks.router,
+        queue_routes.router,
+        run_data.router,
+        openapi_json,
+    ]
+    if exporter is not None:
+        handlers.append(metrics_text)
+    app = ForemanApp(
+        route_handlers=handlers,
         lifespan=[lifespan],
         exception_handlers=error_handlers.EXCEPTION_HANDLERS,
         middleware=[DefineMiddleware(BodyLimitMiddleware, settings=settings)],
@@ -130,3 +159,5 @@ def create_app(settings: Settings) -> Litestar:
         state=None,
         debug=False,
     )
+    app.foreman_metrics = None if exporter is None else exporter.metrics
+    return app

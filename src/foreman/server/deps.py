@@ -15,6 +15,7 @@ from foreman.models import ErrorBody, Task
 from foreman.queue.base import QueueBackend
 from foreman.server import auth, jsontext, notify
 from foreman.server import errors as error_handlers
+from foreman.server.metrics import ServerMetrics
 from foreman.server.middleware import received_body
 from foreman.settings import Settings
 from foreman.store import db
@@ -33,6 +34,7 @@ class AppState:
     auth: auth.Authenticator
     queue: QueueBackend | None = None
     notifier: notify.Notifier | None = None  # wakes long polls; None = polling only
+    metrics: ServerMetrics | None = None  # None: metrics are off
 
     async def publish(self, tasks: list[Task]) -> None:
         """Hand queued tasks to the queue backend (the postgres backend needs nothing more)."""

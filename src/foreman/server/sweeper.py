@@ -20,6 +20,7 @@ import asyncpg
 from foreman import background, errors, ids
 from foreman.models import Task
 from foreman.queue.base import Message, QueueBackend, ready_messages
+from foreman.server.metrics import ServerMetrics
 from foreman.settings import Settings
 from foreman.store import db, statistics
 from foreman.store import queue as queue_store
@@ -62,8 +63,10 @@ class Sweeper:
         interval_s: float,
         batch: int,
         grace_s: float,
+        metrics: ServerMetrics | None = None,
     ) -> None:
         self._pool = pool
+        self._metrics = metrics
         self._queue = queue
         self._interval_s = interval_s
         self._batch = batch
@@ -72,7 +75,14 @@ class Sweeper:
         self._task: asyncio.Task[None] | None = None
 
     @classmethod
-    async def open(cls, settings: Settings, *, database_url: str, queue: QueueBackend) -> Sweeper:
+    async def open(
+        cls,
+        settings: Settings,
+        *,
+        database_url: str,
+        queue: QueueBackend,
+        metrics: ServerMetrics | None = None,
+    ) -> Sweeper:
         """A sweeper with its own small pool of owner connections."""
         pool = await db.create_pool(
             database_url,
@@ -88,6 +98,7 @@ class Sweeper:
             interval_s=settings.sweep_interval_s,
             batch=settings.sweep_batch,
             grace_s=settings.sweep_publish_grace_s,
+            metrics=metrics,
         )
 
     def start(self) -> None:
@@ -136,6 +147,8 @@ class Sweeper:
                 ready, self._cursor = await queue_store.ready_tasks(
                     conn, ready_before=now - self._grace_ms, cursor=self._cursor, limit=self._batch
                 )
+        if self._metrics is not None:
+            self._metrics.swept(expired)
         # After the commit, like every publish: a job must never name an uncommitted state.
         await self._queue.publish(expired)
         lost = await self._republish(ready_messages(ready, now=now)) if ready else 0
