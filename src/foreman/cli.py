@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from foreman import errors, keys_cli
+from foreman import errors, keys_cli, ops_cli
 from foreman.bench.command import bench as bench_command
 from foreman.logs import configure_logging
 from foreman.settings import Settings
@@ -16,6 +16,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(keys_cli.app, name="keys")
+app.add_typer(ops_cli.runs_app, name="runs")
+app.add_typer(ops_cli.tasks_app, name="tasks")
 
 
 @app.command()
