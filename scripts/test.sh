@@ -53,6 +53,9 @@ ensure_redis_binary() {
     return 1
 }
 ensure_redis_binary
+# shellcheck source=scripts/browser.sh
+source scripts/browser.sh
+ensure_browser
 
 # Every step runs even when an earlier one fails, so one run shows every problem.
 failed=()

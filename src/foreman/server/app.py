@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import secrets
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -26,6 +27,8 @@ from foreman.server.responses import JsonResponse
 from foreman.server.routes import queue as queue_routes
 from foreman.server.routes import run_data, runs, system, tasks
 from foreman.server.sweeper import Sweeper
+from foreman.server.ui import pages
+from foreman.server.ui import session as ui_session
 from foreman.settings import Settings
 from foreman.store import db
 
@@ -145,6 +148,8 @@ def create_app(settings: Settings) -> Litestar:
     ]
     if exporter is not None:
         handlers.append(metrics_text)
+    if settings.ui_enabled:
+        handlers.append(pages.router())
     app = ForemanApp(
         route_handlers=handlers,
         lifespan=[lifespan],
@@ -160,4 +165,9 @@ def create_app(settings: Settings) -> Litestar:
         debug=False,
     )
     app.foreman_metrics = None if exporter is None else exporter.metrics
+    if settings.ui_enabled:
+        # Without FOREMAN_UI_SECRET, one per app (the runner makes one for all its processes).
+        secret = settings.ui_secret or secrets.token_urlsafe(32)
+        signer = ui_session.Signer(secret, session_s=settings.ui_session_s)
+        app.state.foreman_ui = pages.Dashboard(signer)
     return app

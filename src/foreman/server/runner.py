@@ -11,6 +11,7 @@ import gc
 import logging
 import multiprocessing
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -95,6 +96,10 @@ def serve(settings: Settings) -> None:
         settings.server_port,
         settings.server_workers,
     )
+    if settings.ui_enabled and not settings.ui_secret:
+        # One dashboard session key for every process of this server (a session made by one
+        # process is read by the next); a new one at each start.
+        settings = settings.model_copy(update={"ui_secret": secrets.token_urlsafe(32)})
     if settings.server_workers == 1:
         serve_process(settings, reuse_port=False)
         return
