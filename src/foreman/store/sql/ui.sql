@@ -27,24 +27,27 @@ SELECT d.id, d.run_id, d.task_id, d.org_id, d.key, d.value, d.tags, d.metadata, 
 -- status index, so a count at the bound means "at least". The oldest ready time is the later of
 -- being queued and run_after. $1 org, $2 now, $3 bound.
 WITH ready AS (
-    SELECT type, greatest(coalesce(queued_at, created_at), run_after) AS ready_at
-      FROM task
-     WHERE org_id = $1 AND status IN ('queued', 'retrying') AND run_after <= $2
-     LIMIT $3
+    SELECT type, count(*) AS tasks, min(ready_at) AS oldest_ready_at
+      FROM (SELECT type, greatest(coalesce(queued_at, created_at), run_after) AS ready_at
+              FROM task
+             WHERE org_id = $1 AND status IN ('queued', 'retrying') AND run_after <= $2
+             LIMIT $3) r
+     GROUP BY type
 ), retrying AS (
-    SELECT type FROM task WHERE org_id = $1 AND status = 'retrying' LIMIT $3
+    SELECT type, count(*) AS tasks
+      FROM (SELECT type FROM task WHERE org_id = $1 AND status = 'retrying' LIMIT $3) r
+     GROUP BY type
 ), running AS (
-    SELECT type FROM task WHERE org_id = $1 AND status = 'running' LIMIT $3
-), types AS (
-    SELECT type FROM ready UNION SELECT type FROM retrying UNION SELECT type FROM running
+    SELECT type, count(*) AS tasks
+      FROM (SELECT type FROM task WHERE org_id = $1 AND status = 'running' LIMIT $3) r
+     GROUP BY type
 )
-SELECT y.type,
-       (SELECT count(*) FROM ready WHERE ready.type = y.type) AS ready,
-       (SELECT count(*) FROM retrying WHERE retrying.type = y.type) AS retrying,
-       (SELECT count(*) FROM running WHERE running.type = y.type) AS running,
-       (SELECT min(ready_at) FROM ready WHERE ready.type = y.type) AS oldest_ready_at
-  FROM types y
- ORDER BY y.type
+SELECT type, coalesce(a.tasks, 0) AS ready, coalesce(b.tasks, 0) AS retrying,
+       coalesce(c.tasks, 0) AS running, a.oldest_ready_at
+  FROM ready a
+  FULL JOIN retrying b USING (type)
+  FULL JOIN running c USING (type)
+ ORDER BY type
 
 -- lease_holders --
 -- Workers holding leases now, from at most $2 running tasks: how many each holds, the earliest
