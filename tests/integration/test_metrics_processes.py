@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import httpx
 import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import HEADERS_A
+from tests.conftest import HEADERS_A, KEY_A
 from tests.integration.live_server import ServerProcess, server_env
 
 TOKEN = "scrape-token"
@@ -54,5 +55,29 @@ async def test_one_scrape_sums_every_process(database_url, tmp_path):
         assert len(writers) == 2, writers  # both processes answered some of the requests
         assert await asyncio.to_thread(server.stop) == 0
         assert not folder.exists()  # the server's own folder is removed at its exit
+    finally:
+        server.kill()
+
+
+async def test_a_dashboard_session_is_good_in_every_process(database_url, tmp_path):
+    # Without FOREMAN_UI_SECRET the server makes one key at start for all its processes.
+    server = ServerProcess(
+        tmp_path, env=server_env(FOREMAN_DATABASE_URL=database_url), args=["--workers", "2"]
+    )
+    try:
+        await asyncio.to_thread(server.start)
+        async with httpx.AsyncClient(base_url=server.url) as http:
+            form = await http.get("/ui/login")
+            csrf = re.search(r'name="csrf" value="([^"]+)"', form.text)
+            assert csrf is not None
+            login = await http.post("/ui/login", data={"apiKey": KEY_A, "csrf": csrf[1]})
+            assert login.status_code == 303
+            cookie = login.cookies["foreman_session"]
+        answers = []
+        for _ in range(20):  # a new connection each: SO_REUSEPORT spreads them over both
+            jar = {"foreman_session": cookie}
+            async with httpx.AsyncClient(base_url=server.url, cookies=jar) as http:
+                answers.append((await http.get("/ui/runs")).status_code)
+        assert answers == [200] * 20
     finally:
         server.kill()
