@@ -124,12 +124,13 @@ async def handle(
         else:
             await app(app_scope, receive, send_answer)
     finally:
-        context: RequestContext = state[CONTEXT_KEY]
-        status = status or _unanswered_status(scope)
         if metrics is not None:
             route: str = app_scope.get("path_template", UNMATCHED)
-            metrics.request(method, route, status, start, context.caller)
+            caller = state[CONTEXT_KEY].caller
+            metrics.request(method, route, status or _unanswered_status(scope), start, caller)
         if logger.isEnabledFor(logging.INFO):
+            context: RequestContext = state[CONTEXT_KEY]
+            status = status or _unanswered_status(scope)
             log_request(method, path, status, start, request_id, context.caller)
 
 
