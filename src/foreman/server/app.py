@@ -27,7 +27,7 @@ from foreman.server.responses import JsonResponse
 from foreman.server.routes import queue as queue_routes
 from foreman.server.routes import run_data, runs, system, tasks
 from foreman.server.sweeper import Sweeper
-from foreman.server.ui import pages
+from foreman.server.ui import pages, render
 from foreman.server.ui import session as ui_session
 from foreman.settings import Settings
 from foreman.store import db
@@ -169,5 +169,5 @@ def create_app(settings: Settings) -> Litestar:
         # Without FOREMAN_UI_SECRET, one per app (the runner makes one for all its processes).
         secret = settings.ui_secret or secrets.token_urlsafe(32)
         signer = ui_session.Signer(secret, session_s=settings.ui_session_s)
-        app.state.foreman_ui = pages.Dashboard(signer)
+        app.state.foreman_ui = render.Dashboard(signer)
     return app
