@@ -109,6 +109,15 @@ def _shorten_waits(case: schemathesis.Case) -> None:
         case.query["timeoutMs"] = min(timeout_ms, MAX_WAIT_MS)
 
 
+def _keep_the_host(case: schemathesis.Case) -> None:
+    # A generated Host header (`k,OSW{Muw`) is refused by Litestar's router before any route, 400
+    # "Invalid host header", on every operation alike: a property of the transport, not of an
+    # operation's document. Seen in a full-suite run only (generation depends on what ran first).
+    if isinstance(case.headers, dict):
+        for name in [n for n in case.headers if n.lower() == "host"]:
+            del case.headers[name]
+
+
 @schema.parametrize()
 @settings(
     max_examples=EXAMPLES_PER_OPERATION,
@@ -121,6 +130,7 @@ def _shorten_waits(case: schemathesis.Case) -> None:
 def test_every_operation(app: Litestar, known: dict[str, str], case: schemathesis.Case) -> None:
     _use_known_ids(case, known)
     _shorten_waits(case)
+    _keep_the_host(case)
     response = case.call(app=app, headers=HEADERS_A)
     case.validate_response(
         response,
