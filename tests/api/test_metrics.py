@@ -9,9 +9,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from foreman.server.app import create_app
+from foreman.server.metrics import Exporter
 from tests.api.helpers import API, create_run
 from tests.conftest import HEADERS_A, HEADERS_B, ORG_A, ORG_B, make_settings
 from tests.queue_helpers import running_app
+from tests.services import free_port
 
 TOKEN = "scrape-s3cret"
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
@@ -129,3 +131,13 @@ async def test_per_organisation_labels(db_url):
         assert value(samples, "foreman_tasks_created_total", type="work", org=org) == 2
         assert value(samples, "foreman_queue_ready_tasks", type="b", org=org) == 1
     assert value(samples, "foreman_task_pickup_seconds_count", type="work", org=ORG_A) == 2
+
+
+async def test_a_scrape_without_the_database_still_answers():
+    unreachable = f"postgresql://postgres@127.0.0.1:{free_port()}/nowhere"
+    exporter = Exporter(make_settings(unreachable, metrics_token=TOKEN), database_url=unreachable)
+    exporter.metrics.request("GET", "/health", 200, 0.0, None)
+    text = (await exporter.exposition()).decode()
+    assert 'foreman_http_requests_total{method="GET",route="/health",status="200"} 1.0' in text
+    assert "foreman_queue_ready_tasks" in text  # the family, with no sample yet
+    await exporter.close()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import hmac
+import logging
 import math
 import os
 import time
@@ -20,6 +21,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from time import perf_counter
 from typing import Any
 
+import asyncpg
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -31,13 +33,15 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from foreman import background, ids
+from foreman import background, errors, ids
 from foreman.models import Task
 from foreman.server.context import Caller
 from foreman.settings import Settings
 from foreman.store import db
 from foreman.store import metrics as metrics_store
 from foreman.store.pool import Pool
+
+logger = logging.getLogger(__name__)
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 INF = math.inf
@@ -431,7 +435,11 @@ class Exporter:
 
     async def exposition(self) -> bytes:
         """The text format of every metric (all processes' under multiprocess mode)."""
-        await self.queue.refresh()
+        try:
+            await self.queue.refresh()
+        except (OSError, TimeoutError, asyncpg.PostgresError, errors.UnavailableError) as exc:
+            # The other figures are still worth a scrape; the queue gauges keep their last values.
+            logger.warning("queue gauges not refreshed, database unavailable: %s", exc)
         self.metrics.flush(self._pools)
         if not multiprocess_mode():
             return generate_latest(self.metrics.registry)
