@@ -29,7 +29,7 @@ async def client(db_url: str) -> AsyncIterator[httpx.AsyncClient]:
 async def scrape(client) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     response = await client.get("/metrics", headers=BEARER)
     assert response.status_code == 200, response.text
-    assert response.headers["content-type"].startswith("text/plain")
+    assert response.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
     return {
         (sample.name, tuple(sorted(sample.labels.items()))): sample.value
         for family in text_string_to_metric_families(response.text)

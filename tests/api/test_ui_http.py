@@ -108,3 +108,11 @@ async def test_a_second_organisation_sees_none_of_the_first(client):
 async def test_switched_off(db_url):
     async with running_app(create_app(make_settings(db_url, ui_enabled=False))) as http:
         assert (await http.get("/ui/login")).status_code == 404
+
+
+async def test_static_files_have_one_charset(client):
+    for name, media_type in (("htmx.min.js", "text/javascript"), ("style.css", "text/css")):
+        response = await client.get(f"/ui/static/{name}")
+        assert response.status_code == 200
+        assert response.headers["content-type"] == f"{media_type}; charset=utf-8"
+    assert (await client.get("/ui/static/nothing.js")).status_code == 404

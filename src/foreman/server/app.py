@@ -62,7 +62,8 @@ def _openapi(settings: Settings) -> OpenAPIConfig:
     )
 
 
-@get("/metrics", include_in_schema=False, media_type="text/plain; version=0.0.4; charset=utf-8")
+# Litestar adds "; charset=utf-8" to a text/* type itself.
+@get("/metrics", include_in_schema=False, media_type="text/plain; version=0.0.4")
 async def metrics_text(request: Request[Any, Any, Any]) -> Response[bytes]:
     """The Prometheus text format, for a caller with FOREMAN_METRICS_TOKEN as its bearer."""
     exporter: Exporter = request.app.state.foreman_exporter

@@ -24,7 +24,7 @@ CSP = (
     "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 )
 _HEADERS = {"content-security-policy": CSP, "cache-control": "no-store"}
-STATIC_TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8"}
+STATIC_TYPES = {".js": "text/javascript", ".css": "text/css"}  # Litestar adds the charset
 
 
 def files(folder: str) -> importlib.resources.abc.Traversable:
