@@ -53,6 +53,9 @@ ensure_redis_binary() {
     return 1
 }
 ensure_redis_binary
+# shellcheck source=scripts/browser.sh
+source scripts/browser.sh
+ensure_browser
 
 # PgBouncer and HAProxy: the tests run Foreman behind them (tests/integration/test_pgbouncer.py,
 # tests/faults/test_load_balancer.py, the pass through PgBouncer below). Debian's packages,

@@ -164,6 +164,19 @@ class Settings(BaseSettings):
             return self.database_listen_url
         return None if self.db_pgbouncer else database_url
 
+    # /metrics: served only with a token (a bearer the scraper sends); unset = no metrics at all,
+    # nothing recorded. Per-organisation labels multiply the series by the organisations.
+    metrics_token: str | None = None
+    metrics_per_org: bool = False
+    # Ready/running tasks read per scrape at most (a bounded scan; a gauge at the bound = "at least").
+    metrics_queue_scan: int = Field(default=10_000, ge=1)
+
+    # The web dashboard at /ui. Sessions are signed with ui_secret; unset, the server makes one at
+    # start (shared by its --workers processes): sessions then end when the server restarts.
+    ui_enabled: bool = True
+    ui_secret: str | None = None
+    ui_session_s: float = Field(default=8 * 3600, gt=0)
+
     @field_validator("rate_limit")
     @classmethod
     def _check_rate_limit(cls, value: str | None) -> str | None:

@@ -8,12 +8,14 @@ from collections.abc import AsyncIterator
 import asyncpg
 import msgspec
 import pytest
+from prometheus_client import generate_latest
 
 from foreman import ids
 from foreman.queue import bullmq as bullmq_backend
 from foreman.queue.base import message_for
 from foreman.queue.postgres import PostgresQueue
 from foreman.server.app import create_app
+from foreman.server.metrics import ServerMetrics
 from foreman.server.sweeper import SWEEP_LOCK_KEY, Sweeper
 from foreman.store import db
 from foreman.store import queue as queue_store
@@ -330,3 +332,20 @@ async def test_a_redis_outage_does_not_stop_the_lease_sweep(pool, owner_pool, db
         await down.close()
     assert (result.locked, result.failed, result.republished) == (True, 1, 0)
     assert (await task_of(pool, ORG_A, held.id)).status == "failed"
+
+
+async def test_sweeps_and_expired_leases_are_counted_in_metrics(pool, owner_pool):
+    metrics = ServerMetrics(per_org=False)
+    await leased(pool, ORG_A, 2, lease_ms=1000, max_retries=1)
+    await leased(pool, ORG_B, 1, lease_ms=1000, max_retries=0)
+    swept = Sweeper(
+        owner_pool, queue=PostgresQueue(), interval_s=1.0, batch=1000, grace_s=0.0, metrics=metrics
+    )
+    await swept.sweep(now=later())
+    await swept.sweep(now=later())
+    metrics.flush()
+    text = generate_latest(metrics.registry).decode()
+    assert "foreman_sweeper_runs_total 2.0" in text
+    assert "foreman_leases_expired_total 3.0" in text
+    assert 'foreman_task_retries_total{type="w"} 2.0' in text
+    assert 'foreman_tasks_finished_total{status="failed",type="w"} 1.0' in text

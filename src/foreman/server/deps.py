@@ -18,6 +18,7 @@ if TYPE_CHECKING:  # redis_acl imports redis, the optional foreman[redis] extra
     from foreman.queue.redis_acl import RedisAcl
 from foreman.server import auth, jsontext, notify
 from foreman.server import errors as error_handlers
+from foreman.server.metrics import ServerMetrics
 from foreman.server.middleware import received_body
 from foreman.settings import Settings
 from foreman.store import db
@@ -38,6 +39,7 @@ class AppState:
     notifier: notify.Notifier | None = None  # wakes long polls; None = polling only
     # FOREMAN_REDIS_ACL=per-org: hands out each organisation's own Redis user (else None).
     redis_acl: RedisAcl | None = None
+    metrics: ServerMetrics | None = None  # None: metrics are off
 
     async def publish(self, tasks: list[Task]) -> None:
         """Hand queued tasks to the queue backend (the postgres backend needs nothing more)."""

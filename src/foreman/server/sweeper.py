@@ -21,6 +21,7 @@ import asyncpg
 from foreman import background, errors, ids
 from foreman.models import Task
 from foreman.queue.base import Message, QueueBackend, ready_messages
+from foreman.server.metrics import ServerMetrics
 from foreman.settings import Settings
 from foreman.store import db, retention, statistics
 from foreman.store import queue as queue_store
@@ -65,10 +66,12 @@ class Sweeper:
         grace_s: float,
         retention_s: float | None = None,
         retention_batch: int = retention.DEFAULT_BATCH_ROWS,
+        metrics: ServerMetrics | None = None,
     ) -> None:
         self._pool = pool
         self._retention_ms = None if retention_s is None else round(retention_s * 1000)
         self._retention_batch = retention_batch
+        self._metrics = metrics
         self._queue = queue
         self._interval_s = interval_s
         self._batch = batch
@@ -77,7 +80,14 @@ class Sweeper:
         self._task: asyncio.Task[None] | None = None
 
     @classmethod
-    async def open(cls, settings: Settings, *, database_url: str, queue: QueueBackend) -> Sweeper:
+    async def open(
+        cls,
+        settings: Settings,
+        *,
+        database_url: str,
+        queue: QueueBackend,
+        metrics: ServerMetrics | None = None,
+    ) -> Sweeper:
         """A sweeper with its own small pool of owner connections."""
         pool = await db.create_pool(
             database_url,
@@ -98,6 +108,7 @@ class Sweeper:
             if settings.retention_days is None
             else settings.retention_days * 86400,
             retention_batch=settings.retention_batch,
+            metrics=metrics,
         )
 
     def start(self) -> None:
@@ -154,6 +165,8 @@ class Sweeper:
                 ready, self._cursor = await queue_store.ready_tasks(
                     conn, ready_before=now - self._grace_ms, cursor=self._cursor, limit=self._batch
                 )
+        if self._metrics is not None:
+            self._metrics.swept(expired)
         # After the commit, like every publish: a job must never name an uncommitted state.
         await self._queue.publish(expired)
         lost = await self._republish(ready_messages(ready, now=now)) if ready else 0
