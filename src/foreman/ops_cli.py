@@ -167,31 +167,35 @@ def runs_show(
 ) -> None:
     """A run: status, counters, progress, input and output."""
     run = _fetch(endpoint, lambda client: client.get_run(run_id))
-    if as_json:
-        _json(run)
-        return
-    _print_fields(
-        ("id", run.id),
-        ("status", run.status),
-        ("created", _when(run.created_at)),
-        ("updated", _when(run.updated_at)),
-        ("tasks", str(run.total_tasks)),
-        ("completed", str(run.completed_tasks)),
-        ("failed", str(run.failed_tasks)),
-        ("cancelled", str(run.cancelled_tasks)),
-        ("progress", progress_text(run)),
-        ("input", _pretty(run.input_data)),
-        ("output", _pretty(run.output_data)),
-        ("error", _pretty(run.error_data)),
-        ("metadata", _pretty(run.metadata)),
+    _show(
+        run,
+        as_json=as_json,
+        fields=[
+            ("id", run.id),
+            ("status", run.status),
+            ("created", _when(run.created_at)),
+            ("updated", _when(run.updated_at)),
+            ("tasks", str(run.total_tasks)),
+            ("completed", str(run.completed_tasks)),
+            ("failed", str(run.failed_tasks)),
+            ("cancelled", str(run.cancelled_tasks)),
+            ("progress", progress_text(run)),
+            ("input", _pretty(run.input_data)),
+            ("output", _pretty(run.output_data)),
+            ("error", _pretty(run.error_data)),
+            ("metadata", _pretty(run.metadata)),
+        ],
     )
 
 
-def _print_fields(*fields: tuple[str, str]) -> None:
-    """One object's (name, value) rows as a table without a header."""
+def _show(value: Any, *, as_json: bool, fields: list[tuple[str, str]]) -> None:
+    """One object: the API's JSON, or its (name, value) fields as a table without a header."""
+    if as_json:
+        _json(value)
+        return
     table = Table(show_header=False)
-    for name, value in fields:
-        table.add_row(name, value)
+    for name, text in fields:
+        table.add_row(name, text)
     _out.print(table)
 
 
@@ -276,24 +280,25 @@ def tasks_show(
 ) -> None:
     """A task: status, attempts, timing, input, output and error."""
     task = _fetch(endpoint, lambda client: client.get_task(task_id))
-    if as_json:
-        _json(task)
-        return
-    _print_fields(
-        ("id", task.id),
-        ("run", task.run_id),
-        ("type", task.type),
-        ("status", task.status),
-        ("attempt", f"{task.attempt} of {task.max_retries + 1} (retries {task.retry_count})"),
-        ("worker", task.worker_id or "-"),
-        ("created", _when(task.created_at)),
-        ("started", _when(task.started_at)),
-        ("ended", _when(task.completed_at)),
-        ("duration", "-" if task.duration_ms is None else f"{task.duration_ms} ms"),
-        ("parent", task.parent_task_id or "-"),
-        ("input", _pretty(task.input_data)),
-        ("output", _pretty(task.output_data)),
-        ("error", _pretty(task.error_data)),
+    _show(
+        task,
+        as_json=as_json,
+        fields=[
+            ("id", task.id),
+            ("run", task.run_id),
+            ("type", task.type),
+            ("status", task.status),
+            ("attempt", f"{task.attempt} of {task.max_retries + 1} (retries {task.retry_count})"),
+            ("worker", task.worker_id or "-"),
+            ("created", _when(task.created_at)),
+            ("started", _when(task.started_at)),
+            ("ended", _when(task.completed_at)),
+            ("duration", "-" if task.duration_ms is None else f"{task.duration_ms} ms"),
+            ("parent", task.parent_task_id or "-"),
+            ("input", _pretty(task.input_data)),
+            ("output", _pretty(task.output_data)),
+            ("error", _pretty(task.error_data)),
+        ],
     )
 
 
