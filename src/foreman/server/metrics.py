@@ -124,17 +124,19 @@ class ServerMetrics:
         self.per_org = per_org
         self.registry = CollectorRegistry(auto_describe=True)
         org = ("org",) if per_org else ()
+        # One key per answered request feeds both (flush): they must have the same labels.
+        http_labels = ("method", "route", "status", *org)
         r = self.registry
         self._requests = Counter(
             "foreman_http_requests",
             "HTTP requests answered",
-            ("method", "route", "status", *org),
+            http_labels,
             registry=r,
         )
         self._request_s = Histogram(
             "foreman_http_request_duration_seconds",
             "Time to answer an HTTP request (route = the route template)",
-            ("method", "route", "status", *org),
+            http_labels,
             buckets=HTTP_BUCKETS,
             registry=r,
         )
