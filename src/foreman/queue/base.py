@@ -14,7 +14,7 @@ from typing import Literal, Protocol
 
 from foreman.models import Task
 
-BackendName = Literal["postgres", "bullmq"]
+BackendName = Literal["postgres", "bullmq", "rabbitmq", "sqs"]
 READY_STATUSES: frozenset[str] = frozenset({"queued", "retrying"})
 
 
@@ -30,6 +30,7 @@ class Message:
     max_attempts: int = 1  # attempts the job allows: the task's maxRetries + 1
     # Another handle of the same message: the job id a Node client recorded as queueJobId.
     receipt: str = ""
+    org_id: str = ""  # the organisation whose queue carries it (per-organisation brokers)
 
 
 def message_for(task: Task, *, now: int) -> Message:
@@ -43,6 +44,7 @@ def message_for(task: Task, *, now: int) -> Message:
         delay_ms=max(0, run_after - now),
         max_attempts=task.max_retries + 1,
         receipt=task.queue_job_id or "",
+        org_id=task.org_id,
     )
 
 
