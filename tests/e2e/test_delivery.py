@@ -94,8 +94,10 @@ async def test_graceful_shutdown_of_a_worker_process(server, client, workers):
     workers.append(worker)
     worker.wait_started()
     run = await client.create_run({})
-    quick = [await client.enqueue_task(run.id, type="nap", input_data=0.5) for _ in range(2)]
+    # The slow ones first, and 1 s for the quick ones to overlap: a broker's pickup (moto's SQS
+    # on a loaded machine) may take a few hundred ms.
     slow = [await client.enqueue_task(run.id, type="sync_nap", input_data=20) for _ in range(2)]
+    quick = [await client.enqueue_task(run.id, type="nap", input_data=1.0) for _ in range(2)]
 
     async def all_running() -> bool:
         page = await client.list_tasks(run_id=run.id, status="running")

@@ -129,20 +129,37 @@ def split_due(
     return now, later
 
 
-async def missing_from_empty_queues(
-    base: str,
-    messages: Sequence[Message],
-    depth: Callable[[str], Awaitable[int]],
-) -> list[Message]:
-    """The messages whose organisation's queue holds no waiting message at all.
+class EmptyQueueCheck:
+    """Finds lost messages by an empty queue, the second time a task is seen so.
 
     The sweeper asks only about tasks ready for its grace period, which a consumer would have
     received from a queue that holds their messages; if the queue is empty (purged, deleted, a
     broker that lost it), they are lost. A queue that lost some messages but not all is repaired
-    once its consumers have emptied it. depth(queue) is 0 for a queue that does not exist.
+    once its consumers have emptied it. A task is reported on the second sweep that finds it
+    ready beside an empty queue: on the first, a worker may hold its message between receiving
+    it and its claim's commit (a republish then is only a duplicate, but a needless one).
     """
-    lost: list[Message] = []
-    for name, group in by_queue(base, messages).items():
-        if await depth(name) == 0:
-            lost.extend(group)
-    return lost
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+        self._suspects: set[tuple[str, int]] = set()
+
+    async def missing(
+        self, messages: Sequence[Message], depth: Callable[[str], Awaitable[int]]
+    ) -> list[Message]:
+        """The messages whose queue was empty now and when they were last asked about; depth
+        (queue) is the messages waiting in it (0 for a queue that does not exist)."""
+        lost: list[Message] = []
+        for name, group in by_queue(self.base, messages).items():
+            if await depth(name) > 0:
+                continue
+            for message in group:
+                key = (message.task_id, message.attempt)
+                if key in self._suspects:
+                    self._suspects.discard(key)
+                    lost.append(message)
+                else:
+                    self._suspects.add(key)
+        if len(self._suspects) > RECENT_MAX:
+            self._suspects.clear()  # tasks claimed since: forgetting costs one sweep's delay
+        return lost

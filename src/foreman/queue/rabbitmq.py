@@ -109,6 +109,7 @@ class RabbitMQQueue:
         self._connecting = asyncio.Lock()
         self._declared: set[str] = set()
         self._recent = brokers.RecentPublishes()
+        self._lost = brokers.EmptyQueueCheck(base)
         self._timers = brokers.DueTimers(self.enqueue)
 
     @classmethod
@@ -190,7 +191,7 @@ class RabbitMQQueue:
             self._declared.add(name)
             return depth(await declare(channel, name, self.queue_type))
 
-        return await brokers.missing_from_empty_queues(self.base, messages, waiting)
+        return await self._lost.missing(messages, waiting)
 
     async def close(self) -> None:
         """Cancel the timers of delayed tasks, close the connection."""

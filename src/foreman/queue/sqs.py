@@ -180,6 +180,7 @@ class SqsQueue:
         self.sqs = sqs
         self.base = base
         self._recent = brokers.RecentPublishes()
+        self._lost = brokers.EmptyQueueCheck(base)
         self._timers = brokers.DueTimers(self.enqueue)
         self._calls = asyncio.Semaphore(PARALLEL_CALLS)
 
@@ -249,7 +250,7 @@ class SqsQueue:
                 counts.get("ApproximateNumberOfMessagesDelayed", 0)
             )
 
-        return await brokers.missing_from_empty_queues(self.base, messages, waiting)
+        return await self._lost.missing(messages, waiting)
 
     async def close(self) -> None:
         """Cancel the timers of delayed tasks, close the client."""

@@ -27,10 +27,11 @@ from foreman.worker.source import SourceContext
 
 logger = logging.getLogger(__name__)
 
-LONG_POLL_S = 20  # SQS's longest wait per ReceiveMessage
+MAX_POLL_S = 20  # SQS's longest wait per ReceiveMessage
 BURST_POLL_S = 0  # a burst run looks once
 ACK_WINDOW_S = 0.005
 RECONNECT_S = 1.0
+CLOSE_SLACK_S = 5.0  # beyond the last poll's wait, for its answer to come back
 MAX_RECEIVES = 4  # ReceiveMessage calls at once for a worker with many free slots
 
 
@@ -68,6 +69,12 @@ class SqsSource:
             self._delete, window_s=ACK_WINDOW_S, max_batch=sqs.BATCH, max_in_flight=4
         )
         self._renewing: asyncio.Task[None] | None = None
+        # The receive in flight. Never cancelled: SQS may have handed it messages already,
+        # which would stay invisible for the lease; close() waits for it and gives them back.
+        self._polling: asyncio.Future[list[_Received]] | None = None
+        # An idle worker's long poll: the worker's claim wait (whole seconds, 1..20), which also
+        # bounds how long a stopping worker waits for its last poll.
+        self.poll_s = min(max(1, round(context.claim_wait_s)), MAX_POLL_S)
 
     @classmethod
     async def open(cls, context: SourceContext) -> SqsSource:
@@ -82,7 +89,7 @@ class SqsSource:
     async def take(self, limit: int, *, burst: bool) -> list[Task]:
         """Up to limit claimed tasks; [] after a long poll found none or the worker stops."""
         while not self.context.stopped.is_set():
-            received = await self._receive(limit, wait_s=BURST_POLL_S if burst else LONG_POLL_S)
+            received = await self._receive(limit, wait_s=BURST_POLL_S if burst else self.poll_s)
             if received is None:
                 return []
             tasks = await self._claim(received)
@@ -92,18 +99,17 @@ class SqsSource:
 
     async def _receive(self, limit: int, *, wait_s: int) -> list[_Received] | None:
         """Messages for up to limit slots (maybe none: look again); None: the poll found none."""
-        polling = asyncio.ensure_future(self._receive_calls(limit, wait_s))
+        if self._polling is None:
+            self._polling = asyncio.ensure_future(self._receive_calls(limit, wait_s))
+        polling = self._polling
         stopped = asyncio.ensure_future(self.context.stopped.wait())
         try:
             await asyncio.wait({polling, stopped}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             stopped.cancel()
-            if not polling.done():
-                # Stopping: what the cancelled call received reappears after its visibility.
-                polling.cancel()
-                await asyncio.wait({polling})
-        if polling.cancelled():
-            return None
+        if not polling.done():
+            return None  # stopping: close() gives back what this poll receives
+        self._polling = None
         try:
             received = polling.result()
         except sqs.SQS_ERRORS as exc:
@@ -221,7 +227,14 @@ class SqsSource:
                     raise outcome
 
     async def close(self) -> None:
-        """Finish the deletes, stop the visibility upkeep, close the client."""
+        """Give back what the last poll received, finish the deletes, stop the visibility
+        upkeep, close the client."""
+        if self._polling is not None:
+            try:
+                async with asyncio.timeout(self.poll_s + CLOSE_SLACK_S):
+                    await self._give_back(await self._polling)
+            except (*sqs.SQS_ERRORS, TimeoutError) as exc:
+                logger.info("the last SQS poll failed: %s", exc)
         await self._deletes.drain()
         if self._renewing is not None:
             self._renewing.cancel()
