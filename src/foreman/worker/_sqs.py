@@ -102,9 +102,9 @@ class SqsSource:
         if self._polling is None:
             self._polling = asyncio.ensure_future(self._receive_calls(limit, wait_s))
         polling = self._polling
-        stopped = asyncio.ensure_future(self.context.stopped.wait())
+        stopped: asyncio.Future[Any] = asyncio.ensure_future(self.context.stopped.wait())
         try:
-            await asyncio.wait({polling, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait([polling, stopped], return_when=asyncio.FIRST_COMPLETED)
         finally:
             stopped.cancel()
         if not polling.done():
