@@ -39,8 +39,17 @@ DELIVERY_LIMIT = 20
 # A publish must not hold up the HTTP answer for long: on timeout the sweeper publishes later.
 PUBLISH_TIMEOUT_S = 3.0
 CONNECT_TIMEOUT_S = 3.0
-# AMQP errors, and the socket errors of a broker that is down.
-AMQP_ERRORS = (aio_pika.exceptions.AMQPException, OSError, TimeoutError, ConnectionError)
+# After the broker restarts, aio-pika reconnects every RECONNECT_S (its default of 5 s kept
+# workers idle that long). Replaces the URL's query parameters (aio-pika reads one or the other).
+RECONNECT_S = 1.0
+# AMQP errors, and the socket errors of a broker that is down; a channel that died with its
+# connection raises ChannelInvalidStateError (a RuntimeError) until aio-pika has re-made it.
+AMQP_ERRORS = (
+    aio_pika.exceptions.AMQPException,
+    aio_pika.exceptions.ChannelInvalidStateError,
+    OSError,
+    TimeoutError,
+)
 
 
 def amqp_priority(priority: int) -> int:
@@ -135,6 +144,7 @@ class RabbitMQQueue:
                 self._connection = await aio_pika.connect_robust(
                     self.url,
                     timeout=CONNECT_TIMEOUT_S,
+                    reconnect_interval=RECONNECT_S,
                     client_properties={"connection_name": "foreman-server"},
                 )
             if self._channel is None or self._channel.is_closed:
@@ -155,8 +165,9 @@ class RabbitMQQueue:
         try:
             async with asyncio.timeout(PUBLISH_TIMEOUT_S):
                 await self.enqueue(now)
-        except AMQP_ERRORS as exc:
-            # The rows are committed: the sweeper finds these tasks missing and publishes them.
+        except Exception as exc:  # publish never raises (QueueBackend)
+            # Any failure (aio-pika raises RuntimeError while reconnecting, say): the rows are
+            # committed, the sweeper finds these tasks missing and publishes them.
             logger.warning(
                 "publishing %d task(s) to RabbitMQ failed; the sweeper will retry: %s",
                 len(now),

@@ -204,7 +204,9 @@ class SqsQueue:
         try:
             async with asyncio.timeout(PUBLISH_TIMEOUT_S):
                 await self.enqueue(now)
-        except SQS_ERRORS as exc:
+        except Exception as exc:  # publish never raises (QueueBackend)
+            # Any failure (aio-pika raises RuntimeError while reconnecting, say): the rows are
+            # committed, the sweeper finds these tasks missing and publishes them.
             logger.warning(
                 "publishing %d task(s) to SQS failed; the sweeper will retry: %s",
                 len(now),

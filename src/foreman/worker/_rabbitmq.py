@@ -69,6 +69,7 @@ class RabbitMQSource:
         connection = await aio_pika.connect_robust(
             broker_url(),
             timeout=rabbitmq.CONNECT_TIMEOUT_S,
+            reconnect_interval=rabbitmq.RECONNECT_S,
             client_properties={"connection_name": f"foreman-worker {context.worker_id}"},
         )
         source = cls(context, connection)
