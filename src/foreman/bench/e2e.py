@@ -73,6 +73,7 @@ class Fleet:
     api_key: str
     backend: str  # the server's FOREMAN_QUEUE_BACKEND: the workers use the same
     workers: Workers = Workers()
+    env: tuple[tuple[str, str], ...] = ()  # the workers' extra variables (a broker's URL)
 
 
 @contextlib.asynccontextmanager
@@ -83,6 +84,7 @@ async def run_workers(fleet: Fleet) -> AsyncIterator[list[subprocess.Popen[bytes
         "FOREMAN_ENDPOINT": fleet.endpoint,
         "FOREMAN_API_KEY": fleet.api_key,
         "FOREMAN_LOG_LEVEL": "WARNING",
+        **dict(fleet.env),
     }
     command = services.foreman_command(
         "worker", "foreman.bench.handlers:HANDLERS",
