@@ -72,7 +72,8 @@ class SqsCallCounter:
         await runner.setup()
         port = free_port()
         await web.TCPSite(runner, "127.0.0.1", port).start()
-        connector = aiohttp.TCPConnector(limit=256)
+        # No keep-alive: moto's server (werkzeug) closes idle connections under the proxy's feet.
+        connector = aiohttp.TCPConnector(limit=256, force_close=True)
         self._session = aiohttp.ClientSession(connector=connector)
         self.url = f"http://127.0.0.1:{port}"
         try:

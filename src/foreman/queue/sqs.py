@@ -83,6 +83,7 @@ class SqsClient:
         self._client: Any = None
         self._opening = asyncio.Lock()
         self._urls: dict[str, str] = {}
+        self._finding = asyncio.Lock()
 
     @classmethod
     def from_environment(cls, **kwargs: Any) -> SqsClient:
@@ -122,6 +123,10 @@ class SqsClient:
         url = self._urls.get(name)
         if url is not None:
             return url
+        async with self._finding:  # many sends at once ask once
+            return self._urls.get(name) or await self._find_or_make(name)
+
+    async def _find_or_make(self, name: str) -> str:
         client = await self.client()
         try:
             found = await client.get_queue_url(QueueName=name)
