@@ -33,6 +33,7 @@ class Profile:
     e2e_deadline_s: float = 180.0  # bounded: a slow backend yields a partial figure
     pickup_rate_per_s: float = 100.0
     pickup_duration_s: float = 20.0
+    pickup_sqs_rate_per_s: float = 10.0  # one SendMessageBatch per task: moto's pace
 
 
 FULL = Profile(name="full")

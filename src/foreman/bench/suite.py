@@ -297,9 +297,8 @@ def _count_calls(report: Report, figure: str, calls: Counter[str], tasks: int) -
 
 
 async def _pickup_figure(report: Report, fleet: e2e.Fleet, profile: Profile) -> int:
-    picked = await e2e.measure_pickup(
-        fleet, rate_per_s=profile.pickup_rate_per_s, duration_s=profile.pickup_duration_s
-    )
+    rate = profile.pickup_sqs_rate_per_s if fleet.backend == "sqs" else profile.pickup_rate_per_s
+    picked = await e2e.measure_pickup(fleet, rate_per_s=rate, duration_s=profile.pickup_duration_s)
     prefix = "pickup" if fleet.backend == "postgres" else f"pickup_{fleet.backend}"
     report.results[f"{prefix}_p50_ms"] = round(picked.p50_ms, 2)
     report.results[f"{prefix}_p99_ms"] = round(picked.p99_ms, 2)
