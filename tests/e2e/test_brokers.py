@@ -45,7 +45,9 @@ async def send_raw(server: ServerProcess, queue_name: str, bodies: list[bytes]) 
             channel = await connection.channel()
             await rabbitmq.declare(channel, queue_name, "classic")
             for body in bodies:
-                await channel.default_exchange.publish(aio_pika.Message(body), queue_name)
+                # A hostile sender's message id is its body: it must not reach a log either.
+                message = aio_pika.Message(body, message_id=body.decode())
+                await channel.default_exchange.publish(message, queue_name)
         finally:
             await connection.close()
         return

@@ -121,9 +121,11 @@ class RabbitMQSource:
         for message in outcome.refused:
             await self._settle(message.ack())
         for message, reason in outcome.poison:
+            # By the broker's delivery tag: a message id is the sender's text, and a hostile
+            # sender's could carry another organisation's data into this log.
             logger.warning(
-                "RabbitMQ message %s moved to the dead-letter queue: %s",
-                message.message_id or message.delivery_tag,
+                "RabbitMQ delivery %s moved to the dead-letter queue: %s",
+                message.delivery_tag,
                 reason,
             )
             await self._settle(message.reject(requeue=False))
