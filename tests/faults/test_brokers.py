@@ -40,6 +40,10 @@ BROKER_DOWN_S = 2.0
 
 @pytest.fixture(scope="module")
 def own_rabbitmq() -> Iterator[OwnRabbitMQ]:
+    if not (OwnRabbitMQ.SCRIPTS / "rabbitmq-server").exists():
+        pytest.skip(
+            f"no RabbitMQ scripts in {OwnRabbitMQ.SCRIPTS} (apt-get install rabbitmq-server)"
+        )
     node = OwnRabbitMQ().start()
     try:
         yield node
