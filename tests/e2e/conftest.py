@@ -3,6 +3,7 @@ redis-server of our own (restarted and flushed by the tests, so never the shared
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shutil
@@ -168,6 +169,7 @@ def rmq_server(
             yield server
     finally:
         server.kill()
+        asyncio.run(delete_queues(server))  # the machine's RabbitMQ keeps no test queues
 
 
 @pytest.fixture(scope="package")
@@ -213,6 +215,16 @@ async def purge_queues(server: ServerProcess) -> None:
         for org in (ORG_A, ORG_B):
             await client.call(org_queue_name(base, org), "purge_queue")
         await client.close()
+
+
+async def delete_queues(server: ServerProcess) -> None:
+    """Remove the organisations' queues (and dead-letter queues) of a rabbitmq server."""
+    queue = RabbitMQQueue(server.env["FOREMAN_RABBITMQ_URL"], base=server.env["TASK_QUEUE_NAME"])
+    channel = await queue.channel()
+    for org in (ORG_A, ORG_B):
+        for name in (queue.queue_name(org), queue.queue_name(org) + rabbitmq.DEAD_SUFFIX):
+            await channel.queue_delete(name)
+    await queue.close()
 
 
 @pytest.fixture(params=list(SERVERS))
