@@ -8,7 +8,9 @@ A backend with a service of its own (Redis) also has ``ping()``, which ``/health
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -51,6 +53,32 @@ def message_for(task: Task, *, now: int) -> Message:
 def ready_messages(tasks: Sequence[Task], *, now: int) -> list[Message]:
     """Messages for the tasks that wait in the queue (queued or retrying); others are skipped."""
     return [message_for(t, now=now) for t in tasks if t.status in READY_STATUSES]
+
+
+async def send_logged(
+    send: Callable[[list[Message]], Awaitable[None]],
+    messages: list[Message],
+    *,
+    broker: str,
+    timeout_s: float,
+    log: logging.Logger,
+    errors: tuple[type[Exception], ...] = (Exception,),
+) -> None:
+    """Send the messages within timeout_s; one of errors is logged on log, not raised: publish
+    never raises, the rows are committed and the sweeper finds these tasks missing later."""
+    if not messages:
+        return
+    try:
+        async with asyncio.timeout(timeout_s):
+            await send(messages)
+    except errors as exc:
+        log.warning(
+            "publishing %d task(s) to %s failed; the sweeper will retry: %s",
+            len(messages),
+            broker,
+            exc,
+            extra={"task_id": messages[0].task_id},
+        )
 
 
 class QueueBackend(Protocol):

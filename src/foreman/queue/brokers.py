@@ -1,5 +1,5 @@
-"""What the RabbitMQ and SQS backends share: queues per organisation, publishing delayed messages
-when due, skipping a repeated publish, and finding lost messages by an empty queue.
+"""What the RabbitMQ and SQS backends share: queues per organisation, publishing (``Publisher``:
+delayed messages when due, skipping a repeated publish), and finding lost messages by an empty queue.
 
 Neither broker can answer "is the message of this task still queued?" (BullMQ can: the job is a
 Redis hash), nor refuse a second message with the same id, nor (RabbitMQ without a plugin, SQS
@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 
 from foreman import ids
 from foreman.models import Task
-from foreman.queue.base import Message, ready_messages
+from foreman.queue.base import Message, ready_messages, send_logged
 from foreman.queue.naming import org_queue_name
 
 logger = logging.getLogger(__name__)
@@ -127,6 +127,38 @@ def split_due(
     now = [m for m in messages if m.delay_ms <= hold_ms]
     later = [m for m in messages if m.delay_ms > hold_ms]
     return now, later
+
+
+class Publisher:
+    """A broker backend's ``publish``: a repeated publish is skipped, what the broker can hold
+    back itself (a delay up to hold_ms: 0 for RabbitMQ, 15 minutes for SQS) is sent now, the rest
+    from a timer when hold_ms remain; a failure is logged, never raised."""
+
+    def __init__(
+        self, send: Send, *, broker: str, hold_ms: int, timeout_s: float, log: logging.Logger
+    ) -> None:
+        self._send = send
+        self.broker = broker
+        self.hold_ms = hold_ms
+        self.timeout_s = timeout_s
+        self._log = log
+        self._recent = RecentPublishes()
+        self.timers = DueTimers(send)
+
+    async def publish(self, tasks: Sequence[Task]) -> None:
+        """Send the fresh ready tasks due now; hold the later ones on timers. Never raises."""
+        now, later = split_due(tasks, self._recent, hold_ms=self.hold_ms)
+        if later:
+            self.timers.schedule(later, ready_delay_ms=self.hold_ms)
+        # Any failure, not only the broker's errors (aio-pika raises RuntimeError while
+        # reconnecting, say): the rows are committed, the sweeper publishes these tasks.
+        await send_logged(
+            self._send, now, broker=self.broker, timeout_s=self.timeout_s, log=self._log
+        )
+
+    async def close(self) -> None:
+        """Cancel the timers and wait for the sends in flight (``DueTimers.close``)."""
+        await self.timers.close()
 
 
 class EmptyQueueCheck:

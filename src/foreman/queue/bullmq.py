@@ -12,7 +12,6 @@ makes a second live job, since BullMQ ignores an add whose id already exists.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import Sequence
@@ -31,7 +30,7 @@ from redis.exceptions import NoScriptError, RedisError
 from foreman import ids
 from foreman.models import Task
 from foreman.queue import naming
-from foreman.queue.base import BackendName, Message, ready_messages
+from foreman.queue.base import BackendName, Message, ready_messages, send_logged
 from foreman.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -229,20 +228,14 @@ class BullMQQueue:
 
     async def publish(self, tasks: Sequence[Task]) -> None:
         """Add a job for every queued/retrying task; a Redis failure is logged, not raised."""
-        messages = ready_messages(tasks, now=ids.now_ms())
-        if not messages:
-            return
-        try:
-            async with asyncio.timeout(PUBLISH_TIMEOUT_S):
-                await self.enqueue(messages)
-        except (RedisError, OSError, TimeoutError) as exc:
-            # The rows are committed: the sweeper finds these tasks missing and publishes them.
-            logger.warning(
-                "publishing %d task(s) to BullMQ failed; the sweeper will retry: %s",
-                len(messages),
-                exc,
-                extra={"task_id": messages[0].task_id},
-            )
+        await send_logged(
+            self.enqueue,
+            ready_messages(tasks, now=ids.now_ms()),
+            broker="BullMQ",
+            timeout_s=PUBLISH_TIMEOUT_S,
+            log=logger,
+            errors=(RedisError, OSError, TimeoutError),
+        )
 
     async def enqueue(self, messages: Sequence[Message]) -> None:
         """Add the jobs, ADD_CHUNK per round trip; RedisError if Redis refused any of them."""

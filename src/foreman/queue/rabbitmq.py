@@ -117,9 +117,10 @@ class RabbitMQQueue:
         self._channel: AbstractRobustChannel | None = None
         self._connecting = asyncio.Lock()
         self._declared: set[str] = set()
-        self._recent = brokers.RecentPublishes()
         self._lost = brokers.EmptyQueueCheck(base)
-        self._timers = brokers.DueTimers(self.enqueue)
+        self._publisher = brokers.Publisher(
+            self.enqueue, broker="RabbitMQ", hold_ms=0, timeout_s=PUBLISH_TIMEOUT_S, log=logger
+        )
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RabbitMQQueue:
@@ -157,23 +158,7 @@ class RabbitMQQueue:
 
     async def publish(self, tasks: Sequence[Task]) -> None:
         """Publish the ready tasks due now; hold the delayed ones until due. Never raises."""
-        now, later = brokers.split_due(tasks, self._recent, hold_ms=0)
-        if later:
-            self._timers.schedule(later)
-        if not now:
-            return
-        try:
-            async with asyncio.timeout(PUBLISH_TIMEOUT_S):
-                await self.enqueue(now)
-        except Exception as exc:  # publish never raises (QueueBackend)
-            # Any failure (aio-pika raises RuntimeError while reconnecting, say): the rows are
-            # committed, the sweeper finds these tasks missing and publishes them.
-            logger.warning(
-                "publishing %d task(s) to RabbitMQ failed; the sweeper will retry: %s",
-                len(now),
-                exc,
-                extra={"task_id": now[0].task_id},
-            )
+        await self._publisher.publish(tasks)
 
     async def enqueue(self, messages: Sequence[Message]) -> None:
         """Publish the messages, confirmed by RabbitMQ; raise if it refused any."""
@@ -206,7 +191,7 @@ class RabbitMQQueue:
 
     async def close(self) -> None:
         """Cancel the timers of delayed tasks, close the connection."""
-        await self._timers.close()
+        await self._publisher.close()
         if self._connection is not None:
             await self._connection.close()
             self._connection = None

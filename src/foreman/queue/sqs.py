@@ -184,9 +184,14 @@ class SqsQueue:
     def __init__(self, sqs: SqsClient, *, base: str) -> None:
         self.sqs = sqs
         self.base = base
-        self._recent = brokers.RecentPublishes()
         self._lost = brokers.EmptyQueueCheck(base)
-        self._timers = brokers.DueTimers(self.enqueue)
+        self._publisher = brokers.Publisher(
+            self.enqueue,
+            broker="SQS",
+            hold_ms=MAX_DELAY_MS,
+            timeout_s=PUBLISH_TIMEOUT_S,
+            log=logger,
+        )
         self._calls = asyncio.Semaphore(PARALLEL_CALLS)
 
     @classmethod
@@ -201,23 +206,7 @@ class SqsQueue:
 
     async def publish(self, tasks: Sequence[Task]) -> None:
         """Send the ready tasks (delayed up to 15 minutes by SQS, longer ones from a timer)."""
-        now, later = brokers.split_due(tasks, self._recent, hold_ms=MAX_DELAY_MS)
-        if later:
-            self._timers.schedule(later, ready_delay_ms=MAX_DELAY_MS)
-        if not now:
-            return
-        try:
-            async with asyncio.timeout(PUBLISH_TIMEOUT_S):
-                await self.enqueue(now)
-        except Exception as exc:  # publish never raises (QueueBackend)
-            # Any failure (aio-pika raises RuntimeError while reconnecting, say): the rows are
-            # committed, the sweeper finds these tasks missing and publishes them.
-            logger.warning(
-                "publishing %d task(s) to SQS failed; the sweeper will retry: %s",
-                len(now),
-                exc,
-                extra={"task_id": now[0].task_id},
-            )
+        await self._publisher.publish(tasks)
 
     async def enqueue(self, messages: Sequence[Message]) -> None:
         """Send the messages 10 per call, PARALLEL_CALLS calls at once; raise if SQS refused any."""
@@ -261,5 +250,5 @@ class SqsQueue:
 
     async def close(self) -> None:
         """Cancel the timers of delayed tasks, close the client."""
-        await self._timers.close()
+        await self._publisher.close()
         await self.sqs.close()

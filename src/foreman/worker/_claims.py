@@ -1,5 +1,7 @@
 """Claiming the tasks that broker messages name: what the rabbitmq and sqs sources share.
 
+Each source consumes its organisation's queue (``queue_name``).
+
 A batch of received messages becomes one claim request (``claim_task_ids``; ``claim_task`` for a
 lone one) and four kinds of message: claimed (run it, acknowledge when its attempt is over),
 refused (the task is done or held by another attempt: acknowledge now), poison (no task id, or a
@@ -11,11 +13,12 @@ them back to the broker at once).
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from foreman import errors, ids
+from foreman.client import retry_delay_s
 from foreman.models import Task
 from foreman.worker.source import SourceContext
 
@@ -35,6 +38,18 @@ class Claimed(Generic[M]):
     refused: list[M] = field(default_factory=list)
     poison: list[tuple[M, str]] = field(default_factory=list)  # with the reason
     unclaimed: list[M] = field(default_factory=list)
+
+
+async def queue_name(context: SourceContext, backend: str) -> str:
+    """The caller's organisation's queue, as the server names it (backend: the source's)."""
+    if context.client.options.task_queue:
+        return context.client.options.task_queue
+    config = await context.client.get_config()
+    if not config.queue.task_queue:
+        raise errors.ForemanError(
+            f"The server runs the {config.queue.backend} backend, not {backend}: no queue to consume"
+        )
+    return config.queue.task_queue
 
 
 def task_id_of(body: bytes) -> str | None:
@@ -76,6 +91,23 @@ async def claim(
             logger.debug("task %s is done or held by another attempt: message dropped", task_id)
             outcome.refused.append(message)
     return outcome
+
+
+async def hold_claimed(
+    context: SourceContext,
+    outcome: Claimed[M],
+    held: dict[str, M],
+    give_back: Callable[[list[M]], Awaitable[None]],
+) -> list[Task]:
+    """The claimed tasks, their messages held (by task id) until acknowledged; the unclaimed
+    messages are given back at once and the source waits before it claims again. Called after
+    the source has settled the refused and poison messages its own way."""
+    if outcome.unclaimed:
+        await give_back(outcome.unclaimed)
+        await context.pause(retry_delay_s(3))
+    for task, message in outcome.claimed:
+        held[task.id] = message
+    return [task for task, _ in outcome.claimed]
 
 
 async def _claim_ids(context: SourceContext, task_ids: list[str]) -> list[tuple[Task | None, str]]:

@@ -19,8 +19,6 @@ from collections.abc import Awaitable
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
-from foreman import errors
-from foreman.client import retry_delay_s
 from foreman.models import Task
 from foreman.queue import rabbitmq
 from foreman.worker import _claims
@@ -36,18 +34,6 @@ RECONNECT_S = 0.5
 def broker_url() -> str:
     """FOREMAN_RABBITMQ_URL, else the local broker."""
     return os.environ.get("FOREMAN_RABBITMQ_URL") or DEFAULT_URL
-
-
-async def queue_name(context: SourceContext) -> str:
-    """The caller's organisation's queue, as the server names it."""
-    if context.client.options.task_queue:
-        return context.client.options.task_queue
-    config = await context.client.get_config()
-    if not config.queue.task_queue:
-        raise errors.ForemanError(
-            f"The server runs the {config.queue.backend} backend, not rabbitmq: no queue to consume"
-        )
-    return config.queue.task_queue
 
 
 class RabbitMQSource:
@@ -66,7 +52,7 @@ class RabbitMQSource:
     @classmethod
     async def open(cls, context: SourceContext) -> RabbitMQSource:
         """Connect, declare the organisation's queue as the server does, start consuming."""
-        name = await queue_name(context)
+        name = await _claims.queue_name(context, "rabbitmq")
         queue_type = os.environ.get("FOREMAN_RABBITMQ_QUEUE_TYPE") or "classic"
         connection = await aio_pika.connect_robust(
             broker_url(),
@@ -131,12 +117,7 @@ class RabbitMQSource:
                 reason,
             )
             await self._settle(message.reject(requeue=False))
-        if outcome.unclaimed:
-            await self._give_back(outcome.unclaimed)
-            await self.context.pause(retry_delay_s(3))
-        for task, message in outcome.claimed:
-            self._held[task.id] = message
-        return [task for task, _ in outcome.claimed]
+        return await _claims.hold_claimed(self.context, outcome, self._held, self._give_back)
 
     async def _give_back(self, messages: list[AbstractIncomingMessage]) -> None:
         for message in messages:

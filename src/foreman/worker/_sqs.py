@@ -17,8 +17,6 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from foreman import errors
-from foreman.client import retry_delay_s
 from foreman.models import Task
 from foreman.queue import sqs
 from foreman.worker import _claims
@@ -42,18 +40,6 @@ class _Received:
     receipt: str
     message_id: str
     body: str
-
-
-async def queue_name(context: SourceContext) -> str:
-    """The caller's organisation's queue, as the server names it."""
-    if context.client.options.task_queue:
-        return context.client.options.task_queue
-    config = await context.client.get_config()
-    if not config.queue.task_queue:
-        raise errors.ForemanError(
-            f"The server runs the {config.queue.backend} backend, not sqs: no queue to consume"
-        )
-    return config.queue.task_queue
 
 
 class SqsSource:
@@ -81,7 +67,7 @@ class SqsSource:
     @classmethod
     async def open(cls, context: SourceContext) -> SqsSource:
         """The source of the organisation's queue; its visibility upkeep started."""
-        name = await queue_name(context)
+        name = await _claims.queue_name(context, "sqs")
         client = sqs.SqsClient.from_environment()
         source = cls(context, client, name)
         source._renewing = asyncio.create_task(source._renew())
@@ -152,12 +138,7 @@ class SqsSource:
             self._drop(message)
         for message, reason in outcome.poison:
             await self._dead_letter(message, reason)
-        if outcome.unclaimed:
-            await self._give_back(outcome.unclaimed)
-            await self.context.pause(retry_delay_s(3))
-        for task, message in outcome.claimed:
-            self._held[task.id] = message
-        return [task for task, _ in outcome.claimed]
+        return await _claims.hold_claimed(self.context, outcome, self._held, self._give_back)
 
     async def _dead_letter(self, message: _Received, reason: str) -> None:
         """Move a poison message to the dead-letter queue, with the reason, and delete it."""
