@@ -132,6 +132,11 @@ class Settings(BaseSettings):
     # bullmq: a ready task is checked for its job only once it has been ready this long, so
     # that a publish in flight after its commit is not mistaken for a lost one.
     sweep_publish_grace_s: float = Field(default=3.0, ge=0)
+    # Schedules: how often each server process looks for due ones (a tick fires within about this
+    # long after its time), and how many it fires per transaction.
+    schedule_enabled: bool = True  # run the firing loop in this process (safe in every replica)
+    schedule_interval_s: float = Field(default=1.0, gt=0)
+    schedule_batch: int = Field(default=100, ge=1)
     # Long polls (claim, wait) re-check at least this often if no NOTIFY woke them (fallback).
     poll_interval_s: float = Field(default=1.0, gt=0)
 

@@ -23,7 +23,8 @@ from foreman.server.middleware import BodyLimitMiddleware, cors_config
 from foreman.server.notify import Notifier
 from foreman.server.responses import JsonResponse
 from foreman.server.routes import queue as queue_routes
-from foreman.server.routes import run_data, runs, system, tasks
+from foreman.server.routes import run_data, runs, schedules, system, tasks
+from foreman.server.scheduler import Scheduler
 from foreman.server.sweeper import Sweeper
 from foreman.settings import Settings
 from foreman.store import db
@@ -41,7 +42,7 @@ def _openapi(settings: Settings) -> OpenAPIConfig:
     return OpenAPIConfig(
         title="Foreman",
         version=settings.version,
-        description="Workflow orchestration on PostgreSQL: runs, tasks and run data.",
+        description="Workflow orchestration on PostgreSQL: runs, tasks, run data and schedules.",
         path="/docs",
         render_plugins=[SwaggerRenderPlugin(path="/")],
         components=Components(
@@ -93,6 +94,10 @@ def create_app(settings: Settings) -> Litestar:
         if settings.sweep_enabled:
             sweeper = await Sweeper.open(settings, database_url=database_url, queue=queue)
             sweeper.start()
+        scheduler = None
+        if settings.schedule_enabled:
+            scheduler = await Scheduler.open(settings, database_url=database_url, queue=queue)
+            scheduler.start()
         app.state.foreman = AppState(
             settings=settings,
             pool=pool,
@@ -103,6 +108,8 @@ def create_app(settings: Settings) -> Litestar:
         try:
             yield
         finally:
+            if scheduler is not None:
+                await scheduler.close()
             if sweeper is not None:
                 await sweeper.close()
             await notifier.close()
@@ -116,6 +123,7 @@ def create_app(settings: Settings) -> Litestar:
             tasks.router,
             queue_routes.router,
             run_data.router,
+            schedules.router,
             openapi_json,
         ],
         lifespan=[lifespan],
