@@ -50,7 +50,14 @@ MaxRetries = Annotated[int, Meta(ge=0, le=10)]
 # BullMQ's range: 0 is the default, then 1 (highest) .. 2,097,152 (lowest).
 Priority = Annotated[int, Meta(ge=0, le=2_097_152)]
 DelayMs = Annotated[int, Meta(ge=0, le=365 * 24 * 3600 * 1000)]
-IntervalMs = Annotated[int, Meta(ge=triggers.MIN_INTERVAL_MS, le=triggers.MAX_INTERVAL_MS)]
+IntervalMs = Annotated[
+    int,
+    Meta(
+        ge=triggers.MIN_INTERVAL_MS,
+        le=triggers.MAX_INTERVAL_MS,
+        description="Milliseconds between ticks, 1 s to 366 days; the first tick is one interval away",
+    ),
+]
 CronText = Annotated[
     str,
     Meta(
