@@ -118,12 +118,12 @@ def _check_trigger(cron: str | UnsetType | None, timezone: str | UnsetType) -> N
         try:
             triggers.check_cron(cron)
         except ValueError as exc:
-            raise ValueError(f"`cron`: {exc}") from exc
+            raise ValueError(f"`cron` {exc}") from exc
     if isinstance(timezone, str):
         try:
             triggers.zone(timezone)
         except ValueError as exc:
-            raise ValueError(f"`timezone`: {exc}") from exc
+            raise ValueError(f"`timezone` {exc}") from exc
 
 
 def _one_trigger(cron: object, interval_ms: object) -> None:
@@ -131,7 +131,7 @@ def _one_trigger(cron: object, interval_ms: object) -> None:
     given = [v for v in (cron, interval_ms) if v is not None and v is not UNSET]
     if len(given) != 1:
         what = "both given" if given else "neither given"
-        raise ValueError(f"`cron` or `intervalMs`: exactly one of them is required ({what})")
+        raise ValueError(f"`cron` or `intervalMs` is required, exactly one of them ({what})")
 
 
 def stored(value: msgspec.Raw | UnsetType) -> msgspec.Raw | None:

@@ -28,26 +28,26 @@ def _zone_names() -> frozenset[str]:
 
 
 def zone(name: str) -> zoneinfo.ZoneInfo:
-    """The IANA timezone name; ValueError naming it when there is no such zone."""
+    """The IANA timezone name; ValueError (a predicate for the name) when there is no such zone."""
     if name not in _zone_names():
-        raise ValueError(f"unknown timezone {name!r}: use an IANA name such as Europe/Warsaw")
+        raise ValueError(f"must be an IANA timezone name such as Europe/Warsaw, got {name!r}")
     return zoneinfo.ZoneInfo(name)
 
 
 def check_cron(expression: str) -> None:
-    """ValueError saying what is wrong unless expression is a standard 5-field cron expression
-    that fires at least once."""
+    """ValueError saying what is wrong (a predicate for the expression) unless expression is a
+    standard 5-field cron expression that fires at least once."""
     fields = len(expression.split())
     if fields != CRON_FIELDS:
         raise ValueError(
-            f"a cron expression has 5 fields (minute hour day month weekday), got {fields}"
+            f"has {fields} field(s), not 5 (minute hour day-of-month month day-of-week)"
         )
     try:
         iterator = CronSim(expression, datetime(2000, 1, 1))  # noqa: DTZ001 - syntax check only
     except CronSimError as exc:
-        raise ValueError(f"invalid cron expression {expression!r}: {exc}") from exc
+        raise ValueError(f"is not a valid cron expression ({exc}): {expression!r}") from exc
     if next(iterator, None) is None:
-        raise ValueError(f"cron expression {expression!r} never fires")
+        raise ValueError(f"never fires: {expression!r}")
 
 
 @dataclass(frozen=True, slots=True)
