@@ -248,6 +248,21 @@ async def test_schedules_of_every_organisation_fire_into_their_own(pool, db_url,
         assert await conn.fetchval("SELECT count(*) FROM run") == 1  # row-level security
 
 
+async def test_a_schedule_that_cannot_fire_leaves_the_others_firing(pool, db_url, scheduler):
+    broken = await make_schedule(pool, interval_ms=MINUTE)
+    fine = await make_schedule(pool, interval_ms=MINUTE)
+    admin = await asyncpg.connect(db_url)
+    try:  # a task document the firing cannot read (a bug, or a hand-edited row)
+        await admin.execute("UPDATE schedule SET task = '{\"type\": 1}' WHERE id = $1", broken.id)
+    finally:
+        await admin.close()
+    assert await fire(scheduler, T0 + MINUTE) == 1
+    assert await runs_of(db_url, broken.id) == []
+    assert len(await runs_of(db_url, fine.id)) == 1
+    assert (await schedule_of(pool, broken)).next_run_at == T0 + MINUTE  # still due, retried
+    assert (await schedule_of(pool, fine)).next_run_at == T0 + 2 * MINUTE
+
+
 # ---------------------------------------------------------------- replicas
 
 

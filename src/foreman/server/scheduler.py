@@ -81,13 +81,15 @@ class Scheduler:
         """Fire every schedule due at now, a batch per transaction; the runs created."""
         fired = 0
         while True:
-            count, claimed = await self.fire(now=now)
+            count = await self.fire(now=now)
             fired += count
-            if claimed < self._batch:
+            # A full batch: more may be due. One that could not fire stays due, so a batch with
+            # a failure ends the round (no busy loop over it): the next round tries again.
+            if count < self._batch:
                 return fired
 
-    async def fire(self, *, now: int) -> tuple[int, int]:
-        """One batch as of now (epoch ms): the runs created, and the schedules claimed."""
+    async def fire(self, *, now: int) -> int:
+        """One batch as of now (epoch ms): the runs created."""
         firings: list[schedules_store.Firing] = []
         async with self._pool.acquire() as conn, conn.transaction():
             due = await schedules_store.claim_due_schedules(conn, now=now, limit=self._batch)
@@ -105,7 +107,7 @@ class Scheduler:
                 firing.run_id,
                 extra={"schedule_id": firing.schedule_id, "run_id": firing.run_id},
             )
-        return len(firings), len(due)
+        return len(firings)
 
     async def _fire_one(
         self, conn: db.Connection, schedule: Schedule, *, now: int
