@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
+import httpx
 import msgspec
 import pytest
 
@@ -25,6 +26,7 @@ from foreman.store import runs as runs_store
 from foreman.store import schedules as store
 from foreman.store import tasks as tasks_store
 from tests.conftest import HEADERS_A, ORG_A, ORG_B, make_settings, truncate_all
+from tests.integration.live_server import ServerProcess, server_env
 from tests.queue_helpers import bullmq_queue, obliterate, running_app, unique_queue_name
 from tests.services import scratch_database
 
@@ -330,6 +332,44 @@ async def test_two_server_replicas_fire_each_tick_once(pool, db_url):
     (run,) = await runs_of(db_url, made[0].id)
     assert shown["lastRunId"] == str(run["id"])
     assert shown["nextRunAt"] > shown["lastRunAt"]
+
+
+async def test_two_foreman_server_processes_fire_each_tick_once(db_url, tmp_path):
+    # Two real `foreman server` processes on one database, their loops looking every 50 ms, and
+    # schedules ticking every second for three seconds: no tick fires twice.
+    env = server_env(
+        FOREMAN_DATABASE_URL=db_url,
+        FOREMAN_SCHEDULE_INTERVAL_S="0.05",
+        FOREMAN_SWEEP_ENABLED="false",
+        FOREMAN_AUTO_MIGRATE="false",
+    )
+    servers = [ServerProcess(tmp_path, env=env) for _ in range(2)]
+    try:
+        await asyncio.gather(*(asyncio.to_thread(server.start) for server in servers))
+        async with httpx.AsyncClient(headers=HEADERS_A, timeout=30) as http:
+            body = {"name": "s", "intervalMs": 1000, "task": {"type": "t", "inputData": 1}}
+            made = [
+                (await http.post(f"{servers[0].url}/api/v1/schedules", json=body)).json()
+                for _ in range(5)
+            ]
+            await asyncio.sleep(3.3)
+            for schedule in made:
+                response = await http.patch(
+                    f"{servers[1].url}/api/v1/schedules/{schedule['id']}", json={"enabled": False}
+                )
+                assert response.json()["enabled"] is False
+    finally:
+        for server in servers:
+            server.kill()
+    logs = "".join(server.log() for server in servers)
+    for schedule in made:
+        ticks = [
+            msgspec.json.decode(r["metadata"])["scheduledAt"]
+            for r in await runs_of(db_url, schedule["id"])
+        ]
+        assert len(ticks) >= 2, logs
+        assert len(set(ticks)) == len(ticks), ticks  # each tick once
+        assert all((tick - schedule["createdAt"]) % 1000 == 0 for tick in ticks), ticks
 
 
 # ---------------------------------------------------------------- bullmq
