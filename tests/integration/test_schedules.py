@@ -22,6 +22,7 @@ from foreman.queue.postgres import PostgresQueue
 from foreman.server.app import create_app
 from foreman.server.scheduler import Scheduler
 from foreman.store import db
+from foreman.store import queue as queue_store
 from foreman.store import runs as runs_store
 from foreman.store import schedules as store
 from foreman.store import tasks as tasks_store
@@ -152,6 +153,17 @@ async def test_an_interval_fires_a_run_with_one_queued_task(pool, db_url, schedu
     (task,) = page.items
     assert (task.type, task.status, task.max_retries, task.priority) == ("tick", "queued", 2, 5)
     assert msgspec.json.decode(task.input_data) == {"n": 1}
+    async with db.org_connection(pool, ORG_A) as conn:  # a worker's claim gets it
+        held = await queue_store.claim_tasks(
+            conn,
+            org_id=ORG_A,
+            worker_id="w",
+            types=["tick"],
+            limit=10,
+            lease_ms=30_000,
+            now=T0 + MINUTE,
+        )
+    assert [t.id for t in held] == [task.id]
 
     after = await schedule_of(pool, made)
     assert after.next_run_at == T0 + 2 * MINUTE
