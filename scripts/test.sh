@@ -53,6 +53,28 @@ ensure_redis_binary() {
     return 1
 }
 ensure_redis_binary
+# shellcheck source=scripts/browser.sh
+source scripts/browser.sh
+ensure_browser
+
+# PgBouncer and HAProxy: the tests run Foreman behind them (tests/integration/test_pgbouncer.py,
+# tests/faults/test_load_balancer.py, the pass through PgBouncer below). Debian's packages,
+# installed when missing and this runs as root; otherwise the tests fail naming the package.
+ensure_os_program() {
+    local program=$1 package=$2
+    if on_path "$program" || [ -x "/usr/sbin/$program" ]; then
+        return 0
+    fi
+    echo "==> no $program: installing the $package package" >&2
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && apt-get update -qq &&
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$package"; then
+        return 0
+    fi
+    echo "error: no $program available: install the $package package" >&2
+    return 1
+}
+ensure_os_program pgbouncer pgbouncer
+ensure_os_program haproxy haproxy
 
 # Every step runs even when an earlier one fails, so one run shows every problem.
 failed=()
@@ -82,6 +104,14 @@ if [ "$status" -eq 5 ]; then
     fi
 fi
 [ "$status" -eq 0 ] || failed+=("pytest")
+
+# The whole suite (no selection): the API and tenant-isolation suites once more, every app
+# reaching PostgreSQL through a PgBouncer in transaction mode (tests/conftest.py).
+if [ "$#" -eq 0 ]; then
+    echo "==> pytest through PgBouncer (transaction mode)" >&2
+    FOREMAN_TEST_VIA_PGBOUNCER=true python -m pytest tests/api tests/security/test_tenant_isolation.py ||
+        failed+=("pytest through PgBouncer")
+fi
 
 if [ "${#failed[@]}" -gt 0 ]; then
     printf 'FAILED: %s\n' "${failed[@]}" >&2

@@ -11,7 +11,7 @@ from litestar.testing import AsyncTestClient
 
 from foreman.server.app import create_app
 from foreman.settings import Settings
-from tests.services import RedisServer, admin_postgres_url, scratch_database
+from tests.services import PgBouncer, RedisServer, admin_postgres_url, scratch_database
 
 KEY_A = "fmn_test_orga_k1"
 KEY_B = "fmn_test_orgb_k2"
@@ -21,6 +21,12 @@ HEADERS_A = {"Authorization": f"Bearer {KEY_A}"}
 HEADERS_B = {"x-api-key": KEY_B}
 
 TABLES = ("run_data", "task", "run_counter", "run", "schedule")
+
+# FOREMAN_TEST_VIA_PGBOUNCER=true: every app the tests build (make_settings) reaches its database
+# through a PgBouncer in transaction mode (scripts/test.sh runs the API and tenant-isolation
+# suites so once more); fixtures and checks still connect directly.
+VIA_PGBOUNCER = os.environ.get("FOREMAN_TEST_VIA_PGBOUNCER") == "true"
+_bouncer: list[PgBouncer] = []
 
 
 @pytest.fixture(scope="session")
@@ -50,7 +56,31 @@ async def db_url(database_url: str) -> str:
     return database_url
 
 
+@pytest.fixture(scope="session")
+def pgbouncer(admin_url: str) -> Iterator[PgBouncer]:
+    """A PgBouncer in transaction mode in front of the tests' PostgreSQL."""
+    bouncer = PgBouncer(admin_url).start()
+    try:
+        yield bouncer
+    finally:
+        bouncer.stop()
+
+
+@pytest.fixture(scope="session", autouse=VIA_PGBOUNCER)
+def _apps_via_pgbouncer(request: pytest.FixtureRequest) -> Iterator[None]:
+    if not VIA_PGBOUNCER:
+        yield
+        return
+    _bouncer.append(request.getfixturevalue("pgbouncer"))
+    yield
+    _bouncer.clear()
+
+
 def make_settings(url: str, **overrides: object) -> Settings:
+    if _bouncer:
+        # LISTEN needs a session of its own: straight to PostgreSQL (FOREMAN_DATABASE_LISTEN_URL).
+        overrides = {"db_pgbouncer": True, "database_listen_url": url, **overrides}
+        url = _bouncer[0].url(url)
     return Settings(database_url=url, db_pool_min=1, db_pool_max=10, **overrides)  # type: ignore[arg-type]
 
 

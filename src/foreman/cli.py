@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from foreman import errors, keys_cli
+from foreman import errors, keys_cli, ops_cli, prune_cli
 from foreman.bench.command import bench as bench_command
 from foreman.logs import configure_logging
 from foreman.settings import Settings
@@ -16,6 +16,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(keys_cli.app, name="keys")
+app.add_typer(ops_cli.runs_app, name="runs")
+app.add_typer(ops_cli.tasks_app, name="tasks")
 
 
 @app.command()
@@ -55,6 +57,7 @@ def migrate() -> None:
 
 
 app.command(name="bench")(bench_command)
+app.command(name="prune")(prune_cli.prune)
 
 
 @app.command()
@@ -71,6 +74,10 @@ def worker(
     only_known_types: bool = typer.Option(
         False, help="Claim only the handled types (postgres); else unknown types fail clearly."
     ),
+    metrics_port: int | None = typer.Option(
+        None, help="Serve the worker's Prometheus figures on this port (/metrics)."
+    ),
+    metrics_host: str = typer.Option("127.0.0.1", help="Address of --metrics-port."),
 ) -> None:
     """Run task handlers until SIGTERM/SIGINT (the API key comes from FOREMAN_API_KEY)."""
     settings = Settings()
@@ -89,6 +96,8 @@ def worker(
         endpoint=endpoint,
         api_key=settings.api_key,
         only_known_types=only_known_types,
+        metrics_port=metrics_port,
+        metrics_host=metrics_host,
     )
 
 

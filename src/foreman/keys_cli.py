@@ -26,14 +26,19 @@ T = TypeVar("T")
 app = typer.Typer(help="Registered API keys (FOREMAN_AUTH_MODE=registered).", no_args_is_help=True)
 
 
-def _run(work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+def run_as_owner(work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
     """Run work on an owner connection to the migrated database; exit 1 on a Foreman error."""
     settings = Settings()
     configure_logging(settings.log_level, json_lines=settings.log_json)
 
     async def main(url: str) -> T:
         with translate_errors():
-            conn = await asyncpg.connect(url, timeout=settings.db_connect_timeout_s)
+            conn = await asyncpg.connect(
+                url,
+                timeout=settings.db_connect_timeout_s,
+                # Behind PgBouncer a statement prepared in one transaction is gone in the next.
+                statement_cache_size=0 if settings.db_pgbouncer else 100,
+            )
         try:
             return await work(conn)
         finally:
@@ -81,7 +86,7 @@ def create(
         await api_keys.insert_api_key(conn, new, name=name, now=ids.now_ms())
         return new
 
-    new = _run(work)
+    new = run_as_owner(work)
     typer.echo(new.key)
     typer.echo(
         f"created key {new.id} for organisation {new.org_id} (fingerprint {new.fingerprint}); "
@@ -99,7 +104,7 @@ def list_keys(
     async def work(conn: asyncpg.Connection) -> list[api_keys.ApiKey]:
         return await api_keys.list_api_keys(conn, org_id=org)
 
-    keys = _run(work)
+    keys = run_as_owner(work)
     for key in keys:
         typer.echo(_describe(key))
     if not keys:
@@ -124,5 +129,5 @@ def revoke(
             raise errors.ConflictError(f"{len(matches)} keys match; give the id:\n{listed}")
         return await api_keys.revoke_api_key(conn, matches[0].id, now=ids.now_ms())
 
-    revoked = _run(work)
+    revoked = run_as_owner(work)
     typer.echo(f"revoked: {_describe(revoked)}")

@@ -306,6 +306,8 @@ class RedisConfig(_Out):
     host: str
     port: int
     db: int | None = None
+    # Extension: with FOREMAN_REDIS_ACL=per-org, the organisation's own Redis user.
+    username: str | None = None
     password: str | None = None
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import quote
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _RATE_UNITS_S = {
@@ -22,6 +22,7 @@ _RATE_UNITS_S = {
     "h": 3600.0,
     "hour": 3600.0,
 }
+MIN_ACL_SECRET_CHARS = 32
 _RATE = re.compile(r"^\s*(?P<count>\d+(?:\.\d+)?)\s*(?:/\s*(?P<unit>[a-z]+))?\s*$")
 
 
@@ -72,6 +73,11 @@ class Settings(BaseSettings):
     db_pool_max: int = Field(default=10, ge=1)
     db_command_timeout_s: float = Field(default=5.0, gt=0)
     db_connect_timeout_s: float = Field(default=3.0, gt=0)
+    # The URL is a PgBouncer in transaction mode: no prepared statement cache (docs/deployment.md).
+    db_pgbouncer: bool = False
+    # A direct PostgreSQL URL for LISTEN (long polls' wake-ups); behind PgBouncer, without it,
+    # long polls only poll (every poll_interval_s).
+    database_listen_url: str | None = None
     data_dir: Path = Path(".foreman")
     auto_migrate: bool = True
 
@@ -125,6 +131,20 @@ class Settings(BaseSettings):
         default="foreman:results",
         validation_alias=_env("FOREMAN_RESULT_QUEUE_NAME", "RESULT_QUEUE_NAME"),
     )
+    # Broker queues per organisation (queue/naming.py): only acme's workers see acme's task ids.
+    # false: one queue named TASK_QUEUE_NAME for everyone, for single-organisation deployments
+    # whose old Node workers read the name from their own environment.
+    queue_per_org: bool = True
+    redis_username: str | None = Field(
+        default=None, validation_alias=_env("FOREMAN_REDIS_USERNAME", "REDIS_USERNAME")
+    )
+    # "per-org": a Redis ACL user per organisation, allowed only its own queues' keys and
+    # channels, is what /api/v1/config/redis hands out (queue/redis_acl.py, docs/security.md).
+    redis_acl: Literal["off", "per-org"] = "off"
+    # Per-organisation passwords are HMACs of this secret (every replica derives the same ones).
+    redis_acl_secret: str | None = Field(default=None, repr=False)
+    # A per-organisation password is replaced this often; the one before stays valid as long.
+    redis_acl_rotate_s: float = Field(default=86_400.0, ge=60)
 
     sweep_enabled: bool = True  # run the sweeper in this process (safe in every replica)
     sweep_interval_s: float = Field(default=1.0, gt=0)
@@ -132,6 +152,9 @@ class Settings(BaseSettings):
     # bullmq: a ready task is checked for its job only once it has been ready this long, so
     # that a publish in flight after its commit is not mistaken for a lost one.
     sweep_publish_grace_s: float = Field(default=3.0, ge=0)
+    # Retention: ended runs older than this many days are deleted by the sweeper (None: kept).
+    retention_days: float | None = Field(default=None, gt=0)
+    retention_batch: int = Field(default=5000, ge=1)  # rows per retention transaction (one a sweep)
     # Schedules: how often each server process looks for due ones (a tick fires within about this
     # long after its time), and how many it fires per transaction.
     schedule_enabled: bool = True  # run the firing loop in this process (safe in every replica)
@@ -140,11 +163,44 @@ class Settings(BaseSettings):
     # Long polls (claim, wait) re-check at least this often if no NOTIFY woke them (fallback).
     poll_interval_s: float = Field(default=1.0, gt=0)
 
+    def listen_url(self, database_url: str) -> str | None:
+        """Where the LISTEN connection goes; None: nowhere, long polls poll (PgBouncer)."""
+        if self.database_listen_url:
+            return self.database_listen_url
+        return None if self.db_pgbouncer else database_url
+
+    # /metrics: served only with a token (a bearer the scraper sends); unset = no metrics at all,
+    # nothing recorded. Per-organisation labels multiply the series by the organisations.
+    metrics_token: str | None = None
+    metrics_per_org: bool = False
+    # Ready/running tasks read per scrape at most (a bounded scan; a gauge at the bound = "at least").
+    metrics_queue_scan: int = Field(default=10_000, ge=1)
+
+    # The web dashboard at /ui. Sessions are signed with ui_secret; unset, the server makes one at
+    # start (shared by its --workers processes): sessions then end when the server restarts.
+    ui_enabled: bool = True
+    ui_secret: str | None = None
+    ui_session_s: float = Field(default=8 * 3600, gt=0)
+
     @field_validator("rate_limit")
     @classmethod
     def _check_rate_limit(cls, value: str | None) -> str | None:
         parse_rate(value)
         return value
+
+    @model_validator(mode="after")
+    def _check_redis_acl(self) -> Settings:
+        if self.redis_acl == "per-org":
+            if self.queue_backend != "bullmq":
+                raise ValueError("FOREMAN_REDIS_ACL=per-org is for FOREMAN_QUEUE_BACKEND=bullmq")
+            if not self.queue_per_org:
+                raise ValueError("FOREMAN_REDIS_ACL=per-org needs FOREMAN_QUEUE_PER_ORG=true")
+            if len(self.redis_acl_secret or "") < MIN_ACL_SECRET_CHARS:
+                raise ValueError(
+                    "FOREMAN_REDIS_ACL=per-org needs FOREMAN_REDIS_ACL_SECRET, at least "
+                    f"{MIN_ACL_SECRET_CHARS} characters (e.g. `openssl rand -hex 32`)"
+                )
+        return self
 
     def rate(self) -> Rate | None:
         """The rate limit per organisation and process; None for no limit."""

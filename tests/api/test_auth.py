@@ -5,9 +5,11 @@ from __future__ import annotations
 import pytest
 from litestar.testing import AsyncTestClient
 
+from foreman.queue.naming import org_queue_name
 from foreman.server.app import create_app
 from tests.api.helpers import API, admin_counts, assert_error, create_run, missing_id
-from tests.conftest import KEY_A, make_settings
+from tests.conftest import KEY_A, KEY_B, ORG_A, ORG_B, make_settings
+from tests.services import free_port
 
 RUN = "01900000-0000-7000-8000-000000000001"
 TASK = "01900000-0000-7000-8000-000000000002"
@@ -232,9 +234,34 @@ async def test_config_reflects_the_settings(db_url):
     assert config["redis"]["port"] == 6380
     assert config["redis"]["db"] == 2
     assert "password" not in config["redis"]  # none configured: omitted, not null
-    assert config["queues"] == {"taskQueue": "jobs", "resultQueue": "results"}
+    # The caller's organisation's own queues (FOREMAN_QUEUE_PER_ORG, the default).
+    assert config["queues"] == {
+        "taskQueue": org_queue_name("jobs", ORG_A),
+        "resultQueue": org_queue_name("results", ORG_A),
+    }
     assert config["queue"] == {"backend": "postgres"}
     assert health["environment"] == "staging"
+
+
+async def test_each_organisation_is_told_its_own_queues(db_url):
+    settings = make_settings(db_url, sweep_enabled=False, task_queue_name="foreman:tasks")
+    async with AsyncTestClient(app=create_app(settings)) as client:
+        a = (await client.get(f"{API}/config/queues", headers={"x-api-key": KEY_A})).json()
+        b = (await client.get(f"{API}/config/queues", headers={"x-api-key": KEY_B})).json()
+    assert a["taskQueue"] == org_queue_name("foreman:tasks", ORG_A)
+    assert b["taskQueue"] == org_queue_name("foreman:tasks", ORG_B)
+    assert a["taskQueue"] != b["taskQueue"]
+    assert ":" not in a["taskQueue"] + b["taskQueue"]  # Node BullMQ refuses ":"
+
+
+async def test_one_shared_queue_when_queues_per_organisation_are_off(db_url):
+    settings = make_settings(
+        db_url, sweep_enabled=False, task_queue_name="jobs", queue_per_org=False
+    )
+    async with AsyncTestClient(app=create_app(settings)) as client:
+        a = (await client.get(f"{API}/config/queues", headers={"x-api-key": KEY_A})).json()
+        b = (await client.get(f"{API}/config/queues", headers={"x-api-key": KEY_B})).json()
+    assert a == b == {"taskQueue": "jobs", "resultQueue": "foreman:results"}
 
 
 # ---------------------------------------------------------------- non-ASCII keys, two keys
@@ -285,3 +312,23 @@ async def test_two_keys_of_the_same_organisation_are_accepted(client, headers):
     response = await client.post(f"{API}/runs", json={"inputData": 1}, headers=headers)
     assert response.status_code == 201, response.text
     assert response.json()["orgId"] == "orga"
+
+
+async def test_per_org_redis_users_are_never_replaced_by_the_admin_password(db_url):
+    # FOREMAN_REDIS_ACL=per-org with Redis unreachable: 503, never the admin password instead.
+    settings = make_settings(
+        db_url,
+        sweep_enabled=False,
+        queue_backend="bullmq",
+        redis_host="127.0.0.1",
+        redis_port=free_port(),
+        redis_password="admin-secret",
+        redis_acl="per-org",
+        redis_acl_secret="x" * 32,
+    )
+    async with AsyncTestClient(app=create_app(settings)) as client:
+        for path in (f"{API}/config", f"{API}/config/redis"):
+            response = await client.get(path, headers={"x-api-key": KEY_A})
+            assert response.status_code == 503, response.text
+            assert "admin-secret" not in response.text
+            assert response.json()["code"] == "unavailable"

@@ -612,3 +612,26 @@ async def test_the_workers_send_reads_answers_in_request_order(aclient: AsyncCli
     assert await _results.send(aclient, results) == [True, False]
     done = await aclient.get_task(task.id)
     assert (done.status, done.output_data) == ("completed", 1)
+
+
+def test_retry_task(client: Client):
+    run = client.create_run({})
+    task = client.create_task(run.id, type="t", input_data=1, max_retries=0)
+    with pytest.raises(errors.ConflictError, match="pending"):
+        client.retry_task(task.id)
+    client.update_task(task.id, status="failed")
+    ready = client.retry_task(task.id)
+    assert (ready.status, ready.max_retries, ready.retry_count) == ("queued", 0, 1)
+    assert client.get_run(run.id).failed_tasks == 0
+
+
+async def test_async_retry_task(aclient: AsyncClient):
+    run = await aclient.create_run({})
+    task = await aclient.create_task(run.id, type="t", input_data=1)
+    await aclient.update_task(task.id, status="cancelled")
+    ready = await aclient.retry_task(task.id)
+    assert (ready.status, ready.max_retries) == ("queued", 3)
+    with pytest.raises(errors.ConflictError, match="queued"):
+        await aclient.retry_task(task.id)
+    with pytest.raises(errors.NotFoundError):
+        await aclient.retry_task(str(uuid.uuid4()))

@@ -27,6 +27,7 @@ ENDPOINTS = {
     ("get", f"{API}/tasks"): None,
     ("get", f"{API}/tasks/{{task_id}}"): None,
     ("patch", f"{API}/tasks/{{task_id}}"): "TaskUpdate",
+    ("post", f"{API}/tasks/{{task_id}}/retry"): None,
     ("post", f"{API}/runs/{{run_id}}/data"): "RunDataCreate",
     ("get", f"{API}/runs/{{run_id}}/data"): None,
     ("delete", f"{API}/runs/{{run_id}}/data"): None,

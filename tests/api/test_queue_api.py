@@ -12,6 +12,7 @@ import httpx
 import pytest
 from bullmq import Queue
 
+from foreman.queue.naming import org_queue_name
 from foreman.server.app import create_app
 from foreman.server.notify import APPLICATION_NAME
 from tests.api.helpers import (
@@ -24,7 +25,7 @@ from tests.api.helpers import (
     now_ms,
     patch_task,
 )
-from tests.conftest import HEADERS_A, HEADERS_B, make_settings
+from tests.conftest import HEADERS_A, HEADERS_B, ORG_A, make_settings
 from tests.queue_helpers import bullmq_queue, redis_settings, running_app, unique_queue_name
 from tests.services import free_port
 
@@ -528,7 +529,7 @@ async def bullmq_app(db_url, redis_server) -> AsyncIterator[tuple[httpx.AsyncCli
     """The app on the bullmq backend with a queue of this test alone, and that queue."""
     name = unique_queue_name()
     settings = make_settings(db_url, sweep_enabled=False, **redis_settings(redis_server, name))
-    queue = bullmq_queue(redis_server, name)
+    queue = bullmq_queue(redis_server, org_queue_name(name, ORG_A))  # org A's own queue
     try:
         async with running_app(create_app(settings)) as http:
             yield http, queue

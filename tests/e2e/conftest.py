@@ -27,7 +27,9 @@ SWEEP_INTERVAL_S = "0.2"
 class OwnRedis:
     """A redis-server on a free port, without persistence: a restart loses every job."""
 
-    def __init__(self) -> None:
+    def __init__(self, *args: str, password: str | None = None) -> None:
+        self.args = args  # more redis-server options
+        self.password = password  # the default user's (requirepass), when set
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="foreman-e2e-redis-")
         self.process: subprocess.Popen[bytes] | None = None
@@ -41,7 +43,8 @@ class OwnRedis:
         assert binary is not None, "redis-server is needed for the bullmq end-to-end tests"
         self.process = subprocess.Popen(
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", self.dir],
+             "--appendonly", "no", "--dir", self.dir, *self.args,
+             *(["--requirepass", self.password] if self.password else [])],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )  # fmt: skip
@@ -62,14 +65,14 @@ class OwnRedis:
         self.start()
 
     def flushall(self) -> None:
-        with redis.Redis(host="127.0.0.1", port=self.port) as client:
+        with redis.Redis(host="127.0.0.1", port=self.port, password=self.password) as client:
             assert client.flushall()
 
 
 @contextlib.contextmanager
-def running_own_redis() -> Iterator[OwnRedis]:
+def running_own_redis(*args: str, password: str | None = None) -> Iterator[OwnRedis]:
     """A private Redis for the duration of the block; its files are removed afterwards."""
-    server = OwnRedis().start()
+    server = OwnRedis(*args, password=password).start()
     try:
         yield server
     finally:
@@ -90,7 +93,9 @@ def e2e_dir() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def start_server(database_url: str, cwd: Path, *, backend: str, own: OwnRedis) -> ServerProcess:
+def start_server(
+    database_url: str, cwd: Path, *, backend: str, own: OwnRedis, **more: str
+) -> ServerProcess:
     env = server_env(
         FOREMAN_DATABASE_URL=database_url,
         FOREMAN_AUTO_MIGRATE="false",
@@ -105,6 +110,8 @@ def start_server(database_url: str, cwd: Path, *, backend: str, own: OwnRedis) -
         REDIS_PORT=str(own.port),
         # Colon-free (SPEC section 5), and one queue per server so runs never see old jobs.
         TASK_QUEUE_NAME=f"foreman-e2e-{uuid.uuid4().hex[:8]}",
+        **({"REDIS_PASSWORD": own.password} if own.password else {}),
+        **more,
     )
     return ServerProcess(cwd, env=env).start()
 

@@ -8,14 +8,17 @@ import os
 import time
 from collections.abc import AsyncIterator
 
+import httpx
 import pytest
 
 from foreman import AsyncClient, TaskContext, TaskSpec, Worker
 from foreman.worker._leases import Held, LeaseKeeper
 from foreman.worker.context import AttemptState
+from foreman.worker.metrics import WorkerMetrics
 from tests.conftest import KEY_A
 from tests.e2e import handlers
 from tests.e2e.helpers import all_tasks, eventually, run_finished
+from tests.services import free_port
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -307,3 +310,20 @@ async def test_a_worker_keeps_its_sources_takes_out_and_never_exceeds_its_slots(
     assert (finished.completed_tasks, stats.claimed, stats.completed) == (300, 300, 300)
     assert most_out == source.takes_in_flight
     assert max(limits) <= 20 // source.takes_in_flight
+
+
+async def test_worker_metrics_are_served_on_their_port(client: AsyncClient):
+    run = await client.create_run({})
+    await client.enqueue_tasks([TaskSpec(run.id, "noop", i) for i in range(5)])
+    await client.enqueue_tasks([TaskSpec(run.id, "flaky", 5, max_retries=0)])
+    metrics = WorkerMetrics()
+    port = free_port()
+    metrics.serve(port)
+    stats = await asyncio.wait_for(make_worker(client, metrics=metrics).run(burst=True), 30)
+    assert stats.completed == 5
+    text = (await asyncio.to_thread(httpx.get, f"http://127.0.0.1:{port}/metrics")).text
+    assert 'foreman_worker_attempts_total{outcome="completed",type="noop"} 5.0' in text
+    assert 'foreman_worker_attempts_total{outcome="failed",type="flaky"} 1.0' in text
+    assert 'foreman_task_duration_seconds_count{type="noop"} 5.0' in text
+    assert 'foreman_task_pickup_seconds_count{type="flaky"} 1.0' in text
+    assert "foreman_worker_running_tasks 0.0" in text

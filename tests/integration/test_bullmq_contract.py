@@ -36,8 +36,11 @@ SCRIPTS_METHODS = {
     "getKeys": ["self", "keys"],
     "toKey": ["self", "name"],
     "moveToCompletedArgs": ["self", "job", "return_value", "shouldRemove", "token", "fetchNext"],
+    # Poison jobs (a malformed one, one naming no task or another organisation's) go to failed.
+    "moveToFailedArgs": ["self", "job", "failed_reason", "shouldRemove", "token", "fetchNext"],
     "extendJobLocks": ["self", "job_ids", "tokens", "duration"],
     "moveStalledJobsToWait": ["self", "maxStalledCount", "stalledInterval"],
+    "remove": ["self", "job_id", "remove_children"],  # the sweeper clears a finished job
 }
 LUA_SCRIPTS = [
     "addStandardJob", "addDelayedJob", "addPrioritizedJob", "moveToActive", "moveToFinished",

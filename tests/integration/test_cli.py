@@ -66,6 +66,12 @@ def test_help_lists_the_commands(tmp_path):
     assert server_help.returncode == 0
     assert "--port" in server_help.stdout
     assert "--workers" in server_help.stdout
+    assert "runs" in result.stdout
+    assert "tasks" in result.stdout
+    worker_help = run_foreman(["worker", "--help"], env=server_env(), cwd=tmp_path)
+    assert "--metrics-port" in worker_help.stdout
+    tasks_help = run_foreman(["tasks", "--help"], env=server_env(), cwd=tmp_path)
+    assert all(command in tasks_help.stdout for command in ("ls", "show", "retry"))
 
 
 async def test_port_comes_from_foreman_server_port_then_port_then_the_flag(database_url, tmp_path):

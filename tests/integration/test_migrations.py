@@ -71,6 +71,21 @@ async def test_migrations_apply_once_to_an_empty_database(empty_db):
         await conn.close()
 
 
+async def test_a_migrated_database_does_not_jit_compile(empty_db):
+    """Migration 0020: JIT took 1-2 s per batch insert whose estimate passed jit_above_cost."""
+    before = await asyncpg.connect(empty_db)
+    try:
+        assert await before.fetchval("SHOW jit") == "on"  # PostgreSQL's default: the test can fail
+    finally:
+        await before.close()
+    await apply_migrations_async(empty_db)
+    after = await asyncpg.connect(empty_db)
+    try:
+        assert await after.fetchval("SHOW jit") == "off"
+    finally:
+        await after.close()
+
+
 async def test_the_app_role_is_bound_by_row_level_security(empty_db):
     await apply_migrations_async(empty_db)
     conn = await asyncpg.connect(empty_db)

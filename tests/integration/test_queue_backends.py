@@ -20,6 +20,7 @@ from foreman import ids
 from foreman.queue import QueueBackend, open_queue
 from foreman.queue.base import ready_messages
 from foreman.queue.bullmq import BullMQQueue
+from foreman.queue.naming import org_queue_name
 from foreman.store import db
 from foreman.store import queue as queue_store
 from foreman.store import runs as runs_store
@@ -103,11 +104,12 @@ async def backend(request, pool, db_url) -> AsyncIterator[Backend]:
         task_queue_name=name,
     )
     queue = open_queue(settings)
+    org_queue = org_queue_name(name, ORG_A)  # the tasks are org A's: they go to its queue
     try:
-        yield Backend(queue, bullmq_drain(redis_server, name))
+        yield Backend(queue, bullmq_drain(redis_server, org_queue))
     finally:
         await queue.close()
-        await obliterate(redis_server, name)
+        await obliterate(redis_server, org_queue)
 
 
 async def make_tasks(pool, count: int, **fields) -> list:
@@ -199,3 +201,31 @@ async def test_publish_never_raises_when_the_service_is_down(backend, pool, db_u
     finally:
         if queue is not backend.queue:
             await queue.close()
+
+
+async def test_queues_per_organisation_and_the_shared_queue(pool, db_url, redis_server):
+    # The default: each organisation's tasks in its own queue. FOREMAN_QUEUE_PER_ORG=false: all
+    # in TASK_QUEUE_NAME itself, for single-organisation deployments with old Node workers.
+    tasks = await make_tasks(pool, 2)
+    for per_org in (True, False):
+        name = unique_queue_name()
+        settings = make_settings(
+            db_url,
+            queue_backend="bullmq",
+            redis_host=redis_server.host,
+            redis_port=redis_server.port,
+            task_queue_name=name,
+            queue_per_org=per_org,
+        )
+        queue = open_queue(settings)
+        expected = org_queue_name(name, ORG_A) if per_org else name
+        try:
+            await queue.publish(tasks)
+            delivered = await bullmq_drain(redis_server, expected)(2)
+            assert sorted(delivered) == sorted((t.id, "work") for t in tasks)
+            other = name if per_org else org_queue_name(name, ORG_A)
+            assert await bullmq_drain(redis_server, other)(0) == []
+        finally:
+            await queue.close()
+            for leftover in (name, org_queue_name(name, ORG_A)):
+                await obliterate(redis_server, leftover)

@@ -8,12 +8,14 @@ from collections.abc import AsyncIterator
 import asyncpg
 import msgspec
 import pytest
+from prometheus_client import generate_latest
 
 from foreman import ids
 from foreman.queue import bullmq as bullmq_backend
 from foreman.queue.base import message_for
 from foreman.queue.postgres import PostgresQueue
 from foreman.server.app import create_app
+from foreman.server.metrics import ServerMetrics
 from foreman.server.sweeper import SWEEP_LOCK_KEY, Sweeper
 from foreman.store import db
 from foreman.store import queue as queue_store
@@ -188,33 +190,54 @@ async def bullmq(redis_server) -> AsyncIterator[bullmq_backend.BullMQQueue]:
     settings = make_settings(
         "postgresql://unused", redis_host=redis_server.host, redis_port=redis_server.port
     )
-    queue = bullmq_backend.BullMQQueue(name, client=bullmq_backend.redis_client(settings))
+    queue = bullmq_backend.BullMQQueue(
+        name, client=bullmq_backend.redis_client(settings), per_org=True
+    )
     try:
         yield queue
     finally:
         await queue.close()
-        await obliterate(redis_server, name)
+        for org in (ORG_A, ORG_B):
+            await obliterate(redis_server, queue.queue_name_of(org))
 
 
-async def ready(pool, count: int, **fields) -> list:
-    async with db.org_connection(pool, ORG_A) as conn:
+async def ready(pool, count: int, *, org: str = ORG_A, **fields) -> list:
+    async with db.org_connection(pool, org) as conn:
         run = await runs_store.insert_run(
-            conn, run_id=ids.new_id(), org_id=ORG_A, input_data={}, metadata=None, now=ids.now_ms()
+            conn, run_id=ids.new_id(), org_id=org, input_data={}, metadata=None, now=ids.now_ms()
         )
         news = [
             tasks_store.NewTask(run_id=run.id, task_type="w", input_data=i, enqueue=True, **fields)
             for i in range(count)
         ]
         result = await tasks_store.insert_tasks(
-            conn, org_id=ORG_A, task_ids=[ids.new_id() for _ in news], news=news, now=ids.now_ms()
+            conn, org_id=org, task_ids=[ids.new_id() for _ in news], news=news, now=ids.now_ms()
         )
     return result.tasks
+
+
+async def test_bullmq_lost_jobs_go_back_to_their_own_organisation_s_queue(
+    pool, owner_pool, bullmq, redis_server
+):
+    mine, theirs = await ready(pool, 4), await ready(pool, 3, org=ORG_B)
+    await bullmq.publish(mine[:1] + theirs[:1])  # the others: lost
+    queues = {org: bullmq_queue(redis_server, bullmq.queue_name_of(org)) for org in (ORG_A, ORG_B)}
+    try:
+        assert (await sweeper(owner_pool, bullmq).sweep(now=later())).republished == 5
+        for org, tasks in ((ORG_A, mine), (ORG_B, theirs)):
+            queue = queues[org]
+            assert (await queue.getJobCounts())["waiting"] == len(tasks)
+            for t in tasks:
+                assert (await queue.getJob(f"{t.id}:1")).data == {"taskId": t.id}
+    finally:
+        for queue in queues.values():
+            await queue.close()
 
 
 async def test_bullmq_lost_jobs_are_published_again_once(pool, owner_pool, bullmq, redis_server):
     tasks = await ready(pool, 30)
     await bullmq.publish(tasks[:10])  # the other 20: a publish that failed after the commit
-    inspect = bullmq_queue(redis_server, bullmq.queue_name)
+    inspect = bullmq_queue(redis_server, bullmq.queue_name_of(ORG_A))
     try:
         sweep = sweeper(owner_pool, bullmq, batch=7)  # several sweeps walk the whole set
         republished = 0
@@ -241,7 +264,7 @@ async def test_bullmq_sweeper_publishes_expired_leases_and_clears_finished_jobs(
 ):
     _, (held,) = await leased(pool, ORG_A, 1, lease_ms=1000, max_retries=2)
     (stuck,) = await ready(pool, 1)
-    inspect = bullmq_queue(redis_server, bullmq.queue_name)
+    inspect = bullmq_queue(redis_server, bullmq.queue_name_of(ORG_A))
     try:
         # A job of the same id that BullMQ failed (removeOnFail is false) must not block a re-add.
         await bullmq.publish([stuck])
@@ -263,7 +286,7 @@ async def test_bullmq_job_of_a_node_client_counts_as_present(
     pool, owner_pool, bullmq, redis_server
 ):
     (task,) = await ready(pool, 1)
-    inspect = bullmq_queue(redis_server, bullmq.queue_name)
+    inspect = bullmq_queue(redis_server, bullmq.queue_name_of(ORG_A))
     try:
         node_job = await inspect.add("w", {"taskId": task.id})  # the Node client's own job id
         async with db.org_connection(pool, ORG_A) as conn:
@@ -309,3 +332,20 @@ async def test_a_redis_outage_does_not_stop_the_lease_sweep(pool, owner_pool, db
         await down.close()
     assert (result.locked, result.failed, result.republished) == (True, 1, 0)
     assert (await task_of(pool, ORG_A, held.id)).status == "failed"
+
+
+async def test_sweeps_and_expired_leases_are_counted_in_metrics(pool, owner_pool):
+    metrics = ServerMetrics(per_org=False)
+    await leased(pool, ORG_A, 2, lease_ms=1000, max_retries=1)
+    await leased(pool, ORG_B, 1, lease_ms=1000, max_retries=0)
+    swept = Sweeper(
+        owner_pool, queue=PostgresQueue(), interval_s=1.0, batch=1000, grace_s=0.0, metrics=metrics
+    )
+    await swept.sweep(now=later())
+    await swept.sweep(now=later())
+    metrics.flush()
+    text = generate_latest(metrics.registry).decode()
+    assert "foreman_sweeper_runs_total 2.0" in text
+    assert "foreman_leases_expired_total 3.0" in text
+    assert 'foreman_task_retries_total{type="w"} 2.0' in text
+    assert 'foreman_tasks_finished_total{status="failed",type="w"} 1.0' in text

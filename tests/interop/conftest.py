@@ -29,7 +29,7 @@ import pytest
 
 from foreman import AsyncClient
 from tests.conftest import KEY_A
-from tests.e2e.conftest import OwnRedis, own_redis  # noqa: F401 - fixture reused
+from tests.e2e.conftest import OwnRedis, own_redis, running_own_redis  # noqa: F401 - fixture reused
 from tests.integration.live_server import ServerProcess, server_env
 
 NODE_DIR = Path(__file__).resolve().parent / "node"
@@ -133,6 +133,34 @@ def bull_server(database_url: str, own_redis: OwnRedis) -> Iterator[ServerProces
         shutil.rmtree(cwd, ignore_errors=True)
 
 
+@pytest.fixture(scope="package")
+def acl_bull_server(database_url: str) -> Iterator[ServerProcess]:
+    """The same server with FOREMAN_REDIS_ACL=per-org, on a Redis that needs a password: key
+    holders get their organisation's own Redis user."""
+    cwd = Path(tempfile.mkdtemp(prefix="foreman-interop-acl-"))
+    with running_own_redis(password=uuid.uuid4().hex) as redis:
+        env = server_env(
+            FOREMAN_DATABASE_URL=database_url,
+            FOREMAN_AUTO_MIGRATE="false",
+            FOREMAN_QUEUE_BACKEND="bullmq",
+            FOREMAN_DB_POOL_MIN="1",
+            FOREMAN_DB_POOL_MAX="6",
+            FOREMAN_LOG_LEVEL="WARNING",
+            REDIS_HOST="127.0.0.1",
+            REDIS_PORT=str(redis.port),
+            REDIS_PASSWORD=redis.password or "",
+            FOREMAN_REDIS_ACL="per-org",
+            FOREMAN_REDIS_ACL_SECRET=uuid.uuid4().hex * 2,
+            TASK_QUEUE_NAME=f"foreman-interop-{uuid.uuid4().hex[:8]}",
+        )
+        server = ServerProcess(cwd, env=env).start()
+        try:
+            yield server
+        finally:
+            server.kill()
+            shutil.rmtree(cwd, ignore_errors=True)
+
+
 @pytest.fixture
 async def api(bull_server: ServerProcess, db_url: str) -> AsyncIterator[AsyncClient]:
     """The Python SDK against the server, every table emptied first."""
@@ -140,14 +168,13 @@ async def api(bull_server: ServerProcess, db_url: str) -> AsyncIterator[AsyncCli
         yield client
 
 
-def node_env(server: ServerProcess, own: OwnRedis, **extra: str) -> dict[str, str]:
-    """What a Node foreman-client or worker is configured with: endpoint, fmn_ key, Redis, queue."""
+def node_env(server: ServerProcess, own: OwnRedis | None, **extra: str) -> dict[str, str]:
+    """What a Node foreman-client or worker is configured with: the endpoint and an fmn_ key (it
+    reads its organisation's queue name and Redis connection from /api/v1/config)."""
+    del own
     return server_env(
         FOREMAN_ENDPOINT=server.url,
         FOREMAN_API_KEY=KEY_A,
-        REDIS_HOST="127.0.0.1",
-        REDIS_PORT=str(own.port),
-        TASK_QUEUE_NAME=server.env["TASK_QUEUE_NAME"],
         INTEROP_TIMEOUT_MS=str(SCRIPT_TIMEOUT_S * 1000),
         **extra,
     )

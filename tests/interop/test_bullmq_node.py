@@ -15,7 +15,8 @@ import pytest
 from bullmq import Queue
 
 from foreman import AsyncClient, RedisOptions, TaskSpec
-from tests.conftest import KEY_A
+from foreman.queue.naming import org_queue_name
+from tests.conftest import KEY_A, ORG_A
 from tests.e2e.conftest import OwnRedis, WorkerProcess
 from tests.e2e.helpers import all_tasks, run_finished
 from tests.integration.live_server import ServerProcess
@@ -44,7 +45,8 @@ async def job_counts(api: AsyncClient) -> dict[str, int]:
 async def test_the_queue_name_is_colon_free(api: AsyncClient, bull_server: ServerProcess) -> None:
     config = await api.get_config()
     assert config.queue.backend == "bullmq"
-    assert config.queues.task_queue == bull_server.env["TASK_QUEUE_NAME"]
+    # The caller's organisation's own queue, derived from TASK_QUEUE_NAME.
+    assert config.queues.task_queue == org_queue_name(bull_server.env["TASK_QUEUE_NAME"], ORG_A)
     assert ":" not in config.queues.task_queue  # Node BullMQ would refuse it
 
 
@@ -181,3 +183,35 @@ async def test_python_enqueued_jobs_are_completed_by_a_node_worker(
         assert None not in (task.started_at, task.completed_at)  # PATCHed running, then completed
         assert task.retry_count == 0
     assert await job_counts(api) == dict.fromkeys(JOB_STATES, 0)
+
+
+async def test_node_bullmq_works_with_the_organisation_s_own_redis_user(
+    acl_bull_server: ServerProcess, db_url: str, node_tools: NodeTools, children: list[Any]
+) -> None:
+    # FOREMAN_REDIS_ACL=per-org: the Node producer and worker connect as the user /api/v1/config
+    # hands to organisation A, not as the admin; the ACL rules must allow everything Node BullMQ
+    # runs (INFO, CLIENT SETNAME, its scripts, the marker wait).
+    async with AsyncClient(acl_bull_server.url, KEY_A) as api_acl:
+        config = await api_acl.get_config()
+        assert config.redis.username
+        assert config.redis.password != acl_bull_server.env["REDIS_PASSWORD"]
+        run = await api_acl.create_run({"acl": True})
+        specs = [{"type": "resize", "inputData": {"i": i}, "maxRetries": 0} for i in range(5)]
+        node = NodeWorker(
+            node_tools,
+            acl_bull_server.cwd,
+            env=node_env(acl_bull_server, None, INTEROP_EXPECT=str(len(specs) + 5)),
+        )
+        children.append(node)
+        node.wait_ready()
+        lines = await run_node(
+            node_tools,
+            "producer.mjs",
+            stdin={"runId": run.id, "tasks": specs},
+            env=node_env(acl_bull_server, None),
+        )
+        assert len(lines) == len(specs)
+        await api_acl.enqueue_tasks([TaskSpec(run.id, "resize", {"i": i}) for i in range(5)])
+        finished = await run_finished(api_acl, run.id, 10, timeout_s=60)
+        assert await node.finished(timeout_s=20) == 0, node.log()
+        assert finished.completed_tasks == 10

@@ -46,6 +46,11 @@ async def org_a(client) -> dict[str, str]:
         client, run["id"], type=f"type-{SECRET}", inputData=SECRET, idempotencyKey=IDEMPOTENCY_KEY
     )
     child = await create_task(client, run["id"], parentTaskId=task["id"], enqueue=True)
+    failed = await create_task(client, run["id"], type="failing")
+    patched = await client.patch(
+        f"{API}/tasks/{failed['id']}", json={"status": "failed"}, headers=HEADERS_A
+    )
+    assert patched.status_code == 200, patched.text
     claimed = await client.post(
         f"{API}/tasks/{task['id']}/claim", json={"workerId": "worker-a"}, headers=HEADERS_A
     )
@@ -66,6 +71,7 @@ async def org_a(client) -> dict[str, str]:
         "run": run["id"],
         "task": task["id"],
         "child": child["id"],
+        "failed": failed["id"],  # one that A could retry
         "data": data["id"],
         "token": claimed.json()["leaseToken"],
         "type": task["type"],
@@ -154,6 +160,7 @@ def _hostile_cases(a: dict[str, str], b_run: str, b_task: str) -> list[tuple[str
             {"leaseToken": a["token"]},
         ),
         ("POST", "/api/v1/tasks/release", f"{API}/tasks/release", {"leases": [lease]}),
+        ("POST", "/api/v1/tasks/{task_id}/retry", f"{API}/tasks/{a['failed']}/retry", None),
         ("GET", "/api/v1/tasks/{task_id}/wait", f"{API}/tasks/{a['task']}/wait?timeoutMs=0", None),
         ("GET", "/api/v1/runs/{run_id}/data", f"{API}/runs/{a['run']}/data?includeAll=true", None),
         (
@@ -265,7 +272,9 @@ async def test_org_b_cannot_see_or_change_org_a_through_any_operation(client, db
         response = await client.request(method, url, json=body, headers=HEADERS_B)
         _assert_nothing_of_a(response, org_a)
         path = url.partition("?")[0]
-        if any(org_a[name] in path for name in ("run", "task", "child", "data", "schedule")):
+        if any(
+            org_a[name] in path for name in ("run", "task", "child", "failed", "data", "schedule")
+        ):
             assert response.status_code == 404, (method, url, response.text)
     assert await _rows_of(db_url, ORG_A) == before
     # A's lease survived every attempt: A can still finish its attempt.

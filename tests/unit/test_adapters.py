@@ -6,6 +6,9 @@ changed, when a new Litestar, uvicorn or Python no longer has what the adapter r
 - server/protocol.py subclasses uvicorn's ``HttpToolsProtocol`` and drives its per-request state.
 - server/deps.py and server/errors.py read a route handler's parsed signature.
 - logs.py turns off the caller lookup with ``logging._srcfile`` (the logging HOWTO's advice).
+- store/db.py overrides asyncpg's ``Connection._do_execute`` (wrapping its executor) and calls
+  ``Connection._execute``; it writes to ``Connection._transport`` (tests/integration/
+  test_pgbouncer.py proves the whole against PostgreSQL and PgBouncer).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import inspect
 import logging
 from typing import Annotated, Any
 
+import asyncpg
 import msgspec
 import pytest
 from litestar import Litestar, Response, get, post
@@ -219,3 +223,33 @@ def test_plain_formatter_knows_its_format():
     formatter = PlainFormatter("%(message)s")
     assert formatter.fmt == "%(message)s"
     assert formatter.datefmt is None
+
+
+# ---------------------------------------------------------------- asyncpg Connection
+
+
+def test_asyncpg_do_execute_takes_an_executor_of_statement_and_timeout():
+    assert [p[0] for p in parameters(asyncpg.Connection._do_execute)] == [
+        "self",
+        "query",
+        "executor",
+        "timeout",
+        "retry",
+        "ignore_custom_codec",
+        "record_class",
+    ]
+    source = inspect.getsource(asyncpg.Connection._do_execute)
+    assert "await executor(stmt, None)" in source
+    assert "await executor(stmt, timeout)" in source
+
+
+def test_asyncpg_execute_without_arguments_and_execute_with_a_status():
+    assert [p[0] for p in parameters(asyncpg.Connection._execute)][:5] == [
+        "self",
+        "query",
+        "args",
+        "limit",
+        "timeout",
+    ]
+    assert "return_status" in inspect.signature(asyncpg.Connection._execute).parameters
+    assert "self._transport = transport" in inspect.getsource(asyncpg.Connection.__init__)

@@ -121,12 +121,17 @@ async def run_workers(fleet: Fleet) -> AsyncIterator[list[subprocess.Popen[bytes
 
 
 async def delete_bullmq_queue(settings_redis_url: str, queue_name: str) -> int:
-    """Remove the keys of the bench's own BullMQ queue (never anything else on a shared Redis)."""
+    """Remove the keys of the bench's own BullMQ queue, and of the per-organisation queues named
+    after it (``<name>-<org>-<hash>``), never anything else on a shared Redis."""
     import redis.asyncio as redis_asyncio  # the [redis] extra
 
     client = redis_asyncio.from_url(settings_redis_url)
     try:
-        keys = [key async for key in client.scan_iter(match=f"bull:{queue_name}:*", count=1000)]
+        keys = [
+            key
+            for pattern in (f"bull:{queue_name}:*", f"bull:{queue_name}-*")
+            async for key in client.scan_iter(match=pattern, count=1000)
+        ]
         if keys:
             await client.unlink(*keys)
         return len(keys)

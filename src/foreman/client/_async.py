@@ -248,6 +248,11 @@ class AsyncClient:
         """A task; NotFoundError if it is not in the caller's organisation."""
         return await self._send(_calls.get_task(task_id))
 
+    async def retry_task(self, task_id: str) -> Task:
+        """Queue a failed or cancelled task again with one more attempt allowed (ConflictError
+        for a task in another status)."""
+        return await self._send(_calls.retry_task(task_id))
+
     async def update_task(
         self,
         task_id: str,

@@ -58,10 +58,11 @@ class RedisOptions:
     port: int = 6379
     db: int = 0
     password: str | None = None
+    username: str | None = None  # a Redis 6+ ACL user (FOREMAN_REDIS_ACL=per-org hands one out)
 
     @classmethod
     def from_url(cls, url: str) -> RedisOptions:
-        """Options from ``redis://[:password@]host[:port][/db]``."""
+        """Options from ``redis://[[user]:password@]host[:port][/db]``."""
         parts = urlsplit(url)
         if parts.scheme not in ("redis", ""):
             raise ValueError(f"Unsupported Redis URL scheme: {parts.scheme}")
@@ -72,22 +73,34 @@ class RedisOptions:
             port=parts.port or 6379,
             db=int(db) if db else 0,
             password=password,
+            username=unquote(parts.username) if parts.username else None,
         )
 
     @classmethod
     def from_config(cls, config: RedisConfig) -> RedisOptions:
         """Options from the server's ``/api/v1/config``."""
         return cls(
-            host=config.host, port=config.port, db=config.db or 0, password=config.password or None
+            host=config.host,
+            port=config.port,
+            db=config.db or 0,
+            password=config.password or None,
+            username=config.username or None,
         )
 
     def connection(self) -> dict[str, Any]:
         """redis-py connection arguments (bullmq's ``connection`` option)."""
-        return {"host": self.host, "port": self.port, "db": self.db, "password": self.password}
+        return {
+            "host": self.host,
+            "port": self.port,
+            "db": self.db,
+            "username": self.username,
+            "password": self.password,
+        }
 
     def url(self) -> str:
         """The equivalent ``redis://`` URL (for bullmq's ``connection`` option)."""
-        auth = f":{quote(self.password, safe='')}@" if self.password else ""
+        user = quote(self.username, safe="") if self.username else ""
+        auth = f"{user}:{quote(self.password, safe='')}@" if self.password else ""
         return f"redis://{auth}{self.host}:{self.port}/{self.db}"
 
 

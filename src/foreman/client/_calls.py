@@ -269,6 +269,12 @@ def update_task(task_id: str, changes: Mapping[str, Any]) -> Call[models.Task]:
     return Call("PATCH", path, _decoder(models.Task), body, idempotent=idempotent)
 
 
+def retry_task(task_id: str) -> Call[models.Task]:
+    # Not repeated on a lost answer: a second retry of the queued task is a 409.
+    path = f"{API}/tasks/{_segment(task_id, 'task_id')}/retry"
+    return Call("POST", path, _decoder(models.Task))
+
+
 def list_tasks(filters: Mapping[str, Any]) -> Call[models.TaskList]:
     params = _query(_on_wire(filters, _TASK_FILTERS, None))
     return Call("GET", f"{API}/tasks", _decoder(models.TaskList), params=params, idempotent=True)

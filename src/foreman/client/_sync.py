@@ -187,6 +187,11 @@ class Client:
         """A task; NotFoundError if it is not in the caller's organisation."""
         return self._send(_calls.get_task(task_id))
 
+    def retry_task(self, task_id: str) -> Task:
+        """Queue a failed or cancelled task again with one more attempt allowed (ConflictError
+        for a task in another status)."""
+        return self._send(_calls.retry_task(task_id))
+
     def update_task(
         self,
         task_id: str,

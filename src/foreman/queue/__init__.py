@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from foreman.queue.base import Message, QueueBackend
 from foreman.settings import Settings
 
-__all__ = ["Message", "QueueBackend", "open_queue"]
+if TYPE_CHECKING:
+    from foreman.queue.redis_acl import RedisAcl
+
+__all__ = ["Message", "QueueBackend", "open_queue", "open_redis_acl"]
 
 
 def open_queue(settings: Settings) -> QueueBackend:
@@ -18,3 +23,14 @@ def open_queue(settings: Settings) -> QueueBackend:
     from foreman.queue.postgres import PostgresQueue
 
     return PostgresQueue()
+
+
+def open_redis_acl(settings: Settings) -> RedisAcl | None:
+    """With FOREMAN_REDIS_ACL=per-org, the manager of the organisations' Redis users, rotating."""
+    if settings.redis_acl != "per-org":
+        return None
+    from foreman.queue.redis_acl import RedisAcl
+
+    acl = RedisAcl.from_settings(settings)
+    acl.start()
+    return acl

@@ -24,6 +24,7 @@ class Message:
 
     task_id: str
     task_type: str
+    org_id: str = ""  # the task's organisation: with queues per organisation, its queue
     attempt: int = 1  # the attempt this message starts (the task's attempt + 1)
     priority: int = 0  # BullMQ order: 0 = none (first), then 1 = highest
     delay_ms: int = 0
@@ -38,6 +39,7 @@ def message_for(task: Task, *, now: int) -> Message:
     return Message(
         task_id=task.id,
         task_type=task.type,
+        org_id=task.org_id,
         attempt=task.attempt + 1,
         priority=task.priority,
         delay_ms=max(0, run_after - now),

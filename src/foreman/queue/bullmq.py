@@ -1,7 +1,8 @@
 """The ``bullmq`` backend: BullMQ jobs in Redis that carry only a task id (SPEC section 7).
 
 Wire format, compatible with the Node ``foreman-client`` (SPEC section 7, docs/queue-protocol.md
-"BullMQ wire format"): queue ``TASK_QUEUE_NAME`` under the default ``bull`` prefix, job name = the
+"BullMQ wire format"): queue ``TASK_QUEUE_NAME`` (or the organisation's queue derived from it,
+queue/naming.py) under the default ``bull`` prefix, job name = the
 task type, data exactly ``{"taskId": "<id>"}``, options ``priority``, ``delay``,
 ``attempts = maxRetries + 1`` (the attempts left, for a retry), exponential backoff from 2 s,
 ``removeOnComplete: true``, ``removeOnFail: false``. The server adds its jobs with the id
@@ -15,16 +16,21 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 import redis.asyncio as redis_asyncio
-from bullmq import Job, Queue
+from bullmq import Job
+from bullmq.redis_connection import RedisConnection
+from bullmq.scripts import Scripts
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisError
 
 from foreman import ids
 from foreman.models import Task
+from foreman.queue import naming
 from foreman.queue.base import BackendName, Message, ready_messages
 from foreman.settings import Settings
 
@@ -39,6 +45,9 @@ REMOVE_ON_FAIL = False
 # How many jobs go to Redis in one MULTI/EXEC, and how many existence checks in one pipeline.
 ADD_CHUNK = 500
 CHECK_CHUNK = 1000
+# Queues whose keys are kept per process (one per organisation that published lately).
+MAX_CACHED_QUEUES = 4096
+
 # A publish must not hold up the HTTP answer for long: on timeout the sweeper publishes later.
 PUBLISH_TIMEOUT_S = 3.0
 
@@ -144,6 +153,7 @@ def redis_client(settings: Settings) -> redis_asyncio.Redis:
         host=settings.redis_host,
         port=settings.redis_port,
         db=settings.redis_db or 0,
+        username=settings.redis_username,
         password=settings.redis_password,
         decode_responses=True,
         socket_timeout=PUBLISH_TIMEOUT_S,
@@ -155,25 +165,67 @@ def redis_client(settings: Settings) -> redis_asyncio.Redis:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class _Queue:
+    """One BullMQ queue: its keys over the shared scripts, and what a Job needs of it."""
+
+    scripts: Scripts
+    job_queue: Any
+
+
 class BullMQQueue:
-    """Publishes task ids as BullMQ jobs and checks which ones are still in Redis."""
+    """Publishes task ids as BullMQ jobs and checks which ones are still in Redis.
+
+    With ``per_org`` (FOREMAN_QUEUE_PER_ORG, the default) each task goes to its organisation's
+    queue, ``org_queue_name(queue_name, org)``; else every task goes to ``queue_name``.
+    """
 
     name: BackendName = "bullmq"
 
-    def __init__(self, queue_name: str, *, client: redis_asyncio.Redis) -> None:
+    def __init__(
+        self, queue_name: str, *, client: redis_asyncio.Redis, per_org: bool = False
+    ) -> None:
         self.queue_name = queue_name
+        self.per_org = per_org
         self._redis = client
-        # The Queue takes over the client: Queue.close() closes it.
-        self._queue = Queue(queue_name, {"connection": client, "prefix": KEY_PREFIX})
+        # BullMQ's Lua scripts, registered once (a bullmq Queue registers them all again: 0.8 ms
+        # and 280 KiB each), and each queue's keys over them, by organisation ("": the shared
+        # queue), kept up to MAX_CACHED_QUEUES.
+        self._connection = RedisConnection(client)
+        self._queues: dict[str, _Queue] = {}
 
     @classmethod
     def from_settings(cls, settings: Settings) -> BullMQQueue:
-        """The queue TASK_QUEUE_NAME on the configured Redis."""
-        return cls(settings.task_queue_name, client=redis_client(settings))
+        """The queue(s) of TASK_QUEUE_NAME on the configured Redis."""
+        return cls(
+            settings.task_queue_name,
+            client=redis_client(settings),
+            per_org=settings.queue_per_org,
+        )
+
+    def queue_name_of(self, org_id: str) -> str:
+        """The BullMQ queue that carries org_id's tasks."""
+        return naming.org_queue_name(self.queue_name, org_id) if self.per_org else self.queue_name
+
+    def _queue(self, message: Message) -> _Queue:
+        """Message's queue."""
+        org = message.org_id if self.per_org else ""  # by organisation: no name hashed per job
+        queue = self._queues.get(org)
+        if queue is None:
+            if len(self._queues) >= MAX_CACHED_QUEUES:
+                self._queues.pop(next(iter(self._queues)))
+            name = self.queue_name_of(org)
+            queue = _Queue(
+                Scripts(KEY_PREFIX, name, self._connection),
+                # What bullmq.Job reads of its queue (a job here is only serialised).
+                SimpleNamespace(opts={}, backend=None, qualifiedName=f"{KEY_PREFIX}:{name}"),
+            )
+            self._queues[org] = queue
+        return queue
 
     def job_key(self, message: Message) -> str:
         """The Redis hash of a message's job."""
-        return str(self._queue.toKey(job_id(message.task_id, message.attempt)))
+        return str(self._queue(message).scripts.toKey(job_id(message.task_id, message.attempt)))
 
     async def publish(self, tasks: Sequence[Task]) -> None:
         """Add a job for every queued/retrying task; a Redis failure is logged, not raised."""
@@ -205,9 +257,11 @@ class BullMQQueue:
 
     def _add_call(self, message: Message) -> ScriptCall:
         """The script bullmq's Queue.add runs for this message's job, with its keys and arguments."""
-        opts = {**self._queue.jobsOpts, **job_options(message)}
-        job = Job(self._queue, message.task_type, job_data(message.task_id), opts, opts["jobId"])
-        return add_job_call(self._queue.scripts, job)
+        queue, opts = self._queue(message), job_options(message)
+        job = Job(
+            queue.job_queue, message.task_type, job_data(message.task_id), opts, opts["jobId"]
+        )
+        return add_job_call(queue.scripts, job)
 
     async def missing(self, messages: Sequence[Message]) -> list[Message]:
         """Messages with no live job; a finished job of the same id is removed so it can be re-added.
@@ -223,7 +277,8 @@ class BullMQQueue:
                 for message in chunk:
                     pipe.hmget(self.job_key(message), ["timestamp", "finishedOn"])
                     if _other_id(message):
-                        pipe.hmget(self._queue.toKey(message.receipt), ["timestamp", "finishedOn"])
+                        other_key = self._queue(message).scripts.toKey(message.receipt)
+                        pipe.hmget(other_key, ["timestamp", "finishedOn"])
                 replies = iter(await pipe.execute())
             for message in chunk:
                 created, finished = next(replies)
@@ -242,7 +297,8 @@ class BullMQQueue:
     async def _remove_finished(self, message: Message) -> None:
         # A job that BullMQ failed (removeOnFail is false) would block re-adding the same id.
         with contextlib.suppress(RedisError):
-            await self._queue.remove(job_id(message.task_id, message.attempt))
+            job = job_id(message.task_id, message.attempt)
+            await self._queue(message).scripts.remove(job, True)
 
     async def ping(self) -> None:
         """Raise if Redis does not answer."""
@@ -250,4 +306,5 @@ class BullMQQueue:
 
     async def close(self) -> None:
         """Close the Redis connections."""
-        await self._queue.close()
+        self._queues.clear()
+        await self._redis.aclose()

@@ -4,21 +4,24 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import secrets
 from collections.abc import AsyncIterator
 from typing import Any
 
-from litestar import Litestar, Request, get
+from litestar import Litestar, Request, Response, get
 from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 
 from foreman import errors
-from foreman.queue import open_queue
+from foreman.queue import open_queue, open_redis_acl
+from foreman.queue.base import QueueBackend
 from foreman.server import edge
 from foreman.server import errors as error_handlers
 from foreman.server.auth import Authenticator
 from foreman.server.deps import AppState, JsonRequest
+from foreman.server.metrics import Exporter, ServerMetrics
 from foreman.server.middleware import BodyLimitMiddleware, cors_config
 from foreman.server.notify import Notifier
 from foreman.server.responses import JsonResponse
@@ -26,6 +29,8 @@ from foreman.server.routes import queue as queue_routes
 from foreman.server.routes import run_data, runs, schedules, system, tasks
 from foreman.server.scheduler import Scheduler
 from foreman.server.sweeper import Sweeper
+from foreman.server.ui import pages, render
+from foreman.server.ui import session as ui_session
 from foreman.settings import Settings
 from foreman.store import db
 
@@ -59,15 +64,44 @@ def _openapi(settings: Settings) -> OpenAPIConfig:
     )
 
 
+# Litestar adds "; charset=utf-8" to a text/* type itself.
+@get("/metrics", include_in_schema=False, media_type="text/plain; version=0.0.4")
+async def metrics_text(request: Request[Any, Any, Any]) -> Response[bytes]:
+    """The Prometheus text format, for a caller with FOREMAN_METRICS_TOKEN as its bearer."""
+    exporter: Exporter = request.app.state.foreman_exporter
+    if not exporter.authorized(request.headers.get("authorization")):
+        raise errors.UnauthorizedError("/metrics needs FOREMAN_METRICS_TOKEN as a bearer token")
+    return Response(await exporter.exposition())
+
+
 class ForemanApp(Litestar):
-    """Litestar inside the server's edge (server/edge.py): request ids, HEAD, security headers
-    and the access log around everything Litestar answers, unknown routes included."""
+    """Litestar inside the server's edge (server/edge.py): request ids, HEAD, security headers,
+    the access log and the request metrics around everything Litestar answers, unknown routes
+    included."""
+
+    foreman_metrics: ServerMetrics | None = None  # None: metrics are off (no token)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http":
-            await edge.handle(super().__call__, scope, receive, send)
+            await edge.handle(super().__call__, scope, receive, send, self.foreman_metrics)
         else:
             await super().__call__(scope, receive, send)
+
+
+async def _start_loops(
+    settings: Settings, *, database_url: str, queue: QueueBackend, metrics: ServerMetrics | None
+) -> list[Sweeper | Scheduler]:
+    """The background loops this process runs, started: the sweeper, the schedules' firing loop."""
+    loops: list[Sweeper | Scheduler] = []
+    if settings.sweep_enabled:
+        loops.append(
+            await Sweeper.open(settings, database_url=database_url, queue=queue, metrics=metrics)
+        )
+    if settings.schedule_enabled:
+        loops.append(await Scheduler.open(settings, database_url=database_url, queue=queue))
+    for loop in loops:
+        loop.start()
+    return loops
 
 
 def create_app(settings: Settings) -> Litestar:
@@ -78,6 +112,10 @@ def create_app(settings: Settings) -> Litestar:
             "create_app needs a database URL (the CLI starts the embedded one)"
         )
 
+    exporter = None
+    if settings.metrics_token:
+        exporter = Exporter(settings, database_url=database_url)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         pool = await db.create_pool(
@@ -86,46 +124,56 @@ def create_app(settings: Settings) -> Litestar:
             max_size=settings.db_pool_max,
             command_timeout_s=settings.db_command_timeout_s,
             connect_timeout_s=settings.db_connect_timeout_s,
+            pgbouncer=settings.db_pgbouncer,
         )
         queue = open_queue(settings)
-        notifier = Notifier(database_url)  # one LISTEN connection: wakes long polls
+        redis_acl = open_redis_acl(settings)
+        notifier = Notifier(settings.listen_url(database_url))  # wakes long polls
         notifier.start()
-        sweeper = None
-        if settings.sweep_enabled:
-            sweeper = await Sweeper.open(settings, database_url=database_url, queue=queue)
-            sweeper.start()
-        scheduler = None
-        if settings.schedule_enabled:
-            scheduler = await Scheduler.open(settings, database_url=database_url, queue=queue)
-            scheduler.start()
+        metrics = None if exporter is None else exporter.metrics
+        loops = await _start_loops(
+            settings, database_url=database_url, queue=queue, metrics=metrics
+        )
         app.state.foreman = AppState(
             settings=settings,
             pool=pool,
             auth=Authenticator(settings, pool=pool),
             queue=queue,
             notifier=notifier,
+            redis_acl=redis_acl,
+            metrics=metrics,
         )
+        if exporter is not None:
+            app.state.foreman_exporter = exporter
+            exporter.start([pool])
         try:
             yield
         finally:
-            if scheduler is not None:
-                await scheduler.close()
-            if sweeper is not None:
-                await sweeper.close()
+            if redis_acl is not None:
+                await redis_acl.close()
+            if exporter is not None:
+                await exporter.close()
+            for loop in reversed(loops):
+                await loop.close()
             await notifier.close()
             await queue.close()
             await pool.close()
 
-    return ForemanApp(
-        route_handlers=[
-            system.router,
-            runs.router,
-            tasks.router,
-            queue_routes.router,
-            run_data.router,
-            schedules.router,
-            openapi_json,
-        ],
+    handlers: list[Any] = [
+        system.router,
+        runs.router,
+        tasks.router,
+        queue_routes.router,
+        run_data.router,
+        schedules.router,
+        openapi_json,
+    ]
+    if exporter is not None:
+        handlers.append(metrics_text)
+    if settings.ui_enabled:
+        handlers.append(pages.router())
+    app = ForemanApp(
+        route_handlers=handlers,
         lifespan=[lifespan],
         exception_handlers=error_handlers.EXCEPTION_HANDLERS,
         middleware=[DefineMiddleware(BodyLimitMiddleware, settings=settings)],
@@ -138,3 +186,10 @@ def create_app(settings: Settings) -> Litestar:
         state=None,
         debug=False,
     )
+    app.foreman_metrics = None if exporter is None else exporter.metrics
+    if settings.ui_enabled:
+        # Without FOREMAN_UI_SECRET, one per app (the runner makes one for all its processes).
+        secret = settings.ui_secret or secrets.token_urlsafe(32)
+        signer = ui_session.Signer(secret, session_s=settings.ui_session_s)
+        app.state.foreman_ui = render.Dashboard(signer)
+    return app

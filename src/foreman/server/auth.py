@@ -198,13 +198,19 @@ class Authenticator:
         """The caller of a registered, unrevoked key; 401 for any other key."""
         claimed_org = org_for_key(key, allow_test_key=False)  # garbage never reaches the database
         digest = api_keys.hash_key(key)
+        org_id = await self.registered_org(digest, claimed_org=claimed_org)
+        if org_id is None:
+            raise errors.UnauthorizedError("Unknown or revoked API key")
+        return Caller(org_id=org_id, fingerprint=api_keys.fingerprint(digest), registered=True)
+
+    async def registered_org(self, digest: bytes, *, claimed_org: str) -> str | None:
+        """The organisation of a registered, unrevoked key's digest (cached like every lookup),
+        None for any other; the dashboard's sessions keep only the digest (server/ui/session.py)."""
         org_id = self.cache.get(digest)
         if isinstance(org_id, _Miss):
             org_id = await self._lookup(digest, claimed_org=claimed_org)
             self.cache.put(digest, org_id)
-        if org_id is None:
-            raise errors.UnauthorizedError("Unknown or revoked API key")
-        return Caller(org_id=org_id, fingerprint=api_keys.fingerprint(digest), registered=True)
+        return org_id
 
     async def _lookup(self, digest: bytes, *, claimed_org: str) -> str | None:
         # Any pooled connection will do: the lookup function ignores the bound organisation.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 from litestar import Request
@@ -13,8 +13,12 @@ from litestar.openapi.datastructures import ResponseSpec
 from foreman import errors
 from foreman.models import ErrorBody, Task
 from foreman.queue.base import QueueBackend
+
+if TYPE_CHECKING:  # redis_acl imports redis, the optional foreman[redis] extra
+    from foreman.queue.redis_acl import RedisAcl
 from foreman.server import auth, jsontext, notify
 from foreman.server import errors as error_handlers
+from foreman.server.metrics import ServerMetrics
 from foreman.server.middleware import received_body
 from foreman.settings import Settings
 from foreman.store import db
@@ -33,6 +37,9 @@ class AppState:
     auth: auth.Authenticator
     queue: QueueBackend | None = None
     notifier: notify.Notifier | None = None  # wakes long polls; None = polling only
+    # FOREMAN_REDIS_ACL=per-org: hands out each organisation's own Redis user (else None).
+    redis_acl: RedisAcl | None = None
+    metrics: ServerMetrics | None = None  # None: metrics are off
 
     async def publish(self, tasks: list[Task]) -> None:
         """Hand queued tasks to the queue backend (the postgres backend needs nothing more)."""

@@ -22,6 +22,7 @@ from foreman.logs import LineWriter, printable
 from foreman.server import params
 from foreman.server.context import CONTEXT_KEY, Caller, RequestContext
 from foreman.server.errors import error_body
+from foreman.server.metrics import UNMATCHED, ServerMetrics
 
 logger = logging.getLogger("foreman.access")
 _access_log = LineWriter(logger)
@@ -83,8 +84,10 @@ async def handle(
     scope: Scope,
     receive: Receive,
     send: Send,
+    metrics: ServerMetrics | None = None,
 ) -> None:
-    """Run one HTTP request through app, then log it (one line, the status the client got)."""
+    """Run one HTTP request through app, then log it (one line, the status the client got) and
+    count it in metrics (by its route template, never the raw path)."""
     start = time.perf_counter()
     request_id = client_request_id(scope["headers"]) or new_request_id()
     state = scope.setdefault("state", {})
@@ -121,6 +124,10 @@ async def handle(
         else:
             await app(app_scope, receive, send_answer)
     finally:
+        if metrics is not None:
+            route: str = app_scope.get("path_template", UNMATCHED)
+            caller = state[CONTEXT_KEY].caller
+            metrics.request(method, route, status or _unanswered_status(scope), start, caller)
         if logger.isEnabledFor(logging.INFO):
             context: RequestContext = state[CONTEXT_KEY]
             status = status or _unanswered_status(scope)

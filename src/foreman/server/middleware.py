@@ -24,6 +24,8 @@ from foreman.server.edge import send_error
 from foreman.settings import Settings
 
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+UI_PREFIX = "/ui/"
+FORM = b"application/x-www-form-urlencoded"
 
 
 # ---------------------------------------------------------------- request bodies
@@ -150,12 +152,16 @@ class BodyLimitMiddleware:
         # it: after authentication, so a caller without a key still gets 401 first (SPEC 3).
         refusal = None
         if content_type not in _PLAIN_JSON or too_deep(body, self.max_depth):
-            refusal = self._refusal(content_type, body)
+            refusal = self._refusal(content_type, body, scope["path"])
         state = scope["state"]
         state[CONTEXT_KEY] = state[CONTEXT_KEY].with_body(body, refusal)
         await self.app(scope, _replay(body, receive, refusal=refusal), send)
 
-    def _refusal(self, content_type: bytes | None, body: bytes) -> errors.ClientError | None:
+    def _refusal(
+        self, content_type: bytes | None, body: bytes, path: str
+    ) -> errors.ClientError | None:
+        if path.startswith(UI_PREFIX) and content_type == FORM:
+            return None  # the dashboard's forms (server/ui/pages.py)
         if not is_json(content_type):
             shown = (content_type or b"").decode("latin-1")[:100]
             return errors.UnsupportedMediaTypeError(

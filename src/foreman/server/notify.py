@@ -33,7 +33,7 @@ KEEPALIVE_S = 30.0
 class Notifier:
     """Routes NOTIFY payloads to the events of the requests that wait for them."""
 
-    def __init__(self, dsn: str) -> None:
+    def __init__(self, dsn: str | None) -> None:
         self._dsn = dsn
         self._ready: dict[str, set[asyncio.Event]] = {}
         self._done: dict[str, set[asyncio.Event]] = {}
@@ -41,7 +41,17 @@ class Notifier:
         self._lost: asyncio.Event = asyncio.Event()
 
     def start(self) -> None:
-        """Connect and listen in the background (and reconnect whenever the connection drops)."""
+        """Connect and listen in the background (and reconnect whenever the connection drops).
+
+        Without a URL (behind PgBouncer, which cannot keep a LISTEN: docs/deployment.md) nothing
+        listens and every long poll re-checks every FOREMAN_POLL_INTERVAL_S: said once, here.
+        """
+        if self._dsn is None:
+            logger.warning(
+                "no LISTEN connection (FOREMAN_DB_PGBOUNCER without FOREMAN_DATABASE_LISTEN_URL):"
+                " long polls fall back to polling every FOREMAN_POLL_INTERVAL_S"
+            )
+            return
         self._task = asyncio.create_task(self._run(), name="foreman-notify")
 
     async def close(self) -> None:
@@ -62,6 +72,7 @@ class Notifier:
             yield event
 
     async def _run(self) -> None:
+        assert self._dsn is not None  # start() listens only with a URL
         delay_s = 0.5
         while True:
             try:

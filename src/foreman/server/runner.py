@@ -6,11 +6,17 @@ can hand a burst of connections to one process (see shared/PERFORMANCE-NOTES.md)
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import multiprocessing
+import os
+import secrets
+import shutil
 import signal
 import socket
+import tempfile
+from collections.abc import Iterator
 from typing import Any
 
 import uvicorn
@@ -24,6 +30,7 @@ logger = logging.getLogger(__name__)
 GRACEFUL_SHUTDOWN_S = 30
 # Generation thresholds of the cyclic GC in a serving process (see _tune_gc).
 GC_THRESHOLDS = (50_000, 20, 100)
+METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"  # server/metrics.py MULTIPROC_ENV
 
 
 def _socket(host: str, port: int, *, reuse_port: bool) -> socket.socket:
@@ -89,9 +96,36 @@ def serve(settings: Settings) -> None:
         settings.server_port,
         settings.server_workers,
     )
+    if settings.ui_enabled and not settings.ui_secret:
+        # One dashboard session key for every process of this server (a session made by one
+        # process is read by the next); a new one at each start.
+        settings = settings.model_copy(update={"ui_secret": secrets.token_urlsafe(32)})
     if settings.server_workers == 1:
         serve_process(settings, reuse_port=False)
         return
+    with _metrics_dir(settings):
+        _serve_children(settings)
+
+
+@contextlib.contextmanager
+def _metrics_dir(settings: Settings) -> Iterator[None]:
+    """Under --workers N, prometheus_client's multiprocess mode: the processes write their figures
+    to files in one folder (PROMETHEUS_MULTIPROC_DIR, inherited at spawn, read before any import
+    of prometheus_client) and a scrape of any one reads them all. A folder of this server's own,
+    removed at its exit, unless the variable names one already."""
+    if not settings.metrics_token or METRICS_DIR_ENV in os.environ:
+        yield
+        return
+    folder = tempfile.mkdtemp(prefix="foreman-metrics-")
+    os.environ[METRICS_DIR_ENV] = folder
+    try:
+        yield
+    finally:
+        del os.environ[METRICS_DIR_ENV]
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _serve_children(settings: Settings) -> None:
     ctx = multiprocessing.get_context("spawn")
     children = [
         ctx.Process(
@@ -118,6 +152,4 @@ def _exit(_signum: int, _frame: Any) -> None:
 
 
 def _interrupt(pid: int) -> None:
-    import os
-
     os.kill(pid, signal.SIGINT)

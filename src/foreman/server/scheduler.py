@@ -48,6 +48,7 @@ class Scheduler:
             command_timeout_s=settings.db_command_timeout_s,
             connect_timeout_s=settings.db_connect_timeout_s,
             app_role=False,
+            pgbouncer=settings.db_pgbouncer,
         )
         return cls(
             pool,

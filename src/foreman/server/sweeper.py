@@ -3,9 +3,10 @@
 Every ``sweep_interval_s`` each server process tries to take a transaction-level advisory lock;
 the one that gets it (one per moment, however many replicas run) turns expired leases into
 ``retrying`` (or ``failed`` when the attempts ran out) and, for the ``bullmq`` backend, publishes
-again the ready tasks whose job is no longer in Redis. Its connections work across
-organisations, so they are the table owner's (no ``SET ROLE foreman_app``): row-level security
-does not apply to the owner because it is not FORCEd.
+again the ready tasks whose job is no longer in Redis. With FOREMAN_RETENTION_DAYS, each sweep
+is followed by one batch of retention (store/retention.py: its own transaction and lock). Its connections work across
+organisations, so they are the table owner's (role ``none`` in each transaction, not
+``foreman_app``): row-level security does not apply to the owner because it is not FORCEd.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ import asyncpg
 from foreman import background, errors, ids
 from foreman.models import Task
 from foreman.queue.base import Message, QueueBackend, ready_messages
+from foreman.server.metrics import ServerMetrics
 from foreman.settings import Settings
-from foreman.store import db, statistics
+from foreman.store import db, retention, statistics
 from foreman.store import queue as queue_store
 from foreman.store.pool import Pool
 
@@ -62,8 +64,14 @@ class Sweeper:
         interval_s: float,
         batch: int,
         grace_s: float,
+        retention_s: float | None = None,
+        retention_batch: int = retention.DEFAULT_BATCH_ROWS,
+        metrics: ServerMetrics | None = None,
     ) -> None:
         self._pool = pool
+        self._retention_ms = None if retention_s is None else round(retention_s * 1000)
+        self._retention_batch = retention_batch
+        self._metrics = metrics
         self._queue = queue
         self._interval_s = interval_s
         self._batch = batch
@@ -72,7 +80,14 @@ class Sweeper:
         self._task: asyncio.Task[None] | None = None
 
     @classmethod
-    async def open(cls, settings: Settings, *, database_url: str, queue: QueueBackend) -> Sweeper:
+    async def open(
+        cls,
+        settings: Settings,
+        *,
+        database_url: str,
+        queue: QueueBackend,
+        metrics: ServerMetrics | None = None,
+    ) -> Sweeper:
         """A sweeper with its own small pool of owner connections."""
         pool = await db.create_pool(
             database_url,
@@ -81,6 +96,7 @@ class Sweeper:
             command_timeout_s=settings.db_command_timeout_s,
             connect_timeout_s=settings.db_connect_timeout_s,
             app_role=False,
+            pgbouncer=settings.db_pgbouncer,
         )
         return cls(
             pool,
@@ -88,6 +104,11 @@ class Sweeper:
             interval_s=settings.sweep_interval_s,
             batch=settings.sweep_batch,
             grace_s=settings.sweep_publish_grace_s,
+            retention_s=None
+            if settings.retention_days is None
+            else settings.retention_days * 86400,
+            retention_batch=settings.retention_batch,
+            metrics=metrics,
         )
 
     def start(self) -> None:
@@ -106,6 +127,7 @@ class Sweeper:
             await asyncio.sleep(self._interval_s * random.uniform(0.8, 1.2))  # noqa: S311
             try:
                 result = await self.sweep(now=ids.now_ms())
+                pruned = await self.prune(now=ids.now_ms())
             except OUTAGES as exc:
                 # A database outage must not end the sweeper (nor fill the log): try again.
                 logger.warning("sweep skipped, database unavailable: %s", exc)
@@ -119,6 +141,13 @@ class Sweeper:
                     result.retried,
                     result.failed,
                     result.republished,
+                )
+            if pruned.rows:
+                logger.info(
+                    "retention: deleted %d run(s), %d task(s), %d run data row(s)",
+                    pruned.runs,
+                    pruned.tasks,
+                    pruned.run_data,
                 )
 
     async def sweep(self, *, now: int) -> SweepResult:
@@ -136,11 +165,22 @@ class Sweeper:
                 ready, self._cursor = await queue_store.ready_tasks(
                     conn, ready_before=now - self._grace_ms, cursor=self._cursor, limit=self._batch
                 )
+        if self._metrics is not None:
+            self._metrics.swept(expired)
         # After the commit, like every publish: a job must never name an uncommitted state.
         await self._queue.publish(expired)
         lost = await self._republish(ready_messages(ready, now=now)) if ready else 0
         failed = sum(t.status == "failed" for t in expired)
         return SweepResult(True, len(expired) - failed, failed, lost)
+
+    async def prune(self, *, now: int) -> retention.Pruned:
+        """One retention batch as of now (epoch ms), if retention is on and no one else prunes."""
+        if self._retention_ms is None:
+            return retention.Pruned(locked=False)
+        async with self._pool.acquire() as conn:
+            return await retention.prune_batch(
+                conn, ended_before=now - self._retention_ms, limit=self._retention_batch
+            )
 
     async def _republish(self, messages: list[Message]) -> int:
         """Publish again the messages the queue lost; a queue outage is logged (next sweep)."""

@@ -1,17 +1,24 @@
-"""The connection pool, the JSON codec and the per-organisation binding of connections.
+"""The connection pool, the JSON codec and the per-transaction binding of connections.
 
 Request queries run as the role ``foreman_app`` (no BYPASSRLS, owns nothing), so the row-level
-security policies of the migrations apply to them. The organisation is a session setting
-(``app.current_org_id``) that is set only when a connection changes organisation: that saves a
-round trip per request, and it is safe because it is set outside any transaction (a rollback
-cannot undo it) and before any query of the request.
+security policies of the migrations apply to them, and see one organisation
+(``app.current_org_id``). Nothing of that is session state: every statement runs in a transaction
+of its own (or in the caller's explicit one) that first sets the role, the organisation and the
+statement timeout with ``set_config(..., true)`` (``SET LOCAL``), so they hold for exactly that
+transaction. That is what a pooler in transaction mode (PgBouncer) needs: the next transaction may
+run on a server connection another client used, and finds nothing of ours left on it.
+
+The settings travel in the statement's own round trip: a Bind and an Execute of the setter are
+written to the socket just before asyncpg's own messages for the statement, and the one Sync at
+their end makes the two one implicit transaction (see ``Connection._do_execute``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
+import struct
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import asyncpg
@@ -23,29 +30,146 @@ from foreman.store.pool import Pool
 logger = logging.getLogger(__name__)
 
 APP_ROLE = "foreman_app"
+# set_config(..., "none", ...) is RESET ROLE: the session's own login (the sweeper, the owner).
+OWNER_ROLE = "none"
 
-_SET_ORG = "SELECT set_config('app.current_org_id', $1, false)"
+# Returns no row (each set_config returns its new value, never NULL), so that no DataRow of its
+# own reaches asyncpg; the OR makes PostgreSQL evaluate all three to know that.
+_SET_LOCAL = (
+    "SELECT WHERE set_config('role', $1, true) IS NULL"
+    " OR set_config('app.current_org_id', $2, true) IS NULL"
+    " OR set_config('statement_timeout', $3, true) IS NULL"
+)
+SETTER_NAME = "foreman_set_local"
+_PREPARE_SETTER = f"PREPARE {SETTER_NAME}(text, text, text) AS {_SET_LOCAL}"
+_TEXT_OID = 25
+# Statements asyncpg's Transaction sends without parameters: they stay simple queries.
+_TRANSACTION_CONTROL = ("BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE")
 # A pooled connection idle this long is closed (down to the pool's minimum size).
 IDLE_CLOSE_S = 60.0
 # asyncpg gives up on a statement this long after PostgreSQL's statement_timeout would cancel it.
 COMMAND_TIMEOUT_GRACE_S = 1.0
+# Organisations whose setter messages are kept ready (per pool); beyond, the cache starts again.
+_PREFIX_CACHE_MAX = 4096
+
+
+def _message(kind: bytes, body: bytes) -> bytes:
+    return kind + struct.pack("!i", len(body) + 4) + body
+
+
+def _cstr(value: str) -> bytes:
+    return value.encode() + b"\x00"
+
+
+class Binder:
+    """The protocol messages that set role, organisation and statement timeout for one
+    transaction, ready to be written before a statement's own.
+
+    ``prepared``: the setter is a named statement that each connection prepares once when it opens
+    (``prepare_setter``); otherwise (PgBouncer: no statement outlives a transaction there) it is
+    parsed again, as the unnamed statement, in front of every statement. The unnamed statement is
+    free then: with its cache off asyncpg parses its own statements again in every Bind too.
+    """
+
+    __slots__ = ("_cache", "_parse", "_role", "_statement", "_timeout")
+
+    def __init__(self, *, role: str, statement_timeout_ms: int, prepared: bool) -> None:
+        self._role = role.encode()
+        self._timeout = str(statement_timeout_ms).encode()
+        self._statement = SETTER_NAME if prepared else ""
+        self._parse = (
+            b""
+            if prepared
+            else _message(
+                b"P", _cstr("") + _cstr(_SET_LOCAL) + struct.pack("!hiii", 3, *[_TEXT_OID] * 3)
+            )
+        )
+        self._cache: dict[str, bytes] = {}
+
+    def prefix(self, org_id: str) -> bytes:
+        """Parse (if not prepared), Bind and Execute of the setter for org_id ("": no org)."""
+        cached = self._cache.get(org_id)
+        if cached is not None:
+            return cached
+        values = (self._role, org_id.encode(), self._timeout)
+        params = b"".join(struct.pack("!i", len(v)) + v for v in values)
+        bind = _cstr("") + _cstr(self._statement) + struct.pack("!hhh", 1, 0, 3) + params
+        execute = _cstr("") + struct.pack("!i", 0)
+        prefix = self._parse + _message(b"B", bind + struct.pack("!h", 0)) + _message(b"E", execute)
+        if len(self._cache) >= _PREFIX_CACHE_MAX:
+            self._cache.clear()
+        self._cache[org_id] = prefix
+        return prefix
+
+    async def prepare_setter(self, conn: asyncpg.Connection) -> None:
+        """Prepare the named setter on a new connection (nothing to do when it is not named)."""
+        if self._statement:
+            await conn.execute(_PREPARE_SETTER)
 
 
 class Connection(asyncpg.Connection):
-    """An asyncpg connection that remembers which organisation it is bound to."""
+    """An asyncpg connection whose statements carry their transaction's settings (Binder)."""
 
-    __slots__ = ("_foreman_org",)
+    __slots__ = ("_foreman_binder", "_foreman_prefix", "_foreman_unbound")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._foreman_org: str | None = None
+        self._foreman_binder: Binder | None = None
+        self._foreman_unbound: bytes | None = None  # the settings without an organisation
+        self._foreman_prefix: bytes | None = None
 
-    async def bind_org(self, org_id: str) -> None:
-        """Make org_id the organisation that row-level security lets this connection see."""
-        if self._foreman_org != org_id:
-            self._foreman_org = None
-            await self.execute(_SET_ORG, org_id)
-            self._foreman_org = org_id
+    def use_binder(self, binder: Binder) -> None:
+        """From now on every statement runs with binder's settings, and no organisation."""
+        self._foreman_binder = binder
+        self._foreman_unbound = self._foreman_prefix = binder.prefix("")
+
+    def bind_org(self, org_id: str) -> None:
+        """Make org_id the organisation row-level security lets the next statements see."""
+        if self._foreman_binder is None:
+            raise errors.ForemanError("bind_org needs a connection of an app pool")
+        self._foreman_prefix = self._foreman_binder.prefix(org_id)
+
+    def unbind_org(self) -> None:
+        """Statements see no organisation again (the connection goes back to its pool)."""
+        self._foreman_prefix = self._foreman_unbound
+
+    async def _do_execute(
+        self,
+        query: str,
+        executor: Callable[..., Any],
+        timeout: Any,  # noqa: ASYNC109
+        *args: Any,
+        **kwargs: Any,
+    ) -> Any:
+        # Every extended-protocol statement of asyncpg (fetch*, execute with arguments,
+        # executemany) passes here with the executor that writes its Bind/Execute/Sync: the
+        # setter's messages go out first, on the same socket, in the same round trip. asyncpg
+        # reads their answers (ParseComplete, BindComplete, CommandComplete, no row) as part of
+        # the statement's. Fenced by asyncpg's upper bound and tests/integration/test_pgbouncer.py.
+        prefix = self._foreman_prefix
+        if prefix is None:
+            return await super()._do_execute(query, executor, timeout, *args, **kwargs)  # type: ignore[misc]
+        write = self._transport.write  # type: ignore[attr-defined]
+
+        def bound(statement: Any, timeout: Any) -> Any:
+            write(prefix)
+            return executor(statement, timeout)
+
+        return await super()._do_execute(query, bound, timeout, *args, **kwargs)  # type: ignore[misc]
+
+    async def execute(self, query: str, *args: Any, timeout: float | None = None) -> str:  # noqa: ASYNC109
+        """asyncpg's execute; on a bound connection a statement without arguments is sent as an
+        extended-protocol one too, so that it also carries the settings (one statement only)."""
+        if (
+            args
+            or self._foreman_prefix is None
+            or query.lstrip().upper().startswith(_TRANSACTION_CONTROL)
+        ):
+            return await super().execute(query, *args, timeout=timeout)
+        _, status, _ = await self._execute(  # type: ignore[attr-defined]
+            query, (), 0, timeout, return_status=True
+        )
+        return str(status.decode())
 
 
 Db = asyncpg.Connection
@@ -63,16 +187,11 @@ def _decode_jsonb(data: bytes) -> msgspec.Raw:
     return msgspec.Raw(data[1:])
 
 
-async def _init_connection(
-    conn: asyncpg.Connection, *, app_role: bool, statement_timeout_s: float
-) -> None:
+async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec(
         "jsonb", encoder=_encode_jsonb, decoder=_decode_jsonb, schema="pg_catalog", format="binary"
     )
     await conn.set_type_codec("uuid", encoder=str, decoder=str, schema="pg_catalog", format="text")
-    timeout_ms = max(1, round(statement_timeout_s * 1000))
-    role = f"SET ROLE {APP_ROLE}; " if app_role else ""
-    await conn.execute(f"{role}SET statement_timeout = {timeout_ms}")
 
 
 async def create_pool(
@@ -83,8 +202,9 @@ async def create_pool(
     command_timeout_s: float,
     connect_timeout_s: float,
     app_role: bool = True,
+    pgbouncer: bool = False,
 ) -> Pool[Connection]:
-    """Open a pool; with app_role, its connections run as foreman_app under row-level security.
+    """Open a pool; with app_role, its statements run as foreman_app under row-level security.
 
     A statement may run command_timeout_s: PostgreSQL cancels it then (statement_timeout), so it
     surely did not take effect, and the answer says so (StatementTimeoutError, 504). asyncpg's
@@ -93,10 +213,20 @@ async def create_pool(
     (terminating the connection drops a pending one), and a statement it gave up on could commit
     after the client was told it failed.
 
-    Nothing is reset when a connection comes back (asyncpg's RESET ALL would be a round trip
-    per request, and would drop the role): requests end their transactions, and the pool
-    terminates a connection whose lease ended in doubt (see store/pool.py).
+    pgbouncer: dsn is a PgBouncer in transaction mode (FOREMAN_DB_PGBOUNCER). No statement is
+    kept prepared then (statement_cache_size=0: asyncpg parses each statement again, an extra
+    round trip each; PgBouncer 1.18 cannot keep prepared statements of transaction-pooled
+    clients).
+
+    Nothing is reset when a connection comes back: no setting outlives its transaction, and the
+    pool terminates a connection whose lease ended in doubt (see store/pool.py).
     """
+    timeout_ms = max(1, round(command_timeout_s * 1000))
+    binder = Binder(
+        role=APP_ROLE if app_role else OWNER_ROLE,
+        statement_timeout_ms=timeout_ms,
+        prepared=not pgbouncer,
+    )
 
     async def connect() -> Connection:
         with translate_errors():
@@ -106,11 +236,12 @@ async def create_pool(
                 command_timeout=command_timeout_s + COMMAND_TIMEOUT_GRACE_S,
                 connection_class=Connection,
                 server_settings={"application_name": "foreman"},
+                statement_cache_size=0 if pgbouncer else 100,
             )
             try:
-                await _init_connection(
-                    conn, app_role=app_role, statement_timeout_s=command_timeout_s
-                )
+                await _init_connection(conn)
+                await binder.prepare_setter(conn)
+                conn.use_binder(binder)
             except BaseException:
                 conn.terminate()
                 raise
@@ -149,18 +280,15 @@ class OrgConnection:
             if error is exc:
                 raise
             raise error from exc
+        conn.bind_org(self._org_id)
         self._conn = conn
-        try:
-            await conn.bind_org(self._org_id)
-        except BaseException as exc:
-            await self.__aexit__(type(exc), exc, exc.__traceback__)
-            raise
         return conn
 
     async def __aexit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
         conn, self._conn = self._conn, None
         if conn is None:
             return
+        conn.unbind_org()
         if exc is None:
             self._pool.give_back(conn)
             return

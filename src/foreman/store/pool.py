@@ -73,6 +73,10 @@ class Pool(Generic[C]):
         """Connections open or being opened (lent and idle)."""
         return self._lent + len(self._idle)
 
+    def stats(self) -> tuple[int, int, int]:
+        """Connections lent (or being opened), idle, and callers waiting for one (for /metrics)."""
+        return self._lent, len(self._idle), len(self._waiters)
+
     async def take(self, wait_s: float | None) -> C:
         """A connection for the caller alone, until it is given back (prefer acquire())."""
         if self._closed:

@@ -19,6 +19,7 @@ _INSERT_TASK = _SQL["insert_task"]
 _INSERT_TASKS = _SQL["insert_tasks"]
 _GET_TASK = _SQL["get_task"]
 _GET_TASK_BY_KEY = _SQL["get_task_by_key"]
+_RETRY_TASK = _SQL["retry_task"]
 
 COUNTER_SHARDS = 16
 
@@ -377,3 +378,20 @@ SELECT n.total, p.*
        LIMIT {limit} OFFSET {offset}
   ) p ON true
 """  # noqa: S608 - fixed fragments only (see the docstring); every value is a parameter
+
+
+@dataclass(frozen=True, slots=True)
+class RetryResult:
+    """The task made ready again, or the status that kept it from a retry (None: not found)."""
+
+    task: Task | None
+    status_before: str | None
+
+
+async def retry_task(conn: Db, *, org_id: str, task_id: str, now: int) -> RetryResult:
+    """Queue a failed or cancelled task again with one more attempt allowed (store/sql/tasks.sql)."""
+    record = await conn.fetchrow(_RETRY_TASK, org_id, task_id, now, shard())
+    if record is None:
+        return RetryResult(None, None)
+    task = None if record["id"] is None else queries.model_from(Task, record)
+    return RetryResult(task, record["status_before"])

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import logging
 import time
 import uuid
@@ -26,12 +27,14 @@ from bullmq.redis_connection import RedisConnection
 from bullmq.scripts import Scripts, raw2NextJobData
 from redis.asyncio.retry import Retry
 from redis.backoff import ConstantBackoff, NoBackoff
-from redis.exceptions import RedisError
+from redis.credentials import CredentialProvider
+from redis.exceptions import AuthenticationError, RedisError
 
 from foreman import errors
 from foreman.client import AsyncClient, RedisOptions, retry_delay_s
 from foreman.models import Task
 from foreman.queue.bullmq import KEY_PREFIX, run_scripts, task_id_of
+from foreman.worker._backoff import Backoff
 from foreman.worker._batching import MicroBatcher
 from foreman.worker.source import SourceContext
 
@@ -63,6 +66,14 @@ BURST_WAIT_S = 0.2
 # idle for 4.8-5.8 s (tests/faults); a constant short backoff picks up again within RECONNECT_S.
 RECONNECT_S = 0.5
 RECONNECT_TRIES = 20
+# A take that keeps failing (Redis down, a refusing script) waits longer each time, up to
+# MAX_RETRY_S, and is logged at the 1st, 2nd, 4th, 8th... failure: never at a fixed rate.
+MAX_RETRY_S = 5.0
+RECANCEL_S = 0.1
+# Why a job is moved to failed (kept in BullMQ's failed set for inspection, with this reason).
+MALFORMED = "foreman: malformed job (its data or options are not BullMQ JSON)"
+NO_TASK_ID = 'foreman: the job names no task (its data is not {"taskId": <uuid>})'
+UNKNOWN_TASK = "foreman: no task of this organisation has the job's taskId"
 # A job taken by the move queued behind a marker wait carries the wait's start as processedOn;
 # past this much it is set again, to when the job was taken, in the next wait's round trip.
 PROCESSED_ON_SLACK_MS = 1
@@ -88,7 +99,25 @@ async def queue_settings(client: AsyncClient) -> tuple[RedisOptions, str]:
     return redis, queue_name
 
 
-def _redis(options: RedisOptions, *, blocking: bool = False) -> redis_asyncio.Redis:
+class _Credentials(CredentialProvider):
+    """The Redis user and password, replaceable while connections come and go: a per-organisation
+    password rotated out (FOREMAN_REDIS_ACL=per-org) is asked of the server again."""
+
+    def __init__(self, options: RedisOptions) -> None:
+        self.options = options
+
+    def get_credentials(self) -> tuple[str] | tuple[str, str]:
+        if self.options.username:
+            return (self.options.username, self.options.password or "")
+        return (self.options.password or "",)
+
+    async def get_credentials_async(self) -> tuple[str] | tuple[str, str]:
+        return self.get_credentials()
+
+
+def _redis(
+    options: RedisOptions, credentials: _Credentials, *, blocking: bool = False
+) -> redis_asyncio.Redis:
     """A client for commands; blocking: for the marker wait, whose reads may block up to
     MAX_BLOCK_S and which redis-py never retries (a retry would run the queued moveToActive again
     and strand the job the first one took; a failed wait is the source's to handle)."""
@@ -101,10 +130,16 @@ def _redis(options: RedisOptions, *, blocking: bool = False) -> redis_asyncio.Re
         }
     else:
         timeouts = {"retry": Retry(ConstantBackoff(RECONNECT_S), RECONNECT_TRIES)}
+    connection = options.connection()
+    del connection["username"], connection["password"]
+    if options.username or options.password:
+        connection["credential_provider"] = credentials
     return redis_asyncio.Redis(
-        **options.connection(),
+        **connection,
         **timeouts,
         decode_responses=True,  # what bullmq's scripts and Job expect
+        # A job of bytes that are not UTF-8 must be one malformed job, not a failed round trip.
+        encoding_errors="replace",
         health_check_interval=30,
     )
 
@@ -115,6 +150,14 @@ class _Job:
 
     job: Any  # bullmq.Job
     token: str
+    poison: str = ""  # why the job is failed instead of run (MALFORMED, ...); "" for a good job
+
+
+class _Unknown:
+    """A claim answered 404: no task of this organisation has the id."""
+
+
+UNKNOWN = _Unknown()
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,8 +179,10 @@ class BullMQSource:
         self.context = context
         self.queue_name = queue_name
         self.lock_ms = max(round(context.lease_s * 1000), MIN_LOCK_MS)
-        self._redis = _redis(redis)
-        self._blocking = _redis(redis, blocking=True)  # the wait holds up no other command
+        self._credentials = _Credentials(redis)
+        self._redis = _redis(redis, self._credentials)
+        # The wait holds up no other command.
+        self._blocking = _redis(redis, self._credentials, blocking=True)
         self._scripts = Scripts(KEY_PREFIX, queue_name, RedisConnection(self._redis))
         self._move = self._scripts.commands["moveToActive"]
         self._finish = self._scripts.commands["moveToFinished"]
@@ -161,6 +206,7 @@ class BullMQSource:
         self._drained = False
         self._block_until = 0  # epoch ms of the next delayed job, once drained
         self._pause_until = 0.0
+        self._backoff = Backoff(first_s=RECONNECT_S, max_s=MAX_RETRY_S)
         self._background: list[asyncio.Task[None]] = []
         self._failure: BaseException | None = None
 
@@ -180,7 +226,12 @@ class BullMQSource:
         """Acknowledge what is left, stop the lock upkeep, close the connections."""
         await self._acks.drain()
         for task in self._background:
-            task.cancel()
+            # A cancellation that lands as a Redis call returns was seen swallowed below us (the
+            # stalled check went on to its 30 s sleep and close() waited it out): cancel again
+            # until the task has ended.
+            while not task.done():
+                task.cancel()
+                await asyncio.wait({task}, timeout=RECANCEL_S)
         await asyncio.gather(*self._background, return_exceptions=True)
         await self._redis.aclose()
         await self._blocking.aclose()
@@ -216,9 +267,8 @@ class BullMQSource:
         if not self._drained:
             try:
                 return await self._take(min(self._fetch_size, limit))
-            except REDIS_ERRORS as exc:  # Redis down or restarting: retry shortly
-                logger.warning("taking jobs from BullMQ failed: %s", exc)
-                await self.context.pause(RECONNECT_S)
+            except REDIS_ERRORS as exc:  # Redis down or restarting: retry, backing off
+                await self._broker_failed("taking jobs from BullMQ failed", exc)
                 return []
         woke = await self._wait_for_marker(BURST_WAIT_S if burst else _block_s(self._block_until))
         if woke.jobs:
@@ -258,9 +308,13 @@ class BullMQSource:
                 jobs.append(job)
             delay_until = delay or delay_until
         if failure is not None:
-            # Redis refused a move: the jobs the others took run, the next take waits a little.
-            logger.warning("taking jobs from BullMQ failed: %s", failure)
-            self._pause_until = time.monotonic() + RECONNECT_S
+            # Redis refused a move: the jobs the others took run, the next take waits (longer
+            # each time it is refused again).
+            self._pause_until = time.monotonic() + self._broker_retry_s(
+                "taking jobs from BullMQ failed", failure
+            )
+        else:
+            self._broker_ok()
         self._drained = failure is None and len(jobs) < count
         self._block_until = delay_until
         self._fetch_size = 1 if len(jobs) < count else min(self._fetch_size * 2, FETCH_MAX)
@@ -275,7 +329,15 @@ class BullMQSource:
         job_data, job_id, _limit_until, delay = raw2NextJobData(reply) or (None,) * 4
         if not (job_data and job_id):
             return None, int(delay or 0)
-        job = _Job(Job.fromJSON(self._queue, job_data, job_id), token)
+        try:
+            if not isinstance(json.loads(job_data.get("opts", "{}")), dict):
+                raise ValueError("the job's opts are not an object")
+            job = _Job(Job.fromJSON(self._queue, job_data, job_id), token)
+        except ValueError:  # JSON or numbers that do not parse
+            # Anyone with write access to the queue can put anything there: this one job is
+            # moved to failed (by _claim), the others of the batch run. Other errors are bugs or
+            # an incompatible bullmq, and stop the worker.
+            job = _Job(Job(self._queue, "", {}, {}, job_id), token, poison=MALFORMED)
         self._active[job_id] = job
         now_ms = round(time.time() * 1000)
         if moved_at_ms and now_ms - moved_at_ms > PROCESSED_ON_SLACK_MS:
@@ -315,8 +377,7 @@ class BullMQSource:
         try:
             replies = waiting.result()
         except REDIS_ERRORS as exc:  # the connection failed: nothing is known to have run
-            logger.warning("waiting for BullMQ jobs failed: %s", exc)
-            await self.context.pause(RECONNECT_S)
+            await self._broker_failed("waiting for BullMQ jobs failed", exc)
             return _Woken(marker=0, jobs=[], due=None, more=False)  # look again
         popped, moved, *counts = replies[len(stale) :]
         # The move's reply first: whatever became of the wait, a job it took is ours to run.
@@ -325,9 +386,9 @@ class BullMQSource:
             job, due = self._moved(moved, token, moved_at_ms=args[1])
             jobs = [job] if job is not None else []
         if isinstance(popped, Exception):
-            logger.warning("waiting for BullMQ jobs failed: %s", popped)
-            await self.context.pause(RECONNECT_S)
+            await self._broker_failed("waiting for BullMQ jobs failed", popped)
             return _Woken(marker=0, jobs=jobs, due=None, more=False)
+        self._broker_ok()
         marker = None
         if popped:
             _key, member, score = popped
@@ -350,14 +411,16 @@ class BullMQSource:
     # ------------------------------------------------------------ claiming tasks
 
     async def _claim(self, jobs: list[_Job]) -> list[Task]:
-        """The tasks of jobs, leased to this worker; the jobs of the others are acknowledged."""
+        """The tasks of jobs, leased to this worker; the jobs of the others are acknowledged, and
+        poison jobs (malformed, naming no task or another organisation's) moved to failed."""
         by_task: dict[str, _Job] = {}
         for job in jobs:
-            task_id = task_id_of(job.job.data)
+            task_id = None if job.poison else task_id_of(job.job.data)
             if task_id is None:
-                logger.warning("job %s has no valid taskId: dropped", job.job.id)
-            elif task_id in by_task or task_id in self._by_task:
-                logger.debug("a second job %s for task %s: dropped", job.job.id, task_id)
+                self._reject(job, job.poison or NO_TASK_ID)
+                continue
+            if task_id in by_task or task_id in self._by_task:
+                logger.debug("job %s names a task another job took: dropped", job.job.id)
             else:
                 by_task[task_id] = job
                 continue
@@ -376,15 +439,20 @@ class BullMQSource:
             tasks = [None] * len(by_task)
         claimed = []
         for (task_id, job), task in zip(by_task.items(), tasks, strict=True):
-            if task is None:
+            if task is UNKNOWN:
+                # Never logged with the task id: it may be another organisation's.
+                self._reject(job, UNKNOWN_TASK)
+            elif task is None:
                 self._drop(job)
             else:
+                assert isinstance(task, Task)
                 self._by_task[task_id] = job
                 claimed.append(task)
         return claimed
 
-    async def _claim_tasks(self, task_ids: list[str]) -> list[Task | None]:
-        """Per id, the leased task or None (done, held by another attempt, or unknown)."""
+    async def _claim_tasks(self, task_ids: list[str]) -> list[Task | _Unknown | None]:
+        """Per id, the leased task, None (done or held by another attempt), or UNKNOWN (no such
+        task in this organisation)."""
         context = self.context
         if len(task_ids) == 1:
             # A lone job (an idle worker's pickup): the single-task statement is cheaper
@@ -393,14 +461,9 @@ class BullMQSource:
         results = await context.client.claim_task_ids(
             task_ids, worker_id=context.worker_id, lease_s=context.lease_s
         )
-        for result in results:
-            if result.reason == "not_found":
-                logger.warning("a job names unknown task %s: dropped", result.task_id)
-            elif not result.ok:
-                logger.debug("task %s is %s: job dropped", result.task_id, result.status)
-        return [result.task for result in results]
+        return [UNKNOWN if r.reason == "not_found" else r.task for r in results]
 
-    async def _claim_one(self, task_id: str) -> Task | None:
+    async def _claim_one(self, task_id: str) -> Task | _Unknown | None:
         context = self.context
         try:
             return await context.client.claim_task(
@@ -409,20 +472,14 @@ class BullMQSource:
         except errors.ConflictError:
             logger.debug("task %s is done or held by another attempt: job dropped", task_id)
         except errors.NotFoundError:
-            logger.warning("a job names unknown task %s: dropped", task_id)
+            return UNKNOWN
         return None
 
     # ------------------------------------------------------------ acknowledging
 
     async def _acknowledge(self, jobs: list[_Job]) -> list[None]:
         """Move the jobs to completed (removed, as their options say) in one round trip."""
-        calls = [
-            (self._finish, *self._scripts.moveToCompletedArgs(
-                job.job, None, job.job.opts.get("removeOnComplete", False), job.token,
-                fetchNext=False,
-            ))
-            for job in jobs
-        ]  # fmt: skip
+        calls = [(self._finish, *self._finish_args(job)) for job in jobs]
         try:
             replies = await run_scripts(self._redis, calls)
         except REDIS_ERRORS as exc:
@@ -434,6 +491,62 @@ class BullMQSource:
                 logger.info("job %s was not acknowledged (lock lost?): %s", job.job.id, reply)
             self._active.pop(job.job.id, None)
         return [None] * len(jobs)
+
+    def _finish_args(self, job: _Job) -> tuple[list[Any], list[Any]]:
+        """moveToFinished's keys and arguments: to completed, or to failed with a poison job's
+        reason (kept unless the job says removeOnFail: BullMQ's failed set shows why)."""
+        opts = job.job.opts
+        if job.poison:
+            args = self._scripts.moveToFailedArgs(
+                job.job, job.poison, opts.get("removeOnFail", False), job.token, fetchNext=False
+            )
+        else:
+            args = self._scripts.moveToCompletedArgs(
+                job.job, None, opts.get("removeOnComplete", False), job.token, fetchNext=False
+            )
+        return args  # type: ignore[no-any-return]
+
+    def _reject(self, job: _Job, reason: str) -> None:
+        """Move a poison job to failed with reason; logged once, by job id alone."""
+        logger.warning("BullMQ job %s moved to failed: %s", job.job.id, reason)
+        self._drop(_Job(job.job, job.token, poison=reason))
+
+    # ------------------------------------------------------------ broker failures
+
+    def _broker_retry_s(self, what: str, exc: BaseException) -> float:
+        """Count a failure of Redis; the delay before the next try (logged at growing gaps)."""
+        delay_s = self._backoff.failed()
+        if self._backoff.should_log():
+            logger.warning(
+                "%s (%d time(s) in a row, next try in %.1fs): %s",
+                what, self._backoff.failures, delay_s, exc,
+            )  # fmt: skip
+        return delay_s
+
+    async def _broker_failed(self, what: str, exc: BaseException) -> None:
+        """Back off after a failure of Redis; a refused password is asked of the server again."""
+        delay_s = self._broker_retry_s(what, exc)
+        if isinstance(exc, AuthenticationError):
+            await self._refresh_credentials()
+        await self.context.pause(delay_s)
+
+    def _broker_ok(self) -> None:
+        failures = self._backoff.succeeded()
+        if failures:
+            logger.info("BullMQ answers again after %d failed attempt(s)", failures)
+
+    async def _refresh_credentials(self) -> None:
+        """The server's current Redis credentials (a per-organisation password is rotated),
+        unless the client was given its own."""
+        client = self.context.client
+        if client.options.redis is not None:
+            return
+        try:
+            config = await client.get_config()
+        except errors.ForemanError as exc:
+            logger.warning("asking the server for Redis credentials failed: %s", exc)
+            return
+        self._credentials.options = RedisOptions.from_config(config.redis)
 
     # ------------------------------------------------------------ locks and stalled jobs
 

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from foreman.client import AsyncClient
+from foreman.worker.metrics import WorkerMetrics
 from foreman.worker.worker import Backend, Handler, Worker, WorkerStats
 
 
@@ -44,9 +45,16 @@ def run_worker(
     endpoint: str | None = None,
     api_key: str | None = None,
     only_known_types: bool = False,
+    metrics_port: int | None = None,
+    metrics_host: str = "127.0.0.1",
 ) -> WorkerStats:
-    """Run the handlers of target until SIGTERM/SIGINT (or, with burst, until nothing is ready)."""
+    """Run the handlers of target until SIGTERM/SIGINT (or, with burst, until nothing is ready);
+    with metrics_port, serve the worker's figures on http://metrics_host:metrics_port/metrics."""
     handlers = load_handlers(target)
+    metrics = None
+    if metrics_port is not None:
+        metrics = WorkerMetrics()
+        metrics.serve(metrics_port, host=metrics_host)
 
     async def main() -> WorkerStats:
         async with AsyncClient(endpoint, api_key) as client:
@@ -58,6 +66,7 @@ def run_worker(
                 lease_s=lease_s,
                 grace_s=grace_s,
                 only_known_types=only_known_types,
+                metrics=metrics,
             )
             return await worker.run(burst=burst)
 

@@ -17,12 +17,13 @@ import logging
 import os
 import signal
 import socket
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from foreman import background, errors
+from foreman import background, errors, ids
 from foreman.client import AsyncClient, Client, TaskResult, chunks, retry_delay_s
 from foreman.models import Task
 from foreman.worker import _results
@@ -30,6 +31,7 @@ from foreman.worker._batching import MicroBatcher
 from foreman.worker._leases import Held, LeaseKeeper
 from foreman.worker._threads import DaemonThreads
 from foreman.worker.context import AttemptState, TaskContext
+from foreman.worker.metrics import WorkerMetrics
 from foreman.worker.source import SourceContext, TaskSource
 
 logger = logging.getLogger(__name__)
@@ -84,6 +86,7 @@ class Worker:
         result_flush_s: float = 0.005,
         worker_id: str | None = None,
         handle_signals: bool = True,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be >= 1")
@@ -106,6 +109,7 @@ class Worker:
         self.only_known_types = only_known_types
         self.worker_id = worker_id or default_worker_id()
         self.handle_signals = handle_signals
+        self.metrics = metrics
         self.stats = WorkerStats()
         self._result_batch = result_batch
         self._result_flush_s = result_flush_s
@@ -320,9 +324,15 @@ class Worker:
             await source.acknowledge(held.task)
 
     async def _execute(self, held: Held) -> None:
+        metrics = self.metrics
+        if metrics is not None:
+            metrics.started(held.task, now_ms=ids.now_ms())
+            start = time.perf_counter()
         try:
             result = await self._outcome(held)
         finally:
+            if metrics is not None:
+                metrics.ended(held.task, seconds=time.perf_counter() - start)
             held.executing = False
             self._running -= 1
             self._wakeup.set()
@@ -357,6 +367,7 @@ class Worker:
         if held.state.cancelled or held.state.lease_lost:
             self.stats.dropped += 1
             self._leases.remove(held.task.id)
+            self._count(held.task, "dropped")
             return
         assert self._results is not None
         recorded = await self._results.submit(result)
@@ -367,6 +378,11 @@ class Worker:
             self.stats.completed += 1
         else:
             self.stats.failed += 1
+        self._count(held.task, result.status if recorded else "dropped")
+
+    def _count(self, task: Task, outcome: str) -> None:
+        if self.metrics is not None:
+            self.metrics.reported(task, outcome)
 
     # ------------------------------------------------------------ stopping
 

@@ -1,18 +1,21 @@
-// What the Node scripts share: settings from the environment (as a Node foreman-client or worker
-// reads them) and the REST calls, each bounded by a timeout.
+// What the Node scripts share: settings as a Node foreman-client or worker finds them (the endpoint
+// and key from the environment; the queue name and the Redis connection from the server's
+// /api/v1/config, as the foreman-client reads them: the caller's organisation's own queue and, with
+// FOREMAN_REDIS_ACL=per-org, its own Redis user), and the REST calls, each bounded by a timeout.
 
-export function settings() {
+export async function settings() {
   const env = process.env;
-  const missing = ['FOREMAN_ENDPOINT', 'FOREMAN_API_KEY', 'REDIS_HOST', 'REDIS_PORT', 'TASK_QUEUE_NAME']
-    .filter((name) => !env[name]);
+  const missing = ['FOREMAN_ENDPOINT', 'FOREMAN_API_KEY'].filter((name) => !env[name]);
   if (missing.length > 0) {
     throw new Error(`missing environment variables: ${missing.join(', ')}`);
   }
+  const base = { endpoint: env.FOREMAN_ENDPOINT.replace(/\/+$/, ''), apiKey: env.FOREMAN_API_KEY };
+  const config = await api(base, 'GET', '/api/v1/config');
+  const { host, port, db, username, password } = config.redis;
   return {
-    endpoint: env.FOREMAN_ENDPOINT.replace(/\/+$/, ''),
-    apiKey: env.FOREMAN_API_KEY,
-    queueName: env.TASK_QUEUE_NAME,
-    connection: { host: env.REDIS_HOST, port: Number(env.REDIS_PORT), maxRetriesPerRequest: null },
+    ...base,
+    queueName: config.queues.taskQueue,
+    connection: { host, port, db: db ?? 0, username, password, maxRetriesPerRequest: null },
   };
 }
 

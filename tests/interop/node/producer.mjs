@@ -16,7 +16,7 @@ async function readStdin() {
   return JSON.parse(Buffer.concat(chunks).toString('utf8'));
 }
 
-const config = settings();
+const config = await settings();
 const { runId, tasks } = await readStdin();
 const queue = new Queue(config.queueName, { connection: config.connection });
 try {

@@ -10,7 +10,7 @@ import { api, deadline, settings, wireOptions } from './foreman.mjs';
 
 deadline(Number(process.env.INTEROP_TIMEOUT_MS || 60_000));
 
-const config = settings();
+const config = await settings();
 const expected = Number(process.env.INTEROP_EXPECT || 0);
 let done = 0;
 

@@ -100,8 +100,11 @@ async def create_tasks(
     if any(task is None for task in result.tasks):
         raise errors.ConflictError("A task could not be created, try again")
     tasks = [task for task in result.tasks if task is not None]
+    app = state(request)
+    if app.metrics is not None:
+        app.metrics.tasks_created(t for t, made in zip(tasks, result.created, strict=True) if made)
     # After the commit: a lost publish is repaired by the sweeper; a phantom job would not be.
-    await state(request).publish(
+    await app.publish(
         [
             t
             for t, made, new in zip(tasks, result.created, news, strict=True)
@@ -125,6 +128,7 @@ async def claim_tasks(request: Request[Any, Any, Any], data: JSONBody[TaskClaim]
     with _watch(app, org_id=org_id) as woken:
         while True:
             woken.clear()  # before the query: a NOTIFY during it must still wake the wait
+            now = ids.now_ms()
             async with db.org_connection(app.pool, org_id) as conn:
                 with db.translate_errors():
                     tasks = await queue_store.claim_tasks(
@@ -134,9 +138,11 @@ async def claim_tasks(request: Request[Any, Any, Any], data: JSONBody[TaskClaim]
                         types=data.types,
                         limit=data.limit,
                         lease_ms=data.lease_ms,
-                        now=ids.now_ms(),
+                        now=now,
                     )
             remaining_s = deadline - time.monotonic()
+            if tasks and app.metrics is not None:
+                app.metrics.tasks_claimed(tasks, now=now)
             if tasks or remaining_s <= 0:
                 return TaskItems(data=tasks)
             await sleep_until(woken, min(remaining_s, app.settings.poll_interval_s))
@@ -148,6 +154,7 @@ async def claim_task(
 ) -> Task:
     """Lease one task by id (a BullMQ job named it); 409 if it is over or held by a live lease."""
     task_id = params.path_id(task_id, "Task")
+    now = ids.now_ms()
     async with org_conn(request) as (org_id, conn):
         result = await queue_store.claim_task(
             conn,
@@ -155,9 +162,12 @@ async def claim_task(
             task_id=task_id,
             worker_id=data.worker_id,
             lease_ms=data.lease_ms,
-            now=ids.now_ms(),
+            now=now,
         )
     if result.task is not None:
+        metrics = state(request).metrics
+        if metrics is not None:
+            metrics.tasks_claimed([result.task], now=now)
         return result.task
     if result.current is None:
         raise errors.NotFoundError(f"Task not found: {task_id}")
@@ -182,6 +192,7 @@ async def claim_task_ids(
     request: Request[Any, Any, Any], data: JSONBody[TaskClaimIds]
 ) -> ClaimResultList:
     """Lease many tasks by id in one statement, each as ``POST /tasks/{id}/claim`` would."""
+    now = ids.now_ms()
     async with org_conn(request) as (org_id, conn):
         claimed = await queue_store.claim_task_ids(
             conn,
@@ -189,8 +200,11 @@ async def claim_task_ids(
             task_ids=[str(task_id) for task_id in data.task_ids],
             worker_id=data.worker_id,
             lease_ms=data.lease_ms,
-            now=ids.now_ms(),
+            now=now,
         )
+    metrics = state(request).metrics
+    if metrics is not None:
+        metrics.tasks_claimed((c.task for c in claimed if c.task is not None), now=now)
     return ClaimResultList(data=[_claim_result(c) for c in claimed])
 
 
@@ -273,7 +287,10 @@ async def _finish_one(
     if not ended.found:
         raise errors.NotFoundError(f"Task not found: {task_id}")
     if ended.task is not None:
-        await state(request).publish([ended.task])  # bullmq: the retry's job, after its backoff
+        app = state(request)
+        if app.metrics is not None:
+            app.metrics.tasks_ended([ended.task])
+        await app.publish([ended.task])  # bullmq: the retry's job, after its backoff
         return ended.task
     if ended.repeat and current is not None:
         return current
@@ -319,7 +336,10 @@ async def complete_tasks(
         ended = await queue_store.finish_tasks(
             conn, org_id=org_id, outcomes=outcomes, now=ids.now_ms()
         )
-    await state(request).publish([e.task for e in ended if e.task is not None])
+    app = state(request)
+    if app.metrics is not None:
+        app.metrics.tasks_ended(e.task for e in ended if e.task is not None)
+    await app.publish([e.task for e in ended if e.task is not None])
     return TaskAckList(data=[_ack(e) for e in ended])
 
 

@@ -6,9 +6,11 @@ import asyncio
 import datetime as dt
 from typing import Any
 
+import msgspec
 from litestar import Request, Response, Router, get
 from litestar.openapi.datastructures import ResponseSpec
 
+from foreman import ids
 from foreman.models import (
     Config,
     Health,
@@ -17,7 +19,8 @@ from foreman.models import (
     QueuesConfig,
     RedisConfig,
 )
-from foreman.server.auth import authenticated, may_see_redis_password
+from foreman.queue import naming
+from foreman.server.auth import authenticated, may_see_redis_password, request_org
 from foreman.server.deps import error_responses, state
 from foreman.settings import Settings
 
@@ -71,44 +74,61 @@ async def health(request: Request[Any, Any, Any]) -> Response[Health]:
     return Response(body, status_code=200 if database_ok else 503)
 
 
-def redis_config(settings: Settings, *, with_password: bool) -> RedisConfig:
-    return RedisConfig(
-        host=settings.redis_host,
-        port=settings.redis_port,
-        db=settings.redis_db,
-        password=settings.redis_password if with_password else None,
-    )
+async def redis_config(request: Request[Any, Any, Any]) -> RedisConfig:
+    """The Redis connection the caller's workers use, with the credentials it may see.
+
+    FOREMAN_REDIS_ACL=per-org: its organisation's own user (created or brought up to date now);
+    the admin password is never handed out then.
+    """
+    app = state(request)
+    settings = app.settings
+    config = RedisConfig(host=settings.redis_host, port=settings.redis_port, db=settings.redis_db)
+    if not may_see_redis_password(request):
+        return config
+    if app.redis_acl is None:
+        return msgspec.structs.replace(
+            config, username=settings.redis_username, password=settings.redis_password
+        )
+    # Redis down: 503, never the admin password instead (the SDK retries a 503).
+    user = await app.redis_acl.ensure(request_org(request), now_ms=ids.now_ms())
+    return msgspec.structs.replace(config, username=user.username, password=user.password)
 
 
-def queues_config(settings: Settings) -> QueuesConfig:
+def queues_config(settings: Settings, org_id: str) -> QueuesConfig:
+    """The queue names of org_id's workers: its own (FOREMAN_QUEUE_PER_ORG), else the shared."""
+    if not settings.queue_per_org:
+        return QueuesConfig(
+            task_queue=settings.task_queue_name, result_queue=settings.result_queue_name
+        )
     return QueuesConfig(
-        task_queue=settings.task_queue_name, result_queue=settings.result_queue_name
+        task_queue=naming.org_queue_name(settings.task_queue_name, org_id),
+        result_queue=naming.org_queue_name(settings.result_queue_name, org_id),
     )
 
 
 @get("/api/v1/config", middleware=[authenticated], responses=error_responses())
 async def get_config(request: Request[Any, Any, Any]) -> Config:
-    """Server version, Redis connection, queue names and the queue backend in use."""
+    """Server version, Redis connection, the caller's queue names and the queue backend in use."""
     settings = state(request).settings
     return Config(
         version=settings.version,
         environment=settings.environment,
-        redis=redis_config(settings, with_password=may_see_redis_password(request)),
-        queues=queues_config(settings),
+        redis=await redis_config(request),
+        queues=queues_config(settings, request_org(request)),
         queue=QueueBackendConfig(backend=settings.queue_backend),
     )
 
 
 @get("/api/v1/config/redis", middleware=[authenticated], responses=error_responses())
 async def get_redis_config(request: Request[Any, Any, Any]) -> RedisConfig:
-    """The Redis connection workers use."""
-    return redis_config(state(request).settings, with_password=may_see_redis_password(request))
+    """The Redis connection the caller's workers use."""
+    return await redis_config(request)
 
 
 @get("/api/v1/config/queues", middleware=[authenticated], responses=error_responses())
 async def get_queues_config(request: Request[Any, Any, Any]) -> QueuesConfig:
-    """The queue names."""
-    return queues_config(state(request).settings)
+    """The caller's queue names (its organisation's own, unless FOREMAN_QUEUE_PER_ORG=false)."""
+    return queues_config(state(request).settings, request_org(request))
 
 
 router = Router(

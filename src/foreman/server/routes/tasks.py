@@ -76,8 +76,11 @@ async def create_task(
         )
     if result.task is None:
         raise insert_failure(result, new)
+    app = state(request)
+    if result.created and app.metrics is not None:
+        app.metrics.tasks_created([result.task])
     if result.created and new.enqueue:
-        await state(request).publish([result.task])
+        await app.publish([result.task])
     return JsonResponse(result.task, status_code=201 if result.created else 200)
 
 
@@ -99,9 +102,10 @@ async def update_task(
     """Change a task's status or data; a terminal task cannot change status again (409)."""
     task_id = params.path_id(task_id, "Task")
     changes = models.changes(data)
+    now = ids.now_ms()
     async with org_conn(request) as (org_id, conn):
         result = await tasks_store.update_task(
-            conn, org_id=org_id, task_id=task_id, changes=changes, now=ids.now_ms()
+            conn, org_id=org_id, task_id=task_id, changes=changes, now=now
         )
     if not result.found:
         raise errors.NotFoundError(f"Task not found: {task_id}")
@@ -110,6 +114,33 @@ async def update_task(
         raise errors.ConflictError(
             f"Task {task_id} is {result.task.status}; it cannot change to {changes.get('status')}"
         )
+    metrics = state(request).metrics
+    # Changed now (a repeat of a terminal status changes nothing and keeps its updatedAt).
+    if metrics is not None and "status" in changes and result.task.updated_at == now:
+        metrics.tasks_ended([result.task])
+    return result.task
+
+
+@post("/{task_id:str}/retry", status_code=200, responses=error_responses(400, 404, 409))
+async def retry_task(request: Request[Any, Any, Any], task_id: FromPath[str]) -> Task:
+    """Queue a failed or cancelled task again with one more attempt allowed (409 otherwise)."""
+    task_id = params.path_id(task_id, "Task")
+    async with org_conn(request) as (org_id, conn):
+        result = await tasks_store.retry_task(
+            conn, org_id=org_id, task_id=task_id, now=ids.now_ms()
+        )
+    if result.status_before is None:
+        raise errors.NotFoundError(f"Task not found: {task_id}")
+    if result.task is None:
+        raise errors.ConflictError(
+            f"Task {task_id} is {result.status_before}; only a failed or cancelled task is retried",
+            status=result.status_before,
+        )
+    app = state(request)
+    if app.metrics is not None:
+        app.metrics.task_retried(result.task)
+    # After the commit: a lost publish is repaired by the sweeper.
+    await app.publish([result.task])
     return result.task
 
 
@@ -156,6 +187,6 @@ async def list_tasks(
 router = Router(
     middleware=[auth.authenticated],
     path="/api/v1/tasks",
-    route_handlers=[create_task, get_task, update_task, list_tasks],
+    route_handlers=[create_task, get_task, update_task, retry_task, list_tasks],
     tags=["tasks"],
 )

@@ -111,3 +111,47 @@ SELECT * FROM task_answer WHERE org_id = $1 AND id = $2
 -- get_task_by_key --
 -- The task created with an idempotency key. $1 org, $2 key.
 SELECT * FROM task_answer WHERE org_id = $1 AND idempotency_key = $2
+
+-- retry_task --
+-- POST /tasks/:id/retry: a failed or cancelled task is ready again with one more attempt allowed
+-- (max_retries grows to the attempts made, so the next attempt is allowed and a further failure
+-- ends it, unless the task still had attempts of its own). The old status is read under the row
+-- lock (`s`, FOR UPDATE: after a concurrent change it sees the new row, so two retries move the
+-- task once), and the run's counter of that status goes down by one on a shard in the same
+-- statement, so counters stay exact. The error data stays as the last attempt left it.
+-- $1 org, $2 task id, $3 now, $4 counter shard.
+WITH s AS (
+    SELECT id, status FROM task WHERE org_id = $1 AND id = $2 FOR UPDATE
+), t AS (
+    UPDATE task
+       SET status = 'queued',
+           max_retries = greatest(task.max_retries, task.attempt),
+           retry_count = task.retry_count + 1,
+           run_after = $3,
+           queued_at = $3,
+           completed_at = NULL,
+           duration_ms = NULL,
+           lease_token = NULL,
+           lease_expires_at = NULL,
+           updated_at = $3
+      FROM s
+     WHERE task.org_id = $1 AND task.id = s.id AND s.status IN ('failed', 'cancelled')
+    RETURNING task.*
+), c AS (
+    INSERT INTO run_counter (run_id, shard, org_id, failed_tasks, cancelled_tasks)
+    SELECT t.run_id, $4::smallint, t.org_id, -(s.status = 'failed')::int,
+           -(s.status = 'cancelled')::int
+      FROM t, s
+    ON CONFLICT (run_id, shard) DO UPDATE
+       SET failed_tasks    = run_counter.failed_tasks + EXCLUDED.failed_tasks,
+           cancelled_tasks = run_counter.cancelled_tasks + EXCLUDED.cancelled_tasks
+)
+SELECT s.status AS status_before,
+       (SELECT count(pg_notify('foreman_task_ready', $1)) FROM t) AS notified,
+       t.id, t.run_id, t.org_id, t.type, t.status, t.input_data, t.metadata, t.retry_count,
+       t.max_retries, t.priority, t.attempt, t.created_at, t.updated_at, t.parent_task_id,
+       t.output_data, t.error_data, t.queued_at, t.started_at, t.completed_at, t.duration_ms,
+       t.queue_job_id, CASE WHEN t.run_after > t.created_at THEN t.run_after END AS run_after,
+       t.lease_expires_at, t.idempotency_key, t.worker_id
+  FROM s
+  LEFT JOIN t ON true

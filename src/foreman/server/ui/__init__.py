@@ -1,0 +1,1 @@
+"""The web dashboard at /ui: pages.py (routes), login.py, session.py, render.py, templates/, static/."""

@@ -1,0 +1,312 @@
+"""The dashboard at /ui: server-rendered pages (Jinja2) with htmx for the live parts.
+
+Every page reads through the store's bounded queries (store/ui.py) on a connection bound to the
+session's organisation, so row-level security applies as it does to the API. Forms work without
+JavaScript; htmx only refreshes the live parts of the runs and run pages every few seconds.
+"""
+
+from __future__ import annotations
+
+from typing import Any, get_args
+
+from litestar import Request, Response, Router, get, post
+from litestar.params import FromPath
+from litestar.response import Redirect
+
+from foreman import errors, ids
+from foreman.models import RunStatus, TaskStatus
+from foreman.server import deps, params
+from foreman.server.ui import login, render
+from foreman.server.ui import session as sessions
+from foreman.store import runs, tasks
+from foreman.store import ui as ui_store
+
+PAGE = 25
+COUNT_BOUND = 1000
+SCAN_BOUND = 10_000
+LIVE_S = 3  # the live parts refresh this often
+RUN_STATUSES: tuple[str, ...] = get_args(RunStatus)
+TASK_STATUSES: tuple[str, ...] = get_args(TaskStatus)
+RETRYABLE = ("failed", "cancelled")
+TERMINAL = ("completed", "failed", "cancelled")
+
+
+def _page(
+    request: Request[Any, Any, Any], template: str, session: sessions.Session, **context: Any
+) -> Response[str]:
+    return render.dashboard(request).render(
+        template,
+        session=session,
+        path=request.url.path,
+        live_s=LIVE_S,
+        now_ms=ids.now_ms(),
+        **context,
+    )
+
+
+def _choice(value: str | None, allowed: tuple[str, ...]) -> str | None:
+    return value if value in allowed else None
+
+
+def _number(value: str | None, default: int = 0) -> int:
+    return int(value) if value is not None and value.isdigit() and len(value) < 7 else default
+
+
+def _uuid(value: str, what: str) -> str:
+    try:
+        return params.path_id(value, what)
+    except errors.NotFoundError:
+        raise errors.NotFoundError(f"{what} not found: {value}") from None
+
+
+# ---------------------------------------------------------------- login and logout
+@get("/runs")
+async def runs_page(request: Request[Any, Any, Any]) -> Response[str]:
+    """Runs: filter by status, search by id (prefix), sort, paginate; counters and progress."""
+    session = await render.session_of(request)
+    query = request.query_params
+    status = _choice(query.get("status"), RUN_STATUSES)
+    sort_by = _choice(query.get("sort"), ui_store.RUN_SORTS) or "created_at"
+    order = _choice(query.get("order"), ("asc", "desc")) or "desc"
+    page = _number(query.get("page"))
+    search = (query.get("q") or "").strip()
+    id_range = ui_store.id_range(search) if search else None
+    rows: list[Any] = []
+    count = ui_store.Count(0, False)
+    if not search or id_range is not None:
+        async with render.org_conn(request, session.org_id) as conn:
+            rows = await ui_store.runs_page(
+                conn,
+                org_id=session.org_id,
+                status=status,
+                ids=id_range,
+                sort_by=sort_by,
+                order=order,
+                limit=PAGE + 1,
+                offset=page * PAGE,
+            )
+            count = await ui_store.count_runs(
+                conn, org_id=session.org_id, status=status, ids=id_range, bound=COUNT_BOUND
+            )
+    filters = {"status": status or "", "q": search, "sort": sort_by, "order": order}
+    return _page(
+        request,
+        "runs.html",
+        session,
+        runs=rows[:PAGE],
+        more=len(rows) > PAGE,
+        page=page,
+        count=count,
+        filters=filters,
+        statuses=RUN_STATUSES,
+        sorts=ui_store.RUN_SORTS,
+    )
+
+
+@get("/runs/{run_id:str}")
+async def run_page(request: Request[Any, Any, Any], run_id: FromPath[str]) -> Response[str]:
+    """A run: counters, its tasks by status, its run data by key prefix and tag."""
+    session = await render.session_of(request)
+    run_id = _uuid(run_id, "Run")
+    query = request.query_params
+    status = _choice(query.get("status"), TASK_STATUSES)
+    page = _number(query.get("page"))
+    data_page = _number(query.get("dpage"))
+    key_prefix = (query.get("key") or "").strip()[:255] or None
+    tag = (query.get("tag") or "").strip()[:255] or None
+    async with render.org_conn(request, session.org_id) as conn:
+        run = await runs.get_run(conn, org_id=session.org_id, run_id=run_id)
+        if run is None:
+            raise errors.NotFoundError(f"Run not found: {run_id}")
+        task_rows = await ui_store.run_tasks_page(
+            conn,
+            org_id=session.org_id,
+            run_id=run_id,
+            status=status,
+            limit=PAGE + 1,
+            offset=page * PAGE,
+        )
+        task_count = await ui_store.count_run_tasks(
+            conn, org_id=session.org_id, run_id=run_id, status=status, bound=COUNT_BOUND
+        )
+        data_rows = await ui_store.run_data_page(
+            conn,
+            org_id=session.org_id,
+            run_id=run_id,
+            key_prefix=key_prefix,
+            tag=tag,
+            limit=PAGE + 1,
+            offset=data_page * PAGE,
+        )
+        data_count = await ui_store.count_run_data(
+            conn,
+            org_id=session.org_id,
+            run_id=run_id,
+            key_prefix=key_prefix,
+            tag=tag,
+            bound=COUNT_BOUND,
+        )
+    return _page(
+        request,
+        "run.html",
+        session,
+        run=run,
+        tasks=task_rows[:PAGE],
+        more=len(task_rows) > PAGE,
+        page=page,
+        task_count=task_count,
+        status=status or "",
+        statuses=TASK_STATUSES,
+        data=data_rows[:PAGE],
+        more_data=len(data_rows) > PAGE,
+        data_page=data_page,
+        data_count=data_count,
+        key=key_prefix or "",
+        tag=tag or "",
+    )
+
+
+# ---------------------------------------------------------------- tasks
+
+
+@get("/tasks/{task_id:str}")
+async def task_page(request: Request[Any, Any, Any], task_id: FromPath[str]) -> Response[str]:
+    """A task: its fields, input, output and error, its parent and children, its run data."""
+    session = await render.session_of(request)
+    task_id = _uuid(task_id, "Task")
+    async with render.org_conn(request, session.org_id) as conn:
+        task = await tasks.get_task(conn, org_id=session.org_id, task_id=task_id)
+        if task is None:
+            raise errors.NotFoundError(f"Task not found: {task_id}")
+        children = await ui_store.task_children(
+            conn, org_id=session.org_id, task_id=task_id, limit=50
+        )
+        data = await ui_store.task_run_data(conn, org_id=session.org_id, task_id=task_id, limit=50)
+    return _page(
+        request,
+        "task.html",
+        session,
+        task=task,
+        children=children,
+        data=data,
+        retryable=task.status in RETRYABLE,
+        cancellable=task.status not in TERMINAL,
+        message=request.query_params.get("done"),
+    )
+
+
+async def _action_session(request: Request[Any, Any, Any]) -> sessions.Session:
+    session = await render.session_of(request)
+    form = await request.form()
+    sessions.check_csrf(session, form.get("csrf"))
+    return session
+
+
+@post("/tasks/{task_id:str}/retry", status_code=303)
+async def retry_task(request: Request[Any, Any, Any], task_id: FromPath[str]) -> Response[Any]:
+    """POST /api/v1/tasks/:id/retry from the task page."""
+    session = await _action_session(request)
+    task_id = _uuid(task_id, "Task")
+    async with render.org_conn(request, session.org_id) as conn:
+        result = await tasks.retry_task(
+            conn, org_id=session.org_id, task_id=task_id, now=ids.now_ms()
+        )
+    if result.status_before is None:
+        raise errors.NotFoundError(f"Task not found: {task_id}")
+    if result.task is None:
+        raise errors.ConflictError(
+            f"Task {task_id} is {result.status_before}: it cannot be retried"
+        )
+    app = deps.state(request)
+    if app.metrics is not None:
+        app.metrics.task_retried(result.task)
+    await app.publish([result.task])
+    return Redirect(f"/ui/tasks/{task_id}?done=retried", status_code=303)
+
+
+@post("/tasks/{task_id:str}/cancel", status_code=303)
+async def cancel_task(request: Request[Any, Any, Any], task_id: FromPath[str]) -> Response[Any]:
+    """PATCH /api/v1/tasks/:id {"status": "cancelled"} from the task page."""
+    session = await _action_session(request)
+    task_id = _uuid(task_id, "Task")
+    now = ids.now_ms()
+    async with render.org_conn(request, session.org_id) as conn:
+        result = await tasks.update_task(
+            conn, org_id=session.org_id, task_id=task_id, changes={"status": "cancelled"}, now=now
+        )
+    if not result.found:
+        raise errors.NotFoundError(f"Task not found: {task_id}")
+    assert result.task is not None
+    if result.conflict:
+        raise errors.ConflictError(
+            f"Task {task_id} is {result.task.status}: it cannot be cancelled"
+        )
+    metrics = deps.state(request).metrics
+    if metrics is not None and result.task.updated_at == now:
+        metrics.tasks_ended([result.task])
+    return Redirect(f"/ui/tasks/{task_id}?done=cancelled", status_code=303)
+
+
+# ---------------------------------------------------------------- queues and workers
+
+
+@get("/queues")
+async def queues_page(request: Request[Any, Any, Any]) -> Response[str]:
+    """Per task type: ready, retrying, running, and the oldest ready task's age."""
+    session = await render.session_of(request)
+    now = ids.now_ms()
+    async with render.org_conn(request, session.org_id) as conn:
+        rows = await ui_store.queue_overview(conn, org_id=session.org_id, now=now, bound=SCAN_BOUND)
+    return _page(request, "queues.html", session, rows=rows, bound=SCAN_BOUND)
+
+
+@get("/workers")
+async def workers_page(request: Request[Any, Any, Any]) -> Response[str]:
+    """Workers that hold leases now."""
+    session = await render.session_of(request)
+    async with render.org_conn(request, session.org_id) as conn:
+        holders = await ui_store.lease_holders(conn, org_id=session.org_id, bound=SCAN_BOUND)
+    return _page(request, "workers.html", session, holders=holders, bound=SCAN_BOUND)
+
+
+# ---------------------------------------------------------------- errors
+
+
+def _login_required(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    response: Response[Any] = Redirect("/ui/login", status_code=303)
+    if request.headers.get("hx-request"):
+        response.headers["hx-redirect"] = "/ui/login"
+    return response
+
+
+def _error_page(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    error = exc if isinstance(exc, errors.ForemanError) else errors.ForemanError()
+    return render.dashboard(request).render(
+        "error.html", error.status_code, message=error.message, status=error.status_code
+    )
+
+
+def router() -> Router:
+    """The /ui routes (no API key middleware: sessions instead)."""
+    return Router(
+        path="/ui",
+        route_handlers=[
+            login.login_form,
+            login.login,
+            login.logout,
+            login.home,
+            login.static,
+            runs_page,
+            run_page,
+            task_page,
+            retry_task,
+            cancel_task,
+            queues_page,
+            workers_page,
+        ],
+        include_in_schema=False,
+        exception_handlers={
+            sessions.LoginRequiredError: _login_required,
+            errors.ForemanError: _error_page,
+        },
+    )

@@ -1,0 +1,220 @@
+"""The dashboard's reads (/ui): pages and counts that stay fast with millions of rows.
+
+Nothing here counts a whole table: a count reads at most ``bound + 1`` rows of an index and says
+whether there were more (the page shows "1,000+"); a run's task counts come from its counters.
+Every statement filters by the organisation (and runs under its RLS binding like the API's).
+The list statements are built from fixed fragments like store/runs.py's; the rest are whole in
+store/sql/ui.sql.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from foreman.models import Run, RunData, Task
+from foreman.store import queries
+from foreman.store.db import Db
+
+_SQL = queries.load_statements("ui")
+_TASK_CHILDREN = _SQL["task_children"]
+_TASK_RUN_DATA = _SQL["task_run_data"]
+_QUEUE_OVERVIEW = _SQL["queue_overview"]
+_LEASE_HOLDERS = _SQL["lease_holders"]
+
+RUN_SORTS = ("created_at", "started_at", "completed_at")
+_RUN_DATA_COLUMNS = """d.id, d.run_id, d.task_id, d.org_id, d.key, d.value, d.tags, d.metadata,
+       d.created_at, d.updated_at"""
+
+
+@dataclass(frozen=True, slots=True)
+class Count:
+    """A count read from at most bound + 1 rows: ``more`` when it reached the bound."""
+
+    value: int
+    more: bool
+
+    def label(self) -> str:
+        """``1,234`` or ``1,000+``."""
+        return f"{self.value:,}+" if self.more else f"{self.value:,}"
+
+
+async def _bounded(conn: Db, where: queries.Where, table: str, bound: int) -> Count:
+    sql = f"SELECT count(*) FROM (SELECT 1 FROM {table} WHERE {where.sql()} LIMIT {where.param(bound + 1)}) b"  # noqa: S608 - fixed fragments, values are parameters
+    found = int(await conn.fetchval(sql, *where.args))
+    return Count(min(found, bound), found > bound)
+
+
+def id_range(text: str) -> tuple[str, str] | None:
+    """The ids starting with text (hex digits, hyphens ignored) as an inclusive uuid range, so a
+    search by id prefix is a range scan of the primary key; None if text cannot start an id."""
+    digits = text.strip().lower().replace("-", "")
+    if not digits or len(digits) > 32 or any(c not in "0123456789abcdef" for c in digits):
+        return None
+
+    def uuid(hex32: str) -> str:
+        return f"{hex32[:8]}-{hex32[8:12]}-{hex32[12:16]}-{hex32[16:20]}-{hex32[20:]}"
+
+    return uuid(digits.ljust(32, "0")), uuid(digits.ljust(32, "f"))
+
+
+def _runs_where(org_id: str, status: str | None, ids: tuple[str, str] | None) -> queries.Where:
+    where = queries.Where(["r.org_id = $1"], [org_id])
+    if status is not None:
+        where.add("r.status = {}", status)
+    if ids is not None:
+        where.add("r.id BETWEEN {}::uuid AND {}::uuid", *ids)
+    return where
+
+
+async def runs_page(
+    conn: Db,
+    *,
+    org_id: str,
+    status: str | None,
+    ids: tuple[str, str] | None,
+    sort_by: str,
+    order: str,
+    limit: int,
+    offset: int,
+) -> list[Run]:
+    """A page of runs with their counters (limit + 1 rows tell the caller a next page exists)."""
+    where = _runs_where(org_id, status, ids)
+    column, direction = RUN_SORTS[RUN_SORTS.index(sort_by)], queries.SORT_ORDERS[order]
+    nulls = "NULLS LAST" if direction == "DESC" else "NULLS FIRST"
+    sql = f"""
+SELECT r.*, c.*
+  FROM (SELECT * FROM run r WHERE {where.sql()}
+         ORDER BY r.{column} {direction} {nulls}, r.id {direction}
+         LIMIT {where.param(limit)} OFFSET {where.param(offset)}) r
+ CROSS JOIN LATERAL run_task_counts(r.id) c
+ ORDER BY r.{column} {direction} {nulls}, r.id {direction}
+"""  # noqa: S608 - fixed fragments only; every value is a parameter
+    return queries.models_from(Run, await conn.fetch(sql, *where.args))
+
+
+async def count_runs(
+    conn: Db, *, org_id: str, status: str | None, ids: tuple[str, str] | None, bound: int
+) -> Count:
+    """How many runs match, up to bound."""
+    return await _bounded(conn, _runs_where(org_id, status, ids), "run r", bound)
+
+
+def _tasks_where(org_id: str, run_id: str, status: str | None) -> queries.Where:
+    where = queries.Where(["t.org_id = $1", "t.run_id = $2"], [org_id, run_id])
+    if status is not None:
+        where.add("t.status = {}", status)
+    return where
+
+
+async def run_tasks_page(
+    conn: Db, *, org_id: str, run_id: str, status: str | None, limit: int, offset: int
+) -> list[Task]:
+    """A page of a run's tasks, oldest first (task_run_status_idx / task_run_created_idx)."""
+    where = _tasks_where(org_id, run_id, status)
+    sql = f"""
+SELECT t.*
+  FROM task_answer t
+ WHERE {where.sql()}
+ ORDER BY t.created_at, t.id
+ LIMIT {where.param(limit)} OFFSET {where.param(offset)}
+"""  # noqa: S608 - fixed fragments only; every value is a parameter
+    return queries.models_from(Task, await conn.fetch(sql, *where.args))
+
+
+async def count_run_tasks(
+    conn: Db, *, org_id: str, run_id: str, status: str | None, bound: int
+) -> Count:
+    """How many of a run's tasks have status, up to bound."""
+    return await _bounded(conn, _tasks_where(org_id, run_id, status), "task t", bound)
+
+
+def _run_data_where(
+    org_id: str, run_id: str, key_prefix: str | None, tag: str | None
+) -> queries.Where:
+    where = queries.Where(["d.org_id = $1", "d.run_id = $2"], [org_id, run_id])
+    if key_prefix:
+        where.add("d.key LIKE {}", queries.escape_like(key_prefix) + "%")
+    if tag:
+        where.add("d.tags @> ARRAY[{}]::text[]", tag)
+    return where
+
+
+async def run_data_page(
+    conn: Db,
+    *,
+    org_id: str,
+    run_id: str,
+    key_prefix: str | None,
+    tag: str | None,
+    limit: int,
+    offset: int,
+) -> list[RunData]:
+    """A page of a run's data rows, newest first, by key prefix and tag."""
+    where = _run_data_where(org_id, run_id, key_prefix, tag)
+    sql = f"""
+SELECT {_RUN_DATA_COLUMNS}
+  FROM run_data d
+ WHERE {where.sql()}
+ ORDER BY d.created_at DESC, d.id DESC
+ LIMIT {where.param(limit)} OFFSET {where.param(offset)}
+"""  # noqa: S608 - fixed fragments only; every value is a parameter
+    return queries.models_from(RunData, await conn.fetch(sql, *where.args))
+
+
+async def count_run_data(
+    conn: Db, *, org_id: str, run_id: str, key_prefix: str | None, tag: str | None, bound: int
+) -> Count:
+    """How many of a run's data rows match, up to bound."""
+    where = _run_data_where(org_id, run_id, key_prefix, tag)
+    return await _bounded(conn, where, "run_data d", bound)
+
+
+async def task_children(conn: Db, *, org_id: str, task_id: str, limit: int) -> list[Task]:
+    """Tasks whose parent is task_id, oldest first."""
+    return queries.models_from(Task, await conn.fetch(_TASK_CHILDREN, org_id, task_id, limit))
+
+
+async def task_run_data(conn: Db, *, org_id: str, task_id: str, limit: int) -> list[RunData]:
+    """Run data a task wrote, newest first."""
+    return queries.models_from(RunData, await conn.fetch(_TASK_RUN_DATA, org_id, task_id, limit))
+
+
+@dataclass(frozen=True, slots=True)
+class QueueRow:
+    """One task type of an organisation's queue (counts up to the bound)."""
+
+    task_type: str
+    ready: int
+    retrying: int
+    running: int
+    oldest_ready_at: int | None
+
+
+async def queue_overview(conn: Db, *, org_id: str, now: int, bound: int) -> list[QueueRow]:
+    """Ready, retrying (waiting out a backoff) and running tasks per type; each status read from
+    at most bound rows."""
+    records = await conn.fetch(_QUEUE_OVERVIEW, org_id, now, bound)
+    return [
+        QueueRow(r["type"], r["ready"], r["retrying"], r["running"], r["oldest_ready_at"])
+        for r in records
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseHolder:
+    """A worker holding leases now: how many, since when, until when."""
+
+    worker_id: str
+    tasks: int
+    oldest_start: int | None
+    latest_expiry: int | None
+    types: list[str]
+
+
+async def lease_holders(conn: Db, *, org_id: str, bound: int) -> list[LeaseHolder]:
+    """Workers that hold leases in the organisation (from at most bound running tasks)."""
+    records = await conn.fetch(_LEASE_HOLDERS, org_id, bound)
+    return [
+        LeaseHolder(r["worker_id"], r["tasks"], r["oldest_start"], r["latest_expiry"], r["types"])
+        for r in records
+    ]
