@@ -277,6 +277,23 @@ async def test_a_schedule_that_cannot_fire_leaves_the_others_firing(pool, db_url
     assert (await schedule_of(pool, fine)).next_run_at == T0 + 2 * MINUTE
 
 
+async def test_fired_tasks_count_in_the_metrics(pool, db_url):
+    app = create_app(
+        make_settings(
+            db_url, sweep_enabled=False, schedule_interval_s=0.02, metrics_token="scrape-token"
+        )
+    )
+    made = await make_schedule(pool, interval_ms=3_600_000, now=ids.now_ms() - 3_600_000)
+    async with running_app(app) as http:
+        for _ in range(250):  # up to 5 s: the loop looks every 20 ms
+            if await runs_of(db_url, made.id):
+                break
+            await asyncio.sleep(0.02)
+        response = await http.get("/metrics", headers={"Authorization": "Bearer scrape-token"})
+    assert response.status_code == 200
+    assert 'foreman_tasks_created_total{type="tick"} 1.0' in response.text
+
+
 # ---------------------------------------------------------------- replicas
 
 

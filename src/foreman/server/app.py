@@ -98,7 +98,9 @@ async def _start_loops(
             await Sweeper.open(settings, database_url=database_url, queue=queue, metrics=metrics)
         )
     if settings.schedule_enabled:
-        loops.append(await Scheduler.open(settings, database_url=database_url, queue=queue))
+        loops.append(
+            await Scheduler.open(settings, database_url=database_url, queue=queue, metrics=metrics)
+        )
     for loop in loops:
         loop.start()
     return loops

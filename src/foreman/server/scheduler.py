@@ -17,6 +17,7 @@ import random
 from foreman import background, ids
 from foreman.models import Schedule
 from foreman.queue.base import QueueBackend
+from foreman.server.metrics import ServerMetrics
 from foreman.server.sweeper import OUTAGES
 from foreman.settings import Settings
 from foreman.store import db
@@ -30,16 +31,30 @@ class Scheduler:
     """Runs fire() periodically in the background of a server process."""
 
     def __init__(
-        self, pool: Pool[db.Connection], *, queue: QueueBackend, interval_s: float, batch: int
+        self,
+        pool: Pool[db.Connection],
+        *,
+        queue: QueueBackend,
+        interval_s: float,
+        batch: int,
+        metrics: ServerMetrics | None = None,
     ) -> None:
         self._pool = pool
         self._queue = queue
+        self._metrics = metrics
         self._interval_s = interval_s
         self._batch = batch
         self._task: asyncio.Task[None] | None = None
 
     @classmethod
-    async def open(cls, settings: Settings, *, database_url: str, queue: QueueBackend) -> Scheduler:
+    async def open(
+        cls,
+        settings: Settings,
+        *,
+        database_url: str,
+        queue: QueueBackend,
+        metrics: ServerMetrics | None = None,
+    ) -> Scheduler:
         """A scheduler with its own small pool of owner connections."""
         pool = await db.create_pool(
             database_url,
@@ -55,6 +70,7 @@ class Scheduler:
             queue=queue,
             interval_s=settings.schedule_interval_s,
             batch=settings.schedule_batch,
+            metrics=metrics,
         )
 
     def start(self) -> None:
@@ -100,7 +116,10 @@ class Scheduler:
                     firings.append(firing)
         # After the commit, like every publish: a job must never name an uncommitted task. A
         # publish lost here is repaired by the sweeper (bullmq), as after any create.
-        await self._queue.publish([f.task for f in firings])
+        created = [f.task for f in firings]
+        if self._metrics is not None:
+            self._metrics.tasks_created(created)  # counted like the tasks the API creates
+        await self._queue.publish(created)
         for firing in firings:
             logger.info(
                 "schedule %s fired: run %s",
