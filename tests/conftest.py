@@ -11,7 +11,15 @@ from litestar.testing import AsyncTestClient
 
 from foreman.server.app import create_app
 from foreman.settings import Settings
-from tests.services import PgBouncer, RedisServer, admin_postgres_url, scratch_database
+from tests.services import (
+    MOTO_AWS_ENV,
+    MotoServer,
+    PgBouncer,
+    RedisServer,
+    admin_postgres_url,
+    rabbitmq_url,
+    scratch_database,
+)
 
 KEY_A = "fmn_test_orga_k1"
 KEY_B = "fmn_test_orgb_k2"
@@ -99,6 +107,32 @@ def redis_server() -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def rabbitmq() -> str:
+    """The URL of a running RabbitMQ (the machine's); skipped without one (a failure with CI=true)."""
+    url = rabbitmq_url()
+    if url is None:
+        pytest.skip("no RabbitMQ on 127.0.0.1:5672 (set FOREMAN_TEST_RABBITMQ_URL)")
+    return url
+
+
+@pytest.fixture(scope="session")
+def moto() -> Iterator[MotoServer]:
+    """moto's SQS-compatible server for this session, with the AWS variables botocore needs."""
+    saved = {name: os.environ.get(name) for name in MOTO_AWS_ENV}
+    os.environ.update(MOTO_AWS_ENV)
+    server = MotoServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 # With CI=true nothing may be skipped (a missing service is an error, not a skip): a skip is

@@ -12,6 +12,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -245,3 +246,131 @@ class PgBouncer:
                 self.process.wait(10)
         if self.tmp:
             shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+LOCAL_RABBITMQ = "amqp://guest:guest@127.0.0.1:5672/"
+# moto's SQS accepts any credentials; botocore needs some (and a region) to sign requests.
+MOTO_AWS_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+def rabbitmq_url() -> str | None:
+    """FOREMAN_TEST_RABBITMQ_URL, else the machine's RabbitMQ on 127.0.0.1:5672, else None
+    (the rabbitmq tests then skip, which fails the run with CI=true: .ci/run starts RabbitMQ)."""
+    if url := os.environ.get("FOREMAN_TEST_RABBITMQ_URL"):
+        return url
+    return LOCAL_RABBITMQ if _port_open("127.0.0.1", 5672) else None
+
+
+def _wait_for_port(port: int, what: str, process: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + 30
+    while not _port_open("127.0.0.1", port):
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"{what} exited with {process.returncode}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} did not start on port {port}")
+        time.sleep(0.05)
+
+
+class MotoServer:
+    """moto's SQS-compatible HTTP server (``moto_server`` of ``moto[server]``) on a free port;
+    everything it holds lives in its memory, so a restart loses every queue and message."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> MotoServer:
+        binary = shutil.which("moto_server") or str(Path(sys.executable).parent / "moto_server")
+        # The tests purge a queue whenever they empty the database; AWS (and moto by default)
+        # refuse a second purge of a queue within 60 s.
+        env = {**os.environ, "MOTO_SQS_ENFORCE_STRICT_QUEUE_PURGE_BEHAVIOUR": "false"}
+        self.process = subprocess.Popen(
+            [binary, "-H", "127.0.0.1", "-p", str(self.port)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        _wait_for_port(self.port, "moto_server", self.process)
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+        self.process = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+class OwnRabbitMQ:
+    """A RabbitMQ node of its own (name, ports and data folder), for tests that restart the
+    broker; the machine's stays untouched. Needs the ``rabbitmq-server`` package's scripts."""
+
+    SCRIPTS = Path("/usr/lib/rabbitmq/bin")
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.node = f"foreman{self.port}@localhost"
+        self.dir = tempfile.mkdtemp(prefix="foreman-rabbitmq-")
+        os.chmod(self.dir, 0o777)  # the node runs as the rabbitmq user
+
+    @property
+    def url(self) -> str:
+        return f"amqp://guest:guest@127.0.0.1:{self.port}/"
+
+    def _run(self, script: str, *args: str) -> None:
+        env = {
+            "HOME": "/var/lib/rabbitmq",
+            "RABBITMQ_NODENAME": self.node,
+            "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+            "RABBITMQ_NODE_PORT": str(self.port),
+            "RABBITMQ_DIST_PORT": str(
+                self.port + 10000 if self.port < 55000 else self.port - 10000
+            ),
+            "RABBITMQ_MNESIA_BASE": f"{self.dir}/mnesia",
+            "RABBITMQ_LOG_BASE": f"{self.dir}/log",
+            "RABBITMQ_ENABLED_PLUGINS_FILE": f"{self.dir}/plugins",
+            "RABBITMQ_PID_FILE": f"{self.dir}/pid",
+            "RABBITMQ_CONFIG_FILE": f"{self.dir}/none",
+        }
+        command = " ".join(
+            [f"{k}={v}" for k, v in env.items()] + [str(self.SCRIPTS / script), *args]
+        )
+        as_rabbitmq = ["su", "rabbitmq", "-s", "/bin/sh", "-c", f"cd {self.dir} && {command}"]
+        subprocess.run(
+            as_rabbitmq if os.geteuid() == 0 else ["/bin/sh", "-c", command],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=60,
+        )
+
+    def start(self) -> OwnRabbitMQ:
+        self._run("rabbitmq-server", "-detached")
+        _wait_for_port(self.port, "rabbitmq-server")
+        return self
+
+    def stop(self) -> None:
+        if _port_open("127.0.0.1", self.port):
+            self._run("rabbitmqctl", "-n", self.node, "stop")
+        deadline = time.monotonic() + 30
+        while _port_open("127.0.0.1", self.port) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def remove(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)

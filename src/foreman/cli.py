@@ -65,7 +65,7 @@ def worker(
     target: str = typer.Argument(help="module:attribute naming a dict {task type: handler}."),
     concurrency: int = typer.Option(10, min=1, help="Handlers running at once."),
     backend: str | None = typer.Option(
-        None, help="postgres or bullmq (default: what the server advertises)."
+        None, help="postgres, bullmq, rabbitmq or sqs (default: what the server advertises)."
     ),
     burst: bool = typer.Option(False, help="Exit once no ready task is left."),
     lease: float = typer.Option(30.0, min=1.0, help="Lease length in seconds."),
@@ -82,8 +82,10 @@ def worker(
     """Run task handlers until SIGTERM/SIGINT (the API key comes from FOREMAN_API_KEY)."""
     settings = Settings()
     configure_logging(settings.log_level, json_lines=settings.log_json)
-    if backend not in (None, "postgres", "bullmq"):
-        raise typer.BadParameter("backend must be postgres or bullmq", param_hint="--backend")
+    if backend not in (None, "postgres", "bullmq", "rabbitmq", "sqs"):
+        raise typer.BadParameter(
+            "backend must be postgres, bullmq, rabbitmq or sqs", param_hint="--backend"
+        )
     from foreman.worker.runner import run_worker
 
     run_worker(

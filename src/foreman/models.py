@@ -317,7 +317,10 @@ class QueuesConfig(_Out):
 
 
 class QueueBackendConfig(_Out):
-    backend: Literal["postgres", "bullmq"]
+    backend: Literal["postgres", "bullmq", "rabbitmq", "sqs"]
+    # rabbitmq and sqs: the caller's organisation's queue (docs/backends.md), what its workers
+    # consume; absent for the other backends.
+    task_queue: str | None = None
 
 
 class Config(_Out):

@@ -74,6 +74,15 @@ def _fail(exc: errors.ForemanError) -> NoReturn:
     raise typer.Exit(1) from exc
 
 
+def _fetch(endpoint: str | None, read: Callable[[Client], T]) -> T:
+    """read(client) with a client of endpoint; an API error ends the command with its message."""
+    with _client(endpoint) as client:
+        try:
+            return read(client)
+        except errors.ForemanError as exc:
+            _fail(exc)
+
+
 def _pages(
     fetch: Callable[[int], tuple[list[T], int]], *, limit: int, since_ms: int | None
 ) -> Iterator[T]:
@@ -128,16 +137,10 @@ def runs_ls(
 ) -> None:
     """List runs, newest first, with their task counters."""
     since_ms = parse_since(since, now=dt.datetime.now(dt.UTC))
-    with _client(endpoint) as client:
-
-        def fetch(offset: int) -> tuple[list[models.Run], int]:
-            page = client.list_runs(status=status, limit=min(PAGE, limit), offset=offset)  # type: ignore[arg-type]
-            return page.data, page.pagination.total
-
-        try:
-            runs = list(_pages(fetch, limit=limit, since_ms=since_ms))
-        except errors.ForemanError as exc:
-            _fail(exc)
+    runs = _fetch(
+        endpoint,
+        lambda client: _list_runs(client, status=status, since_ms=since_ms, limit=limit),
+    )
     if as_json:
         _json(runs)
         return
@@ -163,31 +166,36 @@ def runs_show(
     endpoint: str | None = ENDPOINT,
 ) -> None:
     """A run: status, counters, progress, input and output."""
-    with _client(endpoint) as client:
-        try:
-            run = client.get_run(run_id)
-        except errors.ForemanError as exc:
-            _fail(exc)
+    run = _fetch(endpoint, lambda client: client.get_run(run_id))
+    _show(
+        run,
+        as_json=as_json,
+        fields=[
+            ("id", run.id),
+            ("status", run.status),
+            ("created", _when(run.created_at)),
+            ("updated", _when(run.updated_at)),
+            ("tasks", str(run.total_tasks)),
+            ("completed", str(run.completed_tasks)),
+            ("failed", str(run.failed_tasks)),
+            ("cancelled", str(run.cancelled_tasks)),
+            ("progress", progress_text(run)),
+            ("input", _pretty(run.input_data)),
+            ("output", _pretty(run.output_data)),
+            ("error", _pretty(run.error_data)),
+            ("metadata", _pretty(run.metadata)),
+        ],
+    )
+
+
+def _show(value: Any, *, as_json: bool, fields: list[tuple[str, str]]) -> None:
+    """One object: the API's JSON, or its (name, value) fields as a table without a header."""
     if as_json:
-        _json(run)
+        _json(value)
         return
     table = Table(show_header=False)
-    for name, value in (
-        ("id", run.id),
-        ("status", run.status),
-        ("created", _when(run.created_at)),
-        ("updated", _when(run.updated_at)),
-        ("tasks", str(run.total_tasks)),
-        ("completed", str(run.completed_tasks)),
-        ("failed", str(run.failed_tasks)),
-        ("cancelled", str(run.cancelled_tasks)),
-        ("progress", progress_text(run)),
-        ("input", _pretty(run.input_data)),
-        ("output", _pretty(run.output_data)),
-        ("error", _pretty(run.error_data)),
-        ("metadata", _pretty(run.metadata)),
-    ):
-        table.add_row(name, value)
+    for name, text in fields:
+        table.add_row(name, text)
     _out.print(table)
 
 
@@ -195,6 +203,16 @@ def _pretty(value: Any) -> str:
     if value is None:
         return "-"
     return msgspec.json.format(msgspec.json.encode(value), indent=2).decode()
+
+
+def _list_runs(
+    client: Client, *, status: str | None, since_ms: int | None, limit: int
+) -> list[models.Run]:
+    def fetch(offset: int) -> tuple[list[models.Run], int]:
+        page = client.list_runs(status=status, limit=min(PAGE, limit), offset=offset)  # type: ignore[arg-type]
+        return page.data, page.pagination.total
+
+    return list(_pages(fetch, limit=limit, since_ms=since_ms))
 
 
 # ---------------------------------------------------------------- tasks
@@ -234,13 +252,12 @@ def tasks_ls(
 ) -> None:
     """List tasks, newest first."""
     since_ms = parse_since(since, now=dt.datetime.now(dt.UTC))
-    with _client(endpoint) as client:
-        try:
-            tasks = _list_tasks(
-                client, run=run, status=status, task_type=task_type, since_ms=since_ms, limit=limit
-            )
-        except errors.ForemanError as exc:
-            _fail(exc)
+    tasks = _fetch(
+        endpoint,
+        lambda client: _list_tasks(
+            client, run=run, status=status, task_type=task_type, since_ms=since_ms, limit=limit
+        ),
+    )
     if as_json:
         _json(tasks)
         return
@@ -262,33 +279,27 @@ def tasks_show(
     endpoint: str | None = ENDPOINT,
 ) -> None:
     """A task: status, attempts, timing, input, output and error."""
-    with _client(endpoint) as client:
-        try:
-            task = client.get_task(task_id)
-        except errors.ForemanError as exc:
-            _fail(exc)
-    if as_json:
-        _json(task)
-        return
-    table = Table(show_header=False)
-    for name, value in (
-        ("id", task.id),
-        ("run", task.run_id),
-        ("type", task.type),
-        ("status", task.status),
-        ("attempt", f"{task.attempt} of {task.max_retries + 1} (retries {task.retry_count})"),
-        ("worker", task.worker_id or "-"),
-        ("created", _when(task.created_at)),
-        ("started", _when(task.started_at)),
-        ("ended", _when(task.completed_at)),
-        ("duration", "-" if task.duration_ms is None else f"{task.duration_ms} ms"),
-        ("parent", task.parent_task_id or "-"),
-        ("input", _pretty(task.input_data)),
-        ("output", _pretty(task.output_data)),
-        ("error", _pretty(task.error_data)),
-    ):
-        table.add_row(name, value)
-    _out.print(table)
+    task = _fetch(endpoint, lambda client: client.get_task(task_id))
+    _show(
+        task,
+        as_json=as_json,
+        fields=[
+            ("id", task.id),
+            ("run", task.run_id),
+            ("type", task.type),
+            ("status", task.status),
+            ("attempt", f"{task.attempt} of {task.max_retries + 1} (retries {task.retry_count})"),
+            ("worker", task.worker_id or "-"),
+            ("created", _when(task.created_at)),
+            ("started", _when(task.started_at)),
+            ("ended", _when(task.completed_at)),
+            ("duration", "-" if task.duration_ms is None else f"{task.duration_ms} ms"),
+            ("parent", task.parent_task_id or "-"),
+            ("input", _pretty(task.input_data)),
+            ("output", _pretty(task.output_data)),
+            ("error", _pretty(task.error_data)),
+        ],
+    )
 
 
 @tasks_app.command("retry")

@@ -113,7 +113,7 @@ class Settings(BaseSettings):
     # "registered" (only to callers of a registered key), "never".
     expose_redis_password: Literal["always", "registered", "never"] = "always"  # noqa: S105
 
-    queue_backend: Literal["postgres", "bullmq"] = "postgres"
+    queue_backend: Literal["postgres", "bullmq", "rabbitmq", "sqs"] = "postgres"
     redis_host: str = Field(
         default="localhost", validation_alias=_env("FOREMAN_REDIS_HOST", "REDIS_HOST")
     )
@@ -145,6 +145,18 @@ class Settings(BaseSettings):
     redis_acl_secret: str | None = Field(default=None, repr=False)
     # A per-organisation password is replaced this often; the one before stays valid as long.
     redis_acl_rotate_s: float = Field(default=86_400.0, ge=60)
+
+    # rabbitmq (docs/backends.md): the broker, and the type of the queues the server declares.
+    # classic: durable, with priorities (quorum queues order by priority only from RabbitMQ 4.0).
+    rabbitmq_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    rabbitmq_queue_type: Literal["classic", "quorum"] = "classic"
+    # sqs: credentials come from the standard AWS variables and files (botocore's chain); a
+    # local SQS-compatible server is named by its URL.
+    sqs_endpoint_url: str | None = None
+    sqs_region: str | None = Field(
+        default=None,
+        validation_alias=_env("FOREMAN_SQS_REGION", "AWS_REGION", "AWS_DEFAULT_REGION"),
+    )
 
     sweep_enabled: bool = True  # run the sweeper in this process (safe in every replica)
     sweep_interval_s: float = Field(default=1.0, gt=0)

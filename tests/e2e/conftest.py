@@ -3,7 +3,9 @@ redis-server of our own (restarted and flushed by the tests, so never the shared
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import os
 import shutil
 import signal
 import subprocess
@@ -16,9 +18,13 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.conftest import KEY_A
+from foreman.queue import rabbitmq
+from foreman.queue.naming import org_queue_name
+from foreman.queue.rabbitmq import RabbitMQQueue
+from foreman.queue.sqs import SqsClient
+from tests.conftest import KEY_A, ORG_A, ORG_B
 from tests.integration.live_server import ServerProcess, foreman_command, server_env
-from tests.services import _port_open, free_port
+from tests.services import MOTO_AWS_ENV, MotoServer, _port_open, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 SWEEP_INTERVAL_S = "0.2"
@@ -113,7 +119,10 @@ def start_server(
         **({"REDIS_PASSWORD": own.password} if own.password else {}),
         **more,
     )
-    return ServerProcess(cwd, env=env).start()
+    server = ServerProcess(cwd, env=env).start()
+    # What a worker process of this server's backend needs to reach the broker.
+    server.worker_env = {k: v for k, v in more.items() if k.startswith(("FOREMAN_", "AWS_"))}
+    return server
 
 
 @pytest.fixture(scope="package")
@@ -136,11 +145,106 @@ def bull_server(database_url: str, e2e_dir: Path, own_redis: OwnRedis) -> Iterat
         server.kill()
 
 
-@pytest.fixture(params=["postgres", "bullmq"])
-def server(request, db_url) -> ServerProcess:
-    """Each backend's server, the database emptied first."""
-    fixture = "pg_server" if request.param == "postgres" else "bull_server"
-    return request.getfixturevalue(fixture)
+@contextlib.contextmanager
+def environment(**variables: str) -> Iterator[None]:
+    """os.environ with variables set (for the workers this process runs), restored after."""
+    saved = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@pytest.fixture(scope="package")
+def rmq_server(
+    database_url: str, e2e_dir: Path, own_redis: OwnRedis, rabbitmq: str
+) -> Iterator[ServerProcess]:
+    """`foreman server` with the rabbitmq backend on the machine's RabbitMQ."""
+    server = start_server(
+        database_url, e2e_dir, backend="rabbitmq", own=own_redis, FOREMAN_RABBITMQ_URL=rabbitmq
+    )
+    try:
+        with environment(FOREMAN_RABBITMQ_URL=rabbitmq):
+            yield server
+    finally:
+        server.kill()
+        asyncio.run(delete_queues(server))  # the machine's RabbitMQ keeps no test queues
+
+
+@pytest.fixture(scope="package")
+def sqs_server(
+    database_url: str, e2e_dir: Path, own_redis: OwnRedis, moto: MotoServer
+) -> Iterator[ServerProcess]:
+    """`foreman server` with the sqs backend on moto's SQS-compatible server."""
+    server = start_server(
+        database_url,
+        e2e_dir,
+        backend="sqs",
+        own=own_redis,
+        FOREMAN_SQS_ENDPOINT_URL=moto.url,
+        **MOTO_AWS_ENV,
+    )
+    try:
+        with environment(FOREMAN_SQS_ENDPOINT_URL=moto.url):
+            yield server
+    finally:
+        server.kill()
+
+
+SERVERS = {
+    "postgres": "pg_server",
+    "bullmq": "bull_server",
+    "rabbitmq": "rmq_server",
+    "sqs": "sqs_server",
+}
+
+
+async def purge_queues(server: ServerProcess) -> None:
+    """Empty the organisations' queues of a rabbitmq or sqs server: the database was emptied,
+    so what an earlier test left there names tasks that are gone."""
+    backend, base = server.env["FOREMAN_QUEUE_BACKEND"], server.env["TASK_QUEUE_NAME"]
+    if backend == "rabbitmq":
+        queue = RabbitMQQueue(server.env["FOREMAN_RABBITMQ_URL"], base=base)
+        channel = await queue.channel()
+        for org in (ORG_A, ORG_B):
+            await (await rabbitmq.declare(channel, queue.queue_name(org), "classic")).purge()
+        await queue.close()
+    elif backend == "sqs":
+        client = SqsClient(endpoint_url=server.env["FOREMAN_SQS_ENDPOINT_URL"], region=None)
+        for org in (ORG_A, ORG_B):
+            await client.call(org_queue_name(base, org), "purge_queue")
+        await client.close()
+
+
+async def delete_queues(server: ServerProcess) -> None:
+    """Remove the organisations' queues (and dead-letter queues) of a rabbitmq server."""
+    queue = RabbitMQQueue(server.env["FOREMAN_RABBITMQ_URL"], base=server.env["TASK_QUEUE_NAME"])
+    channel = await queue.channel()
+    for org in (ORG_A, ORG_B):
+        for name in (queue.queue_name(org), queue.queue_name(org) + rabbitmq.DEAD_SUFFIX):
+            await channel.queue_delete(name)
+    await queue.close()
+
+
+@pytest.fixture(params=list(SERVERS))
+async def server(request, db_url) -> ServerProcess:
+    """Each backend's server, the database (and the broker's queues) emptied first."""
+    server = request.getfixturevalue(SERVERS[request.param])
+    await purge_queues(server)
+    return server
+
+
+@pytest.fixture(params=["rabbitmq", "sqs"])
+async def broker_server(request, db_url) -> ServerProcess:
+    """The server of each broker that cannot check one message (rabbitmq, sqs)."""
+    server = request.getfixturevalue(SERVERS[request.param])
+    await purge_queues(server)
+    return server
 
 
 class WorkerProcess:
@@ -148,7 +252,7 @@ class WorkerProcess:
 
     def __init__(self, server: ServerProcess, *args: str, name: str = "worker") -> None:
         self.log_path = server.cwd / f"{name}-{uuid.uuid4().hex[:6]}.log"
-        env = server_env(FOREMAN_API_KEY=KEY_A, FOREMAN_LOG_LEVEL="INFO")
+        env = server_env(FOREMAN_API_KEY=KEY_A, FOREMAN_LOG_LEVEL="INFO", **server.worker_env)
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 [*foreman_command(), "worker", "tests.e2e.handlers:HANDLERS",

@@ -1,4 +1,5 @@
-"""Fixtures of the fault-injection suite: PostgreSQL and Redis of its own, never the shared ones.
+"""Fixtures of the fault-injection suite: PostgreSQL, Redis and brokers of its own where a test
+stops or restarts them, never the shared ones.
 
 The whole package runs on a PostgreSQL cluster started here (pgserver's binaries, data in a temp
 folder) and on a redis-server of its own, because the tests stop, kill, flush and restart them.
@@ -23,7 +24,9 @@ from tests.e2e.conftest import (  # noqa: F401 - fixtures reused by the fault te
     e2e_dir,
     own_redis,
     pg_server,
+    rmq_server,
     server,
+    sqs_server,
     workers,
 )
 from tests.faults.report import FaultReport

@@ -83,6 +83,7 @@ class ServerProcess:
         self.cwd = cwd
         self.port = port or free_port()
         self.env = {"FOREMAN_SERVER_PORT": str(self.port), **env}
+        self.worker_env: dict[str, str] = {}  # what a worker of this server needs (broker URLs)
         self.args = list(args)
         self.log_path = cwd / f"server-{self.port}.log"
         self.process: subprocess.Popen[bytes] | None = None

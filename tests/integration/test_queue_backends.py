@@ -1,8 +1,11 @@
-"""One contract for every queue backend (SPEC section 7), against real PostgreSQL and Redis.
+"""One contract for every queue backend (SPEC section 7), against the real services:
+PostgreSQL, Redis, RabbitMQ and moto's SQS-compatible server.
 
 Each backend is driven through the QueueBackend interface the server uses; "delivered" means
 what a worker of that backend receives: a claim from the task table (postgres), a job taken by
-a real BullMQ Worker (bullmq). Each bullmq test has a queue of its own on the shared Redis.
+a real BullMQ Worker (bullmq), a message consumed from the organisation's queue (rabbitmq, sqs).
+Each broker test has queues of its own (a unique TASK_QUEUE_NAME). The worker's side of the
+contract (claims, leases, poison messages, kill -9) is tests/e2e, for every backend too.
 """
 
 from __future__ import annotations
@@ -12,30 +15,38 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
+import aio_pika
 import asyncpg
+import msgspec
 import pytest
 from bullmq import Worker
 
 from foreman import ids
-from foreman.queue import QueueBackend, open_queue
+from foreman.queue import QueueBackend, open_queue, rabbitmq, sqs
 from foreman.queue.base import ready_messages
 from foreman.queue.bullmq import BullMQQueue
 from foreman.queue.naming import org_queue_name
+from foreman.queue.rabbitmq import RabbitMQQueue
+from foreman.queue.sqs import SqsQueue
 from foreman.store import db
 from foreman.store import queue as queue_store
 from foreman.store import runs as runs_store
 from foreman.store import tasks as tasks_store
-from tests.conftest import ORG_A, make_settings
+from tests.conftest import ORG_A, ORG_B, make_settings
 from tests.queue_helpers import obliterate, unique_queue_name
 from tests.services import free_port
 
-Drain = Callable[[int], Awaitable[list[tuple[str, str]]]]
+# (how many to expect, organisation) -> [(task id, task type)] delivered, in delivery order
+Drain = Callable[..., Awaitable[list[tuple[str, str]]]]
+BACKENDS = ["postgres", "bullmq", "rabbitmq", "sqs"]
 
 
 @dataclass
 class Backend:
+    name: str
     queue: QueueBackend
-    drain: Drain  # (how many to expect) -> [(task id, task type)] delivered, in delivery order
+    drain: Drain
+    purge: Callable[[str], Awaitable[None]] | None = None  # empty an organisation's queue
 
 
 @pytest.fixture
@@ -48,12 +59,12 @@ async def pool(db_url: str) -> AsyncIterator[asyncpg.Pool]:
 
 
 def postgres_drain(pool) -> Drain:
-    async def drain(expected: int) -> list[tuple[str, str]]:
+    async def drain(expected: int, org: str = ORG_A) -> list[tuple[str, str]]:
         del expected
-        async with db.org_connection(pool, ORG_A) as conn:
+        async with db.org_connection(pool, org) as conn:
             tasks = await queue_store.claim_tasks(
                 conn,
-                org_id=ORG_A,
+                org_id=org,
                 worker_id="w",
                 types=None,
                 limit=1000,
@@ -65,8 +76,10 @@ def postgres_drain(pool) -> Drain:
     return drain
 
 
-def bullmq_drain(redis_server, queue_name: str) -> Drain:
-    async def drain(expected: int) -> list[tuple[str, str]]:
+def bullmq_drain(redis_server, queue_name: str, *, per_org: bool = True) -> Drain:
+    async def drain(expected: int, org: str = ORG_A) -> list[tuple[str, str]]:
+        # The organisation's own queue (per_org=False: queue_name itself, the shared one).
+        name = org_queue_name(queue_name, org) if per_org else queue_name
         seen: list[tuple[str, str]] = []
 
         async def process(job, token):
@@ -74,7 +87,7 @@ def bullmq_drain(redis_server, queue_name: str) -> Drain:
             seen.append((job.data["taskId"], job.name))
 
         connection = {"host": redis_server.host, "port": redis_server.port}
-        worker = Worker(queue_name, process, {"connection": connection, "drainDelay": 1})
+        worker = Worker(name, process, {"connection": connection, "drainDelay": 1})
         try:
             deadline = time.monotonic() + 10
             while len(seen) < expected and time.monotonic() < deadline:
@@ -87,12 +100,109 @@ def bullmq_drain(redis_server, queue_name: str) -> Drain:
     return drain
 
 
-@pytest.fixture(params=["postgres", "bullmq"])
+async def until(expected: int, seen: list, *, timeout_s: float = 10) -> None:
+    """Until expected deliveries were seen, then a little longer: more would be duplicates."""
+    deadline = time.monotonic() + timeout_s
+    while len(seen) < expected and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0.3)
+
+
+def rabbitmq_drain(url: str, queue: RabbitMQQueue) -> Drain:
+    async def drain(expected: int, org: str = ORG_A) -> list[tuple[str, str]]:
+        seen: list[tuple[str, str]] = []
+        connection = await aio_pika.connect(url)
+        try:
+            channel = await connection.channel()
+            amqp_queue = await rabbitmq.declare(channel, queue.queue_name(org), "classic")
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                # basic.get, one at a time: the order RabbitMQ delivers in (priorities first).
+                message = await amqp_queue.get(fail=False)
+                if message is None:
+                    if len(seen) >= expected:
+                        break
+                    await asyncio.sleep(0.05)
+                    continue
+                assert message.headers[rabbitmq.HEADER_ATTEMPT] >= 1
+                seen.append((message.body.decode(), message.headers[rabbitmq.HEADER_TYPE]))
+                await message.ack()
+                if len(seen) >= expected:
+                    await asyncio.sleep(0.3)  # anything beyond `expected` would be a duplicate
+        finally:
+            await connection.close()
+        return seen
+
+    return drain
+
+
+def sqs_drain(queue: SqsQueue) -> Drain:
+    async def drain(expected: int, org: str = ORG_A) -> list[tuple[str, str]]:
+        seen: list[tuple[str, str]] = []
+        name = queue.queue_name(org)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            answer = await queue.sqs.call(
+                name,
+                "receive_message",
+                MaxNumberOfMessages=10,
+                WaitTimeSeconds=0 if len(seen) >= expected else 1,
+                MessageAttributeNames=["All"],
+            )
+            messages = answer.get("Messages") or []
+            if not messages and len(seen) >= expected:
+                break
+            for m in messages:
+                seen.append((m["Body"], m["MessageAttributes"][sqs.ATTR_TYPE]["StringValue"]))
+                await queue.sqs.call(name, "delete_message", ReceiptHandle=m["ReceiptHandle"])
+        return seen
+
+    return drain
+
+
+@pytest.fixture(params=BACKENDS)
 async def backend(request, pool, db_url) -> AsyncIterator[Backend]:
     if request.param == "postgres":
         queue = open_queue(make_settings(db_url))
-        yield Backend(queue, postgres_drain(pool))
+        yield Backend("postgres", queue, postgres_drain(pool))
         await queue.close()
+        return
+    if request.param == "rabbitmq":
+        url = request.getfixturevalue("rabbitmq")
+        settings = make_settings(
+            db_url, queue_backend="rabbitmq", rabbitmq_url=url, task_queue_name=unique_queue_name()
+        )
+        queue = open_queue(settings)
+        assert isinstance(queue, RabbitMQQueue)
+
+        async def purge_rabbitmq(org: str) -> None:
+            channel = await queue.channel()
+            await (await rabbitmq.declare(channel, queue.queue_name(org), "classic")).purge()
+
+        try:
+            yield Backend("rabbitmq", queue, rabbitmq_drain(url, queue), purge_rabbitmq)
+        finally:
+            await delete_rabbitmq_queues(queue)
+            await queue.close()
+        return
+    if request.param == "sqs":
+        moto = request.getfixturevalue("moto")
+        settings = make_settings(
+            db_url,
+            queue_backend="sqs",
+            sqs_endpoint_url=moto.url,
+            task_queue_name=unique_queue_name(),
+        )
+        queue = open_queue(settings)
+        assert isinstance(queue, SqsQueue)
+
+        async def purge_sqs(org: str) -> None:
+            await queue.sqs.call(queue.queue_name(org), "purge_queue")
+
+        try:
+            yield Backend("sqs", queue, sqs_drain(queue), purge_sqs)
+        finally:
+            await queue.close()
         return
     redis_server = request.getfixturevalue("redis_server")
     name = unique_queue_name()
@@ -104,28 +214,36 @@ async def backend(request, pool, db_url) -> AsyncIterator[Backend]:
         task_queue_name=name,
     )
     queue = open_queue(settings)
-    org_queue = org_queue_name(name, ORG_A)  # the tasks are org A's: they go to its queue
     try:
-        yield Backend(queue, bullmq_drain(redis_server, org_queue))
+        yield Backend("bullmq", queue, bullmq_drain(redis_server, name))
     finally:
         await queue.close()
-        await obliterate(redis_server, org_queue)
+        for org in (ORG_A, ORG_B):
+            await obliterate(redis_server, org_queue_name(name, org))
 
 
-async def make_tasks(pool, count: int, **fields) -> list:
+async def delete_rabbitmq_queues(queue: RabbitMQQueue) -> None:
+    """Remove the queues a test made on the shared RabbitMQ."""
+    channel = await queue.channel()
+    for org in (ORG_A, ORG_B):
+        for name in (queue.queue_name(org), queue.queue_name(org) + rabbitmq.DEAD_SUFFIX):
+            await channel.queue_delete(name)
+
+
+async def make_tasks(pool, count: int, *, org: str = ORG_A, **fields) -> list:
     """Committed tasks (queued by default), as the server creates them before publishing."""
     fields.setdefault("enqueue", True)
     task_type = fields.pop("task_type", "work")
-    async with db.org_connection(pool, ORG_A) as conn:
+    async with db.org_connection(pool, org) as conn:
         run = await runs_store.insert_run(
-            conn, run_id=ids.new_id(), org_id=ORG_A, input_data={}, metadata=None, now=ids.now_ms()
+            conn, run_id=ids.new_id(), org_id=org, input_data={}, metadata=None, now=ids.now_ms()
         )
         news = [
             tasks_store.NewTask(run_id=run.id, task_type=task_type, input_data=i, **fields)
             for i in range(count)
         ]
         result = await tasks_store.insert_tasks(
-            conn, org_id=ORG_A, task_ids=[ids.new_id() for _ in news], news=news, now=ids.now_ms()
+            conn, org_id=org, task_ids=[ids.new_id() for _ in news], news=news, now=ids.now_ms()
         )
     return result.tasks
 
@@ -152,8 +270,13 @@ async def test_priority_order(backend, pool):
     for task in (low, high, plain):
         await backend.queue.publish(task)
     delivered = await backend.drain(3)
+    order = [task_id for task_id, _ in delivered]
+    if backend.name == "sqs":
+        # SQS has no priorities (docs/backends.md): every task, in any order.
+        assert sorted(order) == sorted([plain[0].id, high[0].id, low[0].id])
+        return
     # BullMQ order: no priority (0) first, then 1 = highest.
-    assert [task_id for task_id, _ in delivered] == [plain[0].id, high[0].id, low[0].id]
+    assert order == [plain[0].id, high[0].id, low[0].id]
 
 
 async def test_a_delayed_task_waits(backend, pool):
@@ -185,6 +308,14 @@ async def test_missing_finds_exactly_the_lost_messages(backend, pool):
         assert [m.task_id for m in lost] == [t.id for t in tasks[:2]]
         await backend.queue.enqueue(lost)
         assert await backend.queue.missing(messages) == []
+    if backend.purge is not None:
+        # A broker that cannot check one message: a purged (or lost) queue is all missing.
+        await backend.purge(ORG_A)
+        assert await backend.queue.missing(messages) == []  # once might be a worker's claim
+        lost = await backend.queue.missing(messages)
+        assert sorted(m.task_id for m in lost) == sorted(t.id for t in tasks)
+        await backend.queue.enqueue(lost)
+        assert await backend.queue.missing(messages) == []
     assert len(await backend.drain(5)) == 5
 
 
@@ -194,6 +325,12 @@ async def test_publish_never_raises_when_the_service_is_down(backend, pool, db_u
     if isinstance(queue, BullMQQueue):
         settings = make_settings(db_url, redis_host="127.0.0.1", redis_port=free_port())
         queue = BullMQQueue.from_settings(settings)
+    elif isinstance(queue, RabbitMQQueue):
+        down = f"amqp://guest:guest@127.0.0.1:{free_port()}/"
+        queue = RabbitMQQueue.from_settings(make_settings(db_url, rabbitmq_url=down))
+    elif isinstance(queue, SqsQueue):
+        down = f"http://127.0.0.1:{free_port()}"
+        queue = SqsQueue.from_settings(make_settings(db_url, sqs_endpoint_url=down))
     try:
         started = time.monotonic()
         await queue.publish(tasks)  # logged; the sweeper publishes it later
@@ -221,11 +358,33 @@ async def test_queues_per_organisation_and_the_shared_queue(pool, db_url, redis_
         expected = org_queue_name(name, ORG_A) if per_org else name
         try:
             await queue.publish(tasks)
-            delivered = await bullmq_drain(redis_server, expected)(2)
+            delivered = await bullmq_drain(redis_server, expected, per_org=False)(2)
             assert sorted(delivered) == sorted((t.id, "work") for t in tasks)
             other = name if per_org else org_queue_name(name, ORG_A)
-            assert await bullmq_drain(redis_server, other)(0) == []
+            assert await bullmq_drain(redis_server, other, per_org=False)(0) == []
         finally:
             await queue.close()
             for leftover in (name, org_queue_name(name, ORG_A)):
                 await obliterate(redis_server, leftover)
+
+
+async def test_each_organisation_has_its_own_queue(backend, pool):
+    mine = await make_tasks(pool, 3, org=ORG_A)
+    theirs = await make_tasks(pool, 2, org=ORG_B)
+    await backend.queue.publish([*mine, *theirs])
+    assert sorted(await backend.drain(3, ORG_A)) == sorted((t.id, "work") for t in mine)
+    assert sorted(await backend.drain(2, ORG_B)) == sorted((t.id, "work") for t in theirs)
+
+
+async def test_a_retried_attempt_is_published_again(backend, pool):
+    # The same task, published again after a release or a failed attempt (the row changed):
+    # a second message, where a repeated publish of the same row state is skipped.
+    (task,) = await make_tasks(pool, 1)
+    await backend.queue.publish([task])
+    await backend.queue.publish([task])
+    assert await backend.drain(1) == [(task.id, "work")]
+    if backend.name == "postgres":
+        return  # the row is the message, and the drain claimed it: nothing is ready again
+    again = msgspec.structs.replace(task, attempt=task.attempt + 1, updated_at=task.updated_at + 1)
+    await backend.queue.publish([again])
+    assert await backend.drain(1) == [(task.id, "work")]

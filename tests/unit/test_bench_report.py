@@ -46,6 +46,13 @@ def test_table_names_every_figure_with_its_cells_and_verdict():
         "pickup latency p99 (postgres)",
         "pickup latency p50 (bullmq)",
         "pickup latency p99 (bullmq)",
+        "end to end, rabbitmq backend",
+        "pickup latency p50 (rabbitmq)",
+        "pickup latency p99 (rabbitmq)",
+        "end to end, sqs backend",
+        "SQS calls per task",
+        "pickup latency p50 (sqs)",
+        "pickup latency p99 (sqs)",
         "PostgreSQL single-row commits",
     ]
     assert "MISS (≤ 150)" in rows["CPU per task (postgres)"]

@@ -27,7 +27,8 @@ def bench(
         str | None,
         typer.Option(
             help="Comma list of figures: api_post_runs, api_get_task, api_lifecycle, "
-            "api_lifecycle_one_run, pg_insert, scale, e2e_postgres, e2e_bullmq, pickup; "
+            "api_lifecycle_one_run, pg_insert, scale, e2e_postgres, e2e_bullmq, e2e_rabbitmq, "
+            "e2e_sqs, pickup (every backend); "
             "groups api, e2e."
         ),
     ] = None,

@@ -90,6 +90,7 @@ class Fleet:
     workers: Workers = Workers()
     server_pids: tuple[int, ...] = ()  # our own server's processes (empty: a remote endpoint)
     database: str | None = None  # the database whose backends count as the server's PostgreSQL
+    env: tuple[tuple[str, str], ...] = ()  # the workers' extra variables (a broker's URL)
 
 
 @contextlib.asynccontextmanager
@@ -100,6 +101,7 @@ async def run_workers(fleet: Fleet) -> AsyncIterator[list[subprocess.Popen[bytes
         "FOREMAN_ENDPOINT": fleet.endpoint,
         "FOREMAN_API_KEY": fleet.api_key,
         "FOREMAN_LOG_LEVEL": "WARNING",
+        **dict(fleet.env),
     }
     command = services.foreman_command(
         "worker", "foreman.bench.handlers:HANDLERS",

@@ -21,7 +21,7 @@ class Row:
 
     @property
     def higher_is_better(self) -> bool:
-        return self.unit not in ("ms", "MB", "µs")
+        return self.unit not in ("ms", "MB", "µs", "calls")
 
 
 ROWS = (
@@ -57,6 +57,15 @@ ROWS = (
     Row("pickup_p99_ms", "pickup latency p99 (postgres)", "ms", 25),
     Row("pickup_bullmq_p50_ms", "pickup latency p50 (bullmq)", "ms", 5),
     Row("pickup_bullmq_p99_ms", "pickup latency p99 (bullmq)", "ms", 25),
+    # Issue 14: RabbitMQ at least 0.8 x the bullmq figure of the same run (2,500 on a normal day).
+    Row("e2e_rabbitmq_tasks_per_s", "end to end, rabbitmq backend", "tasks/s", 2000),
+    Row("pickup_rabbitmq_p50_ms", "pickup latency p50 (rabbitmq)", "ms", 5),
+    Row("pickup_rabbitmq_p99_ms", "pickup latency p99 (rabbitmq)", "ms", 25),
+    # SQS on a local moto_server, whose own speed bounds it: measured, no target but the calls.
+    Row("e2e_sqs_tasks_per_s", "end to end, sqs backend", "tasks/s"),
+    Row("e2e_sqs_calls_per_task", "  SQS calls per task", "calls", 0.5),
+    Row("pickup_sqs_p50_ms", "pickup latency p50 (sqs)", "ms"),
+    Row("pickup_sqs_p99_ms", "pickup latency p99 (sqs)", "ms"),
     Row(
         "pg_insert_commits_per_s",
         "PostgreSQL single-row commits",

@@ -7,16 +7,28 @@ import datetime
 import logging
 import os
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from foreman.bench import api, e2e, largebody, pginsert, scale, scaledata, services, sysinfo
+from foreman.bench import (
+    api,
+    brokers,
+    e2e,
+    largebody,
+    pginsert,
+    scale,
+    scaledata,
+    services,
+    sysinfo,
+)
 from foreman.bench.defaults import BENCH_API_KEY, Profile
 from foreman.bench.http import open_http
 from foreman.bench.loadgen import LoadResult
 from foreman.bench.report import SCALE_QUERIES
 from foreman.bench.stats import ratio
+from foreman.client import AsyncClient
 from foreman.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -28,7 +40,11 @@ API_FIGURES = (
     "api_lifecycle_one_run",
     "api_large_body",
 )
-E2E_FIGURES = ("e2e_postgres", "drain_postgres", "api_batch_enqueue", "e2e_bullmq", "pickup")
+BACKENDS = ("postgres", "bullmq", "rabbitmq", "sqs")
+E2E_FIGURES = (
+    "e2e_postgres", "drain_postgres", "api_batch_enqueue", "e2e_bullmq", "e2e_rabbitmq", "e2e_sqs",
+    "pickup",
+)  # fmt: skip
 FIGURES = (*API_FIGURES, "pg_insert", "scale", *E2E_FIGURES)
 GROUPS = {"api": API_FIGURES, "e2e": E2E_FIGURES}
 
@@ -54,6 +70,13 @@ ALL_KEYS = (
     "pickup_p99_ms",
     "pickup_bullmq_p50_ms",
     "pickup_bullmq_p99_ms",
+    "e2e_rabbitmq_tasks_per_s",
+    "pickup_rabbitmq_p50_ms",
+    "pickup_rabbitmq_p99_ms",
+    "e2e_sqs_tasks_per_s",
+    "e2e_sqs_calls_per_task",
+    "pickup_sqs_p50_ms",
+    "pickup_sqs_p99_ms",
 )
 
 
@@ -171,36 +194,78 @@ async def _e2e_figures(
     report: Report, options: BenchOptions, database_url: str | None, settings: Settings
 ) -> None:
     """Each backend through its own server (FOREMAN_QUEUE_BACKEND) and worker processes."""
-    for backend in ("postgres", "bullmq"):
+    for backend in BACKENDS:
         own: tuple[str, ...] = (f"e2e_{backend}", "pickup")
         if backend == "postgres":
             own = (f"e2e_{backend}", "drain_postgres", "api_batch_enqueue", "pickup")
         figures = [f for f in own if f in options.figures]
         if not figures:
             continue
-        queue = f"foreman-bench-{os.getpid()}"  # colon-free (BullMQ), ours alone on a shared Redis
-        env = {
-            "FOREMAN_QUEUE_BACKEND": backend,
-            "TASK_QUEUE_NAME": queue,
-            "RESULT_QUEUE_NAME": f"{queue}-results",
-        }
         try:
-            async with _server(options, database_url, env=env) as (endpoint, pids):
-                workers = e2e.Workers(
-                    options.profile.e2e_worker_processes, options.profile.e2e_worker_concurrency
-                )
-                database = services.BENCH_DATABASE if pids else None
-                fleet = e2e.Fleet(
-                    endpoint, options.api_key, backend, workers, tuple(pids), database
-                )
+            await _backend_figures(report, options, database_url, settings, backend, figures)
+        except NotImplementedError as exc:  # a broker's package or server is not installed
+            for figure in figures:
+                report.notes[_figure_name(figure, backend)] = str(exc)
+
+
+def _figure_name(figure: str, backend: str) -> str:
+    return f"{figure}_{backend}" if figure == "pickup" else figure
+
+
+async def _backend_figures(
+    report: Report,
+    options: BenchOptions,
+    database_url: str | None,
+    settings: Settings,
+    backend: str,
+    figures: list[str],
+) -> None:
+    queue = f"foreman-bench-{os.getpid()}"  # colon-free (BullMQ), ours alone on a shared broker
+    env = {
+        "FOREMAN_QUEUE_BACKEND": backend,
+        "TASK_QUEUE_NAME": queue,
+        "RESULT_QUEUE_NAME": f"{queue}-results",
+    }
+    async with _broker(backend, settings) as (broker_env, counter):
+        try:
+            async with _server(options, database_url, env=env | broker_env) as (endpoint, pids):
                 for figure in figures:
                     await _settle(database_url)
-                    await _figure(report, f"{figure}_{backend}" if figure == "pickup" else figure,
-                                  _e2e_measure(report, options.profile, fleet, figure))  # fmt: skip
+                    measure = _e2e_measure(report, options, endpoint, backend, figure,
+                                           broker_env, counter, pids)  # fmt: skip
+                    await _figure(report, _figure_name(figure, backend), measure)
+                if backend == "rabbitmq" and options.endpoint is None:
+                    await _delete_rabbitmq_queues(options, endpoint, settings)
         finally:
             if backend == "bullmq" and options.endpoint is None:
                 with contextlib.suppress(Exception):
                     await e2e.delete_bullmq_queue(_redis_url(settings), queue)
+
+
+@contextlib.asynccontextmanager
+async def _broker(
+    backend: str, settings: Settings
+) -> AsyncIterator[tuple[dict[str, str], brokers.SqsCallCounter | None]]:
+    """The variables the server and workers of backend need, and the SQS call counter."""
+    if backend == "rabbitmq":
+        yield {"FOREMAN_RABBITMQ_URL": settings.rabbitmq_url}, None
+    elif backend == "sqs":
+        async with (
+            brokers.local_sqs() as upstream,
+            brokers.SqsCallCounter(upstream).serving() as counter,
+        ):
+            yield {"FOREMAN_SQS_ENDPOINT_URL": counter.url, **brokers.LOCAL_AWS_ENV}, counter
+    else:
+        yield {}, None
+
+
+async def _delete_rabbitmq_queues(options: BenchOptions, endpoint: str, settings: Settings) -> None:
+    """Remove the bench organisation's queue, named by the server, from the shared RabbitMQ."""
+    with contextlib.suppress(Exception):
+        async with AsyncClient(endpoint, options.api_key) as client:
+            name = (await client.get_config()).queue.task_queue
+        if name:
+            await brokers.delete_rabbitmq_queues(settings.rabbitmq_url, [name])
 
 
 def _redis_url(settings: Settings) -> str:
@@ -209,23 +274,50 @@ def _redis_url(settings: Settings) -> str:
 
 
 def _e2e_measure(
-    report: Report, profile: Profile, fleet: e2e.Fleet, figure: str
+    report: Report,
+    options: BenchOptions,
+    endpoint: str,
+    backend: str,
+    figure: str,
+    env: dict[str, str],
+    counter: brokers.SqsCallCounter | None,
+    server_pids: list[int],
 ) -> Callable[[], Awaitable[None]]:
+    profile = options.profile
+    workers = e2e.Workers(profile.e2e_worker_processes, profile.e2e_worker_concurrency)
+    fleet = e2e.Fleet(
+        endpoint, options.api_key, backend, workers,
+        server_pids=tuple(server_pids),
+        # Our own server: its backends are on foreman_bench, so their CPU can be told apart.
+        database=services.BENCH_DATABASE if server_pids else None,
+        env=tuple(env.items()),
+    )  # fmt: skip
+
     async def measure() -> None:
+        before = counter.snapshot() if counter is not None else None
         if figure == "pickup":
-            await _pickup_figure(report, fleet, profile)
+            tasks = await _pickup_figure(report, fleet, profile)
         elif figure == "api_batch_enqueue":
-            await _batch_enqueue_figure(report, fleet, profile)
+            tasks = await _batch_enqueue_figure(report, fleet, profile)
         else:
-            await _throughput_figure(report, fleet, profile, figure)
+            tasks = await _throughput_figure(report, fleet, profile, figure)
+        if counter is not None and before is not None:
+            _count_calls(report, _figure_name(figure, backend), counter.snapshot() - before, tasks)
 
     return measure
 
 
-async def _pickup_figure(report: Report, fleet: e2e.Fleet, profile: Profile) -> None:
-    picked = await e2e.measure_pickup(
-        fleet, rate_per_s=profile.pickup_rate_per_s, duration_s=profile.pickup_duration_s
-    )
+def _count_calls(report: Report, figure: str, calls: Counter[str], tasks: int) -> None:
+    """SQS calls per task of a figure (server and workers, idle polls included)."""
+    per_task = round(sum(calls.values()) / max(tasks, 1), 3)
+    key = f"{figure}_calls_per_task" if figure.startswith("pickup") else "e2e_sqs_calls_per_task"
+    report.results[key] = per_task
+    report.details.setdefault(figure, {})["sqs_calls"] = dict(calls.most_common())
+
+
+async def _pickup_figure(report: Report, fleet: e2e.Fleet, profile: Profile) -> int:
+    rate = profile.pickup_sqs_rate_per_s if fleet.backend == "sqs" else profile.pickup_rate_per_s
+    picked = await e2e.measure_pickup(fleet, rate_per_s=rate, duration_s=profile.pickup_duration_s)
     prefix = "pickup" if fleet.backend == "postgres" else f"pickup_{fleet.backend}"
     report.results[f"{prefix}_p50_ms"] = round(picked.p50_ms, 2)
     report.results[f"{prefix}_p99_ms"] = round(picked.p99_ms, 2)
@@ -233,13 +325,15 @@ async def _pickup_figure(report: Report, fleet: e2e.Fleet, profile: Profile) -> 
         "samples": picked.samples,
         "rate_per_s": picked.rate_per_s,
     }
+    return picked.samples
 
 
 async def _throughput_figure(
     report: Report, fleet: e2e.Fleet, profile: Profile, figure: str
-) -> None:
+) -> int:
+    tasks = profile.e2e_sqs_tasks if fleet.backend == "sqs" else profile.e2e_tasks
     measure = e2e.measure_drain if figure.startswith("drain_") else e2e.measure_e2e
-    result = await measure(fleet, tasks=profile.e2e_tasks, deadline_s=profile.e2e_deadline_s)
+    result = await measure(fleet, tasks=tasks, deadline_s=profile.e2e_deadline_s)
     if result.completed < result.tasks:
         report.notes[figure] = (
             f"partial: {result.completed} of {result.tasks} tasks completed within "
@@ -265,9 +359,10 @@ async def _throughput_figure(
             for part, used in result.cpu_s.items()
         },
     }
+    return result.completed
 
 
-async def _batch_enqueue_figure(report: Report, fleet: e2e.Fleet, profile: Profile) -> None:
+async def _batch_enqueue_figure(report: Report, fleet: e2e.Fleet, profile: Profile) -> int:
     result = await e2e.measure_batch_enqueue(fleet, tasks=profile.e2e_tasks)
     report.results["api_batch_enqueue_tasks_per_s"] = round(result.tasks_per_s, 1)
     report.details["api_batch_enqueue"] = {
@@ -276,6 +371,7 @@ async def _batch_enqueue_figure(report: Report, fleet: e2e.Fleet, profile: Profi
         "concurrency": result.concurrency,
         "elapsed_s": round(result.elapsed_s, 2),
     }
+    return result.tasks
 
 
 async def _pg_insert_figure(report: Report, options: BenchOptions, database_url: str) -> None:

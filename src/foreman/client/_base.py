@@ -33,8 +33,9 @@ from foreman.models import (
 )
 
 T = TypeVar("T")
-QueueBackend = Literal["postgres", "bullmq"]
+QueueBackend = Literal["postgres", "bullmq", "rabbitmq", "sqs"]
 
+BACKENDS: tuple[QueueBackend, ...] = ("postgres", "bullmq", "rabbitmq", "sqs")
 DEFAULT_ENDPOINT = "http://localhost:3000"
 API = "/api/v1"
 USER_AGENT = "foreman-python"
@@ -137,8 +138,8 @@ def client_options(
         raise ValueError("timeout must be positive")
     if retries < 0:
         raise ValueError("retries must be >= 0")
-    if queue_backend not in (None, "postgres", "bullmq"):
-        raise ValueError(f"Unknown queue backend: {queue_backend!r} (postgres or bullmq)")
+    if queue_backend not in (None, *BACKENDS):
+        raise ValueError(f"Unknown queue backend: {queue_backend!r} ({', '.join(BACKENDS)})")
     return ClientOptions(
         endpoint=normalize_endpoint(endpoint or os.environ.get("FOREMAN_ENDPOINT") or ""),
         api_key=api_key or os.environ.get("FOREMAN_API_KEY") or None,

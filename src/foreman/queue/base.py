@@ -14,7 +14,7 @@ from typing import Literal, Protocol
 
 from foreman.models import Task
 
-BackendName = Literal["postgres", "bullmq"]
+BackendName = Literal["postgres", "bullmq", "rabbitmq", "sqs"]
 READY_STATUSES: frozenset[str] = frozenset({"queued", "retrying"})
 
 

@@ -46,40 +46,10 @@ logger = logging.getLogger(__name__)
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 INF = math.inf
 HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, INF)
-PICKUP_BUCKETS = (
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-    30.0,
-    60.0,
-    300.0,
-    INF,
-)
-DURATION_BUCKETS = (
-    0.01,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-    30.0,
-    60.0,
-    300.0,
-    900.0,
-    3600.0,
-    INF,
-)
+# The task histograms share a 50 ms to 5 min ladder: a claim can come sooner, a task take longer.
+_TASK_SECONDS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+PICKUP_BUCKETS = (0.005, 0.01, 0.025, *_TASK_SECONDS, INF)
+DURATION_BUCKETS = (0.01, *_TASK_SECONDS, 900.0, 3600.0, INF)
 # Any other method is counted as "other": a client must not create series at will.
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 UNMATCHED = "unmatched"  # the route label of a request no route took (404, refused at the edge)
@@ -154,17 +124,19 @@ class ServerMetrics:
         self.per_org = per_org
         self.registry = CollectorRegistry(auto_describe=True)
         org = ("org",) if per_org else ()
+        # One key per answered request feeds both (flush): they must have the same labels.
+        http_labels = ("method", "route", "status", *org)
         r = self.registry
         self._requests = Counter(
             "foreman_http_requests",
             "HTTP requests answered",
-            ("method", "route", "status", *org),
+            http_labels,
             registry=r,
         )
         self._request_s = Histogram(
             "foreman_http_request_duration_seconds",
             "Time to answer an HTTP request (route = the route template)",
-            ("method", "route", "status", *org),
+            http_labels,
             buckets=HTTP_BUCKETS,
             registry=r,
         )

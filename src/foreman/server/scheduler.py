@@ -115,7 +115,7 @@ class Scheduler:
                 if firing is not None:
                     firings.append(firing)
         # After the commit, like every publish: a job must never name an uncommitted task. A
-        # publish lost here is repaired by the sweeper (bullmq), as after any create.
+        # publish lost here is repaired by the sweeper (broker backends), as after any create.
         created = [f.task for f in firings]
         if self._metrics is not None:
             self._metrics.tasks_created(created)  # counted like the tasks the API creates

@@ -2,7 +2,8 @@
 
 ``Worker`` owns the lifecycle (slots, handlers, leases, results, stopping); a source only takes
 ready tasks and acknowledges them once their attempt is over. One implementation per backend
-module (``_postgres.py``, ``_bullmq.py``), chosen in ``worker.open_source``.
+module (``_postgres.py``, ``_bullmq.py``, ``_rabbitmq.py``, ``_sqs.py``), chosen in
+``worker.open_source``.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ class SourceContext:
     claim_wait_s: float  # how long an idle take may wait for a ready task
     types: Sequence[str] | None  # the task types to take (None: every type)
     stopped: asyncio.Event  # set by Worker.stop(): a take in progress returns soon
+    concurrency: int = 1  # the worker's handler slots (a broker's prefetch)
 
     async def pause(self, seconds: float) -> None:
         """Sleep seconds, or less if the worker stops meanwhile."""

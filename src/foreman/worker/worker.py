@@ -37,7 +37,7 @@ from foreman.worker.source import SourceContext, TaskSource
 logger = logging.getLogger(__name__)
 
 Handler = Callable[[TaskContext], Any] | Callable[[TaskContext], Awaitable[Any]]
-Backend = Literal["postgres", "bullmq"]
+Backend = Literal["postgres", "bullmq", "rabbitmq", "sqs"]
 # Result requests out at once; while they are out, results gather for the next (MicroBatcher).
 RESULTS_IN_FLIGHT = 2
 
@@ -61,7 +61,7 @@ def default_worker_id() -> str:
 class Worker:
     """Runs handlers ({task type: function}) for the tasks of the caller's organisation.
 
-    concurrency bounds the handlers running at once; backend (postgres|bullmq) defaults to the
+    concurrency bounds the handlers running at once; backend (postgres|bullmq|rabbitmq|sqs) defaults to the
     client's override, else what the server advertises. lease_s is the lease of each claimed
     task, renewed every heartbeat_s (default lease_s / 3) in one request for all of them.
     grace_s is what running handlers get after stop() or SIGTERM before their tasks are put
@@ -180,6 +180,7 @@ class Worker:
             claim_wait_s=self.claim_wait_s,
             types=sorted(self.handlers) if self.only_known_types else None,
             stopped=self._stopped,
+            concurrency=self.concurrency,
         )
 
     async def _server_backend(self) -> Backend:
@@ -438,6 +439,22 @@ async def open_source(backend: Backend, context: SourceContext) -> TaskSource:
                 "The bullmq backend needs the bullmq package: pip install 'foreman[redis]'"
             ) from exc
         return await _bullmq.BullMQSource.open(context)
+    if backend == "rabbitmq":
+        try:
+            from foreman.worker import _rabbitmq
+        except ImportError as exc:
+            raise errors.ForemanError(
+                "The rabbitmq backend needs the aio-pika package: pip install 'foreman[rabbitmq]'"
+            ) from exc
+        return await _rabbitmq.RabbitMQSource.open(context)
+    if backend == "sqs":
+        try:
+            from foreman.worker import _sqs
+        except ImportError as exc:
+            raise errors.ForemanError(
+                "The sqs backend needs the aiobotocore package: pip install 'foreman[sqs]'"
+            ) from exc
+        return await _sqs.SqsSource.open(context)
     from foreman.worker import _postgres
 
     return _postgres.PostgresSource(context)

@@ -20,6 +20,7 @@ from foreman.models import (
     RedisConfig,
 )
 from foreman.queue import naming
+from foreman.server import context
 from foreman.server.auth import authenticated, may_see_redis_password, request_org
 from foreman.server.deps import error_responses, state
 from foreman.settings import Settings
@@ -45,7 +46,7 @@ async def _database_ok(request: Request[Any, Any, Any]) -> bool:
 
 async def _redis_status(request: Request[Any, Any, Any]) -> str:
     queue = state(request).queue
-    if queue is None or not hasattr(queue, "ping"):
+    if queue is None or queue.name != "bullmq" or not hasattr(queue, "ping"):
         return "not configured"
     try:
         async with asyncio.timeout(HEALTH_TIMEOUT_S):
@@ -106,6 +107,15 @@ def queues_config(settings: Settings, org_id: str) -> QueuesConfig:
     )
 
 
+def queue_backend_config(settings: Settings, request: Request[Any, Any, Any]) -> QueueBackendConfig:
+    """The backend, and for a broker with a queue per organisation the caller's queue."""
+    caller = context.context_of(request.scope).caller
+    if settings.queue_backend in ("rabbitmq", "sqs") and caller is not None:
+        name = naming.org_queue_name(settings.task_queue_name, caller.org_id)
+        return QueueBackendConfig(backend=settings.queue_backend, task_queue=name)
+    return QueueBackendConfig(backend=settings.queue_backend)
+
+
 @get("/api/v1/config", middleware=[authenticated], responses=error_responses())
 async def get_config(request: Request[Any, Any, Any]) -> Config:
     """Server version, Redis connection, the caller's queue names and the queue backend in use."""
@@ -115,7 +125,7 @@ async def get_config(request: Request[Any, Any, Any]) -> Config:
         environment=settings.environment,
         redis=await redis_config(request),
         queues=queues_config(settings, request_org(request)),
-        queue=QueueBackendConfig(backend=settings.queue_backend),
+        queue=queue_backend_config(settings, request),
     )
 
 

@@ -7,7 +7,10 @@ JavaScript; htmx only refreshes the live parts of the runs and run pages every f
 
 from __future__ import annotations
 
-from typing import Any, get_args
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Generic, Protocol, TypeVar, get_args
 
 from litestar import Request, Response, Router, get, post
 from litestar.params import FromPath
@@ -29,6 +32,36 @@ RUN_STATUSES: tuple[str, ...] = get_args(RunStatus)
 TASK_STATUSES: tuple[str, ...] = get_args(TaskStatus)
 RETRYABLE = ("failed", "cancelled")
 TERMINAL = ("completed", "failed", "cancelled")
+
+T = TypeVar("T")
+
+
+class _PageQuery(Protocol[T]):
+    """A store query for one page of rows, its filters bound (functools.partial)."""
+
+    def __call__(self, *, limit: int, offset: int) -> Awaitable[list[T]]: ...
+
+
+class _CountQuery(Protocol):
+    """A store query that counts the same rows up to bound, its filters bound."""
+
+    def __call__(self, *, bound: int) -> Awaitable[ui_store.Count]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Listing(Generic[T]):
+    """One page of a list, whether a next page exists, and how many rows match (bounded)."""
+
+    rows: list[T]
+    more: bool
+    count: ui_store.Count
+
+
+async def _listing(page: int, rows_of: _PageQuery[T], count_of: _CountQuery) -> Listing[T]:
+    # One row past the page tells whether another follows, without counting them all.
+    rows = await rows_of(limit=PAGE + 1, offset=page * PAGE)
+    count = await count_of(bound=COUNT_BOUND)
+    return Listing(rows[:PAGE], len(rows) > PAGE, count)
 
 
 def _page(
@@ -59,7 +92,9 @@ def _uuid(value: str, what: str) -> str:
         raise errors.NotFoundError(f"{what} not found: {value}") from None
 
 
-# ---------------------------------------------------------------- login and logout
+# ---------------------------------------------------------------- runs
+
+
 @get("/runs")
 async def runs_page(request: Request[Any, Any, Any]) -> Response[str]:
     """Runs: filter by status, search by id (prefix), sort, paginate; counters and progress."""
@@ -71,32 +106,31 @@ async def runs_page(request: Request[Any, Any, Any]) -> Response[str]:
     page = _number(query.get("page"))
     search = (query.get("q") or "").strip()
     id_range = ui_store.id_range(search) if search else None
-    rows: list[Any] = []
-    count = ui_store.Count(0, False)
+    found: Listing[Any] = Listing([], False, ui_store.Count(0, False))
     if not search or id_range is not None:
         async with render.org_conn(request, session.org_id) as conn:
-            rows = await ui_store.runs_page(
-                conn,
-                org_id=session.org_id,
-                status=status,
-                ids=id_range,
-                sort_by=sort_by,
-                order=order,
-                limit=PAGE + 1,
-                offset=page * PAGE,
-            )
-            count = await ui_store.count_runs(
-                conn, org_id=session.org_id, status=status, ids=id_range, bound=COUNT_BOUND
+            found = await _listing(
+                page,
+                partial(
+                    ui_store.runs_page,
+                    conn,
+                    org_id=session.org_id,
+                    status=status,
+                    ids=id_range,
+                    sort_by=sort_by,
+                    order=order,
+                ),
+                partial(
+                    ui_store.count_runs, conn, org_id=session.org_id, status=status, ids=id_range
+                ),
             )
     filters = {"status": status or "", "q": search, "sort": sort_by, "order": order}
     return _page(
         request,
         "runs.html",
         session,
-        runs=rows[:PAGE],
-        more=len(rows) > PAGE,
+        runs=found,
         page=page,
-        count=count,
         filters=filters,
         statuses=RUN_STATUSES,
         sorts=ui_store.RUN_SORTS,
@@ -118,49 +152,45 @@ async def run_page(request: Request[Any, Any, Any], run_id: FromPath[str]) -> Re
         run = await runs.get_run(conn, org_id=session.org_id, run_id=run_id)
         if run is None:
             raise errors.NotFoundError(f"Run not found: {run_id}")
-        task_rows = await ui_store.run_tasks_page(
-            conn,
-            org_id=session.org_id,
-            run_id=run_id,
-            status=status,
-            limit=PAGE + 1,
-            offset=page * PAGE,
+        tasks_of_run = await _listing(
+            page,
+            partial(
+                ui_store.run_tasks_page, conn, org_id=session.org_id, run_id=run_id, status=status
+            ),
+            partial(
+                ui_store.count_run_tasks, conn, org_id=session.org_id, run_id=run_id, status=status
+            ),
         )
-        task_count = await ui_store.count_run_tasks(
-            conn, org_id=session.org_id, run_id=run_id, status=status, bound=COUNT_BOUND
-        )
-        data_rows = await ui_store.run_data_page(
-            conn,
-            org_id=session.org_id,
-            run_id=run_id,
-            key_prefix=key_prefix,
-            tag=tag,
-            limit=PAGE + 1,
-            offset=data_page * PAGE,
-        )
-        data_count = await ui_store.count_run_data(
-            conn,
-            org_id=session.org_id,
-            run_id=run_id,
-            key_prefix=key_prefix,
-            tag=tag,
-            bound=COUNT_BOUND,
+        run_data = await _listing(
+            data_page,
+            partial(
+                ui_store.run_data_page,
+                conn,
+                org_id=session.org_id,
+                run_id=run_id,
+                key_prefix=key_prefix,
+                tag=tag,
+            ),
+            partial(
+                ui_store.count_run_data,
+                conn,
+                org_id=session.org_id,
+                run_id=run_id,
+                key_prefix=key_prefix,
+                tag=tag,
+            ),
         )
     return _page(
         request,
         "run.html",
         session,
         run=run,
-        tasks=task_rows[:PAGE],
-        more=len(task_rows) > PAGE,
+        tasks=tasks_of_run,
         page=page,
-        task_count=task_count,
         status=status or "",
         statuses=TASK_STATUSES,
-        data=data_rows[:PAGE],
-        more_data=len(data_rows) > PAGE,
+        data=run_data,
         data_page=data_page,
-        data_count=data_count,
         key=key_prefix or "",
         tag=tag or "",
     )

@@ -1,0 +1,167 @@
+"""The rabbitmq backend's source: consume the organisation's queue, claim each task by its id.
+
+The queue is the one ``/api/v1/config`` names for the caller's organisation (``queue.taskQueue``);
+the broker is ``FOREMAN_RABBITMQ_URL`` (default ``amqp://guest:guest@127.0.0.1:5672/``). Prefetch
+is the worker's concurrency and a message stays unacknowledged until its task's attempt is over,
+so RabbitMQ hands this worker at most as many messages as it has free slots, and a worker that
+dies gives its messages back at once (their claims are refused until the lease expires; the
+sweeper then publishes the retry). A message is acknowledged only after its claim was answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Awaitable
+
+import aio_pika
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
+
+from foreman import errors
+from foreman.client import retry_delay_s
+from foreman.models import Task
+from foreman.queue import rabbitmq
+from foreman.worker import _claims
+from foreman.worker.source import SourceContext
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
+BURST_WAIT_S = 0.2
+RECONNECT_S = 0.5
+
+
+def broker_url() -> str:
+    """FOREMAN_RABBITMQ_URL, else the local broker."""
+    return os.environ.get("FOREMAN_RABBITMQ_URL") or DEFAULT_URL
+
+
+async def queue_name(context: SourceContext) -> str:
+    """The caller's organisation's queue, as the server names it."""
+    if context.client.options.task_queue:
+        return context.client.options.task_queue
+    config = await context.client.get_config()
+    if not config.queue.task_queue:
+        raise errors.ForemanError(
+            f"The server runs the {config.queue.backend} backend, not rabbitmq: no queue to consume"
+        )
+    return config.queue.task_queue
+
+
+class RabbitMQSource:
+    """Buffers the deliveries of one consumer; take claims them, acknowledge acks them."""
+
+    takes_in_flight = 1  # one consumer of the queue (its prefetch is the worker's free slots)
+
+    def __init__(self, context: SourceContext, connection: AbstractRobustConnection) -> None:
+        self.context = context
+        self._connection = connection
+        self._deliveries: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+        self._held: dict[str, AbstractIncomingMessage] = {}  # by task id, until acknowledged
+        self._queue: aio_pika.abc.AbstractQueue | None = None
+        self._consumer_tag: str | None = None
+
+    @classmethod
+    async def open(cls, context: SourceContext) -> RabbitMQSource:
+        """Connect, declare the organisation's queue as the server does, start consuming."""
+        name = await queue_name(context)
+        queue_type = os.environ.get("FOREMAN_RABBITMQ_QUEUE_TYPE") or "classic"
+        connection = await aio_pika.connect_robust(
+            broker_url(),
+            timeout=rabbitmq.CONNECT_TIMEOUT_S,
+            reconnect_interval=rabbitmq.RECONNECT_S,
+            client_properties={"connection_name": f"foreman-worker {context.worker_id}"},
+        )
+        source = cls(context, connection)
+        channel = await connection.channel(publisher_confirms=False)
+        # Unacknowledged messages = running tasks + deliveries not taken yet <= concurrency.
+        await channel.set_qos(prefetch_count=context.concurrency)
+        source._queue = await rabbitmq.declare(channel, name, queue_type)
+        source._consumer_tag = await source._queue.consume(source._deliveries.put)
+        logger.info("consuming RabbitMQ queue %r", name)
+        return source
+
+    async def take(self, limit: int, *, burst: bool) -> list[Task]:
+        """Up to limit claimed tasks; [] after a wait found no message or the worker stops."""
+        while not self.context.stopped.is_set():
+            wait_s = BURST_WAIT_S if burst else self.context.claim_wait_s
+            first = await self._next(wait_s)
+            if first is None:
+                return []
+            messages = [first]
+            while len(messages) < limit and not self._deliveries.empty():
+                messages.append(self._deliveries.get_nowait())
+            tasks = await self._claim(messages)
+            if tasks:
+                return tasks
+        return []
+
+    async def _next(self, wait_s: float) -> AbstractIncomingMessage | None:
+        """The next delivery, waiting up to wait_s (less if the worker stops)."""
+        if not self._deliveries.empty():
+            return self._deliveries.get_nowait()
+        getting = asyncio.ensure_future(self._deliveries.get())
+        stopped = asyncio.ensure_future(self.context.stopped.wait())
+        try:
+            await asyncio.wait({getting, stopped}, timeout=wait_s, return_when="FIRST_COMPLETED")
+        finally:
+            stopped.cancel()
+            if not getting.done():
+                getting.cancel()
+        if getting.done() and not getting.cancelled():
+            return getting.result()
+        return None
+
+    async def _claim(self, messages: list[AbstractIncomingMessage]) -> list[Task]:
+        if self.context.stopped.is_set():
+            await self._give_back(messages)
+            return []
+        items = [(_claims.task_id_of(m.body), m) for m in messages]
+        outcome = await _claims.claim(self.context, items, held=set(self._held))
+        for message in outcome.refused:
+            await self._settle(message.ack())
+        for message, reason in outcome.poison:
+            # By the broker's delivery tag: a message id is the sender's text, and a hostile
+            # sender's could carry another organisation's data into this log.
+            logger.warning(
+                "RabbitMQ delivery %s moved to the dead-letter queue: %s",
+                message.delivery_tag,
+                reason,
+            )
+            await self._settle(message.reject(requeue=False))
+        if outcome.unclaimed:
+            await self._give_back(outcome.unclaimed)
+            await self.context.pause(retry_delay_s(3))
+        for task, message in outcome.claimed:
+            self._held[task.id] = message
+        return [task for task, _ in outcome.claimed]
+
+    async def _give_back(self, messages: list[AbstractIncomingMessage]) -> None:
+        for message in messages:
+            await self._settle(message.nack(requeue=True))
+
+    async def _settle(self, answer: Awaitable[None]) -> None:
+        """Await an ack/nack/reject; a channel lost meanwhile already gave the message back."""
+        try:
+            await answer
+        except (*rabbitmq.AMQP_ERRORS, aio_pika.exceptions.MessageProcessError) as exc:
+            logger.info("settling a RabbitMQ message failed (it is redelivered): %s", exc)
+
+    async def acknowledge(self, task: Task) -> None:
+        """Ack the message of the task whose attempt is over."""
+        message = self._held.pop(task.id, None)
+        if message is not None:
+            await self._settle(message.ack())
+
+    async def close(self) -> None:
+        """Stop consuming, give back the deliveries not taken, close the connection."""
+        if self._queue is not None and self._consumer_tag is not None:
+            with contextlib.suppress(*rabbitmq.AMQP_ERRORS):
+                await self._queue.cancel(self._consumer_tag)
+        leftover = []
+        while not self._deliveries.empty():
+            leftover.append(self._deliveries.get_nowait())
+        await self._give_back(leftover)
+        await self._connection.close()
