@@ -15,6 +15,8 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
+from foreman import triggers
+
 RunStatus = Literal["pending", "running", "completed", "failed", "cancelled"]
 TaskStatus = Literal["pending", "queued", "running", "completed", "failed", "cancelled", "retrying"]
 TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
@@ -48,6 +50,32 @@ MaxRetries = Annotated[int, Meta(ge=0, le=10)]
 # BullMQ's range: 0 is the default, then 1 (highest) .. 2,097,152 (lowest).
 Priority = Annotated[int, Meta(ge=0, le=2_097_152)]
 DelayMs = Annotated[int, Meta(ge=0, le=365 * 24 * 3600 * 1000)]
+IntervalMs = Annotated[
+    int,
+    Meta(
+        ge=triggers.MIN_INTERVAL_MS,
+        le=triggers.MAX_INTERVAL_MS,
+        description="Milliseconds between ticks, 1 s to 366 days; the first tick is one interval away",
+    ),
+]
+CronText = Annotated[
+    str,
+    Meta(
+        min_length=1,
+        max_length=MAX_NAME_CHARS,
+        description="A standard 5-field cron expression: minute hour day-of-month month day-of-week",
+        examples=["*/15 9-17 * * MON-FRI"],
+    ),
+]
+TimezoneName = Annotated[
+    str,
+    Meta(
+        min_length=1,
+        max_length=MAX_NAME_CHARS,
+        description="An IANA timezone name; the cron expression is read in it (DST included)",
+        examples=["Europe/Warsaw"],
+    ),
+]
 
 
 class _Out(msgspec.Struct, rename="camel", omit_defaults=True):
@@ -82,6 +110,28 @@ def _require_object(value: msgspec.Raw | UnsetType, field: str) -> None:
         kind = _JSON_TYPES.get(memoryview(value)[0], "number")
         if kind not in ("object", "null"):
             raise ValueError(f"`{field}` must be an object or null, got {kind}")
+
+
+def _check_trigger(cron: str | UnsetType | None, timezone: str | UnsetType) -> None:
+    """A given cron expression and timezone must be valid (msgspec reports the ValueError)."""
+    if isinstance(cron, str):
+        try:
+            triggers.check_cron(cron)
+        except ValueError as exc:
+            raise ValueError(f"`cron` {exc}") from exc
+    if isinstance(timezone, str):
+        try:
+            triggers.zone(timezone)
+        except ValueError as exc:
+            raise ValueError(f"`timezone` {exc}") from exc
+
+
+def _one_trigger(cron: object, interval_ms: object) -> None:
+    """Exactly one of cron and intervalMs (None and UNSET both count as not given)."""
+    given = [v for v in (cron, interval_ms) if v is not None and v is not UNSET]
+    if len(given) != 1:
+        what = "both given" if given else "neither given"
+        raise ValueError(f"`cron` or `intervalMs` is required, exactly one of them ({what})")
 
 
 def stored(value: msgspec.Raw | UnsetType) -> msgspec.Raw | None:
@@ -165,6 +215,38 @@ class RunData(_Out):
     updated_at: int
 
 
+class ScheduledTask(_Out):
+    """The task each firing of a schedule creates (queued at once)."""
+
+    type: str
+    input_data: Any
+    max_retries: int
+    priority: int
+
+
+class Schedule(_Out):
+    """A schedule: every tick of its cron expression or interval creates a run with one task.
+
+    ``nextRunAt`` is absent while the schedule is disabled; ``lastRunAt`` (when it last fired)
+    and ``lastRunId`` (the run it created) until it first fires.
+    """
+
+    id: str
+    org_id: str
+    name: str
+    enabled: bool
+    timezone: str
+    run_input_data: Any
+    task: ScheduledTask
+    created_at: int
+    updated_at: int
+    cron: str | None = None
+    interval_ms: int | None = None
+    next_run_at: int | None = None
+    last_run_at: int | None = None
+    last_run_id: str | None = None
+
+
 class Pagination(_Out):
     total: int
     limit: int
@@ -178,6 +260,11 @@ class RunList(_Out):
 
 class TaskList(_Out):
     data: list[Task]
+    pagination: Pagination
+
+
+class ScheduleList(_Out):
+    data: list[Schedule]
     pagination: Pagination
 
 
@@ -293,6 +380,70 @@ class TaskUpdate(_In):
 
     def __post_init__(self) -> None:
         _require_object(self.metadata, "metadata")
+
+
+class ScheduleTask(_In):
+    """The task a schedule creates at each firing: as in POST /tasks, queued at once."""
+
+    type: Name
+    input_data: JsonValue
+    max_retries: MaxRetries = 3
+    priority: Priority = 0
+
+    def __post_init__(self) -> None:
+        _require_value(self.input_data, "inputData")
+
+
+class ScheduleCreate(_In):
+    """POST /schedules: exactly one of ``cron`` and ``intervalMs``."""
+
+    name: Name
+    task: ScheduleTask
+    cron: CronText | None = None
+    interval_ms: IntervalMs | None = None
+    timezone: TimezoneName = triggers.DEFAULT_TIMEZONE
+    enabled: bool = True
+    # The inputData of each run the schedule creates ({} when left out).
+    run_input_data: JsonValue | UnsetType = UNSET
+
+    def __post_init__(self) -> None:
+        _one_trigger(self.cron, self.interval_ms)
+        _check_trigger(self.cron, self.timezone)
+        if isinstance(self.run_input_data, msgspec.Raw):
+            _require_value(self.run_input_data, "runInputData")
+
+
+class ScheduleTaskUpdate(_In):
+    """The fields of a schedule's task to change; the others stay."""
+
+    type: Name | UnsetType = UNSET
+    input_data: JsonValue | UnsetType = UNSET
+    max_retries: MaxRetries | UnsetType = UNSET
+    priority: Priority | UnsetType = UNSET
+
+    def __post_init__(self) -> None:
+        if isinstance(self.input_data, msgspec.Raw):
+            _require_value(self.input_data, "inputData")
+
+
+class ScheduleUpdate(_In):
+    """PATCH /schedules/{id}: ``cron`` or ``intervalMs`` replaces the trigger (the other one is
+    cleared); a changed trigger, timezone or ``enabled`` sets ``nextRunAt`` anew from now."""
+
+    name: Name | UnsetType = UNSET
+    cron: CronText | UnsetType | None = UNSET
+    interval_ms: IntervalMs | UnsetType | None = UNSET
+    timezone: TimezoneName | UnsetType = UNSET
+    enabled: bool | UnsetType = UNSET
+    run_input_data: JsonValue | UnsetType = UNSET
+    task: ScheduleTaskUpdate | UnsetType = UNSET
+
+    def __post_init__(self) -> None:
+        if self.cron is not UNSET or self.interval_ms is not UNSET:
+            _one_trigger(self.cron, self.interval_ms)
+        _check_trigger(self.cron, self.timezone)
+        if isinstance(self.run_input_data, msgspec.Raw):
+            _require_value(self.run_input_data, "runInputData")
 
 
 class RunDataCreate(_In):

@@ -167,6 +167,11 @@ class Settings(BaseSettings):
     # Retention: ended runs older than this many days are deleted by the sweeper (None: kept).
     retention_days: float | None = Field(default=None, gt=0)
     retention_batch: int = Field(default=5000, ge=1)  # rows per retention transaction (one a sweep)
+    # Schedules: how often each server process looks for due ones (a tick fires within about this
+    # long after its time), and how many it fires per transaction.
+    schedule_enabled: bool = True  # run the firing loop in this process (safe in every replica)
+    schedule_interval_s: float = Field(default=1.0, gt=0)
+    schedule_batch: int = Field(default=100, ge=1)
     # Long polls (claim, wait) re-check at least this often if no NOTIFY woke them (fallback).
     poll_interval_s: float = Field(default=1.0, gt=0)
 

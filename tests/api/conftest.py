@@ -25,8 +25,9 @@ from tests.queue_helpers import running_app
 
 @pytest.fixture(scope="session")
 async def session_app(database_url: str) -> Litestar:
-    # No sweeper: these tests never hold leases, and a background writer would only add noise.
-    return create_app(make_settings(database_url, sweep_enabled=False))
+    # No sweeper and no firing loop: these tests never hold leases, schedules fire only when a
+    # test says so (with its own clock), and a background writer would only add noise.
+    return create_app(make_settings(database_url, sweep_enabled=False, schedule_enabled=False))
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,7 @@ from bullmq import Queue
 
 from foreman import AsyncClient, Client, errors
 from foreman.client import RedisOptions, TaskSpec, _async
-from foreman.models import Config, Run, Task
+from foreman.models import Config, Run, Schedule, ScheduledTask, Task
 from foreman.server.app import create_app
 from tests.conftest import KEY_A, KEY_B, make_settings
 from tests.services import free_port
@@ -374,6 +374,45 @@ def test_client_side_bullmq_publishing(live: LiveApp, db_url, redis_server):
     assert job.opts["priority"] == 2
 
 
+def test_schedules_round_trip(client: Client, live: LiveApp):
+    made = client.create_schedule(
+        "hourly-report",
+        interval_ms=3_600_000,
+        type="report",
+        input_data={"kind": "hourly"},
+        run_input_data={"source": "sdk"},
+        priority=2,
+    )
+    assert isinstance(made, Schedule)
+    assert made.task == ScheduledTask(
+        type="report", input_data={"kind": "hourly"}, max_retries=3, priority=2
+    )
+    assert (made.interval_ms, made.cron, made.timezone) == (3_600_000, None, "UTC")
+    assert made.run_input_data == {"source": "sdk"}
+    assert made.next_run_at == made.created_at + 3_600_000
+    assert client.get_schedule(made.id) == made
+    changed = client.update_schedule(
+        made.id, cron="0 6 * * MON", timezone="Europe/Warsaw", max_retries=0, enabled=False
+    )
+    assert (changed.cron, changed.interval_ms, changed.enabled) == ("0 6 * * MON", None, False)
+    assert changed.next_run_at is None
+    assert changed.task.max_retries == 0
+    assert changed.task.priority == 2
+    listed = client.list_schedules(limit=5)
+    assert [s.id for s in listed.data] == [made.id]
+    assert listed.pagination.total == 1
+    with pytest.raises(errors.ValidationError, match="timezone"):
+        client.create_schedule("x", cron="* * * * *", timezone="Nowhere", type="t", input_data=1)
+    with (
+        Client(live.url, KEY_B) as other,
+        pytest.raises(errors.NotFoundError, match="Schedule not found"),
+    ):
+        other.get_schedule(made.id)
+    assert client.delete_schedule(made.id).id == made.id
+    with pytest.raises(errors.NotFoundError):
+        client.get_schedule(made.id)
+
+
 # ---------------------------------------------------------------- async client
 
 
@@ -393,6 +432,20 @@ async def test_async_client_round_trip(aclient: AsyncClient):
     page = await aclient.query_run_data(run.id, key_starts_with=["k"])
     assert [d.id for d in page.data] == [stored.id]
     assert (await aclient.get_config()).version
+
+
+async def test_async_schedules_round_trip(aclient: AsyncClient):
+    made = await aclient.create_schedule(
+        "nightly", cron="0 2 * * *", timezone="America/New_York", type="t", input_data=[1]
+    )
+    assert made.task.input_data == [1]
+    assert made.next_run_at is not None
+    assert await aclient.get_schedule(made.id) == made
+    changed = await aclient.update_schedule(made.id, interval_ms=60_000, name="renamed")
+    assert (changed.name, changed.cron, changed.interval_ms) == ("renamed", None, 60_000)
+    assert [s.id for s in (await aclient.list_schedules()).data] == [made.id]
+    assert (await aclient.delete_schedule(made.id)).name == "renamed"
+    assert (await aclient.list_schedules()).data == []
 
 
 async def test_async_wait_times_out(aclient: AsyncClient):

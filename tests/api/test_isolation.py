@@ -30,7 +30,19 @@ async def two_orgs(client):
         item = await create_data(
             client, run["id"], parent["id"], "shared-key", headers=headers, tags=["t"]
         )
-        made[org] = {"run": run, "parent": parent, "child": child, "data": item}
+        schedule = await client.post(
+            f"{API}/schedules",
+            json={"name": org, "intervalMs": 3_600_000, "task": {"type": "t", "inputData": 1}},
+            headers=headers,
+        )
+        assert schedule.status_code == 201, schedule.text
+        made[org] = {
+            "run": run,
+            "parent": parent,
+            "child": child,
+            "data": item,
+            "schedule": schedule.json(),
+        }
     return made
 
 
@@ -197,6 +209,7 @@ UNFILTERED = {
     "task": "SELECT count(*) FROM task",
     "run_data": "SELECT count(*) FROM run_data",
     "run_counter": "SELECT count(*) FROM run_counter",
+    "schedule": "SELECT count(*) FROM schedule",
 }
 
 
@@ -224,6 +237,7 @@ async def test_unfiltered_queries_through_the_servers_pool_see_only_the_bound_or
     assert seen_b["task"] == 2
     assert seen_b["run_data"] == 1
     assert seen_b["run_counter"] >= 1
+    assert seen_a["schedule"] == seen_b["schedule"] == 1
     assert orgs == {table: [ORG_A] for table in UNFILTERED}
     for table in ("run", "task", "run_data"):
         assert seen_a[table] + seen_b[table] == everything[table]

@@ -32,6 +32,11 @@ ENDPOINTS = {
     ("get", f"{API}/runs/{{run_id}}/data"): None,
     ("delete", f"{API}/runs/{{run_id}}/data"): None,
     ("patch", f"{API}/runs/{{run_id}}/data/{{data_id}}/tags"): "TagsUpdate",
+    ("post", f"{API}/schedules"): "ScheduleCreate",
+    ("get", f"{API}/schedules"): None,
+    ("get", f"{API}/schedules/{{schedule_id}}"): None,
+    ("patch", f"{API}/schedules/{{schedule_id}}"): "ScheduleUpdate",
+    ("delete", f"{API}/schedules/{{schedule_id}}"): None,
 }
 
 QUERY_PARAMETERS = {
@@ -61,6 +66,7 @@ QUERY_PARAMETERS = {
         "sortOrder",
     },
     ("delete", f"{API}/runs/{{run_id}}/data"): {"key", "id"},
+    ("get", f"{API}/schedules"): {"limit", "offset", "sortBy", "sortOrder"},
 }
 
 
@@ -164,6 +170,12 @@ async def test_request_schemas_state_the_rules(document):
     assert set(schemas["RunCreate"]["required"]) == {"inputData"}
     assert set(schemas["TaskCreate"]["required"]) == {"runId", "type", "inputData"}
     assert set(schemas["RunDataCreate"]["required"]) == {"taskId", "key", "value"}
+    assert set(schemas["ScheduleCreate"]["required"]) == {"name", "task"}
+    assert set(schemas["ScheduleTask"]["required"]) == {"type", "inputData"}
+    interval = schemas["ScheduleCreate"]["properties"]["intervalMs"]
+    assert interval["minimum"] == 1000
+    assert "5-field" in str(schemas["ScheduleCreate"]["properties"]["cron"])
+    assert "IANA" in str(schemas["ScheduleCreate"]["properties"]["timezone"])
     max_retries = schemas["TaskCreate"]["properties"]["maxRetries"]
     assert (max_retries["minimum"], max_retries["maximum"], max_retries["default"]) == (0, 10, 3)
     task_type = schemas["TaskCreate"]["properties"]["type"]
@@ -203,6 +215,9 @@ async def test_response_schemas_leave_optional_fields_out_of_required(document):
         "queueJobId",
     }
     assert set(schemas["RunData"]["required"]) >= {"id", "runId", "taskId", "key", "value", "tags"}
+    schedule_required = set(schemas["Schedule"]["required"])
+    assert schedule_required >= {"id", "orgId", "name", "enabled", "timezone", "task"}
+    assert not schedule_required & {"cron", "intervalMs", "nextRunAt", "lastRunAt", "lastRunId"}
 
 
 async def test_real_answers_conform_to_the_document(client, document):
@@ -211,6 +226,9 @@ async def test_real_answers_conform_to_the_document(client, document):
     item = await create_data(client, run["id"], task["id"], "k", tags=["a"])
     run_path, task_path = f"{API}/runs/{{run_id}}", f"{API}/tasks/{{task_id}}"
     data_path = f"{API}/runs/{{run_id}}/data"
+    schedule = {"name": "s", "intervalMs": 60_000, "task": {"type": "t", "inputData": 1}}
+    made = (await client.post(f"{API}/schedules", json=schedule, headers=HEADERS_A)).json()
+    schedule_path = f"{API}/schedules/{{schedule_id}}"
     calls = [
         ("get", "/health", "/health", None),
         ("get", f"{API}/config", f"{API}/config", None),
@@ -251,6 +269,13 @@ async def test_real_answers_conform_to_the_document(client, document):
         ),
         ("delete", data_path, f"{API}/runs/{run['id']}/data", None),
         ("delete", data_path, f"{API}/runs/{run['id']}/data?key=k", None),
+        ("post", f"{API}/schedules", f"{API}/schedules", schedule),
+        ("post", f"{API}/schedules", f"{API}/schedules", {**schedule, "cron": "* * * * *"}),
+        ("get", f"{API}/schedules", f"{API}/schedules", None),
+        ("get", schedule_path, f"{API}/schedules/{missing_id()}", None),
+        ("patch", schedule_path, f"{API}/schedules/{made['id']}", {"enabled": False}),
+        ("get", schedule_path, f"{API}/schedules/{made['id']}", None),
+        ("delete", schedule_path, f"{API}/schedules/{made['id']}", None),
     ]
     statuses = set()
     for method, path, url, body in calls:

@@ -56,6 +56,17 @@ async def org_a(client) -> dict[str, str]:
     )
     assert claimed.status_code == 200, claimed.text
     data = await create_data(client, run["id"], task["id"], f"key-{SECRET}", SECRET, tags=[SECRET])
+    schedule = await client.post(
+        f"{API}/schedules",
+        json={
+            "name": f"schedule-{SECRET}",
+            "intervalMs": 3_600_000,
+            "runInputData": SECRET,
+            "task": {"type": f"type-{SECRET}", "inputData": SECRET},
+        },
+        headers=HEADERS_A,
+    )
+    assert schedule.status_code == 201, schedule.text
     return {
         "run": run["id"],
         "task": task["id"],
@@ -65,6 +76,7 @@ async def org_a(client) -> dict[str, str]:
         "token": claimed.json()["leaseToken"],
         "type": task["type"],
         "key": data["key"],
+        "schedule": schedule.json()["id"],
     }
 
 
@@ -188,6 +200,21 @@ def _hostile_cases(a: dict[str, str], b_run: str, b_task: str) -> list[tuple[str
             f"{API}/runs/{b_run}/data/{a['data']}/tags",
             {"add": ["b"]},
         ),
+        ("GET", "/api/v1/schedules", f"{API}/schedules?limit=100", None),
+        (
+            "POST",
+            "/api/v1/schedules",
+            f"{API}/schedules",
+            {"name": a["schedule"], "intervalMs": 3_600_000, "task": {"type": "t", "inputData": 1}},
+        ),
+        ("GET", "/api/v1/schedules/{schedule_id}", f"{API}/schedules/{a['schedule']}", None),
+        (
+            "PATCH",
+            "/api/v1/schedules/{schedule_id}",
+            f"{API}/schedules/{a['schedule']}",
+            {"enabled": False, "task": {"inputData": "b"}},
+        ),
+        ("DELETE", "/api/v1/schedules/{schedule_id}", f"{API}/schedules/{a['schedule']}", None),
         ("GET", "/api/v1/config", f"{API}/config", None),
         ("GET", "/api/v1/config/redis", f"{API}/config/redis", None),
         ("GET", "/api/v1/config/queues", f"{API}/config/queues", None),
@@ -205,7 +232,7 @@ async def _rows_of(db_url: str, org_id: str) -> dict[str, list[str]]:
                 str(dict(r))
                 for r in await conn.fetch(f"SELECT * FROM {table} WHERE org_id = $1", org_id)
             )
-            for table in ("run", "run_counter", "task", "run_data")
+            for table in ("run", "run_counter", "task", "run_data", "schedule")
         }
     finally:
         await conn.close()
@@ -245,7 +272,9 @@ async def test_org_b_cannot_see_or_change_org_a_through_any_operation(client, db
         response = await client.request(method, url, json=body, headers=HEADERS_B)
         _assert_nothing_of_a(response, org_a)
         path = url.partition("?")[0]
-        if any(org_a[name] in path for name in ("run", "task", "child", "failed", "data")):
+        if any(
+            org_a[name] in path for name in ("run", "task", "child", "failed", "data", "schedule")
+        ):
             assert response.status_code == 404, (method, url, response.text)
     assert await _rows_of(db_url, ORG_A) == before
     # A's lease survived every attempt: A can still finish its attempt.

@@ -146,6 +146,25 @@ def test_update_sends_only_given_fields_and_keeps_null():
     assert _calls.update_task("t1", {"status": "retrying"}).idempotent is False
 
 
+def test_schedule_bodies_nest_the_task_and_send_only_given_fields():
+    call = _calls.create_schedule(
+        {"name": "n", "cron": "* * * * *", "interval_ms": None, "type": "t", "input_data": {}}
+        | {"run_input_data": None, "max_retries": 0, "priority": None}
+    )
+    assert (call.method, call.path, call.idempotent) == ("POST", "/api/v1/schedules", False)
+    assert body_of(call) == {
+        "name": "n",
+        "cron": "* * * * *",
+        "task": {"type": "t", "inputData": {}, "maxRetries": 0},
+    }
+    call = _calls.update_schedule("s/1", {"cron": None, "interval_ms": 5000, "priority": 1})
+    assert (call.method, call.path, call.idempotent) == ("PATCH", "/api/v1/schedules/s%2F1", True)
+    assert body_of(call) == {"cron": None, "intervalMs": 5000, "task": {"priority": 1}}
+    assert "task" not in body_of(_calls.update_schedule("s", {"name": "x"}))
+    assert _calls.delete_schedule("s").idempotent is False
+    assert _calls.list_schedules({"limit": 5, "sort_by": None}).params == {"limit": "5"}
+
+
 def test_query_parameters():
     call = _calls.query_run_data(
         "r/1", {"keys": ["a", "b"], "include_all": True, "tag_mode": "all", "limit": 5, "key": None}

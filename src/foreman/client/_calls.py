@@ -159,6 +159,22 @@ _RUN_DATA_FILTERS = {
 }
 
 
+_SCHEDULE_FIELDS = {
+    "name": "name",
+    "cron": "cron",
+    "interval_ms": "intervalMs",
+    "timezone": "timezone",
+    "enabled": "enabled",
+    "run_input_data": "runInputData",
+}
+_SCHEDULE_TASK_FIELDS = {
+    "type": "type",
+    "input_data": "inputData",
+    "max_retries": "maxRetries",
+    "priority": "priority",
+}
+
+
 def _on_wire(values: Mapping[str, Any], fields: Mapping[str, str], absent: Any) -> dict[str, Any]:
     """values under their wire names, in the order of fields; absent for a value not given."""
     return {wire: values.get(name, absent) for name, wire in fields.items()}
@@ -306,6 +322,48 @@ def delete_run_data(run_id: str, *, key: str | None, data_id: str | None) -> Cal
     params = _query({"key": key, "id": data_id})
     path = f"{API}/runs/{_segment(run_id, 'run_id')}/data"
     return Call("DELETE", path, _deleted, params=params)
+
+
+# schedules
+
+
+def _schedule_path(schedule_id: str) -> str:
+    return f"{API}/schedules/{_segment(schedule_id, 'schedule_id')}"
+
+
+def create_schedule(values: Mapping[str, Any]) -> Call[models.Schedule]:
+    """``POST /schedules``: values by the twins' keywords; None is left out (the default)."""
+    task = _optional(**_on_wire(values, _SCHEDULE_TASK_FIELDS, None))
+    body = _body({**_optional(**_on_wire(values, _SCHEDULE_FIELDS, None)), "task": task})
+    return Call("POST", f"{API}/schedules", _decoder(models.Schedule), body)
+
+
+def update_schedule(schedule_id: str, changes: Mapping[str, Any]) -> Call[models.Schedule]:
+    """``PATCH /schedules/{id}``: only the given fields (UNSET is left out, None is sent)."""
+    task = {
+        k: v for k, v in _on_wire(changes, _SCHEDULE_TASK_FIELDS, UNSET).items() if v is not UNSET
+    }
+    body = _body({**_on_wire(changes, _SCHEDULE_FIELDS, UNSET), "task": task or UNSET})
+    # Setting the same fields twice leaves the same schedule (nextRunAt aside): safe to repeat.
+    path = _schedule_path(schedule_id)
+    return Call("PATCH", path, _decoder(models.Schedule), body, idempotent=True)
+
+
+def get_schedule(schedule_id: str) -> Call[models.Schedule]:
+    path = _schedule_path(schedule_id)
+    return Call("GET", path, _decoder(models.Schedule), idempotent=True)
+
+
+def delete_schedule(schedule_id: str) -> Call[models.Schedule]:
+    # Not repeated: a repeat after a lost answer would be a 404 for a schedule that was deleted.
+    return Call("DELETE", _schedule_path(schedule_id), _decoder(models.Schedule))
+
+
+def list_schedules(filters: Mapping[str, Any]) -> Call[models.ScheduleList]:
+    params = _query(_on_wire(filters, _PAGE, None))
+    return Call(
+        "GET", f"{API}/schedules", _decoder(models.ScheduleList), params=params, idempotent=True
+    )
 
 
 def get_config() -> Call[models.Config]:

@@ -31,6 +31,8 @@ from foreman.models import (
     RunDataList,
     RunList,
     RunStatus,
+    Schedule,
+    ScheduleList,
     Task,
     TaskAck,
     TaskList,
@@ -363,6 +365,69 @@ class Client:
     ) -> int:
         """Delete the values of a key, or one value by id; the number deleted."""
         return self._send(_calls.delete_run_data(run_id, key=key, data_id=data_id))
+
+    # ------------------------------------------------------------ schedules
+
+    def create_schedule(
+        self,
+        name: str,
+        *,
+        type: str,  # noqa: A002 - the task's type, as in enqueue_task
+        input_data: Any,
+        cron: str | None = None,
+        interval_ms: int | None = None,
+        timezone: str | None = None,
+        enabled: bool | None = None,
+        run_input_data: Any = None,
+        max_retries: int | None = None,
+        priority: int | None = None,
+    ) -> Schedule:
+        """Create a schedule (cron or interval_ms): each tick creates a run with one queued task."""
+        values = {"name": name, "type": type, "input_data": input_data, "cron": cron}
+        values |= {"interval_ms": interval_ms, "timezone": timezone, "enabled": enabled}
+        values |= {"run_input_data": run_input_data, "max_retries": max_retries}
+        return self._send(_calls.create_schedule({**values, "priority": priority}))
+
+    def get_schedule(self, schedule_id: str) -> Schedule:
+        """A schedule, with next_run_at, last_run_at and last_run_id."""
+        return self._send(_calls.get_schedule(schedule_id))
+
+    def update_schedule(
+        self,
+        schedule_id: str,
+        *,
+        name: str | UnsetType = UNSET,
+        cron: str | UnsetType = UNSET,
+        interval_ms: int | UnsetType = UNSET,
+        timezone: str | UnsetType = UNSET,
+        enabled: bool | UnsetType = UNSET,
+        run_input_data: Any = UNSET,
+        type: str | UnsetType = UNSET,  # noqa: A002 - the task's type
+        input_data: Any = UNSET,
+        max_retries: int | UnsetType = UNSET,
+        priority: int | UnsetType = UNSET,
+    ) -> Schedule:
+        """Change the given fields; cron or interval_ms replaces the trigger."""
+        changes = {"name": name, "cron": cron, "interval_ms": interval_ms, "timezone": timezone}
+        changes |= {"enabled": enabled, "run_input_data": run_input_data, "type": type}
+        changes |= {"input_data": input_data, "max_retries": max_retries, "priority": priority}
+        return self._send(_calls.update_schedule(schedule_id, changes))
+
+    def delete_schedule(self, schedule_id: str) -> Schedule:
+        """Delete a schedule (its runs stay); the schedule as it was."""
+        return self._send(_calls.delete_schedule(schedule_id))
+
+    def list_schedules(
+        self,
+        *,
+        limit: int | None = None,
+        offset: int | None = None,
+        sort_by: str | None = None,
+        sort_order: str | None = None,
+    ) -> ScheduleList:
+        """A page of schedules with the total count."""
+        filters = {"limit": limit, "offset": offset, "sort_by": sort_by, "sort_order": sort_order}
+        return self._send(_calls.list_schedules(filters))
 
     def get_config(self) -> Config:
         """The server's version, Redis settings, queue names and queue backend."""

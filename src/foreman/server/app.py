@@ -16,6 +16,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 
 from foreman import errors
 from foreman.queue import open_queue, open_redis_acl
+from foreman.queue.base import QueueBackend
 from foreman.server import edge
 from foreman.server import errors as error_handlers
 from foreman.server.auth import Authenticator
@@ -25,7 +26,8 @@ from foreman.server.middleware import BodyLimitMiddleware, cors_config
 from foreman.server.notify import Notifier
 from foreman.server.responses import JsonResponse
 from foreman.server.routes import queue as queue_routes
-from foreman.server.routes import run_data, runs, system, tasks
+from foreman.server.routes import run_data, runs, schedules, system, tasks
+from foreman.server.scheduler import Scheduler
 from foreman.server.sweeper import Sweeper
 from foreman.server.ui import pages, render
 from foreman.server.ui import session as ui_session
@@ -45,7 +47,7 @@ def _openapi(settings: Settings) -> OpenAPIConfig:
     return OpenAPIConfig(
         title="Foreman",
         version=settings.version,
-        description="Workflow orchestration on PostgreSQL: runs, tasks and run data.",
+        description="Workflow orchestration on PostgreSQL: runs, tasks, run data and schedules.",
         path="/docs",
         render_plugins=[SwaggerRenderPlugin(path="/")],
         components=Components(
@@ -86,6 +88,24 @@ class ForemanApp(Litestar):
             await super().__call__(scope, receive, send)
 
 
+async def _start_loops(
+    settings: Settings, *, database_url: str, queue: QueueBackend, metrics: ServerMetrics | None
+) -> list[Sweeper | Scheduler]:
+    """The background loops this process runs, started: the sweeper, the schedules' firing loop."""
+    loops: list[Sweeper | Scheduler] = []
+    if settings.sweep_enabled:
+        loops.append(
+            await Sweeper.open(settings, database_url=database_url, queue=queue, metrics=metrics)
+        )
+    if settings.schedule_enabled:
+        loops.append(
+            await Scheduler.open(settings, database_url=database_url, queue=queue, metrics=metrics)
+        )
+    for loop in loops:
+        loop.start()
+    return loops
+
+
 def create_app(settings: Settings) -> Litestar:
     """The API over the database of settings.database_url (already migrated, already running)."""
     database_url = settings.resolved_database_url()
@@ -113,12 +133,9 @@ def create_app(settings: Settings) -> Litestar:
         notifier = Notifier(settings.listen_url(database_url))  # wakes long polls
         notifier.start()
         metrics = None if exporter is None else exporter.metrics
-        sweeper = None
-        if settings.sweep_enabled:
-            sweeper = await Sweeper.open(
-                settings, database_url=database_url, queue=queue, metrics=metrics
-            )
-            sweeper.start()
+        loops = await _start_loops(
+            settings, database_url=database_url, queue=queue, metrics=metrics
+        )
         app.state.foreman = AppState(
             settings=settings,
             pool=pool,
@@ -138,8 +155,8 @@ def create_app(settings: Settings) -> Litestar:
                 await redis_acl.close()
             if exporter is not None:
                 await exporter.close()
-            if sweeper is not None:
-                await sweeper.close()
+            for loop in reversed(loops):
+                await loop.close()
             await notifier.close()
             await queue.close()
             await pool.close()
@@ -150,6 +167,7 @@ def create_app(settings: Settings) -> Litestar:
         tasks.router,
         queue_routes.router,
         run_data.router,
+        schedules.router,
         openapi_json,
     ]
     if exporter is not None:

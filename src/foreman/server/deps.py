@@ -122,6 +122,7 @@ _SORT_ALIASES = {
     "createdAt": "created_at",
     "startedAt": "started_at",
     "completedAt": "completed_at",
+    "nextRunAt": "next_run_at",
     "updatedAt": "updated_at",
 }
 

@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 # pg_try_advisory_xact_lock key: "foreman\x01" as a big-endian int64.
 SWEEP_LOCK_KEY = int.from_bytes(b"foreman\x01", "big", signed=True)
 _TRY_LOCK = "SELECT pg_try_advisory_xact_lock($1)"
-_OUTAGES = (
+OUTAGES = (
     OSError,
     TimeoutError,
     asyncpg.PostgresConnectionError,
@@ -128,7 +128,7 @@ class Sweeper:
             try:
                 result = await self.sweep(now=ids.now_ms())
                 pruned = await self.prune(now=ids.now_ms())
-            except _OUTAGES as exc:
+            except OUTAGES as exc:
                 # A database outage must not end the sweeper (nor fill the log): try again.
                 logger.warning("sweep skipped, database unavailable: %s", exc)
                 continue

@@ -1,0 +1,143 @@
+"""The firing loop of schedules: each tick of a schedule creates exactly one run.
+
+Every ``schedule_interval_s`` each server process claims the due schedules of every organisation
+with ``FOR UPDATE SKIP LOCKED``, and in the same transaction creates each one's run and queued
+task and moves its ``next_run_at`` past now (store/schedules.py). Replicas firing at once split
+the due schedules between them, and a schedule fired and committed by one is no longer due for
+the others: a tick fires once however many replicas run. Like the sweeper, its connection is the
+table owner's (no ``SET ROLE foreman_app``), which row-level security does not bind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+
+from foreman import background, ids
+from foreman.models import Schedule
+from foreman.queue.base import QueueBackend
+from foreman.server.metrics import ServerMetrics
+from foreman.server.sweeper import OUTAGES
+from foreman.settings import Settings
+from foreman.store import db
+from foreman.store import schedules as schedules_store
+from foreman.store.pool import Pool
+
+logger = logging.getLogger(__name__)
+
+
+class Scheduler:
+    """Runs fire() periodically in the background of a server process."""
+
+    def __init__(
+        self,
+        pool: Pool[db.Connection],
+        *,
+        queue: QueueBackend,
+        interval_s: float,
+        batch: int,
+        metrics: ServerMetrics | None = None,
+    ) -> None:
+        self._pool = pool
+        self._queue = queue
+        self._metrics = metrics
+        self._interval_s = interval_s
+        self._batch = batch
+        self._task: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def open(
+        cls,
+        settings: Settings,
+        *,
+        database_url: str,
+        queue: QueueBackend,
+        metrics: ServerMetrics | None = None,
+    ) -> Scheduler:
+        """A scheduler with its own small pool of owner connections."""
+        pool = await db.create_pool(
+            database_url,
+            min_size=1,
+            max_size=1,
+            command_timeout_s=settings.db_command_timeout_s,
+            connect_timeout_s=settings.db_connect_timeout_s,
+            app_role=False,
+            pgbouncer=settings.db_pgbouncer,
+        )
+        return cls(
+            pool,
+            queue=queue,
+            interval_s=settings.schedule_interval_s,
+            batch=settings.schedule_batch,
+            metrics=metrics,
+        )
+
+    def start(self) -> None:
+        """Fire due schedules every interval until close()."""
+        self._task = asyncio.create_task(self._loop(), name="foreman-scheduler")
+
+    async def close(self) -> None:
+        """Stop firing and close the pool."""
+        task, self._task = self._task, None
+        await background.cancel_and_wait(task)
+        await self._pool.close()
+
+    async def _loop(self) -> None:
+        while True:
+            # Jitter: replicas started together do not all claim at the same instant.
+            await asyncio.sleep(self._interval_s * random.uniform(0.8, 1.2))  # noqa: S311
+            try:
+                await self.fire_all(now=ids.now_ms())
+            except OUTAGES as exc:
+                logger.warning("schedules not fired, database unavailable: %s", exc)
+            except Exception:
+                logger.exception("firing schedules failed")
+
+    async def fire_all(self, *, now: int) -> int:
+        """Fire every schedule due at now, a batch per transaction; the runs created."""
+        fired = 0
+        while True:
+            count = await self.fire(now=now)
+            fired += count
+            # A full batch: more may be due. One that could not fire stays due, so a batch with
+            # a failure ends the round (no busy loop over it): the next round tries again.
+            if count < self._batch:
+                return fired
+
+    async def fire(self, *, now: int) -> int:
+        """One batch as of now (epoch ms): the runs created."""
+        firings: list[schedules_store.Firing] = []
+        async with self._pool.acquire() as conn, conn.transaction():
+            due = await schedules_store.claim_due_schedules(conn, now=now, limit=self._batch)
+            for schedule in due:
+                firing = await self._fire_one(conn, schedule, now=now)
+                if firing is not None:
+                    firings.append(firing)
+        # After the commit, like every publish: a job must never name an uncommitted task. A
+        # publish lost here is repaired by the sweeper (broker backends), as after any create.
+        created = [f.task for f in firings]
+        if self._metrics is not None:
+            self._metrics.tasks_created(created)  # counted like the tasks the API creates
+        await self._queue.publish(created)
+        for firing in firings:
+            logger.info(
+                "schedule %s fired: run %s",
+                firing.schedule_id,
+                firing.run_id,
+                extra={"schedule_id": firing.schedule_id, "run_id": firing.run_id},
+            )
+        return len(firings)
+
+    async def _fire_one(
+        self, conn: db.Connection, schedule: Schedule, *, now: int
+    ) -> schedules_store.Firing | None:
+        try:
+            # A savepoint: a schedule that cannot fire (a bug) leaves the others' firings.
+            async with conn.transaction():
+                return await schedules_store.fire_schedule(conn, schedule, now=now)
+        except OUTAGES:
+            raise
+        except Exception:
+            logger.exception("schedule %s could not fire", schedule.id)
+            return None
