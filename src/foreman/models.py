@@ -150,6 +150,27 @@ class Task(_Out):
     lease_token: str | None = None
 
 
+AttemptOutcome = Literal["running", "completed", "failed", "lease_expired", "released", "cancelled"]
+
+
+class Attempt(_Out):
+    """One attempt of a task (GET /tasks/{id}/attempts): who ran it, when, and how it ended."""
+
+    attempt: int
+    started_at: int
+    outcome: AttemptOutcome
+    worker_id: str | None = None
+    ended_at: int | None = None
+    duration_ms: int | None = None
+    error_data: Any = None
+
+
+class AttemptList(_Out):
+    """``{"data": [Attempt, ...]}``, oldest first."""
+
+    data: list[Attempt]
+
+
 class RunData(_Out):
     """One value stored under a key of a run."""
 

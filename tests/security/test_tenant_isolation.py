@@ -198,7 +198,7 @@ async def _rows_of(db_url: str, org_id: str) -> dict[str, list[str]]:
                 str(dict(r))
                 for r in await conn.fetch(f"SELECT * FROM {table} WHERE org_id = $1", org_id)
             )
-            for table in ("run", "run_counter", "task", "run_data")
+            for table in ("run", "run_counter", "task", "run_data", "task_attempt")
         }
     finally:
         await conn.close()

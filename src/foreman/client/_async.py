@@ -28,6 +28,7 @@ from foreman.client._base import (
 )
 from foreman.client._bullmq import AsyncPublisher
 from foreman.models import (
+    Attempt,
     ClaimResult,
     Config,
     JsonObject,
@@ -245,6 +246,10 @@ class AsyncClient:
     async def get_task(self, task_id: str) -> Task:
         """A task; NotFoundError if it is not in the caller's organisation."""
         return await self._send(_calls.get_task(task_id))
+
+    async def list_attempts(self, task_id: str) -> list[Attempt]:
+        """Every attempt of a task, oldest first (worker, start, end, outcome, errorData)."""
+        return await self._send(_calls.list_attempts(task_id))
 
     async def update_task(
         self,

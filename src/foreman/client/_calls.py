@@ -75,6 +75,10 @@ def _claims(content: bytes) -> list[models.ClaimResult]:
     return _decoder(_Claims)(content).data
 
 
+def _attempts(content: bytes) -> list[models.Attempt]:
+    return _decoder(models.AttemptList)(content).data
+
+
 def _deleted(content: bytes) -> int:
     return _decoder(models.Deleted)(content).deleted
 
@@ -243,6 +247,11 @@ def get_task(task_id: str) -> Call[models.Task]:
     return Call(
         "GET", f"{API}/tasks/{_segment(task_id, 'task_id')}", _decoder(models.Task), idempotent=True
     )
+
+
+def list_attempts(task_id: str) -> Call[list[models.Attempt]]:
+    path = f"{API}/tasks/{_segment(task_id, 'task_id')}/attempts"
+    return Call("GET", path, _attempts, idempotent=True)
 
 
 def update_task(task_id: str, changes: Mapping[str, Any]) -> Call[models.Task]:

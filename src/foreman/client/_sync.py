@@ -22,6 +22,7 @@ from foreman.client._base import (
 )
 from foreman.client._bullmq import SyncPublisher
 from foreman.models import (
+    Attempt,
     ClaimResult,
     Config,
     JsonObject,
@@ -184,6 +185,10 @@ class Client:
     def get_task(self, task_id: str) -> Task:
         """A task; NotFoundError if it is not in the caller's organisation."""
         return self._send(_calls.get_task(task_id))
+
+    def list_attempts(self, task_id: str) -> list[Attempt]:
+        """Every attempt of a task, oldest first (worker, start, end, outcome, errorData)."""
+        return self._send(_calls.list_attempts(task_id))
 
     def update_task(
         self,

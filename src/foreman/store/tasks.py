@@ -10,7 +10,7 @@ from typing import Any
 import msgspec
 
 from foreman import errors
-from foreman.models import TERMINAL_STATUSES, Task
+from foreman.models import TERMINAL_STATUSES, Attempt, Task
 from foreman.store import queries
 from foreman.store.db import Db
 
@@ -19,6 +19,7 @@ _INSERT_TASK = _SQL["insert_task"]
 _INSERT_TASKS = _SQL["insert_tasks"]
 _GET_TASK = _SQL["get_task"]
 _GET_TASK_BY_KEY = _SQL["get_task_by_key"]
+_LIST_ATTEMPTS = _SQL["list_attempts"]
 
 COUNTER_SHARDS = 16
 
@@ -233,6 +234,14 @@ async def get_task_by_key(conn: Db, *, org_id: str, key: str) -> Task | None:
     return None if record is None else queries.model_from(Task, record)
 
 
+async def list_attempts(conn: Db, *, org_id: str, task_id: str) -> list[Attempt] | None:
+    """Every attempt of the task, oldest first; None when there is no such task."""
+    records = await conn.fetch(_LIST_ATTEMPTS, org_id, task_id)
+    if not records[0]["found"]:
+        return None
+    return queries.models_from(Attempt, [r for r in records if r["attempt"] is not None])
+
+
 def _confirms_job(changes: dict[str, Any]) -> bool:
     """Whether a PATCH is a Node foreman-client's `{status: queued, queueJobId}` sent after it added
     the job: a worker may have claimed or finished the task by then. Such a PATCH moves only a
@@ -270,7 +279,36 @@ def _update_sql(changes: dict[str, Any], status: str | None) -> tuple[str, list[
     return ", ".join(sets), names
 
 
-def _update_task_sql(sets: str, *, confirms: bool, shard: str) -> str:
+# The attempt history (task_attempt, migration 0012) in the PATCH statement, by the status sent:
+# running opens an attempt unless one is open (numbered after the task's earlier ones: the legacy
+# path does not count attempts on the task); any other status closes the open one.
+_OPEN_ATTEMPT = """, n AS (
+    INSERT INTO task_attempt (task_id, attempt, org_id, run_id, worker_id, started_at)
+    SELECT t.id, (SELECT count(*) FROM task_attempt a WHERE a.task_id = t.id AND a.org_id = $1) + 1,
+           t.org_id, t.run_id, t.worker_id, $3
+      FROM t
+     WHERE NOT EXISTS (SELECT 1 FROM task_attempt a
+                        WHERE a.task_id = t.id AND a.org_id = $1 AND a.outcome = 'running')
+)"""
+_CLOSE_ATTEMPT = """, e AS (
+    UPDATE task_attempt a
+       SET outcome = CASE WHEN t.status IN ('completed', 'cancelled') THEN t.status
+                          WHEN t.status IN ('failed', 'retrying') THEN 'failed'
+                          ELSE 'released' END,
+           ended_at = $3, duration_ms = $3 - a.started_at,
+           error_data = CASE WHEN t.status IN ('failed', 'retrying') THEN t.error_data END
+      FROM t
+     WHERE a.task_id = t.id AND a.org_id = $1 AND a.outcome = 'running'
+)"""
+
+
+def _attempt_sql(status: str | None, *, confirms: bool) -> str:
+    if status is None or confirms:
+        return ""
+    return _OPEN_ATTEMPT if status == "running" else _CLOSE_ATTEMPT
+
+
+def _update_task_sql(sets: str, *, confirms: bool, shard: str, attempts: str = "") -> str:
     """The PATCH statement, from fixed fragments: SET clauses of _update_sql, the shard's $n.
 
     A terminal task takes no new status (409), except the same one again (a no-op); a job
@@ -299,7 +337,7 @@ WITH t AS (
        SET completed_tasks = run_counter.completed_tasks + EXCLUDED.completed_tasks,
            failed_tasks    = run_counter.failed_tasks + EXCLUDED.failed_tasks,
            cancelled_tasks = run_counter.cancelled_tasks + EXCLUDED.cancelled_tasks
-)
+){attempts}
 SELECT CASE WHEN $4::text IN ('completed', 'failed', 'cancelled')
             THEN pg_notify('foreman_task_done', t.id::text)
             WHEN $4::text = 'queued' THEN pg_notify('foreman_task_ready', $1) END AS notified,
@@ -329,7 +367,13 @@ async def update_task(
     status = changes.get("status")
     sets, names = _update_sql(changes, status)
     # The shard is a parameter, not SQL text: one prepared statement per shape, not sixteen.
-    sql = _update_task_sql(sets, confirms=_confirms_job(changes), shard=f"${5 + len(names)}")
+    confirms = _confirms_job(changes)
+    sql = _update_task_sql(
+        sets,
+        confirms=confirms,
+        shard=f"${5 + len(names)}",
+        attempts=_attempt_sql(status, confirms=confirms),
+    )
     record = await conn.fetchrow(
         sql, org_id, task_id, now, status, *(changes[n] for n in names), shard()
     )

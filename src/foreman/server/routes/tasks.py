@@ -9,7 +9,15 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, JSONBody, QueryParameter
 
 from foreman import errors, ids, models
-from foreman.models import Pagination, Task, TaskCreate, TaskList, TaskStatus, TaskUpdate
+from foreman.models import (
+    AttemptList,
+    Pagination,
+    Task,
+    TaskCreate,
+    TaskList,
+    TaskStatus,
+    TaskUpdate,
+)
 from foreman.server import auth, params
 from foreman.server.deps import (
     MAX_OFFSET,
@@ -92,6 +100,17 @@ async def get_task(request: Request[Any, Any, Any], task_id: FromPath[str]) -> T
     return task
 
 
+@get("/{task_id:str}/attempts", responses=error_responses(400, 404))
+async def list_attempts(request: Request[Any, Any, Any], task_id: FromPath[str]) -> AttemptList:
+    """Every attempt of a task, oldest first: worker, start, end, outcome and error."""
+    task_id = params.path_id(task_id, "Task")
+    async with org_conn(request) as (org_id, conn):
+        attempts = await tasks_store.list_attempts(conn, org_id=org_id, task_id=task_id)
+    if attempts is None:
+        raise errors.NotFoundError(f"Task not found: {task_id}")
+    return AttemptList(data=attempts)
+
+
 @patch("/{task_id:str}", responses=error_responses(400, 404, 409, 413))
 async def update_task(
     request: Request[Any, Any, Any], task_id: FromPath[str], data: JSONBody[TaskUpdate]
@@ -156,6 +175,6 @@ async def list_tasks(
 router = Router(
     middleware=[auth.authenticated],
     path="/api/v1/tasks",
-    route_handlers=[create_task, get_task, update_task, list_tasks],
+    route_handlers=[create_task, get_task, list_attempts, update_task, list_tasks],
     tags=["tasks"],
 )

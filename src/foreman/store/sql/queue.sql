@@ -13,6 +13,9 @@
 -- * A task's first move into a terminal status counts it on one random shard ($n::smallint) of its
 --   run's counters in the same statement, summed per run: one statement may end many tasks of one
 --   run, and an INSERT ... ON CONFLICT cannot touch the same (run, shard) row twice.
+-- * Every attempt is kept (task_attempt, migration 0012): a claim inserts the attempt's row and
+--   the statement that ends the attempt closes the task's one 'running' row with its outcome,
+--   both set-based from the statement's changed rows (no extra round trip, no per-row trigger).
 -- * Ended tasks wake `wait` long-polls: NOTIFY foreman_task_done, one notification per 100 ended
 --   tasks (a payload holds at most 8000 bytes). As an uncorrelated subquery in the select list it
 --   runs once, when the statement returns a row.
@@ -47,6 +50,9 @@ WITH c AS MATERIALIZED (
            updated_at = $2
      WHERE org_id = $1 AND id IN (SELECT id FROM c)
     RETURNING *
+), n AS (
+    INSERT INTO task_attempt (task_id, attempt, org_id, run_id, worker_id, started_at)
+    SELECT id, attempt, org_id, run_id, worker_id, $2 FROM t
 )
 SELECT t.id, t.run_id, t.org_id, t.type, t.status, t.input_data, t.metadata, t.retry_count,
        t.max_retries, t.priority, t.attempt, t.created_at, t.updated_at, t.parent_task_id,
@@ -82,6 +88,15 @@ WITH t AS (
        AND (status IN ('pending', 'queued', 'retrying')
             OR (status = 'running' AND lease_expires_at < $3 AND attempt <= max_retries))
     RETURNING *
+), x AS (
+    UPDATE task_attempt a
+       SET outcome = 'lease_expired', ended_at = $3, duration_ms = $3 - a.started_at,
+           error_data = t.error_data
+      FROM t
+     WHERE a.task_id = t.id AND a.org_id = $1 AND a.outcome = 'running'
+), n AS (
+    INSERT INTO task_attempt (task_id, attempt, org_id, run_id, worker_id, started_at)
+    SELECT id, attempt, org_id, run_id, worker_id, $3 FROM t
 )
 SELECT t.id, t.run_id, t.org_id, t.type, t.status, t.input_data, t.metadata, t.retry_count,
        t.max_retries, t.priority, t.attempt, t.created_at, t.updated_at, t.parent_task_id,
@@ -117,6 +132,15 @@ WITH i AS (
        AND (status IN ('pending', 'queued', 'retrying')
             OR (status = 'running' AND lease_expires_at < $3 AND attempt <= max_retries))
     RETURNING *
+), x AS (
+    UPDATE task_attempt a
+       SET outcome = 'lease_expired', ended_at = $3, duration_ms = $3 - a.started_at,
+           error_data = t.error_data
+      FROM t
+     WHERE a.task_id = t.id AND a.org_id = $1 AND a.outcome = 'running'
+), n AS (
+    INSERT INTO task_attempt (task_id, attempt, org_id, run_id, worker_id, started_at)
+    SELECT id, attempt, org_id, run_id, worker_id, $3 FROM t
 ), s AS (
     SELECT id, status FROM task WHERE org_id = $1 AND id = ANY($2::uuid[])
 )
@@ -203,6 +227,14 @@ WITH i AS (
      WHERE task.org_id = $1 AND task.id = ANY($2::uuid[]) AND task.id = i.task_id
        AND task.status = 'running' AND task.lease_token = i.token
     RETURNING task.*
+), e AS (
+    UPDATE task_attempt a
+       SET outcome = CASE WHEN t.status IN ('completed', 'cancelled') THEN t.status
+                          ELSE 'failed' END,
+           ended_at = $8, duration_ms = $8 - a.started_at,
+           error_data = CASE WHEN t.status IN ('retrying', 'failed') THEN t.error_data END
+      FROM t
+     WHERE a.task_id = t.id AND a.org_id = $1 AND a.outcome = 'running'
 ), c AS (
     INSERT INTO run_counter (run_id, shard, org_id, completed_tasks, failed_tasks, cancelled_tasks)
     SELECT run_id, $9::smallint, org_id,
@@ -255,6 +287,11 @@ WITH i AS (
      WHERE task.org_id = $1 AND task.id = ANY($2::uuid[]) AND task.id = i.task_id
        AND task.status = 'running' AND task.lease_token = i.token
     RETURNING task.*
+), e AS (
+    UPDATE task_attempt a
+       SET outcome = 'released', ended_at = $4, duration_ms = $4 - a.started_at
+      FROM t
+     WHERE a.task_id = t.id AND a.org_id = $1 AND a.outcome = 'running'
 ), s AS (
     SELECT id, status, lease_token FROM task WHERE org_id = $1 AND id = ANY($2::uuid[])
 )
@@ -306,6 +343,12 @@ WITH x AS MATERIALIZED (
            updated_at = $1
      WHERE id IN (SELECT id FROM x) AND status = 'running'
     RETURNING *
+), e AS (
+    UPDATE task_attempt a
+       SET outcome = 'lease_expired', ended_at = $1, duration_ms = $1 - a.started_at,
+           error_data = t.error_data
+      FROM t
+     WHERE a.task_id = t.id AND a.org_id = t.org_id AND a.outcome = 'running'
 ), c AS (
     INSERT INTO run_counter (run_id, shard, org_id, completed_tasks, failed_tasks, cancelled_tasks)
     SELECT run_id, $3::smallint, org_id,

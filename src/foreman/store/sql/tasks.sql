@@ -111,3 +111,12 @@ SELECT * FROM task_answer WHERE org_id = $1 AND id = $2
 -- get_task_by_key --
 -- The task created with an idempotency key. $1 org, $2 key.
 SELECT * FROM task_answer WHERE org_id = $1 AND idempotency_key = $2
+
+-- list_attempts --
+-- Every attempt of a task, oldest first (task_attempt, migration 0012); found says whether the
+-- task exists (a task never claimed has no attempt). $1 org, $2 task id.
+SELECT EXISTS (SELECT 1 FROM task WHERE org_id = $1 AND id = $2) AS found,
+       a.attempt, a.worker_id, a.started_at, a.ended_at, a.duration_ms, a.outcome, a.error_data
+  FROM (SELECT 1) AS one
+  LEFT JOIN task_attempt a ON a.org_id = $1 AND a.task_id = $2
+ ORDER BY a.started_at, a.attempt
