@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from typing import Any
@@ -36,4 +37,17 @@ def flaky(ctx: TaskContext) -> Any:
     return {"succeeded_on": ctx.attempt}
 
 
-HANDLERS = {"noop": noop, "nap": nap, "sync_nap": sync_nap, "flaky": flaky}
+async def until_cancelled(ctx: TaskContext) -> Any:
+    """Waits up to input_data seconds for ctx.wait_cancelled()."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(ctx.wait_cancelled(), float(ctx.input_data))
+    return {"cancelled": ctx.cancelled}
+
+
+HANDLERS = {
+    "noop": noop,
+    "nap": nap,
+    "sync_nap": sync_nap,
+    "flaky": flaky,
+    "until_cancelled": until_cancelled,
+}

@@ -136,6 +136,38 @@ async def test_cancellation(client: AsyncClient):
     assert (await client.get_run(run.id)).cancelled_tasks == 2
 
 
+async def test_cancel_endpoints_reach_the_worker(client: AsyncClient):
+    run = await client.create_run({})
+    waiting = await client.enqueue_task(run.id, type="until_cancelled", input_data=30)
+    queued = await client.enqueue_task(run.id, type="noop", input_data=1, delay_ms=60_000)
+    worker = make_worker(client, concurrency=2, lease_s=3)
+
+    async def cancel_while_running() -> None:
+        async def running() -> bool:
+            return (await client.get_task(waiting.id)).status == "running"
+
+        await eventually(running, timeout_s=10, what="the task to start")
+        marked = await client.cancel_task(waiting.id)
+        assert marked.status == "running"  # marked: it ends when its worker reports
+        # wait_cancelled() returns at the next heartbeat; the result ends the task cancelled.
+        await run_finished(client, run.id, 1, timeout_s=10)
+        cancelled = await client.cancel_run(run.id)
+        assert cancelled.status == "cancelled"
+
+    started = time.monotonic()
+    await run_until(worker, cancel_while_running())
+    assert time.monotonic() - started < 15
+    ended = await client.get_task(waiting.id)
+    assert (ended.status, ended.attempt, ended.output_data) == ("cancelled", 1, None)
+    assert (await client.get_task(queued.id)).status == "cancelled"
+    (attempt,) = await client.list_attempts(waiting.id)
+    assert attempt.outcome == "cancelled"
+    final = await client.get_run(run.id)
+    assert (final.status, final.total_tasks, final.cancelled_tasks) == ("cancelled", 2, 2)
+    assert (final.completed_tasks, final.failed_tasks) == (0, 0)
+    assert (worker.stats.completed, worker.stats.dropped) == (0, 1)
+
+
 async def _true_when(value: bool) -> bool:
     return value
 

@@ -247,6 +247,14 @@ class AsyncClient:
         """A task; NotFoundError if it is not in the caller's organisation."""
         return await self._send(_calls.get_task(task_id))
 
+    async def cancel_task(self, task_id: str) -> Task:
+        """Cancel a task: at once, or (running) when its worker's next heartbeat sees it."""
+        return await self._send(_calls.cancel_task(task_id))
+
+    async def cancel_run(self, run_id: str) -> Run:
+        """Cancel a run and every task of it that has not ended."""
+        return await self._send(_calls.cancel_run(run_id))
+
     async def list_attempts(self, task_id: str) -> list[Attempt]:
         """Every attempt of a task, oldest first (worker, start, end, outcome, errorData)."""
         return await self._send(_calls.list_attempts(task_id))

@@ -249,6 +249,16 @@ def get_task(task_id: str) -> Call[models.Task]:
     )
 
 
+def cancel_task(task_id: str) -> Call[models.Task]:
+    path = f"{API}/tasks/{_segment(task_id, 'task_id')}/cancel"
+    return Call("POST", path, _decoder(models.Task), body=b"{}", idempotent=True)
+
+
+def cancel_run(run_id: str) -> Call[models.Run]:
+    path = f"{API}/runs/{_segment(run_id, 'run_id')}/cancel"
+    return Call("POST", path, _decoder(models.Run), body=b"{}", idempotent=True)
+
+
 def list_attempts(task_id: str) -> Call[list[models.Attempt]]:
     path = f"{API}/tasks/{_segment(task_id, 'task_id')}/attempts"
     return Call("GET", path, _attempts, idempotent=True)

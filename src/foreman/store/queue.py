@@ -240,14 +240,18 @@ async def finish_tasks(
 
 
 def _ended_as(outcome: str, status: str | None) -> bool:
+    if status == "cancelled":
+        return True  # a cancel was asked while the attempt ran: any outcome ended it so
     if outcome == "completed":
         return status == "completed"
     return status in ("retrying", "failed")
 
 
 async def release_tasks(conn: Db, *, org_id: str, leases: Sequence[Lease], now: int) -> list[Ended]:
-    """Put held tasks back in the queue, undoing the claim's attempt count (input order)."""
-    firsts, records = await _fetch_leases(conn, _RELEASE_TASKS, org_id, leases, now)
+    """Put held tasks back in the queue, undoing the claim's attempt count (input order).
+
+    A task whose cancel was asked while it ran ends cancelled instead."""
+    firsts, records = await _fetch_leases(conn, _RELEASE_TASKS, org_id, leases, now, shard())
     task = queries.fields_of(Task, records)
     ended = [
         Ended(

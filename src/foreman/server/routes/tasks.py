@@ -28,6 +28,7 @@ from foreman.server.deps import (
     state,
 )
 from foreman.server.responses import JsonResponse
+from foreman.store import cancel as cancel_store
 from foreman.store import tasks as tasks_store
 
 SORT_BY = "One of created_at, started_at, completed_at (camelCase accepted)." + params.ONCE
@@ -97,6 +98,28 @@ async def get_task(request: Request[Any, Any, Any], task_id: FromPath[str]) -> T
         task = await tasks_store.get_task(conn, org_id=org_id, task_id=task_id)
     if task is None:
         raise errors.NotFoundError(f"Task not found: {task_id}")
+    return task
+
+
+@post("/{task_id:str}/cancel", status_code=200, responses=error_responses(400, 404, 409))
+async def cancel_task(request: Request[Any, Any, Any], task_id: FromPath[str]) -> Task:
+    """Cancel a task: at once unless it runs, then at its worker's next heartbeat (200).
+
+    A task already cancelled (or whose cancel is pending) is answered as it is; one that ended
+    completed or failed is 409.
+    """
+    task_id = params.path_id(task_id, "Task")
+    async with org_conn(request) as (org_id, conn):
+        result = await cancel_store.cancel_task(
+            conn, org_id=org_id, task_id=task_id, now=ids.now_ms()
+        )
+    task = result.task
+    if task is None:
+        raise errors.NotFoundError(f"Task not found: {task_id}")
+    if not result.changed and task.status in ("completed", "failed"):
+        raise errors.ConflictError(
+            f"Task {task_id} is {task.status}; it cannot be cancelled", status=task.status
+        )
     return task
 
 
@@ -175,6 +198,6 @@ async def list_tasks(
 router = Router(
     middleware=[auth.authenticated],
     path="/api/v1/tasks",
-    route_handlers=[create_task, get_task, list_attempts, update_task, list_tasks],
+    route_handlers=[create_task, get_task, cancel_task, list_attempts, update_task, list_tasks],
     tags=["tasks"],
 )

@@ -86,7 +86,8 @@ WITH t AS (
            updated_at = $3
      WHERE org_id = $1 AND id = $2
        AND (status IN ('pending', 'queued', 'retrying')
-            OR (status = 'running' AND lease_expires_at < $3 AND attempt <= max_retries))
+            OR (status = 'running' AND lease_expires_at < $3 AND attempt <= max_retries
+                AND cancel_requested_at IS NULL))
     RETURNING *
 ), x AS (
     UPDATE task_attempt a
@@ -130,7 +131,8 @@ WITH i AS (
            updated_at = $3
      WHERE org_id = $1 AND id = ANY($2::uuid[])
        AND (status IN ('pending', 'queued', 'retrying')
-            OR (status = 'running' AND lease_expires_at < $3 AND attempt <= max_retries))
+            OR (status = 'running' AND lease_expires_at < $3 AND attempt <= max_retries
+                AND cancel_requested_at IS NULL))
     RETURNING *
 ), x AS (
     UPDATE task_attempt a
@@ -157,7 +159,8 @@ SELECT i.task_id::text AS claimed_id, s.status AS status_before,
  ORDER BY i.ord
 
 -- heartbeat --
--- Extend the leases still held under their tokens. $1 org, $2 task ids, $3 lease tokens, $4 now,
+-- Extend the leases still held under their tokens; `cancelled`: the task was cancelled, or a
+-- cancel was asked while it runs (cancel_requested_at, migration 0013). $1 org, $2 task ids, $3 lease tokens, $4 now,
 -- $5 lease ms.
 WITH i AS (
     SELECT * FROM unnest($2::uuid[], $3::uuid[]) WITH ORDINALITY AS i(task_id, token, ord)
@@ -169,9 +172,12 @@ WITH i AS (
        AND task.status = 'running' AND task.lease_token = i.token
     RETURNING task.id, task.lease_expires_at
 ), s AS (
-    SELECT id, status, lease_token FROM task WHERE org_id = $1 AND id = ANY($2::uuid[])
+    SELECT id, status, lease_token, cancel_requested_at
+      FROM task
+     WHERE org_id = $1 AND id = ANY($2::uuid[])
 )
-SELECT i.task_id, h.id IS NOT NULL AS ok, coalesce(s.status = 'cancelled', false) AS cancelled,
+SELECT i.task_id, h.id IS NOT NULL AS ok,
+       coalesce(s.status = 'cancelled' OR s.cancel_requested_at IS NOT NULL, false) AS cancelled,
        h.lease_expires_at, s.id IS NOT NULL AS found
   FROM i
   LEFT JOIN h ON h.id = i.task_id
@@ -179,9 +185,10 @@ SELECT i.task_id, h.id IS NOT NULL AS ok, coalesce(s.status = 'cancelled', false
  ORDER BY i.ord
 
 -- finish_tasks --
--- complete and fail, single or batch. The next status is 'completed', or 'retrying' while the
--- failure is retryable and attempts remain (maxRetries 0 = one attempt: attempt 1 <= 0 is false),
--- else 'failed'; its CASE is written out where each column needs it. The lease token stays on the
+-- complete and fail, single or batch. The next status is 'cancelled' when a cancel was asked while
+-- the attempt ran (cancel_requested_at, migration 0013; the result is not kept), else
+-- 'completed', or 'retrying' while the failure is retryable and attempts remain (maxRetries 0 =
+-- one attempt: attempt 1 <= 0 is false), else 'failed'; its CASE is written out where each column needs it. The lease token stays on the
 -- row, so a repeat of the same call is recognised (and changes nothing) while a newer attempt's
 -- claim replaces it. $1 org, $2 task ids, $3 lease tokens, $4 outcomes, $5 output data,
 -- $6 error data, $7 retryable, $8 now, $9 counter shard.
@@ -191,18 +198,22 @@ WITH i AS (
            WITH ORDINALITY AS i(task_id, token, outcome, output_data, error_data, retryable, ord)
 ), t AS (
     UPDATE task
-       SET status = CASE WHEN i.outcome = 'completed' THEN 'completed'
+       SET status = CASE WHEN task.cancel_requested_at IS NOT NULL THEN 'cancelled'
+                         WHEN i.outcome = 'completed' THEN 'completed'
                          WHEN i.retryable AND task.attempt <= task.max_retries THEN 'retrying'
                          ELSE 'failed' END,
-           output_data = CASE WHEN i.outcome = 'completed' THEN i.output_data
-                              ELSE task.output_data END,
-           error_data = CASE WHEN i.outcome = 'failed' THEN i.error_data ELSE task.error_data END,
+           output_data = CASE WHEN i.outcome = 'completed' AND task.cancel_requested_at IS NULL
+                              THEN i.output_data ELSE task.output_data END,
+           error_data = CASE WHEN i.outcome = 'failed' AND task.cancel_requested_at IS NULL
+                             THEN i.error_data ELSE task.error_data END,
            retry_count = task.retry_count
-                         + (CASE WHEN i.outcome = 'completed' THEN 'completed'
+                         + (CASE WHEN task.cancel_requested_at IS NOT NULL THEN 'cancelled'
+                                 WHEN i.outcome = 'completed' THEN 'completed'
                                  WHEN i.retryable AND task.attempt <= task.max_retries
                                  THEN 'retrying'
                                  ELSE 'failed' END = 'retrying')::int,
-           run_after = CASE WHEN CASE WHEN i.outcome = 'completed' THEN 'completed'
+           run_after = CASE WHEN CASE WHEN task.cancel_requested_at IS NOT NULL THEN 'cancelled'
+                                      WHEN i.outcome = 'completed' THEN 'completed'
                                       WHEN i.retryable AND task.attempt <= task.max_retries
                                       THEN 'retrying'
                                       ELSE 'failed' END = 'retrying'
@@ -210,12 +221,14 @@ WITH i AS (
                                  + (least(2000 * power(2, greatest(task.attempt, 1) - 1), 300000)
                                     * (0.8 + random() * 0.4))::bigint
                             ELSE task.run_after END,
-           completed_at = CASE WHEN CASE WHEN i.outcome = 'completed' THEN 'completed'
+           completed_at = CASE WHEN CASE WHEN task.cancel_requested_at IS NOT NULL THEN 'cancelled'
+                                         WHEN i.outcome = 'completed' THEN 'completed'
                                          WHEN i.retryable AND task.attempt <= task.max_retries
                                          THEN 'retrying'
                                          ELSE 'failed' END = 'retrying'
                                THEN NULL ELSE $8::bigint END,
-           duration_ms = CASE WHEN CASE WHEN i.outcome = 'completed' THEN 'completed'
+           duration_ms = CASE WHEN CASE WHEN task.cancel_requested_at IS NOT NULL THEN 'cancelled'
+                                        WHEN i.outcome = 'completed' THEN 'completed'
                                         WHEN i.retryable AND task.attempt <= task.max_retries
                                         THEN 'retrying'
                                         ELSE 'failed' END = 'retrying'
@@ -270,14 +283,19 @@ SELECT i.task_id AS ended_id, t.id IS NOT NULL AS ok, coalesce(t.status, s.statu
  ORDER BY i.ord
 
 -- release_tasks --
--- Back to the queue, as if the attempt had not started (graceful shutdown of a worker).
--- $1 org, $2 task ids, $3 lease tokens, $4 now.
+-- Back to the queue, as if the attempt had not started (graceful shutdown of a worker); a task
+-- whose cancel was asked while it ran ends 'cancelled' instead, counted on its run.
+-- $1 org, $2 task ids, $3 lease tokens, $4 now, $5 counter shard.
 WITH i AS (
     SELECT * FROM unnest($2::uuid[], $3::uuid[]) WITH ORDINALITY AS i(task_id, token, ord)
 ), t AS (
     UPDATE task
-       SET status = 'queued',
-           attempt = greatest(task.attempt - 1, 0),
+       SET status = CASE WHEN task.cancel_requested_at IS NULL THEN 'queued' ELSE 'cancelled' END,
+           attempt = CASE WHEN task.cancel_requested_at IS NULL THEN greatest(task.attempt - 1, 0)
+                          ELSE task.attempt END,
+           completed_at = CASE WHEN task.cancel_requested_at IS NOT NULL THEN $4::bigint END,
+           duration_ms = CASE WHEN task.cancel_requested_at IS NOT NULL
+                              THEN $4::bigint - coalesce(task.started_at, task.created_at) END,
            queued_at = coalesce(task.queued_at, $4),
            lease_token = NULL,
            lease_expires_at = NULL,
@@ -289,16 +307,23 @@ WITH i AS (
     RETURNING task.*
 ), e AS (
     UPDATE task_attempt a
-       SET outcome = 'released', ended_at = $4, duration_ms = $4 - a.started_at
+       SET outcome = CASE WHEN t.status = 'cancelled' THEN 'cancelled' ELSE 'released' END,
+           ended_at = $4, duration_ms = $4 - a.started_at
       FROM t
      WHERE a.task_id = t.id AND a.org_id = $1 AND a.outcome = 'running'
+), c AS (
+    INSERT INTO run_counter (run_id, shard, org_id, cancelled_tasks)
+    SELECT run_id, $5::smallint, org_id, count(*) FROM t WHERE status = 'cancelled'
+     GROUP BY run_id, org_id
+    ON CONFLICT (run_id, shard) DO UPDATE
+       SET cancelled_tasks = run_counter.cancelled_tasks + EXCLUDED.cancelled_tasks
 ), s AS (
     SELECT id, status, lease_token FROM task WHERE org_id = $1 AND id = ANY($2::uuid[])
 )
 SELECT i.task_id AS released_id, t.id IS NOT NULL AS ok, coalesce(t.status, s.status) AS status_now,
        s.id IS NOT NULL AS found,
-       (SELECT count(pg_notify('foreman_task_ready', $1)) FROM (SELECT 1 FROM t LIMIT 1) one)
-           AS notified,
+       (SELECT count(pg_notify('foreman_task_ready', $1))
+          FROM (SELECT 1 FROM t WHERE status = 'queued' LIMIT 1) one) AS notified,
        t.id, t.run_id, t.org_id, t.type, t.status, t.input_data, t.metadata, t.retry_count,
        t.max_retries, t.priority, t.attempt, t.created_at, t.updated_at, t.parent_task_id,
        t.output_data, t.error_data, t.queued_at, t.started_at, t.completed_at, t.duration_ms,
@@ -313,7 +338,8 @@ SELECT i.task_id AS released_id, t.id IS NOT NULL AS ok, coalesce(t.status, s.st
 -- The sweeper, across organisations (its connection is the table owner, which RLS does not
 -- restrict because RLS is not FORCEd). SKIP LOCKED: a worker finishing the task right now wins.
 -- An expired lease is retried after a backoff while attempts remain (attempt <= max_retries),
--- else failed. $1 now, $2 limit, $3 counter shard.
+-- else failed; a task whose cancel was asked while it ran ends 'cancelled'. $1 now, $2 limit,
+-- $3 counter shard.
 WITH x AS MATERIALIZED (
     SELECT id
       FROM task
@@ -323,9 +349,12 @@ WITH x AS MATERIALIZED (
        FOR UPDATE SKIP LOCKED
 ), t AS (
     UPDATE task
-       SET status = CASE WHEN attempt > max_retries THEN 'failed' ELSE 'retrying' END,
-           retry_count = retry_count + (NOT attempt > max_retries)::int,
-           run_after = CASE WHEN attempt > max_retries THEN run_after
+       SET status = CASE WHEN cancel_requested_at IS NOT NULL THEN 'cancelled'
+                         WHEN attempt > max_retries THEN 'failed' ELSE 'retrying' END,
+           retry_count = retry_count
+                         + (NOT attempt > max_retries AND cancel_requested_at IS NULL)::int,
+           run_after = CASE WHEN attempt > max_retries OR cancel_requested_at IS NOT NULL
+                            THEN run_after
                             ELSE $1 + (least(2000 * power(2, greatest(attempt, 1) - 1), 300000)
                                        * (0.8 + random() * 0.4))::bigint END,
            error_data = jsonb_build_object(
@@ -335,8 +364,9 @@ WITH x AS MATERIALIZED (
                     ELSE format('Lease expired after %s attempt(s): attempts exhausted', attempt)
                END,
                'type', 'LeaseExpired'),
-           completed_at = CASE WHEN attempt > max_retries THEN $1 END,
-           duration_ms = CASE WHEN attempt > max_retries
+           completed_at = CASE WHEN attempt > max_retries OR cancel_requested_at IS NOT NULL
+                               THEN $1 END,
+           duration_ms = CASE WHEN attempt > max_retries OR cancel_requested_at IS NOT NULL
                               THEN $1 - coalesce(started_at, created_at) END,
            lease_token = NULL,
            lease_expires_at = NULL,
@@ -345,8 +375,8 @@ WITH x AS MATERIALIZED (
     RETURNING *
 ), e AS (
     UPDATE task_attempt a
-       SET outcome = 'lease_expired', ended_at = $1, duration_ms = $1 - a.started_at,
-           error_data = t.error_data
+       SET outcome = CASE WHEN t.status = 'cancelled' THEN 'cancelled' ELSE 'lease_expired' END,
+           ended_at = $1, duration_ms = $1 - a.started_at, error_data = t.error_data
       FROM t
      WHERE a.task_id = t.id AND a.org_id = t.org_id AND a.outcome = 'running'
 ), c AS (
