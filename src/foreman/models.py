@@ -117,6 +117,7 @@ class Run(_Out):
     started_at: int | None = None
     completed_at: int | None = None
     duration_ms: int | None = None
+    auto_complete: bool = False  # extension: omitted (false) for every run made without it
 
 
 class Task(_Out):
@@ -266,6 +267,9 @@ class Config(_Out):
 class RunCreate(_In):
     input_data: JsonValue
     metadata: JsonObjectText | UnsetType = UNSET
+    # Extension (issue 13): the run becomes running at its first claim and completed or failed
+    # when every task is terminal.
+    auto_complete: bool = False
 
     def __post_init__(self) -> None:
         _require_value(self.input_data, "inputData")

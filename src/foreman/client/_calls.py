@@ -171,8 +171,11 @@ def _on_wire(values: Mapping[str, Any], fields: Mapping[str, str], absent: Any) 
 # runs
 
 
-def create_run(input_data: Any, *, metadata: dict[str, Any] | None) -> Call[models.Run]:
-    body = _body({"inputData": input_data, **_optional(metadata=metadata)})
+def create_run(
+    input_data: Any, *, metadata: dict[str, Any] | None, auto_complete: bool = False
+) -> Call[models.Run]:
+    extension = {"autoComplete": True} if auto_complete else {}
+    body = _body({"inputData": input_data, **_optional(metadata=metadata), **extension})
     return Call("POST", f"{API}/runs", _decoder(models.Run), body)
 
 

@@ -108,9 +108,30 @@ class Client:
 
     # ------------------------------------------------------------ runs
 
-    def create_run(self, input_data: Any, *, metadata: JsonObject | None = None) -> Run:
-        """Create a run (pending, counters at 0)."""
-        return self._send(_calls.create_run(input_data, metadata=metadata))
+    def create_run(
+        self, input_data: Any, *, metadata: JsonObject | None = None, auto_complete: bool = False
+    ) -> Run:
+        """Create a run (pending, counters at 0).
+
+        ``auto_complete``: the run becomes running at its first claim, and completed (or failed,
+        if a task failed) once every task is terminal; then it takes no more tasks (409).
+        """
+        call = _calls.create_run(input_data, metadata=metadata, auto_complete=auto_complete)
+        return self._send(call)
+
+    def wait_for_run(
+        self, run_id: str, *, timeout: float | None = None, poll_s: float = 0.2
+    ) -> Run:
+        """The run once it has ended (completedAt set: an autoComplete run finishing, a cancel,
+        or a PATCH); TimeoutError after timeout seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            run = self.get_run(run_id)
+            if run.completed_at is not None:
+                return run
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"run {run_id} has not ended after {timeout} s")
+            time.sleep(poll_s)
 
     def get_run(self, run_id: str) -> Run:
         """A run; NotFoundError if it is not in the caller's organisation."""

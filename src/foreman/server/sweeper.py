@@ -23,6 +23,7 @@ from foreman.queue.base import Message, QueueBackend, ready_messages
 from foreman.settings import Settings
 from foreman.store import db, statistics
 from foreman.store import queue as queue_store
+from foreman.store import runs as runs_store
 from foreman.store.pool import Pool
 
 logger = logging.getLogger(__name__)
@@ -129,6 +130,9 @@ class Sweeper:
             if not await conn.fetchval(_TRY_LOCK, SWEEP_LOCK_KEY):
                 return SweepResult(locked=False)
             expired = await queue_store.expire_leases(conn, now=now, limit=self._batch)
+            # Auto-complete runs left open by races (store/sql/queue.sql): a statement of its own,
+            # so its snapshot sees the expiry above and every commit before it.
+            await runs_store.complete_due_runs(conn, now=now, limit=self._batch)
             analyzed = await statistics.analyze_new_tables(conn)
             if analyzed:
                 logger.info("analysed new table(s) %s for the planner", ", ".join(analyzed))

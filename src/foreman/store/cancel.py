@@ -8,6 +8,7 @@ from foreman.models import Run, Task
 from foreman.store import queries
 from foreman.store import runs as runs_store
 from foreman.store.db import Db
+from foreman.store.queue import complete_open_runs
 from foreman.store.tasks import get_task, shard
 
 _SQL = queries.load_statements("cancel")
@@ -27,6 +28,7 @@ async def cancel_task(conn: Db, *, org_id: str, task_id: str, now: int) -> Cance
     """Cancel a task that has not ended: at once, or at its worker's next beat when running."""
     record = await conn.fetchrow(_CANCEL_TASK, org_id, task_id, now, shard())
     if record is not None:
+        await complete_open_runs(conn, org_id=org_id, records=[record], now=now)
         return Cancelled(queries.model_from(Task, record), True)
     return Cancelled(await get_task(conn, org_id=org_id, task_id=task_id), False)
 

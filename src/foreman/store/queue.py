@@ -15,6 +15,7 @@ from typing import Any, Literal, TypeVar
 
 from foreman.models import Task
 from foreman.store import queries
+from foreman.store import runs as runs_store
 from foreman.store.db import Db
 from foreman.store.tasks import get_task, shard
 
@@ -226,6 +227,7 @@ async def finish_tasks(
         now,
         shard(),
     )
+    await complete_open_runs(conn, org_id=org_id, records=records, now=now)
     task = queries.fields_of(Task, records)
     head = queries.values(records, "ended_id", "ok", "status_now", "found", "same_token")
     ended = []
@@ -237,6 +239,14 @@ async def finish_tasks(
             Ended(task_id, ok or repeat, status, found, repeat, Task(*task(r)) if ok else None)
         )
     return firsts.expand(ended, _duplicate_of)
+
+
+async def complete_open_runs(conn: Db, *, org_id: str, records: Sequence[Any], now: int) -> None:
+    """Complete the auto-complete runs a statement that ended tasks left open (`runs_open`: its
+    snapshot did not show the tasks other statements ended at the same time), with a fresh one."""
+    runs_open = records[0]["runs_open"] if records else None
+    if runs_open:
+        await runs_store.complete_runs(conn, org_id=org_id, run_ids=runs_open, now=now)
 
 
 def _ended_as(outcome: str, status: str | None) -> bool:

@@ -12,6 +12,7 @@ import msgspec
 from foreman import errors
 from foreman.models import TERMINAL_STATUSES, Attempt, Task
 from foreman.store import queries
+from foreman.store import runs as runs_store
 from foreman.store.db import Db
 
 _SQL = queries.load_statements("tasks")  # store/sql/tasks.sql: the statements and why they are so
@@ -66,6 +67,7 @@ class InsertResult:
     created: bool
     run_found: bool
     parent_found: bool
+    run_open: bool = True  # False: an auto-complete run that has ended takes no task
 
 
 async def insert_task(
@@ -94,6 +96,8 @@ async def insert_task(
     run_found, parent_found = record["run_found"], record["parent_found"]
     if record["id"] is not None:
         return InsertResult(queries.model_from(Task, record), True, run_found, parent_found)
+    if not record["run_open"]:
+        return InsertResult(None, False, run_found, parent_found, False)
     existing = None
     if new.idempotency_key is not None and run_found:
         existing = await get_task_by_key(conn, org_id=org_id, key=new.idempotency_key)
@@ -168,6 +172,7 @@ class BatchInsertResult:
     failed_index: int | None = None
     run_found: bool = True
     parent_found: bool = True
+    run_open: bool = True
 
 
 async def insert_tasks(
@@ -209,8 +214,10 @@ async def _insert_tasks(
         shard(),
     )
     for index, record in enumerate(records):
-        if not (record["run_ok"] and record["parent_ok"]):
-            return BatchInsertResult([], [], index, record["run_ok"], record["parent_ok"])
+        if not (record["run_ok"] and record["parent_ok"] and record["run_open"]):
+            return BatchInsertResult(
+                [], [], index, record["run_ok"], record["parent_ok"], record["run_open"]
+            )
     values_of = queries.fields_of(Task, records)
     tasks: list[Task | None] = [None if r["id"] is None else Task(*values_of(r)) for r in records]
     for index, task in enumerate(tasks):
@@ -341,6 +348,8 @@ WITH t AS (
 SELECT CASE WHEN $4::text IN ('completed', 'failed', 'cancelled')
             THEN pg_notify('foreman_task_done', t.id::text)
             WHEN $4::text = 'queued' THEN pg_notify('foreman_task_ready', $1) END AS notified,
+       (SELECT r.auto_complete FROM run r WHERE r.org_id = $1 AND r.id = t.run_id)
+           AS run_auto_complete,
        {_TASK_COLUMNS}
   FROM t
 """  # noqa: S608 - fixed fragments only (see the docstring); every value is a parameter
@@ -378,7 +387,11 @@ async def update_task(
         sql, org_id, task_id, now, status, *(changes[n] for n in names), shard()
     )
     if record is not None:
-        return UpdateResult(queries.model_from(Task, record), True, False)
+        task = queries.model_from(Task, record)
+        if record["run_auto_complete"] and task.status in TERMINAL_STATUSES:
+            # The PATCH path completes an auto-complete run afterwards, with a fresh snapshot.
+            await runs_store.complete_runs(conn, org_id=org_id, run_ids=[task.run_id], now=now)
+        return UpdateResult(task, True, False)
     current = await get_task(conn, org_id=org_id, task_id=task_id)
     if current is None:
         return UpdateResult(None, False, False)

@@ -44,7 +44,7 @@ from foreman.models import (
 from foreman.server import auth, params
 from foreman.server.deps import AppState, error_responses, org_conn, state
 from foreman.server.notify import sleep_until
-from foreman.server.routes.tasks import new_task
+from foreman.server.routes.tasks import new_task, run_ended
 from foreman.store import db
 from foreman.store import queue as queue_store
 from foreman.store import tasks as tasks_store
@@ -91,6 +91,8 @@ async def create_tasks(
         )
     if result.failed_index is not None:
         new = news[result.failed_index]
+        if result.run_found and result.parent_found and not result.run_open:
+            raise run_ended(new.run_id)
         what = (
             f"Run not found: {new.run_id}"
             if not result.run_found

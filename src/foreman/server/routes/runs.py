@@ -30,6 +30,7 @@ async def create_run(request: Request[Any, Any, Any], data: JSONBody[RunCreate])
             input_data=data.input_data,
             metadata=models.stored(data.metadata),
             now=ids.now_ms(),
+            auto_complete=data.auto_complete,
         )
 
 

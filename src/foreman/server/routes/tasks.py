@@ -53,6 +53,13 @@ def new_task(data: TaskCreate) -> tasks_store.NewTask:
     )
 
 
+def run_ended(run_id: str) -> errors.ConflictError:
+    """A task for an auto-complete run that has ended."""
+    return errors.ConflictError(
+        f"Run {run_id} has ended (autoComplete); it takes no more tasks", runId=run_id
+    )
+
+
 def insert_failure(
     result: tasks_store.InsertResult, new: tasks_store.NewTask
 ) -> errors.ForemanError:
@@ -61,6 +68,8 @@ def insert_failure(
         return errors.NotFoundError(f"Run not found: {new.run_id}")
     if new.parent_task_id is not None and not result.parent_found:
         return errors.NotFoundError(f"Parent task not found: {new.parent_task_id}")
+    if not result.run_open:
+        return run_ended(new.run_id)
     return errors.ConflictError("The task could not be created, try again")
 
 

@@ -10,7 +10,8 @@
 -- by whichever statement locks it first.
 
 -- cancel_task --
--- $1 org, $2 task id, $3 now, $4 counter shard.
+-- An auto-complete run whose last open task this cancels is completed as finish_tasks does
+-- (store/sql/queue.sql). $1 org, $2 task id, $3 now, $4 counter shard.
 WITH t AS (
     UPDATE task
        SET status = CASE WHEN status = 'running' THEN status ELSE 'cancelled' END,
@@ -28,9 +29,28 @@ WITH t AS (
     SELECT run_id, $4::smallint, org_id, 1 FROM t WHERE status = 'cancelled'
     ON CONFLICT (run_id, shard) DO UPDATE
        SET cancelled_tasks = run_counter.cancelled_tasks + EXCLUDED.cancelled_tasks
+), k AS (
+    SELECT r.id, r.task_epoch,
+           x.total_tasks - x.completed_tasks - x.failed_tasks - x.cancelled_tasks - 1 AS remaining,
+           x.failed_tasks AS failed
+      FROM t
+      JOIN run r ON r.id = t.run_id AND r.org_id = $1
+     CROSS JOIN LATERAL run_task_counts(r.id) x
+     WHERE t.status = 'cancelled' AND r.auto_complete AND r.completed_at IS NULL
+), ac AS (
+    UPDATE run r
+       SET status = CASE WHEN k.failed > 0 THEN 'failed' ELSE 'completed' END,
+           completed_at = $3, duration_ms = $3 - coalesce(r.started_at, r.created_at),
+           updated_at = $3
+      FROM k
+     WHERE r.id = k.id AND k.remaining = 0 AND r.task_epoch = k.task_epoch
+       AND r.completed_at IS NULL
+    RETURNING r.id
 )
 SELECT CASE WHEN t.status = 'cancelled' THEN pg_notify('foreman_task_done', t.id::text) END
            AS notified,
+       (SELECT array_agg(k.id) FROM k
+         WHERE k.remaining <= 1000 AND k.id NOT IN (SELECT id FROM ac)) AS runs_open,
        t.id, t.run_id, t.org_id, t.type, t.status, t.input_data, t.metadata, t.retry_count,
        t.max_retries, t.priority, t.attempt, t.created_at, t.updated_at, t.parent_task_id,
        t.output_data, t.error_data, t.queued_at, t.started_at, t.completed_at, t.duration_ms,

@@ -16,6 +16,14 @@
 -- * Every attempt is kept (task_attempt, migration 0012): a claim inserts the attempt's row and
 --   the statement that ends the attempt closes the task's one 'running' row with its outcome,
 --   both set-based from the statement's changed rows (no extra round trip, no per-row trigger).
+-- * Auto-complete runs (migration 0014): a claim makes a 'pending' one 'running'; a statement that
+--   ends tasks completes each such run whose counters, as this statement's snapshot has them plus
+--   its own changes, leave no task open: 'failed' if any task failed, else 'completed'. The
+--   UPDATE compares task_epoch with the value read (a task added meanwhile bumped it: no
+--   completion) and re-checks completed_at after the row lock (exactly once). Two statements
+--   ending a run's last tasks concurrently do not see each other: each answers the runs it left
+--   open (`runs_open`, with few tasks open) and its caller completes them with a fresh snapshot
+--   (runs.sql complete_runs); the sweeper catches any left.
 -- * Ended tasks wake `wait` long-polls: NOTIFY foreman_task_done, one notification per 100 ended
 --   tasks (a payload holds at most 8000 bytes). As an uncorrelated subquery in the select list it
 --   runs once, when the statement returns a row.
@@ -53,6 +61,10 @@ WITH c AS MATERIALIZED (
 ), n AS (
     INSERT INTO task_attempt (task_id, attempt, org_id, run_id, worker_id, started_at)
     SELECT id, attempt, org_id, run_id, worker_id, $2 FROM t
+), g AS (
+    UPDATE run
+       SET status = 'running', started_at = coalesce(started_at, $2), updated_at = $2
+     WHERE org_id = $1 AND id IN (SELECT run_id FROM t) AND auto_complete AND status = 'pending'
 )
 SELECT t.id, t.run_id, t.org_id, t.type, t.status, t.input_data, t.metadata, t.retry_count,
        t.max_retries, t.priority, t.attempt, t.created_at, t.updated_at, t.parent_task_id,
@@ -98,6 +110,10 @@ WITH t AS (
 ), n AS (
     INSERT INTO task_attempt (task_id, attempt, org_id, run_id, worker_id, started_at)
     SELECT id, attempt, org_id, run_id, worker_id, $3 FROM t
+), g AS (
+    UPDATE run
+       SET status = 'running', started_at = coalesce(started_at, $3), updated_at = $3
+     WHERE org_id = $1 AND id IN (SELECT run_id FROM t) AND auto_complete AND status = 'pending'
 )
 SELECT t.id, t.run_id, t.org_id, t.type, t.status, t.input_data, t.metadata, t.retry_count,
        t.max_retries, t.priority, t.attempt, t.created_at, t.updated_at, t.parent_task_id,
@@ -143,6 +159,10 @@ WITH i AS (
 ), n AS (
     INSERT INTO task_attempt (task_id, attempt, org_id, run_id, worker_id, started_at)
     SELECT id, attempt, org_id, run_id, worker_id, $3 FROM t
+), g AS (
+    UPDATE run
+       SET status = 'running', started_at = coalesce(started_at, $3), updated_at = $3
+     WHERE org_id = $1 AND id IN (SELECT run_id FROM t) AND auto_complete AND status = 'pending'
 ), s AS (
     SELECT id, status FROM task WHERE org_id = $1 AND id = ANY($2::uuid[])
 )
@@ -261,11 +281,38 @@ WITH i AS (
        SET completed_tasks = run_counter.completed_tasks + EXCLUDED.completed_tasks,
            failed_tasks    = run_counter.failed_tasks + EXCLUDED.failed_tasks,
            cancelled_tasks = run_counter.cancelled_tasks + EXCLUDED.cancelled_tasks
+), d AS (
+    SELECT run_id,
+           count(*) AS ended,
+           count(*) FILTER (WHERE status = 'failed') AS failed
+      FROM t
+     WHERE status IN ('completed', 'failed', 'cancelled')
+     GROUP BY run_id
+), k AS (
+    SELECT r.id, r.task_epoch, x.failed_tasks + d.failed AS failed,
+           x.total_tasks - x.completed_tasks - x.failed_tasks - x.cancelled_tasks - d.ended
+               AS remaining
+      FROM d
+      JOIN run r ON r.id = d.run_id AND r.org_id = $1
+     CROSS JOIN LATERAL run_task_counts(r.id) x
+     WHERE r.auto_complete AND r.completed_at IS NULL
+), ac AS (
+    UPDATE run r
+       SET status = CASE WHEN k.failed > 0 THEN 'failed' ELSE 'completed' END,
+           completed_at = $8::bigint, duration_ms = $8::bigint - coalesce(r.started_at, r.created_at),
+           updated_at = $8::bigint
+      FROM k
+     WHERE r.id = k.id AND k.remaining = 0 AND r.task_epoch = k.task_epoch
+       AND r.completed_at IS NULL
+    RETURNING r.id
 ), s AS (
     SELECT id, status, lease_token FROM task WHERE org_id = $1 AND id = ANY($2::uuid[])
 )
 SELECT i.task_id AS ended_id, t.id IS NOT NULL AS ok, coalesce(t.status, s.status) AS status_now,
        s.id IS NOT NULL AS found, coalesce(s.lease_token = i.token, false) AS same_token,
+       (SELECT array_agg(k.id) FROM k
+         WHERE k.remaining <= 1000 AND k.id NOT IN (SELECT id FROM ac)) AS runs_open,
+       (SELECT count(*) FROM ac) AS runs_completed,
        (SELECT count(pg_notify('foreman_task_done', g.ids))
           FROM (SELECT string_agg(d.id::text, ',') AS ids
                   FROM (SELECT id, (row_number() OVER () - 1) / 100 AS n
@@ -392,8 +439,33 @@ WITH x AS MATERIALIZED (
        SET completed_tasks = run_counter.completed_tasks + EXCLUDED.completed_tasks,
            failed_tasks    = run_counter.failed_tasks + EXCLUDED.failed_tasks,
            cancelled_tasks = run_counter.cancelled_tasks + EXCLUDED.cancelled_tasks
+), d AS (
+    SELECT run_id,
+           count(*) AS ended,
+           count(*) FILTER (WHERE status = 'failed') AS failed
+      FROM t
+     WHERE status IN ('completed', 'failed', 'cancelled')
+     GROUP BY run_id
+), k AS (
+    SELECT r.id, r.task_epoch, x.failed_tasks + d.failed AS failed,
+           x.total_tasks - x.completed_tasks - x.failed_tasks - x.cancelled_tasks - d.ended
+               AS remaining
+      FROM d
+      JOIN run r ON r.id = d.run_id
+     CROSS JOIN LATERAL run_task_counts(r.id) x
+     WHERE r.auto_complete AND r.completed_at IS NULL
+), ac AS (
+    UPDATE run r
+       SET status = CASE WHEN k.failed > 0 THEN 'failed' ELSE 'completed' END,
+           completed_at = $1::bigint, duration_ms = $1::bigint - coalesce(r.started_at, r.created_at),
+           updated_at = $1::bigint
+      FROM k
+     WHERE r.id = k.id AND k.remaining = 0 AND r.task_epoch = k.task_epoch
+       AND r.completed_at IS NULL
+    RETURNING r.id
 )
-SELECT (SELECT count(pg_notify('foreman_task_done', g.ids))
+SELECT (SELECT count(ac.id) FROM ac) AS runs_completed,
+       (SELECT count(pg_notify('foreman_task_done', g.ids))
           FROM (SELECT string_agg(d.id::text, ',') AS ids
                   FROM (SELECT id, (row_number() OVER () - 1) / 100 AS n
                           FROM t

@@ -7,10 +7,17 @@
 -- One statement: check run and parent, insert (idempotently), count the task on a shard of its
 -- run, and wake waiting claimers when it is ready now. The run is locked FOR KEY SHARE (it
 -- cannot be deleted until this commits): the work of a foreign key, once per statement. Autocommit: no BEGIN/COMMIT round trips.
+-- An auto-complete run (migration 0014) takes the task only while it has not ended: `u` bumps
+-- its task_epoch (so a completion that counted without this task is not applied) and re-checks
+-- completed_at on the latest row after the row lock; no `u` row, no insert (run_open false: 409).
 -- $1 org, $2 run, $3 parent, $4 id, $5 type, $6 status, $7 input, $8 metadata, $9 max retries,
 -- $10 priority, $11 run after, $12 idempotency key, $13 now, $14 counter shard.
 WITH r AS (
-    SELECT id FROM run WHERE org_id = $1 AND id = $2 FOR KEY SHARE
+    SELECT id, auto_complete FROM run WHERE org_id = $1 AND id = $2 FOR KEY SHARE
+), u AS (
+    UPDATE run SET task_epoch = task_epoch + 1
+     WHERE org_id = $1 AND id IN (SELECT id FROM r WHERE auto_complete) AND completed_at IS NULL
+    RETURNING id
 ), p AS (
     SELECT id FROM task WHERE org_id = $1 AND id = $3 AND run_id = $2
 ), t AS (
@@ -20,7 +27,8 @@ WITH r AS (
     SELECT $4, r.id, $3, $1, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13,
            CASE WHEN $6 = 'queued' THEN $13::bigint END
       FROM r
-     WHERE $3::uuid IS NULL OR EXISTS (SELECT 1 FROM p)
+     WHERE ($3::uuid IS NULL OR EXISTS (SELECT 1 FROM p))
+       AND (NOT r.auto_complete OR EXISTS (SELECT 1 FROM u))
     ON CONFLICT (org_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
     RETURNING *
 ), c AS (
@@ -29,6 +37,7 @@ WITH r AS (
     ON CONFLICT (run_id, shard) DO UPDATE SET total_tasks = run_counter.total_tasks + 1
 )
 SELECT EXISTS (SELECT 1 FROM r) AS run_found, EXISTS (SELECT 1 FROM p) AS parent_found,
+       NOT EXISTS (SELECT 1 FROM r WHERE auto_complete) OR EXISTS (SELECT 1 FROM u) AS run_open,
        CASE WHEN t.status = 'queued' AND t.run_after <= $13
             THEN pg_notify('foreman_task_ready', $1) END AS notified,
        t.id, t.run_id, t.org_id, t.type, t.status, t.input_data, t.metadata, t.retry_count,
@@ -43,7 +52,8 @@ SELECT EXISTS (SELECT 1 FROM r) AS run_found, EXISTS (SELECT 1 FROM p) AS parent
 -- existing task of the same run or an earlier task of the batch. Idempotent repeats (keys that
 -- exist, or repeat within the batch) return the existing task; counters grow once per run.
 -- $1 org, $2..$12 one array per column (ids, runs, parents, types, statuses, inputs, metadata,
--- max retries, priorities, run after, idempotency keys), $13 now, $14 counter shard.
+-- max retries, priorities, run after, idempotency keys), $13 now, $14 counter shard. Auto-complete
+-- runs: as insert_task (an ended one refuses the whole batch: run_open false).
 WITH i AS (
     SELECT *
       FROM unnest($2::uuid[], $3::uuid[], $4::uuid[], $5::text[], $6::text[], $7::jsonb[],
@@ -51,12 +61,18 @@ WITH i AS (
            WITH ORDINALITY AS i(id, run_id, parent_task_id, type, status, input_data, metadata,
                                 max_retries, priority, run_after, idempotency_key, ord)
 ), r AS (
-    SELECT id FROM run WHERE org_id = $1 AND id = ANY($3::uuid[]) FOR KEY SHARE
+    SELECT id, auto_complete FROM run WHERE org_id = $1 AND id = ANY($3::uuid[]) FOR KEY SHARE
+), u AS (
+    UPDATE run SET task_epoch = task_epoch + 1
+     WHERE org_id = $1 AND id IN (SELECT id FROM r WHERE auto_complete) AND completed_at IS NULL
+    RETURNING id
 ), p AS (
     SELECT id, run_id FROM task WHERE org_id = $1 AND id = ANY($4::uuid[])
 ), v AS (
     SELECT i.ord,
            i.run_id IN (SELECT id FROM r) AS run_ok,
+           i.run_id NOT IN (SELECT id FROM r WHERE auto_complete)
+               OR i.run_id IN (SELECT id FROM u) AS run_open,
            (i.parent_task_id IS NULL
             OR EXISTS (SELECT 1 FROM p WHERE p.id = i.parent_task_id AND p.run_id = i.run_id)
             OR EXISTS (SELECT 1 FROM i AS e
@@ -71,7 +87,7 @@ WITH i AS (
            i.max_retries, i.priority, i.run_after, i.idempotency_key, $13, $13,
            CASE WHEN i.status = 'queued' THEN $13::bigint END
       FROM i
-     WHERE NOT EXISTS (SELECT 1 FROM v WHERE NOT (v.run_ok AND v.parent_ok))
+     WHERE NOT EXISTS (SELECT 1 FROM v WHERE NOT (v.run_ok AND v.parent_ok AND v.run_open))
      ORDER BY i.ord
     ON CONFLICT (org_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
     RETURNING *
@@ -91,7 +107,7 @@ WITH i AS (
         ON k.idempotency_key = i.idempotency_key
      WHERE NOT EXISTS (SELECT 1 FROM ins WHERE ins.id = i.id)
 )
-SELECT v.run_ok, v.parent_ok,
+SELECT v.run_ok, v.parent_ok, v.run_open,
        (SELECT count(pg_notify('foreman_task_ready', $1))
           FROM (SELECT 1 FROM ins WHERE status = 'queued' AND run_after <= $13 LIMIT 1) q)
            AS notified,
