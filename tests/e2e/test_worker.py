@@ -8,9 +8,10 @@ import os
 import time
 from collections.abc import AsyncIterator
 
+import msgspec
 import pytest
 
-from foreman import AsyncClient, TaskContext, TaskSpec, Worker
+from foreman import AsyncClient, Handlers, TaskContext, TaskSpec, Worker
 from foreman.worker._leases import Held, LeaseKeeper
 from foreman.worker.context import AttemptState
 from tests.conftest import KEY_A
@@ -166,6 +167,37 @@ async def test_cancel_endpoints_reach_the_worker(client: AsyncClient):
     assert (final.status, final.total_tasks, final.cancelled_tasks) == ("cancelled", 2, 2)
     assert (final.completed_tasks, final.failed_tasks) == (0, 0)
     assert (worker.stats.completed, worker.stats.dropped) == (0, 1)
+
+
+class AddInput(msgspec.Struct):
+    a: int
+    b: int
+
+
+async def test_typed_handlers_validate_input_and_fail_bad_input_without_retries(
+    client: AsyncClient,
+):
+    typed = Handlers()
+
+    @typed.task("typed_add")
+    async def add(ctx: TaskContext, data: AddInput) -> dict:
+        return {"sum": data.a + data.b}
+
+    run = await client.create_run({}, auto_complete=True)
+    good = await client.enqueue_task(run.id, type="typed_add", input_data={"a": 2, "b": 3})
+    bad = await client.enqueue_task(
+        run.id, type="typed_add", input_data={"a": 2, "b": "x"}, max_retries=3
+    )
+    worker = make_worker(client, handlers=typed, concurrency=2)
+    await run_until(worker, client.wait_for_run(run.id, timeout=20))
+
+    done = await client.get_task(good.id)
+    assert (done.status, done.output_data) == ("completed", {"sum": 5})
+    refused = await client.get_task(bad.id)
+    assert (refused.status, refused.attempt, refused.retry_count) == ("failed", 1, 0)
+    assert refused.error_data["type"] == "InputValidationError"
+    assert refused.error_data["field"] == "b"
+    assert (await client.get_run(run.id)).status == "failed"  # autoComplete: one task failed
 
 
 async def _true_when(value: bool) -> bool:

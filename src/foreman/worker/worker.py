@@ -347,6 +347,10 @@ class Worker:
             if held.state.released:
                 return None  # forced stop: _drain releases the lease
             return _results.failure(task, _results.error_data(asyncio.CancelledError()))
+        except errors.InputValidationError as exc:
+            # The same input would fail again: no retry (worker/handlers.py).
+            logger.info("task %s (%s) input refused: %s", task.id, task.type, exc)
+            return _results.failure(task, _results.input_error(exc), retryable=False)
         except Exception as exc:  # any handler error fails the attempt
             logger.info("task %s (%s) failed: %r", task.id, task.type, exc)
             return _results.failure(task, _results.error_data(exc))
