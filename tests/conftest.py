@@ -20,7 +20,15 @@ ORG_B = "orgb"
 HEADERS_A = {"Authorization": f"Bearer {KEY_A}"}
 HEADERS_B = {"x-api-key": KEY_B}
 
-TABLES = ("task_attempt", "run_data", "task", "run_counter", "run")
+TABLES = (
+    "task_attempt",
+    "task_dependency",
+    "dependency_counter",
+    "run_data",
+    "task",
+    "run_counter",
+    "run",
+)
 
 
 @pytest.fixture(scope="session")

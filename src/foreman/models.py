@@ -16,7 +16,9 @@ import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
 RunStatus = Literal["pending", "running", "completed", "failed", "cancelled"]
-TaskStatus = Literal["pending", "queued", "running", "completed", "failed", "cancelled", "retrying"]
+TaskStatus = Literal[
+    "pending", "queued", "running", "completed", "failed", "cancelled", "retrying", "blocked"
+]
 TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
 
 JsonObject = dict[str, Any]
@@ -48,6 +50,15 @@ MaxRetries = Annotated[int, Meta(ge=0, le=10)]
 # BullMQ's range: 0 is the default, then 1 (highest) .. 2,097,152 (lowest).
 Priority = Annotated[int, Meta(ge=0, le=2_097_152)]
 DelayMs = Annotated[int, Meta(ge=0, le=365 * 24 * 3600 * 1000)]
+MAX_PARENTS = 10_000  # dependsOn of one task (issue 13)
+DependsOn = Annotated[
+    list[Name],
+    Meta(
+        max_length=MAX_PARENTS,
+        description="Parent task ids of the same run (in a batch, also refs of earlier items)",
+    ),
+]
+OnParentFailure = Literal["cancel", "run"]
 
 
 class _Out(msgspec.Struct, rename="camel", omit_defaults=True):
@@ -298,14 +309,25 @@ class TaskCreate(_In):
     delay_ms: DelayMs = 0
     idempotency_key: Name | None = None
     enqueue: bool = False
+    # Extensions (issue 13): dependencies. The task is `blocked` until every parent has ended;
+    # `ref` names an item of POST /tasks/batch for the dependsOn of later items.
+    depends_on: DependsOn | None = None
+    on_parent_failure: OnParentFailure = "cancel"
+    ref: Name | None = None
 
     def __post_init__(self) -> None:
         _require_value(self.input_data, "inputData")
         _require_object(self.metadata, "metadata")
 
 
+# A PATCH may not make a task blocked: only its dependencies do (and release it).
+SettableTaskStatus = Literal[
+    "pending", "queued", "running", "completed", "failed", "cancelled", "retrying"
+]
+
+
 class TaskUpdate(_In):
-    status: TaskStatus | UnsetType = UNSET
+    status: SettableTaskStatus | UnsetType = UNSET
     output_data: JsonText | UnsetType = UNSET
     error_data: JsonText | UnsetType = UNSET
     metadata: JsonObjectText | UnsetType = UNSET

@@ -96,6 +96,13 @@ def _hostile_cases(a: dict[str, str], b_run: str, b_task: str) -> list[tuple[str
         ),
         ("GET", "/api/v1/tasks/{task_id}", f"{API}/tasks/{a['task']}", None),
         ("GET", "/api/v1/tasks/{task_id}/attempts", f"{API}/tasks/{a['task']}/attempts", None),
+        ("GET", "/api/v1/tasks/{task_id}/parents", f"{API}/tasks/{a['task']}/parents", None),
+        (
+            "POST",
+            "/api/v1/tasks",
+            f"{API}/tasks",
+            {**create, "runId": b_run, "dependsOn": [a["task"]]},
+        ),
         ("POST", "/api/v1/tasks/{task_id}/cancel", f"{API}/tasks/{a['task']}/cancel", None),
         ("POST", "/api/v1/runs/{run_id}/cancel", f"{API}/runs/{a['run']}/cancel", None),
         ("PATCH", "/api/v1/tasks/{task_id}", f"{API}/tasks/{a['task']}", {"status": "cancelled"}),
@@ -201,7 +208,15 @@ async def _rows_of(db_url: str, org_id: str) -> dict[str, list[str]]:
                 str(dict(r))
                 for r in await conn.fetch(f"SELECT * FROM {table} WHERE org_id = $1", org_id)
             )
-            for table in ("run", "run_counter", "task", "run_data", "task_attempt")
+            for table in (
+                "run",
+                "run_counter",
+                "task",
+                "run_data",
+                "task_attempt",
+                "task_dependency",
+                "dependency_counter",
+            )
         }
     finally:
         await conn.close()

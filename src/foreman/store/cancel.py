@@ -5,11 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from foreman.models import Run, Task
-from foreman.store import queries
+from foreman.store import dependencies, queries
 from foreman.store import runs as runs_store
 from foreman.store.db import Db
 from foreman.store.queue import complete_open_runs
-from foreman.store.tasks import get_task, shard
+from foreman.store.shards import shard
+from foreman.store.tasks import get_task
 
 _SQL = queries.load_statements("cancel")
 _CANCEL_TASK = _SQL["cancel_task"]
@@ -29,7 +30,10 @@ async def cancel_task(conn: Db, *, org_id: str, task_id: str, now: int) -> Cance
     record = await conn.fetchrow(_CANCEL_TASK, org_id, task_id, now, shard())
     if record is not None:
         await complete_open_runs(conn, org_id=org_id, records=[record], now=now)
-        return Cancelled(queries.model_from(Task, record), True)
+        task = queries.model_from(Task, record)
+        if task.status == "cancelled":  # its blocked children: cancelled or released
+            await dependencies.end_dependents(conn, org_id=org_id, parent_ids=[task.id], now=now)
+        return Cancelled(task, True)
     return Cancelled(await get_task(conn, org_id=org_id, task_id=task_id), False)
 
 

@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 from foreman.models import Task
-from foreman.store import queries
+from foreman.store import dependencies, queries
 from foreman.store import runs as runs_store
 from foreman.store.db import Db
-from foreman.store.tasks import get_task, shard
+from foreman.store.shards import shard
+from foreman.store.tasks import get_task
 
 _SQL = queries.load_statements("queue")  # store/sql/queue.sql: the statements and why they are so
 _CLAIM_TASKS = _SQL["claim_tasks"]
@@ -209,9 +210,18 @@ async def heartbeat(
 
 
 async def finish_tasks(
-    conn: Db, *, org_id: str, outcomes: Sequence[Outcome], now: int
+    conn: Db,
+    *,
+    org_id: str,
+    outcomes: Sequence[Outcome],
+    now: int,
+    released: list[str] | None = None,
 ) -> list[Ended]:
-    """Complete or fail attempts under their lease tokens, in one statement (input order)."""
+    """Complete or fail attempts under their lease tokens, in one statement (input order).
+
+    Blocked children whose last parent ended are released in the same statement; their ids are
+    added to ``released`` (to publish on bullmq).
+    """
     firsts = first_occurrences([o.task_id for o in outcomes])
     if len(firsts.indexes) < len(outcomes):
         outcomes = [outcomes[i] for i in firsts.indexes]
@@ -228,6 +238,9 @@ async def finish_tasks(
         shard(),
     )
     await complete_open_runs(conn, org_id=org_id, records=records, now=now)
+    freed = await _after_dependencies(conn, org_id=org_id, records=records, now=now)
+    if released is not None:
+        released += freed
     task = queries.fields_of(Task, records)
     head = queries.values(records, "ended_id", "ok", "status_now", "found", "same_token")
     ended = []
@@ -249,6 +262,22 @@ async def complete_open_runs(conn: Db, *, org_id: str, records: Sequence[Any], n
         await runs_store.complete_runs(conn, org_id=org_id, run_ids=runs_open, now=now)
 
 
+async def _after_dependencies(
+    conn: Db, *, org_id: str, records: Sequence[Any], now: int
+) -> list[str]:
+    """Released children, and the follow-ups of the dependency step (store/sql/queue.sql):
+    children cancelled (their own children next) and parents whose new edges the statement's
+    snapshot could not see."""
+    if not records:
+        return []
+    head = records[0]
+    freed = list(head["released_ids"] or [])
+    again = [*(head["cascade_ids"] or []), *(head["recheck_ids"] or [])]
+    if again:
+        freed += await dependencies.end_dependents(conn, org_id=org_id, parent_ids=again, now=now)
+    return freed
+
+
 def _ended_as(outcome: str, status: str | None) -> bool:
     if status == "cancelled":
         return True  # a cancel was asked while the attempt ran: any outcome ended it so
@@ -262,6 +291,9 @@ async def release_tasks(conn: Db, *, org_id: str, leases: Sequence[Lease], now: 
 
     A task whose cancel was asked while it ran ends cancelled instead."""
     firsts, records = await _fetch_leases(conn, _RELEASE_TASKS, org_id, leases, now, shard())
+    cancelled = [r["id"] for r in records if r["ok"] and r["status"] == "cancelled"]
+    if cancelled:  # a cancel was asked while they ran: their children next
+        await dependencies.end_dependents(conn, org_id=org_id, parent_ids=cancelled, now=now)
     task = queries.fields_of(Task, records)
     ended = [
         Ended(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import decimal
-import random
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,9 +10,10 @@ import msgspec
 
 from foreman import errors
 from foreman.models import TERMINAL_STATUSES, Attempt, Task
-from foreman.store import queries
+from foreman.store import dependencies, queries
 from foreman.store import runs as runs_store
 from foreman.store.db import Db
+from foreman.store.shards import shard
 
 _SQL = queries.load_statements("tasks")  # store/sql/tasks.sql: the statements and why they are so
 _INSERT_TASK = _SQL["insert_task"]
@@ -21,8 +21,6 @@ _INSERT_TASKS = _SQL["insert_tasks"]
 _GET_TASK = _SQL["get_task"]
 _GET_TASK_BY_KEY = _SQL["get_task_by_key"]
 _LIST_ATTEMPTS = _SQL["list_attempts"]
-
-COUNTER_SHARDS = 16
 
 # The columns of a task in the PATCH statement (as the view task_answer, migration 0010): named
 # as the fields of models.Task; run_after only when it lies after created_at, never the lease token.
@@ -36,11 +34,6 @@ _SORT_COLUMNS = {
     "started_at": "started_at",
     "completed_at": "completed_at",
 }
-
-
-def shard() -> int:
-    """A random counter shard: spreads one busy run's counter updates over several rows."""
-    return random.randrange(COUNTER_SHARDS)  # noqa: S311 - not for security
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +50,20 @@ class NewTask:
     delay_ms: int = 0
     idempotency_key: str | None = None
     enqueue: bool = False
+    depends_on: tuple[str, ...] = ()  # parent task ids (refs of a batch already resolved)
+    on_parent_failure: str = "cancel"
+
+    @property
+    def status(self) -> str:
+        """The status the task is inserted with."""
+        if self.depends_on:
+            return "blocked"  # store/dependencies.py releases it
+        return "queued" if self.enqueue else "pending"
+
+    @property
+    def parent_policy(self) -> str | None:
+        """on_parent_failure as stored: only on a task with dependencies."""
+        return self.on_parent_failure if self.depends_on else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,8 +80,30 @@ class InsertResult:
 async def insert_task(
     conn: Db, *, org_id: str, task_id: str, new: NewTask, now: int
 ) -> InsertResult:
-    """Create a task (pending, or queued when new.enqueue) and count it on its run."""
-    status = "queued" if new.enqueue else "pending"
+    """Create a task (pending, or queued when new.enqueue) and count it on its run.
+
+    With dependencies it is inserted blocked and its edges are added in the same transaction
+    (store/dependencies.py): released at once when every parent has ended.
+    """
+    if not new.depends_on:
+        return await _insert_task(conn, org_id=org_id, task_id=task_id, new=new, now=now)
+    async with conn.transaction():
+        result = await _insert_task(conn, org_id=org_id, task_id=task_id, new=new, now=now)
+        if result.created:
+            edges = [(task_id, parent) for parent in new.depends_on]
+            await dependencies.add_dependencies(conn, org_id=org_id, edges=edges, now=now)
+            result = InsertResult(
+                await get_task(conn, org_id=org_id, task_id=task_id),
+                True,
+                result.run_found,
+                result.parent_found,
+            )
+    return result
+
+
+async def _insert_task(
+    conn: Db, *, org_id: str, task_id: str, new: NewTask, now: int
+) -> InsertResult:
     record = await conn.fetchrow(
         _INSERT_TASK,
         org_id,
@@ -82,7 +111,7 @@ async def insert_task(
         new.parent_task_id,
         task_id,
         new.task_type,
-        status,
+        new.status,
         new.input_data,
         new.metadata,
         new.max_retries,
@@ -91,6 +120,8 @@ async def insert_task(
         new.idempotency_key,
         now,
         shard(),
+        new.parent_policy,
+        new.enqueue,
     )
     assert record is not None
     run_found, parent_found = record["run_found"], record["parent_found"]
@@ -183,14 +214,41 @@ async def insert_tasks(
     A key that replays another request (see check_replay) raises ConflictError and creates none:
     with keys, the statement and the replay check share a transaction.
     """
-    if all(n.idempotency_key is None for n in news):
+    with_parents = any(n.depends_on for n in news)
+    if all(n.idempotency_key is None for n in news) and not with_parents:
         return await _insert_tasks(conn, org_id=org_id, task_ids=task_ids, news=news, now=now)
     async with conn.transaction():
         result = await _insert_tasks(conn, org_id=org_id, task_ids=task_ids, news=news, now=now)
         for index, (task, made) in enumerate(zip(result.tasks, result.created, strict=True)):
             if task is not None and not made:
                 check_replay(task, news[index], index=index)
+        if with_parents and result.failed_index is None:
+            result = await _add_batch_dependencies(conn, org_id, task_ids, news, result, now)
     return result
+
+
+async def _add_batch_dependencies(
+    conn: Db,
+    org_id: str,
+    task_ids: list[str],
+    news: list[NewTask],
+    result: BatchInsertResult,
+    now: int,
+) -> BatchInsertResult:
+    # Only the tasks created now (an idempotent repeat keeps the edges it was made with).
+    edges = [
+        (task_id, parent)
+        for task_id, new, made in zip(task_ids, news, result.created, strict=True)
+        if made
+        for parent in new.depends_on
+    ]
+    if not edges:
+        return result
+    await dependencies.add_dependencies(conn, org_id=org_id, edges=edges, now=now)
+    children = sorted({child for child, _ in edges})
+    fresh = {t.id: t for t in await dependencies.get_tasks(conn, org_id=org_id, task_ids=children)}
+    tasks = [None if t is None else fresh.get(t.id, t) for t in result.tasks]
+    return BatchInsertResult(tasks, result.created)
 
 
 async def _insert_tasks(
@@ -203,7 +261,7 @@ async def _insert_tasks(
         [n.run_id for n in news],
         [n.parent_task_id for n in news],
         [n.task_type for n in news],
-        ["queued" if n.enqueue else "pending" for n in news],
+        [n.status for n in news],
         queries.jsonb_items([n.input_data for n in news]),
         queries.jsonb_items([n.metadata for n in news]),
         [n.max_retries for n in news],
@@ -212,6 +270,8 @@ async def _insert_tasks(
         [n.idempotency_key for n in news],
         now,
         shard(),
+        [n.parent_policy for n in news],
+        [n.enqueue for n in news],
     )
     for index, record in enumerate(records):
         if not (record["run_ok"] and record["parent_ok"] and record["run_open"]):
@@ -350,6 +410,8 @@ SELECT CASE WHEN $4::text IN ('completed', 'failed', 'cancelled')
             WHEN $4::text = 'queued' THEN pg_notify('foreman_task_ready', $1) END AS notified,
        (SELECT r.auto_complete FROM run r WHERE r.org_id = $1 AND r.id = t.run_id)
            AS run_auto_complete,
+       EXISTS (SELECT 1 FROM task_dependency d WHERE d.org_id = $1 AND d.parent_id = t.id)
+           AS has_children,
        {_TASK_COLUMNS}
   FROM t
 """  # noqa: S608 - fixed fragments only (see the docstring); every value is a parameter
@@ -388,6 +450,9 @@ async def update_task(
     )
     if record is not None:
         task = queries.model_from(Task, record)
+        if record["has_children"] and task.status in TERMINAL_STATUSES:
+            # Its blocked children: released or cancelled (a statement after the PATCH's).
+            await dependencies.end_dependents(conn, org_id=org_id, parent_ids=[task_id], now=now)
         if record["run_auto_complete"] and task.status in TERMINAL_STATUSES:
             # The PATCH path completes an auto-complete run afterwards, with a fresh snapshot.
             await runs_store.complete_runs(conn, org_id=org_id, run_ids=[task.run_id], now=now)

@@ -29,6 +29,7 @@ from foreman.server.deps import (
 )
 from foreman.server.responses import JsonResponse
 from foreman.store import cancel as cancel_store
+from foreman.store import dependencies as dependencies_store
 from foreman.store import tasks as tasks_store
 
 SORT_BY = "One of created_at, started_at, completed_at (camelCase accepted)." + params.ONCE
@@ -37,7 +38,31 @@ SORT_ORDER = "asc or desc, any case." + params.ONCE
 TASK_STATUSES: tuple[str, ...] = get_args(TaskStatus)
 
 
-def new_task(data: TaskCreate) -> tasks_store.NewTask:
+def parent_ids(
+    data: TaskCreate, refs: dict[str, str] | None = None, where: str = ""
+) -> tuple[str, ...]:
+    """dependsOn as task ids, each once: a ref of an earlier batch item (refs) or a task id."""
+    if data.ref is not None and refs is None:
+        raise errors.ValidationError(
+            "ref: only items of POST /api/v1/tasks/batch carry a ref", field="ref"
+        )
+    resolved: dict[str, None] = {}
+    for name in data.depends_on or ():
+        if refs is not None and name in refs:
+            resolved[refs[name]] = None
+        elif (task_id := ids.canonical_id(name)) is not None:
+            resolved[task_id] = None
+        elif refs is not None:
+            raise errors.ValidationError(
+                f"{where}dependsOn: {name!r} is neither the ref of an earlier item nor a task id",
+                field=f"{where}dependsOn",
+            )
+        else:
+            raise errors.NotFoundError(f"Task not found: {name}", field="dependsOn")
+    return tuple(resolved)
+
+
+def new_task(data: TaskCreate, depends_on: tuple[str, ...] = ()) -> tasks_store.NewTask:
     """The store's view of a create request."""
     return tasks_store.NewTask(
         run_id=str(data.run_id),
@@ -50,6 +75,8 @@ def new_task(data: TaskCreate) -> tasks_store.NewTask:
         delay_ms=data.delay_ms,
         idempotency_key=data.idempotency_key,
         enqueue=data.enqueue,
+        depends_on=depends_on,
+        on_parent_failure=data.on_parent_failure,
     )
 
 
@@ -86,8 +113,11 @@ def insert_failure(
 async def create_task(
     request: Request[Any, Any, Any], data: JSONBody[TaskCreate]
 ) -> Response[Task]:
-    """Create a task in a run (201), or return the task of a repeated idempotency key (200)."""
-    new = new_task(data)
+    """Create a task in a run (201), or return the task of a repeated idempotency key (200).
+
+    With ``dependsOn`` it is ``blocked`` until every parent has ended.
+    """
+    new = new_task(data, parent_ids(data))
     async with org_conn(request) as (org_id, conn):
         result = await tasks_store.insert_task(
             conn, org_id=org_id, task_id=ids.new_id(), new=new, now=ids.now_ms()
@@ -130,6 +160,28 @@ async def cancel_task(request: Request[Any, Any, Any], task_id: FromPath[str]) -
             f"Task {task_id} is {task.status}; it cannot be cancelled", status=task.status
         )
     return task
+
+
+@get(
+    "/{task_id:str}/parents",
+    responses=error_responses(400, 404),
+    before_request=params.exact_request,
+)
+async def list_parents(
+    request: Request[Any, Any, Any],
+    task_id: FromPath[str],
+    limit: Annotated[int, params.integer_param(ge=1, le=1000)] = 100,
+    offset: Annotated[int, params.integer_param(ge=0, le=MAX_OFFSET)] = 0,
+) -> TaskList:
+    """A task's parents (dependsOn) with their status and outputData, a page at a time."""
+    task_id = params.path_id(task_id, "Task")
+    async with org_conn(request) as (org_id, conn):
+        page = await dependencies_store.list_parents(
+            conn, org_id=org_id, task_id=task_id, limit=limit, offset=offset
+        )
+    if page is None:
+        raise errors.NotFoundError(f"Task not found: {task_id}")
+    return page
 
 
 @get("/{task_id:str}/attempts", responses=error_responses(400, 404))
@@ -207,6 +259,14 @@ async def list_tasks(
 router = Router(
     middleware=[auth.authenticated],
     path="/api/v1/tasks",
-    route_handlers=[create_task, get_task, cancel_task, list_attempts, update_task, list_tasks],
+    route_handlers=[
+        create_task,
+        get_task,
+        cancel_task,
+        list_parents,
+        list_attempts,
+        update_task,
+        list_tasks,
+    ],
     tags=["tasks"],
 )

@@ -24,6 +24,11 @@
 --   ending a run's last tasks concurrently do not see each other: each answers the runs it left
 --   open (`runs_open`, with few tasks open) and its caller completes them with a fresh snapshot
 --   (runs.sql complete_runs); the sweeper catches any left.
+-- * Dependencies (migration 0015, store/sql/dependencies.sql explains the step): finish_tasks
+--   releases or cancels the blocked children of the tasks it ends in the same statement (`dd`,
+--   `sc`, `cz`, `ch`); it answers `recheck_ids`, ended tasks whose child_epoch moved while the
+--   statement waited for their row (a child added meanwhile: its edges are not in this snapshot),
+--   and `cascade_ids`, children it cancelled, for end_dependents.
 -- * Ended tasks wake `wait` long-polls: NOTIFY foreman_task_done, one notification per 100 ended
 --   tasks (a payload holds at most 8000 bytes). As an uncorrelated subquery in the select list it
 --   runs once, when the statement returns a row.
@@ -305,11 +310,93 @@ WITH i AS (
      WHERE r.id = k.id AND k.remaining = 0 AND r.task_epoch = k.task_epoch
        AND r.completed_at IS NULL
     RETURNING r.id
+), dd AS (
+    UPDATE task_dependency e
+       SET parent_done = true
+      FROM t
+     WHERE e.parent_id = t.id AND t.status IN ('completed', 'failed', 'cancelled')
+       AND e.org_id = $1 AND NOT e.parent_done
+    RETURNING e.child_id, e.shard, e.parent_id, t.status AS parent_status
+), lk AS (
+    -- Counter rows locked in one global order before any is changed: two statements ending
+    -- parents of the same children never wait for each other in a cycle.
+    SELECT k.child_id, k.shard
+      FROM dependency_counter k
+     WHERE k.org_id = $1 AND (k.child_id, k.shard) IN (SELECT child_id, shard FROM dd)
+     ORDER BY k.child_id, k.shard
+       FOR UPDATE
+), sc AS (
+    UPDATE dependency_counter k
+       SET open_parents = k.open_parents - x.n
+      FROM (SELECT child_id, shard, count(*) AS n FROM dd GROUP BY child_id, shard) x
+     WHERE k.org_id = $1 AND k.child_id = x.child_id AND k.shard = x.shard
+       AND (SELECT count(*) FROM lk) >= 0
+    RETURNING k.child_id, k.open_parents
+), cz AS (
+    SELECT dd.child_id,
+           (array_agg(dd.parent_id) FILTER (WHERE dd.parent_status <> 'completed'))[1]
+               AS failed_parent,
+           (array_agg(dd.parent_status) FILTER (WHERE dd.parent_status <> 'completed'))[1]
+               AS failed_status,
+           (SELECT count(*) FROM sc WHERE sc.child_id = dd.child_id AND sc.open_parents = 0)
+               AS zeroed
+      FROM dd
+     GROUP BY dd.child_id
+), lc AS (
+    -- The children likewise, in id order.
+    SELECT id
+      FROM task
+     WHERE org_id = $1 AND id IN (SELECT child_id FROM cz) AND status = 'blocked'
+     ORDER BY id
+       FOR NO KEY UPDATE
+), ch AS (
+    UPDATE task c
+       SET open_shards = c.open_shards - cz.zeroed,
+           status = CASE WHEN cz.failed_parent IS NOT NULL AND c.on_parent_failure = 'cancel'
+                         THEN 'cancelled'
+                         WHEN c.open_shards - cz.zeroed = 0
+                         THEN CASE WHEN c.queued_at IS NOT NULL THEN 'queued' ELSE 'pending' END
+                         ELSE 'blocked' END,
+           error_data = CASE WHEN cz.failed_parent IS NOT NULL AND c.on_parent_failure = 'cancel'
+                             THEN jsonb_build_object(
+                                      'type', 'ParentFailed',
+                                      'message', format('Parent task %s ended %s',
+                                                        cz.failed_parent, cz.failed_status),
+                                      'parentTaskId', cz.failed_parent)
+                             ELSE c.error_data END,
+           completed_at = CASE WHEN cz.failed_parent IS NOT NULL
+                                    AND c.on_parent_failure = 'cancel' THEN $8::bigint END,
+           duration_ms = CASE WHEN cz.failed_parent IS NOT NULL
+                                   AND c.on_parent_failure = 'cancel'
+                              THEN $8::bigint - c.created_at END,
+           updated_at = $8
+      FROM cz
+     WHERE c.org_id = $1 AND c.id = cz.child_id AND c.status = 'blocked'
+       AND (SELECT count(*) FROM lc) >= 0
+    RETURNING c.id, c.run_id, c.org_id, c.status
+), cc AS (
+    INSERT INTO run_counter (run_id, shard, org_id, cancelled_tasks)
+    SELECT run_id, (($9::int + 1) % 16)::smallint, org_id, count(*)
+      FROM ch
+     WHERE status = 'cancelled'
+     GROUP BY run_id, org_id
+    ON CONFLICT (run_id, shard) DO UPDATE
+       SET cancelled_tasks = run_counter.cancelled_tasks + EXCLUDED.cancelled_tasks
 ), s AS (
-    SELECT id, status, lease_token FROM task WHERE org_id = $1 AND id = ANY($2::uuid[])
+    SELECT id, status, lease_token, child_epoch
+      FROM task
+     WHERE org_id = $1 AND id = ANY($2::uuid[])
 )
 SELECT i.task_id AS ended_id, t.id IS NOT NULL AS ok, coalesce(t.status, s.status) AS status_now,
        s.id IS NOT NULL AS found, coalesce(s.lease_token = i.token, false) AS same_token,
+       (SELECT array_agg(t.id)
+          FROM t JOIN s ON s.id = t.id
+         WHERE t.child_epoch <> s.child_epoch
+           AND t.status IN ('completed', 'failed', 'cancelled')) AS recheck_ids,
+       (SELECT array_agg(id) FROM ch WHERE status = 'queued') AS released_ids,
+       (SELECT array_agg(id) FROM ch WHERE status = 'cancelled') AS cascade_ids,
+       (SELECT count(pg_notify('foreman_task_ready', $1))
+          FROM (SELECT 1 FROM ch WHERE status = 'queued' LIMIT 1) q) AS notified_ready,
        (SELECT array_agg(k.id) FROM k
          WHERE k.remaining <= 1000 AND k.id NOT IN (SELECT id FROM ac)) AS runs_open,
        (SELECT count(*) FROM ac) AS runs_completed,
