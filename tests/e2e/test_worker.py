@@ -200,6 +200,28 @@ async def test_typed_handlers_validate_input_and_fail_bad_input_without_retries(
     assert (await client.get_run(run.id)).status == "failed"  # autoComplete: one task failed
 
 
+async def test_a_dag_fans_out_and_in_and_completes_its_run(client: AsyncClient):
+    run = await client.create_run({}, auto_complete=True)
+    n = 20
+    specs = [TaskSpec(run.id, "split", n, ref="split")]
+    specs += [TaskSpec(run.id, "square", i, ref=f"sq{i}", depends_on=["split"]) for i in range(n)]
+    specs += [TaskSpec(run.id, "join", {}, depends_on=[f"sq{i}" for i in range(n)])]
+    created = await client.enqueue_tasks(specs)
+    assert [t.status for t in created[:2]] == ["queued", "blocked"]
+    worker = make_worker(client, concurrency=8)
+    finished = await run_until(worker, client.wait_for_run(run.id, timeout=30))
+    assert (finished.status, finished.completed_tasks, finished.total_tasks) == (
+        "completed",
+        n + 2,
+        n + 2,
+    )
+    joined = await client.get_task(created[-1].id)
+    assert joined.output_data == {"sum": sum(i * i for i in range(n)), "parents": n}
+    assert joined.attempt == 1  # released once, run once
+    parents = await client.list_parents(joined.id, limit=5)
+    assert parents.pagination.total == n
+
+
 async def _true_when(value: bool) -> bool:
     return value
 

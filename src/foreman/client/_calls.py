@@ -216,8 +216,12 @@ def task_body(spec: TaskSpec, *, enqueue: bool) -> dict[str, Any]:
             priority=spec.priority,
             delayMs=spec.delay_ms,
             idempotencyKey=spec.idempotency_key,
+            ref=spec.ref,
+            onParentFailure=spec.on_parent_failure,
         )
     )
+    if spec.depends_on is not None:
+        body["dependsOn"] = list(spec.depends_on)
     if enqueue:
         body["enqueue"] = True
     return body
@@ -260,6 +264,12 @@ def cancel_task(task_id: str) -> Call[models.Task]:
 def cancel_run(run_id: str) -> Call[models.Run]:
     path = f"{API}/runs/{_segment(run_id, 'run_id')}/cancel"
     return Call("POST", path, _decoder(models.Run), body=b"{}", idempotent=True)
+
+
+def list_parents(task_id: str, *, limit: int, offset: int) -> Call[models.TaskList]:
+    path = f"{API}/tasks/{_segment(task_id, 'task_id')}/parents"
+    params = {"limit": str(limit), "offset": str(offset)}
+    return Call("GET", path, _decoder(models.TaskList), params=params, idempotent=True)
 
 
 def list_attempts(task_id: str) -> Call[list[models.Attempt]]:

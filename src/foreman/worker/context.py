@@ -120,6 +120,19 @@ class TaskContext:
         """Run data of this run matching the filters of ``AsyncClient.query_run_data``."""
         return await self.client.query_run_data(self.run_id, **filters)
 
+    async def parent_outputs(self, *, page_size: int = 1000) -> dict[str, Any]:
+        """``{parent task id: outputData}`` of every parent (dependsOn), paging through them."""
+        outputs: dict[str, Any] = {}
+        while True:
+            page = await self.client.list_parents(self.id, limit=page_size, offset=len(outputs))
+            outputs.update((parent.id, parent.output_data) for parent in page.data)
+            if not page.data or len(outputs) >= page.pagination.total:
+                return outputs
+
+    def parent_outputs_sync(self, *, page_size: int = 1000) -> dict[str, Any]:
+        """``parent_outputs`` for sync handlers."""
+        return self._block(self.parent_outputs(page_size=page_size))
+
     def set_data_sync(
         self,
         key: str,
