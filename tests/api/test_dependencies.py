@@ -126,6 +126,10 @@ async def test_cancelling_a_parent_reaches_its_children(client):
     run = await create_run(client)
     parent = await create_task(client, run["id"], enqueue=True)
     child = await create_task(client, run["id"], enqueue=True, dependsOn=[parent["id"]])
+    response = await client.patch(
+        f"{API}/tasks/{child['id']}", json={"status": "queued"}, headers=HEADERS_A
+    )
+    assert_error(response, 409, "blocked")
     tolerant = await create_task(
         client, run["id"], enqueue=True, dependsOn=[parent["id"]], onParentFailure="run"
     )
@@ -197,3 +201,75 @@ async def test_parents_completing_concurrently_release_the_child_exactly_once(cl
     (joined,) = await claim(client)
     assert joined["id"] == child["id"]
     assert await claim(client) == []
+
+
+async def test_a_parent_failing_while_siblings_complete_cancels_the_child_once(client):
+    for policy, expected in (("cancel", "cancelled"), ("run", "queued")):
+        run = await create_run(client)
+        parents = await batch(client, [item(run["id"], "p", maxRetries=0) for _ in range(40)])
+        ids_ = [p["id"] for p in parents.json()["data"]]
+        child = await create_task(
+            client, run["id"], type="c", enqueue=True, dependsOn=ids_, onParentFailure=policy
+        )
+        held = await claim(client, types=["p"])
+
+        async def finish(task, index):
+            outcome = "fail" if index == 7 else "complete"
+            return await end(client, task, outcome)
+
+        await asyncio.gather(*(finish(t, i) for i, t in enumerate(held)))
+        assert await status(client, child["id"]) == expected
+        counts = await get_run(client, run["id"])
+        cancelled = 1 if expected == "cancelled" else 0
+        assert (counts["completedTasks"], counts["failedTasks"]) == (39, 1)
+        assert counts["cancelledTasks"] == cancelled
+
+
+async def test_a_child_added_while_its_parent_ends_is_never_left_blocked(client):
+    for _ in range(15):
+        run = await create_run(client)
+        parent = await create_task(client, run["id"], type="p", enqueue=True)
+        (held,) = await claim(client, types=["p"])
+        body = item(run["id"], "c", dependsOn=[parent["id"]])
+        completed, added = await asyncio.gather(
+            end(client, held), client.post(f"{API}/tasks", json=body, headers=HEADERS_A)
+        )
+        assert completed["status"] == "completed"
+        assert added.status_code == 201, added.text
+        assert await status(client, added.json()["id"]) == "queued"
+
+
+async def test_a_join_whose_worker_died_is_retried_not_duplicated(client, db_url):
+    import asyncpg
+
+    from foreman import ids
+    from foreman.store import queue as queue_store
+
+    run = await create_run(client)
+    parent = await create_task(client, run["id"], type="p", enqueue=True)
+    join = await create_task(client, run["id"], type="j", enqueue=True, dependsOn=[parent["id"]])
+    (held,) = await claim(client, types=["p"])
+    await end(client, held)
+    body = {"workerId": "dies", "limit": 1, "leaseMs": 1000}
+    response = await client.post(f"{API}/tasks/claim", json=body, headers=HEADERS_A)
+    (first,) = response.json()["data"]
+    assert first["id"] == join["id"]
+    conn = await asyncpg.connect(db_url)
+    try:  # the worker died: its lease expires and the sweeper puts the join back
+        await queue_store.expire_leases(conn, now=ids.now_ms() + 5_000, limit=10)
+        await conn.execute("UPDATE task SET run_after = 0 WHERE id = $1", join["id"])
+    finally:
+        await conn.close()
+    (second,) = await claim(client)
+    assert (second["id"], second["attempt"]) == (join["id"], 2)
+    await end(client, second, outputData={"joined": True})
+    stale = await client.post(
+        f"{API}/tasks/{join['id']}/complete",
+        json={"leaseToken": first["leaseToken"]},
+        headers=HEADERS_A,
+    )
+    assert stale.status_code == 409  # the dead worker's late result is refused
+    attempts = await client.get(f"{API}/tasks/{join['id']}/attempts", headers=HEADERS_A)
+    assert [a["outcome"] for a in attempts.json()["data"]] == ["lease_expired", "completed"]
+    counts = await get_run(client, run["id"])
+    assert (counts["completedTasks"], counts["totalTasks"]) == (2, 2)

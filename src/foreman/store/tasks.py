@@ -386,7 +386,11 @@ def _update_task_sql(sets: str, *, confirms: bool, shard: str, attempts: str = "
     if confirms:
         guard, counted = "TRUE", "FALSE"
     else:
-        guard = "($4::text IS NULL OR status NOT IN ('completed', 'failed', 'cancelled'))"
+        # A blocked task waits for its parents (store/dependencies.py): only a cancel may end it.
+        guard = (
+            "($4::text IS NULL OR (status NOT IN ('completed', 'failed', 'cancelled')"
+            " AND (status <> 'blocked' OR $4::text = 'cancelled')))"
+        )
         counted = "$4::text IS NOT NULL"
     return f"""
 WITH t AS (
@@ -460,7 +464,7 @@ async def update_task(
     current = await get_task(conn, org_id=org_id, task_id=task_id)
     if current is None:
         return UpdateResult(None, False, False)
-    # Only a terminal task with a status in the PATCH gets here.
+    # Only a terminal or blocked task with a status in the PATCH gets here.
     return UpdateResult(current, True, current.status != status)
 
 
