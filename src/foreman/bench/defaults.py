@@ -30,6 +30,8 @@ class Profile:
     e2e_deadline_s: float = 180.0  # bounded: a slow backend yields a partial figure
     pickup_rate_per_s: float = 100.0
     pickup_duration_s: float = 20.0
+    dag_fanin_tasks: int = 10_000  # parents of the one join (issue 13)
+    dag_chain: int = 500  # links of the release-latency chain
 
 
 FULL = Profile(name="full")
@@ -46,4 +48,6 @@ QUICK = Profile(
     e2e_tasks=5_000,
     e2e_deadline_s=40.0,
     pickup_duration_s=5.0,
+    dag_fanin_tasks=2_000,
+    dag_chain=200,
 )

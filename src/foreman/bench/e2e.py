@@ -146,7 +146,7 @@ def _stop_all(processes: list[subprocess.Popen[bytes]]) -> None:
             process.wait(5)
 
 
-async def _wait_completed(
+async def wait_completed(
     client: AsyncClient, run_id: str, count: int, *, deadline: float, workers: list[Any]
 ) -> tuple[float, int]:
     """When the run counted `count` finished tasks, or the deadline passed; and how many.
@@ -200,7 +200,7 @@ async def measure_e2e(fleet: Fleet, *, tasks: int, deadline_s: float) -> E2eFigu
         began = time.perf_counter()
         await _enqueue(client, run.id, tasks)
         enqueued = time.perf_counter()
-        finished, completed = await _wait_completed(
+        finished, completed = await wait_completed(
             client, run.id, tasks, deadline=began + deadline_s, workers=processes
         )
         used = cpu.stop()
@@ -227,7 +227,7 @@ async def measure_drain(fleet: Fleet, *, tasks: int, deadline_s: float) -> E2eFi
                 list(fleet.server_pids), [p.pid for p in processes], fleet.database
             )
             cpu.start()
-            finished, completed = await _wait_completed(
+            finished, completed = await wait_completed(
                 client, run.id, tasks, deadline=deadline, workers=processes
             )
             used = cpu.stop()
@@ -300,7 +300,7 @@ async def measure_pickup(fleet: Fleet, *, rate_per_s: float, duration_s: float) 
         if pending:
             await asyncio.gather(*pending)
         deadline = time.perf_counter() + 30.0
-        await _wait_completed(client, run.id, count, deadline=deadline, workers=processes)
+        await wait_completed(client, run.id, count, deadline=deadline, workers=processes)
         latencies = await _pickup_latencies(client, run.id)
     ordered = sorted(latencies)
     return PickupFigure(

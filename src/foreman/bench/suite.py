@@ -11,7 +11,17 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from foreman.bench import api, e2e, largebody, pginsert, scale, scaledata, services, sysinfo
+from foreman.bench import (
+    api,
+    dag,
+    e2e,
+    largebody,
+    pginsert,
+    scale,
+    scaledata,
+    services,
+    sysinfo,
+)
 from foreman.bench.defaults import BENCH_API_KEY, Profile
 from foreman.bench.http import open_http
 from foreman.bench.loadgen import LoadResult
@@ -28,7 +38,15 @@ API_FIGURES = (
     "api_lifecycle_one_run",
     "api_large_body",
 )
-E2E_FIGURES = ("e2e_postgres", "drain_postgres", "api_batch_enqueue", "e2e_bullmq", "pickup")
+E2E_FIGURES = (
+    "e2e_postgres",
+    "drain_postgres",
+    "api_batch_enqueue",
+    "dag_fanin",
+    "dag_release",
+    "e2e_bullmq",
+    "pickup",
+)
 FIGURES = (*API_FIGURES, "pg_insert", "scale", *E2E_FIGURES)
 GROUPS = {"api": API_FIGURES, "e2e": E2E_FIGURES}
 
@@ -54,6 +72,10 @@ ALL_KEYS = (
     "pickup_p99_ms",
     "pickup_bullmq_p50_ms",
     "pickup_bullmq_p99_ms",
+    "e2e_dag_fanin_tasks_per_s",
+    "dag_fanin_ratio",
+    "dag_release_p50_ms",
+    "dag_release_p99_ms",
 )
 
 
@@ -174,7 +196,14 @@ async def _e2e_figures(
     for backend in ("postgres", "bullmq"):
         own: tuple[str, ...] = (f"e2e_{backend}", "pickup")
         if backend == "postgres":
-            own = (f"e2e_{backend}", "drain_postgres", "api_batch_enqueue", "pickup")
+            own = (
+                f"e2e_{backend}",
+                "drain_postgres",
+                "api_batch_enqueue",
+                "dag_fanin",
+                "dag_release",
+                "pickup",
+            )
         figures = [f for f in own if f in options.figures]
         if not figures:
             continue
@@ -216,10 +245,50 @@ def _e2e_measure(
             await _pickup_figure(report, fleet, profile)
         elif figure == "api_batch_enqueue":
             await _batch_enqueue_figure(report, fleet, profile)
+        elif figure == "dag_fanin":
+            await _fanin_figure(report, fleet, profile)
+        elif figure == "dag_release":
+            await _release_figure(report, fleet, profile)
         else:
             await _throughput_figure(report, fleet, profile, figure)
 
     return measure
+
+
+async def _fanin_figure(report: Report, fleet: e2e.Fleet, profile: Profile) -> None:
+    fanin = await dag.measure_fanin(
+        fleet, tasks=profile.dag_fanin_tasks, deadline_s=profile.e2e_deadline_s
+    )
+    if fanin.completed < fanin.tasks + 1:
+        report.notes["dag_fanin"] = (
+            f"partial: {fanin.completed} of {fanin.tasks + 1} tasks completed within "
+            f"{profile.e2e_deadline_s:g} s"
+        )
+    if (fanin.join_status, fanin.join_attempts) != ("completed", 1):
+        report.notes["dag_fanin_join"] = (
+            f"the join ended {fanin.join_status} after {fanin.join_attempts} attempt(s)"
+        )
+    report.results["e2e_dag_fanin_tasks_per_s"] = round(fanin.tasks_per_s, 1)
+    plain = report.results.get("e2e_postgres_tasks_per_s")
+    if plain:
+        report.results["dag_fanin_ratio"] = round(fanin.tasks_per_s / plain, 3)
+    report.details["dag_fanin"] = {
+        "parents": fanin.tasks,
+        "elapsed_s": round(fanin.elapsed_s, 2),
+        "join_attempts": fanin.join_attempts,
+        "join_status": fanin.join_status,
+        "worker_processes": fleet.workers.processes,
+        "worker_concurrency": fleet.workers.concurrency,
+    }
+
+
+async def _release_figure(report: Report, fleet: e2e.Fleet, profile: Profile) -> None:
+    released = await dag.measure_release(
+        fleet, chain=profile.dag_chain, deadline_s=profile.e2e_deadline_s
+    )
+    report.results["dag_release_p50_ms"] = round(released.p50_ms, 2)
+    report.results["dag_release_p99_ms"] = round(released.p99_ms, 2)
+    report.details["dag_release"] = {"links": released.links}
 
 
 async def _pickup_figure(report: Report, fleet: e2e.Fleet, profile: Profile) -> None:
