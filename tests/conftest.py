@@ -23,7 +23,6 @@ HEADERS_B = {"x-api-key": KEY_B}
 TABLES = (
     "task_attempt",
     "task_dependency",
-    "dependency_counter",
     "run_data",
     "task",
     "run_counter",

@@ -21,7 +21,6 @@ TABLES = (
     "run_data",
     "task_attempt",
     "task_dependency",
-    "dependency_counter",
 )
 
 

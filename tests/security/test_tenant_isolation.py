@@ -215,7 +215,6 @@ async def _rows_of(db_url: str, org_id: str) -> dict[str, list[str]]:
                 "run_data",
                 "task_attempt",
                 "task_dependency",
-                "dependency_counter",
             )
         }
     finally:

@@ -12,10 +12,12 @@ from foreman.store.db import Db
 from foreman.store.shards import shard
 
 _SQL = queries.load_statements("dependencies")
+_LOCK_PARENTS = _SQL["lock_parents"]
 _ADD_DEPENDENCIES = _SQL["add_dependencies"]
 _END_DEPENDENTS = _SQL["end_dependents"]
 _LIST_PARENTS = _SQL["list_parents"]
 _GET_TASKS = _SQL["get_tasks"]
+_RELEASE_CHILDREN = _SQL["release_children"]
 
 MAX_PARENTS = 10_000
 
@@ -28,14 +30,11 @@ async def add_dependencies(
     Raises NotFoundError for a parent that is not a task of the child's run (the caller's
     transaction rolls back). Answers the ids of children released at once (every parent ended).
     """
-    record = await conn.fetchrow(
-        _ADD_DEPENDENCIES,
-        org_id,
-        [child for child, _ in edges],
-        [parent for _, parent in edges],
-        now,
-        shard(),
-    )
+    children = [child for child, _ in edges]
+    parents = [parent for _, parent in edges]
+    # Two statements: the second one's snapshot is taken with every parent locked (see the SQL).
+    await conn.execute(_LOCK_PARENTS, org_id, children, parents)
+    record = await conn.fetchrow(_ADD_DEPENDENCIES, org_id, children, parents, now, shard())
     assert record is not None
     if record["bad_child"] is not None:
         raise errors.NotFoundError(
@@ -60,16 +59,30 @@ async def end_dependents(
     """
     released: list[str] = []
     runs: set[str] = set()
+    recheck: list[str] = []
     pending = list(parent_ids)
     while pending:
         record = await conn.fetchrow(_END_DEPENDENTS, org_id, pending, now, shard())
         assert record is not None
         released += record["released_ids"] or []
         runs.update(record["cascade_runs"] or [])
+        recheck += record["recheck_children"] or []
         pending = list(record["cascade_ids"] or [])
+    if recheck:
+        released += await release_children(conn, org_id=org_id, child_ids=recheck, now=now)
     if runs:  # cancelled children may have ended an auto-complete run
         await runs_store.complete_runs(conn, org_id=org_id, run_ids=sorted(runs), now=now)
     return released
+
+
+async def release_children(
+    conn: Db, *, org_id: str, child_ids: Sequence[str], now: int
+) -> list[str]:
+    """Release the blocked children among child_ids that no open edge is left to, with a fresh
+    snapshot (the last parents of a child ended in concurrent statements); the released ids."""
+    record = await conn.fetchrow(_RELEASE_CHILDREN, org_id, list(child_ids), now)
+    assert record is not None
+    return list(record["released_ids"] or [])
 
 
 async def list_parents(

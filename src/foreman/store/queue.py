@@ -275,6 +275,10 @@ async def _after_dependencies(
     again = [*(head["cascade_ids"] or []), *(head["recheck_ids"] or [])]
     if again:
         freed += await dependencies.end_dependents(conn, org_id=org_id, parent_ids=again, now=now)
+    if head["recheck_children"]:
+        freed += await dependencies.release_children(
+            conn, org_id=org_id, child_ids=head["recheck_children"], now=now
+        )
     return freed
 
 

@@ -2,74 +2,69 @@
 -- whole: store/queries.py loads it by the name in its `-- name --` line.
 --
 -- The step that follows a parent's end, written out in finish_tasks (store/sql/queue.sql) and in
--- end_dependents below: flip each edge of the ended parents once (`dd`), decrement the children's
--- counter shards by the edges flipped (`sc`, RETURNING the value on the latest row), and update
--- each blocked child once (`ch`): open_shards minus the shards brought to zero; 'cancelled' when
--- a parent failed or was cancelled and the child's onParentFailure is 'cancel' (errorData
--- ParentFailed), else released ('queued' if it was enqueued, else 'pending') once no shard is open.
--- `ch` updates only blocked children, re-checked on the latest row: a child is released or
+-- end_dependents below: flip each edge of the ended parents once (`dd`), look for open edges left
+-- to each child besides the ones flipped here (`cz`: through the partial index of open edges, at
+-- most 1001), and update each blocked child once (`ch`): 'cancelled' when a parent failed or was
+-- cancelled and the child's onParentFailure is 'cancel' (errorData ParentFailed), else released
+-- ('queued' if it was enqueued, else 'pending') when no open edge is left. `ch` updates only
+-- blocked children, locked in id order and re-checked on the latest row: a child is released or
 -- cancelled exactly once. Children cancelled here are counted on shard $n of their run (another
 -- shard than the statement's own counter update, which an INSERT ... ON CONFLICT cannot touch
--- twice), and their own children are ended by the caller with end_dependents (`cascade_ids`).
+-- twice); their own children are ended by the caller with end_dependents (`cascade_ids`). A
+-- statement cannot see the flips of another running at the same time: the children it leaves
+-- with 1..1000 open edges (`recheck_children`) get release_children after its commit.
+
+-- lock_parents --
+-- The first statement of adding children (store/dependencies.py, in the children's transaction):
+-- bump each existing parent's child_epoch under its row lock, in id order. Until the transaction
+-- ends no parent can end, and add_dependencies, a later statement, sees each one's latest status.
+-- A parent that is itself one of the new children is new: nobody else can end it. $1 org,
+-- $2 child ids, $3 parent ids.
+UPDATE task
+   SET child_epoch = child_epoch + 1
+ WHERE org_id = $1 AND id = ANY($3::uuid[]) AND NOT id = ANY($2::uuid[])
 
 -- add_dependencies --
--- The edges of new children (inserted 'blocked' earlier in the same transaction) to their parents:
--- existing tasks or earlier items of the batch, all of the child's run (else `bad_*`: the caller
--- rolls back). Each existing parent's child_epoch is bumped under its row lock, which also reads
--- its latest status: a parent that ended before counts as done (and, failed or cancelled, may
--- cancel the child at once). $1 org, $2 child ids, $3 parent ids (pairs), $4 now, $5 counter shard.
+-- The edges of new children (inserted 'blocked' earlier in the same transaction) to their parents
+-- (locked by lock_parents): existing tasks or earlier items of the batch, all of the child's run
+-- (else `bad_*`: the caller rolls back). A parent that has ended counts as done (failed or
+-- cancelled, it may cancel the child at once); a child with no open parent is released at once.
+-- $1 org, $2 child ids, $3 parent ids (pairs), $4 now, $5 counter shard.
 WITH e AS (
     SELECT DISTINCT child_id, parent_id
       FROM unnest($2::uuid[], $3::uuid[]) AS e(child_id, parent_id)
-), c AS (
-    SELECT id, run_id FROM task WHERE org_id = $1 AND id = ANY($2::uuid[])
-), pe AS (
-    -- A parent that is itself one of the new children is new (nobody else can end it) and is
-    -- updated by `ch` below: a row may change only once per statement, so it is only read here.
-    UPDATE task p
-       SET child_epoch = p.child_epoch + 1
-     WHERE p.org_id = $1 AND p.id = ANY($3::uuid[]) AND NOT p.id = ANY($2::uuid[])
-    RETURNING p.id, p.run_id, p.status
-), pl AS (
-    SELECT id, run_id, status FROM pe
-    UNION ALL
-    SELECT id, run_id, status
-      FROM task
-     WHERE org_id = $1 AND id = ANY($3::uuid[]) AND id = ANY($2::uuid[])
+), ep AS (
+    SELECT e.child_id, e.parent_id, p.id AS found_id, p.status AS parent_status,
+           p.run_id = c.run_id AS same_run
+      FROM e
+      JOIN task c ON c.org_id = $1 AND c.id = e.child_id
+      LEFT JOIN task p ON p.org_id = $1 AND p.id = e.parent_id
 ), bad AS (
-    SELECT e.child_id, e.parent_id
-      FROM e
-      JOIN c ON c.id = e.child_id
-      LEFT JOIN pl ON pl.id = e.parent_id
-     WHERE pl.id IS NULL OR pl.run_id <> c.run_id
-     LIMIT 1
+    SELECT child_id, parent_id FROM ep WHERE found_id IS NULL OR NOT same_run LIMIT 1
 ), ins AS (
-    INSERT INTO task_dependency (parent_id, child_id, org_id, run_id, shard, parent_done)
-    SELECT e.parent_id, e.child_id, $1, pl.run_id, get_byte(uuid_send(e.parent_id), 15) % 16,
-           pl.status IN ('completed', 'failed', 'cancelled')
-      FROM e
-      JOIN pl ON pl.id = e.parent_id
+    INSERT INTO task_dependency (parent_id, child_id, org_id, run_id, parent_done)
+    SELECT ep.parent_id, ep.child_id, $1, c.run_id,
+           ep.parent_status IN ('completed', 'failed', 'cancelled')
+      FROM ep
+      JOIN task c ON c.org_id = $1 AND c.id = ep.child_id
      WHERE NOT EXISTS (SELECT 1 FROM bad)
-    RETURNING child_id, parent_id, shard, parent_done
-), k AS (
-    INSERT INTO dependency_counter (child_id, shard, org_id, open_parents)
-    SELECT child_id, shard, $1, count(*) FROM ins WHERE NOT parent_done GROUP BY child_id, shard
+    RETURNING child_id, parent_id, parent_done
 ), cs AS (
-    SELECT i.child_id,
-           count(DISTINCT i.shard) FILTER (WHERE NOT i.parent_done) AS open_shards,
-           (array_agg(i.parent_id ORDER BY i.parent_id)
-               FILTER (WHERE pl.status IN ('failed', 'cancelled')))[1] AS failed_parent,
-           (array_agg(pl.status ORDER BY i.parent_id)
-               FILTER (WHERE pl.status IN ('failed', 'cancelled')))[1] AS failed_status
-      FROM ins i
-      JOIN pl ON pl.id = i.parent_id
-     GROUP BY i.child_id
+    SELECT ep.child_id,
+           count(*) FILTER (WHERE ep.parent_status NOT IN ('completed', 'failed', 'cancelled'))
+               AS open_parents,
+           (array_agg(ep.parent_id ORDER BY ep.parent_id)
+               FILTER (WHERE ep.parent_status IN ('failed', 'cancelled')))[1] AS failed_parent,
+           (array_agg(ep.parent_status ORDER BY ep.parent_id)
+               FILTER (WHERE ep.parent_status IN ('failed', 'cancelled')))[1] AS failed_status
+      FROM ep
+     WHERE NOT EXISTS (SELECT 1 FROM bad) AND (SELECT count(*) FROM ins) >= 0
+     GROUP BY ep.child_id
 ), ch AS (
     UPDATE task c
-       SET open_shards = cs.open_shards,
-           status = CASE WHEN cs.failed_parent IS NOT NULL AND c.on_parent_failure = 'cancel'
+       SET status = CASE WHEN cs.failed_parent IS NOT NULL AND c.on_parent_failure = 'cancel'
                          THEN 'cancelled'
-                         WHEN cs.open_shards = 0
+                         WHEN cs.open_parents = 0
                          THEN CASE WHEN c.queued_at IS NOT NULL THEN 'queued' ELSE 'pending' END
                          ELSE 'blocked' END,
            error_data = CASE WHEN cs.failed_parent IS NOT NULL AND c.on_parent_failure = 'cancel'
@@ -115,48 +110,43 @@ WITH ended AS (
     UPDATE task_dependency e
        SET parent_done = true
       FROM ended
-     WHERE e.org_id = $1 AND e.parent_id = ended.id AND NOT e.parent_done
-    RETURNING e.child_id, e.shard, e.parent_id, ended.status AS parent_status
-), lk AS (
-    -- Counter rows locked in one global order before any is changed: two statements ending
-    -- parents of the same children never wait for each other in a cycle.
-    SELECT k.child_id, k.shard
-      FROM dependency_counter k
-     WHERE k.org_id = $1 AND (k.child_id, k.shard) IN (SELECT child_id, shard FROM dd)
-     ORDER BY k.child_id, k.shard
-       FOR UPDATE
-), sc AS (
-    UPDATE dependency_counter k
-       SET open_parents = k.open_parents - x.n
-      FROM (SELECT child_id, shard, count(*) AS n FROM dd GROUP BY child_id, shard) x
-     WHERE k.org_id = $1 AND k.child_id = x.child_id AND k.shard = x.shard
-       AND (SELECT count(*) FROM lk) >= 0
-    RETURNING k.child_id, k.open_parents
-), cz AS (
-    SELECT dd.child_id,
-           (array_agg(dd.parent_id) FILTER (WHERE dd.parent_status <> 'completed'))[1]
+     WHERE e.org_id = $1 AND e.parent_id = ANY($2::uuid[]) AND e.parent_id = ended.id
+       AND NOT e.parent_done
+    RETURNING e.child_id, e.parent_id, ended.status AS parent_status
+), cf AS (
+    SELECT d.child_id, array_agg(d.parent_id) AS flipped,
+           (array_agg(d.parent_id) FILTER (WHERE d.parent_status <> 'completed'))[1]
                AS failed_parent,
-           (array_agg(dd.parent_status) FILTER (WHERE dd.parent_status <> 'completed'))[1]
-               AS failed_status,
-           (SELECT count(*) FROM sc WHERE sc.child_id = dd.child_id AND sc.open_parents = 0)
-               AS zeroed
-      FROM dd
-     GROUP BY dd.child_id
+           (array_agg(d.parent_status) FILTER (WHERE d.parent_status <> 'completed'))[1]
+               AS failed_status
+      FROM dd d
+     GROUP BY d.child_id
+), cz AS (
+    -- Open edges left besides this statement's (its own flips are not in its snapshot), counted
+    -- up to 1001 through the partial index of open edges.
+    SELECT cf.*,
+           (SELECT count(*)
+              FROM (SELECT 1
+                      FROM task_dependency o
+                     WHERE o.org_id = $1 AND o.child_id = cf.child_id AND NOT o.parent_done
+                       AND NOT o.parent_id = ANY(cf.flipped)
+                     LIMIT 1001) x) AS open_left
+      FROM cf
 ), lc AS (
-    -- The children likewise, in id order.
-    SELECT id
-      FROM task
-     WHERE org_id = $1 AND id IN (SELECT child_id FROM cz) AND status = 'blocked'
-     ORDER BY id
-       FOR NO KEY UPDATE
+    -- The children to change, locked in id order: two statements never wait in a cycle.
+    SELECT t.id
+      FROM task t
+      JOIN cz ON cz.child_id = t.id
+     WHERE t.org_id = $1 AND t.status = 'blocked'
+       AND ((cz.failed_parent IS NOT NULL AND t.on_parent_failure = 'cancel') OR cz.open_left = 0)
+     ORDER BY t.id
+       FOR NO KEY UPDATE OF t
 ), ch AS (
     UPDATE task c
-       SET open_shards = c.open_shards - cz.zeroed,
-           status = CASE WHEN cz.failed_parent IS NOT NULL AND c.on_parent_failure = 'cancel'
+       SET status = CASE WHEN cz.failed_parent IS NOT NULL AND c.on_parent_failure = 'cancel'
                          THEN 'cancelled'
-                         WHEN c.open_shards - cz.zeroed = 0
-                         THEN CASE WHEN c.queued_at IS NOT NULL THEN 'queued' ELSE 'pending' END
-                         ELSE 'blocked' END,
+                         WHEN c.queued_at IS NOT NULL THEN 'queued'
+                         ELSE 'pending' END,
            error_data = CASE WHEN cz.failed_parent IS NOT NULL AND c.on_parent_failure = 'cancel'
                              THEN jsonb_build_object(
                                       'type', 'ParentFailed',
@@ -169,9 +159,10 @@ WITH ended AS (
            duration_ms = CASE WHEN cz.failed_parent IS NOT NULL
                                    AND c.on_parent_failure = 'cancel'
                               THEN $3::bigint - c.created_at END,
-           updated_at = $3
+           updated_at = $3::bigint
       FROM cz
      WHERE c.org_id = $1 AND c.id = cz.child_id AND c.status = 'blocked'
+       AND ((cz.failed_parent IS NOT NULL AND c.on_parent_failure = 'cancel') OR cz.open_left = 0)
        AND (SELECT count(*) FROM lc) >= 0
     RETURNING c.id, c.run_id, c.org_id, c.status
 ), cc AS (
@@ -184,6 +175,7 @@ WITH ended AS (
 SELECT (SELECT array_agg(id) FROM ch WHERE status = 'queued') AS released_ids,
        (SELECT array_agg(id) FROM ch WHERE status = 'cancelled') AS cascade_ids,
        (SELECT array_agg(DISTINCT run_id) FROM ch WHERE status = 'cancelled') AS cascade_runs,
+       (SELECT array_agg(child_id) FROM cz WHERE open_left BETWEEN 1 AND 1000) AS recheck_children,
        (SELECT count(pg_notify('foreman_task_ready', $1))
           FROM (SELECT 1 FROM ch WHERE status = 'queued' LIMIT 1) q) AS notified,
        (SELECT count(pg_notify('foreman_task_done', g.ids))
@@ -210,3 +202,27 @@ SELECT EXISTS (SELECT 1 FROM task WHERE org_id = $1 AND id = $2) AS found, n.tot
 -- get_tasks --
 -- Tasks by id (released children to publish). $1 org, $2 ids.
 SELECT * FROM task_answer WHERE org_id = $1 AND id = ANY($2::uuid[])
+
+-- release_children --
+-- Blocked children with no open edge left, seen with this statement's fresh snapshot (the last
+-- flips of two concurrent statements), released once (locked in id order, re-checked blocked).
+-- $1 org, $2 child ids, $3 now.
+WITH c AS (
+    SELECT t.id
+      FROM task t
+     WHERE t.org_id = $1 AND t.id = ANY($2::uuid[]) AND t.status = 'blocked'
+       AND NOT EXISTS (SELECT 1
+                         FROM task_dependency o
+                        WHERE o.org_id = $1 AND o.child_id = t.id AND NOT o.parent_done)
+     ORDER BY t.id
+       FOR NO KEY UPDATE
+), r AS (
+    UPDATE task
+       SET status = CASE WHEN queued_at IS NOT NULL THEN 'queued' ELSE 'pending' END,
+           updated_at = $3
+     WHERE org_id = $1 AND id IN (SELECT id FROM c) AND status = 'blocked'
+    RETURNING id, status
+)
+SELECT (SELECT array_agg(id) FROM r WHERE status = 'queued') AS released_ids,
+       (SELECT count(pg_notify('foreman_task_ready', $1))
+          FROM (SELECT 1 FROM r WHERE status = 'queued' LIMIT 1) q) AS notified

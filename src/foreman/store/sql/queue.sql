@@ -26,9 +26,10 @@
 --   (runs.sql complete_runs); the sweeper catches any left.
 -- * Dependencies (migration 0015, store/sql/dependencies.sql explains the step): finish_tasks
 --   releases or cancels the blocked children of the tasks it ends in the same statement (`dd`,
---   `sc`, `cz`, `ch`); it answers `recheck_ids`, ended tasks whose child_epoch moved while the
+--   `cf`, `cz`, `ch`); it answers `recheck_ids`, ended tasks whose child_epoch moved while the
 --   statement waited for their row (a child added meanwhile: its edges are not in this snapshot),
---   and `cascade_ids`, children it cancelled, for end_dependents.
+--   `cascade_ids`, children it cancelled, for end_dependents, and `recheck_children`, children it
+--   left with few open edges, for release_children.
 -- * Ended tasks wake `wait` long-polls: NOTIFY foreman_task_done, one notification per 100 ended
 --   tasks (a payload holds at most 8000 bytes). As an uncorrelated subquery in the select list it
 --   runs once, when the statement returns a row.
@@ -273,19 +274,6 @@ WITH i AS (
            error_data = CASE WHEN t.status IN ('retrying', 'failed') THEN t.error_data END
       FROM t
      WHERE a.task_id = t.id AND a.org_id = $1 AND a.outcome = 'running'
-), c AS (
-    INSERT INTO run_counter (run_id, shard, org_id, completed_tasks, failed_tasks, cancelled_tasks)
-    SELECT run_id, $9::smallint, org_id,
-           count(*) FILTER (WHERE status = 'completed'),
-           count(*) FILTER (WHERE status = 'failed'),
-           count(*) FILTER (WHERE status = 'cancelled')
-      FROM t
-     WHERE status IN ('completed', 'failed', 'cancelled')
-     GROUP BY run_id, org_id
-    ON CONFLICT (run_id, shard) DO UPDATE
-       SET completed_tasks = run_counter.completed_tasks + EXCLUDED.completed_tasks,
-           failed_tasks    = run_counter.failed_tasks + EXCLUDED.failed_tasks,
-           cancelled_tasks = run_counter.cancelled_tasks + EXCLUDED.cancelled_tasks
 ), d AS (
     SELECT run_id,
            count(*) AS ended,
@@ -314,49 +302,43 @@ WITH i AS (
     UPDATE task_dependency e
        SET parent_done = true
       FROM t
-     WHERE e.parent_id = t.id AND t.status IN ('completed', 'failed', 'cancelled')
-       AND e.org_id = $1 AND NOT e.parent_done
-    RETURNING e.child_id, e.shard, e.parent_id, t.status AS parent_status
-), lk AS (
-    -- Counter rows locked in one global order before any is changed: two statements ending
-    -- parents of the same children never wait for each other in a cycle.
-    SELECT k.child_id, k.shard
-      FROM dependency_counter k
-     WHERE k.org_id = $1 AND (k.child_id, k.shard) IN (SELECT child_id, shard FROM dd)
-     ORDER BY k.child_id, k.shard
-       FOR UPDATE
-), sc AS (
-    UPDATE dependency_counter k
-       SET open_parents = k.open_parents - x.n
-      FROM (SELECT child_id, shard, count(*) AS n FROM dd GROUP BY child_id, shard) x
-     WHERE k.org_id = $1 AND k.child_id = x.child_id AND k.shard = x.shard
-       AND (SELECT count(*) FROM lk) >= 0
-    RETURNING k.child_id, k.open_parents
-), cz AS (
-    SELECT dd.child_id,
-           (array_agg(dd.parent_id) FILTER (WHERE dd.parent_status <> 'completed'))[1]
+     WHERE e.parent_id = ANY($2::uuid[]) AND e.parent_id = t.id
+       AND t.status IN ('completed', 'failed', 'cancelled') AND e.org_id = $1 AND NOT e.parent_done
+    RETURNING e.child_id, e.parent_id, t.status AS parent_status
+), cf AS (
+    SELECT d.child_id, array_agg(d.parent_id) AS flipped,
+           (array_agg(d.parent_id) FILTER (WHERE d.parent_status <> 'completed'))[1]
                AS failed_parent,
-           (array_agg(dd.parent_status) FILTER (WHERE dd.parent_status <> 'completed'))[1]
-               AS failed_status,
-           (SELECT count(*) FROM sc WHERE sc.child_id = dd.child_id AND sc.open_parents = 0)
-               AS zeroed
-      FROM dd
-     GROUP BY dd.child_id
+           (array_agg(d.parent_status) FILTER (WHERE d.parent_status <> 'completed'))[1]
+               AS failed_status
+      FROM dd d
+     GROUP BY d.child_id
+), cz AS (
+    -- Open edges left besides this statement's (its own flips are not in its snapshot), counted
+    -- up to 1001 through the partial index of open edges.
+    SELECT cf.*,
+           (SELECT count(*)
+              FROM (SELECT 1
+                      FROM task_dependency o
+                     WHERE o.org_id = $1 AND o.child_id = cf.child_id AND NOT o.parent_done
+                       AND NOT o.parent_id = ANY(cf.flipped)
+                     LIMIT 1001) x) AS open_left
+      FROM cf
 ), lc AS (
-    -- The children likewise, in id order.
-    SELECT id
-      FROM task
-     WHERE org_id = $1 AND id IN (SELECT child_id FROM cz) AND status = 'blocked'
-     ORDER BY id
-       FOR NO KEY UPDATE
+    -- The children to change, locked in id order: two statements never wait in a cycle.
+    SELECT t.id
+      FROM task t
+      JOIN cz ON cz.child_id = t.id
+     WHERE t.org_id = $1 AND t.status = 'blocked'
+       AND ((cz.failed_parent IS NOT NULL AND t.on_parent_failure = 'cancel') OR cz.open_left = 0)
+     ORDER BY t.id
+       FOR NO KEY UPDATE OF t
 ), ch AS (
     UPDATE task c
-       SET open_shards = c.open_shards - cz.zeroed,
-           status = CASE WHEN cz.failed_parent IS NOT NULL AND c.on_parent_failure = 'cancel'
+       SET status = CASE WHEN cz.failed_parent IS NOT NULL AND c.on_parent_failure = 'cancel'
                          THEN 'cancelled'
-                         WHEN c.open_shards - cz.zeroed = 0
-                         THEN CASE WHEN c.queued_at IS NOT NULL THEN 'queued' ELSE 'pending' END
-                         ELSE 'blocked' END,
+                         WHEN c.queued_at IS NOT NULL THEN 'queued'
+                         ELSE 'pending' END,
            error_data = CASE WHEN cz.failed_parent IS NOT NULL AND c.on_parent_failure = 'cancel'
                              THEN jsonb_build_object(
                                       'type', 'ParentFailed',
@@ -369,19 +351,30 @@ WITH i AS (
            duration_ms = CASE WHEN cz.failed_parent IS NOT NULL
                                    AND c.on_parent_failure = 'cancel'
                               THEN $8::bigint - c.created_at END,
-           updated_at = $8
+           updated_at = $8::bigint
       FROM cz
      WHERE c.org_id = $1 AND c.id = cz.child_id AND c.status = 'blocked'
+       AND ((cz.failed_parent IS NOT NULL AND c.on_parent_failure = 'cancel') OR cz.open_left = 0)
        AND (SELECT count(*) FROM lc) >= 0
     RETURNING c.id, c.run_id, c.org_id, c.status
-), cc AS (
-    INSERT INTO run_counter (run_id, shard, org_id, cancelled_tasks)
-    SELECT run_id, (($9::int + 1) % 16)::smallint, org_id, count(*)
-      FROM ch
-     WHERE status = 'cancelled'
+), c AS (
+    -- The tasks ended here and the children cancelled here, counted in one INSERT (a row may
+    -- change once per statement), after `ch`: every statement takes parents, then children, then
+    -- counter rows, so none waits for another in a cycle.
+    INSERT INTO run_counter (run_id, shard, org_id, completed_tasks, failed_tasks, cancelled_tasks)
+    SELECT run_id, $9::smallint, org_id,
+           count(*) FILTER (WHERE status = 'completed'),
+           count(*) FILTER (WHERE status = 'failed'),
+           count(*) FILTER (WHERE status = 'cancelled')
+      FROM (SELECT run_id, org_id, status FROM t
+             WHERE status IN ('completed', 'failed', 'cancelled')
+            UNION ALL
+            SELECT run_id, org_id, status FROM ch WHERE status = 'cancelled') ended
      GROUP BY run_id, org_id
     ON CONFLICT (run_id, shard) DO UPDATE
-       SET cancelled_tasks = run_counter.cancelled_tasks + EXCLUDED.cancelled_tasks
+       SET completed_tasks = run_counter.completed_tasks + EXCLUDED.completed_tasks,
+           failed_tasks    = run_counter.failed_tasks + EXCLUDED.failed_tasks,
+           cancelled_tasks = run_counter.cancelled_tasks + EXCLUDED.cancelled_tasks
 ), s AS (
     SELECT id, status, lease_token, child_epoch
       FROM task
@@ -395,6 +388,7 @@ SELECT i.task_id AS ended_id, t.id IS NOT NULL AS ok, coalesce(t.status, s.statu
            AND t.status IN ('completed', 'failed', 'cancelled')) AS recheck_ids,
        (SELECT array_agg(id) FROM ch WHERE status = 'queued') AS released_ids,
        (SELECT array_agg(id) FROM ch WHERE status = 'cancelled') AS cascade_ids,
+       (SELECT array_agg(child_id) FROM cz WHERE open_left BETWEEN 1 AND 1000) AS recheck_children,
        (SELECT count(pg_notify('foreman_task_ready', $1))
           FROM (SELECT 1 FROM ch WHERE status = 'queued' LIMIT 1) q) AS notified_ready,
        (SELECT array_agg(k.id) FROM k
