@@ -43,6 +43,7 @@ def test_table_names_every_figure_with_its_cells_and_verdict():
         "end to end, bullmq backend",
         "CPU per task (bullmq)",
         "fan-in: 10,000 tasks + 1 join",
+        "fan-in / processing only",
         "fan-in / end to end",
         "DAG release p50 (chain)",
         "DAG release p99 (chain)",

@@ -1,10 +1,12 @@
 """Workflow figures (issue 13) through the SDK and `foreman worker` processes, postgres backend.
 
 - e2e_dag_fanin_tasks_per_s: one run, `tasks` independent no-op tasks plus one join task that
-  depends on all of them; tasks/s from the first enqueue until the run counts every task (join
+  depends on all of them, queued before the workers start (so that every parent completes while
+  the join waits on it); tasks/s from the first completion until the run counts every task (join
   included) completed. The join must have run exactly once (one attempt, completed). Compared with
-  e2e_postgres_tasks_per_s of the same bench run (dag_fanin_ratio): a fan-in whose open-parent
-  counter were one hot row would serialise every worker's completions on it.
+  drain_postgres_tasks_per_s, the same window without a join (dag_fanin_ratio), and with
+  e2e_postgres_tasks_per_s (dag_fanin_e2e_ratio): a fan-in whose open-parent counter were one hot
+  row would serialise every worker's completions on it.
 - dag_release_p50_ms / _p99_ms: a chain of `chain` tasks, each depending on the one before; for
   each link, the child's startedAt (its claim) minus the parent's completedAt (the statement that
   acknowledged the parent's completion and released the child), both server clock in ms: release
@@ -32,26 +34,22 @@ class FaninFigure:
     """Tasks/s of a fan-out of `tasks` no-op tasks and one join depending on all of them."""
 
     tasks: int
-    completed: int
+    completed: int  # of tasks + 1 (the join)
+    in_window: int  # completed from the first completion on (the figure's window)
     elapsed_s: float
     join_attempts: int
     join_status: str
 
     @property
     def tasks_per_s(self) -> float:
-        return self.completed / self.elapsed_s
+        return self.in_window / self.elapsed_s
 
 
 async def measure_fanin(fleet: e2e.Fleet, *, tasks: int, deadline_s: float) -> FaninFigure:
-    """Enqueue the parents in batches and the join after them; tasks/s until all completed."""
-    async with (
-        AsyncClient(fleet.endpoint, fleet.api_key, timeout=120.0) as client,
-        e2e.run_workers(fleet) as processes,
-    ):
-        # Not autoComplete: the workers may finish every parent before the join is added.
+    """Queue the parents and the join, then start the workers; tasks/s from the first completion
+    to the join's (as drain_postgres: every parent completes while the join's edges are live)."""
+    async with AsyncClient(fleet.endpoint, fleet.api_key, timeout=120.0) as client:
         run = await client.create_run({"bench": "dag_fanin"})
-        await asyncio.sleep(1.0)  # let the workers connect and start polling
-        began = time.perf_counter()
         parents: list[str] = []
         for start in range(0, tasks, e2e.ENQUEUE_BATCH):
             batch = [
@@ -61,11 +59,15 @@ async def measure_fanin(fleet: e2e.Fleet, *, tasks: int, deadline_s: float) -> F
             parents += await client.enqueue_task_ids(batch)
         join = await client.enqueue_task(run.id, type=JOIN, input_data={}, depends_on=parents)
         total = tasks + 1
-        finished, completed = await e2e.wait_completed(
-            client, run.id, total, deadline=began + deadline_s, workers=processes
-        )
+        async with e2e.run_workers(fleet) as processes:
+            deadline = time.perf_counter() + deadline_s
+            first, before = await e2e.first_completion(client, run.id, deadline, processes)
+            finished, completed = await e2e.wait_completed(
+                client, run.id, total, deadline=deadline, workers=processes
+            )
         joined = await client.get_task(join.id)
-    return FaninFigure(tasks, completed, finished - began, joined.attempt, joined.status)
+    elapsed = max(finished - first, 1e-9)
+    return FaninFigure(tasks, completed, completed - before, elapsed, joined.attempt, joined.status)
 
 
 @dataclass(frozen=True, slots=True)

@@ -221,7 +221,7 @@ async def measure_drain(fleet: Fleet, *, tasks: int, deadline_s: float) -> E2eFi
         enqueue_s = time.perf_counter() - began
         async with run_workers(fleet) as processes:
             deadline = time.perf_counter() + deadline_s
-            first, before = await _first_completion(client, run.id, deadline, processes)
+            first, before = await first_completion(client, run.id, deadline, processes)
             # From the first completion: the workers' start-up is not the tasks' cost.
             cpu = sysinfo.TaskCpu(
                 list(fleet.server_pids), [p.pid for p in processes], fleet.database
@@ -238,7 +238,7 @@ async def measure_drain(fleet: Fleet, *, tasks: int, deadline_s: float) -> E2eFi
     )
 
 
-async def _first_completion(
+async def first_completion(
     client: AsyncClient, run_id: str, deadline: float, workers: list[Any]
 ) -> tuple[float, int]:
     """When the run first counts a finished task, and how many it counts then."""

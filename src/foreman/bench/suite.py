@@ -74,6 +74,7 @@ ALL_KEYS = (
     "pickup_bullmq_p99_ms",
     "e2e_dag_fanin_tasks_per_s",
     "dag_fanin_ratio",
+    "dag_fanin_e2e_ratio",
     "dag_release_p50_ms",
     "dag_release_p99_ms",
 )
@@ -269,9 +270,12 @@ async def _fanin_figure(report: Report, fleet: e2e.Fleet, profile: Profile) -> N
             f"the join ended {fanin.join_status} after {fanin.join_attempts} attempt(s)"
         )
     report.results["e2e_dag_fanin_tasks_per_s"] = round(fanin.tasks_per_s, 1)
+    drain = report.results.get("drain_postgres_tasks_per_s")
+    if drain:
+        report.results["dag_fanin_ratio"] = round(fanin.tasks_per_s / drain, 3)
     plain = report.results.get("e2e_postgres_tasks_per_s")
     if plain:
-        report.results["dag_fanin_ratio"] = round(fanin.tasks_per_s / plain, 3)
+        report.results["dag_fanin_e2e_ratio"] = round(fanin.tasks_per_s / plain, 3)
     report.details["dag_fanin"] = {
         "parents": fanin.tasks,
         "elapsed_s": round(fanin.elapsed_s, 2),

@@ -225,6 +225,11 @@ async def finish_tasks(
     firsts = first_occurrences([o.task_id for o in outcomes])
     if len(firsts.indexes) < len(outcomes):
         outcomes = [outcomes[i] for i in firsts.indexes]
+    # In id order: the statement locks its tasks in the order it reads them, and a statement that
+    # adds children locks their parents in id order too (store/sql/dependencies.sql lock_parents):
+    # the same order everywhere, so neither waits for the other in a cycle (a deadlock).
+    order = sorted(range(len(outcomes)), key=lambda k: outcomes[k].task_id)
+    outcomes = [outcomes[k] for k in order]
     records = await conn.fetch(
         _FINISH_TASKS,
         org_id,
@@ -251,7 +256,10 @@ async def finish_tasks(
         ended.append(
             Ended(task_id, ok or repeat, status, found, repeat, Task(*task(r)) if ok else None)
         )
-    return firsts.expand(ended, _duplicate_of)
+    in_order = ended[:]
+    for position, k in enumerate(order):
+        in_order[k] = ended[position]
+    return firsts.expand(in_order, _duplicate_of)
 
 
 async def complete_open_runs(conn: Db, *, org_id: str, records: Sequence[Any], now: int) -> None:
