@@ -273,3 +273,31 @@ async def test_a_join_whose_worker_died_is_retried_not_duplicated(client, db_url
     assert [a["outcome"] for a in attempts.json()["data"]] == ["lease_expired", "completed"]
     counts = await get_run(client, run["id"])
     assert (counts["completedTasks"], counts["totalTasks"]) == (2, 2)
+
+
+async def test_a_join_added_while_its_parents_complete(client):
+    """The join's statement locks the parents in id order, as finish batches do: no deadlock."""
+    import random
+
+    run = await create_run(client)
+    parents = (await batch(client, [item(run["id"], "p") for _ in range(300)])).json()["data"]
+    held = await claim(client, types=["p"])
+    random.shuffle(held)
+
+    async def complete_many(chunk):
+        body = {
+            "results": [
+                {"taskId": t["id"], "leaseToken": t["leaseToken"], "status": "completed"}
+                for t in chunk
+            ]
+        }
+        response = await client.post(f"{API}/tasks/complete", json=body, headers=HEADERS_A)
+        assert response.status_code == 200, response.text
+
+    body = item(run["id"], "join", dependsOn=[p["id"] for p in parents])
+    *_, added = await asyncio.gather(
+        *(complete_many(held[i::16]) for i in range(16)),
+        client.post(f"{API}/tasks", json=body, headers=HEADERS_A),
+    )
+    assert added.status_code == 201, added.text
+    assert await status(client, added.json()["id"]) == "queued"

@@ -22,18 +22,26 @@ _RELEASE_CHILDREN = _SQL["release_children"]
 MAX_PARENTS = 10_000
 
 
+async def lock_parents(conn: Db, *, org_id: str, edges: Sequence[tuple[str, str]]) -> None:
+    """Lock the existing parents (and bump their child_epoch), in id order: the first statement of
+    the transaction that adds children, before the children's insert locks its run's counter rows
+    (a finish batch takes its tasks, then those rows: the same order, no deadlock)."""
+    children = [child for child, _ in edges]
+    parents = [parent for _, parent in edges]
+    await conn.execute(_LOCK_PARENTS, org_id, children, parents)
+
+
 async def add_dependencies(
     conn: Db, *, org_id: str, edges: Sequence[tuple[str, str]], now: int
 ) -> list[str]:
-    """Add (child, parent) edges of children inserted blocked in this transaction.
+    """Add (child, parent) edges of children inserted blocked in this transaction, after
+    lock_parents.
 
     Raises NotFoundError for a parent that is not a task of the child's run (the caller's
     transaction rolls back). Answers the ids of children released at once (every parent ended).
     """
     children = [child for child, _ in edges]
     parents = [parent for _, parent in edges]
-    # Two statements: the second one's snapshot is taken with every parent locked (see the SQL).
-    await conn.execute(_LOCK_PARENTS, org_id, children, parents)
     record = await conn.fetchrow(_ADD_DEPENDENCIES, org_id, children, parents, now, shard())
     assert record is not None
     if record["bad_child"] is not None:

@@ -191,8 +191,15 @@ async def _fetch_leases(
 ) -> tuple[FirstOccurrences, list[Any]]:
     # A statement over ($1 org, $2 task ids, $3 lease tokens, args...), each task once.
     firsts = first_occurrences([lease.task_id for lease in leases])
-    tokens = [leases[i].lease_token for i in firsts.indexes]
-    return firsts, await conn.fetch(sql, org_id, firsts.items, tokens, *args)
+    # In id order, as finish_tasks (why there), then answered in the request's order again.
+    order = sorted(range(len(firsts.items)), key=lambda k: firsts.items[k])
+    task_ids = [firsts.items[k] for k in order]
+    tokens = [leases[firsts.indexes[k]].lease_token for k in order]
+    records = await conn.fetch(sql, org_id, task_ids, tokens, *args)
+    in_order = list(records)
+    for position, k in enumerate(order):
+        in_order[k] = records[position]
+    return firsts, in_order
 
 
 async def heartbeat(

@@ -87,10 +87,11 @@ async def insert_task(
     """
     if not new.depends_on:
         return await _insert_task(conn, org_id=org_id, task_id=task_id, new=new, now=now)
+    edges = [(task_id, parent) for parent in new.depends_on]
     async with conn.transaction():
+        await dependencies.lock_parents(conn, org_id=org_id, edges=edges)
         result = await _insert_task(conn, org_id=org_id, task_id=task_id, new=new, now=now)
         if result.created:
-            edges = [(task_id, parent) for parent in new.depends_on]
             await dependencies.add_dependencies(conn, org_id=org_id, edges=edges, now=now)
             result = InsertResult(
                 await get_task(conn, org_id=org_id, task_id=task_id),
@@ -218,6 +219,13 @@ async def insert_tasks(
     if all(n.idempotency_key is None for n in news) and not with_parents:
         return await _insert_tasks(conn, org_id=org_id, task_ids=task_ids, news=news, now=now)
     async with conn.transaction():
+        if with_parents:
+            edges = [
+                (task_id, parent)
+                for task_id, new in zip(task_ids, news, strict=True)
+                for parent in new.depends_on
+            ]
+            await dependencies.lock_parents(conn, org_id=org_id, edges=edges)
         result = await _insert_tasks(conn, org_id=org_id, task_ids=task_ids, news=news, now=now)
         for index, (task, made) in enumerate(zip(result.tasks, result.created, strict=True)):
             if task is not None and not made:

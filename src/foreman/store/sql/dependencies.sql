@@ -15,14 +15,22 @@
 -- with 1..1000 open edges (`recheck_children`) get release_children after its commit.
 
 -- lock_parents --
--- The first statement of adding children (store/dependencies.py, in the children's transaction):
--- bump each existing parent's child_epoch under its row lock, in id order. Until the transaction
--- ends no parent can end, and add_dependencies, a later statement, sees each one's latest status.
+-- The first statement of adding children (store/dependencies.py, in the children's transaction,
+-- before their insert): bump each existing parent's child_epoch under its row lock, in id order.
+-- Until the transaction ends no parent can end, and add_dependencies, a later statement, sees
+-- each one's latest status.
 -- A parent that is itself one of the new children is new: nobody else can end it. $1 org,
 -- $2 child ids, $3 parent ids.
+WITH l AS (
+    SELECT id
+      FROM task
+     WHERE org_id = $1 AND id = ANY($3::uuid[]) AND NOT id = ANY($2::uuid[])
+     ORDER BY id
+       FOR NO KEY UPDATE
+)
 UPDATE task
    SET child_epoch = child_epoch + 1
- WHERE org_id = $1 AND id = ANY($3::uuid[]) AND NOT id = ANY($2::uuid[])
+ WHERE org_id = $1 AND id IN (SELECT id FROM l)
 
 -- add_dependencies --
 -- The edges of new children (inserted 'blocked' earlier in the same transaction) to their parents
