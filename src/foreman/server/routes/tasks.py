@@ -107,7 +107,7 @@ def insert_failure(
         200: ResponseSpec(
             data_container=Task, description="The task of a repeated idempotency key"
         ),
-        **error_responses(400, 404, 413),
+        **error_responses(400, 404, 409, 413),
     },
 )
 async def create_task(
