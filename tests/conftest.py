@@ -28,7 +28,7 @@ ORG_B = "orgb"
 HEADERS_A = {"Authorization": f"Bearer {KEY_A}"}
 HEADERS_B = {"x-api-key": KEY_B}
 
-TABLES = ("run_data", "task", "run_counter", "run", "schedule")
+TABLES = ("task_attempt", "task_dependency", "run_data", "task", "run_counter", "run", "schedule")
 
 # FOREMAN_TEST_VIA_PGBOUNCER=true: every app the tests build (make_settings) reaches its database
 # through a PgBouncer in transaction mode (scripts/test.sh runs the API and tenant-isolation

@@ -17,6 +17,7 @@ from foreman.errors import (
     ConflictError,
     ForbiddenError,
     ForemanError,
+    InputValidationError,
     NotFoundError,
     StatementTimeoutError,
     TransportError,
@@ -37,7 +38,7 @@ from foreman.models import (
     TaskAck,
     TaskList,
 )
-from foreman.worker import TaskContext, Worker, WorkerStats
+from foreman.worker import Handlers, TaskContext, Worker, WorkerStats
 
 __all__ = [
     "AsyncClient",
@@ -46,6 +47,8 @@ __all__ = [
     "ConflictError",
     "ForbiddenError",
     "ForemanError",
+    "Handlers",
+    "InputValidationError",
     "Lease",
     "LeaseStatus",
     "NotFoundError",

@@ -39,6 +39,12 @@ class ValidationError(ClientError):
     code = "validation_error"
 
 
+class InputValidationError(ValidationError):
+    """A task's inputData does not fit its handler's input model."""
+
+    code = "input_validation_error"
+
+
 class UnauthorizedError(ClientError):
     """Missing API key."""
 

@@ -18,7 +18,9 @@ from msgspec import UNSET, Meta, UnsetType
 from foreman import triggers
 
 RunStatus = Literal["pending", "running", "completed", "failed", "cancelled"]
-TaskStatus = Literal["pending", "queued", "running", "completed", "failed", "cancelled", "retrying"]
+TaskStatus = Literal[
+    "pending", "queued", "running", "completed", "failed", "cancelled", "retrying", "blocked"
+]
 TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
 
 JsonObject = dict[str, Any]
@@ -76,6 +78,15 @@ TimezoneName = Annotated[
         examples=["Europe/Warsaw"],
     ),
 ]
+MAX_PARENTS = 10_000  # dependsOn of one task (issue 13)
+DependsOn = Annotated[
+    list[Name],
+    Meta(
+        max_length=MAX_PARENTS,
+        description="Parent task ids of the same run (in a batch, also refs of earlier items)",
+    ),
+]
+OnParentFailure = Literal["cancel", "run"]
 
 
 class _Out(msgspec.Struct, rename="camel", omit_defaults=True):
@@ -167,6 +178,7 @@ class Run(_Out):
     started_at: int | None = None
     completed_at: int | None = None
     duration_ms: int | None = None
+    auto_complete: bool = False  # extension: omitted (false) for every run made without it
 
 
 class Task(_Out):
@@ -198,6 +210,27 @@ class Task(_Out):
     idempotency_key: str | None = None
     worker_id: str | None = None
     lease_token: str | None = None
+
+
+AttemptOutcome = Literal["running", "completed", "failed", "lease_expired", "released", "cancelled"]
+
+
+class Attempt(_Out):
+    """One attempt of a task (GET /tasks/{id}/attempts): who ran it, when, and how it ended."""
+
+    attempt: int
+    started_at: int
+    outcome: AttemptOutcome
+    worker_id: str | None = None
+    ended_at: int | None = None
+    duration_ms: int | None = None
+    error_data: Any = None
+
+
+class AttemptList(_Out):
+    """``{"data": [Attempt, ...]}``, oldest first."""
+
+    data: list[Attempt]
 
 
 class RunData(_Out):
@@ -337,6 +370,9 @@ class Config(_Out):
 class RunCreate(_In):
     input_data: JsonValue
     metadata: JsonObjectText | UnsetType = UNSET
+    # Extension (issue 13): the run becomes running at its first claim and completed or failed
+    # when every task is terminal.
+    auto_complete: bool = False
 
     def __post_init__(self) -> None:
         _require_value(self.input_data, "inputData")
@@ -365,14 +401,25 @@ class TaskCreate(_In):
     delay_ms: DelayMs = 0
     idempotency_key: Name | None = None
     enqueue: bool = False
+    # Extensions (issue 13): dependencies. The task is `blocked` until every parent has ended;
+    # `ref` names an item of POST /tasks/batch for the dependsOn of later items.
+    depends_on: DependsOn | None = None
+    on_parent_failure: OnParentFailure = "cancel"
+    ref: Name | None = None
 
     def __post_init__(self) -> None:
         _require_value(self.input_data, "inputData")
         _require_object(self.metadata, "metadata")
 
 
+# A PATCH may not make a task blocked: only its dependencies do (and release it).
+SettableTaskStatus = Literal[
+    "pending", "queued", "running", "completed", "failed", "cancelled", "retrying"
+]
+
+
 class TaskUpdate(_In):
-    status: TaskStatus | UnsetType = UNSET
+    status: SettableTaskStatus | UnsetType = UNSET
     output_data: JsonText | UnsetType = UNSET
     error_data: JsonText | UnsetType = UNSET
     metadata: JsonObjectText | UnsetType = UNSET

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from typing import Any
@@ -36,4 +37,36 @@ def flaky(ctx: TaskContext) -> Any:
     return {"succeeded_on": ctx.attempt}
 
 
-HANDLERS = {"noop": noop, "nap": nap, "sync_nap": sync_nap, "flaky": flaky}
+async def until_cancelled(ctx: TaskContext) -> Any:
+    """Waits up to input_data seconds for ctx.wait_cancelled()."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(ctx.wait_cancelled(), float(ctx.input_data))
+    return {"cancelled": ctx.cancelled}
+
+
+async def split(ctx: TaskContext) -> Any:
+    """The first step of a DAG: its output is the parts."""
+    return {"parts": int(ctx.input_data)}
+
+
+async def square(ctx: TaskContext) -> Any:
+    """One part of a DAG's fan-out."""
+    return {"square": int(ctx.input_data) ** 2}
+
+
+async def join(ctx: TaskContext) -> Any:
+    """The fan-in: sums its parents' outputs."""
+    outputs = await ctx.parent_outputs(page_size=7)
+    return {"sum": sum(o["square"] for o in outputs.values()), "parents": len(outputs)}
+
+
+HANDLERS = {
+    "split": split,
+    "square": square,
+    "join": join,
+    "noop": noop,
+    "nap": nap,
+    "sync_nap": sync_nap,
+    "flaky": flaky,
+    "until_cancelled": until_cancelled,
+}

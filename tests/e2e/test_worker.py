@@ -9,9 +9,10 @@ import time
 from collections.abc import AsyncIterator
 
 import httpx
+import msgspec
 import pytest
 
-from foreman import AsyncClient, TaskContext, TaskSpec, Worker
+from foreman import AsyncClient, Handlers, TaskContext, TaskSpec, Worker
 from foreman.worker._leases import Held, LeaseKeeper
 from foreman.worker.context import AttemptState
 from foreman.worker.metrics import WorkerMetrics
@@ -141,6 +142,91 @@ async def test_cancellation(client: AsyncClient):
     assert cancelled_before.started_at is None
     assert worker.stats.completed == 0
     assert (await client.get_run(run.id)).cancelled_tasks == 2
+
+
+async def test_cancel_endpoints_reach_the_worker(client: AsyncClient):
+    run = await client.create_run({})
+    waiting = await client.enqueue_task(run.id, type="until_cancelled", input_data=30)
+    queued = await client.enqueue_task(run.id, type="noop", input_data=1, delay_ms=60_000)
+    worker = make_worker(client, concurrency=2, lease_s=3)
+
+    async def cancel_while_running() -> None:
+        async def running() -> bool:
+            return (await client.get_task(waiting.id)).status == "running"
+
+        await eventually(running, timeout_s=10, what="the task to start")
+        marked = await client.cancel_task(waiting.id)
+        assert marked.status == "running"  # marked: it ends when its worker reports
+        # wait_cancelled() returns at the next heartbeat; the result ends the task cancelled.
+        await run_finished(client, run.id, 1, timeout_s=10)
+        cancelled = await client.cancel_run(run.id)
+        assert cancelled.status == "cancelled"
+
+    started = time.monotonic()
+    await run_until(worker, cancel_while_running())
+    assert time.monotonic() - started < 15
+    ended = await client.get_task(waiting.id)
+    assert (ended.status, ended.attempt, ended.output_data) == ("cancelled", 1, None)
+    assert (await client.get_task(queued.id)).status == "cancelled"
+    (attempt,) = await client.list_attempts(waiting.id)
+    assert attempt.outcome == "cancelled"
+    final = await client.get_run(run.id)
+    assert (final.status, final.total_tasks, final.cancelled_tasks) == ("cancelled", 2, 2)
+    assert (final.completed_tasks, final.failed_tasks) == (0, 0)
+    assert (worker.stats.completed, worker.stats.dropped) == (0, 1)
+
+
+class AddInput(msgspec.Struct):
+    a: int
+    b: int
+
+
+async def test_typed_handlers_validate_input_and_fail_bad_input_without_retries(
+    client: AsyncClient,
+):
+    typed = Handlers()
+
+    @typed.task("typed_add")
+    async def add(ctx: TaskContext, data: AddInput) -> dict:
+        return {"sum": data.a + data.b}
+
+    run = await client.create_run({}, auto_complete=True)
+    good = await client.enqueue_task(run.id, type="typed_add", input_data={"a": 2, "b": 3})
+    bad = await client.enqueue_task(
+        run.id, type="typed_add", input_data={"a": 2, "b": "x"}, max_retries=3
+    )
+    worker = make_worker(client, handlers=typed, concurrency=2)
+    await run_until(worker, client.wait_for_run(run.id, timeout=20))
+
+    done = await client.get_task(good.id)
+    assert (done.status, done.output_data) == ("completed", {"sum": 5})
+    refused = await client.get_task(bad.id)
+    assert (refused.status, refused.attempt, refused.retry_count) == ("failed", 1, 0)
+    assert refused.error_data["type"] == "InputValidationError"
+    assert refused.error_data["field"] == "b"
+    assert (await client.get_run(run.id)).status == "failed"  # autoComplete: one task failed
+
+
+async def test_a_dag_fans_out_and_in_and_completes_its_run(client: AsyncClient):
+    run = await client.create_run({}, auto_complete=True)
+    n = 20
+    specs = [TaskSpec(run.id, "split", n, ref="split")]
+    specs += [TaskSpec(run.id, "square", i, ref=f"sq{i}", depends_on=["split"]) for i in range(n)]
+    specs += [TaskSpec(run.id, "join", {}, depends_on=[f"sq{i}" for i in range(n)])]
+    created = await client.enqueue_tasks(specs)
+    assert [t.status for t in created[:2]] == ["queued", "blocked"]
+    worker = make_worker(client, concurrency=8)
+    finished = await run_until(worker, client.wait_for_run(run.id, timeout=30))
+    assert (finished.status, finished.completed_tasks, finished.total_tasks) == (
+        "completed",
+        n + 2,
+        n + 2,
+    )
+    joined = await client.get_task(created[-1].id)
+    assert joined.output_data == {"sum": sum(i * i for i in range(n)), "parents": n}
+    assert joined.attempt == 1  # released once, run once
+    parents = await client.list_parents(joined.id, limit=5)
+    assert parents.pagination.total == n
 
 
 async def _true_when(value: bool) -> bool:

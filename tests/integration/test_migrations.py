@@ -14,7 +14,7 @@ from foreman.store.migrate import apply_migrations, apply_migrations_async
 from tests.integration.live_server import run_foreman, server_env
 from tests.services import scratch_database
 
-TABLES = ("run", "run_counter", "task", "run_data", "schedule")
+TABLES = ("run", "run_counter", "task", "run_data", "task_attempt", "task_dependency", "schedule")
 
 
 def _migration_ids() -> list[str]:

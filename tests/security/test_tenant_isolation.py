@@ -113,6 +113,16 @@ def _hostile_cases(a: dict[str, str], b_run: str, b_task: str) -> list[tuple[str
             {"runId": b_run, "type": "t", "inputData": 1, "idempotencyKey": IDEMPOTENCY_KEY},
         ),
         ("GET", "/api/v1/tasks/{task_id}", f"{API}/tasks/{a['task']}", None),
+        ("GET", "/api/v1/tasks/{task_id}/attempts", f"{API}/tasks/{a['task']}/attempts", None),
+        ("GET", "/api/v1/tasks/{task_id}/parents", f"{API}/tasks/{a['task']}/parents", None),
+        (
+            "POST",
+            "/api/v1/tasks",
+            f"{API}/tasks",
+            {**create, "runId": b_run, "dependsOn": [a["task"]]},
+        ),
+        ("POST", "/api/v1/tasks/{task_id}/cancel", f"{API}/tasks/{a['task']}/cancel", None),
+        ("POST", "/api/v1/runs/{run_id}/cancel", f"{API}/runs/{a['run']}/cancel", None),
         ("PATCH", "/api/v1/tasks/{task_id}", f"{API}/tasks/{a['task']}", {"status": "cancelled"}),
         ("POST", "/api/v1/tasks/batch", f"{API}/tasks/batch", {"tasks": [create]}),
         ("POST", "/api/v1/tasks/claim", f"{API}/tasks/claim", {"workerId": "b", "limit": 1000}),
@@ -232,7 +242,15 @@ async def _rows_of(db_url: str, org_id: str) -> dict[str, list[str]]:
                 str(dict(r))
                 for r in await conn.fetch(f"SELECT * FROM {table} WHERE org_id = $1", org_id)
             )
-            for table in ("run", "run_counter", "task", "run_data", "schedule")
+            for table in (
+                "run",
+                "run_counter",
+                "task",
+                "run_data",
+                "task_attempt",
+                "task_dependency",
+                "schedule",
+            )
         }
     finally:
         await conn.close()

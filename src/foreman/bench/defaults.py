@@ -34,6 +34,8 @@ class Profile:
     pickup_rate_per_s: float = 100.0
     pickup_duration_s: float = 20.0
     pickup_sqs_rate_per_s: float = 10.0  # one SendMessageBatch per task: moto's pace
+    dag_fanin_tasks: int = 10_000  # parents of the one join (issue 13)
+    dag_chain: int = 500  # links of the release-latency chain
 
 
 FULL = Profile(name="full")
@@ -51,4 +53,6 @@ QUICK = Profile(
     e2e_sqs_tasks=1_000,
     e2e_deadline_s=40.0,
     pickup_duration_s=5.0,
+    dag_fanin_tasks=2_000,
+    dag_chain=200,
 )

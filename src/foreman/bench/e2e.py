@@ -153,7 +153,7 @@ def _stop_all(processes: list[subprocess.Popen[bytes]]) -> None:
             process.wait(5)
 
 
-async def _wait_completed(
+async def wait_completed(
     client: AsyncClient, run_id: str, count: int, *, deadline: float, workers: list[Any]
 ) -> tuple[float, int]:
     """When the run counted `count` finished tasks, or the deadline passed; and how many.
@@ -207,7 +207,7 @@ async def measure_e2e(fleet: Fleet, *, tasks: int, deadline_s: float) -> E2eFigu
         began = time.perf_counter()
         await _enqueue(client, run.id, tasks)
         enqueued = time.perf_counter()
-        finished, completed = await _wait_completed(
+        finished, completed = await wait_completed(
             client, run.id, tasks, deadline=began + deadline_s, workers=processes
         )
         used = cpu.stop()
@@ -228,13 +228,13 @@ async def measure_drain(fleet: Fleet, *, tasks: int, deadline_s: float) -> E2eFi
         enqueue_s = time.perf_counter() - began
         async with run_workers(fleet) as processes:
             deadline = time.perf_counter() + deadline_s
-            first, before = await _first_completion(client, run.id, deadline, processes)
+            first, before = await first_completion(client, run.id, deadline, processes)
             # From the first completion: the workers' start-up is not the tasks' cost.
             cpu = sysinfo.TaskCpu(
                 list(fleet.server_pids), [p.pid for p in processes], fleet.database
             )
             cpu.start()
-            finished, completed = await _wait_completed(
+            finished, completed = await wait_completed(
                 client, run.id, tasks, deadline=deadline, workers=processes
             )
             used = cpu.stop()
@@ -245,7 +245,7 @@ async def measure_drain(fleet: Fleet, *, tasks: int, deadline_s: float) -> E2eFi
     )
 
 
-async def _first_completion(
+async def first_completion(
     client: AsyncClient, run_id: str, deadline: float, workers: list[Any]
 ) -> tuple[float, int]:
     """When the run first counts a finished task, and how many it counts then."""
@@ -307,7 +307,7 @@ async def measure_pickup(fleet: Fleet, *, rate_per_s: float, duration_s: float) 
         if pending:
             await asyncio.gather(*pending)
         deadline = time.perf_counter() + 30.0
-        await _wait_completed(client, run.id, count, deadline=deadline, workers=processes)
+        await wait_completed(client, run.id, count, deadline=deadline, workers=processes)
         latencies = await _pickup_latencies(client, run.id)
     ordered = sorted(latencies)
     return PickupFigure(

@@ -15,6 +15,7 @@ from typing import Any
 from foreman.bench import (
     api,
     brokers,
+    dag,
     e2e,
     largebody,
     pginsert,
@@ -42,8 +43,8 @@ API_FIGURES = (
 )
 BACKENDS = ("postgres", "bullmq", "rabbitmq", "sqs")
 E2E_FIGURES = (
-    "e2e_postgres", "drain_postgres", "api_batch_enqueue", "e2e_bullmq", "e2e_rabbitmq", "e2e_sqs",
-    "pickup",
+    "e2e_postgres", "drain_postgres", "api_batch_enqueue", "dag_fanin", "dag_release",
+    "e2e_bullmq", "e2e_rabbitmq", "e2e_sqs", "pickup",
 )  # fmt: skip
 FIGURES = (*API_FIGURES, "pg_insert", "scale", *E2E_FIGURES)
 GROUPS = {"api": API_FIGURES, "e2e": E2E_FIGURES}
@@ -77,6 +78,11 @@ ALL_KEYS = (
     "e2e_sqs_calls_per_task",
     "pickup_sqs_p50_ms",
     "pickup_sqs_p99_ms",
+    "e2e_dag_fanin_tasks_per_s",
+    "dag_fanin_ratio",
+    "dag_fanin_e2e_ratio",
+    "dag_release_p50_ms",
+    "dag_release_p99_ms",
 )
 
 
@@ -197,7 +203,14 @@ async def _e2e_figures(
     for backend in BACKENDS:
         own: tuple[str, ...] = (f"e2e_{backend}", "pickup")
         if backend == "postgres":
-            own = (f"e2e_{backend}", "drain_postgres", "api_batch_enqueue", "pickup")
+            own = (
+                f"e2e_{backend}",
+                "drain_postgres",
+                "api_batch_enqueue",
+                "dag_fanin",
+                "dag_release",
+                "pickup",
+            )
         figures = [f for f in own if f in options.figures]
         if not figures:
             continue
@@ -299,12 +312,57 @@ def _e2e_measure(
             tasks = await _pickup_figure(report, fleet, profile)
         elif figure == "api_batch_enqueue":
             tasks = await _batch_enqueue_figure(report, fleet, profile)
+        elif figure == "dag_fanin":
+            tasks = await _fanin_figure(report, fleet, profile)
+        elif figure == "dag_release":
+            tasks = await _release_figure(report, fleet, profile)
         else:
             tasks = await _throughput_figure(report, fleet, profile, figure)
         if counter is not None and before is not None:
             _count_calls(report, _figure_name(figure, backend), counter.snapshot() - before, tasks)
 
     return measure
+
+
+async def _fanin_figure(report: Report, fleet: e2e.Fleet, profile: Profile) -> int:
+    fanin = await dag.measure_fanin(
+        fleet, tasks=profile.dag_fanin_tasks, deadline_s=profile.e2e_deadline_s
+    )
+    if fanin.completed < fanin.tasks + 1:
+        report.notes["dag_fanin"] = (
+            f"partial: {fanin.completed} of {fanin.tasks + 1} tasks completed within "
+            f"{profile.e2e_deadline_s:g} s"
+        )
+    if (fanin.join_status, fanin.join_attempts) != ("completed", 1):
+        report.notes["dag_fanin_join"] = (
+            f"the join ended {fanin.join_status} after {fanin.join_attempts} attempt(s)"
+        )
+    report.results["e2e_dag_fanin_tasks_per_s"] = round(fanin.tasks_per_s, 1)
+    drain = report.results.get("drain_postgres_tasks_per_s")
+    if drain:
+        report.results["dag_fanin_ratio"] = round(fanin.tasks_per_s / drain, 3)
+    plain = report.results.get("e2e_postgres_tasks_per_s")
+    if plain:
+        report.results["dag_fanin_e2e_ratio"] = round(fanin.tasks_per_s / plain, 3)
+    report.details["dag_fanin"] = {
+        "parents": fanin.tasks,
+        "elapsed_s": round(fanin.elapsed_s, 2),
+        "join_attempts": fanin.join_attempts,
+        "join_status": fanin.join_status,
+        "worker_processes": fleet.workers.processes,
+        "worker_concurrency": fleet.workers.concurrency,
+    }
+    return fanin.completed
+
+
+async def _release_figure(report: Report, fleet: e2e.Fleet, profile: Profile) -> int:
+    released = await dag.measure_release(
+        fleet, chain=profile.dag_chain, deadline_s=profile.e2e_deadline_s
+    )
+    report.results["dag_release_p50_ms"] = round(released.p50_ms, 2)
+    report.results["dag_release_p99_ms"] = round(released.p99_ms, 2)
+    report.details["dag_release"] = {"links": released.links}
+    return released.links
 
 
 def _count_calls(report: Report, figure: str, calls: Counter[str], tasks: int) -> None:

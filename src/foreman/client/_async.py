@@ -28,6 +28,7 @@ from foreman.client._base import (
 )
 from foreman.client._bullmq import AsyncPublisher
 from foreman.models import (
+    Attempt,
     ClaimResult,
     Config,
     JsonObject,
@@ -170,9 +171,34 @@ class AsyncClient:
 
     # ------------------------------------------------------------ runs
 
-    async def create_run(self, input_data: Any, *, metadata: JsonObject | None = None) -> Run:
-        """Create a run (pending, counters at 0)."""
-        return await self._send(_calls.create_run(input_data, metadata=metadata))
+    async def create_run(
+        self, input_data: Any, *, metadata: JsonObject | None = None, auto_complete: bool = False
+    ) -> Run:
+        """Create a run (pending, counters at 0).
+
+        ``auto_complete``: the run becomes running at its first claim, and completed (or failed,
+        if a task failed) once every task is terminal; then it takes no more tasks (409).
+        """
+        call = _calls.create_run(input_data, metadata=metadata, auto_complete=auto_complete)
+        return await self._send(call)
+
+    async def wait_for_run(
+        self,
+        run_id: str,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 - as wait_for_task's
+        poll_s: float = 0.2,
+    ) -> Run:
+        """The run once it has ended (completedAt set: an autoComplete run finishing, a cancel,
+        or a PATCH); TimeoutError after timeout seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            run = await self.get_run(run_id)
+            if run.completed_at is not None:
+                return run
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"run {run_id} has not ended after {timeout} s")
+            await asyncio.sleep(poll_s)
 
     async def get_run(self, run_id: str) -> Run:
         """A run; NotFoundError if it is not in the caller's organisation."""
@@ -253,6 +279,22 @@ class AsyncClient:
         for a task in another status)."""
         return await self._send(_calls.retry_task(task_id))
 
+    async def cancel_task(self, task_id: str) -> Task:
+        """Cancel a task: at once, or (running) when its worker's next heartbeat sees it."""
+        return await self._send(_calls.cancel_task(task_id))
+
+    async def cancel_run(self, run_id: str) -> Run:
+        """Cancel a run and every task of it that has not ended."""
+        return await self._send(_calls.cancel_run(run_id))
+
+    async def list_parents(self, task_id: str, *, limit: int = 100, offset: int = 0) -> TaskList:
+        """A page of a task's parents (dependsOn) with their status and outputData."""
+        return await self._send(_calls.list_parents(task_id, limit=limit, offset=offset))
+
+    async def list_attempts(self, task_id: str) -> list[Attempt]:
+        """Every attempt of a task, oldest first (worker, start, end, outcome, errorData)."""
+        return await self._send(_calls.list_attempts(task_id))
+
     async def update_task(
         self,
         task_id: str,
@@ -310,8 +352,14 @@ class AsyncClient:
         priority: int | None = None,
         delay_ms: int | None = None,
         idempotency_key: str | None = None,
+        depends_on: Sequence[str] | None = None,
+        on_parent_failure: str | None = None,
     ) -> Task:
-        """Create a task and queue it; a repeated idempotency_key returns the first task."""
+        """Create a task and queue it; a repeated idempotency_key returns the first task.
+
+        With depends_on (parent task ids of the same run) it is ``blocked`` until every parent has
+        ended; on_parent_failure ``"cancel"`` (default) or ``"run"`` says what a failed parent does.
+        """
         spec = TaskSpec(
             run_id=run_id,
             type=type,
@@ -322,32 +370,49 @@ class AsyncClient:
             priority=priority,
             delay_ms=delay_ms,
             idempotency_key=idempotency_key,
+            depends_on=depends_on,
+            on_parent_failure=on_parent_failure,
         )
-        if not self.options.publishes_jobs:
+        # A dependent task is queued by the server when released: never published from here.
+        if not self.options.publishes_jobs or depends_on:
             return await self._send(_calls.create_task(spec, enqueue=True))
         task = await self._send(_calls.create_task(spec, enqueue=False))
         return (await self._publish([task]))[0]
 
     async def enqueue_tasks(self, tasks: Iterable[TaskSpec | Mapping[str, Any]]) -> list[Task]:
-        """Create and queue many tasks, 1,000 per request (each request is all-or-nothing)."""
+        """Create and queue many tasks, 1,000 per request (each request is all-or-nothing).
+
+        A spec's depends_on may name the ref of an earlier spec of the same call.
+        """
         specs = [_base.task_spec(item) for item in tasks]
         created: list[Task] = []
+        known: dict[str, str] = {}
         for chunk in _base.chunks(specs):
-            call = _calls.create_tasks(chunk, enqueue=not self.options.publishes_jobs)
-            batch: list[Task] = await self._send(call)
+            chunk = _base.resolve_refs(chunk, known)
+            # Dependent tasks are queued by the server when released, never published from here.
+            enqueue = not self.options.publishes_jobs or any(s.depends_on for s in chunk)
+            batch: list[Task] = await self._send(_calls.create_tasks(chunk, enqueue=enqueue))
+            _base.remember_refs(chunk, [t.id for t in batch], known)
             created.extend(batch)
-        return await self._publish(created) if self.options.publishes_jobs else created
+        if not self.options.publishes_jobs:
+            return created
+        pending = [t for t in created if t.status == "pending"]  # blocked ones wait for parents
+        published = {t.id: t for t in await self._publish(pending)}
+        return [published.get(t.id, t) for t in created]
 
     async def enqueue_task_ids(self, tasks: Iterable[TaskSpec | Mapping[str, Any]]) -> list[str]:
         """enqueue_tasks answering the tasks' ids only: less for the server to send."""
         if self.options.publishes_jobs:  # the jobs are published from the tasks
             return [task.id for task in await self.enqueue_tasks(tasks)]
         specs = [_base.task_spec(item) for item in tasks]
-        return [
-            i
-            for chunk in _base.chunks(specs)
-            for i in await self._send(_calls.create_task_ids(chunk))
-        ]
+        task_ids: list[str] = []
+        known: dict[str, str] = {}
+        for chunk in _base.chunks(specs):
+            chunk = _base.resolve_refs(chunk, known)
+            made = await self._send(_calls.create_task_ids(chunk))
+            _base.remember_refs(chunk, made, known)
+            task_ids.extend(made)
+        return task_ids
 
     async def wait_for_task(
         self,

@@ -13,6 +13,7 @@ was. The server stores numbers exactly (jsonb numeric), so what one client sent 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import random
@@ -207,6 +208,30 @@ class TaskSpec:
     priority: int | None = None
     delay_ms: int | None = None
     idempotency_key: str | None = None
+    # Dependencies (issue 13): parent task ids, or the refs of earlier specs of the same call.
+    ref: str | None = None
+    depends_on: Sequence[str] | None = None
+    on_parent_failure: str | None = None  # "cancel" (the server's default) or "run"
+
+
+def resolve_refs(chunk: Sequence[TaskSpec], known: Mapping[str, str]) -> list[TaskSpec]:
+    """chunk with dependsOn refs of earlier chunks replaced by their task ids (a ref only names an
+    item of the same request on the server; enqueue_tasks sends 1,000 per request)."""
+    return [
+        dataclasses.replace(spec, depends_on=[known.get(p, p) for p in spec.depends_on])
+        if spec.depends_on and any(p in known for p in spec.depends_on)
+        else spec
+        for spec in chunk
+    ]
+
+
+def remember_refs(
+    chunk: Sequence[TaskSpec], task_ids: Sequence[str], known: dict[str, str]
+) -> None:
+    """Record the ids of the chunk's specs that carry a ref."""
+    for spec, task_id in zip(chunk, task_ids, strict=True):
+        if spec.ref is not None:
+            known[spec.ref] = task_id
 
 
 def task_spec(item: TaskSpec | Mapping[str, Any]) -> TaskSpec:

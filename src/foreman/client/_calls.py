@@ -75,6 +75,10 @@ def _claims(content: bytes) -> list[models.ClaimResult]:
     return _decoder(_Claims)(content).data
 
 
+def _attempts(content: bytes) -> list[models.Attempt]:
+    return _decoder(models.AttemptList)(content).data
+
+
 def _deleted(content: bytes) -> int:
     return _decoder(models.Deleted)(content).deleted
 
@@ -183,8 +187,11 @@ def _on_wire(values: Mapping[str, Any], fields: Mapping[str, str], absent: Any) 
 # runs
 
 
-def create_run(input_data: Any, *, metadata: dict[str, Any] | None) -> Call[models.Run]:
-    body = _body({"inputData": input_data, **_optional(metadata=metadata)})
+def create_run(
+    input_data: Any, *, metadata: dict[str, Any] | None, auto_complete: bool = False
+) -> Call[models.Run]:
+    extension = {"autoComplete": True} if auto_complete else {}
+    body = _body({"inputData": input_data, **_optional(metadata=metadata), **extension})
     return Call("POST", f"{API}/runs", _decoder(models.Run), body)
 
 
@@ -225,8 +232,12 @@ def task_body(spec: TaskSpec, *, enqueue: bool) -> dict[str, Any]:
             priority=spec.priority,
             delayMs=spec.delay_ms,
             idempotencyKey=spec.idempotency_key,
+            ref=spec.ref,
+            onParentFailure=spec.on_parent_failure,
         )
     )
+    if spec.depends_on is not None:
+        body["dependsOn"] = list(spec.depends_on)
     if enqueue:
         body["enqueue"] = True
     return body
@@ -259,6 +270,27 @@ def get_task(task_id: str) -> Call[models.Task]:
     return Call(
         "GET", f"{API}/tasks/{_segment(task_id, 'task_id')}", _decoder(models.Task), idempotent=True
     )
+
+
+def cancel_task(task_id: str) -> Call[models.Task]:
+    path = f"{API}/tasks/{_segment(task_id, 'task_id')}/cancel"
+    return Call("POST", path, _decoder(models.Task), body=b"{}", idempotent=True)
+
+
+def cancel_run(run_id: str) -> Call[models.Run]:
+    path = f"{API}/runs/{_segment(run_id, 'run_id')}/cancel"
+    return Call("POST", path, _decoder(models.Run), body=b"{}", idempotent=True)
+
+
+def list_parents(task_id: str, *, limit: int, offset: int) -> Call[models.TaskList]:
+    path = f"{API}/tasks/{_segment(task_id, 'task_id')}/parents"
+    params = {"limit": str(limit), "offset": str(offset)}
+    return Call("GET", path, _decoder(models.TaskList), params=params, idempotent=True)
+
+
+def list_attempts(task_id: str) -> Call[list[models.Attempt]]:
+    path = f"{API}/tasks/{_segment(task_id, 'task_id')}/attempts"
+    return Call("GET", path, _attempts, idempotent=True)
 
 
 def update_task(task_id: str, changes: Mapping[str, Any]) -> Call[models.Task]:

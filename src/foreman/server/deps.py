@@ -158,10 +158,11 @@ def error_responses(*codes: int) -> dict[int, ResponseSpec]:
         404: "Not found",
         409: "Conflict with the current state",
         413: "Body too large",
+        415: "The body is declared as something other than JSON",
         503: "Database unavailable, or no database connection free in time",
         504: "The database did not finish the request in time (statement timeout)",
     }
     return {
         code: ResponseSpec(data_container=ErrorBody, description=descriptions[code])
-        for code in (*codes, 401, 403, 503, 504)
+        for code in (*codes, 401, 403, 415, 503, 504)
     }

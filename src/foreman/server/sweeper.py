@@ -23,8 +23,9 @@ from foreman.models import Task
 from foreman.queue.base import Message, QueueBackend, ready_messages
 from foreman.server.metrics import ServerMetrics
 from foreman.settings import Settings
-from foreman.store import db, retention, statistics
+from foreman.store import db, dependencies, retention, statistics
 from foreman.store import queue as queue_store
+from foreman.store import runs as runs_store
 from foreman.store.pool import Pool
 
 logger = logging.getLogger(__name__)
@@ -158,6 +159,13 @@ class Sweeper:
             if not await conn.fetchval(_TRY_LOCK, SWEEP_LOCK_KEY):
                 return SweepResult(locked=False)
             expired = await queue_store.expire_leases(conn, now=now, limit=self._batch)
+            # Auto-complete runs left open by races (store/sql/queue.sql): a statement of its own,
+            # so its snapshot sees the expiry above and every commit before it.
+            await runs_store.complete_due_runs(conn, now=now, limit=self._batch)
+            for org_id, parent_ids in _ended_by_org(expired).items():
+                await dependencies.end_dependents(
+                    conn, org_id=org_id, parent_ids=parent_ids, now=now
+                )
             analyzed = await statistics.analyze_new_tables(conn)
             if analyzed:
                 logger.info("analysed new table(s) %s for the planner", ", ".join(analyzed))
@@ -198,3 +206,12 @@ class Sweeper:
                 extra={"task_id": lost[0].task_id},
             )
         return len(lost)
+
+
+def _ended_by_org(tasks: list[Task]) -> dict[str, list[str]]:
+    """Tasks the sweep ended (failed or cancelled), by organisation: their children are next."""
+    by_org: dict[str, list[str]] = {}
+    for task in tasks:
+        if task.status in ("failed", "cancelled"):
+            by_org.setdefault(task.org_id, []).append(str(task.id))
+    return by_org

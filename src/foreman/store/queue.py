@@ -14,9 +14,11 @@ from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 from foreman.models import Task
-from foreman.store import queries
+from foreman.store import dependencies, queries
+from foreman.store import runs as runs_store
 from foreman.store.db import Db
-from foreman.store.tasks import get_task, shard
+from foreman.store.shards import shard
+from foreman.store.tasks import get_task
 
 _SQL = queries.load_statements("queue")  # store/sql/queue.sql: the statements and why they are so
 _CLAIM_TASKS = _SQL["claim_tasks"]
@@ -189,8 +191,15 @@ async def _fetch_leases(
 ) -> tuple[FirstOccurrences, list[Any]]:
     # A statement over ($1 org, $2 task ids, $3 lease tokens, args...), each task once.
     firsts = first_occurrences([lease.task_id for lease in leases])
-    tokens = [leases[i].lease_token for i in firsts.indexes]
-    return firsts, await conn.fetch(sql, org_id, firsts.items, tokens, *args)
+    # In id order, as finish_tasks (why there), then answered in the request's order again.
+    order = sorted(range(len(firsts.items)), key=lambda k: firsts.items[k])
+    task_ids = [firsts.items[k] for k in order]
+    tokens = [leases[firsts.indexes[k]].lease_token for k in order]
+    records = await conn.fetch(sql, org_id, task_ids, tokens, *args)
+    in_order = list(records)
+    for position, k in enumerate(order):
+        in_order[k] = records[position]
+    return firsts, in_order
 
 
 async def heartbeat(
@@ -208,12 +217,26 @@ async def heartbeat(
 
 
 async def finish_tasks(
-    conn: Db, *, org_id: str, outcomes: Sequence[Outcome], now: int
+    conn: Db,
+    *,
+    org_id: str,
+    outcomes: Sequence[Outcome],
+    now: int,
+    released: list[str] | None = None,
 ) -> list[Ended]:
-    """Complete or fail attempts under their lease tokens, in one statement (input order)."""
+    """Complete or fail attempts under their lease tokens, in one statement (input order).
+
+    Blocked children whose last parent ended are released in the same statement; their ids are
+    added to ``released`` (to publish on bullmq).
+    """
     firsts = first_occurrences([o.task_id for o in outcomes])
     if len(firsts.indexes) < len(outcomes):
         outcomes = [outcomes[i] for i in firsts.indexes]
+    # In id order: the statement locks its tasks in the order it reads them, and a statement that
+    # adds children locks their parents in id order too (store/sql/dependencies.sql lock_parents):
+    # the same order everywhere, so neither waits for the other in a cycle (a deadlock).
+    order = sorted(range(len(outcomes)), key=lambda k: outcomes[k].task_id)
+    outcomes = [outcomes[k] for k in order]
     records = await conn.fetch(
         _FINISH_TASKS,
         org_id,
@@ -226,6 +249,10 @@ async def finish_tasks(
         now,
         shard(),
     )
+    await complete_open_runs(conn, org_id=org_id, records=records, now=now)
+    freed = await _after_dependencies(conn, org_id=org_id, records=records, now=now)
+    if released is not None:
+        released += freed
     task = queries.fields_of(Task, records)
     head = queries.values(records, "ended_id", "ok", "status_now", "found", "same_token")
     ended = []
@@ -236,18 +263,56 @@ async def finish_tasks(
         ended.append(
             Ended(task_id, ok or repeat, status, found, repeat, Task(*task(r)) if ok else None)
         )
-    return firsts.expand(ended, _duplicate_of)
+    in_order = ended[:]
+    for position, k in enumerate(order):
+        in_order[k] = ended[position]
+    return firsts.expand(in_order, _duplicate_of)
+
+
+async def complete_open_runs(conn: Db, *, org_id: str, records: Sequence[Any], now: int) -> None:
+    """Complete the auto-complete runs a statement that ended tasks left open (`runs_open`: its
+    snapshot did not show the tasks other statements ended at the same time), with a fresh one."""
+    runs_open = records[0]["runs_open"] if records else None
+    if runs_open:
+        await runs_store.complete_runs(conn, org_id=org_id, run_ids=runs_open, now=now)
+
+
+async def _after_dependencies(
+    conn: Db, *, org_id: str, records: Sequence[Any], now: int
+) -> list[str]:
+    """Released children, and the follow-ups of the dependency step (store/sql/queue.sql):
+    children cancelled (their own children next) and parents whose new edges the statement's
+    snapshot could not see."""
+    if not records:
+        return []
+    head = records[0]
+    freed = list(head["released_ids"] or [])
+    again = [*(head["cascade_ids"] or []), *(head["recheck_ids"] or [])]
+    if again:
+        freed += await dependencies.end_dependents(conn, org_id=org_id, parent_ids=again, now=now)
+    if head["recheck_children"]:
+        freed += await dependencies.release_children(
+            conn, org_id=org_id, child_ids=head["recheck_children"], now=now
+        )
+    return freed
 
 
 def _ended_as(outcome: str, status: str | None) -> bool:
+    if status == "cancelled":
+        return True  # a cancel was asked while the attempt ran: any outcome ended it so
     if outcome == "completed":
         return status == "completed"
     return status in ("retrying", "failed")
 
 
 async def release_tasks(conn: Db, *, org_id: str, leases: Sequence[Lease], now: int) -> list[Ended]:
-    """Put held tasks back in the queue, undoing the claim's attempt count (input order)."""
-    firsts, records = await _fetch_leases(conn, _RELEASE_TASKS, org_id, leases, now)
+    """Put held tasks back in the queue, undoing the claim's attempt count (input order).
+
+    A task whose cancel was asked while it ran ends cancelled instead."""
+    firsts, records = await _fetch_leases(conn, _RELEASE_TASKS, org_id, leases, now, shard())
+    cancelled = [r["id"] for r in records if r["ok"] and r["status"] == "cancelled"]
+    if cancelled:  # a cancel was asked while they ran: their children next
+        await dependencies.end_dependents(conn, org_id=org_id, parent_ids=cancelled, now=now)
     task = queries.fields_of(Task, records)
     ended = [
         Ended(

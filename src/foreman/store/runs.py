@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from foreman.models import TERMINAL_STATUSES, Run
@@ -11,6 +12,8 @@ from foreman.store.db import Db
 _SQL = queries.load_statements("runs")  # store/sql/runs.sql
 _INSERT_RUN = _SQL["insert_run"]
 _GET_RUN = _SQL["get_run"]
+_COMPLETE_RUNS = _SQL["complete_runs"]
+_COMPLETE_DUE_RUNS = _SQL["complete_due_runs"]
 
 _SORT_COLUMNS = {
     "created_at": "created_at",
@@ -20,11 +23,31 @@ _SORT_COLUMNS = {
 
 
 async def insert_run(
-    conn: Db, *, run_id: str, org_id: str, input_data: Any, metadata: Any, now: int
+    conn: Db,
+    *,
+    run_id: str,
+    org_id: str,
+    input_data: Any,
+    metadata: Any,
+    now: int,
+    auto_complete: bool = False,
 ) -> Run:
     """Insert a pending run."""
-    record = await conn.fetchrow(_INSERT_RUN, run_id, org_id, input_data, metadata, now)
+    record = await conn.fetchrow(
+        _INSERT_RUN, run_id, org_id, input_data, metadata, now, auto_complete
+    )
     return queries.model_from(Run, record)
+
+
+async def complete_runs(conn: Db, *, org_id: str, run_ids: Sequence[str], now: int) -> int:
+    """Complete the auto-complete runs among run_ids whose tasks are all terminal (a fresh
+    look: the statements that ended their tasks could not see each other); how many."""
+    return len(await conn.fetch(_COMPLETE_RUNS, org_id, list(run_ids), now))
+
+
+async def complete_due_runs(conn: Db, *, now: int, limit: int) -> int:
+    """The sweeper's catch-all: complete_runs over the oldest open auto-complete runs."""
+    return len(await conn.fetch(_COMPLETE_DUE_RUNS, now, limit))
 
 
 async def get_run(conn: Db, *, org_id: str, run_id: str) -> Run | None:

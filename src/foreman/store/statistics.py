@@ -15,7 +15,7 @@ from __future__ import annotations
 from foreman.store.db import Db
 
 # The tables queried by lists of ids or by organisation; fixed names, never input.
-TABLES = ("task", "run", "run_data")
+TABLES = ("task", "run", "run_data", "task_attempt", "task_dependency")
 # Rows changed before a never-analysed table is analysed: below it every plan is cheap anyway.
 MIN_CHANGES = 1000
 

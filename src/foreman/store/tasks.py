@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import decimal
-import random
 from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 
 from foreman import errors
-from foreman.models import TERMINAL_STATUSES, Task
-from foreman.store import queries
+from foreman.models import TERMINAL_STATUSES, Attempt, Task
+from foreman.store import dependencies, queries
+from foreman.store import runs as runs_store
 from foreman.store.db import Db
+from foreman.store.shards import shard
 
 _SQL = queries.load_statements("tasks")  # store/sql/tasks.sql: the statements and why they are so
 _INSERT_TASK = _SQL["insert_task"]
@@ -20,8 +21,7 @@ _INSERT_TASKS = _SQL["insert_tasks"]
 _GET_TASK = _SQL["get_task"]
 _GET_TASK_BY_KEY = _SQL["get_task_by_key"]
 _RETRY_TASK = _SQL["retry_task"]
-
-COUNTER_SHARDS = 16
+_LIST_ATTEMPTS = _SQL["list_attempts"]
 
 # The columns of a task in the PATCH statement (as the view task_answer, migration 0010): named
 # as the fields of models.Task; run_after only when it lies after created_at, never the lease token.
@@ -35,11 +35,6 @@ _SORT_COLUMNS = {
     "started_at": "started_at",
     "completed_at": "completed_at",
 }
-
-
-def shard() -> int:
-    """A random counter shard: spreads one busy run's counter updates over several rows."""
-    return random.randrange(COUNTER_SHARDS)  # noqa: S311 - not for security
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +51,20 @@ class NewTask:
     delay_ms: int = 0
     idempotency_key: str | None = None
     enqueue: bool = False
+    depends_on: tuple[str, ...] = ()  # parent task ids (refs of a batch already resolved)
+    on_parent_failure: str = "cancel"
+
+    @property
+    def status(self) -> str:
+        """The status the task is inserted with."""
+        if self.depends_on:
+            return "blocked"  # store/dependencies.py releases it
+        return "queued" if self.enqueue else "pending"
+
+    @property
+    def parent_policy(self) -> str | None:
+        """on_parent_failure as stored: only on a task with dependencies."""
+        return self.on_parent_failure if self.depends_on else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,13 +75,37 @@ class InsertResult:
     created: bool
     run_found: bool
     parent_found: bool
+    run_open: bool = True  # False: an auto-complete run that has ended takes no task
 
 
 async def insert_task(
     conn: Db, *, org_id: str, task_id: str, new: NewTask, now: int
 ) -> InsertResult:
-    """Create a task (pending, or queued when new.enqueue) and count it on its run."""
-    status = "queued" if new.enqueue else "pending"
+    """Create a task (pending, or queued when new.enqueue) and count it on its run.
+
+    With dependencies it is inserted blocked and its edges are added in the same transaction
+    (store/dependencies.py): released at once when every parent has ended.
+    """
+    if not new.depends_on:
+        return await _insert_task(conn, org_id=org_id, task_id=task_id, new=new, now=now)
+    edges = [(task_id, parent) for parent in new.depends_on]
+    async with conn.transaction():
+        await dependencies.lock_parents(conn, org_id=org_id, edges=edges)
+        result = await _insert_task(conn, org_id=org_id, task_id=task_id, new=new, now=now)
+        if result.created:
+            await dependencies.add_dependencies(conn, org_id=org_id, edges=edges, now=now)
+            result = InsertResult(
+                await get_task(conn, org_id=org_id, task_id=task_id),
+                True,
+                result.run_found,
+                result.parent_found,
+            )
+    return result
+
+
+async def _insert_task(
+    conn: Db, *, org_id: str, task_id: str, new: NewTask, now: int
+) -> InsertResult:
     record = await conn.fetchrow(
         _INSERT_TASK,
         org_id,
@@ -80,7 +113,7 @@ async def insert_task(
         new.parent_task_id,
         task_id,
         new.task_type,
-        status,
+        new.status,
         new.input_data,
         new.metadata,
         new.max_retries,
@@ -89,11 +122,15 @@ async def insert_task(
         new.idempotency_key,
         now,
         shard(),
+        new.parent_policy,
+        new.enqueue,
     )
     assert record is not None
     run_found, parent_found = record["run_found"], record["parent_found"]
     if record["id"] is not None:
         return InsertResult(queries.model_from(Task, record), True, run_found, parent_found)
+    if not record["run_open"]:
+        return InsertResult(None, False, run_found, parent_found, False)
     existing = None
     if new.idempotency_key is not None and run_found:
         existing = await get_task_by_key(conn, org_id=org_id, key=new.idempotency_key)
@@ -168,6 +205,7 @@ class BatchInsertResult:
     failed_index: int | None = None
     run_found: bool = True
     parent_found: bool = True
+    run_open: bool = True
 
 
 async def insert_tasks(
@@ -178,14 +216,48 @@ async def insert_tasks(
     A key that replays another request (see check_replay) raises ConflictError and creates none:
     with keys, the statement and the replay check share a transaction.
     """
-    if all(n.idempotency_key is None for n in news):
+    with_parents = any(n.depends_on for n in news)
+    if all(n.idempotency_key is None for n in news) and not with_parents:
         return await _insert_tasks(conn, org_id=org_id, task_ids=task_ids, news=news, now=now)
     async with conn.transaction():
+        if with_parents:
+            edges = [
+                (task_id, parent)
+                for task_id, new in zip(task_ids, news, strict=True)
+                for parent in new.depends_on
+            ]
+            await dependencies.lock_parents(conn, org_id=org_id, edges=edges)
         result = await _insert_tasks(conn, org_id=org_id, task_ids=task_ids, news=news, now=now)
         for index, (task, made) in enumerate(zip(result.tasks, result.created, strict=True)):
             if task is not None and not made:
                 check_replay(task, news[index], index=index)
+        if with_parents and result.failed_index is None:
+            result = await _add_batch_dependencies(conn, org_id, task_ids, news, result, now)
     return result
+
+
+async def _add_batch_dependencies(
+    conn: Db,
+    org_id: str,
+    task_ids: list[str],
+    news: list[NewTask],
+    result: BatchInsertResult,
+    now: int,
+) -> BatchInsertResult:
+    # Only the tasks created now (an idempotent repeat keeps the edges it was made with).
+    edges = [
+        (task_id, parent)
+        for task_id, new, made in zip(task_ids, news, result.created, strict=True)
+        if made
+        for parent in new.depends_on
+    ]
+    if not edges:
+        return result
+    await dependencies.add_dependencies(conn, org_id=org_id, edges=edges, now=now)
+    children = sorted({child for child, _ in edges})
+    fresh = {t.id: t for t in await dependencies.get_tasks(conn, org_id=org_id, task_ids=children)}
+    tasks = [None if t is None else fresh.get(t.id, t) for t in result.tasks]
+    return BatchInsertResult(tasks, result.created)
 
 
 async def _insert_tasks(
@@ -198,7 +270,7 @@ async def _insert_tasks(
         [n.run_id for n in news],
         [n.parent_task_id for n in news],
         [n.task_type for n in news],
-        ["queued" if n.enqueue else "pending" for n in news],
+        [n.status for n in news],
         queries.jsonb_items([n.input_data for n in news]),
         queries.jsonb_items([n.metadata for n in news]),
         [n.max_retries for n in news],
@@ -207,10 +279,14 @@ async def _insert_tasks(
         [n.idempotency_key for n in news],
         now,
         shard(),
+        [n.parent_policy for n in news],
+        [n.enqueue for n in news],
     )
     for index, record in enumerate(records):
-        if not (record["run_ok"] and record["parent_ok"]):
-            return BatchInsertResult([], [], index, record["run_ok"], record["parent_ok"])
+        if not (record["run_ok"] and record["parent_ok"] and record["run_open"]):
+            return BatchInsertResult(
+                [], [], index, record["run_ok"], record["parent_ok"], record["run_open"]
+            )
     values_of = queries.fields_of(Task, records)
     tasks: list[Task | None] = [None if r["id"] is None else Task(*values_of(r)) for r in records]
     for index, task in enumerate(tasks):
@@ -232,6 +308,14 @@ async def get_task_by_key(conn: Db, *, org_id: str, key: str) -> Task | None:
     """The task created with this idempotency key, or None."""
     record = await conn.fetchrow(_GET_TASK_BY_KEY, org_id, key)
     return None if record is None else queries.model_from(Task, record)
+
+
+async def list_attempts(conn: Db, *, org_id: str, task_id: str) -> list[Attempt] | None:
+    """Every attempt of the task, oldest first; None when there is no such task."""
+    records = await conn.fetch(_LIST_ATTEMPTS, org_id, task_id)
+    if not records[0]["found"]:
+        return None
+    return queries.models_from(Attempt, [r for r in records if r["attempt"] is not None])
 
 
 def _confirms_job(changes: dict[str, Any]) -> bool:
@@ -271,7 +355,36 @@ def _update_sql(changes: dict[str, Any], status: str | None) -> tuple[str, list[
     return ", ".join(sets), names
 
 
-def _update_task_sql(sets: str, *, confirms: bool, shard: str) -> str:
+# The attempt history (task_attempt, migration 0012) in the PATCH statement, by the status sent:
+# running opens an attempt unless one is open (numbered after the task's earlier ones: the legacy
+# path does not count attempts on the task); any other status closes the open one.
+_OPEN_ATTEMPT = """, n AS (
+    INSERT INTO task_attempt (task_id, attempt, org_id, run_id, worker_id, started_at)
+    SELECT t.id, (SELECT count(*) FROM task_attempt a WHERE a.task_id = t.id AND a.org_id = $1) + 1,
+           t.org_id, t.run_id, t.worker_id, $3
+      FROM t
+     WHERE NOT EXISTS (SELECT 1 FROM task_attempt a
+                        WHERE a.task_id = t.id AND a.org_id = $1 AND a.outcome = 'running')
+)"""
+_CLOSE_ATTEMPT = """, e AS (
+    UPDATE task_attempt a
+       SET outcome = CASE WHEN t.status IN ('completed', 'cancelled') THEN t.status
+                          WHEN t.status IN ('failed', 'retrying') THEN 'failed'
+                          ELSE 'released' END,
+           ended_at = $3, duration_ms = $3 - a.started_at,
+           error_data = CASE WHEN t.status IN ('failed', 'retrying') THEN t.error_data END
+      FROM t
+     WHERE a.task_id = t.id AND a.org_id = $1 AND a.outcome = 'running'
+)"""
+
+
+def _attempt_sql(status: str | None, *, confirms: bool) -> str:
+    if status is None or confirms:
+        return ""
+    return _OPEN_ATTEMPT if status == "running" else _CLOSE_ATTEMPT
+
+
+def _update_task_sql(sets: str, *, confirms: bool, shard: str, attempts: str = "") -> str:
     """The PATCH statement, from fixed fragments: SET clauses of _update_sql, the shard's $n.
 
     A terminal task takes no new status (409), except the same one again (a no-op); a job
@@ -282,7 +395,11 @@ def _update_task_sql(sets: str, *, confirms: bool, shard: str) -> str:
     if confirms:
         guard, counted = "TRUE", "FALSE"
     else:
-        guard = "($4::text IS NULL OR status NOT IN ('completed', 'failed', 'cancelled'))"
+        # A blocked task waits for its parents (store/dependencies.py): only a cancel may end it.
+        guard = (
+            "($4::text IS NULL OR (status NOT IN ('completed', 'failed', 'cancelled')"
+            " AND (status <> 'blocked' OR $4::text = 'cancelled')))"
+        )
         counted = "$4::text IS NOT NULL"
     return f"""
 WITH t AS (
@@ -300,10 +417,14 @@ WITH t AS (
        SET completed_tasks = run_counter.completed_tasks + EXCLUDED.completed_tasks,
            failed_tasks    = run_counter.failed_tasks + EXCLUDED.failed_tasks,
            cancelled_tasks = run_counter.cancelled_tasks + EXCLUDED.cancelled_tasks
-)
+){attempts}
 SELECT CASE WHEN $4::text IN ('completed', 'failed', 'cancelled')
             THEN pg_notify('foreman_task_done', t.id::text)
             WHEN $4::text = 'queued' THEN pg_notify('foreman_task_ready', $1) END AS notified,
+       (SELECT r.auto_complete FROM run r WHERE r.org_id = $1 AND r.id = t.run_id)
+           AS run_auto_complete,
+       EXISTS (SELECT 1 FROM task_dependency d WHERE d.org_id = $1 AND d.parent_id = t.id)
+           AS has_children,
        {_TASK_COLUMNS}
   FROM t
 """  # noqa: S608 - fixed fragments only (see the docstring); every value is a parameter
@@ -330,16 +451,29 @@ async def update_task(
     status = changes.get("status")
     sets, names = _update_sql(changes, status)
     # The shard is a parameter, not SQL text: one prepared statement per shape, not sixteen.
-    sql = _update_task_sql(sets, confirms=_confirms_job(changes), shard=f"${5 + len(names)}")
+    confirms = _confirms_job(changes)
+    sql = _update_task_sql(
+        sets,
+        confirms=confirms,
+        shard=f"${5 + len(names)}",
+        attempts=_attempt_sql(status, confirms=confirms),
+    )
     record = await conn.fetchrow(
         sql, org_id, task_id, now, status, *(changes[n] for n in names), shard()
     )
     if record is not None:
-        return UpdateResult(queries.model_from(Task, record), True, False)
+        task = queries.model_from(Task, record)
+        if record["has_children"] and task.status in TERMINAL_STATUSES:
+            # Its blocked children: released or cancelled (a statement after the PATCH's).
+            await dependencies.end_dependents(conn, org_id=org_id, parent_ids=[task_id], now=now)
+        if record["run_auto_complete"] and task.status in TERMINAL_STATUSES:
+            # The PATCH path completes an auto-complete run afterwards, with a fresh snapshot.
+            await runs_store.complete_runs(conn, org_id=org_id, run_ids=[task.run_id], now=now)
+        return UpdateResult(task, True, False)
     current = await get_task(conn, org_id=org_id, task_id=task_id)
     if current is None:
         return UpdateResult(None, False, False)
-    # Only a terminal task with a status in the PATCH gets here.
+    # Only a terminal or blocked task with a status in the PATCH gets here.
     return UpdateResult(current, True, current.status != status)
 
 

@@ -65,7 +65,7 @@ class LeaseKeeper:
                 if held is None:
                     continue
                 if state.cancelled and not held.state.cancelled:
-                    held.state.cancelled = True
+                    held.state.mark(cancelled=True)
                     logger.info("task %s was cancelled", state.task_id)
                 # A handler that returned has its result on the way (or recorded already: the
                 # task is no longer running); the result's own answer says whether it counted.
@@ -73,7 +73,7 @@ class LeaseKeeper:
                 if not held.executing:
                     continue
                 if not state.ok and not state.cancelled and not held.state.lease_lost:
-                    held.state.lease_lost = True
+                    held.state.mark(lease_lost=True)
                     logger.warning(
                         "lease of task %s lost: its result will be dropped",
                         state.task_id,

@@ -32,6 +32,11 @@ def error_data(exc: BaseException) -> dict[str, Any]:
     }
 
 
+def input_error(exc: errors.InputValidationError) -> dict[str, Any]:
+    """The errorData of input that does not fit the handler's model: names the field."""
+    return {"type": "InputValidationError", "message": exc.message, **exc.details}
+
+
 def success(task: Task, value: Any) -> TaskResult:
     """A completed attempt; a value that is not JSON fails the attempt instead (not retryable)."""
     try:

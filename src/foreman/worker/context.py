@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Coroutine, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from foreman.client import AsyncClient
@@ -20,6 +20,17 @@ class AttemptState:
     cancelled: bool = False  # the task was cancelled (heartbeat answer)
     lease_lost: bool = False  # the lease expired or was taken over: the result will be dropped
     released: bool = False  # the worker gave the task back (forced stop)
+    # Set with any of the three flags: what ctx.wait_cancelled() awaits.
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def mark(
+        self, *, cancelled: bool = False, lease_lost: bool = False, released: bool = False
+    ) -> None:
+        """Raise the given flags and wake wait_cancelled()."""
+        self.cancelled |= cancelled
+        self.lease_lost |= lease_lost
+        self.released |= released
+        self.stop.set()
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,7 +39,8 @@ class TaskContext:
 
     Async handlers use ``await ctx.set_data(...)``; sync handlers, which run in a thread, use the
     ``*_sync`` twins. ``ctx.cancelled`` turns true when the task is cancelled or the worker lost
-    its lease; a long handler should check it and return early (its result is then dropped).
+    its lease; a long handler should check it (or ``await ctx.wait_cancelled()``) and return early.
+    A cancelled task ends ``cancelled`` whatever the handler returns.
     """
 
     task: Task
@@ -77,6 +89,15 @@ class TaskContext:
         """True once the task was cancelled or this worker lost its lease: stop working."""
         return self.state.cancelled or self.state.lease_lost or self.state.released
 
+    async def wait_cancelled(self) -> None:
+        """Return once ``cancelled`` turns true (for async handlers: race it with the work).
+
+        ``asyncio.wait`` the handler's work against it, or run the work in a TaskGroup with a
+        task that awaits it and raises to stop the others.
+        """
+        if not self.cancelled:
+            await self.state.stop.wait()
+
     async def set_data(
         self,
         key: str,
@@ -98,6 +119,19 @@ class TaskContext:
     async def query_data(self, **filters: Any) -> RunDataList:
         """Run data of this run matching the filters of ``AsyncClient.query_run_data``."""
         return await self.client.query_run_data(self.run_id, **filters)
+
+    async def parent_outputs(self, *, page_size: int = 1000) -> dict[str, Any]:
+        """``{parent task id: outputData}`` of every parent (dependsOn), paging through them."""
+        outputs: dict[str, Any] = {}
+        while True:
+            page = await self.client.list_parents(self.id, limit=page_size, offset=len(outputs))
+            outputs.update((parent.id, parent.output_data) for parent in page.data)
+            if not page.data or len(outputs) >= page.pagination.total:
+                return outputs
+
+    def parent_outputs_sync(self, *, page_size: int = 1000) -> dict[str, Any]:
+        """``parent_outputs`` for sync handlers."""
+        return self._block(self.parent_outputs(page_size=page_size))
 
     def set_data_sync(
         self,

@@ -358,14 +358,23 @@ class Worker:
             if held.state.released:
                 return None  # forced stop: _drain releases the lease
             return _results.failure(task, _results.error_data(asyncio.CancelledError()))
+        except errors.InputValidationError as exc:
+            # The same input would fail again: no retry (worker/handlers.py).
+            logger.info("task %s (%s) input refused: %s", task.id, task.type, exc)
+            return _results.failure(task, _results.input_error(exc), retryable=False)
         except Exception as exc:  # any handler error fails the attempt
             logger.info("task %s (%s) failed: %r", task.id, task.type, exc)
             return _results.failure(task, _results.error_data(exc))
         return _results.success(task, value)
 
     async def _report(self, held: Held, result: TaskResult) -> None:
-        """Hand result to the batcher; drop it when the task was cancelled or the lease lost."""
-        if held.state.cancelled or held.state.lease_lost:
+        """Hand result to the batcher; drop it when the lease was lost.
+
+        A cancelled task's result is sent all the same: it is what ends a task whose cancel was
+        asked while it ran (as ``cancelled``, whatever the result), rather than its lease running
+        out; a task cancelled outright refuses it (not recorded).
+        """
+        if held.state.lease_lost:
             self.stats.dropped += 1
             self._leases.remove(held.task.id)
             self._count(held.task, "dropped")
@@ -373,8 +382,8 @@ class Worker:
         assert self._results is not None
         recorded = await self._results.submit(result)
         self._leases.remove(held.task.id)
-        if not recorded:
-            self.stats.dropped += 1
+        if not recorded or held.state.cancelled:
+            self.stats.dropped += 1  # not the task's outcome: it ended cancelled
         elif result.status == "completed":
             self.stats.completed += 1
         else:
@@ -407,7 +416,7 @@ class Worker:
         late = [h for h in self._leases.held.values() if h.executing and h.handle]
         for held in late:
             if not held.state.released:
-                held.state.released = True
+                held.state.mark(released=True)
                 held.handle.cancel()  # type: ignore[union-attr]
         await self._release(late)
         # Every attempt reported (or released) and acknowledged.
@@ -416,7 +425,7 @@ class Worker:
     async def _release(self, helds: list[Held]) -> None:
         """Give tasks back unrun, in batches (the attempt is not counted)."""
         for held in helds:
-            held.state.released = True
+            held.state.mark(released=True)
         try:
             for chunk in chunks(helds):
                 acks = await self.client.release_tasks([held.lease for held in chunk])

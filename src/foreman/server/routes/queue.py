@@ -44,8 +44,9 @@ from foreman.models import (
 from foreman.server import auth, params
 from foreman.server.deps import AppState, error_responses, org_conn, state
 from foreman.server.notify import sleep_until
-from foreman.server.routes.tasks import new_task
+from foreman.server.routes.tasks import new_task, parent_ids, run_ended
 from foreman.store import db
+from foreman.store import dependencies as dependencies_store
 from foreman.store import queue as queue_store
 from foreman.store import tasks as tasks_store
 
@@ -83,14 +84,16 @@ async def create_tasks(
 
     With ``Prefer: return=minimal`` (RFC 7240) the answer is only the tasks' ids, in order.
     """
-    news = [new_task(item) for item in data.tasks]
-    task_ids = [ids.new_id() for _ in news]
+    task_ids = [ids.new_id() for _ in data.tasks]
+    news = _batch_news(data, task_ids)
     async with org_conn(request) as (org_id, conn):
         result = await tasks_store.insert_tasks(
             conn, org_id=org_id, task_ids=task_ids, news=news, now=ids.now_ms()
         )
     if result.failed_index is not None:
         new = news[result.failed_index]
+        if result.run_found and result.parent_found and not result.run_open:
+            raise run_ended(new.run_id)
         what = (
             f"Run not found: {new.run_id}"
             if not result.run_found
@@ -114,6 +117,31 @@ async def create_tasks(
     if _MINIMAL in request.headers.get("prefer", ""):
         return TaskRefs(data=[TaskRef(id=t.id) for t in tasks])
     return TaskItems(data=tasks)
+
+
+def _batch_news(data: TaskBatchCreate, task_ids: list[str]) -> list[tasks_store.NewTask]:
+    """The items as the store takes them, refs in dependsOn resolved to the ids of earlier items."""
+    all_refs = {item.ref: i for i, item in enumerate(data.tasks) if item.ref is not None}
+    refs: dict[str, str] = {}
+    news = []
+    for index, item in enumerate(data.tasks):
+        where = f"tasks[{index}]."
+        for name in item.depends_on or ():
+            if name not in refs and name in all_refs:
+                raise errors.ValidationError(
+                    f"{where}dependsOn: {name!r} is the ref of item {all_refs[name]}, not of an"
+                    " earlier item (a parent exists before its child)",
+                    field=f"{where}dependsOn",
+                )
+        news.append(new_task(item, parent_ids(item, refs, where)))
+        if item.ref is not None:
+            if item.ref in refs:
+                raise errors.ValidationError(
+                    f"{where}ref: {item.ref!r} is the ref of an earlier item already",
+                    field=f"{where}ref",
+                )
+            refs[item.ref] = task_ids[index]
+    return news
 
 
 # ---------------------------------------------------------------- claim
@@ -278,12 +306,15 @@ async def _finish_one(
     task_id = params.path_id(task_id, "Task")
     outcome = _outcome(task_id, data)
     current = None
+    released: list[str] = []
     async with org_conn(request) as (org_id, conn):
         (ended,) = await queue_store.finish_tasks(
-            conn, org_id=org_id, outcomes=[outcome], now=ids.now_ms()
+            conn, org_id=org_id, outcomes=[outcome], now=ids.now_ms(), released=released
         )
         if ended.repeat:
             current = await tasks_store.get_task(conn, org_id=org_id, task_id=task_id)
+        children = await _released_tasks(request, conn, org_id, released)
+    await state(request).publish(children)
     if not ended.found:
         raise errors.NotFoundError(f"Task not found: {task_id}")
     if ended.task is not None:
@@ -332,15 +363,27 @@ async def complete_tasks(
         )
         for r in data.results
     ]
+    released: list[str] = []
     async with org_conn(request) as (org_id, conn):
         ended = await queue_store.finish_tasks(
-            conn, org_id=org_id, outcomes=outcomes, now=ids.now_ms()
+            conn, org_id=org_id, outcomes=outcomes, now=ids.now_ms(), released=released
         )
+        children = await _released_tasks(request, conn, org_id, released)
     app = state(request)
     if app.metrics is not None:
         app.metrics.tasks_ended(e.task for e in ended if e.task is not None)
-    await app.publish([e.task for e in ended if e.task is not None])
+    await app.publish([e.task for e in ended if e.task is not None] + children)
     return TaskAckList(data=[_ack(e) for e in ended])
+
+
+async def _released_tasks(
+    request: Request[Any, Any, Any], conn: db.Connection, org_id: str, released: list[str]
+) -> list[Task]:
+    """The children a finish released, to publish (the postgres backend needs no message)."""
+    queue = state(request).queue
+    if not released or queue is None or queue.name == "postgres":
+        return []
+    return await dependencies_store.get_tasks(conn, org_id=org_id, task_ids=released)
 
 
 def _ack(ended: queue_store.Ended) -> TaskAck:

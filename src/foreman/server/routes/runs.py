@@ -11,6 +11,7 @@ from foreman import errors, ids, models
 from foreman.models import Pagination, Run, RunCreate, RunList, RunStatus, RunUpdate
 from foreman.server import auth, params
 from foreman.server.deps import MAX_OFFSET, error_responses, org_conn, sort_column, sort_order
+from foreman.store import cancel as cancel_store
 from foreman.store import runs as runs_store
 
 SORT_BY = "One of created_at, started_at, completed_at (camelCase accepted)." + params.ONCE
@@ -29,6 +30,7 @@ async def create_run(request: Request[Any, Any, Any], data: JSONBody[RunCreate])
             input_data=data.input_data,
             metadata=models.stored(data.metadata),
             now=ids.now_ms(),
+            auto_complete=data.auto_complete,
         )
 
 
@@ -40,6 +42,27 @@ async def get_run(request: Request[Any, Any, Any], run_id: FromPath[str]) -> Run
         run = await runs_store.get_run(conn, org_id=org_id, run_id=run_id)
     if run is None:
         raise errors.NotFoundError(f"Run not found: {run_id}")
+    return run
+
+
+@post("/{run_id:str}/cancel", status_code=200, responses=error_responses(400, 404, 409))
+async def cancel_run(request: Request[Any, Any, Any], run_id: FromPath[str]) -> Run:
+    """Cancel a run and every task of it that has not ended (running ones at their next beat).
+
+    A cancelled run is answered as it is (its tasks cancelled again); a completed or failed one
+    is 409.
+    """
+    run_id = params.path_id(run_id, "Run")
+    async with org_conn(request) as (org_id, conn):
+        run, changed = await cancel_store.cancel_run(
+            conn, org_id=org_id, run_id=run_id, now=ids.now_ms()
+        )
+    if run is None:
+        raise errors.NotFoundError(f"Run not found: {run_id}")
+    if not changed:
+        raise errors.ConflictError(
+            f"Run {run_id} is {run.status}; it cannot be cancelled", status=run.status
+        )
     return run
 
 
@@ -90,6 +113,6 @@ async def list_runs(
 router = Router(
     middleware=[auth.authenticated],
     path="/api/v1/runs",
-    route_handlers=[create_run, get_run, update_run, list_runs],
+    route_handlers=[create_run, get_run, cancel_run, update_run, list_runs],
     tags=["runs"],
 )

@@ -9,7 +9,15 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, JSONBody, QueryParameter
 
 from foreman import errors, ids, models
-from foreman.models import Pagination, Task, TaskCreate, TaskList, TaskStatus, TaskUpdate
+from foreman.models import (
+    AttemptList,
+    Pagination,
+    Task,
+    TaskCreate,
+    TaskList,
+    TaskStatus,
+    TaskUpdate,
+)
 from foreman.server import auth, params
 from foreman.server.deps import (
     MAX_OFFSET,
@@ -20,6 +28,8 @@ from foreman.server.deps import (
     state,
 )
 from foreman.server.responses import JsonResponse
+from foreman.store import cancel as cancel_store
+from foreman.store import dependencies as dependencies_store
 from foreman.store import tasks as tasks_store
 
 SORT_BY = "One of created_at, started_at, completed_at (camelCase accepted)." + params.ONCE
@@ -28,7 +38,31 @@ SORT_ORDER = "asc or desc, any case." + params.ONCE
 TASK_STATUSES: tuple[str, ...] = get_args(TaskStatus)
 
 
-def new_task(data: TaskCreate) -> tasks_store.NewTask:
+def parent_ids(
+    data: TaskCreate, refs: dict[str, str] | None = None, where: str = ""
+) -> tuple[str, ...]:
+    """dependsOn as task ids, each once: a ref of an earlier batch item (refs) or a task id."""
+    if data.ref is not None and refs is None:
+        raise errors.ValidationError(
+            "ref: only items of POST /api/v1/tasks/batch carry a ref", field="ref"
+        )
+    resolved: dict[str, None] = {}
+    for name in data.depends_on or ():
+        if refs is not None and name in refs:
+            resolved[refs[name]] = None
+        elif (task_id := ids.canonical_id(name)) is not None:
+            resolved[task_id] = None
+        elif refs is not None:
+            raise errors.ValidationError(
+                f"{where}dependsOn: {name!r} is neither the ref of an earlier item nor a task id",
+                field=f"{where}dependsOn",
+            )
+        else:
+            raise errors.NotFoundError(f"Task not found: {name}", field="dependsOn")
+    return tuple(resolved)
+
+
+def new_task(data: TaskCreate, depends_on: tuple[str, ...] = ()) -> tasks_store.NewTask:
     """The store's view of a create request."""
     return tasks_store.NewTask(
         run_id=str(data.run_id),
@@ -41,6 +75,15 @@ def new_task(data: TaskCreate) -> tasks_store.NewTask:
         delay_ms=data.delay_ms,
         idempotency_key=data.idempotency_key,
         enqueue=data.enqueue,
+        depends_on=depends_on,
+        on_parent_failure=data.on_parent_failure,
+    )
+
+
+def run_ended(run_id: str) -> errors.ConflictError:
+    """A task for an auto-complete run that has ended."""
+    return errors.ConflictError(
+        f"Run {run_id} has ended (autoComplete); it takes no more tasks", runId=run_id
     )
 
 
@@ -52,6 +95,8 @@ def insert_failure(
         return errors.NotFoundError(f"Run not found: {new.run_id}")
     if new.parent_task_id is not None and not result.parent_found:
         return errors.NotFoundError(f"Parent task not found: {new.parent_task_id}")
+    if not result.run_open:
+        return run_ended(new.run_id)
     return errors.ConflictError("The task could not be created, try again")
 
 
@@ -62,14 +107,17 @@ def insert_failure(
         200: ResponseSpec(
             data_container=Task, description="The task of a repeated idempotency key"
         ),
-        **error_responses(400, 404, 413),
+        **error_responses(400, 404, 409, 413),
     },
 )
 async def create_task(
     request: Request[Any, Any, Any], data: JSONBody[TaskCreate]
 ) -> Response[Task]:
-    """Create a task in a run (201), or return the task of a repeated idempotency key (200)."""
-    new = new_task(data)
+    """Create a task in a run (201), or return the task of a repeated idempotency key (200).
+
+    With ``dependsOn`` it is ``blocked`` until every parent has ended.
+    """
+    new = new_task(data, parent_ids(data))
     async with org_conn(request) as (org_id, conn):
         result = await tasks_store.insert_task(
             conn, org_id=org_id, task_id=ids.new_id(), new=new, now=ids.now_ms()
@@ -93,6 +141,61 @@ async def get_task(request: Request[Any, Any, Any], task_id: FromPath[str]) -> T
     if task is None:
         raise errors.NotFoundError(f"Task not found: {task_id}")
     return task
+
+
+@post("/{task_id:str}/cancel", status_code=200, responses=error_responses(400, 404, 409))
+async def cancel_task(request: Request[Any, Any, Any], task_id: FromPath[str]) -> Task:
+    """Cancel a task: at once unless it runs, then at its worker's next heartbeat (200).
+
+    A task already cancelled (or whose cancel is pending) is answered as it is; one that ended
+    completed or failed is 409.
+    """
+    task_id = params.path_id(task_id, "Task")
+    async with org_conn(request) as (org_id, conn):
+        result = await cancel_store.cancel_task(
+            conn, org_id=org_id, task_id=task_id, now=ids.now_ms()
+        )
+    task = result.task
+    if task is None:
+        raise errors.NotFoundError(f"Task not found: {task_id}")
+    if not result.changed and task.status in ("completed", "failed"):
+        raise errors.ConflictError(
+            f"Task {task_id} is {task.status}; it cannot be cancelled", status=task.status
+        )
+    return task
+
+
+@get(
+    "/{task_id:str}/parents",
+    responses=error_responses(400, 404),
+    before_request=params.exact_request,
+)
+async def list_parents(
+    request: Request[Any, Any, Any],
+    task_id: FromPath[str],
+    limit: Annotated[int, params.integer_param(ge=1, le=1000)] = 100,
+    offset: Annotated[int, params.integer_param(ge=0, le=MAX_OFFSET)] = 0,
+) -> TaskList:
+    """A task's parents (dependsOn) with their status and outputData, a page at a time."""
+    task_id = params.path_id(task_id, "Task")
+    async with org_conn(request) as (org_id, conn):
+        page = await dependencies_store.list_parents(
+            conn, org_id=org_id, task_id=task_id, limit=limit, offset=offset
+        )
+    if page is None:
+        raise errors.NotFoundError(f"Task not found: {task_id}")
+    return page
+
+
+@get("/{task_id:str}/attempts", responses=error_responses(400, 404))
+async def list_attempts(request: Request[Any, Any, Any], task_id: FromPath[str]) -> AttemptList:
+    """Every attempt of a task, oldest first: worker, start, end, outcome and error."""
+    task_id = params.path_id(task_id, "Task")
+    async with org_conn(request) as (org_id, conn):
+        attempts = await tasks_store.list_attempts(conn, org_id=org_id, task_id=task_id)
+    if attempts is None:
+        raise errors.NotFoundError(f"Task not found: {task_id}")
+    return AttemptList(data=attempts)
 
 
 @patch("/{task_id:str}", responses=error_responses(400, 404, 409, 413))
@@ -187,6 +290,15 @@ async def list_tasks(
 router = Router(
     middleware=[auth.authenticated],
     path="/api/v1/tasks",
-    route_handlers=[create_task, get_task, update_task, retry_task, list_tasks],
+    route_handlers=[
+        create_task,
+        get_task,
+        cancel_task,
+        list_parents,
+        list_attempts,
+        retry_task,
+        update_task,
+        list_tasks,
+    ],
     tags=["tasks"],
 )

@@ -7,20 +7,30 @@
 -- One statement: check run and parent, insert (idempotently), count the task on a shard of its
 -- run, and wake waiting claimers when it is ready now. The run is locked FOR KEY SHARE (it
 -- cannot be deleted until this commits): the work of a foreign key, once per statement. Autocommit: no BEGIN/COMMIT round trips.
+-- An auto-complete run (migration 0014) takes the task only while it has not ended: `u` bumps
+-- its task_epoch (so a completion that counted without this task is not applied) and re-checks
+-- completed_at on the latest row after the row lock; no `u` row, no insert (run_open false: 409).
 -- $1 org, $2 run, $3 parent, $4 id, $5 type, $6 status, $7 input, $8 metadata, $9 max retries,
--- $10 priority, $11 run after, $12 idempotency key, $13 now, $14 counter shard.
+-- $10 priority, $11 run after, $12 idempotency key, $13 now, $14 counter shard, $15 on parent
+-- failure (a task with dependencies: status 'blocked', store/dependencies.py adds its edges in the
+-- same transaction), $16 enqueue (queued_at: a blocked task is released to queued, else pending).
 WITH r AS (
-    SELECT id FROM run WHERE org_id = $1 AND id = $2 FOR KEY SHARE
+    SELECT id, auto_complete FROM run WHERE org_id = $1 AND id = $2 FOR KEY SHARE
+), u AS (
+    UPDATE run SET task_epoch = task_epoch + 1
+     WHERE org_id = $1 AND id IN (SELECT id FROM r WHERE auto_complete) AND completed_at IS NULL
+    RETURNING id
 ), p AS (
     SELECT id FROM task WHERE org_id = $1 AND id = $3 AND run_id = $2
 ), t AS (
     INSERT INTO task (id, run_id, parent_task_id, org_id, type, status, input_data, metadata,
                       max_retries, priority, run_after, idempotency_key, created_at, updated_at,
-                      queued_at)
+                      queued_at, on_parent_failure)
     SELECT $4, r.id, $3, $1, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13,
-           CASE WHEN $6 = 'queued' THEN $13::bigint END
+           CASE WHEN $16::bool THEN $13::bigint END, $15
       FROM r
-     WHERE $3::uuid IS NULL OR EXISTS (SELECT 1 FROM p)
+     WHERE ($3::uuid IS NULL OR EXISTS (SELECT 1 FROM p))
+       AND (NOT r.auto_complete OR EXISTS (SELECT 1 FROM u))
     ON CONFLICT (org_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
     RETURNING *
 ), c AS (
@@ -29,6 +39,7 @@ WITH r AS (
     ON CONFLICT (run_id, shard) DO UPDATE SET total_tasks = run_counter.total_tasks + 1
 )
 SELECT EXISTS (SELECT 1 FROM r) AS run_found, EXISTS (SELECT 1 FROM p) AS parent_found,
+       NOT EXISTS (SELECT 1 FROM r WHERE auto_complete) OR EXISTS (SELECT 1 FROM u) AS run_open,
        CASE WHEN t.status = 'queued' AND t.run_after <= $13
             THEN pg_notify('foreman_task_ready', $1) END AS notified,
        t.id, t.run_id, t.org_id, t.type, t.status, t.input_data, t.metadata, t.retry_count,
@@ -43,20 +54,30 @@ SELECT EXISTS (SELECT 1 FROM r) AS run_found, EXISTS (SELECT 1 FROM p) AS parent
 -- existing task of the same run or an earlier task of the batch. Idempotent repeats (keys that
 -- exist, or repeat within the batch) return the existing task; counters grow once per run.
 -- $1 org, $2..$12 one array per column (ids, runs, parents, types, statuses, inputs, metadata,
--- max retries, priorities, run after, idempotency keys), $13 now, $14 counter shard.
+-- max retries, priorities, run after, idempotency keys), $13 now, $14 counter shard, $15 on parent
+-- failure, $16 enqueue (as insert_task's). Auto-complete
+-- runs: as insert_task (an ended one refuses the whole batch: run_open false).
 WITH i AS (
     SELECT *
       FROM unnest($2::uuid[], $3::uuid[], $4::uuid[], $5::text[], $6::text[], $7::jsonb[],
-                  $8::jsonb[], $9::int[], $10::int[], $11::bigint[], $12::text[])
+                  $8::jsonb[], $9::int[], $10::int[], $11::bigint[], $12::text[], $15::text[],
+                  $16::bool[])
            WITH ORDINALITY AS i(id, run_id, parent_task_id, type, status, input_data, metadata,
-                                max_retries, priority, run_after, idempotency_key, ord)
+                                max_retries, priority, run_after, idempotency_key,
+                                on_parent_failure, enqueue, ord)
 ), r AS (
-    SELECT id FROM run WHERE org_id = $1 AND id = ANY($3::uuid[]) FOR KEY SHARE
+    SELECT id, auto_complete FROM run WHERE org_id = $1 AND id = ANY($3::uuid[]) FOR KEY SHARE
+), u AS (
+    UPDATE run SET task_epoch = task_epoch + 1
+     WHERE org_id = $1 AND id IN (SELECT id FROM r WHERE auto_complete) AND completed_at IS NULL
+    RETURNING id
 ), p AS (
     SELECT id, run_id FROM task WHERE org_id = $1 AND id = ANY($4::uuid[])
 ), v AS (
     SELECT i.ord,
            i.run_id IN (SELECT id FROM r) AS run_ok,
+           i.run_id NOT IN (SELECT id FROM r WHERE auto_complete)
+               OR i.run_id IN (SELECT id FROM u) AS run_open,
            (i.parent_task_id IS NULL
             OR EXISTS (SELECT 1 FROM p WHERE p.id = i.parent_task_id AND p.run_id = i.run_id)
             OR EXISTS (SELECT 1 FROM i AS e
@@ -66,12 +87,12 @@ WITH i AS (
 ), ins AS (
     INSERT INTO task (id, run_id, parent_task_id, org_id, type, status, input_data, metadata,
                       max_retries, priority, run_after, idempotency_key, created_at, updated_at,
-                      queued_at)
+                      queued_at, on_parent_failure)
     SELECT i.id, i.run_id, i.parent_task_id, $1, i.type, i.status, i.input_data, i.metadata,
            i.max_retries, i.priority, i.run_after, i.idempotency_key, $13, $13,
-           CASE WHEN i.status = 'queued' THEN $13::bigint END
+           CASE WHEN i.enqueue THEN $13::bigint END, i.on_parent_failure
       FROM i
-     WHERE NOT EXISTS (SELECT 1 FROM v WHERE NOT (v.run_ok AND v.parent_ok))
+     WHERE NOT EXISTS (SELECT 1 FROM v WHERE NOT (v.run_ok AND v.parent_ok AND v.run_open))
      ORDER BY i.ord
     ON CONFLICT (org_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
     RETURNING *
@@ -91,7 +112,7 @@ WITH i AS (
         ON k.idempotency_key = i.idempotency_key
      WHERE NOT EXISTS (SELECT 1 FROM ins WHERE ins.id = i.id)
 )
-SELECT v.run_ok, v.parent_ok,
+SELECT v.run_ok, v.parent_ok, v.run_open,
        (SELECT count(pg_notify('foreman_task_ready', $1))
           FROM (SELECT 1 FROM ins WHERE status = 'queued' AND run_after <= $13 LIMIT 1) q)
            AS notified,
@@ -155,3 +176,12 @@ SELECT s.status AS status_before,
        t.lease_expires_at, t.idempotency_key, t.worker_id
   FROM s
   LEFT JOIN t ON true
+
+-- list_attempts --
+-- Every attempt of a task, oldest first (task_attempt, migration 0012); found says whether the
+-- task exists (a task never claimed has no attempt). $1 org, $2 task id.
+SELECT EXISTS (SELECT 1 FROM task WHERE org_id = $1 AND id = $2) AS found,
+       a.attempt, a.worker_id, a.started_at, a.ended_at, a.duration_ms, a.outcome, a.error_data
+  FROM (SELECT 1) AS one
+  LEFT JOIN task_attempt a ON a.org_id = $1 AND a.task_id = $2
+ ORDER BY a.started_at, a.attempt

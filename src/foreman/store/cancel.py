@@ -1,0 +1,48 @@
+"""Cancellation of a task or a whole run (store/sql/cancel.sql: the statements and why)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from foreman.models import Run, Task
+from foreman.store import dependencies, queries
+from foreman.store import runs as runs_store
+from foreman.store.db import Db
+from foreman.store.queue import complete_open_runs
+from foreman.store.shards import shard
+from foreman.store.tasks import get_task
+
+_SQL = queries.load_statements("cancel")
+_CANCEL_TASK = _SQL["cancel_task"]
+_CANCEL_RUN = _SQL["cancel_run"]
+
+
+@dataclass(frozen=True, slots=True)
+class Cancelled:
+    """The task after a cancel; changed = this call cancelled it (or marked it, if running)."""
+
+    task: Task | None
+    changed: bool
+
+
+async def cancel_task(conn: Db, *, org_id: str, task_id: str, now: int) -> Cancelled:
+    """Cancel a task that has not ended: at once, or at its worker's next beat when running."""
+    record = await conn.fetchrow(_CANCEL_TASK, org_id, task_id, now, shard())
+    if record is not None:
+        await complete_open_runs(conn, org_id=org_id, records=[record], now=now)
+        task = queries.model_from(Task, record)
+        if task.status == "cancelled":  # its blocked children: cancelled or released
+            await dependencies.end_dependents(conn, org_id=org_id, parent_ids=[task.id], now=now)
+        return Cancelled(task, True)
+    return Cancelled(await get_task(conn, org_id=org_id, task_id=task_id), False)
+
+
+async def cancel_run(conn: Db, *, org_id: str, run_id: str, now: int) -> tuple[Run | None, bool]:
+    """Cancel a run and its tasks; the run as it is now, and whether this call cancelled it.
+
+    A run that ended completed or failed is not changed (False).
+    """
+    record = await conn.fetchrow(_CANCEL_RUN, org_id, run_id, now, shard())
+    assert record is not None
+    run = await runs_store.get_run(conn, org_id=org_id, run_id=run_id)
+    return run, bool(record["cancelled"])

@@ -1,0 +1,112 @@
+"""Task dependencies: edges, release and cancellation of children (store/sql/dependencies.sql)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from foreman import errors
+from foreman.models import Pagination, Task, TaskList
+from foreman.store import queries
+from foreman.store import runs as runs_store
+from foreman.store.db import Db
+from foreman.store.shards import shard
+
+_SQL = queries.load_statements("dependencies")
+_LOCK_PARENTS = _SQL["lock_parents"]
+_ADD_DEPENDENCIES = _SQL["add_dependencies"]
+_END_DEPENDENTS = _SQL["end_dependents"]
+_LIST_PARENTS = _SQL["list_parents"]
+_GET_TASKS = _SQL["get_tasks"]
+_RELEASE_CHILDREN = _SQL["release_children"]
+
+MAX_PARENTS = 10_000
+
+
+async def lock_parents(conn: Db, *, org_id: str, edges: Sequence[tuple[str, str]]) -> None:
+    """Lock the existing parents (and bump their child_epoch), in id order: the first statement of
+    the transaction that adds children, before the children's insert locks its run's counter rows
+    (a finish batch takes its tasks, then those rows: the same order, no deadlock)."""
+    children = [child for child, _ in edges]
+    parents = [parent for _, parent in edges]
+    await conn.execute(_LOCK_PARENTS, org_id, children, parents)
+
+
+async def add_dependencies(
+    conn: Db, *, org_id: str, edges: Sequence[tuple[str, str]], now: int
+) -> list[str]:
+    """Add (child, parent) edges of children inserted blocked in this transaction, after
+    lock_parents.
+
+    Raises NotFoundError for a parent that is not a task of the child's run (the caller's
+    transaction rolls back). Answers the ids of children released at once (every parent ended).
+    """
+    children = [child for child, _ in edges]
+    parents = [parent for _, parent in edges]
+    record = await conn.fetchrow(_ADD_DEPENDENCIES, org_id, children, parents, now, shard())
+    assert record is not None
+    if record["bad_child"] is not None:
+        raise errors.NotFoundError(
+            f"Task not found: {record['bad_parent']} (dependsOn of task {record['bad_child']}:"
+            " a task of the same run)",
+            field="dependsOn",
+        )
+    released = list(record["released_ids"] or [])
+    cascade = list(record["cascade_ids"] or [])
+    if cascade:
+        released += await end_dependents(conn, org_id=org_id, parent_ids=cascade, now=now)
+    return released
+
+
+async def end_dependents(
+    conn: Db, *, org_id: str, parent_ids: Sequence[str], now: int
+) -> list[str]:
+    """Release or cancel the blocked children of ended parents, transitively down the graph.
+
+    Each round is one statement; the children it cancels are the next round's parents. Answers
+    the ids of the children released to the queue (to publish on bullmq).
+    """
+    released: list[str] = []
+    runs: set[str] = set()
+    recheck: list[str] = []
+    pending = list(parent_ids)
+    while pending:
+        record = await conn.fetchrow(_END_DEPENDENTS, org_id, pending, now, shard())
+        assert record is not None
+        released += record["released_ids"] or []
+        runs.update(record["cascade_runs"] or [])
+        recheck += record["recheck_children"] or []
+        pending = list(record["cascade_ids"] or [])
+    if recheck:
+        released += await release_children(conn, org_id=org_id, child_ids=recheck, now=now)
+    if runs:  # cancelled children may have ended an auto-complete run
+        await runs_store.complete_runs(conn, org_id=org_id, run_ids=sorted(runs), now=now)
+    return released
+
+
+async def release_children(
+    conn: Db, *, org_id: str, child_ids: Sequence[str], now: int
+) -> list[str]:
+    """Release the blocked children among child_ids that no open edge is left to, with a fresh
+    snapshot (the last parents of a child ended in concurrent statements); the released ids."""
+    record = await conn.fetchrow(_RELEASE_CHILDREN, org_id, list(child_ids), now)
+    assert record is not None
+    return list(record["released_ids"] or [])
+
+
+async def list_parents(
+    conn: Db, *, org_id: str, task_id: str, limit: int, offset: int
+) -> TaskList | None:
+    """A page of the task's parents with their status and output; None: no such task."""
+    records = await conn.fetch(_LIST_PARENTS, org_id, task_id, limit, offset)
+    if not records or not records[0]["found"]:
+        return None
+    rows = [r for r in records if r["id"] is not None]
+    return TaskList(
+        data=queries.models_from(Task, rows),
+        pagination=Pagination(total=records[0]["total"], limit=limit, offset=offset),
+    )
+
+
+async def get_tasks(conn: Db, *, org_id: str, task_ids: Sequence[str]) -> list[Task]:
+    """Tasks by id (any order)."""
+    return queries.models_from(Task, await conn.fetch(_GET_TASKS, org_id, list(task_ids)))
