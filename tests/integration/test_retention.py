@@ -211,7 +211,9 @@ async def test_the_sweeper_prunes_when_retention_is_on(owner, retention_database
             if done == 0:
                 break
             total += done
-        assert total == 1 + 3 + 2
+        # The run, its run data and its tasks; the subtask goes uncounted when a batch deletes
+        # its parent first (the parent's ON DELETE CASCADE): which batch takes which is not fixed.
+        assert total in (1 + 3 + 2, 1 + 2 + 2)
         assert await rows_of(owner, old) == GONE
         assert (await rows_of(owner, kept))["run"] == 1
     finally:
