@@ -340,6 +340,7 @@ class QueueGauges:
                     command_timeout_s=self._settings.db_command_timeout_s,
                     connect_timeout_s=self._settings.db_connect_timeout_s,
                     app_role=False,
+                    pgbouncer=self._settings.db_pgbouncer,
                 )
             now = ids.now_ms()
             async with self._pool.acquire() as conn:
