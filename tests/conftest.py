@@ -50,9 +50,17 @@ async def database_url(admin_url: str) -> AsyncIterator[str]:
 
 
 async def truncate_all(url: str) -> None:
+    """Empty every table. A live server's sweeper or scheduler may hold row locks in another
+    order at that moment: PostgreSQL then aborts one side with a deadlock, and this tries again."""
     conn = await asyncpg.connect(url)
     try:
-        await conn.execute(f"TRUNCATE {', '.join(TABLES)} CASCADE")
+        for attempt in range(5):
+            try:
+                await conn.execute(f"TRUNCATE {', '.join(TABLES)} CASCADE")
+                return
+            except asyncpg.DeadlockDetectedError:
+                if attempt == 4:
+                    raise
     finally:
         await conn.close()
 

@@ -49,7 +49,10 @@ async def admin_conn(database_url: str) -> AsyncIterator[asyncpg.Connection]:
 @pytest.fixture
 async def db_url(database_url: str, admin_conn: asyncpg.Connection) -> str:
     """Every table emptied (children first): real commits, many connections, no leftovers."""
-    await admin_conn.execute("; ".join(f"DELETE FROM {table}" for table in TABLES))
+    # One table per statement: one transaction holding all of them could deadlock with the app's
+    # scheduler, which locks schedules and then writes runs and tasks.
+    for table in TABLES:
+        await admin_conn.execute(f"DELETE FROM {table}")
     return database_url
 
 

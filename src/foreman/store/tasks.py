@@ -6,6 +6,7 @@ import decimal
 from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
 import msgspec
 
 from foreman import errors
@@ -30,6 +31,11 @@ _TASK_COLUMNS = """t.id, t.run_id, t.org_id, t.type, t.status, t.input_data, t.m
        t.output_data, t.error_data, t.queued_at, t.started_at, t.completed_at, t.duration_ms,
        t.queue_job_id, CASE WHEN t.run_after > t.created_at THEN t.run_after END AS run_after,
        t.lease_expires_at, t.idempotency_key, t.worker_id"""
+# A transaction that adds tasks under their parents' and run's locks may deadlock with one ending
+# those parents (their locks are taken in another order): PostgreSQL rolls it back whole, so it
+# is run again, a few times, before the caller hears "Concurrent update, try again" (409).
+DEADLOCK_ATTEMPTS = 3
+_RETRYABLE = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
 _SORT_COLUMNS = {
     "created_at": "created_at",
     "started_at": "started_at",
@@ -89,6 +95,18 @@ async def insert_task(
     if not new.depends_on:
         return await _insert_task(conn, org_id=org_id, task_id=task_id, new=new, now=now)
     edges = [(task_id, parent) for parent in new.depends_on]
+    for attempt in range(DEADLOCK_ATTEMPTS):
+        try:
+            return await _insert_task_with_parents(conn, org_id, task_id, new, edges, now)
+        except _RETRYABLE:
+            if attempt + 1 == DEADLOCK_ATTEMPTS:
+                raise
+    raise AssertionError("unreachable")
+
+
+async def _insert_task_with_parents(
+    conn: Db, org_id: str, task_id: str, new: NewTask, edges: list[tuple[str, str]], now: int
+) -> InsertResult:
     async with conn.transaction():
         await dependencies.lock_parents(conn, org_id=org_id, edges=edges)
         result = await _insert_task(conn, org_id=org_id, task_id=task_id, new=new, now=now)
@@ -219,6 +237,20 @@ async def insert_tasks(
     with_parents = any(n.depends_on for n in news)
     if all(n.idempotency_key is None for n in news) and not with_parents:
         return await _insert_tasks(conn, org_id=org_id, task_ids=task_ids, news=news, now=now)
+    for attempt in range(DEADLOCK_ATTEMPTS):
+        try:
+            return await _insert_batch_in_transaction(
+                conn, org_id, task_ids, news, now, with_parents
+            )
+        except _RETRYABLE:
+            if attempt + 1 == DEADLOCK_ATTEMPTS:
+                raise
+    raise AssertionError("unreachable")
+
+
+async def _insert_batch_in_transaction(
+    conn: Db, org_id: str, task_ids: list[str], news: list[NewTask], now: int, with_parents: bool
+) -> BatchInsertResult:
     async with conn.transaction():
         if with_parents:
             edges = [
