@@ -333,14 +333,8 @@ class QueueGauges:
                 return
             if self._pool is None:
                 # The owner's connection, opened at the first scrape: it sees every organisation.
-                self._pool = await db.create_pool(
-                    self._database_url,
-                    min_size=0,
-                    max_size=1,
-                    command_timeout_s=self._settings.db_command_timeout_s,
-                    connect_timeout_s=self._settings.db_connect_timeout_s,
-                    app_role=False,
-                    pgbouncer=self._settings.db_pgbouncer,
+                self._pool = await db.open_owner_pool(
+                    self._settings, self._database_url, min_size=0
                 )
             now = ids.now_ms()
             async with self._pool.acquire() as conn:

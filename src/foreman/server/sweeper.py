@@ -90,15 +90,7 @@ class Sweeper:
         metrics: ServerMetrics | None = None,
     ) -> Sweeper:
         """A sweeper with its own small pool of owner connections."""
-        pool = await db.create_pool(
-            database_url,
-            min_size=1,
-            max_size=1,
-            command_timeout_s=settings.db_command_timeout_s,
-            connect_timeout_s=settings.db_connect_timeout_s,
-            app_role=False,
-            pgbouncer=settings.db_pgbouncer,
-        )
+        pool = await db.open_owner_pool(settings, database_url)
         return cls(
             pool,
             queue=queue,

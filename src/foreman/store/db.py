@@ -25,6 +25,7 @@ import asyncpg
 import msgspec
 
 from foreman import errors
+from foreman.settings import Settings
 from foreman.store.pool import Pool
 
 logger = logging.getLogger(__name__)
@@ -250,6 +251,22 @@ async def create_pool(
     pool = Pool(connect, min_size=min_size, max_size=max_size, max_idle_s=IDLE_CLOSE_S)
     await pool.open()
     return pool
+
+
+async def open_owner_pool(
+    settings: Settings, database_url: str, *, min_size: int = 1
+) -> Pool[Connection]:
+    """One connection of the table owner (every organisation's rows), for a background loop of
+    a server process (sweeper, scheduler, metrics): the pool settings of the request pool."""
+    return await create_pool(
+        database_url,
+        min_size=min_size,
+        max_size=1,
+        command_timeout_s=settings.db_command_timeout_s,
+        connect_timeout_s=settings.db_connect_timeout_s,
+        app_role=False,
+        pgbouncer=settings.db_pgbouncer,
+    )
 
 
 class OrgConnection:
