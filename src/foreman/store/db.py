@@ -1,16 +1,24 @@
-"""The connection pool, the JSON codec and the per-transaction binding of connections.
+"""The connection pool, the JSON codec and the binding of connections to an organisation.
 
 Request queries run as the role ``foreman_app`` (no BYPASSRLS, owns nothing), so the row-level
 security policies of the migrations apply to them, and see one organisation
-(``app.current_org_id``). Nothing of that is session state: every statement runs in a transaction
-of its own (or in the caller's explicit one) that first sets the role, the organisation and the
-statement timeout with ``set_config(..., true)`` (``SET LOCAL``), so they hold for exactly that
-transaction. That is what a pooler in transaction mode (PgBouncer) needs: the next transaction may
-run on a server connection another client used, and finds nothing of ours left on it.
+(``app.current_org_id``). How that is bound depends on what sits between us and PostgreSQL:
 
-The settings travel in the statement's own round trip: a Bind and an Execute of the setter are
-written to the socket just before asyncpg's own messages for the statement, and the one Sync at
-their end makes the two one implicit transaction (see ``Connection._do_execute``).
+* **Directly** (the default), role and statement timeout are session settings made when a
+  connection opens, and the organisation is a session setting too, changed only when the
+  connection changes organisation: a request of the organisation the connection served last
+  pays nothing. The change travels in front of the next statement, in its round trip, and only
+  outside a transaction block; a connection whose last change may have rolled back forgets what
+  it holds and sends it again. Inside a transaction block a pending change is made for that
+  transaction only (``set_config(..., true)``).
+* **Behind PgBouncer in transaction mode** (FOREMAN_DB_PGBOUNCER), nothing may be session
+  state: the next transaction may run on a server connection another client used. Every
+  statement's transaction first sets the role, the organisation and the statement timeout with
+  ``set_config(..., true)`` (``SET LOCAL``), so they hold for exactly that transaction.
+
+Either way the settings travel in the statement's own round trip: a Bind and an Execute of the
+setter are written to the socket just before asyncpg's own messages for the statement, and the
+one Sync at their end makes the two one implicit transaction (see ``Connection._do_execute``).
 """
 
 from __future__ import annotations
@@ -41,8 +49,10 @@ _SET_LOCAL = (
     " OR set_config('app.current_org_id', $2, true) IS NULL"
     " OR set_config('statement_timeout', $3, true) IS NULL"
 )
-SETTER_NAME = "foreman_set_local"
-_PREPARE_SETTER = f"PREPARE {SETTER_NAME}(text, text, text) AS {_SET_LOCAL}"
+# The organisation alone, for a session ($2 false) or for the transaction block ($2 true).
+_SET_ORG = "SELECT WHERE set_config('app.current_org_id', $1, $2::bool) IS NULL"
+ORG_SETTER_NAME = "foreman_set_org"
+_PREPARE_ORG_SETTER = f"PREPARE {ORG_SETTER_NAME}(text, bool) AS {_SET_ORG}"
 _TEXT_OID = 25
 # Statements asyncpg's Transaction sends without parameters: they stay simple queries.
 _TRANSACTION_CONTROL = ("BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE")
@@ -63,76 +73,105 @@ def _cstr(value: str) -> bytes:
 
 
 class Binder:
-    """The protocol messages that set role, organisation and statement timeout for one
-    transaction, ready to be written before a statement's own.
+    """The protocol messages that bind a connection's statements to an organisation, ready to be
+    written before a statement's own.
 
-    ``prepared``: the setter is a named statement that each connection prepares once when it opens
-    (``prepare_setter``); otherwise (PgBouncer: no statement outlives a transaction there) it is
-    parsed again, as the unnamed statement, in front of every statement. The unnamed statement is
-    free then: with its cache off asyncpg parses its own statements again in every Bind too.
+    ``per_transaction`` (PgBouncer): every statement carries role, organisation and statement
+    timeout for its own transaction; the setter is parsed again, as the unnamed statement, in
+    front of each (no statement outlives a transaction there; with its cache off asyncpg parses
+    its own statements again in every Bind too). Otherwise role and statement timeout are set for
+    the session when the connection opens (``open_session``), which also prepares the named
+    organisation setter that ``org_prefix`` binds.
     """
 
-    __slots__ = ("_cache", "_parse", "_role", "_statement", "_timeout")
+    __slots__ = ("_cache", "_parse", "_role", "_timeout", "per_transaction")
 
-    def __init__(self, *, role: str, statement_timeout_ms: int, prepared: bool) -> None:
-        self._role = role.encode()
-        self._timeout = str(statement_timeout_ms).encode()
-        self._statement = SETTER_NAME if prepared else ""
-        self._parse = (
-            b""
-            if prepared
-            else _message(
-                b"P", _cstr("") + _cstr(_SET_LOCAL) + struct.pack("!hiii", 3, *[_TEXT_OID] * 3)
-            )
+    def __init__(self, *, role: str, statement_timeout_ms: int, per_transaction: bool) -> None:
+        self._role = role
+        self._timeout = statement_timeout_ms
+        self.per_transaction = per_transaction
+        self._parse = _message(
+            b"P", _cstr("") + _cstr(_SET_LOCAL) + struct.pack("!hiii", 3, *[_TEXT_OID] * 3)
         )
-        self._cache: dict[str, bytes] = {}
+        self._cache: dict[tuple[str, bool], bytes] = {}
 
     def prefix(self, org_id: str) -> bytes:
-        """Parse (if not prepared), Bind and Execute of the setter for org_id ("": no org)."""
-        cached = self._cache.get(org_id)
+        """Parse, Bind and Execute of the whole setter for org_id ("": no org), per transaction."""
+        return self._cached(org_id, True, self._build_local)
+
+    def org_prefix(self, org_id: str, *, local: bool) -> bytes:
+        """Bind and Execute of the prepared organisation setter: for the session, or (local) for
+        the transaction block the connection is in."""
+        return self._cached(org_id, local, self._build_org)
+
+    def _cached(self, org_id: str, local: bool, build: Callable[[str, bool], bytes]) -> bytes:
+        key = (org_id, local)
+        cached = self._cache.get(key)
         if cached is not None:
             return cached
-        values = (self._role, org_id.encode(), self._timeout)
-        params = b"".join(struct.pack("!i", len(v)) + v for v in values)
-        bind = _cstr("") + _cstr(self._statement) + struct.pack("!hhh", 1, 0, 3) + params
-        execute = _cstr("") + struct.pack("!i", 0)
-        prefix = self._parse + _message(b"B", bind + struct.pack("!h", 0)) + _message(b"E", execute)
         if len(self._cache) >= _PREFIX_CACHE_MAX:
             self._cache.clear()
-        self._cache[org_id] = prefix
+        prefix = self._cache[key] = build(org_id, local)
         return prefix
 
-    async def prepare_setter(self, conn: asyncpg.Connection) -> None:
-        """Prepare the named setter on a new connection (nothing to do when it is not named)."""
-        if self._statement:
-            await conn.execute(_PREPARE_SETTER)
+    def _build_local(self, org_id: str, _local: bool) -> bytes:
+        values = (self._role.encode(), org_id.encode(), str(self._timeout).encode())
+        return self._parse + _bind_execute("", values)
+
+    def _build_org(self, org_id: str, local: bool) -> bytes:
+        return _bind_execute(ORG_SETTER_NAME, (org_id.encode(), b"t" if local else b"f"))
+
+    async def open_session(self, conn: asyncpg.Connection) -> None:
+        """Session settings of a new connection (nothing when every statement carries them)."""
+        if self.per_transaction:
+            return
+        role = f"SET ROLE {self._role}; " if self._role != OWNER_ROLE else ""
+        await conn.execute(f"{role}SET statement_timeout = {self._timeout}; {_PREPARE_ORG_SETTER}")
+
+
+def _bind_execute(statement: str, values: tuple[bytes, ...]) -> bytes:
+    # Bind: unnamed portal, the statement, every parameter in text format, results in text.
+    params = b"".join(struct.pack("!i", len(v)) + v for v in values)
+    bind = _cstr("") + _cstr(statement) + struct.pack("!hh", 1, 0)
+    bind += struct.pack("!h", len(values)) + params + struct.pack("!h", 0)
+    return _message(b"B", bind) + _message(b"E", _cstr("") + struct.pack("!i", 0))
 
 
 class Connection(asyncpg.Connection):
-    """An asyncpg connection whose statements carry their transaction's settings (Binder)."""
+    """An asyncpg connection whose statements see the organisation it is bound to (Binder)."""
 
-    __slots__ = ("_foreman_binder", "_foreman_prefix", "_foreman_unbound")
+    __slots__ = ("_foreman_binder", "_foreman_org", "_foreman_session_org")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._foreman_binder: Binder | None = None
-        self._foreman_unbound: bytes | None = None  # the settings without an organisation
-        self._foreman_prefix: bytes | None = None
+        self._foreman_org = ""  # the organisation its statements must see ("": none)
+        # What the session holds (direct connections); None: unknown, a change may have rolled back.
+        self._foreman_session_org: str | None = ""
 
     def use_binder(self, binder: Binder) -> None:
         """From now on every statement runs with binder's settings, and no organisation."""
         self._foreman_binder = binder
-        self._foreman_unbound = self._foreman_prefix = binder.prefix("")
 
     def bind_org(self, org_id: str) -> None:
         """Make org_id the organisation row-level security lets the next statements see."""
         if self._foreman_binder is None:
             raise errors.ForemanError("bind_org needs a connection of an app pool")
-        self._foreman_prefix = self._foreman_binder.prefix(org_id)
+        self._foreman_org = org_id
 
     def unbind_org(self) -> None:
         """Statements see no organisation again (the connection goes back to its pool)."""
-        self._foreman_prefix = self._foreman_unbound
+        self._foreman_org = ""
+
+    def _foreman_prefix(self) -> bytes | None:
+        binder = self._foreman_binder
+        if binder is None:
+            return None
+        if binder.per_transaction:
+            return binder.prefix(self._foreman_org)
+        if self._foreman_session_org == self._foreman_org:
+            return None
+        return binder.org_prefix(self._foreman_org, local=self.is_in_transaction())
 
     async def _do_execute(
         self,
@@ -145,9 +184,9 @@ class Connection(asyncpg.Connection):
         # Every extended-protocol statement of asyncpg (fetch*, execute with arguments,
         # executemany) passes here with the executor that writes its Bind/Execute/Sync: the
         # setter's messages go out first, on the same socket, in the same round trip. asyncpg
-        # reads their answers (ParseComplete, BindComplete, CommandComplete, no row) as part of
-        # the statement's. Fenced by asyncpg's upper bound and tests/integration/test_pgbouncer.py.
-        prefix = self._foreman_prefix
+        # reads their answers (BindComplete, CommandComplete, no row) as part of the
+        # statement's. Fenced by asyncpg's upper bound and tests/integration/test_pgbouncer.py.
+        prefix = self._foreman_prefix()
         if prefix is None:
             return await super()._do_execute(query, executor, timeout, *args, **kwargs)  # type: ignore[misc]
         write = self._transport.write  # type: ignore[attr-defined]
@@ -156,14 +195,23 @@ class Connection(asyncpg.Connection):
             write(prefix)
             return executor(statement, timeout)
 
-        return await super()._do_execute(query, bound, timeout, *args, **kwargs)  # type: ignore[misc]
+        binder = self._foreman_binder
+        session = binder is not None and not binder.per_transaction and not self.is_in_transaction()
+        org = self._foreman_org
+        if session:
+            # Until the answer: the statement may fail and roll the setting back with it.
+            self._foreman_session_org = None
+        result = await super()._do_execute(query, bound, timeout, *args, **kwargs)  # type: ignore[misc]
+        if session:
+            self._foreman_session_org = org
+        return result
 
     async def execute(self, query: str, *args: Any, timeout: float | None = None) -> str:  # noqa: ASYNC109
-        """asyncpg's execute; on a bound connection a statement without arguments is sent as an
-        extended-protocol one too, so that it also carries the settings (one statement only)."""
+        """asyncpg's execute; a statement without arguments that must carry a setting is sent as
+        an extended-protocol one too, so that it does (one statement only)."""
         if (
             args
-            or self._foreman_prefix is None
+            or self._foreman_prefix() is None
             or query.lstrip().upper().startswith(_TRANSACTION_CONTROL)
         ):
             return await super().execute(query, *args, timeout=timeout)
@@ -219,14 +267,15 @@ async def create_pool(
     round trip each; PgBouncer 1.18 cannot keep prepared statements of transaction-pooled
     clients).
 
-    Nothing is reset when a connection comes back: no setting outlives its transaction, and the
-    pool terminates a connection whose lease ended in doubt (see store/pool.py).
+    Without pgbouncer the settings are the session's (see the module docstring), and a dsn that
+    leads to a pooler in transaction mode is refused. Nothing is reset when a connection comes
+    back; the pool terminates a connection whose lease ended in doubt (see store/pool.py).
     """
     timeout_ms = max(1, round(command_timeout_s * 1000))
     binder = Binder(
         role=APP_ROLE if app_role else OWNER_ROLE,
         statement_timeout_ms=timeout_ms,
-        prepared=not pgbouncer,
+        per_transaction=pgbouncer,
     )
 
     async def connect() -> Connection:
@@ -241,16 +290,45 @@ async def create_pool(
             )
             try:
                 await _init_connection(conn)
-                await binder.prepare_setter(conn)
+                await binder.open_session(conn)
                 conn.use_binder(binder)
             except BaseException:
                 conn.terminate()
                 raise
             return conn
 
+    if not pgbouncer and dsn not in _direct_dsns:
+        await _refuse_a_transaction_pooler(dsn, connect_timeout_s)
+        _direct_dsns.add(dsn)
     pool = Pool(connect, min_size=min_size, max_size=max_size, max_idle_s=IDLE_CLOSE_S)
     await pool.open()
     return pool
+
+
+# The database URLs seen to reach PostgreSQL directly (or through a pooler in session mode).
+_direct_dsns: set[str] = set()
+
+
+async def _refuse_a_transaction_pooler(dsn: str, connect_timeout_s: float) -> None:
+    """Session settings are only safe on a connection that keeps its server session: two
+    connections answered by one server process are a pooler in transaction (or statement) mode,
+    where an organisation bound by one client would be seen by another's statements."""
+    with translate_errors():
+        first = await asyncpg.connect(dsn, timeout=connect_timeout_s, statement_cache_size=0)
+        try:
+            second = await asyncpg.connect(dsn, timeout=connect_timeout_s, statement_cache_size=0)
+            try:
+                pid = await first.fetchval("SELECT pg_backend_pid()")
+                same = await second.fetchval("SELECT pg_backend_pid()") == pid
+            finally:
+                await second.close()
+        finally:
+            await first.close()
+    if same:
+        raise errors.ForemanError(
+            "The database URL leads to a connection pooler in transaction mode (two connections"
+            " share one PostgreSQL session): set FOREMAN_DB_PGBOUNCER=true"
+        )
 
 
 async def open_owner_pool(
