@@ -48,9 +48,20 @@ def bench(
     api_key: Annotated[
         str | None, typer.Option(help="Key for --endpoint (default: a bench key).")
     ] = None,
+    worker_processes: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="`foreman worker` processes of the end-to-end figures (default 1)."
+        ),
+    ] = None,
+    worker_concurrency: Annotated[
+        int | None,
+        typer.Option(min=1, help="Handlers at once in each worker process (default 200)."),
+    ] = None,
 ) -> None:
     """Measure API throughput, PostgreSQL's ceiling and scale on this machine; print a table."""
     import asyncio  # heavy imports only when the command runs
+    import dataclasses
 
     from foreman.bench import report as report_module
     from foreman.bench import services, suite
@@ -71,8 +82,14 @@ def bench(
     workers = server_workers or (
         settings.server_workers if "FOREMAN_SERVER_WORKERS" in os.environ else os.cpu_count() or 1
     )
+    profile = QUICK if quick else FULL
+    profile = dataclasses.replace(
+        profile,
+        e2e_worker_processes=worker_processes or profile.e2e_worker_processes,
+        e2e_worker_concurrency=worker_concurrency or profile.e2e_worker_concurrency,
+    )
     options = suite.BenchOptions(
-        profile=QUICK if quick else FULL,
+        profile=profile,
         figures=figures,
         endpoint=endpoint,
         api_key=api_key or BENCH_API_KEY,
@@ -91,6 +108,7 @@ def bench(
         f"\n{result.meta['cores']} cores, {result.meta['memory_gib']} GiB; "
         f"{options.profile.concurrency} connections, {options.profile.warmup_s:g} s warm-up, "
         f"{options.profile.duration_s:g} s per figure; server processes: {result.meta['server_processes']}; "
+        f"worker processes: {profile.e2e_worker_processes} (each {profile.e2e_worker_concurrency} handlers); "
         f"load generator on the same machine; took {result.meta['elapsed_s']:.0f} s"
     )
     if json_path is not None:
