@@ -10,15 +10,13 @@ table owner's (no ``SET ROLE foreman_app``), which row-level security does not b
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import random
 
-from foreman import background, ids
+from foreman import ids
 from foreman.models import Schedule
 from foreman.queue.base import QueueBackend
 from foreman.server.metrics import ServerMetrics
-from foreman.server.sweeper import OUTAGES
+from foreman.server.periodic import OUTAGES, Periodic
 from foreman.settings import Settings
 from foreman.store import db
 from foreman.store import schedules as schedules_store
@@ -27,8 +25,12 @@ from foreman.store.pool import Pool
 logger = logging.getLogger(__name__)
 
 
-class Scheduler:
-    """Runs fire() periodically in the background of a server process."""
+class Scheduler(Periodic):
+    """Runs fire_all() periodically in the background of a server process."""
+
+    task_name = "foreman-scheduler"
+    what = "firing schedules"
+    log = logger
 
     def __init__(
         self,
@@ -39,12 +41,10 @@ class Scheduler:
         batch: int,
         metrics: ServerMetrics | None = None,
     ) -> None:
-        self._pool = pool
+        super().__init__(pool, interval_s=interval_s)
         self._queue = queue
         self._metrics = metrics
-        self._interval_s = interval_s
         self._batch = batch
-        self._task: asyncio.Task[None] | None = None
 
     @classmethod
     async def open(
@@ -65,26 +65,9 @@ class Scheduler:
             metrics=metrics,
         )
 
-    def start(self) -> None:
-        """Fire due schedules every interval until close()."""
-        self._task = asyncio.create_task(self._loop(), name="foreman-scheduler")
-
-    async def close(self) -> None:
-        """Stop firing and close the pool."""
-        task, self._task = self._task, None
-        await background.cancel_and_wait(task)
-        await self._pool.close()
-
-    async def _loop(self) -> None:
-        while True:
-            # Jitter: replicas started together do not all claim at the same instant.
-            await asyncio.sleep(self._interval_s * random.uniform(0.8, 1.2))  # noqa: S311
-            try:
-                await self.fire_all(now=ids.now_ms())
-            except OUTAGES as exc:
-                logger.warning("schedules not fired, database unavailable: %s", exc)
-            except Exception:
-                logger.exception("firing schedules failed")
+    async def tick(self) -> None:
+        """Fire every schedule due now."""
+        await self.fire_all(now=ids.now_ms())
 
     async def fire_all(self, *, now: int) -> int:
         """Fire every schedule due at now, a batch per transaction; the runs created."""

@@ -11,17 +11,14 @@ organisations, so they are the table owner's (role ``none`` in each transaction,
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import random
 from dataclasses import dataclass
 
-import asyncpg
-
-from foreman import background, errors, ids
+from foreman import ids
 from foreman.models import Task
 from foreman.queue.base import Message, QueueBackend, ready_messages
 from foreman.server.metrics import ServerMetrics
+from foreman.server.periodic import Periodic
 from foreman.settings import Settings
 from foreman.store import db, dependencies, retention, statistics
 from foreman.store import queue as queue_store
@@ -33,15 +30,6 @@ logger = logging.getLogger(__name__)
 # pg_try_advisory_xact_lock key: "foreman\x01" as a big-endian int64.
 SWEEP_LOCK_KEY = int.from_bytes(b"foreman\x01", "big", signed=True)
 _TRY_LOCK = "SELECT pg_try_advisory_xact_lock($1)"
-OUTAGES = (
-    OSError,
-    TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.InternalClientError,  # a connection left mid-protocol by a server shutting down
-    errors.UnavailableError,
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,8 +42,12 @@ class SweepResult:
     republished: int = 0
 
 
-class Sweeper:
-    """Runs sweep() periodically in the background of a server process."""
+class Sweeper(Periodic):
+    """Runs sweep() and prune() periodically in the background of a server process."""
+
+    task_name = "foreman-sweeper"
+    what = "sweep"
+    log = logger
 
     def __init__(
         self,
@@ -69,16 +61,14 @@ class Sweeper:
         retention_batch: int = retention.DEFAULT_BATCH_ROWS,
         metrics: ServerMetrics | None = None,
     ) -> None:
-        self._pool = pool
+        super().__init__(pool, interval_s=interval_s)
         self._retention_ms = None if retention_s is None else round(retention_s * 1000)
         self._retention_batch = retention_batch
         self._metrics = metrics
         self._queue = queue
-        self._interval_s = interval_s
         self._batch = batch
         self._grace_ms = round(grace_s * 1000)
         self._cursor = queue_store.ReadyCursor()
-        self._task: asyncio.Task[None] | None = None
 
     @classmethod
     async def open(
@@ -104,44 +94,24 @@ class Sweeper:
             metrics=metrics,
         )
 
-    def start(self) -> None:
-        """Sweep every interval until close()."""
-        self._task = asyncio.create_task(self._loop(), name="foreman-sweeper")
-
-    async def close(self) -> None:
-        """Stop sweeping and close the pool."""
-        task, self._task = self._task, None
-        await background.cancel_and_wait(task)
-        await self._pool.close()
-
-    async def _loop(self) -> None:
-        while True:
-            # Jitter: replicas started together do not all try the lock at the same instant.
-            await asyncio.sleep(self._interval_s * random.uniform(0.8, 1.2))  # noqa: S311
-            try:
-                result = await self.sweep(now=ids.now_ms())
-                pruned = await self.prune(now=ids.now_ms())
-            except OUTAGES as exc:
-                # A database outage must not end the sweeper (nor fill the log): try again.
-                logger.warning("sweep skipped, database unavailable: %s", exc)
-                continue
-            except Exception:
-                logger.exception("sweep failed")
-                continue
-            if result.retried or result.failed or result.republished:
-                logger.info(
-                    "sweep: %d lease(s) expired and retried, %d failed, %d task(s) republished",
-                    result.retried,
-                    result.failed,
-                    result.republished,
-                )
-            if pruned.rows:
-                logger.info(
-                    "retention: deleted %d run(s), %d task(s), %d run data row(s)",
-                    pruned.runs,
-                    pruned.tasks,
-                    pruned.run_data,
-                )
+    async def tick(self) -> None:
+        """One sweep, then one batch of retention; what they did is logged."""
+        result = await self.sweep(now=ids.now_ms())
+        pruned = await self.prune(now=ids.now_ms())
+        if result.retried or result.failed or result.republished:
+            logger.info(
+                "sweep: %d lease(s) expired and retried, %d failed, %d task(s) republished",
+                result.retried,
+                result.failed,
+                result.republished,
+            )
+        if pruned.rows:
+            logger.info(
+                "retention: deleted %d run(s), %d task(s), %d run data row(s)",
+                pruned.runs,
+                pruned.tasks,
+                pruned.run_data,
+            )
 
     async def sweep(self, *, now: int) -> SweepResult:
         """One sweep as of now (epoch ms), if no other process is sweeping right now."""

@@ -93,6 +93,14 @@ def model_from(model: type[M], record: Any) -> M:
     return model(*_fields_getter(model, tuple(record.keys()))(record))
 
 
+async def fetch_model(
+    conn: asyncpg.Connection, model: type[M], sql: str, *args: object
+) -> M | None:
+    """The one row of sql as model, or None when there is none."""
+    record = await conn.fetchrow(sql, *args)
+    return None if record is None else model_from(model, record)
+
+
 SORT_ORDERS = {"asc": "ASC", "desc": "DESC"}
 
 

@@ -52,8 +52,7 @@ async def complete_due_runs(conn: Db, *, now: int, limit: int) -> int:
 
 async def get_run(conn: Db, *, org_id: str, run_id: str) -> Run | None:
     """The run with its counters, or None."""
-    record = await conn.fetchrow(_GET_RUN, org_id, run_id)
-    return None if record is None else queries.model_from(Run, record)
+    return await queries.fetch_model(conn, Run, _GET_RUN, org_id, run_id)
 
 
 async def update_run(

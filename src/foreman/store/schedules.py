@@ -90,14 +90,12 @@ async def insert_schedule(
 
 async def get_schedule(conn: Db, *, org_id: str, schedule_id: str) -> Schedule | None:
     """The schedule, or None."""
-    record = await conn.fetchrow(_GET_SCHEDULE, org_id, schedule_id)
-    return None if record is None else queries.model_from(Schedule, record)
+    return await queries.fetch_model(conn, Schedule, _GET_SCHEDULE, org_id, schedule_id)
 
 
 async def delete_schedule(conn: Db, *, org_id: str, schedule_id: str) -> Schedule | None:
     """Delete the schedule (the runs it created stay); the schedule as it was, or None."""
-    record = await conn.fetchrow(_DELETE_SCHEDULE, org_id, schedule_id)
-    return None if record is None else queries.model_from(Schedule, record)
+    return await queries.fetch_model(conn, Schedule, _DELETE_SCHEDULE, org_id, schedule_id)
 
 
 async def update_schedule(

@@ -332,14 +332,12 @@ async def _insert_tasks(
 
 async def get_task(conn: Db, *, org_id: str, task_id: str) -> Task | None:
     """The task, or None."""
-    record = await conn.fetchrow(_GET_TASK, org_id, task_id)
-    return None if record is None else queries.model_from(Task, record)
+    return await queries.fetch_model(conn, Task, _GET_TASK, org_id, task_id)
 
 
 async def get_task_by_key(conn: Db, *, org_id: str, key: str) -> Task | None:
     """The task created with this idempotency key, or None."""
-    record = await conn.fetchrow(_GET_TASK_BY_KEY, org_id, key)
-    return None if record is None else queries.model_from(Task, record)
+    return await queries.fetch_model(conn, Task, _GET_TASK_BY_KEY, org_id, key)
 
 
 async def list_attempts(conn: Db, *, org_id: str, task_id: str) -> list[Attempt] | None:

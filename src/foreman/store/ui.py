@@ -57,31 +57,31 @@ def id_range(text: str) -> tuple[str, str] | None:
     return uuid(digits.ljust(32, "0")), uuid(digits.ljust(32, "f"))
 
 
-def _runs_where(org_id: str, status: str | None, ids: tuple[str, str] | None) -> queries.Where:
-    where = queries.Where(["r.org_id = $1"], [org_id])
-    if status is not None:
-        where.add("r.status = {}", status)
-    if ids is not None:
-        where.add("r.id BETWEEN {}::uuid AND {}::uuid", *ids)
-    return where
+@dataclass(frozen=True, slots=True)
+class Runs:
+    """The organisation's runs by status and id range, sorted: a page of them, or their count."""
 
+    org_id: str
+    status: str | None
+    ids: tuple[str, str] | None
+    sort_by: str
+    order: str
 
-async def runs_page(
-    conn: Db,
-    *,
-    org_id: str,
-    status: str | None,
-    ids: tuple[str, str] | None,
-    sort_by: str,
-    order: str,
-    limit: int,
-    offset: int,
-) -> list[Run]:
-    """A page of runs with their counters (limit + 1 rows tell the caller a next page exists)."""
-    where = _runs_where(org_id, status, ids)
-    column, direction = RUN_SORTS[RUN_SORTS.index(sort_by)], queries.SORT_ORDERS[order]
-    nulls = "NULLS LAST" if direction == "DESC" else "NULLS FIRST"
-    sql = f"""
+    def _where(self) -> queries.Where:
+        where = queries.Where(["r.org_id = $1"], [self.org_id])
+        if self.status is not None:
+            where.add("r.status = {}", self.status)
+        if self.ids is not None:
+            where.add("r.id BETWEEN {}::uuid AND {}::uuid", *self.ids)
+        return where
+
+    async def page(self, conn: Db, *, limit: int, offset: int) -> list[Run]:
+        """A page of runs with their counters (limit + 1 rows tell the caller a next page exists)."""
+        where = self._where()
+        column = RUN_SORTS[RUN_SORTS.index(self.sort_by)]
+        direction = queries.SORT_ORDERS[self.order]
+        nulls = "NULLS LAST" if direction == "DESC" else "NULLS FIRST"
+        sql = f"""
 SELECT r.*, c.*
   FROM (SELECT * FROM run r WHERE {where.sql()}
          ORDER BY r.{column} {direction} {nulls}, r.id {direction}
@@ -89,84 +89,76 @@ SELECT r.*, c.*
  CROSS JOIN LATERAL run_task_counts(r.id) c
  ORDER BY r.{column} {direction} {nulls}, r.id {direction}
 """  # noqa: S608 - fixed fragments only; every value is a parameter
-    return queries.models_from(Run, await conn.fetch(sql, *where.args))
+        return queries.models_from(Run, await conn.fetch(sql, *where.args))
+
+    async def count(self, conn: Db, *, bound: int) -> Count:
+        """How many runs match, up to bound."""
+        return await _bounded(conn, self._where(), "run r", bound)
 
 
-async def count_runs(
-    conn: Db, *, org_id: str, status: str | None, ids: tuple[str, str] | None, bound: int
-) -> Count:
-    """How many runs match, up to bound."""
-    return await _bounded(conn, _runs_where(org_id, status, ids), "run r", bound)
+@dataclass(frozen=True, slots=True)
+class RunTasks:
+    """A run's tasks, by status, oldest first: a page of them, or their count."""
 
+    org_id: str
+    run_id: str
+    status: str | None
 
-def _tasks_where(org_id: str, run_id: str, status: str | None) -> queries.Where:
-    where = queries.Where(["t.org_id = $1", "t.run_id = $2"], [org_id, run_id])
-    if status is not None:
-        where.add("t.status = {}", status)
-    return where
+    def _where(self) -> queries.Where:
+        where = queries.Where(["t.org_id = $1", "t.run_id = $2"], [self.org_id, self.run_id])
+        if self.status is not None:
+            where.add("t.status = {}", self.status)
+        return where
 
-
-async def run_tasks_page(
-    conn: Db, *, org_id: str, run_id: str, status: str | None, limit: int, offset: int
-) -> list[Task]:
-    """A page of a run's tasks, oldest first (task_run_status_idx / task_run_created_idx)."""
-    where = _tasks_where(org_id, run_id, status)
-    sql = f"""
+    async def page(self, conn: Db, *, limit: int, offset: int) -> list[Task]:
+        """A page of a run's tasks (task_run_status_idx / task_run_created_idx)."""
+        where = self._where()
+        sql = f"""
 SELECT t.*
   FROM task_answer t
  WHERE {where.sql()}
  ORDER BY t.created_at, t.id
  LIMIT {where.param(limit)} OFFSET {where.param(offset)}
 """  # noqa: S608 - fixed fragments only; every value is a parameter
-    return queries.models_from(Task, await conn.fetch(sql, *where.args))
+        return queries.models_from(Task, await conn.fetch(sql, *where.args))
+
+    async def count(self, conn: Db, *, bound: int) -> Count:
+        """How many of the run's tasks have status, up to bound."""
+        return await _bounded(conn, self._where(), "task t", bound)
 
 
-async def count_run_tasks(
-    conn: Db, *, org_id: str, run_id: str, status: str | None, bound: int
-) -> Count:
-    """How many of a run's tasks have status, up to bound."""
-    return await _bounded(conn, _tasks_where(org_id, run_id, status), "task t", bound)
+@dataclass(frozen=True, slots=True)
+class RunDataRows:
+    """A run's data rows by key prefix and tag, newest first: a page of them, or their count."""
 
+    org_id: str
+    run_id: str
+    key_prefix: str | None
+    tag: str | None
 
-def _run_data_where(
-    org_id: str, run_id: str, key_prefix: str | None, tag: str | None
-) -> queries.Where:
-    where = queries.Where(["d.org_id = $1", "d.run_id = $2"], [org_id, run_id])
-    if key_prefix:
-        where.add("d.key LIKE {}", queries.escape_like(key_prefix) + "%")
-    if tag:
-        where.add("d.tags @> ARRAY[{}]::text[]", tag)
-    return where
+    def _where(self) -> queries.Where:
+        where = queries.Where(["d.org_id = $1", "d.run_id = $2"], [self.org_id, self.run_id])
+        if self.key_prefix:
+            where.add("d.key LIKE {}", queries.escape_like(self.key_prefix) + "%")
+        if self.tag:
+            where.add("d.tags @> ARRAY[{}]::text[]", self.tag)
+        return where
 
-
-async def run_data_page(
-    conn: Db,
-    *,
-    org_id: str,
-    run_id: str,
-    key_prefix: str | None,
-    tag: str | None,
-    limit: int,
-    offset: int,
-) -> list[RunData]:
-    """A page of a run's data rows, newest first, by key prefix and tag."""
-    where = _run_data_where(org_id, run_id, key_prefix, tag)
-    sql = f"""
+    async def page(self, conn: Db, *, limit: int, offset: int) -> list[RunData]:
+        """A page of the run's data rows."""
+        where = self._where()
+        sql = f"""
 SELECT {_RUN_DATA_COLUMNS}
   FROM run_data d
  WHERE {where.sql()}
  ORDER BY d.created_at DESC, d.id DESC
  LIMIT {where.param(limit)} OFFSET {where.param(offset)}
 """  # noqa: S608 - fixed fragments only; every value is a parameter
-    return queries.models_from(RunData, await conn.fetch(sql, *where.args))
+        return queries.models_from(RunData, await conn.fetch(sql, *where.args))
 
-
-async def count_run_data(
-    conn: Db, *, org_id: str, run_id: str, key_prefix: str | None, tag: str | None, bound: int
-) -> Count:
-    """How many of a run's data rows match, up to bound."""
-    where = _run_data_where(org_id, run_id, key_prefix, tag)
-    return await _bounded(conn, where, "run_data d", bound)
+    async def count(self, conn: Db, *, bound: int) -> Count:
+        """How many of the run's data rows match, up to bound."""
+        return await _bounded(conn, self._where(), "run_data d", bound)
 
 
 async def task_children(conn: Db, *, org_id: str, task_id: str, limit: int) -> list[Task]:

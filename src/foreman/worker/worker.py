@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import importlib
 import inspect
 import itertools
 import logging
@@ -438,35 +439,30 @@ class Worker:
                 self._leases.remove(held.task.id)
 
 
-async def open_source(backend: Backend, context: SourceContext) -> TaskSource:
-    """The source of backend: a new queue backend registers its worker side here."""
-    if backend == "bullmq":
-        try:
-            from foreman.worker import _bullmq
-        except ImportError as exc:
-            raise errors.ForemanError(
-                "The bullmq backend needs the bullmq package: pip install 'foreman[redis]'"
-            ) from exc
-        return await _bullmq.BullMQSource.open(context)
-    if backend == "rabbitmq":
-        try:
-            from foreman.worker import _rabbitmq
-        except ImportError as exc:
-            raise errors.ForemanError(
-                "The rabbitmq backend needs the aio-pika package: pip install 'foreman[rabbitmq]'"
-            ) from exc
-        return await _rabbitmq.RabbitMQSource.open(context)
-    if backend == "sqs":
-        try:
-            from foreman.worker import _sqs
-        except ImportError as exc:
-            raise errors.ForemanError(
-                "The sqs backend needs the aiobotocore package: pip install 'foreman[sqs]'"
-            ) from exc
-        return await _sqs.SqsSource.open(context)
-    from foreman.worker import _postgres
+# The worker side of each broker backend: its module and source class, and the package and extra
+# it needs. A new queue backend registers here.
+_BROKER_SOURCES: dict[str, tuple[str, str, str, str]] = {
+    "bullmq": ("foreman.worker._bullmq", "BullMQSource", "bullmq", "redis"),
+    "rabbitmq": ("foreman.worker._rabbitmq", "RabbitMQSource", "aio-pika", "rabbitmq"),
+    "sqs": ("foreman.worker._sqs", "SqsSource", "aiobotocore", "sqs"),
+}
 
-    return _postgres.PostgresSource(context)
+
+async def open_source(backend: Backend, context: SourceContext) -> TaskSource:
+    """The source of backend; a broker's module is imported only when it is used."""
+    if backend == "postgres":
+        from foreman.worker import _postgres
+
+        return _postgres.PostgresSource(context)
+    module_name, class_name, package, extra = _BROKER_SOURCES[backend]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise errors.ForemanError(
+            f"The {backend} backend needs the {package} package: pip install 'foreman[{extra}]'"
+        ) from exc
+    source: TaskSource = await getattr(module, class_name).open(context)
+    return source
 
 
 def _is_async(handler: Handler) -> bool:

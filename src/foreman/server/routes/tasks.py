@@ -210,6 +210,19 @@ async def update_task(
         result = await tasks_store.update_task(
             conn, org_id=org_id, task_id=task_id, changes=changes, now=now
         )
+    return patched(result, task_id=task_id, changes=changes, now=now, request=request)
+
+
+def patched(
+    result: tasks_store.UpdateResult,
+    *,
+    task_id: str,
+    changes: dict[str, Any],
+    now: int,
+    request: Request[Any, Any, Any],
+) -> Task:
+    """The task a committed PATCH (of the API or the dashboard) changed; 404, or 409 leaving a
+    terminal status. A status it set now is counted as the task's end."""
     if not result.found:
         raise errors.NotFoundError(f"Task not found: {task_id}")
     assert result.task is not None

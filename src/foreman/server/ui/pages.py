@@ -7,9 +7,7 @@ JavaScript; htmx only refreshes the live parts of the runs and run pages every f
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
 from dataclasses import dataclass
-from functools import partial
 from typing import Any, Generic, Protocol, TypeVar, get_args
 
 from litestar import Request, Response, Router, get, post
@@ -19,10 +17,12 @@ from litestar.response import Redirect
 from foreman import errors, ids
 from foreman.models import RunStatus, TaskStatus
 from foreman.server import deps, params
+from foreman.server.routes import tasks as task_routes
 from foreman.server.ui import login, render
 from foreman.server.ui import session as sessions
 from foreman.store import runs, tasks
 from foreman.store import ui as ui_store
+from foreman.store.db import Db
 
 PAGE = 25
 COUNT_BOUND = 1000
@@ -36,18 +36,6 @@ TERMINAL = ("completed", "failed", "cancelled")
 T = TypeVar("T")
 
 
-class _PageQuery(Protocol[T]):
-    """A store query for one page of rows, its filters bound (functools.partial)."""
-
-    def __call__(self, *, limit: int, offset: int) -> Awaitable[list[T]]: ...
-
-
-class _CountQuery(Protocol):
-    """A store query that counts the same rows up to bound, its filters bound."""
-
-    def __call__(self, *, bound: int) -> Awaitable[ui_store.Count]: ...
-
-
 @dataclass(frozen=True, slots=True)
 class Listing(Generic[T]):
     """One page of a list, whether a next page exists, and how many rows match (bounded)."""
@@ -57,11 +45,19 @@ class Listing(Generic[T]):
     count: ui_store.Count
 
 
-async def _listing(page: int, rows_of: _PageQuery[T], count_of: _CountQuery) -> Listing[T]:
+class _Rows(Protocol[T]):
+    """A store query of some rows (store/ui.py): one page of them, or their count up to bound."""
+
+    async def page(self, conn: Db, *, limit: int, offset: int) -> list[T]: ...
+
+    async def count(self, conn: Db, *, bound: int) -> ui_store.Count: ...
+
+
+async def _listing(conn: Db, page: int, rows: _Rows[T]) -> Listing[T]:
     # One row past the page tells whether another follows, without counting them all.
-    rows = await rows_of(limit=PAGE + 1, offset=page * PAGE)
-    count = await count_of(bound=COUNT_BOUND)
-    return Listing(rows[:PAGE], len(rows) > PAGE, count)
+    found = await rows.page(conn, limit=PAGE + 1, offset=page * PAGE)
+    count = await rows.count(conn, bound=COUNT_BOUND)
+    return Listing(found[:PAGE], len(found) > PAGE, count)
 
 
 def _page(
@@ -109,21 +105,8 @@ async def runs_page(request: Request[Any, Any, Any]) -> Response[str]:
     found: Listing[Any] = Listing([], False, ui_store.Count(0, False))
     if not search or id_range is not None:
         async with render.org_conn(request, session.org_id) as conn:
-            found = await _listing(
-                page,
-                partial(
-                    ui_store.runs_page,
-                    conn,
-                    org_id=session.org_id,
-                    status=status,
-                    ids=id_range,
-                    sort_by=sort_by,
-                    order=order,
-                ),
-                partial(
-                    ui_store.count_runs, conn, org_id=session.org_id, status=status, ids=id_range
-                ),
-            )
+            runs_of = ui_store.Runs(session.org_id, status, id_range, sort_by, order)
+            found = await _listing(conn, page, runs_of)
     filters = {"status": status or "", "q": search, "sort": sort_by, "order": order}
     return _page(
         request,
@@ -152,33 +135,9 @@ async def run_page(request: Request[Any, Any, Any], run_id: FromPath[str]) -> Re
         run = await runs.get_run(conn, org_id=session.org_id, run_id=run_id)
         if run is None:
             raise errors.NotFoundError(f"Run not found: {run_id}")
-        tasks_of_run = await _listing(
-            page,
-            partial(
-                ui_store.run_tasks_page, conn, org_id=session.org_id, run_id=run_id, status=status
-            ),
-            partial(
-                ui_store.count_run_tasks, conn, org_id=session.org_id, run_id=run_id, status=status
-            ),
-        )
+        tasks_of_run = await _listing(conn, page, ui_store.RunTasks(session.org_id, run_id, status))
         run_data = await _listing(
-            data_page,
-            partial(
-                ui_store.run_data_page,
-                conn,
-                org_id=session.org_id,
-                run_id=run_id,
-                key_prefix=key_prefix,
-                tag=tag,
-            ),
-            partial(
-                ui_store.count_run_data,
-                conn,
-                org_id=session.org_id,
-                run_id=run_id,
-                key_prefix=key_prefix,
-                tag=tag,
-            ),
+            conn, data_page, ui_store.RunDataRows(session.org_id, run_id, key_prefix, tag)
         )
     return _page(
         request,
@@ -260,20 +219,12 @@ async def cancel_task(request: Request[Any, Any, Any], task_id: FromPath[str]) -
     session = await _action_session(request)
     task_id = _uuid(task_id, "Task")
     now = ids.now_ms()
+    changes: dict[str, Any] = {"status": "cancelled"}
     async with render.org_conn(request, session.org_id) as conn:
         result = await tasks.update_task(
-            conn, org_id=session.org_id, task_id=task_id, changes={"status": "cancelled"}, now=now
+            conn, org_id=session.org_id, task_id=task_id, changes=changes, now=now
         )
-    if not result.found:
-        raise errors.NotFoundError(f"Task not found: {task_id}")
-    assert result.task is not None
-    if result.conflict:
-        raise errors.ConflictError(
-            f"Task {task_id} is {result.task.status}: it cannot be cancelled"
-        )
-    metrics = deps.state(request).metrics
-    if metrics is not None and result.task.updated_at == now:
-        metrics.tasks_ended([result.task])
+    task_routes.patched(result, task_id=task_id, changes=changes, now=now, request=request)
     return Redirect(f"/ui/tasks/{task_id}?done=cancelled", status_code=303)
 
 

@@ -1,0 +1,68 @@
+"""A server process's periodic background work over a pool of its own: the sweeper's and the
+schedules' firing loop share this lifecycle (start, a jittered interval, outages, close)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from typing import ClassVar
+
+import asyncpg
+
+from foreman import background, errors
+from foreman.store import db
+from foreman.store.pool import Pool
+
+# The errors of a database that is down or restarting: a round is skipped with a warning.
+OUTAGES = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.InternalClientError,  # a connection left mid-protocol by a server shutting down
+    errors.UnavailableError,
+)
+
+
+class Periodic:
+    """Runs ``tick()`` every interval in the background, from ``start()`` until ``close()``.
+
+    A database outage skips the round with a warning and anything else is logged with its
+    traceback: neither ends the loop (nor fills the log, one line per interval).
+    """
+
+    task_name: ClassVar[str]  # the asyncio task's
+    what: ClassVar[str]  # the round, in log lines: "sweep", "firing schedules"
+    log: ClassVar[logging.Logger]
+
+    def __init__(self, pool: Pool[db.Connection], *, interval_s: float) -> None:
+        self._pool = pool
+        self._interval_s = interval_s
+        self._task: asyncio.Task[None] | None = None
+
+    async def tick(self) -> None:
+        """One round."""
+        raise NotImplementedError
+
+    def start(self) -> None:
+        """Tick every interval until close()."""
+        self._task = asyncio.create_task(self._loop(), name=self.task_name)
+
+    async def close(self) -> None:
+        """Stop ticking and close the pool."""
+        task, self._task = self._task, None
+        await background.cancel_and_wait(task)
+        await self._pool.close()
+
+    async def _loop(self) -> None:
+        while True:
+            # Jitter: replicas started together do not all act at the same instant.
+            await asyncio.sleep(self._interval_s * random.uniform(0.8, 1.2))  # noqa: S311
+            try:
+                await self.tick()
+            except OUTAGES as exc:
+                self.log.warning("%s skipped, database unavailable: %s", self.what, exc)
+            except Exception:
+                self.log.exception("%s failed", self.what)
