@@ -19,6 +19,7 @@ from foreman.store.shards import shard
 _SQL = queries.load_statements("tasks")  # store/sql/tasks.sql: the statements and why they are so
 _INSERT_TASK = _SQL["insert_task"]
 _INSERT_TASKS = _SQL["insert_tasks"]
+_INSERT_PLAIN_TASKS = _SQL["insert_plain_tasks"]
 _GET_TASK = _SQL["get_task"]
 _GET_TASK_BY_KEY = _SQL["get_task_by_key"]
 _RETRY_TASK = _SQL["retry_task"]
@@ -328,6 +329,46 @@ async def _insert_tasks(
             tasks[index] = await get_task_by_key(conn, org_id=org_id, key=key)
     created = [t is not None and t.id == i for t, i in zip(tasks, task_ids, strict=True)]
     return BatchInsertResult(tasks, created)
+
+
+def is_plain(news: list[NewTask]) -> bool:
+    """Whether insert_plain_tasks takes these tasks: no idempotency key, no dependsOn."""
+    return all(n.idempotency_key is None and not n.depends_on for n in news)
+
+
+async def insert_plain_tasks(
+    conn: Db, *, org_id: str, task_ids: list[str], news: list[NewTask], now: int
+) -> BatchInsertResult:
+    """insert_tasks for tasks that are all plain (is_plain), answering no task: every one is
+    created under its id of task_ids, or none is (failed_index says which failed first)."""
+    record = await conn.fetchrow(
+        _INSERT_PLAIN_TASKS,
+        org_id,
+        task_ids,
+        [n.run_id for n in news],
+        [n.parent_task_id for n in news],
+        [n.task_type for n in news],
+        [n.status for n in news],
+        queries.jsonb_items([n.input_data for n in news]),
+        queries.jsonb_items([n.metadata for n in news]),
+        [n.max_retries for n in news],
+        [n.priority for n in news],
+        [now + n.delay_ms for n in news],
+        now,
+        shard(),
+        [n.enqueue for n in news],
+    )
+    assert record is not None
+    if record["failed_index"] is not None:
+        return BatchInsertResult(
+            [],
+            [],
+            record["failed_index"],
+            record["run_ok"],
+            record["parent_ok"],
+            record["run_open"],
+        )
+    return BatchInsertResult([], [True] * len(news))
 
 
 async def get_task(conn: Db, *, org_id: str, task_id: str) -> Task | None:

@@ -125,6 +125,63 @@ SELECT v.run_ok, v.parent_ok, v.run_open,
   LEFT JOIN m AS t ON t.ord = v.ord
  ORDER BY v.ord
 
+-- insert_plain_tasks --
+-- insert_tasks for a batch whose items carry no idempotency key and no dependsOn, answered with
+-- ids only (Prefer: return=minimal): the server made every id, so nothing comes back per row.
+-- The checks are insert_tasks' (run, parent in the run or earlier in the batch, an auto-complete
+-- run still open); `bad` is the first item that fails them, and then nothing is inserted. The
+-- inserts are not read (no RETURNING): PostgreSQL runs a data-modifying WITH once, to the end.
+-- The counters grow by the items per run, from the input. One NOTIFY at most, as insert_tasks.
+-- $1 org, $2..$10 one array per column (ids, runs, parents, types, statuses, inputs, metadata,
+-- max retries, priorities), $11 run after, $12 now, $13 counter shard, $14 enqueue.
+WITH i AS (
+    SELECT *
+      FROM unnest($2::uuid[], $3::uuid[], $4::uuid[], $5::text[], $6::text[], $7::jsonb[],
+                  $8::jsonb[], $9::int[], $10::int[], $11::bigint[], $14::bool[])
+           WITH ORDINALITY AS i(id, run_id, parent_task_id, type, status, input_data, metadata,
+                                max_retries, priority, run_after, enqueue, ord)
+), r AS (
+    SELECT id, auto_complete FROM run WHERE org_id = $1 AND id = ANY($3::uuid[]) FOR KEY SHARE
+), u AS (
+    UPDATE run SET task_epoch = task_epoch + 1
+     WHERE org_id = $1 AND id IN (SELECT id FROM r WHERE auto_complete) AND completed_at IS NULL
+    RETURNING id
+), p AS (
+    SELECT id, run_id FROM task WHERE org_id = $1 AND id = ANY($4::uuid[])
+), v AS (
+    SELECT i.ord,
+           i.run_id IN (SELECT id FROM r) AS run_ok,
+           i.run_id NOT IN (SELECT id FROM r WHERE auto_complete)
+               OR i.run_id IN (SELECT id FROM u) AS run_open,
+           (i.parent_task_id IS NULL
+            OR EXISTS (SELECT 1 FROM p WHERE p.id = i.parent_task_id AND p.run_id = i.run_id)
+            OR EXISTS (SELECT 1 FROM i AS e
+                        WHERE e.id = i.parent_task_id AND e.run_id = i.run_id AND e.ord < i.ord)
+           ) AS parent_ok
+      FROM i
+), bad AS (
+    SELECT * FROM v WHERE NOT (v.run_ok AND v.parent_ok AND v.run_open) ORDER BY v.ord LIMIT 1
+), ins AS (
+    INSERT INTO task (id, run_id, parent_task_id, org_id, type, status, input_data, metadata,
+                      max_retries, priority, run_after, created_at, updated_at, queued_at)
+    SELECT i.id, i.run_id, i.parent_task_id, $1, i.type, i.status, i.input_data, i.metadata,
+           i.max_retries, i.priority, i.run_after, $12, $12,
+           CASE WHEN i.enqueue THEN $12::bigint END
+      FROM i
+     WHERE NOT EXISTS (SELECT 1 FROM bad)
+), c AS (
+    INSERT INTO run_counter (run_id, shard, org_id, total_tasks)
+    SELECT run_id, $13, $1, count(*) FROM i WHERE NOT EXISTS (SELECT 1 FROM bad) GROUP BY run_id
+    ON CONFLICT (run_id, shard) DO UPDATE
+       SET total_tasks = run_counter.total_tasks + EXCLUDED.total_tasks
+)
+SELECT bad.ord - 1 AS failed_index, bad.run_ok, bad.parent_ok, bad.run_open,
+       (SELECT count(pg_notify('foreman_task_ready', $1))
+          FROM (SELECT 1 FROM i WHERE status = 'queued' AND run_after <= $12
+                  AND NOT EXISTS (SELECT 1 FROM bad) LIMIT 1) q) AS notified
+  FROM (SELECT 1) AS one
+  LEFT JOIN bad ON true
+
 -- get_task --
 -- $1 org, $2 task id.
 SELECT * FROM task_answer WHERE org_id = $1 AND id = $2
