@@ -331,6 +331,11 @@ async def _insert_tasks(
     return BatchInsertResult(tasks, created)
 
 
+def _joined(values: list[int] | list[bool]) -> str:
+    """Numbers or booleans as one text for string_to_array (see insert_plain_tasks)."""
+    return ",".join(map(str, values))
+
+
 def is_plain(news: list[NewTask]) -> bool:
     """Whether insert_plain_tasks takes these tasks: no idempotency key, no dependsOn."""
     return all(n.idempotency_key is None and not n.depends_on for n in news)
@@ -344,19 +349,19 @@ async def insert_plain_tasks(
     record = await conn.fetchrow(
         _INSERT_PLAIN_TASKS,
         org_id,
-        task_ids,
-        [n.run_id for n in news],
-        [n.parent_task_id for n in news],
+        ",".join(task_ids),
+        ",".join([n.run_id for n in news]),
+        ",".join(["" if n.parent_task_id is None else n.parent_task_id for n in news]),
         [n.task_type for n in news],
-        [n.status for n in news],
+        ",".join([n.status for n in news]),
         queries.jsonb_items([n.input_data for n in news]),
         queries.jsonb_items([n.metadata for n in news]),
-        [n.max_retries for n in news],
-        [n.priority for n in news],
-        [now + n.delay_ms for n in news],
+        _joined([n.max_retries for n in news]),
+        _joined([n.priority for n in news]),
+        _joined([now + n.delay_ms for n in news]),
         now,
         shard(),
-        [n.enqueue for n in news],
+        _joined([n.enqueue for n in news]),
     )
     assert record is not None
     if record["failed_index"] is not None:

@@ -132,22 +132,32 @@ SELECT v.run_ok, v.parent_ok, v.run_open,
 -- run still open); `bad` is the first item that fails them, and then nothing is inserted. The
 -- inserts are not read (no RETURNING): PostgreSQL runs a data-modifying WITH once, to the end.
 -- The counters grow by the items per run, from the input. One NOTIFY at most, as insert_tasks.
--- $1 org, $2..$10 one array per column (ids, runs, parents, types, statuses, inputs, metadata,
--- max retries, priorities), $11 run after, $12 now, $13 counter shard, $14 enqueue.
+-- Columns of ids, words and numbers come as one comma-separated text each (an array parameter
+-- costs asyncpg a Python check per element; string_to_array is cheap), '' for a NULL parent
+-- (a batch of one without a parent: '' is the empty array, which unnest pads with a NULL);
+-- types and JSON as arrays. $1 org, $2 ids, $3 runs, $4 parents, $5 types (text[]), $6 statuses,
+-- $7 inputs, $8 metadata (jsonb[]), $9 max retries, $10 priorities, $11 run after, $12 now,
+-- $13 counter shard, $14 enqueue.
 WITH i AS (
     SELECT *
-      FROM unnest($2::uuid[], $3::uuid[], $4::uuid[], $5::text[], $6::text[], $7::jsonb[],
-                  $8::jsonb[], $9::int[], $10::int[], $11::bigint[], $14::bool[])
+      FROM unnest(string_to_array($2, ',')::uuid[], string_to_array($3, ',')::uuid[],
+                  string_to_array($4, ',', '')::uuid[], $5::text[], string_to_array($6, ','),
+                  $7::jsonb[], $8::jsonb[], string_to_array($9, ',')::int[],
+                  string_to_array($10, ',')::int[], string_to_array($11, ',')::bigint[],
+                  string_to_array($14, ',')::bool[])
            WITH ORDINALITY AS i(id, run_id, parent_task_id, type, status, input_data, metadata,
                                 max_retries, priority, run_after, enqueue, ord)
 ), r AS (
-    SELECT id, auto_complete FROM run WHERE org_id = $1 AND id = ANY($3::uuid[]) FOR KEY SHARE
+    SELECT id, auto_complete FROM run
+     WHERE org_id = $1 AND id = ANY(string_to_array($3, ',')::uuid[])
+       FOR KEY SHARE
 ), u AS (
     UPDATE run SET task_epoch = task_epoch + 1
      WHERE org_id = $1 AND id IN (SELECT id FROM r WHERE auto_complete) AND completed_at IS NULL
     RETURNING id
 ), p AS (
-    SELECT id, run_id FROM task WHERE org_id = $1 AND id = ANY($4::uuid[])
+    SELECT id, run_id FROM task
+     WHERE org_id = $1 AND id = ANY(string_to_array($4, ',', '')::uuid[])
 ), v AS (
     SELECT i.ord,
            i.run_id IN (SELECT id FROM r) AS run_ok,
