@@ -44,9 +44,9 @@ _SORT_COLUMNS = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class NewTask:
-    """What a caller supplies to create a task."""
+class NewTask(msgspec.Struct, frozen=True):
+    """What a caller supplies to create a task (a Struct: a batch makes up to 1,000 of them, and
+    a frozen dataclass's __init__ costs ten times a Struct's)."""
 
     run_id: str
     task_type: str
