@@ -336,6 +336,17 @@ def _joined(values: list[int] | list[bool]) -> str:
     return ",".join(map(str, values))
 
 
+def _json_array(values: list[Any]) -> msgspec.Raw:
+    """JSON values (a request's text as it came, None as null) as one JSON array."""
+    return msgspec.Raw(b"[" + b",".join([_json_text(v) for v in values]) + b"]")
+
+
+def _json_text(value: Any) -> bytes:
+    if value is None:
+        return b"null"
+    return bytes(value) if isinstance(value, msgspec.Raw) else msgspec.json.encode(value)
+
+
 def is_plain(news: list[NewTask]) -> bool:
     """Whether insert_plain_tasks takes these tasks: no idempotency key, no dependsOn."""
     return all(n.idempotency_key is None and not n.depends_on for n in news)
@@ -352,10 +363,10 @@ async def insert_plain_tasks(
         ",".join(task_ids),
         ",".join([n.run_id for n in news]),
         ",".join(["" if n.parent_task_id is None else n.parent_task_id for n in news]),
-        [n.task_type for n in news],
+        msgspec.Raw(msgspec.json.encode([n.task_type for n in news])),
         ",".join([n.status for n in news]),
-        queries.jsonb_items([n.input_data for n in news]),
-        queries.jsonb_items([n.metadata for n in news]),
+        _json_array([n.input_data for n in news]),
+        _json_array([n.metadata for n in news]),
         _joined([n.max_retries for n in news]),
         _joined([n.priority for n in news]),
         _joined([now + n.delay_ms for n in news]),

@@ -132,19 +132,25 @@ SELECT v.run_ok, v.parent_ok, v.run_open,
 -- run still open); `bad` is the first item that fails them, and then nothing is inserted. The
 -- inserts are not read (no RETURNING): PostgreSQL runs a data-modifying WITH once, to the end.
 -- The counters grow by the items per run, from the input. One NOTIFY at most, as insert_tasks.
--- Columns of ids, words and numbers come as one comma-separated text each (an array parameter
--- costs asyncpg a Python check per element; string_to_array is cheap), '' for a NULL parent
--- (a batch of one without a parent: '' is the empty array, which unnest pads with a NULL);
--- types and JSON as arrays. $1 org, $2 ids, $3 runs, $4 parents, $5 types (text[]), $6 statuses,
--- $7 inputs, $8 metadata (jsonb[]), $9 max retries, $10 priorities, $11 run after, $12 now,
--- $13 counter shard, $14 enqueue.
+-- Every column comes as one parameter that is no array (asyncpg checks each element of an
+-- array parameter in Python): ids, words and numbers as comma-separated text ('' for a NULL
+-- parent; a batch of one without a parent: '' is the empty array, which ROWS FROM pads with a
+-- NULL), types and JSON values as one JSON array each (JSON null: no metadata).
+-- $1 org, $2 ids, $3 runs, $4 parents, $5 types, $6 statuses, $7 inputs, $8 metadata, $9 max
+-- retries, $10 priorities, $11 run after, $12 now, $13 counter shard, $14 enqueue.
 WITH i AS (
     SELECT *
-      FROM unnest(string_to_array($2, ',')::uuid[], string_to_array($3, ',')::uuid[],
-                  string_to_array($4, ',', '')::uuid[], $5::text[], string_to_array($6, ','),
-                  $7::jsonb[], $8::jsonb[], string_to_array($9, ',')::int[],
-                  string_to_array($10, ',')::int[], string_to_array($11, ',')::bigint[],
-                  string_to_array($14, ',')::bool[])
+      FROM ROWS FROM (unnest(string_to_array($2, ',')::uuid[]),
+                      unnest(string_to_array($3, ',')::uuid[]),
+                      unnest(string_to_array($4, ',', '')::uuid[]),
+                      jsonb_array_elements_text($5::jsonb),
+                      unnest(string_to_array($6, ',')),
+                      jsonb_array_elements($7::jsonb),
+                      jsonb_array_elements($8::jsonb),
+                      unnest(string_to_array($9, ',')::int[]),
+                      unnest(string_to_array($10, ',')::int[]),
+                      unnest(string_to_array($11, ',')::bigint[]),
+                      unnest(string_to_array($14, ',')::bool[]))
            WITH ORDINALITY AS i(id, run_id, parent_task_id, type, status, input_data, metadata,
                                 max_retries, priority, run_after, enqueue, ord)
 ), r AS (
@@ -174,8 +180,8 @@ WITH i AS (
 ), ins AS (
     INSERT INTO task (id, run_id, parent_task_id, org_id, type, status, input_data, metadata,
                       max_retries, priority, run_after, created_at, updated_at, queued_at)
-    SELECT i.id, i.run_id, i.parent_task_id, $1, i.type, i.status, i.input_data, i.metadata,
-           i.max_retries, i.priority, i.run_after, $12, $12,
+    SELECT i.id, i.run_id, i.parent_task_id, $1, i.type, i.status, i.input_data,
+           NULLIF(i.metadata, 'null'), i.max_retries, i.priority, i.run_after, $12, $12,
            CASE WHEN i.enqueue THEN $12::bigint END
       FROM i
      WHERE NOT EXISTS (SELECT 1 FROM bad)
