@@ -182,7 +182,7 @@ async def test_batch_of_ids_only_refuses_as_the_full_answer_does(client):
     assert (await get_run(client, run["id"]))["totalTasks"] == 0
     assert (await get_run(client, other["id"], headers=HEADERS_B))["totalTasks"] == 0
     ended = await create_run(client, autoComplete=True)
-    (task,) = await enqueue(client, ended["id"], 1, type="last")
+    (task,) = await enqueue(client, ended["id"], 1, type="last", headers=MINIMAL_A)  # still open
     (held,) = await claim(client, types=["last"])
     assert held["id"] == task["id"]
     done = await post(client, f"/{held['id']}/complete", {"leaseToken": held["leaseToken"]})

@@ -128,8 +128,10 @@ SELECT v.run_ok, v.parent_ok, v.run_open,
 -- insert_plain_tasks --
 -- insert_tasks for a batch whose items carry no idempotency key and no dependsOn, answered with
 -- ids only (Prefer: return=minimal): the server made every id, so nothing comes back per row.
--- The checks are insert_tasks' (run, parent in the run or earlier in the batch, an auto-complete
--- run still open); `bad` is the first item that fails them, and then nothing is inserted. The
+-- The checks are insert_tasks' (the run, a parent in the same run, an auto-complete run still
+-- open; no item can name another as its parent: the server makes their ids), a parent looked
+-- up by its primary key only for an item that has one; `bad` is the first item that fails them,
+-- and then nothing is inserted. The
 -- inserts are not read (no RETURNING): PostgreSQL runs a data-modifying WITH once, to the end.
 -- The counters grow by the items per run, from the input. One NOTIFY at most, as insert_tasks.
 -- Every column comes as one parameter that is no array (asyncpg checks each element of an
@@ -161,22 +163,19 @@ WITH i AS (
     UPDATE run SET task_epoch = task_epoch + 1
      WHERE org_id = $1 AND id IN (SELECT id FROM r WHERE auto_complete) AND completed_at IS NULL
     RETURNING id
-), p AS (
-    SELECT id, run_id FROM task
-     WHERE org_id = $1 AND id = ANY(string_to_array($4, ',', '')::uuid[])
-), v AS (
-    SELECT i.ord,
-           i.run_id IN (SELECT id FROM r) AS run_ok,
-           i.run_id NOT IN (SELECT id FROM r WHERE auto_complete)
-               OR i.run_id IN (SELECT id FROM u) AS run_open,
-           (i.parent_task_id IS NULL
-            OR EXISTS (SELECT 1 FROM p WHERE p.id = i.parent_task_id AND p.run_id = i.run_id)
-            OR EXISTS (SELECT 1 FROM i AS e
-                        WHERE e.id = i.parent_task_id AND e.run_id = i.run_id AND e.ord < i.ord)
-           ) AS parent_ok
-      FROM i
 ), bad AS (
-    SELECT * FROM v WHERE NOT (v.run_ok AND v.parent_ok AND v.run_open) ORDER BY v.ord LIMIT 1
+    SELECT *
+      FROM (SELECT i.ord, r.id IS NOT NULL AS run_ok,
+                   i.parent_task_id IS NULL
+                       OR EXISTS (SELECT 1 FROM task AS p
+                                   WHERE p.org_id = $1 AND p.id = i.parent_task_id
+                                     AND p.run_id = i.run_id) AS parent_ok,
+                   r.auto_complete IS NOT TRUE OR i.run_id IN (SELECT id FROM u) AS run_open
+              FROM i
+              LEFT JOIN r ON r.id = i.run_id) AS checked
+     WHERE NOT (run_ok AND parent_ok AND run_open)
+     ORDER BY ord
+     LIMIT 1
 ), ins AS (
     INSERT INTO task (id, run_id, parent_task_id, org_id, type, status, input_data, metadata,
                       max_retries, priority, run_after, created_at, updated_at, queued_at)
