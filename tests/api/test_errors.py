@@ -191,6 +191,19 @@ async def test_nul_characters_in_bodies_are_400(client, db_url, world, method, t
 
 
 @pytest.mark.parametrize(
+    "fields", [{"type": "t\u0000"}, {"inputData": "\u0000"}, {"metadata": {"a": ["\u0000"]}}]
+)
+async def test_nul_characters_in_a_batch_of_ids_only_are_400(client, db_url, world, fields):
+    # insert_plain_tasks takes the types and JSON values of the batch as one JSON array each.
+    item = {"runId": world["run"], "type": "t", "inputData": 1}
+    content = json.dumps({"tasks": [item, {**item, **fields}]}).encode()
+    headers = {**JSON_HEADERS, "Prefer": "return=minimal"}
+    response = await client.post(f"{API}/tasks/batch", content=content, headers=headers)
+    assert_error(response, 400, "NUL")
+    await assert_unchanged(client, db_url, world)
+
+
+@pytest.mark.parametrize(
     "query",
     [
         "data?key=a%00b",

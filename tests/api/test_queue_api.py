@@ -38,12 +38,14 @@ async def client(db_url: str) -> AsyncIterator[httpx.AsyncClient]:
         yield http
 
 
-async def enqueue(client, run_id: str, count: int = 1, **fields) -> list[dict]:
+async def enqueue(
+    client, run_id: str, count: int = 1, *, headers=HEADERS_A, **fields
+) -> list[dict]:
     tasks = [
         {"runId": run_id, "type": "work", "inputData": {"i": i}, "enqueue": True, **fields}
         for i in range(count)
     ]
-    response = await client.post(f"{API}/tasks/batch", json={"tasks": tasks}, headers=HEADERS_A)
+    response = await client.post(f"{API}/tasks/batch", json={"tasks": tasks}, headers=headers)
     assert response.status_code == 201, response.text
     return response.json()["data"]
 
@@ -54,6 +56,9 @@ async def claim(client, *, headers=HEADERS_A, **body) -> list[dict]:
     response = await client.post(f"{API}/tasks/claim", json=body, headers=headers)
     assert response.status_code == 200, response.text
     return response.json()["data"]
+
+
+MINIMAL_A = {**HEADERS_A, "Prefer": "return=minimal"}
 
 
 async def post(client, path: str, body: dict, *, headers=HEADERS_A):
@@ -117,6 +122,77 @@ async def test_batch_create_answers_ids_only_when_asked_for_minimal(client):
     assert (await get_run(client, run["id"]))["totalTasks"] == 4
 
 
+async def test_batch_of_ids_only_makes_the_tasks_the_full_answer_makes(client):
+    """Without keys or dependsOn, Prefer: return=minimal takes a statement of its own (no rows
+    back): the tasks it makes are field for field those of the full answer, counted alike."""
+    run = await create_run(client)
+    parent = (await enqueue(client, run["id"], 1))[0]
+    items = [
+        {"runId": run["id"], "type": "a", "inputData": {"k": [1, "x"]}, "enqueue": True},
+        {"runId": run["id"], "type": "b", "inputData": 2, "delayMs": 60_000, "enqueue": True},
+        {"runId": run["id"], "type": "c", "inputData": "s", "parentTaskId": parent["id"]},
+        {"runId": run["id"], "type": "d", "inputData": [], "metadata": {"m": 1}, "maxRetries": 0,
+         "priority": 7, "ref": "r"},
+    ]  # fmt: skip
+    full = await client.post(f"{API}/tasks/batch", json={"tasks": items}, headers=HEADERS_A)
+    minimal = await client.post(f"{API}/tasks/batch", json={"tasks": items}, headers=MINIMAL_A)
+    assert (full.status_code, minimal.status_code) == (201, 201)
+    refs = minimal.json()["data"]
+    assert all(set(ref) == {"id"} for ref in refs)
+    made = [(await client.get(f"{API}/tasks/{r['id']}", headers=HEADERS_A)).json() for r in refs]
+    varying = {"id", "createdAt", "updatedAt", "queuedAt", "runAfter"}
+    for answered, stored in zip(full.json()["data"], made, strict=True):
+        assert {k: v for k, v in stored.items() if k not in varying} == {
+            k: v for k, v in answered.items() if k not in varying
+        }
+        assert stored["updatedAt"] == stored["createdAt"]
+        assert ("runAfter" in stored, "queuedAt" in stored) == (
+            "runAfter" in answered,
+            "queuedAt" in answered,
+        )
+    assert made[1]["runAfter"] == made[1]["createdAt"] + 60_000
+    assert (await get_run(client, run["id"]))["totalTasks"] == 9
+    # Two at once: the counters stay exact (one shard each, or one row updated twice).
+    await asyncio.gather(*(enqueue(client, run["id"], 50, headers=MINIMAL_A) for _ in range(2)))
+    assert (await get_run(client, run["id"]))["totalTasks"] == 109
+
+
+async def test_batch_of_ids_only_refuses_as_the_full_answer_does(client):
+    run, other = await create_run(client), await create_run(client, headers=HEADERS_B)
+    absent = missing_id()
+    ok = {"runId": run["id"], "type": "a", "inputData": 1}
+    cases = [
+        ([ok, {**ok, "runId": absent}], 404, absent, 1),
+        ([ok, ok, {**ok, "runId": other["id"]}], 404, other["id"], 2),  # another organisation's
+        ([{**ok, "parentTaskId": absent}], 404, absent, 0),
+    ]
+    for items, status, named, index in cases:
+        for headers in (HEADERS_A, MINIMAL_A):
+            response = await client.post(
+                f"{API}/tasks/batch", json={"tasks": items}, headers=headers
+            )
+            assert assert_error(response, status, "not found", named)["index"] == index
+    # A parent of another run of the same organisation is no parent of this one.
+    stranger = (await enqueue(client, (await create_run(client))["id"], 1))[0]
+    response = await client.post(
+        f"{API}/tasks/batch", json={"tasks": [{**ok, "parentTaskId": stranger["id"]}]},
+        headers=MINIMAL_A,
+    )  # fmt: skip
+    assert_error(response, 404, "parent task not found", stranger["id"])
+    assert (await get_run(client, run["id"]))["totalTasks"] == 0
+    assert (await get_run(client, other["id"], headers=HEADERS_B))["totalTasks"] == 0
+    ended = await create_run(client, autoComplete=True)
+    (task,) = await enqueue(client, ended["id"], 1, type="last", headers=MINIMAL_A)  # still open
+    (held,) = await claim(client, types=["last"])
+    assert held["id"] == task["id"]
+    done = await post(client, f"/{held['id']}/complete", {"leaseToken": held["leaseToken"]})
+    assert done.status_code == 200
+    late = {"tasks": [{**ok, "runId": ended["id"]}]}
+    response = await client.post(f"{API}/tasks/batch", json=late, headers=MINIMAL_A)
+    assert_error(response, 409, "has ended")
+    assert (await get_run(client, ended["id"]))["totalTasks"] == 1
+
+
 async def test_batch_create_names_the_first_missing_run_and_creates_nothing(client, db_url):
     run = await create_run(client)
     absent = missing_id()
@@ -172,13 +248,14 @@ async def test_claim_leases_tasks_in_priority_order(client):
     assert "leaseToken" not in fetched.json()
 
 
-async def test_claim_long_poll_is_woken_by_notify(client):
+@pytest.mark.parametrize("headers", [HEADERS_A, MINIMAL_A], ids=["tasks", "ids"])
+async def test_claim_long_poll_is_woken_by_notify(client, headers):
     run = await create_run(client)
     started = time.monotonic()
     waiting = asyncio.create_task(claim(client, waitMs=20_000))
     await asyncio.sleep(0.3)
     assert not waiting.done()
-    created = await enqueue(client, run["id"], 1)
+    created = await enqueue(client, run["id"], 1, headers=headers)
     got = await asyncio.wait_for(waiting, 10)
     # The fallback poll is 30 s here: only the NOTIFY of the insert can have woken it.
     assert [t["id"] for t in got] == [created[0]["id"]]

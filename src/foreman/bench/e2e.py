@@ -266,6 +266,7 @@ class EnqueueFigure:
     tasks: int
     concurrency: int
     elapsed_s: float
+    cpu_s: dict[str, float | None]  # by part: server, loadgen, postgres (as E2eFigure's)
 
     @property
     def tasks_per_s(self) -> float:
@@ -280,10 +281,14 @@ async def measure_batch_enqueue(
         run = await client.create_run({"bench": "enqueue", "backend": fleet.backend})
         await _enqueue(client, run.id, ENQUEUE_BATCH)  # warm: connections, prepared statements
         share = tasks // concurrency
+        cpu = sysinfo.TaskCpu(list(fleet.server_pids), [], fleet.database)
+        cpu.start()
         began = time.perf_counter()
         await asyncio.gather(*(_enqueue(client, run.id, share) for _ in range(concurrency)))
         elapsed = time.perf_counter() - began
-    return EnqueueFigure(share * concurrency, concurrency, elapsed)
+        used = cpu.stop()
+    del used["workers"]  # none runs
+    return EnqueueFigure(share * concurrency, concurrency, elapsed, used)
 
 
 async def measure_pickup(fleet: Fleet, *, rate_per_s: float, duration_s: float) -> PickupFigure:

@@ -428,6 +428,10 @@ async def _batch_enqueue_figure(report: Report, fleet: e2e.Fleet, profile: Profi
         "batch": e2e.ENQUEUE_BATCH,
         "concurrency": result.concurrency,
         "elapsed_s": round(result.elapsed_s, 2),
+        "cpu_us_per_task_by_part": {
+            part: None if used is None else round(used / result.tasks * 1e6, 1)
+            for part, used in result.cpu_s.items()
+        },
     }
     return result.tasks
 

@@ -41,6 +41,11 @@ class AppState:
     redis_acl: RedisAcl | None = None
     metrics: ServerMetrics | None = None  # None: metrics are off
 
+    @property
+    def publishes(self) -> bool:
+        """Whether queued tasks go to a broker after the commit (not the postgres backend's)."""
+        return self.queue is not None and self.queue.name != "postgres"
+
     async def publish(self, tasks: list[Task]) -> None:
         """Hand queued tasks to the queue backend (the postgres backend needs nothing more)."""
         if self.queue is not None and tasks:

@@ -218,6 +218,12 @@ class ServerMetrics:
         for task in tasks:
             tally.add((task.type, *self._org(task.org_id)))
 
+    def types_created(self, org_id: str, types: Iterable[str]) -> None:
+        """Tasks created now, by type (a batch answered with ids only: no Task was built)."""
+        tally, org = self._counts["created"], self._org(org_id)
+        for task_type in types:
+            tally.add((task_type, *org))
+
     def tasks_ended(self, tasks: Iterable[Task]) -> None:
         """Tasks an attempt or a PATCH just ended: finished, or retrying after a backoff."""
         for task in tasks:

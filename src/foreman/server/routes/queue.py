@@ -86,24 +86,22 @@ async def create_tasks(
     """
     task_ids = [ids.new_id() for _ in data.tasks]
     news = _batch_news(data, task_ids)
+    app = state(request)
+    minimal = _MINIMAL in request.headers.get("prefer", "")
+    # Ids only, nothing to publish, no key or dependency: a statement that answers no rows.
+    plain = minimal and not app.publishes and tasks_store.is_plain(news)
+    insert = tasks_store.insert_plain_tasks if plain else tasks_store.insert_tasks
     async with org_conn(request) as (org_id, conn):
-        result = await tasks_store.insert_tasks(
-            conn, org_id=org_id, task_ids=task_ids, news=news, now=ids.now_ms()
-        )
+        result = await insert(conn, org_id=org_id, task_ids=task_ids, news=news, now=ids.now_ms())
     if result.failed_index is not None:
-        new = news[result.failed_index]
-        if result.run_found and result.parent_found and not result.run_open:
-            raise run_ended(new.run_id)
-        what = (
-            f"Run not found: {new.run_id}"
-            if not result.run_found
-            else (f"Parent task not found: {new.parent_task_id}")
-        )
-        raise errors.NotFoundError(what, index=result.failed_index)
+        raise _batch_failure(result, news[result.failed_index])
+    if plain:
+        if app.metrics is not None:
+            app.metrics.types_created(org_id, (new.task_type for new in news))
+        return TaskRefs(data=[TaskRef(id=task_id) for task_id in task_ids])
     if any(task is None for task in result.tasks):
         raise errors.ConflictError("A task could not be created, try again")
     tasks = [task for task in result.tasks if task is not None]
-    app = state(request)
     if app.metrics is not None:
         app.metrics.tasks_created(t for t, made in zip(tasks, result.created, strict=True) if made)
     # After the commit: a lost publish is repaired by the sweeper; a phantom job would not be.
@@ -114,9 +112,23 @@ async def create_tasks(
             if made and new.enqueue
         ]
     )
-    if _MINIMAL in request.headers.get("prefer", ""):
+    if minimal:
         return TaskRefs(data=[TaskRef(id=t.id) for t in tasks])
     return TaskItems(data=tasks)
+
+
+def _batch_failure(
+    result: tasks_store.BatchInsertResult, new: tasks_store.NewTask
+) -> errors.ForemanError:
+    """Why a batch was refused, from its first item that failed."""
+    if result.run_found and result.parent_found and not result.run_open:
+        return run_ended(new.run_id)
+    what = (
+        f"Run not found: {new.run_id}"
+        if not result.run_found
+        else (f"Parent task not found: {new.parent_task_id}")
+    )
+    return errors.NotFoundError(what, index=result.failed_index)
 
 
 def _batch_news(data: TaskBatchCreate, task_ids: list[str]) -> list[tasks_store.NewTask]:

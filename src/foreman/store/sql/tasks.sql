@@ -125,6 +125,78 @@ SELECT v.run_ok, v.parent_ok, v.run_open,
   LEFT JOIN m AS t ON t.ord = v.ord
  ORDER BY v.ord
 
+-- insert_plain_tasks --
+-- insert_tasks for a batch whose items carry no idempotency key and no dependsOn, answered with
+-- ids only (Prefer: return=minimal): the server made every id, so nothing comes back per row.
+-- The checks are insert_tasks' (the run, a parent in the same run, an auto-complete run still
+-- open; no item can name another as its parent: the server makes their ids), a parent looked
+-- up by its primary key only for an item that has one; `bad` is the first item that fails them,
+-- and then nothing is inserted. The
+-- inserts are not read (no RETURNING): PostgreSQL runs a data-modifying WITH once, to the end.
+-- The counters grow by the items per run, from the input. One NOTIFY at most, as insert_tasks.
+-- Every column comes as one parameter that is no array (asyncpg checks each element of an
+-- array parameter in Python): ids, words and numbers as comma-separated text ('' for a NULL
+-- parent; a batch of one without a parent: '' is the empty array, which ROWS FROM pads with a
+-- NULL), types and JSON values as one JSON array each (JSON null: no metadata).
+-- $1 org, $2 ids, $3 runs, $4 parents, $5 types, $6 statuses, $7 inputs, $8 metadata, $9 max
+-- retries, $10 priorities, $11 run after, $12 now, $13 counter shard, $14 enqueue.
+WITH i AS (
+    SELECT *
+      FROM ROWS FROM (unnest(string_to_array($2, ',')::uuid[]),
+                      unnest(string_to_array($3, ',')::uuid[]),
+                      unnest(string_to_array($4, ',', '')::uuid[]),
+                      jsonb_array_elements_text($5::jsonb),
+                      unnest(string_to_array($6, ',')),
+                      jsonb_array_elements($7::jsonb),
+                      jsonb_array_elements($8::jsonb),
+                      unnest(string_to_array($9, ',')::int[]),
+                      unnest(string_to_array($10, ',')::int[]),
+                      unnest(string_to_array($11, ',')::bigint[]),
+                      unnest(string_to_array($14, ',')::bool[]))
+           WITH ORDINALITY AS i(id, run_id, parent_task_id, type, status, input_data, metadata,
+                                max_retries, priority, run_after, enqueue, ord)
+), r AS (
+    SELECT id, auto_complete FROM run
+     WHERE org_id = $1 AND id = ANY(string_to_array($3, ',')::uuid[])
+       FOR KEY SHARE
+), u AS (
+    UPDATE run SET task_epoch = task_epoch + 1
+     WHERE org_id = $1 AND id IN (SELECT id FROM r WHERE auto_complete) AND completed_at IS NULL
+    RETURNING id
+), bad AS (
+    SELECT *
+      FROM (SELECT i.ord, r.id IS NOT NULL AS run_ok,
+                   i.parent_task_id IS NULL
+                       OR EXISTS (SELECT 1 FROM task AS p
+                                   WHERE p.org_id = $1 AND p.id = i.parent_task_id
+                                     AND p.run_id = i.run_id) AS parent_ok,
+                   r.auto_complete IS NOT TRUE OR i.run_id IN (SELECT id FROM u) AS run_open
+              FROM i
+              LEFT JOIN r ON r.id = i.run_id) AS checked
+     WHERE NOT (run_ok AND parent_ok AND run_open)
+     ORDER BY ord
+     LIMIT 1
+), ins AS (
+    INSERT INTO task (id, run_id, parent_task_id, org_id, type, status, input_data, metadata,
+                      max_retries, priority, run_after, created_at, updated_at, queued_at)
+    SELECT i.id, i.run_id, i.parent_task_id, $1, i.type, i.status, i.input_data,
+           NULLIF(i.metadata, 'null'), i.max_retries, i.priority, i.run_after, $12, $12,
+           CASE WHEN i.enqueue THEN $12::bigint END
+      FROM i
+     WHERE NOT EXISTS (SELECT 1 FROM bad)
+), c AS (
+    INSERT INTO run_counter (run_id, shard, org_id, total_tasks)
+    SELECT run_id, $13, $1, count(*) FROM i WHERE NOT EXISTS (SELECT 1 FROM bad) GROUP BY run_id
+    ON CONFLICT (run_id, shard) DO UPDATE
+       SET total_tasks = run_counter.total_tasks + EXCLUDED.total_tasks
+)
+SELECT bad.ord - 1 AS failed_index, bad.run_ok, bad.parent_ok, bad.run_open,
+       (SELECT count(pg_notify('foreman_task_ready', $1))
+          FROM (SELECT 1 FROM i WHERE status = 'queued' AND run_after <= $12
+                  AND NOT EXISTS (SELECT 1 FROM bad) LIMIT 1) q) AS notified
+  FROM (SELECT 1) AS one
+  LEFT JOIN bad ON true
+
 -- get_task --
 -- $1 org, $2 task id.
 SELECT * FROM task_answer WHERE org_id = $1 AND id = $2
