@@ -14,8 +14,7 @@ SELECT org_id, type, count(*) AS tasks, min(ready_at) AS oldest
  GROUP BY org_id, type
 
 -- running_tasks --
--- Tasks held under a lease per organisation and type (from task_running_idx, migration 0033).
--- $1 bound.
+-- Tasks held under a lease per organisation and type (from task_lease_idx). $1 bound.
 SELECT org_id, type, count(*) AS tasks
   FROM (SELECT org_id, type FROM task WHERE status = 'running' LIMIT $1) r
  GROUP BY org_id, type
