@@ -8,7 +8,11 @@ each statement touched, and the tables' updates and HOT updates (pg_stat_user_ta
 records and buffer counts do not depend on the machine's load; the times do.
 
     FOREMAN_DATABASE_URL=postgresql://postgres@127.0.0.1:5432/postgres \\
-        python benchmarks/write_amp.py [--tasks 20000] [--batch 100] [--rounds 40]
+        python benchmarks/write_amp.py [--tasks 20000] [--batch 100] [--rounds 40] \\
+        [--drop task_org_status_idx --drop task_run_status_idx]
+
+--drop INDEX (repeatable) drops an index after the migration: what the statements would write
+without it (the claim reads task_ready_idx; dropped, it scans the table instead).
 """
 
 from __future__ import annotations
@@ -106,7 +110,7 @@ async def table_counters(conn: asyncpg.Connection) -> list[asyncpg.Record]:
     )
 
 
-async def main(tasks: int, batch: int, rounds: int) -> None:
+async def main(tasks: int, batch: int, rounds: int, drop: list[str]) -> None:
     admin = services.with_database(os.environ["FOREMAN_DATABASE_URL"], "postgres")
     url = services.with_database(admin, DATABASE)
     await services.recreate_database(admin, DATABASE)
@@ -114,6 +118,10 @@ async def main(tasks: int, batch: int, rounds: int) -> None:
         await services.migrate(url)
         conn = await asyncpg.connect(url)
         try:
+            for index in drop:
+                await conn.execute(
+                    await conn.fetchval("SELECT format('DROP INDEX %I', $1::text)", index)
+                )
             await load(conn, tasks)
             per_task = await measure(conn, batch, rounds)
             counters = await table_counters(conn)
@@ -121,7 +129,8 @@ async def main(tasks: int, batch: int, rounds: int) -> None:
             await conn.close()
     finally:
         await services.drop_database(admin, DATABASE)
-    print(f"{tasks:,} queued tasks, {rounds} rounds of {batch}: per task")
+    dropped = f", without {', '.join(drop)}" if drop else ""
+    print(f"{tasks:,} queued tasks, {rounds} rounds of {batch}{dropped}: per task")
     for name, f in per_task.items():
         print(
             f"  {name:<10} WAL records {f['wal_records']:5.2f}  WAL bytes {f['wal_bytes']:6.0f}"
@@ -136,5 +145,6 @@ if __name__ == "__main__":
     parser.add_argument("--tasks", type=int, default=20_000)
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=40)
+    parser.add_argument("--drop", action="append", default=[], metavar="INDEX")
     args = parser.parse_args()
-    asyncio.run(main(args.tasks, args.batch, args.rounds))
+    asyncio.run(main(args.tasks, args.batch, args.rounds, args.drop))
