@@ -444,14 +444,16 @@ def _update_sql(changes: dict[str, Any], status: str | None) -> tuple[str, list[
 
 # The attempt history (task_attempt, migration 0012) in the PATCH statement, by the status sent:
 # running opens an attempt unless one is open (numbered after the task's earlier ones: the legacy
-# path does not count attempts on the task); any other status closes the open one.
+# path does not count attempts on the task; one look at the task's rows answers both); any other
+# status closes the open one.
 _OPEN_ATTEMPT = """, n AS (
     INSERT INTO task_attempt (task_id, attempt, org_id, run_id, worker_id, started_at)
-    SELECT t.id, (SELECT count(*) FROM task_attempt a WHERE a.task_id = t.id AND a.org_id = $1) + 1,
-           t.org_id, t.run_id, t.worker_id, $3
-      FROM t
-     WHERE NOT EXISTS (SELECT 1 FROM task_attempt a
-                        WHERE a.task_id = t.id AND a.org_id = $1 AND a.outcome = 'running')
+    SELECT t.id, a.attempts + 1, t.org_id, t.run_id, t.worker_id, $3
+      FROM t,
+           LATERAL (SELECT count(*) AS attempts, count(*) FILTER (WHERE outcome = 'running') AS open
+                      FROM task_attempt a
+                     WHERE a.task_id = t.id AND a.org_id = $1) a
+     WHERE a.open = 0
 )"""
 _CLOSE_ATTEMPT = """, e AS (
     UPDATE task_attempt a
@@ -471,8 +473,21 @@ def _attempt_sql(status: str | None, *, confirms: bool) -> str:
     return _OPEN_ATTEMPT if status == "running" else _CLOSE_ATTEMPT
 
 
-def _update_task_sql(sets: str, *, confirms: bool, shard: str, attempts: str = "") -> str:
-    """The PATCH statement, from fixed fragments: SET clauses of _update_sql, the shard's $n.
+# What a PATCH that ends its task looks at next: the task's blocked children and its run's
+# autoComplete (update_task acts on them after the statement). A PATCH to any other status reads
+# neither: the lifecycle's PATCH running had two lookups per call for nothing (issue 17).
+_ENDING_FLAGS = """(SELECT r.auto_complete FROM run r WHERE r.org_id = $1 AND r.id = t.run_id)
+           AS run_auto_complete,
+       EXISTS (SELECT 1 FROM task_dependency d WHERE d.org_id = $1 AND d.parent_id = t.id)
+           AS has_children,"""
+_NO_FLAGS = "false AS run_auto_complete, false AS has_children,"
+
+
+def _update_task_sql(
+    sets: str, *, confirms: bool, ends: bool, shard: str, attempts: str = ""
+) -> str:
+    """The PATCH statement, from fixed fragments: SET clauses of _update_sql, the shard's $n;
+    ends: the PATCH sets a terminal status (the flags for update_task's next steps).
 
     A terminal task takes no new status (409), except the same one again (a no-op); a job
     confirmation (see _confirms_job) keeps a terminal status: allowed, and never counted. A
@@ -488,6 +503,7 @@ def _update_task_sql(sets: str, *, confirms: bool, shard: str, attempts: str = "
             " AND (status <> 'blocked' OR $4::text = 'cancelled')))"
         )
         counted = "$4::text IS NOT NULL"
+    flags = _ENDING_FLAGS if ends else _NO_FLAGS
     return f"""
 WITH t AS (
     UPDATE task SET {sets}
@@ -508,10 +524,7 @@ WITH t AS (
 SELECT CASE WHEN $4::text IN ('completed', 'failed', 'cancelled')
             THEN pg_notify('foreman_task_done', t.id::text)
             WHEN $4::text = 'queued' THEN pg_notify('foreman_task_ready', $1) END AS notified,
-       (SELECT r.auto_complete FROM run r WHERE r.org_id = $1 AND r.id = t.run_id)
-           AS run_auto_complete,
-       EXISTS (SELECT 1 FROM task_dependency d WHERE d.org_id = $1 AND d.parent_id = t.id)
-           AS has_children,
+       {flags}
        {_TASK_COLUMNS}
   FROM t
 """  # noqa: S608 - fixed fragments only (see the docstring); every value is a parameter
@@ -542,6 +555,7 @@ async def update_task(
     sql = _update_task_sql(
         sets,
         confirms=confirms,
+        ends=status in TERMINAL_STATUSES and not confirms,
         shard=f"${5 + len(names)}",
         attempts=_attempt_sql(status, confirms=confirms),
     )
