@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import secrets
 from collections.abc import AsyncIterator
@@ -14,7 +15,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 
-from foreman import errors
+from foreman import errors, tracing
 from foreman.queue import open_queue, open_redis_acl
 from foreman.queue.base import QueueBackend
 from foreman.server import edge
@@ -80,10 +81,12 @@ class ForemanApp(Litestar):
     included."""
 
     foreman_metrics: ServerMetrics | None = None  # None: metrics are off (no token)
+    foreman_traced: Any = None  # Litestar inside the request spans (server/traces.py); None: off
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http":
-            await edge.handle(super().__call__, scope, receive, send, self.foreman_metrics)
+            app = self.foreman_traced or super().__call__
+            await edge.handle(app, scope, receive, send, self.foreman_metrics)
         else:
             await super().__call__(scope, receive, send)
 
@@ -189,6 +192,11 @@ def create_app(settings: Settings) -> Litestar:
         debug=False,
     )
     app.foreman_metrics = None if exporter is None else exporter.metrics
+    if tracing.configure("foreman-server"):
+        from foreman.server import traces  # imports OpenTelemetry: only when traces are on
+
+        traces.instrument_statements()
+        app.foreman_traced = traces.traced(functools.partial(Litestar.__call__, app))
     if settings.ui_enabled:
         # Without FOREMAN_UI_SECRET, one per app (the runner makes one for all its processes).
         secret = settings.ui_secret or secrets.token_urlsafe(32)

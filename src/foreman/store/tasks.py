@@ -59,6 +59,7 @@ class NewTask:
     enqueue: bool = False
     depends_on: tuple[str, ...] = ()  # parent task ids (refs of a batch already resolved)
     on_parent_failure: str = "cancel"
+    traceparent: str | None = None  # W3C, validated (foreman/tracing.py): the enqueue's span
 
     @property
     def status(self) -> str:
@@ -142,6 +143,7 @@ async def _insert_task(
         shard(),
         new.parent_policy,
         new.enqueue,
+        new.traceparent,
     )
     assert record is not None
     run_found, parent_found = record["run_found"], record["parent_found"]
@@ -292,6 +294,13 @@ async def _add_batch_dependencies(
     return BatchInsertResult(tasks, result.created)
 
 
+def _traceparents(news: list[NewTask]) -> list[str | None] | None:
+    # NULL rather than an array of NULLs when none has one (nothing to encode): unnest pads it.
+    if all(n.traceparent is None for n in news):
+        return None
+    return [n.traceparent for n in news]
+
+
 async def _insert_tasks(
     conn: Db, *, org_id: str, task_ids: list[str], news: list[NewTask], now: int
 ) -> BatchInsertResult:
@@ -313,6 +322,7 @@ async def _insert_tasks(
         shard(),
         [n.parent_policy for n in news],
         [n.enqueue for n in news],
+        _traceparents(news),
     )
     for index, record in enumerate(records):
         if not (record["run_ok"] and record["parent_ok"] and record["run_open"]):
