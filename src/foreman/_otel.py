@@ -17,7 +17,6 @@ from opentelemetry import trace
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from foreman import errors
-from foreman.tracing import TRACEPARENT
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace.export import SpanExporter
@@ -27,16 +26,11 @@ if TYPE_CHECKING:
 
 # The task's stored context is W3C whatever OTEL_PROPAGATORS says: the API carries traceparent.
 _W3C = TraceContextTextMapPropagator()
+TRACEPARENT = "traceparent"  # the W3C header and carrier key
 _EXPORTER_GROUP = "opentelemetry_traces_exporter"
 # As the SDK's own configurator reads "otlp": by OTEL_EXPORTER_OTLP_[TRACES_]PROTOCOL, grpc unset.
 _OTLP_BY_PROTOCOL = {"grpc": "otlp_proto_grpc", "http/protobuf": "otlp_proto_http"}
 MESSAGING_SYSTEM = "foreman"
-
-
-def has_provider() -> bool:
-    """Whether a tracer provider was set (the API's default proxy makes no span)."""
-    provider = trace.get_tracer_provider()
-    return not isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider)
 
 
 def _tracer() -> trace.Tracer:
@@ -47,12 +41,10 @@ def _tracer() -> trace.Tracer:
 
 
 def configure_sdk(service_name: str, environ: Mapping[str, str] = os.environ) -> None:
-    """Set the tracer provider the OTEL_* variables describe, unless one is set already (by the
-    application, ``opentelemetry-instrument`` or a test): exporters of OTEL_TRACES_EXPORTER
+    """Set the tracer provider the OTEL_* variables describe: exporters of OTEL_TRACES_EXPORTER
     (default otlp), the sampler of OTEL_TRACES_SAMPLER, the resource of OTEL_SERVICE_NAME and
     OTEL_RESOURCE_ATTRIBUTES (service_name when neither names one)."""
-    if has_provider():
-        return
+    # Here: spans alone need only the API (an application may bring another SDK).
     from opentelemetry.sdk.resources import SERVICE_NAME, Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor

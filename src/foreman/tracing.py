@@ -79,20 +79,21 @@ def configure(service_name: str) -> bool:
     if importlib.util.find_spec("opentelemetry.sdk") is None:
         logger.warning("OTEL_* variables ask for traces, but foreman[otel] is not installed")
         return False
-    from foreman import _otel
+    if not tracing_on():  # else the application's, opentelemetry-instrument's or a test's
+        from foreman import _otel
 
-    _otel.configure_sdk(service_name)
+        _otel.configure_sdk(service_name)
     return True
 
 
 def tracing_on() -> bool:
     """Whether the process has an OpenTelemetry tracer provider (never imports OpenTelemetry:
-    a process that never did has none)."""
-    if "opentelemetry.trace" not in sys.modules:
+    a process that never did has none; the API's default proxy makes no span)."""
+    api = sys.modules.get("opentelemetry.trace")
+    if api is None:
         return False
-    from foreman import _otel
-
-    return _otel.has_provider()
+    provider = api.get_tracer_provider()
+    return not isinstance(provider, api.ProxyTracerProvider | api.NoOpTracerProvider)
 
 
 def enqueue_span(specs: Sequence[TaskSpec]) -> AbstractContextManager[str | None]:
