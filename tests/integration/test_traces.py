@@ -77,9 +77,12 @@ def exporter() -> Iterator[InMemorySpanExporter]:
 
 
 @pytest.fixture
-def spans(exporter: InMemorySpanExporter, monkeypatch: pytest.MonkeyPatch) -> InMemorySpanExporter:
-    """The exporter, emptied; OTEL_EXPORTER_OTLP_ENDPOINT turns the server's traces on (the
-    provider above is kept: nothing is sent there)."""
+def spans(
+    exporter: InMemorySpanExporter, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> InMemorySpanExporter:
+    """The exporter, emptied once the tables are (this process's statements make spans too);
+    OTEL_EXPORTER_OTLP_ENDPOINT turns the server's traces on (the provider above is kept:
+    nothing is sent there)."""
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")
     exporter.clear()
     return exporter
@@ -214,7 +217,9 @@ async def test_one_trace_from_enqueue_to_the_handler_on_each_backend(spans, db_u
 
 
 async def test_server_spans_per_request_and_per_statement(spans, db_url):
-    with LiveApp(db_url, sweep_enabled=False, schedule_enabled=False) as live:
+    # The sweeper and the schedules' loop run (often): their statements make no span.
+    intervals = {"sweep_interval_s": 0.05, "schedule_interval_s": 0.05}
+    with LiveApp(db_url, **intervals) as live:
 
         def calls() -> str:
             with Client(live.url, KEY_A) as client:
@@ -245,6 +250,7 @@ async def test_server_spans_per_request_and_per_statement(spans, db_url):
         for r in requests
     }
     assert all(by_request.values()), "a request without a statement span"
+    assert sum(map(len, by_request.values())) == len(statements), "a statement of no request"
     (insert,) = by_request[create.context.span_id]
     assert insert.context.trace_id == send.context.trace_id
     system = insert.attributes.get("db.system") or insert.attributes.get("db.system.name")

@@ -10,12 +10,15 @@ which wraps asyncpg's Connection methods: the pool's connections subclass it (st
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any, cast
 
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from opentelemetry import trace
 from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
 from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
+from opentelemetry.instrumentation.utils import suppress_instrumentation
 
 HTTP_ROUTE = "http.route"
 
@@ -25,6 +28,15 @@ def instrument_statements() -> None:
     instrumentor = AsyncPGInstrumentor()  # type: ignore[no-untyped-call]  # a singleton
     if not instrumentor.is_instrumented_by_opentelemetry:
         instrumentor.instrument()
+
+
+@contextlib.asynccontextmanager
+async def untraced_lifespan(app: object) -> AsyncIterator[None]:
+    """No span for the statements of what the app's lifespan starts: the background loops
+    (sweeper, schedules, the metrics' queue gauges) and the LISTEN connection. Their tasks copy
+    the lifespan's context; the requests' tasks never had it."""
+    with suppress_instrumentation():
+        yield
 
 
 def _span_details(scope: Any) -> tuple[str, dict[str, Any]]:
