@@ -210,7 +210,8 @@ class Task(_Out):
     idempotency_key: str | None = None
     worker_id: str | None = None
     lease_token: str | None = None
-    # Only in a claim's answer, as the creator sent it (README "Traces"): the handler's span parent.
+    # Only in a claim's answer (README "Traces"): the creator's trace context, the handler's span
+    # parent.
     traceparent: str | None = None
 
 
@@ -408,7 +409,7 @@ class TaskCreate(_In):
     depends_on: DependsOn | None = None
     on_parent_failure: OnParentFailure = "cancel"
     ref: Name | None = None
-    # Extension (README "Traces"): this item's W3C trace context, instead of the request's
+    # Extension (README "Traces"): this task's W3C trace context, instead of the request's
     # traceparent header; an invalid one is ignored, like the header.
     traceparent: str | None = None
 
