@@ -89,3 +89,10 @@ async def test_each_claim_by_id_answers_the_traceparent(client):
     response = await client.post(f"{API}/tasks/claim-ids", json=body, headers=HEADERS_A)
     answers = [result["task"] for result in response.json()["data"]]
     assert [a.get("traceparent") for a in answers] == [VALID, None]
+
+
+async def test_a_single_create_takes_its_body_field_over_the_header(client, admin_conn):
+    run = await create_run(client)
+    headers = {**HEADERS_A, "traceparent": VALID}
+    task = await create_task(client, run["id"], traceparent=OTHER, headers=headers)
+    assert await stored(admin_conn, task["id"]) == OTHER
