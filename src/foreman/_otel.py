@@ -125,9 +125,9 @@ def producer_span(specs: Sequence[TaskSpec]) -> Iterator[str | None]:
 @contextlib.contextmanager
 def consumer_span(task: Task, worker_id: str) -> Iterator[None]:
     """The handler's span, current while it runs (sync handlers' threads copy the context)."""
-    parent = None
-    if task.traceparent is not None:
-        parent = _W3C.extract({TRACEPARENT: task.traceparent})
+    carrier = {} if task.traceparent is None else {TRACEPARENT: task.traceparent}
+    # Without a traceparent, an empty context: a trace of its own, not one the worker runs in.
+    parent = _W3C.extract(carrier)
     attributes: dict[str, Any] = {
         "messaging.system": MESSAGING_SYSTEM,
         "messaging.operation.type": "process",

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
 import asyncpg
+import httpx
 import pytest
 from opentelemetry import trace
 from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
@@ -27,7 +28,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from foreman import AsyncClient, Client, TaskSpec, Worker
 from foreman.queue.rabbitmq import RabbitMQQueue
 from foreman.worker.context import TaskContext
-from tests.conftest import KEY_A, ORG_A
+from tests.conftest import HEADERS_A, KEY_A, ORG_A
 from tests.queue_helpers import LiveApp, obliterate, redis_settings, unique_queue_name
 
 pytestmark = pytest.mark.timeout(90)
@@ -171,7 +172,7 @@ async def run_worker(url: str, queue_backend: str) -> None:
             api, HANDLERS, backend=queue_backend, claim_wait_s=0.2, handle_signals=False
         )  # type: ignore[arg-type]
         stats = await asyncio.wait_for(worker.run(burst=True), 60)
-    assert (stats.completed, stats.failed) == (3, 1)
+    assert (stats.completed, stats.failed) == (4, 1)
 
 
 # ---------------------------------------------------------------- tests
@@ -190,7 +191,12 @@ async def test_one_trace_from_enqueue_to_the_handler_on_each_backend(spans, db_u
         run_id, one, failing = await asyncio.to_thread(enqueue)
         async with AsyncClient(live.url, KEY_A) as api:
             batch = await api.enqueue_tasks([TaskSpec(run_id, t, 2) for t in ("work", "sync_work")])
-        await run_worker(live.url, backend["queue_backend"])
+        async with httpx.AsyncClient(base_url=live.url, headers=HEADERS_A) as http:
+            body = {"runId": run_id, "type": "work", "inputData": 3, "enqueue": True}
+            untraced = (await http.post("/api/v1/tasks", json=body)).json()["id"]  # no header
+        # An application may run its Worker inside a span: the handlers' spans are not its children.
+        with trace.get_tracer("tests").start_as_current_span("application"):
+            await run_worker(live.url, backend["queue_backend"])
     finished = spans.get_finished_spans()  # the server stopped: every span has ended
 
     sends = of_kind(finished, SpanKind.PRODUCER)
@@ -198,7 +204,8 @@ async def test_one_trace_from_enqueue_to_the_handler_on_each_backend(spans, db_u
     assert sends[2].attributes["messaging.batch.message_count"] == 2
     handlers = handler_spans(finished)
     task_ids = [one, failing, *(t.id for t in batch)]
-    assert sorted(handlers) == sorted(task_ids)
+    assert sorted(handlers) == sorted([*task_ids, untraced])
+    assert handlers[untraced].parent is None  # a trace of its own, not the application's
     for task_id, send in zip(task_ids, [sends[0], sends[1], sends[2], sends[2]], strict=True):
         handler = handlers[task_id]
         # One trace: the handler's parent is the enqueue's span, read back from the task.
