@@ -5,7 +5,9 @@ Both come from OpenTelemetry's own instrumentations. The request span is the ASG
 around Litestar inside the edge (server/edge.py); it is named from the route template once
 routing found one (``POST /api/v1/tasks``), never the raw path, whose ids would make every
 name unique, and just the method otherwise. The statement spans are asyncpg's instrumentation,
-which wraps asyncpg's Connection methods: the pool's connections subclass it (store/db.py).
+which wraps asyncpg's Connection methods: the pool's connections subclass it (store/db.py), and
+only its own ``execute`` of a statement without arguments bypasses asyncpg's (no request sends
+one; tests/integration/test_traces.py finds a span for each statement of a request).
 """
 
 from __future__ import annotations
