@@ -96,3 +96,16 @@ async def test_a_single_create_takes_its_body_field_over_the_header(client, admi
     headers = {**HEADERS_A, "traceparent": VALID}
     task = await create_task(client, run["id"], traceparent=OTHER, headers=headers)
     assert await stored(admin_conn, task["id"]) == OTHER
+
+
+async def test_a_minimal_batch_keeps_the_traceparent(client, admin_conn):
+    # enqueue_task_ids' request: ids only (a faster insert may serve it, with the same columns).
+    run = await create_run(client)
+    items = [
+        {"runId": run["id"], "type": "work", "inputData": i, "enqueue": True} for i in range(3)
+    ]
+    headers = {**HEADERS_A, "traceparent": VALID, "prefer": "return=minimal"}
+    response = await client.post(f"{API}/tasks/batch", json={"tasks": items}, headers=headers)
+    assert response.status_code == 201, response.text
+    task_ids = [t["id"] for t in response.json()["data"]]
+    assert [await stored(admin_conn, i) for i in task_ids] == [VALID] * 3
