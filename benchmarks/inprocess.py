@@ -95,6 +95,11 @@ async def measure(route: str, count: int) -> None:
         task_id = msgspec.json.decode(task[1]["body"])["id"]
         if route == "get":
             request = ("GET", f"/api/v1/tasks/{task_id}", b"")
+        elif route == "task":  # a queued task (the postgres backend: no publish)
+            enqueue = msgspec.json.encode(
+                {"runId": run_id, "type": "t", "inputData": {}, "enqueue": True}
+            )
+            request = ("POST", "/api/v1/tasks", enqueue)
         else:
             request = ("POST", "/api/v1/runs", b'{"inputData":{"a":1}}')
         for _ in range(200):  # warm: statement caches, pool connections
@@ -113,7 +118,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("route", choices=["get", "post"], help="GET /tasks/:id or POST /runs")
+    parser.add_argument(
+        "route", choices=["get", "post", "task"], help="GET /tasks/:id, POST /runs or POST /tasks"
+    )
     parser.add_argument("count", type=int, nargs="?", default=2000)
     args = parser.parse_args()
     uvloop.run(measure(args.route, args.count))

@@ -1,17 +1,23 @@
-"""Helpers of the queue tests: the app in the test's event loop, and unique BullMQ queues."""
+"""Helpers of the queue tests: the app in the test's event loop or in a thread of its own, and
+unique BullMQ queues."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
+import time
 import uuid
 from collections.abc import AsyncIterator
 
 import httpx
+import uvicorn
 from bullmq import Queue
 from litestar import Litestar
 
-from tests.services import RedisServer
+from foreman.server.app import create_app
+from tests.conftest import make_settings
+from tests.services import RedisServer, free_port
 
 
 @contextlib.asynccontextmanager
@@ -40,6 +46,37 @@ async def running_app(app: Litestar) -> AsyncIterator[httpx.AsyncClient]:
     finally:
         stop.set()
         await task
+
+
+class LiveApp:
+    """The app served by uvicorn in a thread, so blocking and asyncio clients both reach it
+    (settings: overrides of make_settings')."""
+
+    def __init__(self, database_url: str, **settings: object) -> None:
+        self.port = free_port()
+        app = create_app(make_settings(database_url, **settings))
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=self.port, lifespan="on", log_config=None, loop="asyncio"
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> LiveApp:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            assert self.thread.is_alive(), "uvicorn thread died"
+            assert time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(15)
 
 
 def unique_queue_name() -> str:

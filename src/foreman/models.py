@@ -210,6 +210,9 @@ class Task(_Out):
     idempotency_key: str | None = None
     worker_id: str | None = None
     lease_token: str | None = None
+    # Only in a claim's answer (README "Traces"): the creator's trace context, the handler's span
+    # parent.
+    traceparent: str | None = None
 
 
 AttemptOutcome = Literal["running", "completed", "failed", "lease_expired", "released", "cancelled"]
@@ -406,6 +409,9 @@ class TaskCreate(_In):
     depends_on: DependsOn | None = None
     on_parent_failure: OnParentFailure = "cancel"
     ref: Name | None = None
+    # Extension (README "Traces"): this task's W3C trace context, instead of the request's
+    # traceparent header; an invalid one is ignored, like the header.
+    traceparent: str | None = None
 
     def __post_init__(self) -> None:
         _require_value(self.input_data, "inputData")

@@ -13,45 +13,14 @@ from decimal import Decimal
 import aiohttp
 import httpx
 import pytest
-import uvicorn
 from bullmq import Queue
 
 from foreman import AsyncClient, Client, errors
 from foreman.client import RedisOptions, TaskSpec, _async
 from foreman.models import Config, Run, Schedule, ScheduledTask, Task
-from foreman.server.app import create_app
-from tests.conftest import KEY_A, KEY_B, make_settings
+from tests.conftest import KEY_A, KEY_B
+from tests.queue_helpers import LiveApp
 from tests.services import free_port
-
-
-class LiveApp:
-    """The app served by uvicorn in a thread, so blocking and asyncio clients both reach it."""
-
-    def __init__(self, database_url: str) -> None:
-        self.port = free_port()
-        app = create_app(make_settings(database_url))
-        config = uvicorn.Config(
-            app, host="127.0.0.1", port=self.port, lifespan="on", log_config=None, loop="asyncio"
-        )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> LiveApp:
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            assert self.thread.is_alive(), "uvicorn thread died"
-            assert time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(15)
 
 
 @pytest.fixture(scope="module")

@@ -87,6 +87,7 @@ async def test_cors_allows_only_the_configured_origins(app_with):
         allowed_headers = allowed.headers["access-control-allow-headers"].lower()
         assert "authorization" in allowed_headers
         assert "x-api-key" in allowed_headers
+        assert "traceparent" in allowed_headers  # a browser's trace context (README "Traces")
         assert "access-control-allow-credentials" not in allowed.headers
 
         simple = await client.get(f"{API}/runs", headers={**HEADERS_A, "origin": ORIGIN})

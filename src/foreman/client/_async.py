@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import aiohttp
 from msgspec import UNSET, UnsetType
 
-from foreman import errors, ids
+from foreman import errors, ids, tracing
 from foreman.client import _base, _calls
 from foreman.client._base import (
     Call,
@@ -373,11 +373,13 @@ class AsyncClient:
             depends_on=depends_on,
             on_parent_failure=on_parent_failure,
         )
-        # A dependent task is queued by the server when released: never published from here.
-        if not self.options.publishes_jobs or depends_on:
-            return await self._send(_calls.create_task(spec, enqueue=True))
-        task = await self._send(_calls.create_task(spec, enqueue=False))
-        return (await self._publish([task]))[0]
+        with tracing.enqueue_span([spec]) as traceparent:
+            # A dependent task is queued by the server when released: never published from here.
+            enqueue = not self.options.publishes_jobs or bool(depends_on)
+            task = await self._send(
+                _calls.create_task(spec, enqueue=enqueue, traceparent=traceparent)
+            )
+            return task if enqueue else (await self._publish([task]))[0]
 
     async def enqueue_tasks(self, tasks: Iterable[TaskSpec | Mapping[str, Any]]) -> list[Task]:
         """Create and queue many tasks, 1,000 per request (each request is all-or-nothing).
@@ -385,20 +387,23 @@ class AsyncClient:
         A spec's depends_on may name the ref of an earlier spec of the same call.
         """
         specs = [_base.task_spec(item) for item in tasks]
-        created: list[Task] = []
-        known: dict[str, str] = {}
-        for chunk in _base.chunks(specs):
-            chunk = _base.resolve_refs(chunk, known)
-            # Dependent tasks are queued by the server when released, never published from here.
-            enqueue = not self.options.publishes_jobs or any(s.depends_on for s in chunk)
-            batch: list[Task] = await self._send(_calls.create_tasks(chunk, enqueue=enqueue))
-            _base.remember_refs(chunk, [t.id for t in batch], known)
-            created.extend(batch)
-        if not self.options.publishes_jobs:
-            return created
-        pending = [t for t in created if t.status == "pending"]  # blocked ones wait for parents
-        published = {t.id: t for t in await self._publish(pending)}
-        return [published.get(t.id, t) for t in created]
+        with tracing.enqueue_span(specs) as traceparent:
+            created: list[Task] = []
+            known: dict[str, str] = {}
+            for chunk in _base.chunks(specs):
+                chunk = _base.resolve_refs(chunk, known)
+                # Dependent tasks are queued by the server when released, never published here.
+                enqueue = not self.options.publishes_jobs or any(s.depends_on for s in chunk)
+                batch: list[Task] = await self._send(
+                    _calls.create_tasks(chunk, enqueue=enqueue, traceparent=traceparent)
+                )
+                _base.remember_refs(chunk, [t.id for t in batch], known)
+                created.extend(batch)
+            if not self.options.publishes_jobs:
+                return created
+            pending = [t for t in created if t.status == "pending"]  # blocked ones wait for parents
+            published = {t.id: t for t in await self._publish(pending)}
+            return [published.get(t.id, t) for t in created]
 
     async def enqueue_task_ids(self, tasks: Iterable[TaskSpec | Mapping[str, Any]]) -> list[str]:
         """enqueue_tasks answering the tasks' ids only: less for the server to send."""
@@ -407,11 +412,12 @@ class AsyncClient:
         specs = [_base.task_spec(item) for item in tasks]
         task_ids: list[str] = []
         known: dict[str, str] = {}
-        for chunk in _base.chunks(specs):
-            chunk = _base.resolve_refs(chunk, known)
-            made = await self._send(_calls.create_task_ids(chunk))
-            _base.remember_refs(chunk, made, known)
-            task_ids.extend(made)
+        with tracing.enqueue_span(specs) as traceparent:
+            for chunk in _base.chunks(specs):
+                chunk = _base.resolve_refs(chunk, known)
+                made = await self._send(_calls.create_task_ids(chunk, traceparent=traceparent))
+                _base.remember_refs(chunk, made, known)
+                task_ids.extend(made)
         return task_ids
 
     async def wait_for_task(

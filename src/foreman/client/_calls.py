@@ -13,7 +13,7 @@ from urllib.parse import quote
 import msgspec
 from msgspec import UNSET
 
-from foreman import errors, models
+from foreman import errors, models, tracing
 from foreman.client._base import (
     API,
     JSON_HEADERS,
@@ -243,26 +243,43 @@ def task_body(spec: TaskSpec, *, enqueue: bool) -> dict[str, Any]:
     return body
 
 
-def create_task(spec: TaskSpec, *, enqueue: bool) -> Call[models.Task]:
+def _traced(traceparent: str | None) -> dict[str, str] | None:
+    """The headers of a create request that carries its enqueue's trace context (if any)."""
+    return None if traceparent is None else {**JSON_HEADERS, tracing.TRACEPARENT: traceparent}
+
+
+def create_task(
+    spec: TaskSpec, *, enqueue: bool, traceparent: str | None = None
+) -> Call[models.Task]:
     body = _encode(task_body(spec, enqueue=enqueue))
     # With an idempotency key a repeat returns the first task instead of making a second one.
     idempotent = spec.idempotency_key is not None
-    return Call("POST", f"{API}/tasks", _decoder(models.Task), body, idempotent=idempotent)
+    return Call(
+        "POST", f"{API}/tasks", _decoder(models.Task), body, idempotent=idempotent,
+        headers=_traced(traceparent),
+    )  # fmt: skip
 
 
-def create_tasks(specs: Sequence[TaskSpec], *, enqueue: bool) -> Call[list[models.Task]]:
+def create_tasks(
+    specs: Sequence[TaskSpec], *, enqueue: bool, traceparent: str | None = None
+) -> Call[list[models.Task]]:
     """``POST /tasks/batch``: one transaction, answers in input order."""
     body = _encode({"tasks": [task_body(spec, enqueue=enqueue) for spec in specs]})
     idempotent = all(spec.idempotency_key is not None for spec in specs)
-    return Call("POST", f"{API}/tasks/batch", _tasks, body, idempotent=idempotent)
+    return Call(
+        "POST", f"{API}/tasks/batch", _tasks, body, idempotent=idempotent,
+        headers=_traced(traceparent),
+    )  # fmt: skip
 
 
-def create_task_ids(specs: Sequence[TaskSpec]) -> Call[list[str]]:
+def create_task_ids(
+    specs: Sequence[TaskSpec], *, traceparent: str | None = None
+) -> Call[list[str]]:
     """``POST /tasks/batch`` with ``Prefer: return=minimal``: queued, answered with ids only."""
-    call = create_tasks(specs, enqueue=True)
+    call = create_tasks(specs, enqueue=True, traceparent=traceparent)
     return Call(
         call.method, call.path, _task_ids, call.body, idempotent=call.idempotent,
-        headers={**JSON_HEADERS, "Prefer": "return=minimal"},
+        headers={**(call.headers or JSON_HEADERS), "Prefer": "return=minimal"},
     )  # fmt: skip
 
 

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 import httpx
 from msgspec import UNSET, UnsetType
 
-from foreman import errors, ids
+from foreman import errors, ids, tracing
 from foreman.client import _base, _calls
 from foreman.client._base import (
     Call,
@@ -308,11 +308,11 @@ class Client:
             depends_on=depends_on,
             on_parent_failure=on_parent_failure,
         )
-        # A dependent task is queued by the server when released: never published from here.
-        if not self.options.publishes_jobs or depends_on:
-            return self._send(_calls.create_task(spec, enqueue=True))
-        task = self._send(_calls.create_task(spec, enqueue=False))
-        return self._publish([task])[0]
+        with tracing.enqueue_span([spec]) as traceparent:
+            # A dependent task is queued by the server when released: never published from here.
+            enqueue = not self.options.publishes_jobs or bool(depends_on)
+            task = self._send(_calls.create_task(spec, enqueue=enqueue, traceparent=traceparent))
+            return task if enqueue else self._publish([task])[0]
 
     def enqueue_tasks(self, tasks: Iterable[TaskSpec | Mapping[str, Any]]) -> list[Task]:
         """Create and queue many tasks, 1,000 per request (each request is all-or-nothing).
@@ -320,20 +320,23 @@ class Client:
         A spec's depends_on may name the ref of an earlier spec of the same call.
         """
         specs = [_base.task_spec(item) for item in tasks]
-        created: list[Task] = []
-        known: dict[str, str] = {}
-        for chunk in _base.chunks(specs):
-            chunk = _base.resolve_refs(chunk, known)
-            # Dependent tasks are queued by the server when released, never published from here.
-            enqueue = not self.options.publishes_jobs or any(s.depends_on for s in chunk)
-            batch: list[Task] = self._send(_calls.create_tasks(chunk, enqueue=enqueue))
-            _base.remember_refs(chunk, [t.id for t in batch], known)
-            created.extend(batch)
-        if not self.options.publishes_jobs:
-            return created
-        pending = [t for t in created if t.status == "pending"]  # blocked ones wait for parents
-        published = {t.id: t for t in self._publish(pending)}
-        return [published.get(t.id, t) for t in created]
+        with tracing.enqueue_span(specs) as traceparent:
+            created: list[Task] = []
+            known: dict[str, str] = {}
+            for chunk in _base.chunks(specs):
+                chunk = _base.resolve_refs(chunk, known)
+                # Dependent tasks are queued by the server when released, never published here.
+                enqueue = not self.options.publishes_jobs or any(s.depends_on for s in chunk)
+                batch: list[Task] = self._send(
+                    _calls.create_tasks(chunk, enqueue=enqueue, traceparent=traceparent)
+                )
+                _base.remember_refs(chunk, [t.id for t in batch], known)
+                created.extend(batch)
+            if not self.options.publishes_jobs:
+                return created
+            pending = [t for t in created if t.status == "pending"]  # blocked ones wait for parents
+            published = {t.id: t for t in self._publish(pending)}
+            return [published.get(t.id, t) for t in created]
 
     def enqueue_task_ids(self, tasks: Iterable[TaskSpec | Mapping[str, Any]]) -> list[str]:
         """enqueue_tasks answering the tasks' ids only: less for the server to send."""
@@ -342,11 +345,12 @@ class Client:
         specs = [_base.task_spec(item) for item in tasks]
         task_ids: list[str] = []
         known: dict[str, str] = {}
-        for chunk in _base.chunks(specs):
-            chunk = _base.resolve_refs(chunk, known)
-            made = self._send(_calls.create_task_ids(chunk))
-            _base.remember_refs(chunk, made, known)
-            task_ids.extend(made)
+        with tracing.enqueue_span(specs) as traceparent:
+            for chunk in _base.chunks(specs):
+                chunk = _base.resolve_refs(chunk, known)
+                made = self._send(_calls.create_task_ids(chunk, traceparent=traceparent))
+                _base.remember_refs(chunk, made, known)
+                task_ids.extend(made)
         return task_ids
 
     def wait_for_task(self, task_id: str, *, timeout: float | None = None) -> Task:

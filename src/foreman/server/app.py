@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import secrets
 from collections.abc import AsyncIterator
@@ -14,7 +15,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 
-from foreman import errors
+from foreman import errors, tracing
 from foreman.queue import open_queue, open_redis_acl
 from foreman.queue.base import QueueBackend
 from foreman.server import edge
@@ -80,10 +81,12 @@ class ForemanApp(Litestar):
     included."""
 
     foreman_metrics: ServerMetrics | None = None  # None: metrics are off (no token)
+    foreman_traced: Any = None  # Litestar inside the request spans (server/traces.py); None: off
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http":
-            await edge.handle(super().__call__, scope, receive, send, self.foreman_metrics)
+            app = self.foreman_traced or super().__call__
+            await edge.handle(app, scope, receive, send, self.foreman_metrics)
         else:
             await super().__call__(scope, receive, send)
 
@@ -117,6 +120,7 @@ def create_app(settings: Settings) -> Litestar:
     exporter = None
     if settings.metrics_token:
         exporter = Exporter(settings, database_url=database_url)
+    untraced = _untraced_lifespans()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -176,7 +180,7 @@ def create_app(settings: Settings) -> Litestar:
         handlers.append(pages.router())
     app = ForemanApp(
         route_handlers=handlers,
-        lifespan=[lifespan],
+        lifespan=[*untraced, lifespan],
         exception_handlers=error_handlers.EXCEPTION_HANDLERS,
         middleware=[DefineMiddleware(BodyLimitMiddleware, settings=settings)],
         openapi_config=_openapi(settings),
@@ -189,9 +193,29 @@ def create_app(settings: Settings) -> Litestar:
         debug=False,
     )
     app.foreman_metrics = None if exporter is None else exporter.metrics
+    if untraced:
+        app.foreman_traced = _traced_requests(app)
     if settings.ui_enabled:
         # Without FOREMAN_UI_SECRET, one per app (the runner makes one for all its processes).
         secret = settings.ui_secret or secrets.token_urlsafe(32)
         signer = ui_session.Signer(secret, session_s=settings.ui_session_s)
         app.state.foreman_ui = render.Dashboard(signer)
     return app
+
+
+def _untraced_lifespans() -> list[Any]:
+    """[] while traces are off (foreman/tracing.py); else, with a span per SQL statement from now
+    on, the lifespan to enter first, so that what the app's lifespan starts makes none."""
+    if not tracing.configure("foreman-server"):
+        return []
+    from foreman.server import traces  # imports OpenTelemetry: only when traces are on
+
+    traces.instrument_statements()
+    return [traces.untraced_lifespan]
+
+
+def _traced_requests(app: Litestar) -> Any:
+    """Litestar's handling of app inside a span per request (server/traces.py)."""
+    from foreman.server import traces
+
+    return traces.traced(functools.partial(Litestar.__call__, app))

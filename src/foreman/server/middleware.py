@@ -209,7 +209,14 @@ def _replay(body: bytes, receive: Receive, *, refusal: Exception | None) -> Rece
 # ---------------------------------------------------------------- CORS
 
 CORS_METHODS = ["GET", "POST", "PATCH", "PUT", "DELETE", "OPTIONS"]
-CORS_HEADERS = ["authorization", "content-type", "x-api-key", "x-org-id", "x-request-id"]
+CORS_HEADERS = [
+    "authorization",
+    "content-type",
+    "x-api-key",
+    "x-org-id",
+    "x-request-id",
+    "traceparent",
+]
 
 
 def cors_config(settings: Settings) -> CORSConfig | None:

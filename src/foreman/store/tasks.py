@@ -60,6 +60,7 @@ class NewTask(msgspec.Struct, frozen=True):
     enqueue: bool = False
     depends_on: tuple[str, ...] = ()  # parent task ids (refs of a batch already resolved)
     on_parent_failure: str = "cancel"
+    traceparent: str | None = None  # W3C, validated (foreman/tracing.py): the enqueue's span
 
     @property
     def status(self) -> str:
@@ -143,6 +144,7 @@ async def _insert_task(
         shard(),
         new.parent_policy,
         new.enqueue,
+        new.traceparent,
     )
     assert record is not None
     run_found, parent_found = record["run_found"], record["parent_found"]
@@ -293,6 +295,13 @@ async def _add_batch_dependencies(
     return BatchInsertResult(tasks, result.created)
 
 
+def _traceparents(news: list[NewTask]) -> list[str | None] | None:
+    # NULL rather than an array of NULLs when none has one (nothing to encode): unnest pads it.
+    if all(n.traceparent is None for n in news):
+        return None
+    return [n.traceparent for n in news]
+
+
 async def _insert_tasks(
     conn: Db, *, org_id: str, task_ids: list[str], news: list[NewTask], now: int
 ) -> BatchInsertResult:
@@ -314,6 +323,7 @@ async def _insert_tasks(
         shard(),
         [n.parent_policy for n in news],
         [n.enqueue for n in news],
+        _traceparents(news),
     )
     for index, record in enumerate(records):
         if not (record["run_ok"] and record["parent_ok"] and record["run_open"]):
@@ -348,8 +358,11 @@ def _json_text(value: Any) -> bytes:
 
 
 def is_plain(news: list[NewTask]) -> bool:
-    """Whether insert_plain_tasks takes these tasks: no idempotency key, no dependsOn."""
-    return all(n.idempotency_key is None and not n.depends_on for n in news)
+    """Whether insert_plain_tasks takes these tasks: no idempotency key, no dependsOn, no trace
+    context to keep."""
+    return all(
+        n.idempotency_key is None and not n.depends_on and n.traceparent is None for n in news
+    )
 
 
 async def insert_plain_tasks(

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
+from foreman import tracing
 from foreman.client import AsyncClient
 from foreman.worker.metrics import WorkerMetrics
 from foreman.worker.worker import Backend, Handler, Worker, WorkerStats
@@ -51,6 +52,7 @@ def run_worker(
     """Run the handlers of target until SIGTERM/SIGINT (or, with burst, until nothing is ready);
     with metrics_port, serve the worker's figures on http://metrics_host:metrics_port/metrics."""
     handlers = load_handlers(target)
+    tracing.configure("foreman-worker")  # when OTEL_* variables ask for traces
     metrics = None
     if metrics_port is not None:
         metrics = WorkerMetrics()

@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from foreman import background, errors, ids
+from foreman import background, errors, ids, tracing
 from foreman.client import AsyncClient, Client, TaskResult, chunks, retry_delay_s
 from foreman.models import Task
 from foreman.worker import _results
@@ -351,10 +351,12 @@ class Worker:
         assert self._threads is not None
         ctx = TaskContext(task, self.worker_id, self.client, held.state, self._loop)
         try:
-            if self._is_async[task.type]:
-                value = await handler(ctx)
-            else:
-                value = await self._threads.run(handler, ctx)
+            # Child of the enqueue's span (README "Traces"); nothing while traces are off.
+            with tracing.handler_span(task, self.worker_id):
+                if self._is_async[task.type]:
+                    value = await handler(ctx)
+                else:
+                    value = await self._threads.run(handler, ctx)
         except asyncio.CancelledError:
             if held.state.released:
                 return None  # forced stop: _drain releases the lease

@@ -44,7 +44,7 @@ from foreman.models import (
 from foreman.server import auth, params
 from foreman.server.deps import AppState, error_responses, org_conn, state
 from foreman.server.notify import sleep_until
-from foreman.server.routes.tasks import new_task, parent_ids, run_ended
+from foreman.server.routes.tasks import new_task, parent_ids, request_traceparent, run_ended
 from foreman.store import db
 from foreman.store import dependencies as dependencies_store
 from foreman.store import queue as queue_store
@@ -85,7 +85,7 @@ async def create_tasks(
     With ``Prefer: return=minimal`` (RFC 7240) the answer is only the tasks' ids, in order.
     """
     task_ids = [ids.new_id() for _ in data.tasks]
-    news = _batch_news(data, task_ids)
+    news = _batch_news(data, task_ids, request_traceparent(request))
     app = state(request)
     minimal = _MINIMAL in request.headers.get("prefer", "")
     # Ids only, nothing to publish, no key or dependency: a statement that answers no rows.
@@ -131,8 +131,11 @@ def _batch_failure(
     return errors.NotFoundError(what, index=result.failed_index)
 
 
-def _batch_news(data: TaskBatchCreate, task_ids: list[str]) -> list[tasks_store.NewTask]:
-    """The items as the store takes them, refs in dependsOn resolved to the ids of earlier items."""
+def _batch_news(
+    data: TaskBatchCreate, task_ids: list[str], traceparent: str | None
+) -> list[tasks_store.NewTask]:
+    """The items as the store takes them, refs in dependsOn resolved to the ids of earlier items
+    (traceparent: the request's, for the items without one of their own)."""
     all_refs = {item.ref: i for i, item in enumerate(data.tasks) if item.ref is not None}
     refs: dict[str, str] = {}
     news = []
@@ -145,7 +148,7 @@ def _batch_news(data: TaskBatchCreate, task_ids: list[str]) -> list[tasks_store.
                     " earlier item (a parent exists before its child)",
                     field=f"{where}dependsOn",
                 )
-        news.append(new_task(item, parent_ids(item, refs, where)))
+        news.append(new_task(item, parent_ids(item, refs, where), traceparent))
         if item.ref is not None:
             if item.ref in refs:
                 raise errors.ValidationError(

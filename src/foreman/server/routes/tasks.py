@@ -8,7 +8,7 @@ from litestar import Request, Response, Router, get, patch, post
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, JSONBody, QueryParameter
 
-from foreman import errors, ids, models
+from foreman import errors, ids, models, tracing
 from foreman.models import (
     AttemptList,
     Pagination,
@@ -62,8 +62,20 @@ def parent_ids(
     return tuple(resolved)
 
 
-def new_task(data: TaskCreate, depends_on: tuple[str, ...] = ()) -> tasks_store.NewTask:
-    """The store's view of a create request."""
+def request_traceparent(request: Request[Any, Any, Any]) -> str | None:
+    """The request's traceparent header when it is a valid W3C one (README "Traces": an invalid
+    one is ignored, not an error: tracing must never fail a request)."""
+    for name, value in request.scope["headers"]:
+        if name == b"traceparent":
+            return tracing.valid_traceparent(value.decode("latin-1"))
+    return None
+
+
+def new_task(
+    data: TaskCreate, depends_on: tuple[str, ...] = (), traceparent: str | None = None
+) -> tasks_store.NewTask:
+    """The store's view of a create request (traceparent: the request's, unless the item has
+    a valid one of its own)."""
     return tasks_store.NewTask(
         run_id=str(data.run_id),
         task_type=data.type,
@@ -77,6 +89,7 @@ def new_task(data: TaskCreate, depends_on: tuple[str, ...] = ()) -> tasks_store.
         enqueue=data.enqueue,
         depends_on=depends_on,
         on_parent_failure=data.on_parent_failure,
+        traceparent=tracing.valid_traceparent(data.traceparent) or traceparent,
     )
 
 
@@ -117,7 +130,7 @@ async def create_task(
 
     With ``dependsOn`` it is ``blocked`` until every parent has ended.
     """
-    new = new_task(data, parent_ids(data))
+    new = new_task(data, parent_ids(data), request_traceparent(request))
     async with org_conn(request) as (org_id, conn):
         result = await tasks_store.insert_task(
             conn, org_id=org_id, task_id=ids.new_id(), new=new, now=ids.now_ms()

@@ -76,7 +76,7 @@ SELECT t.id, t.run_id, t.org_id, t.type, t.status, t.input_data, t.metadata, t.r
        t.max_retries, t.priority, t.attempt, t.created_at, t.updated_at, t.parent_task_id,
        t.output_data, t.error_data, t.queued_at, t.started_at, t.completed_at, t.duration_ms,
        t.queue_job_id, CASE WHEN t.run_after > t.created_at THEN t.run_after END AS run_after,
-       t.lease_expires_at, t.idempotency_key, t.worker_id, t.lease_token
+       t.lease_expires_at, t.idempotency_key, t.worker_id, t.lease_token, t.traceparent
   FROM t, (SELECT set_config('synchronous_commit', 'off', true)) AS async_commit
  ORDER BY t.priority, t.run_after, t.id
 
@@ -125,7 +125,7 @@ SELECT t.id, t.run_id, t.org_id, t.type, t.status, t.input_data, t.metadata, t.r
        t.max_retries, t.priority, t.attempt, t.created_at, t.updated_at, t.parent_task_id,
        t.output_data, t.error_data, t.queued_at, t.started_at, t.completed_at, t.duration_ms,
        t.queue_job_id, CASE WHEN t.run_after > t.created_at THEN t.run_after END AS run_after,
-       t.lease_expires_at, t.idempotency_key, t.worker_id, t.lease_token
+       t.lease_expires_at, t.idempotency_key, t.worker_id, t.lease_token, t.traceparent
   FROM t, (SELECT set_config('synchronous_commit', 'off', true)) AS async_commit
 
 -- claim_task_ids --
@@ -177,7 +177,7 @@ SELECT i.task_id::text AS claimed_id, s.status AS status_before,
        t.max_retries, t.priority, t.attempt, t.created_at, t.updated_at, t.parent_task_id,
        t.output_data, t.error_data, t.queued_at, t.started_at, t.completed_at, t.duration_ms,
        t.queue_job_id, CASE WHEN t.run_after > t.created_at THEN t.run_after END AS run_after,
-       t.lease_expires_at, t.idempotency_key, t.worker_id, t.lease_token
+       t.lease_expires_at, t.idempotency_key, t.worker_id, t.lease_token, t.traceparent
   FROM i
   LEFT JOIN t ON t.id = i.task_id
   LEFT JOIN s ON s.id = i.task_id,

@@ -13,7 +13,8 @@
 -- $1 org, $2 run, $3 parent, $4 id, $5 type, $6 status, $7 input, $8 metadata, $9 max retries,
 -- $10 priority, $11 run after, $12 idempotency key, $13 now, $14 counter shard, $15 on parent
 -- failure (a task with dependencies: status 'blocked', store/dependencies.py adds its edges in the
--- same transaction), $16 enqueue (queued_at: a blocked task is released to queued, else pending).
+-- same transaction), $16 enqueue (queued_at: a blocked task is released to queued, else pending),
+-- $17 traceparent (README "Traces").
 WITH r AS (
     SELECT id, auto_complete FROM run WHERE org_id = $1 AND id = $2 FOR KEY SHARE
 ), u AS (
@@ -25,9 +26,9 @@ WITH r AS (
 ), t AS (
     INSERT INTO task (id, run_id, parent_task_id, org_id, type, status, input_data, metadata,
                       max_retries, priority, run_after, idempotency_key, created_at, updated_at,
-                      queued_at, on_parent_failure)
+                      queued_at, on_parent_failure, traceparent)
     SELECT $4, r.id, $3, $1, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13,
-           CASE WHEN $16::bool THEN $13::bigint END, $15
+           CASE WHEN $16::bool THEN $13::bigint END, $15, $17
       FROM r
      WHERE ($3::uuid IS NULL OR EXISTS (SELECT 1 FROM p))
        AND (NOT r.auto_complete OR EXISTS (SELECT 1 FROM u))
@@ -55,16 +56,16 @@ SELECT EXISTS (SELECT 1 FROM r) AS run_found, EXISTS (SELECT 1 FROM p) AS parent
 -- exist, or repeat within the batch) return the existing task; counters grow once per run.
 -- $1 org, $2..$12 one array per column (ids, runs, parents, types, statuses, inputs, metadata,
 -- max retries, priorities, run after, idempotency keys), $13 now, $14 counter shard, $15 on parent
--- failure, $16 enqueue (as insert_task's). Auto-complete
+-- failure, $16 enqueue (as insert_task's), $17 traceparents. Auto-complete
 -- runs: as insert_task (an ended one refuses the whole batch: run_open false).
 WITH i AS (
     SELECT *
       FROM unnest($2::uuid[], $3::uuid[], $4::uuid[], $5::text[], $6::text[], $7::jsonb[],
                   $8::jsonb[], $9::int[], $10::int[], $11::bigint[], $12::text[], $15::text[],
-                  $16::bool[])
+                  $16::bool[], $17::text[])
            WITH ORDINALITY AS i(id, run_id, parent_task_id, type, status, input_data, metadata,
                                 max_retries, priority, run_after, idempotency_key,
-                                on_parent_failure, enqueue, ord)
+                                on_parent_failure, enqueue, traceparent, ord)
 ), r AS (
     SELECT id, auto_complete FROM run WHERE org_id = $1 AND id = ANY($3::uuid[]) FOR KEY SHARE
 ), u AS (
@@ -87,10 +88,10 @@ WITH i AS (
 ), ins AS (
     INSERT INTO task (id, run_id, parent_task_id, org_id, type, status, input_data, metadata,
                       max_retries, priority, run_after, idempotency_key, created_at, updated_at,
-                      queued_at, on_parent_failure)
+                      queued_at, on_parent_failure, traceparent)
     SELECT i.id, i.run_id, i.parent_task_id, $1, i.type, i.status, i.input_data, i.metadata,
            i.max_retries, i.priority, i.run_after, i.idempotency_key, $13, $13,
-           CASE WHEN i.enqueue THEN $13::bigint END, i.on_parent_failure
+           CASE WHEN i.enqueue THEN $13::bigint END, i.on_parent_failure, i.traceparent
       FROM i
      WHERE NOT EXISTS (SELECT 1 FROM v WHERE NOT (v.run_ok AND v.parent_ok AND v.run_open))
      ORDER BY i.ord
