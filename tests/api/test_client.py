@@ -27,9 +27,10 @@ from tests.services import free_port
 class LiveApp:
     """The app served by uvicorn in a thread, so blocking and asyncio clients both reach it."""
 
-    def __init__(self, database_url: str) -> None:
+    def __init__(self, database_url: str, **overrides: object) -> None:
         self.port = free_port()
-        app = create_app(make_settings(database_url))
+        app = create_app(make_settings(database_url, **overrides))
+        self.app = app
         config = uvicorn.Config(
             app, host="127.0.0.1", port=self.port, lifespan="on", log_config=None, loop="asyncio"
         )

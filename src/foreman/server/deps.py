@@ -18,6 +18,7 @@ if TYPE_CHECKING:  # redis_acl imports redis, the optional foreman[redis] extra
     from foreman.queue.redis_acl import RedisAcl
 from foreman.server import auth, jsontext, notify
 from foreman.server import errors as error_handlers
+from foreman.server.events import EventHub
 from foreman.server.metrics import ServerMetrics
 from foreman.server.middleware import received_body
 from foreman.settings import Settings
@@ -40,6 +41,7 @@ class AppState:
     # FOREMAN_REDIS_ACL=per-org: hands out each organisation's own Redis user (else None).
     redis_acl: RedisAcl | None = None
     metrics: ServerMetrics | None = None  # None: metrics are off
+    events: EventHub | None = None  # the live run events' feeds (None only in bare test states)
 
     async def publish(self, tasks: list[Task]) -> None:
         """Hand queued tasks to the queue backend (the postgres backend needs nothing more)."""

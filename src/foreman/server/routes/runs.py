@@ -6,13 +6,23 @@ from typing import Annotated, Any, get_args
 
 from litestar import Request, Router, get, patch, post
 from litestar.params import FromPath, JSONBody, QueryParameter
+from litestar.response import Stream
 
 from foreman import errors, ids, models
 from foreman.models import Pagination, Run, RunCreate, RunList, RunStatus, RunUpdate
-from foreman.server import auth, params
-from foreman.server.deps import MAX_OFFSET, error_responses, org_conn, sort_column, sort_order
+from foreman.server import auth, events, params
+from foreman.server.deps import (
+    MAX_OFFSET,
+    error_responses,
+    org_conn,
+    sort_column,
+    sort_order,
+    state,
+)
 from foreman.store import cancel as cancel_store
+from foreman.store import db
 from foreman.store import runs as runs_store
+from foreman.store.events import EventKey
 
 SORT_BY = "One of created_at, started_at, completed_at (camelCase accepted)." + params.ONCE
 SORT_ORDER = "asc or desc, any case." + params.ONCE
@@ -43,6 +53,38 @@ async def get_run(request: Request[Any, Any, Any], run_id: FromPath[str]) -> Run
     if run is None:
         raise errors.NotFoundError(f"Run not found: {run_id}")
     return run
+
+
+@get(
+    "/{run_id:str}/events",
+    media_type="text/event-stream",
+    responses=error_responses(400, 404),
+)
+async def run_events(request: Request[Any, Any, Any], run_id: FromPath[str]) -> Stream:
+    """Server-Sent Events: one per state change of the run and of each of its tasks, with an id.
+
+    A client reconnecting with `Last-Event-ID` gets the events after it, in order. The stream
+    sends a comment when idle and an `end` event once the run and all its tasks have ended.
+    """
+    run_id = params.path_id(run_id, "Run")
+    after = events.last_event_id(request.headers.get("last-event-id"))
+    return await open_stream(request, auth.request_org(request), run_id, after)
+
+
+async def open_stream(
+    request: Request[Any, Any, Any], org_id: str, run_id: str, after: EventKey
+) -> Stream:
+    """The run's event stream for org_id (the API's and the dashboard's); 404 before it starts."""
+    app = state(request)
+    async with db.org_connection(app.pool, org_id) as conn:
+        found = await runs_store.get_run(conn, org_id=org_id, run_id=run_id) is not None
+    if not found or app.events is None:
+        raise errors.NotFoundError(f"Run not found: {run_id}")
+    stream = events.sse(
+        app.events, org_id, run_id, after, heartbeat_s=app.settings.events_heartbeat_s
+    )
+    # X-Accel-Buffering: nginx passes each event on at once instead of filling its buffer.
+    return Stream(stream, media_type="text/event-stream", headers={"x-accel-buffering": "no"})
 
 
 @post("/{run_id:str}/cancel", status_code=200, responses=error_responses(400, 404, 409))
@@ -113,6 +155,6 @@ async def list_runs(
 router = Router(
     middleware=[auth.authenticated],
     path="/api/v1/runs",
-    route_handlers=[create_run, get_run, cancel_run, update_run, list_runs],
+    route_handlers=[create_run, get_run, run_events, cancel_run, update_run, list_runs],
     tags=["runs"],
 )

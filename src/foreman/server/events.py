@@ -1,0 +1,237 @@
+"""Live run events (GET /api/v1/runs/:id/events): one shared feed per watched run per process.
+
+A feed polls its run's events (store/events.py, derived from stored rows: claims and finishes
+write nothing for it) once per interval, however many clients watch the run, and hands each page
+to every watcher. NOTIFY wakes it early when a task of the organisation became ready or any task
+ended (server/notify.py); claims send no notification, so the poll is what shows them, and the
+only source behind PgBouncer. A feed reads only events older than the settle time: a statement's
+timestamp is taken before it commits, so a younger event could still appear behind the cursor.
+
+A watcher that starts behind the feed (a new client, or one resuming with Last-Event-ID) first
+reads its own backlog up to the feed's position, then takes the feed's pages; events are keyed,
+so it sends each once, in key order. The feed stops when its last watcher leaves, and ends its
+watchers' streams once the run and all its tasks have ended.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+
+import msgspec
+
+from foreman import background, errors
+from foreman.models import RunEvent
+from foreman.server import notify
+from foreman.store import db
+from foreman.store import events as events_store
+from foreman.store.events import EventKey
+from foreman.store.pool import Pool
+
+logger = logging.getLogger(__name__)
+
+PAGE = 500  # events per statement
+END = None  # what a feed hands its watchers when the run has ended: nothing can follow
+
+
+@dataclass(eq=False)
+class _Watcher:
+    pages: asyncio.Queue[list[tuple[EventKey, RunEvent]] | None] = field(
+        default_factory=asyncio.Queue
+    )
+
+
+class EventHub:
+    """The feeds of the runs watched in this process (server/app.py opens one)."""
+
+    def __init__(
+        self,
+        pool: Pool[db.Connection],
+        notifier: notify.Notifier | None,
+        *,
+        poll_s: float,
+        settle_ms: int,
+    ) -> None:
+        self._pool = pool
+        self._notifier = notifier
+        self.poll_s = poll_s
+        self.settle_ms = settle_ms
+        self._feeds: dict[tuple[str, str], _Feed] = {}
+        self.statements = 0  # sent by feeds and backlogs (tests: N watchers, one per tick)
+
+    async def fetch(
+        self, org_id: str, run_id: str, after: EventKey, upto: EventKey
+    ) -> events_store.EventPage:
+        """One page of the run's events after `after`, up to `upto`."""
+        self.statements += 1
+        async with db.org_connection(self._pool, org_id) as conn:
+            return await events_store.run_events(
+                conn, org_id=org_id, run_id=run_id, after=after, upto=upto, limit=PAGE
+            )
+
+    async def watch(
+        self, org_id: str, run_id: str, after: EventKey, *, heartbeat_s: float
+    ) -> AsyncIterator[list[RunEvent] | None]:
+        """The run's events after `after`, a list at a time, in key order; an empty list when
+        nothing happened for heartbeat_s; None, last, when the run has ended."""
+        feed = self._feeds.get((org_id, run_id))
+        if feed is None or feed.closed:
+            feed = _Feed(self, org_id, run_id)
+            self._feeds[(org_id, run_id)] = feed
+            feed.start()
+        with feed.attached() as watcher:
+            last = after
+            upto = feed.position  # read where the watcher joined: later pages reach its queue
+            while last < upto:
+                page = await self.fetch(org_id, run_id, last, upto)
+                if not page.found:
+                    raise errors.NotFoundError(f"Run not found: {run_id}")
+                if page.events:
+                    last = page.events[-1][0]
+                    yield [event for _, event in page.events]
+                if len(page.events) < PAGE:
+                    break
+            last = max(last, upto)
+            while True:
+                try:
+                    async with asyncio.timeout(heartbeat_s):
+                        pages = await watcher.pages.get()
+                except TimeoutError:
+                    yield []
+                    continue
+                if pages is END:
+                    yield END
+                    return
+                fresh = [(key, event) for key, event in pages if key > last]
+                if fresh:
+                    last = fresh[-1][0]
+                    yield [event for _, event in fresh]
+
+    async def close(self) -> None:
+        """Stop every feed (the lifespan's end)."""
+        feeds, self._feeds = list(self._feeds.values()), {}
+        for feed in feeds:
+            await feed.stop()
+
+    def _forget(self, feed: _Feed) -> None:
+        if self._feeds.get((feed.org_id, feed.run_id)) is feed:
+            del self._feeds[(feed.org_id, feed.run_id)]
+
+
+class _Feed:
+    """The one poll of a run in this process, and the watchers it hands pages to."""
+
+    def __init__(self, hub: EventHub, org_id: str, run_id: str) -> None:
+        self._hub = hub
+        self.org_id = org_id
+        self.run_id = run_id
+        self.position = events_store.horizon(hub.settle_ms)
+        self.closed = False
+        self._watchers: set[_Watcher] = set()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"foreman-events-{self.run_id}")
+
+    async def stop(self) -> None:
+        self.closed = True
+        self._hub._forget(self)
+        task, self._task = self._task, None
+        await background.cancel_and_wait(task)
+
+    @contextlib.contextmanager
+    def attached(self) -> Iterator[_Watcher]:
+        watcher = _Watcher()
+        self._watchers.add(watcher)
+        try:
+            yield watcher
+        finally:
+            self._watchers.discard(watcher)
+            if not self._watchers and not self.closed:
+                # The last watcher left (its client went away): no poll for nobody.
+                self.closed = True
+                self._hub._forget(self)
+                if self._task is not None:
+                    self._task.cancel()
+
+    async def _run(self) -> None:
+        with self._wake() as wake:
+            while True:
+                woken = await notify.sleep_until(wake, self._hub.poll_s)
+                if woken:
+                    wake.clear()
+                    # What woke it is younger than the settle time: let it pass the horizon.
+                    await asyncio.sleep(self._hub.settle_ms / 1000)
+                try:
+                    ended = await self._tick()
+                except errors.ForemanError as exc:  # the database is away: try again later
+                    logger.warning("run events of %s: %s", self.run_id, exc)
+                    continue
+                if ended:
+                    self.closed = True
+                    self._hub._forget(self)
+                    self._hand(END)
+                    return
+
+    @contextlib.contextmanager
+    def _wake(self) -> Iterator[asyncio.Event]:
+        notifier = self._hub._notifier
+        if notifier is None:
+            yield asyncio.Event()  # never set: polling only
+            return
+        with notifier.watch_changes(self.org_id) as event:
+            yield event
+
+    async def _tick(self) -> bool:
+        """Hand the events up to the horizon to the watchers; True when the run has ended."""
+        upto = events_store.horizon(self._hub.settle_ms)
+        while True:
+            page = await self._hub.fetch(self.org_id, self.run_id, self.position, upto)
+            if page.events:
+                self.position = page.events[-1][0]
+                self._hand(page.events)
+            if len(page.events) < PAGE:
+                return page.ended or not page.found
+
+    def _hand(self, pages: list[tuple[EventKey, RunEvent]] | None) -> None:
+        for watcher in self._watchers:
+            watcher.pages.put_nowait(pages)
+
+
+_ENCODER = msgspec.json.Encoder()
+RETRY_MS = 2000  # how long an EventSource waits before it reconnects
+
+
+def last_event_id(value: str | None) -> EventKey:
+    """Where a stream starts: after the Last-Event-ID a client sent, else at the run's start."""
+    if value is None or not value.strip():
+        return events_store.START
+    key = events_store.parse_event_id(value)
+    if key is None:
+        raise errors.ValidationError(
+            "Validation failed: Last-Event-ID is not an event id of this stream",
+            details=[{"loc": ["header", "Last-Event-ID"], "msg": "not an event id"}],
+        )
+    return key
+
+
+async def sse(
+    hub: EventHub, org_id: str, run_id: str, after: EventKey, *, heartbeat_s: float
+) -> AsyncIterator[bytes]:
+    """The run's events as a text/event-stream: `id:` and a JSON `data:` line per event, a
+    comment line when idle, and an `end` event when the run has ended (then the stream closes)."""
+    yield f"retry: {RETRY_MS}\n\n".encode()
+    async for events in hub.watch(org_id, run_id, after, heartbeat_s=heartbeat_s):
+        if events is END:
+            yield b"event: end\ndata: " + _ENCODER.encode({"runId": run_id}) + b"\n\n"
+            return
+        if not events:
+            yield b": keep-alive\n\n"
+            continue
+        yield b"".join(
+            b"id: " + event.id.encode() + b"\ndata: " + _ENCODER.encode(event) + b"\n\n"
+            for event in events
+        )
