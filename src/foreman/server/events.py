@@ -20,16 +20,22 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import msgspec
+from litestar.response import Stream
 
 from foreman import background, errors
 from foreman.models import RunEvent
 from foreman.server import notify
 from foreman.store import db
 from foreman.store import events as events_store
-from foreman.store.events import EventKey
+from foreman.store import runs as runs_store
+from foreman.store.events import START, EventKey
 from foreman.store.pool import Pool
+
+if TYPE_CHECKING:  # server/deps.py holds the hub in its AppState
+    from foreman.server.deps import AppState
 
 logger = logging.getLogger(__name__)
 
@@ -208,7 +214,7 @@ RETRY_MS = 2000  # how long an EventSource waits before it reconnects
 def last_event_id(value: str | None) -> EventKey:
     """Where a stream starts: after the Last-Event-ID a client sent, else at the run's start."""
     if value is None or not value.strip():
-        return events_store.START
+        return START
     key = events_store.parse_event_id(value)
     if key is None:
         raise errors.ValidationError(
@@ -235,3 +241,14 @@ async def sse(
             b"id: " + event.id.encode() + b"\ndata: " + _ENCODER.encode(event) + b"\n\n"
             for event in events
         )
+
+
+async def open_stream(app: AppState, org_id: str, run_id: str, after: EventKey) -> Stream:
+    """The run's event stream for org_id (the API's and the dashboard's); 404 before it starts."""
+    async with db.org_connection(app.pool, org_id) as conn:
+        found = await runs_store.get_run(conn, org_id=org_id, run_id=run_id) is not None
+    if not found or app.events is None:
+        raise errors.NotFoundError(f"Run not found: {run_id}")
+    stream = sse(app.events, org_id, run_id, after, heartbeat_s=app.settings.events_heartbeat_s)
+    # X-Accel-Buffering: nginx passes each event on at once instead of filling its buffer.
+    return Stream(stream, media_type="text/event-stream", headers={"x-accel-buffering": "no"})

@@ -20,9 +20,7 @@ from foreman.server.deps import (
     state,
 )
 from foreman.store import cancel as cancel_store
-from foreman.store import db
 from foreman.store import runs as runs_store
-from foreman.store.events import EventKey
 
 SORT_BY = "One of created_at, started_at, completed_at (camelCase accepted)." + params.ONCE
 SORT_ORDER = "asc or desc, any case." + params.ONCE
@@ -68,23 +66,7 @@ async def run_events(request: Request[Any, Any, Any], run_id: FromPath[str]) -> 
     """
     run_id = params.path_id(run_id, "Run")
     after = events.last_event_id(request.headers.get("last-event-id"))
-    return await open_stream(request, auth.request_org(request), run_id, after)
-
-
-async def open_stream(
-    request: Request[Any, Any, Any], org_id: str, run_id: str, after: EventKey
-) -> Stream:
-    """The run's event stream for org_id (the API's and the dashboard's); 404 before it starts."""
-    app = state(request)
-    async with db.org_connection(app.pool, org_id) as conn:
-        found = await runs_store.get_run(conn, org_id=org_id, run_id=run_id) is not None
-    if not found or app.events is None:
-        raise errors.NotFoundError(f"Run not found: {run_id}")
-    stream = events.sse(
-        app.events, org_id, run_id, after, heartbeat_s=app.settings.events_heartbeat_s
-    )
-    # X-Accel-Buffering: nginx passes each event on at once instead of filling its buffer.
-    return Stream(stream, media_type="text/event-stream", headers={"x-accel-buffering": "no"})
+    return await events.open_stream(state(request), auth.request_org(request), run_id, after)
 
 
 @post("/{run_id:str}/cancel", status_code=200, responses=error_responses(400, 404, 409))
