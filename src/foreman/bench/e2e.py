@@ -7,6 +7,9 @@
   tasks/s from the first completion to the last (the workers' start-up is not counted).
 - e2e_{backend}_cpu_us_per_task: CPU of every process involved (server, workers, this load
   generator, the PostgreSQL backends of the bench database) over the end-to-end window, per task.
+- e2e_watched_tasks_per_s: e2e_postgres with `watchers` clients following the run's events
+  (AsyncClient.watch_run) all along; events_p50_ms/p99_ms: how long after a task.completed
+  event's time one of them received it (same machine, same clock).
 - pickup: tasks enqueued one at a time at a steady rate, each carrying its enqueue time; the
   handler returns how long after that it started (same machine, same clock).
 The server must run with FOREMAN_QUEUE_BACKEND = the backend measured (suite.py starts one).
@@ -51,6 +54,7 @@ class E2eFigure:
     tasks_per_s: float
     cpu_s: dict[str, float | None]  # by part: server, workers, loadgen, postgres
     cpu_tasks: int  # the tasks done while cpu_s was measured
+    event_delays_ms: tuple[float, ...] = ()  # watched runs: task.completed time to receipt
 
     @property
     def cpu_us_per_task(self) -> float | None:
@@ -193,14 +197,21 @@ async def _enqueue(client: AsyncClient, run_id: str, tasks: int) -> None:
         await client.enqueue_task_ids(batch)
 
 
-async def measure_e2e(fleet: Fleet, *, tasks: int, deadline_s: float) -> E2eFigure:
+async def measure_e2e(
+    fleet: Fleet, *, tasks: int, deadline_s: float, watchers: int = 0
+) -> E2eFigure:
     """Enqueue `tasks` no-op tasks in batches; tasks/s until every one is completed.
 
     If they are not all done within deadline_s, the figure is the completed ones per second so
-    far, marked partial.
+    far, marked partial. With watchers, that many clients follow the run's events meanwhile.
     """
     async with _started(fleet, timeout_s=60.0) as (client, processes):
         run = await client.create_run({"bench": "e2e", "backend": fleet.backend})
+        delays: list[float] = []
+        watching = [
+            asyncio.create_task(_watch(client, run.id, delays if i == 0 else None))
+            for i in range(watchers)
+        ]
         await asyncio.sleep(1.0)  # let the workers connect and start polling
         cpu = sysinfo.TaskCpu(list(fleet.server_pids), [p.pid for p in processes], fleet.database)
         cpu.start()
@@ -211,11 +222,21 @@ async def measure_e2e(fleet: Fleet, *, tasks: int, deadline_s: float) -> E2eFigu
             client, run.id, tasks, deadline=began + deadline_s, workers=processes
         )
         used = cpu.stop()
+        for watcher in watching:
+            watcher.cancel()
+        await asyncio.gather(*watching, return_exceptions=True)
     elapsed = finished - began
     return E2eFigure(
         fleet.backend, tasks, completed, elapsed, enqueued - began, completed / elapsed, used,
-        completed,
+        completed, tuple(delays),
     )  # fmt: skip
+
+
+async def _watch(client: AsyncClient, run_id: str, delays: list[float] | None) -> None:
+    """Follow the run's events; record each completion's delivery delay into delays."""
+    async for event in client.watch_run(run_id):
+        if delays is not None and event.type == "task.completed":
+            delays.append(time.time() * 1000 - event.at)
 
 
 async def measure_drain(fleet: Fleet, *, tasks: int, deadline_s: float) -> E2eFigure:

@@ -139,6 +139,7 @@ def create_app(settings: Settings) -> Litestar:
             notifier if settings.listen_url(database_url) else None,
             poll_s=settings.events_poll_s,
             settle_ms=settings.events_settle_ms,
+            heartbeat_s=settings.events_heartbeat_s,
         )
         loops = await _start_loops(
             settings, database_url=database_url, queue=queue, metrics=metrics

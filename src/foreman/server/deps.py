@@ -41,7 +41,7 @@ class AppState:
     # FOREMAN_REDIS_ACL=per-org: hands out each organisation's own Redis user (else None).
     redis_acl: RedisAcl | None = None
     metrics: ServerMetrics | None = None  # None: metrics are off
-    events: EventHub | None = None  # the live run events' feeds (None only in bare test states)
+    events: EventHub | None = None  # the live run events' feeds
 
     async def publish(self, tasks: list[Task]) -> None:
         """Hand queued tasks to the queue backend (the postgres backend needs nothing more)."""
@@ -168,3 +168,11 @@ def error_responses(*codes: int) -> dict[int, ResponseSpec]:
         code: ResponseSpec(data_container=ErrorBody, description=descriptions[code])
         for code in (*codes, 401, 403, 415, 503, 504)
     }
+
+
+def event_hub(request: Request[Any, Any, Any]) -> EventHub:
+    """The process's live run events hub (the lifespan opens it)."""
+    hub = state(request).events
+    if hub is None:
+        raise errors.UnavailableError("Run events are not available: the server is starting")
+    return hub

@@ -20,7 +20,6 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import msgspec
 from litestar.response import Stream
@@ -33,9 +32,6 @@ from foreman.store import events as events_store
 from foreman.store import runs as runs_store
 from foreman.store.events import START, EventKey
 from foreman.store.pool import Pool
-
-if TYPE_CHECKING:  # server/deps.py holds the hub in its AppState
-    from foreman.server.deps import AppState
 
 logger = logging.getLogger(__name__)
 
@@ -60,13 +56,25 @@ class EventHub:
         *,
         poll_s: float,
         settle_ms: int,
+        heartbeat_s: float,
     ) -> None:
         self._pool = pool
         self._notifier = notifier
         self.poll_s = poll_s
         self.settle_ms = settle_ms
+        self.heartbeat_s = heartbeat_s
         self._feeds: dict[tuple[str, str], _Feed] = {}
         self.statements = 0  # sent by feeds and backlogs (tests: N watchers, one per tick)
+
+    async def stream(self, org_id: str, run_id: str, after: EventKey) -> Stream:
+        """The run's event stream for org_id (the API's and the dashboard's); 404 before it
+        starts."""
+        async with db.org_connection(self._pool, org_id) as conn:
+            if await runs_store.get_run(conn, org_id=org_id, run_id=run_id) is None:
+                raise errors.NotFoundError(f"Run not found: {run_id}")
+        stream = sse(self, org_id, run_id, after, heartbeat_s=self.heartbeat_s)
+        # X-Accel-Buffering: nginx passes each event on at once instead of filling its buffer.
+        return Stream(stream, media_type="text/event-stream", headers={"x-accel-buffering": "no"})
 
     async def fetch(
         self, org_id: str, run_id: str, after: EventKey, upto: EventKey
@@ -241,14 +249,3 @@ async def sse(
             b"id: " + event.id.encode() + b"\ndata: " + _ENCODER.encode(event) + b"\n\n"
             for event in events
         )
-
-
-async def open_stream(app: AppState, org_id: str, run_id: str, after: EventKey) -> Stream:
-    """The run's event stream for org_id (the API's and the dashboard's); 404 before it starts."""
-    async with db.org_connection(app.pool, org_id) as conn:
-        found = await runs_store.get_run(conn, org_id=org_id, run_id=run_id) is not None
-    if not found or app.events is None:
-        raise errors.NotFoundError(f"Run not found: {run_id}")
-    stream = sse(app.events, org_id, run_id, after, heartbeat_s=app.settings.events_heartbeat_s)
-    # X-Accel-Buffering: nginx passes each event on at once instead of filling its buffer.
-    return Stream(stream, media_type="text/event-stream", headers={"x-accel-buffering": "no"})

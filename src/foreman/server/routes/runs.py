@@ -14,10 +14,10 @@ from foreman.server import auth, events, params
 from foreman.server.deps import (
     MAX_OFFSET,
     error_responses,
+    event_hub,
     org_conn,
     sort_column,
     sort_order,
-    state,
 )
 from foreman.store import cancel as cancel_store
 from foreman.store import runs as runs_store
@@ -66,7 +66,7 @@ async def run_events(request: Request[Any, Any, Any], run_id: FromPath[str]) -> 
     """
     run_id = params.path_id(run_id, "Run")
     after = events.last_event_id(request.headers.get("last-event-id"))
-    return await events.open_stream(state(request), auth.request_org(request), run_id, after)
+    return await event_hub(request).stream(auth.request_org(request), run_id, after)
 
 
 @post("/{run_id:str}/cancel", status_code=200, responses=error_responses(400, 404, 409))

@@ -210,7 +210,7 @@ async def run_events(request: Request[Any, Any, Any], run_id: FromPath[str]) -> 
     since = request.query_params.get("since") or ""
     if after == events_store.START and since.isdigit() and len(since) <= 15:
         after = events_store.until(int(since))
-    return await events.open_stream(deps.state(request), session.org_id, run_id, after)
+    return await deps.event_hub(request).stream(session.org_id, run_id, after)
 
 
 # ---------------------------------------------------------------- tasks
