@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 
@@ -35,7 +36,10 @@ from foreman.store.pool import Pool
 
 logger = logging.getLogger(__name__)
 
-PAGE = 500  # events per statement
+PAGE = 10_000  # events per statement: a statement re-reads its tasks, so a tick is one
+# Each feed rests at least this many times its last tick's time between ticks: a run so large that
+# its tick is slow is polled less often (the database spends at most 1/(1+REST) of a connection).
+REST = 4
 END = None  # what a feed hands its watchers when the run has ended: nothing can follow
 
 
@@ -179,11 +183,13 @@ class _Feed:
                     wake.clear()
                     # What woke it is younger than the settle time: let it pass the horizon.
                     await asyncio.sleep(self._hub.settle_ms / 1000)
+                began = time.perf_counter()
                 try:
                     ended = await self._tick()
                 except errors.ForemanError as exc:  # the database is away: try again later
                     logger.warning("run events of %s: %s", self.run_id, exc)
                     continue
+                await asyncio.sleep(REST * (time.perf_counter() - began))
                 if ended:
                     self.closed = True
                     self._hub._forget(self)

@@ -7,7 +7,11 @@
 -- (a task is created before it is queued, queued before started, started before it ends; a run
 -- starts with its first claim and ends after its last task), the run or task id, and the attempt.
 -- Every event of a task carries a time at or before the task's updated_at, so the tasks to look
--- at after a cursor are those with updated_at at or after the cursor's time.
+-- at after a cursor are those with updated_at at or after the cursor's time (and created by the
+-- bound's). The cost is that of those tasks and their attempts: a whole run's history from its
+-- start (a new watcher) reads every task of it, a live tick only the tasks changed since the last
+-- event, both through the run's index of task_run_created_idx (no index on updated_at: it would
+-- cost every claim and finish).
 
 -- run_events --
 -- The events after the cursor (exclusive) up to the bound (inclusive), oldest first. One row at
@@ -22,7 +26,7 @@ WITH r AS (
     SELECT id, type, status, created_at, queued_at, completed_at, updated_at,
            on_parent_failure IS NOT NULL AS has_parents
       FROM task
-     WHERE org_id = $1 AND run_id = $2 AND updated_at >= $3
+     WHERE org_id = $1 AND run_id = $2 AND updated_at >= $3 AND created_at <= $7
 ), a AS (
     SELECT a.task_id, a.attempt, a.worker_id, a.started_at, a.ended_at, a.outcome,
            row_number() OVER (PARTITION BY a.task_id ORDER BY a.started_at DESC, a.attempt DESC)
