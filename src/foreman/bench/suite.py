@@ -367,7 +367,7 @@ async def _watched_figure(report: Report, fleet: e2e.Fleet, profile: Profile) ->
         fleet,
         tasks=profile.e2e_tasks,
         deadline_s=profile.e2e_deadline_s,
-        watchers=profile.events_watchers,
+        watchers=range(profile.events_watchers),
     )
     report.results["e2e_watched_tasks_per_s"] = round(result.tasks_per_s, 1)
     plain = report.results.get("e2e_postgres_tasks_per_s")

@@ -45,9 +45,7 @@ END = None  # what a feed hands its watchers when the run has ended: nothing can
 
 @dataclass(eq=False)
 class _Watcher:
-    pages: asyncio.Queue[list[tuple[EventKey, RunEvent]] | None] = field(
-        default_factory=asyncio.Queue
-    )
+    pages: asyncio.Queue[list[tuple[EventKey, bytes]] | None] = field(default_factory=asyncio.Queue)
 
 
 class EventHub:
@@ -92,9 +90,10 @@ class EventHub:
 
     async def watch(
         self, org_id: str, run_id: str, after: EventKey, *, heartbeat_s: float
-    ) -> AsyncIterator[list[RunEvent] | None]:
-        """The run's events after `after`, a list at a time, in key order; an empty list when
-        nothing happened for heartbeat_s; None, last, when the run has ended."""
+    ) -> AsyncIterator[bytes | None]:
+        """The run's events after `after` as text/event-stream events (encoded once per page,
+        whatever the watchers), in key order; b"" when nothing happened for heartbeat_s; None,
+        last, when the run has ended."""
         feed = self._feeds.get((org_id, run_id))
         if feed is None or feed.closed:
             feed = _Feed(self, org_id, run_id)
@@ -109,7 +108,7 @@ class EventHub:
                     raise errors.NotFoundError(f"Run not found: {run_id}")
                 if page.events:
                     last = page.events[-1][0]
-                    yield [event for _, event in page.events]
+                    yield b"".join(chunk for _, chunk in encoded(page.events))
                 if len(page.events) < PAGE:
                     break
             last = max(last, upto)
@@ -118,15 +117,15 @@ class EventHub:
                     async with asyncio.timeout(heartbeat_s):
                         pages = await watcher.pages.get()
                 except TimeoutError:
-                    yield []
+                    yield b""
                     continue
                 if pages is END:
                     yield END
                     return
-                fresh = [(key, event) for key, event in pages if key > last]
+                fresh = [(key, chunk) for key, chunk in pages if key > last]
                 if fresh:
                     last = fresh[-1][0]
-                    yield [event for _, event in fresh]
+                    yield b"".join(chunk for _, chunk in fresh)
 
     async def close(self) -> None:
         """Stop every feed (the lifespan's end)."""
@@ -212,11 +211,11 @@ class _Feed:
             page = await self._hub.fetch(self.org_id, self.run_id, self.position, upto)
             if page.events:
                 self.position = page.events[-1][0]
-                self._hand(page.events)
+                self._hand(encoded(page.events))
             if len(page.events) < PAGE:
                 return page.ended or not page.found
 
-    def _hand(self, pages: list[tuple[EventKey, RunEvent]] | None) -> None:
+    def _hand(self, pages: list[tuple[EventKey, bytes]] | None) -> None:
         for watcher in self._watchers:
             watcher.pages.put_nowait(pages)
 
@@ -238,20 +237,22 @@ def last_event_id(value: str | None) -> EventKey:
     return key
 
 
+def encoded(events: list[tuple[EventKey, RunEvent]]) -> list[tuple[EventKey, bytes]]:
+    """Each event as its text/event-stream lines: `id:` and one JSON `data:` line."""
+    return [
+        (key, b"id: " + event.id.encode() + b"\ndata: " + _ENCODER.encode(event) + b"\n\n")
+        for key, event in events
+    ]
+
+
 async def sse(
     hub: EventHub, org_id: str, run_id: str, after: EventKey, *, heartbeat_s: float
 ) -> AsyncIterator[bytes]:
     """The run's events as a text/event-stream: `id:` and a JSON `data:` line per event, a
     comment line when idle, and an `end` event when the run has ended (then the stream closes)."""
     yield f"retry: {RETRY_MS}\n\n".encode()
-    async for events in hub.watch(org_id, run_id, after, heartbeat_s=heartbeat_s):
-        if events is END:
+    async for chunk in hub.watch(org_id, run_id, after, heartbeat_s=heartbeat_s):
+        if chunk is END:
             yield b"event: end\ndata: " + _ENCODER.encode({"runId": run_id}) + b"\n\n"
             return
-        if not events:
-            yield b": keep-alive\n\n"
-            continue
-        yield b"".join(
-            b"id: " + event.id.encode() + b"\ndata: " + _ENCODER.encode(event) + b"\n\n"
-            for event in events
-        )
+        yield chunk or b": keep-alive\n\n"

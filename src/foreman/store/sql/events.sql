@@ -23,7 +23,7 @@ WITH r AS (
       FROM run
      WHERE org_id = $1 AND id = $2
 ), t AS (
-    SELECT id, type, status, created_at, queued_at, completed_at, updated_at,
+    SELECT id, type, status, created_at, queued_at, completed_at, updated_at, retry_count,
            on_parent_failure IS NOT NULL AS has_parents
       FROM task
      WHERE org_id = $1 AND run_id = $2 AND updated_at >= $3 AND created_at <= $7
@@ -61,11 +61,12 @@ WITH r AS (
       FROM r
      WHERE r.completed_at IS NOT NULL AND r.status IN ('completed', 'failed', 'cancelled')
     UNION ALL
-    -- Created: blocked (with dependencies), queued (enqueued at creation, or run before a later
-    -- queueing that can only be a retry), else pending.
+    -- Created: blocked (with dependencies), queued (enqueued at creation, or queued again later
+    -- by a retry, which moves queued_at), else pending.
     SELECT t.created_at, 1, t.id, 0, 'task.created',
            CASE WHEN t.has_parents THEN 'blocked'
-                WHEN t.queued_at = t.created_at OR f.first_start < t.queued_at THEN 'queued'
+                WHEN t.queued_at = t.created_at OR f.first_start < t.queued_at
+                     OR t.retry_count > 0 THEN 'queued'
                 ELSE 'pending' END,
            t.id, t.type, NULL, NULL
       FROM t
