@@ -268,3 +268,31 @@ def test_watch_run_async_and_an_unknown_run(live: LiveApp, client: Client):
     with pytest.raises(errors.ValidationError):
         list(client.watch_run(run_id, last_event_id="nonsense"))
     assert a in {e.task_id for e in got}
+
+
+def test_behind_pgbouncer_without_listen_the_poll_feeds_the_stream(database_url, db_url, pgbouncer):
+    settings = {"events_poll_s": POLL_S, "events_settle_ms": 50, "database_listen_url": None}
+    url = pgbouncer.url(database_url)
+    with (
+        LiveApp(
+            url, db_pgbouncer=True, sweep_enabled=False, schedule_enabled=False, **settings
+        ) as bounced,
+        Client(bounced.url, KEY_A, timeout=10) as api,
+    ):
+        assert bounced.app.state.foreman.events._notifier is None  # nothing listens: polls only
+        run = api.create_run({}, auto_complete=True)
+        task = api.enqueue_task(run.id, type="t", input_data=1)
+        (claimed,) = api.claim_tasks(worker_id="w1")
+        got = []
+        for event in api.watch_run(run.id):  # ends with the run
+            got.append(event.type)
+            if event.type == "task.started":  # then the rest can only come from the poll
+                api.complete_task(task.id, lease_token=claimed.lease_token)
+    assert got == [
+        "run.created",
+        "task.created",
+        "task.started",
+        "run.started",
+        "task.completed",
+        "run.completed",
+    ]
