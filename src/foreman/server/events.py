@@ -39,7 +39,7 @@ logger = logging.getLogger(__name__)
 PAGE = 10_000  # events per statement: a statement re-reads its tasks, so a tick is one
 # Each feed rests at least this many times its last tick's time between ticks: a run so large that
 # its tick is slow is polled less often (the database spends at most 1/(1+REST) of a connection).
-REST = 4
+REST = 1
 END = None  # what a feed hands its watchers when the run has ended: nothing can follow
 
 

@@ -23,30 +23,38 @@ WITH r AS (
       FROM run
      WHERE org_id = $1 AND id = $2
 ), t AS (
-    SELECT id, type, status, created_at, queued_at, completed_at, updated_at, retry_count,
-           on_parent_failure IS NOT NULL AS has_parents
-      FROM task
-     WHERE org_id = $1 AND run_id = $2 AND updated_at >= $3 AND created_at <= $7
+    -- Each task with what its attempts and parents say, looked up per task through their
+    -- indexes (LATERAL): no join between CTEs, whose row estimates a busy table may get wrong.
+    SELECT t.id, t.type, t.status, t.created_at, t.queued_at, t.completed_at, t.updated_at,
+           t.retry_count, t.on_parent_failure IS NOT NULL AS has_parents, f.first_start,
+           f.last_outcome, p.parents_done
+      FROM task t
+     CROSS JOIN LATERAL (
+          SELECT min(a.started_at) AS first_start,
+                 (array_agg(a.outcome ORDER BY a.started_at DESC, a.attempt DESC))[1]
+                     AS last_outcome
+            FROM task_attempt a
+           WHERE a.org_id = $1 AND a.task_id = t.id
+     ) f
+     -- When a task created blocked was released: its last parent's end (the statement that ended
+     -- it released the child), no later than its first attempt.
+      LEFT JOIN LATERAL (
+          SELECT max(q.completed_at) AS parents_done
+            FROM task_dependency d
+            JOIN task q ON q.org_id = $1 AND q.id = d.parent_id
+           WHERE d.org_id = $1 AND d.child_id = t.id
+      ) p ON t.on_parent_failure IS NOT NULL AND t.status <> 'blocked'
+     WHERE t.org_id = $1 AND t.run_id = $2 AND t.updated_at >= $3 AND t.created_at <= $7
 ), a AS (
-    SELECT a.task_id, a.attempt, a.worker_id, a.started_at, a.ended_at, a.outcome,
-           row_number() OVER (PARTITION BY a.task_id ORDER BY a.started_at DESC, a.attempt DESC)
-               = 1 AS last
-      FROM task_attempt a
-     WHERE a.org_id = $1 AND a.task_id IN (SELECT id FROM t)
-), f AS (
-    SELECT task_id, min(started_at) AS first_start,
-           min(outcome) FILTER (WHERE last) AS last_outcome
-      FROM a
-     GROUP BY task_id
-), p AS (
-    -- When a task created blocked was released: its last parent's end (the statement that ended
-    -- it released the child), no later than its first attempt.
-    SELECT d.child_id, max(q.completed_at) AS parents_done
-      FROM task_dependency d
-      JOIN task q ON q.org_id = $1 AND q.id = d.parent_id
-     WHERE d.org_id = $1
-       AND d.child_id IN (SELECT id FROM t WHERE has_parents AND status <> 'blocked')
-     GROUP BY d.child_id
+    SELECT a.task_id, a.attempt, a.worker_id, a.started_at, a.ended_at, a.outcome, a.last,
+           t.type, t.status AS task_status
+      FROM t
+     CROSS JOIN LATERAL (
+          SELECT a.*,
+                 row_number() OVER (ORDER BY a.started_at DESC, a.attempt DESC) = 1 AS last
+            FROM task_attempt a
+           WHERE a.org_id = $1 AND a.task_id = t.id
+     ) a
 ), e AS (
     SELECT r.created_at AS at, 0 AS rank, r.id AS subject, 0 AS n, 'run.created' AS kind,
            'pending' AS status, NULL::uuid AS task_id, NULL::text AS task_type,
@@ -65,12 +73,11 @@ WITH r AS (
     -- by a retry, which moves queued_at), else pending.
     SELECT t.created_at, 1, t.id, 0, 'task.created',
            CASE WHEN t.has_parents THEN 'blocked'
-                WHEN t.queued_at = t.created_at OR f.first_start < t.queued_at
+                WHEN t.queued_at = t.created_at OR t.first_start < t.queued_at
                      OR t.retry_count > 0 THEN 'queued'
                 ELSE 'pending' END,
            t.id, t.type, NULL, NULL
       FROM t
-      LEFT JOIN f ON f.task_id = t.id
     UNION ALL
     -- Queued after its creation: a pending task enqueued (or claimed by id), or the last retry.
     SELECT t.queued_at, 2, t.id, 0, 'task.queued', 'queued', t.id, t.type, NULL, NULL
@@ -78,54 +85,49 @@ WITH r AS (
      WHERE t.queued_at > t.created_at
     UNION ALL
     -- Blocked -> queued: released when its last parent ended (now, if it has not run since).
-    SELECT CASE WHEN f.first_start IS NULL THEN t.updated_at
-                ELSE least(greatest(coalesce(p.parents_done, t.created_at), t.created_at),
-                           f.first_start) END,
+    SELECT CASE WHEN t.first_start IS NULL THEN t.updated_at
+                ELSE least(greatest(coalesce(t.parents_done, t.created_at), t.created_at),
+                           t.first_start) END,
            2, t.id, 1, 'task.queued', 'queued', t.id, t.type, NULL, NULL
       FROM t
-      JOIN p ON p.child_id = t.id
-      LEFT JOIN f ON f.task_id = t.id
-     WHERE t.queued_at IS NOT NULL
-       AND (f.first_start IS NOT NULL OR t.status = 'queued')
+     WHERE t.has_parents AND t.status <> 'blocked' AND t.queued_at IS NOT NULL
+       AND (t.first_start IS NOT NULL OR t.status = 'queued')
     UNION ALL
-    SELECT a.started_at, 3, a.task_id, a.attempt, 'task.started', 'running', t.id, t.type,
+    SELECT a.started_at, 3, a.task_id, a.attempt, 'task.started', 'running', a.task_id, a.type,
            a.attempt, a.worker_id
       FROM a
-      JOIN t ON t.id = a.task_id
     UNION ALL
     -- The end of an attempt. A failed one is 'retrying' unless it is the task's last and the task
     -- then ended failed (or was retried by hand from failed); a released one went back to queued.
     SELECT a.ended_at,
            CASE WHEN a.outcome = 'released' THEN 2
                 WHEN a.outcome IN ('failed', 'lease_expired')
-                     AND NOT (a.last AND t.status NOT IN ('retrying', 'cancelled')) THEN 5
+                     AND NOT (a.last AND a.task_status NOT IN ('retrying', 'cancelled')) THEN 5
                 ELSE 6 END,
            a.task_id, a.attempt,
            CASE WHEN a.outcome = 'released' THEN 'task.queued'
                 WHEN a.outcome IN ('failed', 'lease_expired')
-                     AND NOT (a.last AND t.status NOT IN ('retrying', 'cancelled'))
+                     AND NOT (a.last AND a.task_status NOT IN ('retrying', 'cancelled'))
                 THEN 'task.retrying'
                 WHEN a.outcome = 'lease_expired' THEN 'task.failed'
                 ELSE 'task.' || a.outcome END,
            CASE WHEN a.outcome = 'released' THEN 'queued'
                 WHEN a.outcome IN ('failed', 'lease_expired')
-                     AND NOT (a.last AND t.status NOT IN ('retrying', 'cancelled'))
+                     AND NOT (a.last AND a.task_status NOT IN ('retrying', 'cancelled'))
                 THEN 'retrying'
                 WHEN a.outcome = 'lease_expired' THEN 'failed'
                 ELSE a.outcome END,
-           t.id, t.type, a.attempt, a.worker_id
+           a.task_id, a.type, a.attempt, a.worker_id
       FROM a
-      JOIN t ON t.id = a.task_id
      WHERE a.ended_at IS NOT NULL AND a.outcome <> 'running'
     UNION ALL
     -- A task that ended without its last attempt ending it: cancelled while it waited, or ended
     -- by the legacy PATCH without an attempt.
     SELECT t.completed_at, 6, t.id, 0, 'task.' || t.status, t.status, t.id, t.type, NULL, NULL
       FROM t
-      LEFT JOIN f ON f.task_id = t.id
      WHERE t.completed_at IS NOT NULL AND t.status IN ('completed', 'failed', 'cancelled')
-       AND NOT coalesce(f.last_outcome = t.status
-                        OR (t.status = 'failed' AND f.last_outcome = 'lease_expired'), false)
+       AND NOT coalesce(t.last_outcome = t.status
+                        OR (t.status = 'failed' AND t.last_outcome = 'lease_expired'), false)
 )
 SELECT s.found, s.ended, e.at, e.rank, e.subject, e.n, e.kind, e.status, e.task_id, e.task_type,
        e.attempt, e.worker_id
