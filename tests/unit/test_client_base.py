@@ -457,3 +457,34 @@ def test_decimals_are_sent_as_json_numbers():
     assert _base.encode_json({"d": Decimal("12345678901234567890.123")}) == (
         b'{"d":12345678901234567890.123}'
     )
+
+
+def test_sse_reader_gives_events_skips_comments_and_sees_the_end():
+    reader = _base.SseReader()
+    lines = [
+        "retry: 2000",
+        "",
+        ": keep-alive",
+        "",
+        "id: 5-3-0193a1b2-0000-7000-8000-00000000000a-1",
+        'data: {"id":"5-3-0193a1b2-0000-7000-8000-00000000000a-1","type":"task.started",',
+        'data: "runId":"r","status":"running","at":5,"attempt":1}',
+        "",
+        "event: end",
+        'data: {"runId":"r"}',
+        "",
+    ]
+    out = [found for line in lines if (found := reader.feed(line + "\n")) is not None]
+    assert len(out) == 2
+    event, end = out
+    assert (event.type, event.status, event.at, event.attempt, event.task_id) == (
+        "task.started",
+        "running",
+        5,
+        1,
+        None,
+    )
+    assert end == _base.SseReader.END
+    assert reader.feed("data: {}\n") is None
+    with pytest.raises(errors.ForemanError, match="Unexpected run event"):
+        reader.feed("\n")

@@ -188,6 +188,10 @@ class _Feed:
                 except errors.ForemanError as exc:  # the database is away: try again later
                     logger.warning("run events of %s: %s", self.run_id, exc)
                     continue
+                except Exception:
+                    # Never let a feed die: its watchers would only get heartbeats from now on.
+                    logger.exception("run events of %s failed unexpectedly", self.run_id)
+                    continue
                 await asyncio.sleep(REST * (time.perf_counter() - began))
                 if ended:
                     self.closed = True
