@@ -362,6 +362,14 @@ async def _fanin_figure(report: Report, fleet: e2e.Fleet, profile: Profile) -> i
     return fanin.completed
 
 
+def _cpu_by_part(result: e2e.E2eFigure) -> dict[str, float | None]:
+    """CPU µs per task of each part (server, workers, loadgen, postgres) of an e2e window."""
+    return {
+        part: None if used is None else round(used / max(result.cpu_tasks, 1) * 1e6, 1)
+        for part, used in result.cpu_s.items()
+    }
+
+
 async def _watched_figure(report: Report, fleet: e2e.Fleet, profile: Profile) -> int:
     result = await e2e.measure_e2e(
         fleet,
@@ -382,6 +390,8 @@ async def _watched_figure(report: Report, fleet: e2e.Fleet, profile: Profile) ->
         "completed": result.completed,
         "watchers": profile.events_watchers,
         "events_timed": len(result.event_delays_ms),
+        # CPU time is steadier than tasks/s on a shared machine: compare it with e2e_postgres's.
+        "cpu_us_per_task_by_part": _cpu_by_part(result),
     }
     return result.completed
 
@@ -443,10 +453,7 @@ async def _throughput_figure(
         "worker_concurrency": fleet.workers.concurrency,
         "enqueue_batch": e2e.ENQUEUE_BATCH,
         "cpu_us_per_task": _round(cpu_us),
-        "cpu_us_per_task_by_part": {
-            part: None if used is None else round(used / max(result.cpu_tasks, 1) * 1e6, 1)
-            for part, used in result.cpu_s.items()
-        },
+        "cpu_us_per_task_by_part": _cpu_by_part(result),
     }
     return result.completed
 
