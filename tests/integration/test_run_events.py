@@ -296,3 +296,48 @@ def test_behind_pgbouncer_without_listen_the_poll_feeds_the_stream(database_url,
         "task.completed",
         "run.completed",
     ]
+
+
+class _CutAfterEvents(httpx.SyncByteStream):
+    """A response body that breaks, as a dropped connection does, after its first events."""
+
+    def __init__(self, inner: httpx.SyncByteStream) -> None:
+        self.inner = inner
+
+    def __iter__(self) -> Iterator[bytes]:
+        for chunk in self.inner:
+            yield chunk
+            if b"data:" in chunk:
+                raise httpx.ReadError("connection dropped")
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class _DropFirstStream(httpx.HTTPTransport):
+    """The real network to the real server, but the first event stream's connection drops."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.resumed_after: list[str | None] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = super().handle_request(request)
+        if request.url.path.endswith("/events"):
+            self.resumed_after.append(request.headers.get("last-event-id"))
+            if len(self.resumed_after) == 1:
+                assert isinstance(response.stream, httpx.SyncByteStream)
+                response.stream = _CutAfterEvents(response.stream)
+        return response
+
+
+def test_watch_run_reconnects_after_the_last_event_it_got(live: LiveApp, client: Client):
+    run_id, _, _ = finish_run(client)
+    everything = [e.id for e in client.watch_run(run_id)]
+    transport = _DropFirstStream()
+    with Client(live.url, KEY_A, timeout=10, transport=transport) as dropped:
+        got = [e.id for e in dropped.watch_run(run_id)]
+    assert got == everything  # nothing lost, nothing twice
+    assert len(transport.resumed_after) == 2
+    assert transport.resumed_after[0] is None
+    assert transport.resumed_after[1] in everything
