@@ -55,6 +55,7 @@ class LiveApp:
     def __init__(self, database_url: str, **settings: object) -> None:
         self.port = free_port()
         app = create_app(make_settings(database_url, **settings))
+        self.app = app
         config = uvicorn.Config(
             app, host="127.0.0.1", port=self.port, lifespan="on", log_config=None, loop="asyncio"
         )

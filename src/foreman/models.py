@@ -230,6 +230,38 @@ class Attempt(_Out):
     error_data: Any = None
 
 
+RunEventType = Literal[
+    "run.created",
+    "run.started",
+    "run.completed",
+    "run.failed",
+    "run.cancelled",
+    "task.created",
+    "task.queued",
+    "task.started",
+    "task.retrying",
+    "task.completed",
+    "task.failed",
+    "task.cancelled",
+]
+
+
+class RunEvent(_Out):
+    """One state change of a run or of one of its tasks (GET /runs/{id}/events, Server-Sent
+    Events): ``id`` orders the stream and is what Last-Event-ID resumes after; ``status`` is the
+    run's or task's status after the change, ``at`` its time (epoch ms)."""
+
+    id: str
+    type: RunEventType
+    run_id: str
+    status: str
+    at: int
+    task_id: str | None = None
+    task_type: str | None = None
+    attempt: int | None = None
+    worker_id: str | None = None
+
+
 class AttemptList(_Out):
     """``{"data": [Attempt, ...]}``, oldest first."""
 

@@ -175,6 +175,13 @@ class Settings(BaseSettings):
     # Long polls (claim, wait) re-check at least this often if no NOTIFY woke them (fallback).
     poll_interval_s: float = Field(default=1.0, gt=0)
 
+    # Live run events (GET /runs/:id/events): each watched run is polled this often per process
+    # (sooner after a NOTIFY), showing events older than the settle time (a statement's time is
+    # taken before it commits); an idle stream gets a comment line this often.
+    events_poll_s: float = Field(default=1.0, gt=0)
+    events_settle_ms: int = Field(default=300, ge=0)
+    events_heartbeat_s: float = Field(default=15.0, gt=0)
+
     def listen_url(self, database_url: str) -> str | None:
         """Where the LISTEN connection goes; None: nowhere, long polls poll (PgBouncer)."""
         if self.database_listen_url:

@@ -10,8 +10,8 @@ import httpx
 import pytest
 
 from foreman import AsyncClient, Client, errors
-from tests.api.test_client import LiveApp
 from tests.conftest import HEADERS_A, KEY_A
+from tests.queue_helpers import LiveApp
 from tests.services import free_port
 
 API = "/api/v1"

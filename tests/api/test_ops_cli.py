@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 from foreman import Client
 from foreman.cli import app
 from foreman.ops_cli import parse_since
-from tests.api.test_client import LiveApp
 from tests.conftest import KEY_A, KEY_B
+from tests.queue_helpers import LiveApp
 
 
 @pytest.fixture(scope="module")

@@ -94,6 +94,7 @@ def _hostile_cases(a: dict[str, str], b_run: str, b_task: str) -> list[tuple[str
         ("GET", "/api/v1/runs", f"{API}/runs?limit=100", None),
         ("POST", "/api/v1/runs", f"{API}/runs", {"inputData": {"id": a["run"]}}),
         ("GET", "/api/v1/runs/{run_id}", f"{API}/runs/{a['run']}", None),
+        ("GET", "/api/v1/runs/{run_id}/events", f"{API}/runs/{a['run']}/events", None),
         ("PATCH", "/api/v1/runs/{run_id}", f"{API}/runs/{a['run']}", {"status": "cancelled"}),
         ("GET", "/api/v1/tasks", f"{API}/tasks?runId={a['run']}", None),
         ("GET", "/api/v1/tasks", f"{API}/tasks?parentTaskId={a['task']}", None),

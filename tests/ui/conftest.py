@@ -12,7 +12,7 @@ import pytest
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 
-from tests.api.test_client import LiveApp
+from tests.queue_helpers import LiveApp
 
 
 def _browser() -> tuple[str, str] | None:

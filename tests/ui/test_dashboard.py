@@ -13,8 +13,8 @@ from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from foreman import Client
 from foreman.models import Run, Task
-from tests.api.test_client import LiveApp
 from tests.conftest import KEY_A, KEY_B
+from tests.queue_helpers import LiveApp
 
 WAIT_S = 15
 
@@ -151,15 +151,19 @@ def test_log_in_browse_every_page_and_act(browser, live, api, shots: Path):
     assert "/ui/login" in browser.current_url
 
 
-def test_the_run_page_updates_itself(browser, live, api):
+def test_the_run_page_updates_itself_from_the_event_stream(browser, live, api):
     run = api.create_run({})
-    task = api.create_task(run.id, type="t", input_data=1)
+    task = api.enqueue_task(run.id, type="t", input_data=1)
     log_in(browser, live, KEY_A)
     browser.get(f"{live.url}/ui/runs/{run.id}")
     assert text(browser, "completed") == "0"
-    api.update_task(task.id, status="completed")
-    # htmx refreshes the live part every few seconds: no reload here.
+    # The page does not poll: only the run's event stream makes it reload its live part.
+    assert "every" not in browser.find_element(By.ID, "live").get_attribute("hx-trigger")
+    (claimed,) = api.claim_tasks(worker_id="w1")
+    api.complete_task(task.id, lease_token=claimed.lease_token)
     WebDriverWait(browser, WAIT_S).until(lambda b: text(b, "completed") == "1")
+    last_event = browser.execute_script("return document.body.dataset.lastEvent")
+    assert last_event.endswith(f"-6-{task.id}-1")  # task.completed, attempt 1
 
 
 def test_a_second_organisation_never_sees_the_first(browser, live, api):

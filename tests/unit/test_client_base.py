@@ -394,14 +394,21 @@ def test_sync_and_async_clients_are_twins():
     sync_methods, async_methods = public(Client), public(AsyncClient)
     assert set(sync_methods) == set(async_methods)
     for name, signature in sync_methods.items():
-        assert inspect.iscoroutinefunction(getattr(AsyncClient, name)), name
+        method = getattr(AsyncClient, name)
+        if inspect.isasyncgenfunction(method):  # watch_run: `async for` where the twin has `for`
+            assert signature.parameters == async_methods[name].parameters, name
+            assert str(signature.return_annotation).replace("Iterator", "AsyncIterator") == str(
+                async_methods[name].return_annotation
+            ), name
+            continue
+        assert inspect.iscoroutinefunction(method), name
         assert str(signature) == str(async_methods[name]), name
     expected = {
         "create_run", "get_run", "update_run", "list_runs", "create_task", "get_task",
         "update_task", "list_tasks", "enqueue_task", "enqueue_tasks", "wait_for_task",
         "create_run_data", "query_run_data", "update_run_data_tags", "delete_run_data",
         "get_config", "claim_tasks", "claim_task", "claim_task_ids", "heartbeat", "complete_task",
-        "fail_task", "release_task", "complete_tasks",
+        "fail_task", "release_task", "complete_tasks", "watch_run",
     }  # fmt: skip
     assert expected <= set(sync_methods)
 
@@ -450,3 +457,34 @@ def test_decimals_are_sent_as_json_numbers():
     assert _base.encode_json({"d": Decimal("12345678901234567890.123")}) == (
         b'{"d":12345678901234567890.123}'
     )
+
+
+def test_sse_reader_gives_events_skips_comments_and_sees_the_end():
+    reader = _base.SseReader()
+    lines = [
+        "retry: 2000",
+        "",
+        ": keep-alive",
+        "",
+        "id: 5-3-0193a1b2-0000-7000-8000-00000000000a-1",
+        'data: {"id":"5-3-0193a1b2-0000-7000-8000-00000000000a-1","type":"task.started",',
+        'data: "runId":"r","status":"running","at":5,"attempt":1}',
+        "",
+        "event: end",
+        'data: {"runId":"r"}',
+        "",
+    ]
+    out = [found for line in lines if (found := reader.feed(line + "\n")) is not None]
+    assert len(out) == 2
+    event, end = out
+    assert (event.type, event.status, event.at, event.attempt, event.task_id) == (
+        "task.started",
+        "running",
+        5,
+        1,
+        None,
+    )
+    assert end == _base.SseReader.END
+    assert reader.feed("data: {}\n") is None
+    with pytest.raises(errors.ForemanError, match="Unexpected run event"):
+        reader.feed("\n")

@@ -36,6 +36,7 @@ class Profile:
     pickup_sqs_rate_per_s: float = 10.0  # one SendMessageBatch per task: moto's pace
     dag_fanin_tasks: int = 10_000  # parents of the one join (issue 13)
     dag_chain: int = 500  # links of the release-latency chain
+    events_watchers: int = 10  # clients following the run's events in e2e_watched (issue 15)
 
 
 FULL = Profile(name="full")

@@ -7,6 +7,10 @@
   tasks/s from the first completion to the last (the workers' start-up is not counted).
 - e2e_{backend}_cpu_us_per_task: CPU of every process involved (server, workers, this load
   generator, the PostgreSQL backends of the bench database) over the end-to-end window, per task.
+- e2e_watched_tasks_per_s: e2e_postgres with `watchers` clients following the run's events
+  all along (one through AsyncClient.watch_run, nine reading the raw stream: their parsing would
+  be this load generator's CPU, not the server's); events_p50_ms/p99_ms: how long after a task.completed
+  event's time one of them received it (same machine, same clock).
 - pickup: tasks enqueued one at a time at a steady rate, each carrying its enqueue time; the
   handler returns how long after that it started (same machine, same clock).
 The server must run with FOREMAN_QUEUE_BACKEND = the backend measured (suite.py starts one).
@@ -25,6 +29,8 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
+
+import aiohttp
 
 from foreman.bench import services, sysinfo
 from foreman.bench.handlers import NOOP, PICKUP
@@ -51,6 +57,7 @@ class E2eFigure:
     tasks_per_s: float
     cpu_s: dict[str, float | None]  # by part: server, workers, loadgen, postgres
     cpu_tasks: int  # the tasks done while cpu_s was measured
+    event_delays_ms: tuple[float, ...] = ()  # watched runs: task.completed time to receipt
 
     @property
     def cpu_us_per_task(self) -> float | None:
@@ -193,14 +200,20 @@ async def _enqueue(client: AsyncClient, run_id: str, tasks: int) -> None:
         await client.enqueue_task_ids(batch)
 
 
-async def measure_e2e(fleet: Fleet, *, tasks: int, deadline_s: float) -> E2eFigure:
+async def measure_e2e(
+    fleet: Fleet, *, tasks: int, deadline_s: float, watchers: range = range(0)
+) -> E2eFigure:
     """Enqueue `tasks` no-op tasks in batches; tasks/s until every one is completed.
 
     If they are not all done within deadline_s, the figure is the completed ones per second so
-    far, marked partial.
+    far, marked partial. With watchers, that many clients follow the run's events meanwhile: the
+    first with AsyncClient.watch_run, timing each task.completed, the others reading raw bytes.
     """
     async with _started(fleet, timeout_s=60.0) as (client, processes):
         run = await client.create_run({"bench": "e2e", "backend": fleet.backend})
+        delays: list[float] = []
+        watching = [asyncio.create_task(_watch(client, run.id, delays)) for _ in watchers[:1]]
+        watching += [asyncio.create_task(_read_stream(fleet, run.id)) for _ in watchers[1:]]
         await asyncio.sleep(1.0)  # let the workers connect and start polling
         cpu = sysinfo.TaskCpu(list(fleet.server_pids), [p.pid for p in processes], fleet.database)
         cpu.start()
@@ -211,11 +224,34 @@ async def measure_e2e(fleet: Fleet, *, tasks: int, deadline_s: float) -> E2eFigu
             client, run.id, tasks, deadline=began + deadline_s, workers=processes
         )
         used = cpu.stop()
+        for watcher in watching:
+            watcher.cancel()
+        await asyncio.gather(*watching, return_exceptions=True)
     elapsed = finished - began
     return E2eFigure(
         fleet.backend, tasks, completed, elapsed, enqueued - began, completed / elapsed, used,
-        completed,
+        completed, tuple(delays),
     )  # fmt: skip
+
+
+async def _watch(client: AsyncClient, run_id: str, delays: list[float]) -> None:
+    """Follow the run's events; record each completion's delivery delay into delays."""
+    async for event in client.watch_run(run_id):
+        if event.type == "task.completed":
+            delays.append(time.time() * 1000 - event.at)
+
+
+async def _read_stream(fleet: Fleet, run_id: str) -> None:
+    """Read the run's event stream and drop it: a watcher whose parsing is not this load
+    generator's CPU (the server sends it every event all the same)."""
+    url = f"{fleet.endpoint}/api/v1/runs/{run_id}/events"
+    headers = {"authorization": f"Bearer {fleet.api_key}"}
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None)) as session,
+        session.get(url, headers=headers) as response,
+    ):
+        async for _ in response.content.iter_any():
+            pass
 
 
 async def measure_drain(fleet: Fleet, *, tasks: int, deadline_s: float) -> E2eFigure:

@@ -28,7 +28,7 @@ from foreman.bench.defaults import BENCH_API_KEY, Profile
 from foreman.bench.http import open_http
 from foreman.bench.loadgen import LoadResult
 from foreman.bench.report import SCALE_QUERIES
-from foreman.bench.stats import ratio
+from foreman.bench.stats import percentile, ratio
 from foreman.client import AsyncClient
 from foreman.settings import Settings
 
@@ -43,8 +43,8 @@ API_FIGURES = (
 )
 BACKENDS = ("postgres", "bullmq", "rabbitmq", "sqs")
 E2E_FIGURES = (
-    "e2e_postgres", "drain_postgres", "api_batch_enqueue", "dag_fanin", "dag_release",
-    "e2e_bullmq", "e2e_rabbitmq", "e2e_sqs", "pickup",
+    "e2e_postgres", "e2e_watched", "drain_postgres", "api_batch_enqueue", "dag_fanin",
+    "dag_release", "e2e_bullmq", "e2e_rabbitmq", "e2e_sqs", "pickup",
 )  # fmt: skip
 FIGURES = (*API_FIGURES, "pg_insert", "scale", *E2E_FIGURES)
 GROUPS = {"api": API_FIGURES, "e2e": E2E_FIGURES}
@@ -83,6 +83,10 @@ ALL_KEYS = (
     "dag_fanin_e2e_ratio",
     "dag_release_p50_ms",
     "dag_release_p99_ms",
+    "e2e_watched_tasks_per_s",
+    "e2e_watched_ratio",
+    "events_p50_ms",
+    "events_p99_ms",
 )
 
 
@@ -205,6 +209,7 @@ async def _e2e_figures(
         if backend == "postgres":
             own = (
                 f"e2e_{backend}",
+                "e2e_watched",
                 "drain_postgres",
                 "api_batch_enqueue",
                 "dag_fanin",
@@ -316,6 +321,8 @@ def _e2e_measure(
             tasks = await _fanin_figure(report, fleet, profile)
         elif figure == "dag_release":
             tasks = await _release_figure(report, fleet, profile)
+        elif figure == "e2e_watched":
+            tasks = await _watched_figure(report, fleet, profile)
         else:
             tasks = await _throughput_figure(report, fleet, profile, figure)
         if counter is not None and before is not None:
@@ -353,6 +360,40 @@ async def _fanin_figure(report: Report, fleet: e2e.Fleet, profile: Profile) -> i
         "worker_concurrency": fleet.workers.concurrency,
     }
     return fanin.completed
+
+
+def _cpu_by_part(result: e2e.E2eFigure) -> dict[str, float | None]:
+    """CPU µs per task of each part (server, workers, loadgen, postgres) of an e2e window."""
+    return {
+        part: None if used is None else round(used / max(result.cpu_tasks, 1) * 1e6, 1)
+        for part, used in result.cpu_s.items()
+    }
+
+
+async def _watched_figure(report: Report, fleet: e2e.Fleet, profile: Profile) -> int:
+    result = await e2e.measure_e2e(
+        fleet,
+        tasks=profile.e2e_tasks,
+        deadline_s=profile.e2e_deadline_s,
+        watchers=range(profile.events_watchers),
+    )
+    report.results["e2e_watched_tasks_per_s"] = round(result.tasks_per_s, 1)
+    plain = report.results.get("e2e_postgres_tasks_per_s")
+    if plain:
+        report.results["e2e_watched_ratio"] = round(result.tasks_per_s / plain, 3)
+    delays = sorted(result.event_delays_ms)
+    if delays:
+        report.results["events_p50_ms"] = round(percentile(delays, 0.5), 1)
+        report.results["events_p99_ms"] = round(percentile(delays, 0.99), 1)
+    report.details["e2e_watched"] = {
+        "tasks": result.tasks,
+        "completed": result.completed,
+        "watchers": profile.events_watchers,
+        "events_timed": len(result.event_delays_ms),
+        # CPU time is steadier than tasks/s on a shared machine: compare it with e2e_postgres's.
+        "cpu_us_per_task_by_part": _cpu_by_part(result),
+    }
+    return result.completed
 
 
 async def _release_figure(report: Report, fleet: e2e.Fleet, profile: Profile) -> int:
@@ -412,10 +453,7 @@ async def _throughput_figure(
         "worker_concurrency": fleet.workers.concurrency,
         "enqueue_batch": e2e.ENQUEUE_BATCH,
         "cpu_us_per_task": _round(cpu_us),
-        "cpu_us_per_task_by_part": {
-            part: None if used is None else round(used / max(result.cpu_tasks, 1) * 1e6, 1)
-            for part, used in result.cpu_s.items()
-        },
+        "cpu_us_per_task_by_part": _cpu_by_part(result),
     }
     return result.completed
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -36,6 +36,7 @@ from foreman.models import (
     Run,
     RunData,
     RunDataList,
+    RunEvent,
     RunList,
     RunStatus,
     Schedule,
@@ -221,6 +222,46 @@ class AsyncClient:
             "metadata": metadata,
         }
         return await self._send(_calls.update_run(run_id, changes))
+
+    async def watch_run(
+        self, run_id: str, *, last_event_id: str | None = None
+    ) -> AsyncIterator[RunEvent]:
+        """The run's events as they happen, from its start (or after last_event_id), until the
+        run and all its tasks have ended: ``async for event in client.watch_run(run_id)``.
+
+        A dropped connection is opened again with the last event's id (Last-Event-ID), so no
+        event is lost or repeated; ``retries`` failed connections in a row raise TransportError.
+        """
+        url = self.options.endpoint + _calls.run_events_path(run_id)
+        timeout = aiohttp.ClientTimeout(
+            total=None,
+            connect=self.options.timeout_s,
+            sock_connect=min(self.options.timeout_s, 5.0),
+            sock_read=_base.WATCH_READ_TIMEOUT_S,
+        )
+        last, failures = last_event_id, 0
+        while True:
+            reader = _base.SseReader()
+            try:
+                async with self._session().get(
+                    url, headers=_base.watch_headers(last), timeout=timeout
+                ) as response:
+                    if response.status != 200:
+                        body = await response.read()
+                        raise _base.error_of(_Response(response.status, response.headers, body))
+                    async for raw in response.content:
+                        event = reader.feed(raw.decode())
+                        if event == _base.SseReader.END:
+                            return
+                        if isinstance(event, RunEvent):
+                            failures, last = 0, event.id
+                            yield event
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                if failures >= self.options.retries:
+                    raise _base.transport_error(exc, _calls.get_run(run_id)) from exc
+            # Dropped, or closed before the run ended (a server restarting): again, after last.
+            await asyncio.sleep(_base.retry_delay_s(failures))
+            failures += 1
 
     async def list_runs(
         self,

@@ -30,6 +30,7 @@ from msgspec import UNSET, UnsetType
 from foreman import errors
 from foreman.models import (
     RedisConfig,
+    RunEvent,
     Task,
 )
 
@@ -435,3 +436,53 @@ def timeout_of(call: Call[Any]) -> httpx.Timeout | Any:
     if call.timeout_s is None:
         return httpx.USE_CLIENT_DEFAULT
     return httpx.Timeout(call.timeout_s, connect=min(call.timeout_s, 5.0))
+
+
+# ---------------------------------------------------------------- run events (Server-Sent Events)
+
+# A watch's read timeout: the server sends a comment every FOREMAN_EVENTS_HEARTBEAT_S (15 s by
+# default), so a minute of silence is a dead connection, reconnected with Last-Event-ID.
+WATCH_READ_TIMEOUT_S = 60.0
+_RUN_EVENT = msgspec.json.Decoder(RunEvent)
+
+
+def watch_headers(last_event_id: str | None) -> dict[str, str]:
+    """The headers of a (re)connection of watch_run."""
+    headers = {"accept": "text/event-stream"}
+    if last_event_id:
+        headers["last-event-id"] = last_event_id
+    return headers
+
+
+class SseReader:
+    """Lines of a text/event-stream in, events out: a RunEvent per `data:` event, END for the
+    stream's `end` event (the run has ended), None while an event is incomplete or a comment."""
+
+    END = "end"
+
+    def __init__(self) -> None:
+        self._kind = ""
+        self._data: list[str] = []
+
+    def feed(self, line: str) -> RunEvent | str | None:
+        line = line.rstrip("\r\n")
+        if not line:
+            kind, data = self._kind, "\n".join(self._data)
+            self._kind, self._data = "", []
+            if kind == self.END:
+                return self.END
+            if not data:
+                return None
+            try:
+                return _RUN_EVENT.decode(data)
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                raise errors.ForemanError(f"Unexpected run event: {exc}") from None
+        if line.startswith(":"):
+            return None
+        name, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if name == "event":
+            self._kind = value
+        elif name == "data":
+            self._data.append(value)
+        return None

@@ -201,6 +201,11 @@ def get_run(run_id: str) -> Call[models.Run]:
     )
 
 
+def run_events_path(run_id: str) -> str:
+    """GET: the run's events as Server-Sent Events (read by watch_run, not through a Call)."""
+    return f"{API}/runs/{_segment(run_id, 'run_id')}/events"
+
+
 def update_run(run_id: str, changes: Mapping[str, Any]) -> Call[models.Run]:
     body = _body(_on_wire(changes, _RUN_CHANGES, UNSET))
     # Setting the same fields twice leaves the same run: safe to repeat.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 import httpx
@@ -30,6 +30,7 @@ from foreman.models import (
     Run,
     RunData,
     RunDataList,
+    RunEvent,
     RunList,
     RunStatus,
     Schedule,
@@ -156,6 +157,39 @@ class Client:
             "metadata": metadata,
         }
         return self._send(_calls.update_run(run_id, changes))
+
+    def watch_run(self, run_id: str, *, last_event_id: str | None = None) -> Iterator[RunEvent]:
+        """The run's events as they happen, from its start (or after last_event_id), until the
+        run and all its tasks have ended: ``for event in client.watch_run(run_id)``.
+
+        A dropped connection is opened again with the last event's id (Last-Event-ID), so no
+        event is lost or repeated; ``retries`` failed connections in a row raise TransportError.
+        """
+        path = _calls.run_events_path(run_id)
+        timeout = httpx.Timeout(self.options.timeout_s, read=_base.WATCH_READ_TIMEOUT_S)
+        last, failures = last_event_id, 0
+        while True:
+            reader = _base.SseReader()
+            try:
+                with self._http.stream(
+                    "GET", path, headers=_base.watch_headers(last), timeout=timeout
+                ) as response:
+                    if response.status_code != 200:
+                        response.read()
+                        raise _base.error_of(response)
+                    for line in response.iter_lines():
+                        event = reader.feed(line)
+                        if event == _base.SseReader.END:
+                            return
+                        if isinstance(event, RunEvent):
+                            failures, last = 0, event.id
+                            yield event
+            except httpx.TransportError as exc:
+                if failures >= self.options.retries:
+                    raise _base.transport_error(exc, _calls.get_run(run_id)) from exc
+            # Dropped, or closed before the run ended (a server restarting): again, after last.
+            time.sleep(_base.retry_delay_s(failures))
+            failures += 1
 
     def list_runs(
         self,

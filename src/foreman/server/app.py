@@ -22,6 +22,7 @@ from foreman.server import edge
 from foreman.server import errors as error_handlers
 from foreman.server.auth import Authenticator
 from foreman.server.deps import AppState, JsonRequest
+from foreman.server.events import EventHub
 from foreman.server.metrics import Exporter, ServerMetrics
 from foreman.server.middleware import BodyLimitMiddleware, cors_config
 from foreman.server.notify import Notifier
@@ -137,6 +138,13 @@ def create_app(settings: Settings) -> Litestar:
         notifier = Notifier(settings.listen_url(database_url))  # wakes long polls
         notifier.start()
         metrics = None if exporter is None else exporter.metrics
+        hub = EventHub(
+            pool,
+            notifier if settings.listen_url(database_url) else None,
+            poll_s=settings.events_poll_s,
+            settle_ms=settings.events_settle_ms,
+            heartbeat_s=settings.events_heartbeat_s,
+        )
         loops = await _start_loops(
             settings, database_url=database_url, queue=queue, metrics=metrics
         )
@@ -148,6 +156,7 @@ def create_app(settings: Settings) -> Litestar:
             notifier=notifier,
             redis_acl=redis_acl,
             metrics=metrics,
+            events=hub,
         )
         if exporter is not None:
             app.state.foreman_exporter = exporter
@@ -161,6 +170,7 @@ def create_app(settings: Settings) -> Litestar:
                 await exporter.close()
             for loop in reversed(loops):
                 await loop.close()
+            await hub.close()
             await notifier.close()
             await queue.close()
             await pool.close()

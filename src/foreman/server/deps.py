@@ -18,6 +18,7 @@ if TYPE_CHECKING:  # redis_acl imports redis, the optional foreman[redis] extra
     from foreman.queue.redis_acl import RedisAcl
 from foreman.server import auth, jsontext, notify
 from foreman.server import errors as error_handlers
+from foreman.server.events import EventHub
 from foreman.server.metrics import ServerMetrics
 from foreman.server.middleware import received_body
 from foreman.settings import Settings
@@ -40,6 +41,7 @@ class AppState:
     # FOREMAN_REDIS_ACL=per-org: hands out each organisation's own Redis user (else None).
     redis_acl: RedisAcl | None = None
     metrics: ServerMetrics | None = None  # None: metrics are off
+    events: EventHub | None = None  # the live run events' feeds
 
     @property
     def publishes(self) -> bool:
@@ -171,3 +173,11 @@ def error_responses(*codes: int) -> dict[int, ResponseSpec]:
         code: ResponseSpec(data_container=ErrorBody, description=descriptions[code])
         for code in (*codes, 401, 403, 415, 503, 504)
     }
+
+
+def event_hub(request: Request[Any, Any, Any]) -> EventHub:
+    """The process's live run events hub (the lifespan opens it)."""
+    hub = state(request).events
+    if hub is None:
+        raise errors.UnavailableError("Run events are not available: the server is starting")
+    return hub

@@ -37,6 +37,7 @@ class Notifier:
         self._dsn = dsn
         self._ready: dict[str, set[asyncio.Event]] = {}
         self._done: dict[str, set[asyncio.Event]] = {}
+        self._any_done: set[asyncio.Event] = set()
         self._task: asyncio.Task[None] | None = None
         self._lost: asyncio.Event = asyncio.Event()
 
@@ -70,6 +71,17 @@ class Notifier:
         """An event set when task_id may have ended."""
         with _watch(self._done, task_id) as event:
             yield event
+
+    @contextlib.contextmanager
+    def watch_changes(self, org_id: str) -> Iterator[asyncio.Event]:
+        """An event set whenever a task of org_id may have become ready or any task may have
+        ended (a done payload names tasks, not their organisation): the run events' early wake."""
+        with _watch(self._ready, org_id) as event:
+            self._any_done.add(event)
+            try:
+                yield event
+            finally:
+                self._any_done.discard(event)
 
     async def _run(self) -> None:
         assert self._dsn is not None  # start() listens only with a URL
@@ -119,6 +131,8 @@ class Notifier:
             event.set()
 
     def _on_done(self, _conn: Any, _pid: int, _channel: str, payload: object) -> None:
+        for event in self._any_done:
+            event.set()
         if not self._done:
             return
         for task_id in str(payload).split(","):

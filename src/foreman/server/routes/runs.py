@@ -6,11 +6,19 @@ from typing import Annotated, Any, get_args
 
 from litestar import Request, Router, get, patch, post
 from litestar.params import FromPath, JSONBody, QueryParameter
+from litestar.response import Stream
 
 from foreman import errors, ids, models
 from foreman.models import Pagination, Run, RunCreate, RunList, RunStatus, RunUpdate
-from foreman.server import auth, params
-from foreman.server.deps import MAX_OFFSET, error_responses, org_conn, sort_column, sort_order
+from foreman.server import auth, events, params
+from foreman.server.deps import (
+    MAX_OFFSET,
+    error_responses,
+    event_hub,
+    org_conn,
+    sort_column,
+    sort_order,
+)
 from foreman.store import cancel as cancel_store
 from foreman.store import runs as runs_store
 
@@ -43,6 +51,22 @@ async def get_run(request: Request[Any, Any, Any], run_id: FromPath[str]) -> Run
     if run is None:
         raise errors.NotFoundError(f"Run not found: {run_id}")
     return run
+
+
+@get(
+    "/{run_id:str}/events",
+    media_type="text/event-stream",
+    responses=error_responses(400, 404),
+)
+async def run_events(request: Request[Any, Any, Any], run_id: FromPath[str]) -> Stream:
+    """Server-Sent Events: one per state change of the run and of each of its tasks, with an id.
+
+    A client reconnecting with `Last-Event-ID` gets the events after it, in order. The stream
+    sends a comment when idle and an `end` event once the run and all its tasks have ended.
+    """
+    run_id = params.path_id(run_id, "Run")
+    after = events.last_event_id(request.headers.get("last-event-id"))
+    return await event_hub(request).stream(auth.request_org(request), run_id, after)
 
 
 @post("/{run_id:str}/cancel", status_code=200, responses=error_responses(400, 404, 409))
@@ -113,6 +137,6 @@ async def list_runs(
 router = Router(
     middleware=[auth.authenticated],
     path="/api/v1/runs",
-    route_handlers=[create_run, get_run, cancel_run, update_run, list_runs],
+    route_handlers=[create_run, get_run, run_events, cancel_run, update_run, list_runs],
     tags=["runs"],
 )

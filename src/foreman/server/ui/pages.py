@@ -2,7 +2,8 @@
 
 Every page reads through the store's bounded queries (store/ui.py) on a connection bound to the
 session's organisation, so row-level security applies as it does to the API. Forms work without
-JavaScript; htmx only refreshes the live parts of the runs and run pages every few seconds.
+JavaScript; htmx refreshes the live part of the runs page every few seconds, and that of a run
+page whenever the run's event stream (static/live.js) says something changed.
 """
 
 from __future__ import annotations
@@ -12,14 +13,15 @@ from typing import Any, Generic, Protocol, TypeVar, get_args
 
 from litestar import Request, Response, Router, get, post
 from litestar.params import FromPath
-from litestar.response import Redirect
+from litestar.response import Redirect, Stream
 
 from foreman import errors, ids
 from foreman.models import RunStatus, TaskStatus
-from foreman.server import deps, params
+from foreman.server import deps, events, params
 from foreman.server.routes import tasks as task_routes
 from foreman.server.ui import login, render
 from foreman.server.ui import session as sessions
+from foreman.store import events as events_store
 from foreman.store import runs, tasks
 from foreman.store import ui as ui_store
 from foreman.store.db import Db
@@ -131,6 +133,7 @@ async def run_page(request: Request[Any, Any, Any], run_id: FromPath[str]) -> Re
     data_page = _number(query.get("dpage"))
     key_prefix = (query.get("key") or "").strip()[:255] or None
     tag = (query.get("tag") or "").strip()[:255] or None
+    since = ids.now_ms()  # the page shows what happened until now; its stream what follows
     async with render.org_conn(request, session.org_id) as conn:
         run = await runs.get_run(conn, org_id=session.org_id, run_id=run_id)
         if run is None:
@@ -152,7 +155,21 @@ async def run_page(request: Request[Any, Any, Any], run_id: FromPath[str]) -> Re
         data_page=data_page,
         key=key_prefix or "",
         tag=tag or "",
+        since=since,
     )
+
+
+@get("/runs/{run_id:str}/events", media_type="text/event-stream")
+async def run_events(request: Request[Any, Any, Any], run_id: FromPath[str]) -> Stream:
+    """The run's events for the page's EventSource (static/live.js), as the API streams them,
+    from `since` (epoch ms: when the page was made) unless the browser resumes after an event."""
+    session = await render.session_of(request)
+    run_id = _uuid(run_id, "Run")
+    after = events.last_event_id(request.headers.get("last-event-id"))
+    since = request.query_params.get("since") or ""
+    if after == events_store.START and since.isdigit() and len(since) <= 15:
+        after = events_store.until(int(since))
+    return await deps.event_hub(request).stream(session.org_id, run_id, after)
 
 
 # ---------------------------------------------------------------- tasks
@@ -279,6 +296,7 @@ def router() -> Router:
             login.static,
             runs_page,
             run_page,
+            run_events,
             task_page,
             retry_task,
             cancel_task,
