@@ -14,7 +14,7 @@ from foreman.models import TERMINAL_STATUSES, Attempt, Task
 from foreman.store import dependencies, queries
 from foreman.store import runs as runs_store
 from foreman.store.db import Db
-from foreman.store.shards import shard
+from foreman.store.shards import shard, two_shards
 
 _SQL = queries.load_statements("tasks")  # store/sql/tasks.sql: the statements and why they are so
 _INSERT_TASK = _SQL["insert_task"]
@@ -416,7 +416,9 @@ def _attempt_sql(status: str | None, *, confirms: bool) -> str:
     return _OPEN_ATTEMPT if status == "running" else _CLOSE_ATTEMPT
 
 
-def _update_task_sql(sets: str, *, confirms: bool, shard: str, attempts: str = "") -> str:
+def _update_task_sql(
+    sets: str, *, confirms: bool, shard: str, dep_shard: str, attempts: str = ""
+) -> str:
     """The PATCH statement, from fixed fragments: SET clauses of _update_sql, the shard's $n.
 
     A terminal task takes no new status (409), except the same one again (a no-op); a job
@@ -449,16 +451,22 @@ WITH t AS (
        SET completed_tasks = run_counter.completed_tasks + EXCLUDED.completed_tasks,
            failed_tasks    = run_counter.failed_tasks + EXCLUDED.failed_tasks,
            cancelled_tasks = run_counter.cancelled_tasks + EXCLUDED.cancelled_tasks
+), dep AS (
+    -- Its blocked children, in this transaction (end_dependents(), migration 0021).
+    SELECT x.*
+      FROM (SELECT id FROM t WHERE status IN ('completed', 'failed', 'cancelled') AND {counted}) p,
+           end_dependents(ARRAY[p.id], $3, {dep_shard}::smallint) x
 ){attempts}
 SELECT CASE WHEN $4::text IN ('completed', 'failed', 'cancelled')
             THEN pg_notify('foreman_task_done', t.id::text)
             WHEN $4::text = 'queued' THEN pg_notify('foreman_task_ready', $1) END AS notified,
        (SELECT r.auto_complete FROM run r WHERE r.org_id = $1 AND r.id = t.run_id)
            AS run_auto_complete,
-       EXISTS (SELECT 1 FROM task_dependency d WHERE d.org_id = $1 AND d.parent_id = t.id)
-           AS has_children,
+       dep.released AS released_ids, dep.recheck AS recheck_children,
+       dep.cancelled_runs AS runs_ended,
        {_TASK_COLUMNS}
   FROM t
+  LEFT JOIN dep ON true
 """  # noqa: S608 - fixed fragments only (see the docstring); every value is a parameter
 
 
@@ -472,7 +480,13 @@ class UpdateResult:
 
 
 async def update_task(
-    conn: Db, *, org_id: str, task_id: str, changes: dict[str, Any], now: int
+    conn: Db,
+    *,
+    org_id: str,
+    task_id: str,
+    changes: dict[str, Any],
+    now: int,
+    released: list[str] | None = None,
 ) -> UpdateResult:
     """Apply a PATCH. A terminal task only accepts the same status again (a no-op) or no status.
 
@@ -488,16 +502,19 @@ async def update_task(
         sets,
         confirms=confirms,
         shard=f"${5 + len(names)}",
+        dep_shard=f"${6 + len(names)}",
         attempts=_attempt_sql(status, confirms=confirms),
     )
     record = await conn.fetchrow(
-        sql, org_id, task_id, now, status, *(changes[n] for n in names), shard()
+        sql, org_id, task_id, now, status, *(changes[n] for n in names), *two_shards()
     )
     if record is not None:
         task = queries.model_from(Task, record)
-        if record["has_children"] and task.status in TERMINAL_STATUSES:
-            # Its blocked children: released or cancelled (a statement after the PATCH's).
-            await dependencies.end_dependents(conn, org_id=org_id, parent_ids=[task_id], now=now)
+        freed = list(record["released_ids"] or [])
+        # Its children's follow-ups (store/dependencies.py after_step), then its own run.
+        freed += await dependencies.after_step(conn, org_id=org_id, record=record, now=now)
+        if released is not None:
+            released += freed
         if record["run_auto_complete"] and task.status in TERMINAL_STATUSES:
             # The PATCH path completes an auto-complete run afterwards, with a fresh snapshot.
             await runs_store.complete_runs(conn, org_id=org_id, run_ids=[task.run_id], now=now)

@@ -29,6 +29,7 @@ from foreman.server.deps import (
 )
 from foreman.server.responses import JsonResponse
 from foreman.store import cancel as cancel_store
+from foreman.store import db
 from foreman.store import dependencies as dependencies_store
 from foreman.store import tasks as tasks_store
 
@@ -143,6 +144,16 @@ async def get_task(request: Request[Any, Any, Any], task_id: FromPath[str]) -> T
     return task
 
 
+async def released_tasks(
+    request: Request[Any, Any, Any], conn: db.Connection, org_id: str, released: list[str]
+) -> list[Task]:
+    """The children an end released, to publish (the postgres backend needs no message)."""
+    queue = state(request).queue
+    if not released or queue is None or queue.name == "postgres":
+        return []
+    return await dependencies_store.get_tasks(conn, org_id=org_id, task_ids=released)
+
+
 @post("/{task_id:str}/cancel", status_code=200, responses=error_responses(400, 404, 409))
 async def cancel_task(request: Request[Any, Any, Any], task_id: FromPath[str]) -> Task:
     """Cancel a task: at once unless it runs, then at its worker's next heartbeat (200).
@@ -151,10 +162,13 @@ async def cancel_task(request: Request[Any, Any, Any], task_id: FromPath[str]) -
     completed or failed is 409.
     """
     task_id = params.path_id(task_id, "Task")
+    released: list[str] = []
     async with org_conn(request) as (org_id, conn):
         result = await cancel_store.cancel_task(
-            conn, org_id=org_id, task_id=task_id, now=ids.now_ms()
+            conn, org_id=org_id, task_id=task_id, now=ids.now_ms(), released=released
         )
+        children = await released_tasks(request, conn, org_id, released)
+    await state(request).publish(children)
     task = result.task
     if task is None:
         raise errors.NotFoundError(f"Task not found: {task_id}")
@@ -206,10 +220,13 @@ async def update_task(
     task_id = params.path_id(task_id, "Task")
     changes = models.changes(data)
     now = ids.now_ms()
+    released: list[str] = []
     async with org_conn(request) as (org_id, conn):
         result = await tasks_store.update_task(
-            conn, org_id=org_id, task_id=task_id, changes=changes, now=now
+            conn, org_id=org_id, task_id=task_id, changes=changes, now=now, released=released
         )
+        children = await released_tasks(request, conn, org_id, released)
+    await state(request).publish(children)
     if not result.found:
         raise errors.NotFoundError(f"Task not found: {task_id}")
     assert result.task is not None
