@@ -23,9 +23,9 @@
 --   sees both); the sweeper catches any left.
 -- * Dependencies (migrations 0015, 0021): a statement that ends tasks with children calls
 --   end_dependents() in its select list (`dep`), which releases or cancels their blocked children,
---   transitively, in the same transaction, with a counter shard of its own ($n); `has_children`:
---   child_epoch on the locked row shows a child added while the statement waited for it, the
---   edge lookup one added with its parent. The children left with few open edges
+--   transitively, in the same transaction, with a counter shard of its own ($n); `ends_parent`: an
+--   ended task with children (child_epoch on the locked row shows a child added while the
+--   statement waited for it, the edge lookup one added with its parent). The children left with few open edges
 --   (`recheck_children`) are looked at again after the commit (store/dependencies.py).
 -- * Ended tasks wake `wait` long-polls: NOTIFY foreman_task_done, one notification per 100 ended
 --   tasks (a payload holds at most 8000 bytes). As an uncorrelated subquery in the select list it
@@ -263,9 +263,10 @@ WITH i AS (
      WHERE task.org_id = $1 AND task.id = ANY($2::uuid[]) AND task.id = i.task_id
        AND task.status = 'running' AND task.lease_token = i.token
     RETURNING task.*,
-              task.child_epoch > 0
-                  OR EXISTS (SELECT 1 FROM task_dependency d WHERE d.parent_id = task.id)
-                  AS has_children
+              task.status IN ('completed', 'failed', 'cancelled')
+                  AND (task.child_epoch > 0
+                       OR EXISTS (SELECT 1 FROM task_dependency d WHERE d.parent_id = task.id))
+                  AS ends_parent
 ), e AS (
     UPDATE task_attempt a
        SET outcome = CASE WHEN t.status IN ('completed', 'cancelled') THEN t.status
@@ -289,11 +290,8 @@ WITH i AS (
            cancelled_tasks = run_counter.cancelled_tasks + EXCLUDED.cancelled_tasks
 ), dep AS (
     SELECT x.*
-      FROM (SELECT array_agg(id) AS ids
-              FROM t
-             WHERE status IN ('completed', 'failed', 'cancelled') AND has_children
-            HAVING count(*) > 0) p,
-           end_dependents(p.ids, $8, $10::smallint) x
+      FROM end_dependents(ARRAY(SELECT id FROM t WHERE ends_parent), $8, $10::smallint) x
+     WHERE EXISTS (SELECT 1 FROM t WHERE ends_parent)
 ), s AS (
     SELECT id, status, lease_token
       FROM task
@@ -348,9 +346,10 @@ WITH i AS (
      WHERE task.org_id = $1 AND task.id = ANY($2::uuid[]) AND task.id = i.task_id
        AND task.status = 'running' AND task.lease_token = i.token
     RETURNING task.*,
-              task.child_epoch > 0
-                  OR EXISTS (SELECT 1 FROM task_dependency d WHERE d.parent_id = task.id)
-                  AS has_children
+              task.status IN ('completed', 'failed', 'cancelled')
+                  AND (task.child_epoch > 0
+                       OR EXISTS (SELECT 1 FROM task_dependency d WHERE d.parent_id = task.id))
+                  AS ends_parent
 ), e AS (
     UPDATE task_attempt a
        SET outcome = CASE WHEN t.status = 'cancelled' THEN 'cancelled' ELSE 'released' END,
@@ -365,11 +364,8 @@ WITH i AS (
        SET cancelled_tasks = run_counter.cancelled_tasks + EXCLUDED.cancelled_tasks
 ), dep AS (
     SELECT x.*
-      FROM (SELECT array_agg(id) AS ids
-              FROM t
-             WHERE status = 'cancelled' AND has_children
-            HAVING count(*) > 0) p,
-           end_dependents(p.ids, $4, $6::smallint) x
+      FROM end_dependents(ARRAY(SELECT id FROM t WHERE ends_parent), $4, $6::smallint) x
+     WHERE EXISTS (SELECT 1 FROM t WHERE ends_parent)
 ), s AS (
     SELECT id, status, lease_token FROM task WHERE org_id = $1 AND id = ANY($2::uuid[])
 )
@@ -434,9 +430,10 @@ WITH x AS MATERIALIZED (
            updated_at = $1
      WHERE id IN (SELECT id FROM x) AND status = 'running'
     RETURNING *,
-              task.child_epoch > 0
-                  OR EXISTS (SELECT 1 FROM task_dependency d WHERE d.parent_id = task.id)
-                  AS has_children
+              task.status IN ('completed', 'failed', 'cancelled')
+                  AND (task.child_epoch > 0
+                       OR EXISTS (SELECT 1 FROM task_dependency d WHERE d.parent_id = task.id))
+                  AS ends_parent
 ), e AS (
     UPDATE task_attempt a
        SET outcome = CASE WHEN t.status = 'cancelled' THEN 'cancelled' ELSE 'lease_expired' END,
@@ -458,11 +455,8 @@ WITH x AS MATERIALIZED (
            cancelled_tasks = run_counter.cancelled_tasks + EXCLUDED.cancelled_tasks
 ), dep AS (
     SELECT x.*
-      FROM (SELECT array_agg(id) AS ids
-              FROM t
-             WHERE status IN ('completed', 'failed', 'cancelled') AND has_children
-            HAVING count(*) > 0) p,
-           end_dependents(p.ids, $1, $4::smallint) x
+      FROM end_dependents(ARRAY(SELECT id FROM t WHERE ends_parent), $1, $4::smallint) x
+     WHERE EXISTS (SELECT 1 FROM t WHERE ends_parent)
 )
 SELECT dep.released AS released_ids, dep.recheck AS recheck_children,
        (SELECT array_agg(r.id)
