@@ -42,9 +42,9 @@ from foreman.models import (
     TaskResults,
 )
 from foreman.server import auth, params
-from foreman.server.deps import AppState, error_responses, org_conn, state
+from foreman.server.deps import AppState, error_responses, org_conn, released_tasks, state
 from foreman.server.notify import sleep_until
-from foreman.server.routes.tasks import new_task, parent_ids, released_tasks, run_ended
+from foreman.server.routes.tasks import new_task, parent_ids, run_ended
 from foreman.store import db
 from foreman.store import queue as queue_store
 from foreman.store import tasks as tasks_store

@@ -23,13 +23,13 @@ from foreman.server.deps import (
     MAX_OFFSET,
     error_responses,
     org_conn,
+    released_tasks,
     sort_column,
     sort_order,
     state,
 )
 from foreman.server.responses import JsonResponse
 from foreman.store import cancel as cancel_store
-from foreman.store import db
 from foreman.store import dependencies as dependencies_store
 from foreman.store import tasks as tasks_store
 
@@ -142,16 +142,6 @@ async def get_task(request: Request[Any, Any, Any], task_id: FromPath[str]) -> T
     if task is None:
         raise errors.NotFoundError(f"Task not found: {task_id}")
     return task
-
-
-async def released_tasks(
-    request: Request[Any, Any, Any], conn: db.Connection, org_id: str, released: list[str]
-) -> list[Task]:
-    """The children an end released, to publish (the postgres backend needs no message)."""
-    queue = state(request).queue
-    if not released or queue is None or queue.name == "postgres":
-        return []
-    return await dependencies_store.get_tasks(conn, org_id=org_id, task_ids=released)
 
 
 @post("/{task_id:str}/cancel", status_code=200, responses=error_responses(400, 404, 409))

@@ -260,10 +260,18 @@ async def cancel_task(request: Request[Any, Any, Any], task_id: FromPath[str]) -
     session = await _action_session(request)
     task_id = _uuid(task_id, "Task")
     now = ids.now_ms()
+    released: list[str] = []  # its blocked children that may run now (onParentFailure run)
     async with render.org_conn(request, session.org_id) as conn:
         result = await tasks.update_task(
-            conn, org_id=session.org_id, task_id=task_id, changes={"status": "cancelled"}, now=now
+            conn,
+            org_id=session.org_id,
+            task_id=task_id,
+            changes={"status": "cancelled"},
+            now=now,
+            released=released,
         )
+        children = await deps.released_tasks(request, conn, session.org_id, released)
+    await deps.state(request).publish(children)
     if not result.found:
         raise errors.NotFoundError(f"Task not found: {task_id}")
     assert result.task is not None
