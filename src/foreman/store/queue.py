@@ -21,7 +21,6 @@ from foreman.store.tasks import get_task
 
 _SQL = queries.load_statements("queue")  # store/sql/queue.sql: the statements and why they are so
 _CLAIM_TASKS = _SQL["claim_tasks"]
-_CLAIM_TASK = _SQL["claim_task"]
 _CLAIM_TASK_IDS = _SQL["claim_task_ids"]
 _HEARTBEAT = _SQL["heartbeat"]
 _FINISH_TASKS = _SQL["finish_tasks"]
@@ -149,10 +148,13 @@ async def claim_tasks(
 async def claim_task(
     conn: Db, *, org_id: str, task_id: str, worker_id: str, lease_ms: int, now: int
 ) -> ClaimOne:
-    """Lease one task by id; ``current`` explains a refusal (terminal, or held by a lease)."""
-    record = await conn.fetchrow(_CLAIM_TASK, org_id, task_id, now, lease_ms, worker_id)
-    if record is not None:
-        return ClaimOne(queries.model_from(Task, record), True, None)
+    """Lease one task by id (claim_task_ids' statement, one id); ``current`` explains a refusal
+    (terminal, or held by a lease)."""
+    (claimed,) = await claim_task_ids(
+        conn, org_id=org_id, task_ids=[task_id], worker_id=worker_id, lease_ms=lease_ms, now=now
+    )
+    if claimed.task is not None:
+        return ClaimOne(claimed.task, True, None)
     current = await get_task(conn, org_id=org_id, task_id=task_id)
     return ClaimOne(None, current is not None, current)
 

@@ -78,58 +78,12 @@ SELECT t.id, t.run_id, t.org_id, t.type, t.status, t.input_data, t.metadata, t.r
   FROM t, (SELECT set_config('synchronous_commit', 'off', true)) AS async_commit
  ORDER BY t.priority, t.run_after, t.id
 
--- claim_task --
--- By id (a BullMQ job named it): any not-yet-terminal task that nobody holds. A running task whose
--- lease expired is taken over like the sweeper would: the lost attempt counts as a retry, and only
--- while attempts remain (the sweeper fails it otherwise). Keep its SET and WHERE the same as
--- claim_task_ids'. $1 org, $2 task id, $3 now, $4 lease ms, $5 worker id.
-WITH t AS (
-    UPDATE task
-       SET status = 'running',
-           attempt = attempt + 1,
-           retry_count = retry_count + (status = 'running')::int,
-           error_data = CASE WHEN status = 'running'
-                             THEN jsonb_build_object(
-                                      'message',
-                                      format('Lease expired on attempt %s; retrying', attempt),
-                                      'type', 'LeaseExpired')
-                             ELSE error_data END,
-           queued_at = coalesce(queued_at, $3),
-           started_at = coalesce(started_at, $3),
-           lease_token = gen_random_uuid(),
-           lease_expires_at = $3 + $4::bigint,
-           worker_id = $5,
-           updated_at = $3
-     WHERE org_id = $1 AND id = $2
-       AND (status IN ('pending', 'queued', 'retrying')
-            OR (status = 'running' AND lease_expires_at < $3 AND attempt <= max_retries
-                AND cancel_requested_at IS NULL))
-    RETURNING *
-), x AS (
-    UPDATE task_attempt a
-       SET outcome = 'lease_expired', ended_at = $3, duration_ms = $3 - a.started_at,
-           error_data = t.error_data
-      FROM t
-     WHERE a.task_id = t.id AND a.org_id = $1 AND a.outcome = 'running'
-), n AS (
-    INSERT INTO task_attempt (task_id, attempt, org_id, run_id, worker_id, started_at)
-    SELECT id, attempt, org_id, run_id, worker_id, $3 FROM t
-), g AS (
-    UPDATE run
-       SET status = 'running', started_at = coalesce(started_at, $3), updated_at = $3
-     WHERE org_id = $1 AND id IN (SELECT run_id FROM t) AND auto_complete AND status = 'pending'
-)
-SELECT t.id, t.run_id, t.org_id, t.type, t.status, t.input_data, t.metadata, t.retry_count,
-       t.max_retries, t.priority, t.attempt, t.created_at, t.updated_at, t.parent_task_id,
-       t.output_data, t.error_data, t.queued_at, t.started_at, t.completed_at, t.duration_ms,
-       t.queue_job_id, CASE WHEN t.run_after > t.created_at THEN t.run_after END AS run_after,
-       t.lease_expires_at, t.idempotency_key, t.worker_id, t.lease_token
-  FROM t, (SELECT set_config('synchronous_commit', 'off', true)) AS async_commit
-
 -- claim_task_ids --
--- Many ids at once (jobs a bullmq worker received together): claim_task's rules per id, one
--- statement; the ids are distinct (store/queue.py answers repeats). $1 org, $2 task ids, $3 now,
--- $4 lease ms, $5 worker id.
+-- By id (jobs a bullmq worker received, one or many at once; store/queue.py claim_task is this
+-- with one id): any not-yet-terminal task that nobody holds. A running task whose lease expired
+-- is taken over like the sweeper would: the lost attempt counts as a retry, and only while
+-- attempts remain (the sweeper fails it otherwise). The ids are distinct (store/queue.py answers
+-- repeats). $1 org, $2 task ids, $3 now, $4 lease ms, $5 worker id.
 WITH i AS (
     SELECT * FROM unnest($2::uuid[]) WITH ORDINALITY AS i(task_id, ord)
 ), t AS (
