@@ -74,14 +74,15 @@ async def end_dependents(
 
 
 async def after_step(conn: Db, *, org_id: str | None, record: Any, now: int) -> list[str]:
-    """The follow-ups, after its commit, of a statement that ended tasks (its `recheck` children
-    and its `runs_ended`: what concurrent statements could not see of each other); the ids of the
-    children this released (to publish on bullmq)."""
+    """The follow-ups, after its commit, of a statement that ended tasks (its `recheck_children`,
+    and its `runs_ended` and `runs_cancelled` to complete: what concurrent statements could not
+    see of each other); the ids of the children this released (to publish on bullmq)."""
     released: list[str] = []
     if record["recheck_children"]:
         released = await release_children(conn, child_ids=record["recheck_children"], now=now)
-    if record["runs_ended"]:
-        await runs_store.complete_runs(conn, org_id=org_id, run_ids=record["runs_ended"], now=now)
+    runs = [*(record["runs_ended"] or []), *(record["runs_cancelled"] or [])]
+    if runs:  # the open auto-complete runs of the ended tasks; any run of a cancelled child
+        await runs_store.complete_runs(conn, org_id=org_id, run_ids=runs, now=now)
     return released
 
 

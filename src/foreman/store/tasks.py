@@ -463,7 +463,7 @@ SELECT CASE WHEN $4::text IN ('completed', 'failed', 'cancelled')
        (SELECT r.auto_complete FROM run r WHERE r.org_id = $1 AND r.id = t.run_id)
            AS run_auto_complete,
        dep.released AS released_ids, dep.recheck AS recheck_children,
-       dep.cancelled_runs AS runs_ended,
+       NULL::uuid[] AS runs_ended, dep.cancelled_runs AS runs_cancelled,
        {_TASK_COLUMNS}
   FROM t
   LEFT JOIN dep ON true

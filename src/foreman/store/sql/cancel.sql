@@ -39,10 +39,9 @@ SELECT CASE WHEN t.status = 'cancelled' THEN pg_notify('foreman_task_done', t.id
        dep.released AS released_ids, dep.recheck AS recheck_children,
        (SELECT array_agg(r.id)
           FROM run r
-         WHERE r.org_id = $1 AND r.auto_complete AND r.completed_at IS NULL
-           AND r.id IN (SELECT t.run_id WHERE t.status = 'cancelled'
-                        UNION ALL
-                        SELECT unnest(dep.cancelled_runs))) AS runs_ended,
+         WHERE r.id IN (SELECT t.run_id WHERE t.status = 'cancelled')
+           AND r.auto_complete AND r.completed_at IS NULL) AS runs_ended,
+       dep.cancelled_runs AS runs_cancelled,
        t.id, t.run_id, t.org_id, t.type, t.status, t.input_data, t.metadata, t.retry_count,
        t.max_retries, t.priority, t.attempt, t.created_at, t.updated_at, t.parent_task_id,
        t.output_data, t.error_data, t.queued_at, t.started_at, t.completed_at, t.duration_ms,

@@ -101,7 +101,8 @@ SELECT (SELECT child_id FROM bad) AS bad_child, (SELECT parent_id FROM bad) AS b
 -- The step after a parent's end (migration 0021) as a statement of its own: for children cancelled
 -- as they were added (add_dependencies) and the sweeper's repair. Idempotent: an edge already flipped is not counted again. $1 parent ids, $2 now,
 -- $3 counter shard.
-SELECT released AS released_ids, recheck AS recheck_children, cancelled_runs AS runs_ended
+SELECT released AS released_ids, recheck AS recheck_children, NULL::uuid[] AS runs_ended,
+       cancelled_runs AS runs_cancelled
   FROM end_dependents($1::uuid[], $2, $3::smallint)
 
 -- stranded_parents --

@@ -17,8 +17,9 @@
 --   the statement that ends the attempt closes the task's one 'running' row with its outcome,
 --   both set-based from the statement's changed rows (no extra round trip, no per-row trigger).
 -- * Auto-complete runs (migration 0014): a claim makes a 'pending' one 'running'; a statement that
---   ends tasks answers the open auto-complete runs of the tasks it ended (`runs_ended`; finish_tasks
---   only those with at most 1000 open tasks besides its own, as its snapshot has them), which its
+--   ends tasks answers the open auto-complete runs of the tasks it ended (`runs_ended`, and the runs
+--   of the children it cancelled, `runs_cancelled`; no count of their tasks here and no
+--   correlated subquery: either kept PostgreSQL from the statement's generic plan), which its
 --   caller completes right after the commit with a fresh snapshot (runs.sql complete_runs: two
 --   statements ending a run's last tasks concurrently do not see each other, the later commit
 --   sees both); the sweeper catches any left.
@@ -257,13 +258,9 @@ SELECT i.task_id AS ended_id, t.id IS NOT NULL AS ok, coalesce(t.status, s.statu
        dep.released AS released_ids, dep.recheck AS recheck_children,
        (SELECT array_agg(r.id)
           FROM run r
-         WHERE r.org_id = $1 AND r.auto_complete AND r.completed_at IS NULL
-           AND r.id IN (SELECT run_id FROM t WHERE status IN ('completed', 'failed', 'cancelled')
-                        UNION ALL
-                        SELECT unnest(dep.cancelled_runs))
-           -- Only near its end (as this snapshot has it): a busy run is not looked at per batch.
-           AND (SELECT total_tasks - completed_tasks - failed_tasks - cancelled_tasks
-                  FROM run_task_counts(r.id)) <= 1000 + cardinality($2::uuid[])) AS runs_ended,
+         WHERE r.id IN (SELECT run_id FROM t WHERE status IN ('completed', 'failed', 'cancelled'))
+           AND r.auto_complete AND r.completed_at IS NULL) AS runs_ended,
+       dep.cancelled_runs AS runs_cancelled,
        (SELECT count(pg_notify('foreman_task_done', g.ids))
           FROM (SELECT string_agg(d.id::text, ',') AS ids
                   FROM (SELECT id, (row_number() OVER () - 1) / 100 AS n
@@ -332,10 +329,9 @@ SELECT i.task_id AS released_id, t.id IS NOT NULL AS ok, coalesce(t.status, s.st
        dep.released AS released_ids, dep.recheck AS recheck_children,
        (SELECT array_agg(r.id)
           FROM run r
-         WHERE r.org_id = $1 AND r.auto_complete AND r.completed_at IS NULL
-           AND r.id IN (SELECT run_id FROM t WHERE status = 'cancelled'
-                        UNION ALL
-                        SELECT unnest(dep.cancelled_runs))) AS runs_ended,
+         WHERE r.id IN (SELECT run_id FROM t WHERE status = 'cancelled')
+           AND r.auto_complete AND r.completed_at IS NULL) AS runs_ended,
+       dep.cancelled_runs AS runs_cancelled,
        (SELECT count(pg_notify('foreman_task_ready', $1))
           FROM (SELECT 1 FROM t WHERE status = 'queued' LIMIT 1) one) AS notified,
        t.id, t.run_id, t.org_id, t.type, t.status, t.input_data, t.metadata, t.retry_count,
@@ -419,10 +415,9 @@ WITH x AS MATERIALIZED (
 SELECT dep.released AS released_ids, dep.recheck AS recheck_children,
        (SELECT array_agg(r.id)
           FROM run r
-         WHERE r.auto_complete AND r.completed_at IS NULL
-           AND r.id IN (SELECT run_id FROM t WHERE status IN ('completed', 'failed', 'cancelled')
-                        UNION ALL
-                        SELECT unnest(dep.cancelled_runs))) AS runs_ended,
+         WHERE r.id IN (SELECT run_id FROM t WHERE status IN ('completed', 'failed', 'cancelled'))
+           AND r.auto_complete AND r.completed_at IS NULL) AS runs_ended,
+       dep.cancelled_runs AS runs_cancelled,
        (SELECT count(pg_notify('foreman_task_done', g.ids))
           FROM (SELECT string_agg(d.id::text, ',') AS ids
                   FROM (SELECT id, (row_number() OVER () - 1) / 100 AS n
