@@ -110,13 +110,14 @@ SELECT released AS released_ids, recheck AS recheck_children, NULL::uuid[] AS ru
 -- a blocked child (a step cut short before migration 0021 made it one transaction), and blocked
 -- children with no open edge left (a release_children that never ran).
 -- $1 limit.
--- Blocked tasks are few and indexed (task_blocked_idx, migration 0021). $1 limit.
+-- Blocked tasks are few and indexed (task_blocked_idx, migration 0021); UNION ALL, so the LIMIT
+-- stops the scan (a parent named twice is harmless). $1 limit.
 SELECT p.id AS parent_id, NULL::uuid AS child_id
   FROM task c
   JOIN task_dependency e ON e.child_id = c.id AND NOT e.parent_done
   JOIN task p ON p.id = e.parent_id AND p.org_id = e.org_id
  WHERE c.status = 'blocked' AND p.status IN ('completed', 'failed', 'cancelled')
-UNION
+UNION ALL
 SELECT NULL::uuid, c.id
   FROM task c
  WHERE c.status = 'blocked'
