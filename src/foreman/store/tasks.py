@@ -454,7 +454,11 @@ WITH t AS (
 ), dep AS (
     -- Its blocked children, in this transaction (end_dependents(), migration 0021).
     SELECT x.*
-      FROM (SELECT id FROM t WHERE status IN ('completed', 'failed', 'cancelled') AND {counted}) p,
+      FROM (SELECT id
+              FROM t
+             WHERE status IN ('completed', 'failed', 'cancelled') AND {counted}
+               AND (child_epoch > 0
+                    OR EXISTS (SELECT 1 FROM task_dependency d WHERE d.parent_id = t.id))) p,
            end_dependents(ARRAY[p.id], $3, {dep_shard}::smallint) x
 ){attempts}
 SELECT CASE WHEN $4::text IN ('completed', 'failed', 'cancelled')

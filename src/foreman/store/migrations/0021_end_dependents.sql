@@ -35,6 +35,9 @@ BEGIN
     released := '{}';
     cancelled := '{}';
     recheck := '{}';
+    IF coalesce(cardinality(parents), 0) = 0 THEN
+        RETURN;
+    END IF;
     WHILE cardinality(ended) > 0 LOOP
         WITH dd AS (
             UPDATE task_dependency e

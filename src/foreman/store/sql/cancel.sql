@@ -31,7 +31,11 @@ WITH t AS (
        SET cancelled_tasks = run_counter.cancelled_tasks + EXCLUDED.cancelled_tasks
 ), dep AS (
     SELECT x.*
-      FROM (SELECT id FROM t WHERE status = 'cancelled') p,
+      FROM (SELECT id
+              FROM t
+             WHERE status = 'cancelled'
+               AND (child_epoch > 0
+                    OR EXISTS (SELECT 1 FROM task_dependency d WHERE d.parent_id = t.id))) p,
            end_dependents(ARRAY[p.id], $3, $5::smallint) x
 )
 SELECT CASE WHEN t.status = 'cancelled' THEN pg_notify('foreman_task_done', t.id::text) END
