@@ -55,19 +55,26 @@ BEGIN
                         FILTER (WHERE d.parent_status <> 'completed'))[1] AS failed_status
               FROM dd d
              GROUP BY d.child_id
+        ), cz AS (
+            -- Open edges left besides this round's flips (not in this statement's snapshot),
+            -- counted up to 1001 through the partial index of open edges.
+            SELECT cf.*,
+                   (SELECT count(*)
+                      FROM (SELECT 1
+                              FROM task_dependency o
+                             WHERE o.child_id = cf.child_id AND NOT o.parent_done
+                               AND NOT o.parent_id = ANY(cf.flipped)
+                             LIMIT 1001) x) AS open_left
+              FROM cf
         )
-        -- Open edges left besides this round's flips (not in this statement's snapshot), counted
-        -- up to 1001.
-        SELECT array_agg(cf.child_id ORDER BY cf.child_id), array_agg(cf.failed_parent ORDER BY cf.child_id),
-               array_agg(cf.failed_status ORDER BY cf.child_id),
-               array_agg((SELECT count(*)
-                            FROM (SELECT 1
-                                    FROM task_dependency o
-                                   WHERE o.child_id = cf.child_id AND NOT o.parent_done
-                                     AND NOT o.parent_id = ANY(cf.flipped)
-                                   LIMIT 1001) x) ORDER BY cf.child_id)
-          INTO children, failed_parents, failed_statuses, opens
-          FROM cf;
+        SELECT array_agg(child_id ORDER BY child_id),
+               array_agg(failed_parent ORDER BY child_id),
+               array_agg(failed_status ORDER BY child_id),
+               array_agg(open_left ORDER BY child_id),
+               recheck || coalesce(array_agg(child_id) FILTER (WHERE open_left BETWEEN 1 AND 1000),
+                                   '{}')
+          INTO children, failed_parents, failed_statuses, opens, recheck
+          FROM cz;
         EXIT WHEN children IS NULL;
 
         WITH f AS (
@@ -113,9 +120,6 @@ BEGIN
           INTO released, round_cancelled
           FROM ch;
 
-        recheck := recheck || ARRAY(SELECT u.child_id
-                                      FROM unnest(children, opens) AS u(child_id, open_left)
-                                     WHERE u.open_left BETWEEN 1 AND 1000);
         cancelled := cancelled || round_cancelled;
         ended := round_cancelled;
     END LOOP;
@@ -123,24 +127,28 @@ BEGIN
     -- The cancelled children, counted on their runs (after every child's lock: a statement takes
     -- parents, then children, then counter rows), and the notifications of the ended and the
     -- released tasks (a payload holds at most 8000 bytes: 100 ids each).
-    WITH n AS (
-        INSERT INTO run_counter (run_id, shard, org_id, cancelled_tasks)
-        SELECT run_id, end_dependents.shard, org_id, count(*)
-          FROM task
-         WHERE id = ANY(cancelled)
-         GROUP BY run_id, org_id
-        ON CONFLICT (run_id, shard) DO UPDATE
-           SET cancelled_tasks = run_counter.cancelled_tasks + EXCLUDED.cancelled_tasks
-        RETURNING run_id
-    )
-    SELECT array_agg(run_id) INTO cancelled_runs FROM n;
-    PERFORM pg_notify('foreman_task_done', g.ids)
-       FROM (SELECT string_agg(d.id::text, ',') AS ids
-               FROM (SELECT id, (row_number() OVER () - 1) / 100 AS n
-                       FROM unnest(cancelled) AS id) d
-              GROUP BY d.n) g;
-    PERFORM pg_notify('foreman_task_ready', o.org_id)
-       FROM (SELECT DISTINCT org_id FROM task WHERE id = ANY(released)) o;
+    IF cardinality(cancelled) > 0 THEN
+        WITH n AS (
+            INSERT INTO run_counter (run_id, shard, org_id, cancelled_tasks)
+            SELECT run_id, end_dependents.shard, org_id, count(*)
+              FROM task
+             WHERE id = ANY(cancelled)
+             GROUP BY run_id, org_id
+            ON CONFLICT (run_id, shard) DO UPDATE
+               SET cancelled_tasks = run_counter.cancelled_tasks + EXCLUDED.cancelled_tasks
+            RETURNING run_id
+        )
+        SELECT array_agg(run_id) INTO cancelled_runs FROM n;
+        PERFORM pg_notify('foreman_task_done', g.ids)
+           FROM (SELECT string_agg(d.id::text, ',') AS ids
+                   FROM (SELECT id, (row_number() OVER () - 1) / 100 AS n
+                           FROM unnest(cancelled) AS id) d
+                  GROUP BY d.n) g;
+    END IF;
+    IF cardinality(released) > 0 THEN
+        PERFORM pg_notify('foreman_task_ready', o.org_id)
+           FROM (SELECT DISTINCT org_id FROM task WHERE id = ANY(released)) o;
+    END IF;
 END
 $$;
 GRANT EXECUTE ON FUNCTION end_dependents(uuid[], bigint, smallint) TO foreman_app;
