@@ -13,6 +13,7 @@ from prometheus_client import generate_latest
 from foreman import ids
 from foreman.queue import bullmq as bullmq_backend
 from foreman.queue.base import message_for
+from foreman.queue.naming import org_queue_name
 from foreman.queue.postgres import PostgresQueue
 from foreman.server.app import create_app
 from foreman.server.metrics import ServerMetrics
@@ -349,3 +350,44 @@ async def test_sweeps_and_expired_leases_are_counted_in_metrics(pool, owner_pool
     assert "foreman_leases_expired_total 3.0" in text
     assert 'foreman_task_retries_total{type="w"} 2.0' in text
     assert 'foreman_tasks_finished_total{status="failed",type="w"} 1.0' in text
+
+
+@pytest.mark.parametrize("end", ["cancel", "patch"])
+async def test_bullmq_children_released_by_a_cancel_or_patch_are_published_at_once(
+    db_url, redis_server, end
+):
+    # Not only a worker's completion publishes the children it releases (issue 13): every end
+    # does, right after its commit, without waiting for the sweeper (not running here).
+    name = unique_queue_name()
+    settings = make_settings(
+        db_url,
+        queue_backend="bullmq",
+        redis_host=redis_server.host,
+        redis_port=redis_server.port,
+        task_queue_name=name,
+        sweep_interval_s=3600.0,
+    )
+    inspect = bullmq_queue(redis_server, org_queue_name(name, ORG_A))
+    try:
+        async with running_app(create_app(settings)) as client:
+            run = (
+                await client.post("/api/v1/runs", json={"inputData": 1}, headers=HEADERS_A)
+            ).json()
+            task = {"runId": run["id"], "type": "w", "inputData": 1}
+            parent = (await client.post("/api/v1/tasks", json=task, headers=HEADERS_A)).json()
+            child = {**task, "enqueue": True, "dependsOn": [parent["id"]], "onParentFailure": "run"}
+            tolerant = (await client.post("/api/v1/tasks", json=child, headers=HEADERS_A)).json()
+            assert tolerant["status"] == "blocked"
+            if end == "cancel":
+                url = f"/api/v1/tasks/{parent['id']}/cancel"
+                response = await client.post(url, headers=HEADERS_A)
+            else:
+                url = f"/api/v1/tasks/{parent['id']}"
+                response = await client.patch(url, json={"status": "failed"}, headers=HEADERS_A)
+            assert response.status_code == 200, response.text
+            job = await inspect.getJob(f"{tolerant['id']}:1")
+            assert job is not None
+            assert job.data == {"taskId": tolerant["id"]}
+    finally:
+        await inspect.close()
+        await obliterate(redis_server, org_queue_name(name, ORG_A))

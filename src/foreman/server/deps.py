@@ -23,6 +23,7 @@ from foreman.server.metrics import ServerMetrics
 from foreman.server.middleware import received_body
 from foreman.settings import Settings
 from foreman.store import db
+from foreman.store import dependencies as dependencies_store
 from foreman.store.pool import Pool
 
 # Largest offset a list accepts: beyond it no page can hold rows, and PostgreSQL's bigint ends.
@@ -181,3 +182,13 @@ def event_hub(request: Request[Any, Any, Any]) -> EventHub:
     if hub is None:
         raise errors.UnavailableError("Run events are not available: the server is starting")
     return hub
+
+
+async def released_tasks(
+    request: Request[Any, Any, Any], conn: db.Connection, org_id: str, released: list[str]
+) -> list[Task]:
+    """The children an end released, to publish (the postgres backend needs no message)."""
+    queue = state(request).queue
+    if not released or queue is None or queue.name == "postgres":
+        return []
+    return await dependencies_store.get_tasks(conn, org_id=org_id, task_ids=released)

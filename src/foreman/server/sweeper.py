@@ -120,14 +120,15 @@ class Sweeper(Periodic):
         async with self._pool.acquire() as conn, conn.transaction():
             if not await conn.fetchval(_TRY_LOCK, SWEEP_LOCK_KEY):
                 return SweepResult(locked=False)
-            expired = await queue_store.expire_leases(conn, now=now, limit=self._batch)
+            released: list[str] = []  # blocked children the ends released
+            expired = await queue_store.expire_leases(
+                conn, now=now, limit=self._batch, released=released
+            )
             # Auto-complete runs left open by races (store/sql/queue.sql): a statement of its own,
             # so its snapshot sees the expiry above and every commit before it.
             await runs_store.complete_due_runs(conn, now=now, limit=self._batch)
-            for org_id, parent_ids in _ended_by_org(expired).items():
-                await dependencies.end_dependents(
-                    conn, org_id=org_id, parent_ids=parent_ids, now=now
-                )
+            released += await dependencies.repair(conn, now=now, limit=self._batch)
+            children = await dependencies.get_tasks(conn, org_id=None, task_ids=released)
             analyzed = await statistics.analyze_new_tables(conn)
             if analyzed:
                 logger.info("analysed new table(s) %s for the planner", ", ".join(analyzed))
@@ -138,7 +139,7 @@ class Sweeper(Periodic):
         if self._metrics is not None:
             self._metrics.swept(expired)
         # After the commit, like every publish: a job must never name an uncommitted state.
-        await self._queue.publish(expired)
+        await self._queue.publish(expired + children)
         lost = await self._republish(ready_messages(ready, now=now)) if ready else 0
         failed = sum(t.status == "failed" for t in expired)
         return SweepResult(True, len(expired) - failed, failed, lost)
@@ -168,12 +169,3 @@ class Sweeper(Periodic):
                 extra={"task_id": lost[0].task_id},
             )
         return len(lost)
-
-
-def _ended_by_org(tasks: list[Task]) -> dict[str, list[str]]:
-    """Tasks the sweep ended (failed or cancelled), by organisation: their children are next."""
-    by_org: dict[str, list[str]] = {}
-    for task in tasks:
-        if task.status in ("failed", "cancelled"):
-            by_org.setdefault(task.org_id, []).append(str(task.id))
-    return by_org

@@ -8,8 +8,7 @@ from foreman.models import Run, Task
 from foreman.store import dependencies, queries
 from foreman.store import runs as runs_store
 from foreman.store.db import Db
-from foreman.store.queue import complete_open_runs
-from foreman.store.shards import shard
+from foreman.store.shards import two_shards
 from foreman.store.tasks import get_task
 
 _SQL = queries.load_statements("cancel")
@@ -25,15 +24,20 @@ class Cancelled:
     changed: bool
 
 
-async def cancel_task(conn: Db, *, org_id: str, task_id: str, now: int) -> Cancelled:
-    """Cancel a task that has not ended: at once, or at its worker's next beat when running."""
-    record = await conn.fetchrow(_CANCEL_TASK, org_id, task_id, now, shard())
+async def cancel_task(
+    conn: Db, *, org_id: str, task_id: str, now: int, released: list[str] | None = None
+) -> Cancelled:
+    """Cancel a task that has not ended: at once, or at its worker's next beat when running.
+
+    Its blocked children are cancelled or released in the same statement; the released ones are
+    added to ``released`` (to publish on bullmq)."""
+    record = await conn.fetchrow(_CANCEL_TASK, org_id, task_id, now, *two_shards())
     if record is not None:
-        await complete_open_runs(conn, org_id=org_id, records=[record], now=now)
-        task = queries.model_from(Task, record)
-        if task.status == "cancelled":  # its blocked children: cancelled or released
-            await dependencies.end_dependents(conn, org_id=org_id, parent_ids=[task.id], now=now)
-        return Cancelled(task, True)
+        freed = list(record["released_ids"] or [])
+        freed += await dependencies.after_step(conn, org_id=org_id, record=record, now=now)
+        if released is not None:
+            released += freed
+        return Cancelled(queries.model_from(Task, record), True)
     return Cancelled(await get_task(conn, org_id=org_id, task_id=task_id), False)
 
 
@@ -42,7 +46,7 @@ async def cancel_run(conn: Db, *, org_id: str, run_id: str, now: int) -> tuple[R
 
     A run that ended completed or failed is not changed (False).
     """
-    record = await conn.fetchrow(_CANCEL_RUN, org_id, run_id, now, shard())
+    record = await conn.fetchrow(_CANCEL_RUN, org_id, run_id, now, *two_shards())
     assert record is not None
     run = await runs_store.get_run(conn, org_id=org_id, run_id=run_id)
     return run, bool(record["cancelled"])

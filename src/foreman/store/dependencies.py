@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from foreman import errors
 from foreman.models import Pagination, Task, TaskList
@@ -18,6 +19,7 @@ _END_DEPENDENTS = _SQL["end_dependents"]
 _LIST_PARENTS = _SQL["list_parents"]
 _GET_TASKS = _SQL["get_tasks"]
 _RELEASE_CHILDREN = _SQL["release_children"]
+_STRANDED_PARENTS = _SQL["stranded_parents"]
 
 MAX_PARENTS = 10_000
 
@@ -58,39 +60,57 @@ async def add_dependencies(
 
 
 async def end_dependents(
-    conn: Db, *, org_id: str, parent_ids: Sequence[str], now: int
+    conn: Db, *, org_id: str | None, parent_ids: Sequence[str], now: int
 ) -> list[str]:
-    """Release or cancel the blocked children of ended parents, transitively down the graph.
+    """Release or cancel the blocked children of ended parents, transitively down the graph, in
+    one statement (end_dependents(), migration 0021); the ids of the children released to the
+    queue (to publish on bullmq). For parents whose own statement did not take the step (children
+    cancelled as they were added, the sweeper's repair); org_id None: any (the sweeper)."""
+    record = await conn.fetchrow(_END_DEPENDENTS, list(parent_ids), now, shard())
+    assert record is not None
+    return list(record["released_ids"] or []) + await after_step(
+        conn, org_id=org_id, record=record, now=now
+    )
 
-    Each round is one statement; the children it cancels are the next round's parents. Answers
-    the ids of the children released to the queue (to publish on bullmq).
-    """
+
+async def after_step(conn: Db, *, org_id: str | None, record: Any, now: int) -> list[str]:
+    """The follow-ups, after its commit, of a statement that ended tasks (its `recheck_children`,
+    and its `runs_ended` and `runs_cancelled` to complete: what concurrent statements could not
+    see of each other); the ids of the children this released (to publish on bullmq)."""
     released: list[str] = []
-    runs: set[str] = set()
-    recheck: list[str] = []
-    pending = list(parent_ids)
-    while pending:
-        record = await conn.fetchrow(_END_DEPENDENTS, org_id, pending, now, shard())
-        assert record is not None
-        released += record["released_ids"] or []
-        runs.update(record["cascade_runs"] or [])
-        recheck += record["recheck_children"] or []
-        pending = list(record["cascade_ids"] or [])
-    if recheck:
-        released += await release_children(conn, org_id=org_id, child_ids=recheck, now=now)
-    if runs:  # cancelled children may have ended an auto-complete run
-        await runs_store.complete_runs(conn, org_id=org_id, run_ids=sorted(runs), now=now)
+    if record["recheck_children"]:
+        released = await release_children(conn, child_ids=record["recheck_children"], now=now)
+    runs = [*(record["runs_ended"] or []), *(record["runs_cancelled"] or [])]
+    if runs:  # the open auto-complete runs of the ended tasks; any run of a cancelled child
+        await runs_store.complete_runs(conn, org_id=org_id, run_ids=runs, now=now)
     return released
 
 
-async def release_children(
-    conn: Db, *, org_id: str, child_ids: Sequence[str], now: int
-) -> list[str]:
+async def release_children(conn: Db, *, child_ids: Sequence[str], now: int) -> list[str]:
     """Release the blocked children among child_ids that no open edge is left to, with a fresh
     snapshot (the last parents of a child ended in concurrent statements); the released ids."""
-    record = await conn.fetchrow(_RELEASE_CHILDREN, org_id, list(child_ids), now)
+    record = await conn.fetchrow(_RELEASE_CHILDREN, list(child_ids), now)
     assert record is not None
     return list(record["released_ids"] or [])
+
+
+async def repair(conn: Db, *, now: int, limit: int) -> list[str]:
+    """The sweeper's belt and braces, across organisations (its connection owns the tables):
+    blocked children whose parents have all ended (store/sql/dependencies.sql
+    stranded_parents) are released or cancelled; the ids released to the queue."""
+    parents: list[str] = []
+    children: list[str] = []
+    for r in await conn.fetch(_STRANDED_PARENTS, limit):
+        if r["parent_id"] is not None:
+            parents.append(r["parent_id"])
+        else:
+            children.append(r["child_id"])
+    released: list[str] = []
+    if parents:
+        released += await end_dependents(conn, org_id=None, parent_ids=parents, now=now)
+    if children:
+        released += await release_children(conn, child_ids=children, now=now)
+    return released
 
 
 async def list_parents(
@@ -107,6 +127,8 @@ async def list_parents(
     )
 
 
-async def get_tasks(conn: Db, *, org_id: str, task_ids: Sequence[str]) -> list[Task]:
-    """Tasks by id (any order)."""
+async def get_tasks(conn: Db, *, org_id: str | None, task_ids: Sequence[str]) -> list[Task]:
+    """Tasks by id (any order); org_id None: of any organisation (the sweeper)."""
+    if not task_ids:
+        return []
     return queries.models_from(Task, await conn.fetch(_GET_TASKS, org_id, list(task_ids)))

@@ -15,14 +15,12 @@ from typing import Any, Literal, TypeVar
 
 from foreman.models import Task
 from foreman.store import dependencies, queries
-from foreman.store import runs as runs_store
 from foreman.store.db import Db
-from foreman.store.shards import shard
+from foreman.store.shards import two_shards
 from foreman.store.tasks import get_task
 
 _SQL = queries.load_statements("queue")  # store/sql/queue.sql: the statements and why they are so
 _CLAIM_TASKS = _SQL["claim_tasks"]
-_CLAIM_TASK = _SQL["claim_task"]
 _CLAIM_TASK_IDS = _SQL["claim_task_ids"]
 _HEARTBEAT = _SQL["heartbeat"]
 _FINISH_TASKS = _SQL["finish_tasks"]
@@ -150,10 +148,13 @@ async def claim_tasks(
 async def claim_task(
     conn: Db, *, org_id: str, task_id: str, worker_id: str, lease_ms: int, now: int
 ) -> ClaimOne:
-    """Lease one task by id; ``current`` explains a refusal (terminal, or held by a lease)."""
-    record = await conn.fetchrow(_CLAIM_TASK, org_id, task_id, now, lease_ms, worker_id)
-    if record is not None:
-        return ClaimOne(queries.model_from(Task, record), True, None)
+    """Lease one task by id (claim_task_ids' statement, one id); ``current`` explains a refusal
+    (terminal, or held by a lease)."""
+    (claimed,) = await claim_task_ids(
+        conn, org_id=org_id, task_ids=[task_id], worker_id=worker_id, lease_ms=lease_ms, now=now
+    )
+    if claimed.task is not None:
+        return ClaimOne(claimed.task, True, None)
     current = await get_task(conn, org_id=org_id, task_id=task_id)
     return ClaimOne(None, current is not None, current)
 
@@ -247,10 +248,9 @@ async def finish_tasks(
         queries.jsonb_items([o.error_data for o in outcomes]),
         [o.retryable for o in outcomes],
         now,
-        shard(),
+        *two_shards(),
     )
-    await complete_open_runs(conn, org_id=org_id, records=records, now=now)
-    freed = await _after_dependencies(conn, org_id=org_id, records=records, now=now)
+    freed = await _after_step(conn, org_id=org_id, records=records, now=now)
     if released is not None:
         released += freed
     task = queries.fields_of(Task, records)
@@ -269,32 +269,16 @@ async def finish_tasks(
     return firsts.expand(in_order, _duplicate_of)
 
 
-async def complete_open_runs(conn: Db, *, org_id: str, records: Sequence[Any], now: int) -> None:
-    """Complete the auto-complete runs a statement that ended tasks left open (`runs_open`: its
-    snapshot did not show the tasks other statements ended at the same time), with a fresh one."""
-    runs_open = records[0]["runs_open"] if records else None
-    if runs_open:
-        await runs_store.complete_runs(conn, org_id=org_id, run_ids=runs_open, now=now)
-
-
-async def _after_dependencies(
-    conn: Db, *, org_id: str, records: Sequence[Any], now: int
+async def _after_step(
+    conn: Db, *, org_id: str | None, records: Sequence[Any], now: int
 ) -> list[str]:
-    """Released children, and the follow-ups of the dependency step (store/sql/queue.sql):
-    children cancelled (their own children next) and parents whose new edges the statement's
-    snapshot could not see."""
+    """The children a statement ending tasks released, and its follow-ups after the commit
+    (store/dependencies.py after_step): every row carries the same statement-wide columns."""
     if not records:
         return []
     head = records[0]
     freed = list(head["released_ids"] or [])
-    again = [*(head["cascade_ids"] or []), *(head["recheck_ids"] or [])]
-    if again:
-        freed += await dependencies.end_dependents(conn, org_id=org_id, parent_ids=again, now=now)
-    if head["recheck_children"]:
-        freed += await dependencies.release_children(
-            conn, org_id=org_id, child_ids=head["recheck_children"], now=now
-        )
-    return freed
+    return freed + await dependencies.after_step(conn, org_id=org_id, record=head, now=now)
 
 
 def _ended_as(outcome: str, status: str | None) -> bool:
@@ -305,14 +289,22 @@ def _ended_as(outcome: str, status: str | None) -> bool:
     return status in ("retrying", "failed")
 
 
-async def release_tasks(conn: Db, *, org_id: str, leases: Sequence[Lease], now: int) -> list[Ended]:
+async def release_tasks(
+    conn: Db,
+    *,
+    org_id: str,
+    leases: Sequence[Lease],
+    now: int,
+    released: list[str] | None = None,
+) -> list[Ended]:
     """Put held tasks back in the queue, undoing the claim's attempt count (input order).
 
-    A task whose cancel was asked while it ran ends cancelled instead."""
-    firsts, records = await _fetch_leases(conn, _RELEASE_TASKS, org_id, leases, now, shard())
-    cancelled = [r["id"] for r in records if r["ok"] and r["status"] == "cancelled"]
-    if cancelled:  # a cancel was asked while they ran: their children next
-        await dependencies.end_dependents(conn, org_id=org_id, parent_ids=cancelled, now=now)
+    A task whose cancel was asked while it ran ends cancelled instead (its blocked children
+    as finish_tasks says)."""
+    firsts, records = await _fetch_leases(conn, _RELEASE_TASKS, org_id, leases, now, *two_shards())
+    freed = await _after_step(conn, org_id=org_id, records=records, now=now)
+    if released is not None:
+        released += freed
     task = queries.fields_of(Task, records)
     ended = [
         Ended(
@@ -333,9 +325,16 @@ def _duplicate_of(first: Ended) -> Ended:
     return Ended(first.task_id, False, first.status, first.found, False, None, True)
 
 
-async def expire_leases(conn: Db, *, now: int, limit: int) -> list[Task]:
-    """Expired leases of every organisation: retrying with a backoff, or failed when exhausted."""
-    records = await conn.fetch(_EXPIRE_LEASES, now, limit, shard())
+async def expire_leases(
+    conn: Db, *, now: int, limit: int, released: list[str] | None = None
+) -> list[Task]:
+    """Expired leases of every organisation: retrying with a backoff, or failed when exhausted.
+
+    Blocked children released in the same statement are added to ``released`` (to publish)."""
+    records = await conn.fetch(_EXPIRE_LEASES, now, limit, *two_shards())
+    freed = await _after_step(conn, org_id=None, records=records, now=now)
+    if released is not None:
+        released += freed
     return queries.models_from(Task, records)
 
 

@@ -39,7 +39,7 @@ async def insert_run(
     return queries.model_from(Run, record)
 
 
-async def complete_runs(conn: Db, *, org_id: str, run_ids: Sequence[str], now: int) -> int:
+async def complete_runs(conn: Db, *, org_id: str | None, run_ids: Sequence[str], now: int) -> int:
     """Complete the auto-complete runs among run_ids whose tasks are all terminal (a fresh
     look: the statements that ended their tasks could not see each other); how many."""
     return len(await conn.fetch(_COMPLETE_RUNS, org_id, list(run_ids), now))

@@ -14,7 +14,7 @@ from foreman.models import TERMINAL_STATUSES, Attempt, Task
 from foreman.store import dependencies, queries
 from foreman.store import runs as runs_store
 from foreman.store.db import Db
-from foreman.store.shards import shard
+from foreman.store.shards import shard, two_shards
 
 _SQL = queries.load_statements("tasks")  # store/sql/tasks.sql: the statements and why they are so
 _INSERT_TASK = _SQL["insert_task"]
@@ -486,21 +486,19 @@ def _attempt_sql(status: str | None, *, confirms: bool) -> str:
     return _OPEN_ATTEMPT if status == "running" else _CLOSE_ATTEMPT
 
 
-# What a PATCH that ends its task looks at next: the task's blocked children and its run's
-# autoComplete (update_task acts on them after the statement). A PATCH to any other status reads
-# neither: the lifecycle's PATCH running had two lookups per call for nothing (issue 17).
+# What a PATCH that ends its task looks at next: its run's autoComplete (update_task completes the
+# run after the statement). A PATCH to any other status reads nothing more: the lifecycle's PATCH
+# running looked it up on every call for nothing (issue 17).
 _ENDING_FLAGS = """(SELECT r.auto_complete FROM run r WHERE r.org_id = $1 AND r.id = t.run_id)
-           AS run_auto_complete,
-       EXISTS (SELECT 1 FROM task_dependency d WHERE d.org_id = $1 AND d.parent_id = t.id)
-           AS has_children,"""
-_NO_FLAGS = "false AS run_auto_complete, false AS has_children,"
+           AS run_auto_complete,"""
+_NO_FLAGS = "false AS run_auto_complete,"
 
 
 def _update_task_sql(
-    sets: str, *, confirms: bool, ends: bool, shard: str, attempts: str = ""
+    sets: str, *, confirms: bool, ends: bool, shard: str, dep_shard: str, attempts: str = ""
 ) -> str:
     """The PATCH statement, from fixed fragments: SET clauses of _update_sql, the shard's $n;
-    ends: the PATCH sets a terminal status (the flags for update_task's next steps).
+    ends: the PATCH sets a terminal status (the flag for update_task's next step).
 
     A terminal task takes no new status (409), except the same one again (a no-op); a job
     confirmation (see _confirms_job) keeps a terminal status: allowed, and never counted. A
@@ -533,13 +531,25 @@ WITH t AS (
        SET completed_tasks = run_counter.completed_tasks + EXCLUDED.completed_tasks,
            failed_tasks    = run_counter.failed_tasks + EXCLUDED.failed_tasks,
            cancelled_tasks = run_counter.cancelled_tasks + EXCLUDED.cancelled_tasks
+), dep AS (
+    -- Its blocked children, in this transaction (end_dependents(), migration 0021).
+    SELECT x.*
+      FROM (SELECT id
+              FROM t
+             WHERE status IN ('completed', 'failed', 'cancelled') AND {counted}
+               AND (child_epoch > 0
+                    OR EXISTS (SELECT 1 FROM task_dependency d WHERE d.parent_id = t.id))) p,
+           end_dependents(ARRAY[p.id], $3, {dep_shard}::smallint) x
 ){attempts}
 SELECT CASE WHEN $4::text IN ('completed', 'failed', 'cancelled')
             THEN pg_notify('foreman_task_done', t.id::text)
             WHEN $4::text = 'queued' THEN pg_notify('foreman_task_ready', $1) END AS notified,
        {flags}
+       dep.released AS released_ids, dep.recheck AS recheck_children,
+       NULL::uuid[] AS runs_ended, dep.cancelled_runs AS runs_cancelled,
        {_TASK_COLUMNS}
   FROM t
+  LEFT JOIN dep ON true
 """  # noqa: S608 - fixed fragments only (see the docstring); every value is a parameter
 
 
@@ -553,7 +563,13 @@ class UpdateResult:
 
 
 async def update_task(
-    conn: Db, *, org_id: str, task_id: str, changes: dict[str, Any], now: int
+    conn: Db,
+    *,
+    org_id: str,
+    task_id: str,
+    changes: dict[str, Any],
+    now: int,
+    released: list[str] | None = None,
 ) -> UpdateResult:
     """Apply a PATCH. A terminal task only accepts the same status again (a no-op) or no status.
 
@@ -570,16 +586,19 @@ async def update_task(
         confirms=confirms,
         ends=status in TERMINAL_STATUSES and not confirms,
         shard=f"${5 + len(names)}",
+        dep_shard=f"${6 + len(names)}",
         attempts=_attempt_sql(status, confirms=confirms),
     )
     record = await conn.fetchrow(
-        sql, org_id, task_id, now, status, *(changes[n] for n in names), shard()
+        sql, org_id, task_id, now, status, *(changes[n] for n in names), *two_shards()
     )
     if record is not None:
         task = queries.model_from(Task, record)
-        if record["has_children"] and task.status in TERMINAL_STATUSES:
-            # Its blocked children: released or cancelled (a statement after the PATCH's).
-            await dependencies.end_dependents(conn, org_id=org_id, parent_ids=[task_id], now=now)
+        freed = list(record["released_ids"] or [])
+        # Its children's follow-ups (store/dependencies.py after_step), then its own run.
+        freed += await dependencies.after_step(conn, org_id=org_id, record=record, now=now)
+        if released is not None:
+            released += freed
         if record["run_auto_complete"] and task.status in TERMINAL_STATUSES:
             # The PATCH path completes an auto-complete run afterwards, with a fresh snapshot.
             await runs_store.complete_runs(conn, org_id=org_id, run_ids=[task.run_id], now=now)

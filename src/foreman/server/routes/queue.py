@@ -42,11 +42,10 @@ from foreman.models import (
     TaskResults,
 )
 from foreman.server import auth, params
-from foreman.server.deps import AppState, error_responses, org_conn, state
+from foreman.server.deps import AppState, error_responses, org_conn, released_tasks, state
 from foreman.server.notify import sleep_until
 from foreman.server.routes.tasks import new_task, parent_ids, request_traceparent, run_ended
 from foreman.store import db
-from foreman.store import dependencies as dependencies_store
 from foreman.store import queue as queue_store
 from foreman.store import tasks as tasks_store
 
@@ -328,7 +327,7 @@ async def _finish_one(
         )
         if ended.repeat:
             current = await tasks_store.get_task(conn, org_id=org_id, task_id=task_id)
-        children = await _released_tasks(request, conn, org_id, released)
+        children = await released_tasks(request, conn, org_id, released)
     await state(request).publish(children)
     if not ended.found:
         raise errors.NotFoundError(f"Task not found: {task_id}")
@@ -383,22 +382,12 @@ async def complete_tasks(
         ended = await queue_store.finish_tasks(
             conn, org_id=org_id, outcomes=outcomes, now=ids.now_ms(), released=released
         )
-        children = await _released_tasks(request, conn, org_id, released)
+        children = await released_tasks(request, conn, org_id, released)
     app = state(request)
     if app.metrics is not None:
         app.metrics.tasks_ended(e.task for e in ended if e.task is not None)
     await app.publish([e.task for e in ended if e.task is not None] + children)
     return TaskAckList(data=[_ack(e) for e in ended])
-
-
-async def _released_tasks(
-    request: Request[Any, Any, Any], conn: db.Connection, org_id: str, released: list[str]
-) -> list[Task]:
-    """The children a finish released, to publish (the postgres backend needs no message)."""
-    queue = state(request).queue
-    if not released or queue is None or queue.name == "postgres":
-        return []
-    return await dependencies_store.get_tasks(conn, org_id=org_id, task_ids=released)
 
 
 def _ack(ended: queue_store.Ended) -> TaskAck:
@@ -409,11 +398,13 @@ def _ack(ended: queue_store.Ended) -> TaskAck:
 async def _release(
     request: Request[Any, Any, Any], leases: list[queue_store.Lease]
 ) -> list[queue_store.Ended]:
+    released: list[str] = []
     async with org_conn(request) as (org_id, conn):
         ended = await queue_store.release_tasks(
-            conn, org_id=org_id, leases=leases, now=ids.now_ms()
+            conn, org_id=org_id, leases=leases, now=ids.now_ms(), released=released
         )
-    await state(request).publish([e.task for e in ended if e.task is not None])
+        children = await released_tasks(request, conn, org_id, released)
+    await state(request).publish([e.task for e in ended if e.task is not None] + children)
     return ended
 
 

@@ -23,6 +23,7 @@ from foreman.server.deps import (
     MAX_OFFSET,
     error_responses,
     org_conn,
+    released_tasks,
     sort_column,
     sort_order,
     state,
@@ -164,10 +165,13 @@ async def cancel_task(request: Request[Any, Any, Any], task_id: FromPath[str]) -
     completed or failed is 409.
     """
     task_id = params.path_id(task_id, "Task")
+    released: list[str] = []
     async with org_conn(request) as (org_id, conn):
         result = await cancel_store.cancel_task(
-            conn, org_id=org_id, task_id=task_id, now=ids.now_ms()
+            conn, org_id=org_id, task_id=task_id, now=ids.now_ms(), released=released
         )
+        children = await released_tasks(request, conn, org_id, released)
+    await state(request).publish(children)
     task = result.task
     if task is None:
         raise errors.NotFoundError(f"Task not found: {task_id}")
@@ -219,10 +223,13 @@ async def update_task(
     task_id = params.path_id(task_id, "Task")
     changes = models.changes(data)
     now = ids.now_ms()
+    released: list[str] = []
     async with org_conn(request) as (org_id, conn):
         result = await tasks_store.update_task(
-            conn, org_id=org_id, task_id=task_id, changes=changes, now=now
+            conn, org_id=org_id, task_id=task_id, changes=changes, now=now, released=released
         )
+        children = await released_tasks(request, conn, org_id, released)
+    await state(request).publish(children)
     return patched(result, task_id=task_id, changes=changes, now=now, request=request)
 
 

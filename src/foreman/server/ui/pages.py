@@ -237,10 +237,18 @@ async def cancel_task(request: Request[Any, Any, Any], task_id: FromPath[str]) -
     task_id = _uuid(task_id, "Task")
     now = ids.now_ms()
     changes: dict[str, Any] = {"status": "cancelled"}
+    released: list[str] = []  # its blocked children that may run now (onParentFailure run)
     async with render.org_conn(request, session.org_id) as conn:
         result = await tasks.update_task(
-            conn, org_id=session.org_id, task_id=task_id, changes=changes, now=now
+            conn,
+            org_id=session.org_id,
+            task_id=task_id,
+            changes=changes,
+            now=now,
+            released=released,
         )
+        children = await deps.released_tasks(request, conn, session.org_id, released)
+    await deps.state(request).publish(children)
     task_routes.patched(result, task_id=task_id, changes=changes, now=now, request=request)
     return Redirect(f"/ui/tasks/{task_id}?done=cancelled", status_code=303)
 

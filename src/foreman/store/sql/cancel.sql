@@ -7,11 +7,11 @@
 -- `cancelled: true`, and it ends 'cancelled' when the worker reports or its lease ends
 -- (store/sql/queue.sql). The UPDATE's WHERE is re-checked on the row after a concurrent change
 -- (READ COMMITTED), so a task that a worker completes at the same moment is ended exactly once:
--- by whichever statement locks it first.
+-- by whichever statement locks it first. The cancelled tasks' blocked children are cancelled or
+-- released in the same statement, by end_dependents() (migration 0021), as in queue.sql.
 
 -- cancel_task --
--- An auto-complete run whose last open task this cancels is completed as finish_tasks does
--- (store/sql/queue.sql). $1 org, $2 task id, $3 now, $4 counter shard.
+-- $1 org, $2 task id, $3 now, $4 counter shard, $5 the dependency step's counter shard.
 WITH t AS (
     UPDATE task
        SET status = CASE WHEN status = 'running' THEN status ELSE 'cancelled' END,
@@ -29,39 +29,36 @@ WITH t AS (
     SELECT run_id, $4::smallint, org_id, 1 FROM t WHERE status = 'cancelled'
     ON CONFLICT (run_id, shard) DO UPDATE
        SET cancelled_tasks = run_counter.cancelled_tasks + EXCLUDED.cancelled_tasks
-), k AS (
-    SELECT r.id, r.task_epoch,
-           x.total_tasks - x.completed_tasks - x.failed_tasks - x.cancelled_tasks - 1 AS remaining,
-           x.failed_tasks AS failed
-      FROM t
-      JOIN run r ON r.id = t.run_id AND r.org_id = $1
-     CROSS JOIN LATERAL run_task_counts(r.id) x
-     WHERE t.status = 'cancelled' AND r.auto_complete AND r.completed_at IS NULL
-), ac AS (
-    UPDATE run r
-       SET status = CASE WHEN k.failed > 0 THEN 'failed' ELSE 'completed' END,
-           completed_at = $3, duration_ms = $3 - coalesce(r.started_at, r.created_at),
-           updated_at = $3
-      FROM k
-     WHERE r.id = k.id AND k.remaining = 0 AND r.task_epoch = k.task_epoch
-       AND r.completed_at IS NULL
-    RETURNING r.id
+), dep AS (
+    SELECT x.*
+      FROM (SELECT id
+              FROM t
+             WHERE status = 'cancelled'
+               AND (child_epoch > 0
+                    OR EXISTS (SELECT 1 FROM task_dependency d WHERE d.parent_id = t.id))) p,
+           end_dependents(ARRAY[p.id], $3, $5::smallint) x
 )
 SELECT CASE WHEN t.status = 'cancelled' THEN pg_notify('foreman_task_done', t.id::text) END
            AS notified,
-       (SELECT array_agg(k.id) FROM k
-         WHERE k.remaining <= 1000 AND k.id NOT IN (SELECT id FROM ac)) AS runs_open,
+       dep.released AS released_ids, dep.recheck AS recheck_children,
+       (SELECT array_agg(r.id)
+          FROM run r
+         WHERE r.id IN (SELECT t.run_id WHERE t.status = 'cancelled')
+           AND r.auto_complete AND r.completed_at IS NULL) AS runs_ended,
+       dep.cancelled_runs AS runs_cancelled,
        t.id, t.run_id, t.org_id, t.type, t.status, t.input_data, t.metadata, t.retry_count,
        t.max_retries, t.priority, t.attempt, t.created_at, t.updated_at, t.parent_task_id,
        t.output_data, t.error_data, t.queued_at, t.started_at, t.completed_at, t.duration_ms,
        t.queue_job_id, CASE WHEN t.run_after > t.created_at THEN t.run_after END AS run_after,
        t.lease_expires_at, t.idempotency_key, t.worker_id
   FROM t
+  LEFT JOIN dep ON true
 
 -- cancel_run --
 -- The run becomes 'cancelled' (a repeat keeps its first completion time) and so do its tasks, as
--- cancel_task does each; a run that ended 'completed' or 'failed' is left as it is (no row).
--- $1 org, $2 run id, $3 now, $4 counter shard.
+-- cancel_task does each (their dependents are tasks of the run: cancelled here too, the step only
+-- marks the edges); a run that ended 'completed' or 'failed' is left as it is (no row).
+-- $1 org, $2 run id, $3 now, $4 counter shard, $5 the dependency step's counter shard.
 WITH r AS (
     UPDATE run
        SET status = 'cancelled',
@@ -88,8 +85,13 @@ WITH r AS (
      GROUP BY run_id, org_id
     ON CONFLICT (run_id, shard) DO UPDATE
        SET cancelled_tasks = run_counter.cancelled_tasks + EXCLUDED.cancelled_tasks
+), dep AS (
+    SELECT x.*
+      FROM (SELECT array_agg(id) AS ids FROM t WHERE status = 'cancelled' HAVING count(*) > 0) p,
+           end_dependents(p.ids, $3, $5::smallint) x
 )
 SELECT EXISTS (SELECT 1 FROM r) AS cancelled,
+       (SELECT count(*) FROM dep) AS dependency_step,
        (SELECT count(pg_notify('foreman_task_done', g.ids))
           FROM (SELECT string_agg(d.id::text, ',') AS ids
                   FROM (SELECT id, (row_number() OVER () - 1) / 100 AS n

@@ -1,18 +1,11 @@
 -- Task dependencies (store/dependencies.py, migration 0015 explains the tables). Each statement is
 -- whole: store/queries.py loads it by the name in its `-- name --` line.
 --
--- The step that follows a parent's end, written out in finish_tasks (store/sql/queue.sql) and in
--- end_dependents below: flip each edge of the ended parents once (`dd`), look for open edges left
--- to each child besides the ones flipped here (`cz`: through the partial index of open edges, at
--- most 1001), and update each blocked child once (`ch`): 'cancelled' when a parent failed or was
--- cancelled and the child's onParentFailure is 'cancel' (errorData ParentFailed), else released
--- ('queued' if it was enqueued, else 'pending') when no open edge is left. `ch` updates only
--- blocked children, locked in id order and re-checked on the latest row: a child is released or
--- cancelled exactly once. Children cancelled here are counted on shard $n of their run (another
--- shard than the statement's own counter update, which an INSERT ... ON CONFLICT cannot touch
--- twice); their own children are ended by the caller with end_dependents (`cascade_ids`). A
--- statement cannot see the flips of another running at the same time: the children it leaves
--- with 1..1000 open edges (`recheck_children`) get release_children after its commit.
+-- The step that follows a parent's end is one SQL function, end_dependents() (migration 0021
+-- explains it), which every statement ending tasks calls in its select list (store/sql/queue.sql,
+-- cancel.sql, the PATCH of store/tasks.py): the children are released or cancelled, transitively,
+-- in the parents' transaction. add_dependencies below decides a new child from its parents'
+-- status as they are when it is added.
 
 -- lock_parents --
 -- The first statement of adding children (store/dependencies.py, in the children's transaction,
@@ -105,93 +98,31 @@ SELECT (SELECT child_id FROM bad) AS bad_child, (SELECT parent_id FROM bad) AS b
           FROM (SELECT 1 FROM ch WHERE status = 'queued' LIMIT 1) q) AS notified
 
 -- end_dependents --
--- The step after a parent's end (see the top of this file) for parents that another statement
--- ended: cancel_task, the legacy PATCH, the sweeper, a release of a cancel-asked task, a cascade
--- of cancelled children, and a finish that saw a child being added meanwhile (child_epoch).
--- Idempotent: an edge already flipped is not counted again. $1 org, $2 parent ids, $3 now,
--- $4 counter shard.
-WITH ended AS (
-    SELECT id, status
-      FROM task
-     WHERE org_id = $1 AND id = ANY($2::uuid[]) AND status IN ('completed', 'failed', 'cancelled')
-), dd AS (
-    UPDATE task_dependency e
-       SET parent_done = true
-      FROM ended
-     WHERE e.org_id = $1 AND e.parent_id = ANY($2::uuid[]) AND e.parent_id = ended.id
-       AND NOT e.parent_done
-    RETURNING e.child_id, e.parent_id, ended.status AS parent_status
-), cf AS (
-    SELECT d.child_id, array_agg(d.parent_id) AS flipped,
-           (array_agg(d.parent_id) FILTER (WHERE d.parent_status <> 'completed'))[1]
-               AS failed_parent,
-           (array_agg(d.parent_status) FILTER (WHERE d.parent_status <> 'completed'))[1]
-               AS failed_status
-      FROM dd d
-     GROUP BY d.child_id
-), cz AS (
-    -- Open edges left besides this statement's (its own flips are not in its snapshot), counted
-    -- up to 1001 through the partial index of open edges.
-    SELECT cf.*,
-           (SELECT count(*)
-              FROM (SELECT 1
-                      FROM task_dependency o
-                     WHERE o.org_id = $1 AND o.child_id = cf.child_id AND NOT o.parent_done
-                       AND NOT o.parent_id = ANY(cf.flipped)
-                     LIMIT 1001) x) AS open_left
-      FROM cf
-), lc AS (
-    -- The children to change, locked in id order: two statements never wait in a cycle.
-    SELECT t.id
-      FROM task t
-      JOIN cz ON cz.child_id = t.id
-     WHERE t.org_id = $1 AND t.status = 'blocked'
-       AND ((cz.failed_parent IS NOT NULL AND t.on_parent_failure = 'cancel') OR cz.open_left = 0)
-     ORDER BY t.id
-       FOR NO KEY UPDATE OF t
-), ch AS (
-    UPDATE task c
-       SET status = CASE WHEN cz.failed_parent IS NOT NULL AND c.on_parent_failure = 'cancel'
-                         THEN 'cancelled'
-                         WHEN c.queued_at IS NOT NULL THEN 'queued'
-                         ELSE 'pending' END,
-           error_data = CASE WHEN cz.failed_parent IS NOT NULL AND c.on_parent_failure = 'cancel'
-                             THEN jsonb_build_object(
-                                      'type', 'ParentFailed',
-                                      'message', format('Parent task %s ended %s',
-                                                        cz.failed_parent, cz.failed_status),
-                                      'parentTaskId', cz.failed_parent)
-                             ELSE c.error_data END,
-           completed_at = CASE WHEN cz.failed_parent IS NOT NULL
-                                    AND c.on_parent_failure = 'cancel' THEN $3::bigint END,
-           duration_ms = CASE WHEN cz.failed_parent IS NOT NULL
-                                   AND c.on_parent_failure = 'cancel'
-                              THEN $3::bigint - c.created_at END,
-           updated_at = $3::bigint
-      FROM cz
-     WHERE c.org_id = $1 AND c.id = cz.child_id AND c.status = 'blocked'
-       AND ((cz.failed_parent IS NOT NULL AND c.on_parent_failure = 'cancel') OR cz.open_left = 0)
-       AND (SELECT count(*) FROM lc) >= 0
-    RETURNING c.id, c.run_id, c.org_id, c.status
-), cc AS (
-    INSERT INTO run_counter (run_id, shard, org_id, cancelled_tasks)
-    SELECT run_id, $4::smallint, org_id, count(*) FROM ch WHERE status = 'cancelled'
-     GROUP BY run_id, org_id
-    ON CONFLICT (run_id, shard) DO UPDATE
-       SET cancelled_tasks = run_counter.cancelled_tasks + EXCLUDED.cancelled_tasks
-)
-SELECT (SELECT array_agg(id) FROM ch WHERE status = 'queued') AS released_ids,
-       (SELECT array_agg(id) FROM ch WHERE status = 'cancelled') AS cascade_ids,
-       (SELECT array_agg(DISTINCT run_id) FROM ch WHERE status = 'cancelled') AS cascade_runs,
-       (SELECT array_agg(child_id) FROM cz WHERE open_left BETWEEN 1 AND 1000) AS recheck_children,
-       (SELECT count(pg_notify('foreman_task_ready', $1))
-          FROM (SELECT 1 FROM ch WHERE status = 'queued' LIMIT 1) q) AS notified,
-       (SELECT count(pg_notify('foreman_task_done', g.ids))
-          FROM (SELECT string_agg(d.id::text, ',') AS ids
-                  FROM (SELECT id, (row_number() OVER () - 1) / 100 AS n
-                          FROM ch
-                         WHERE status = 'cancelled') d
-                 GROUP BY d.n) g) AS notified_done
+-- The step after a parent's end (migration 0021) as a statement of its own: for children cancelled
+-- as they were added (add_dependencies) and the sweeper's repair. Idempotent: an edge already flipped is not counted again. $1 parent ids, $2 now,
+-- $3 counter shard.
+SELECT released AS released_ids, recheck AS recheck_children, NULL::uuid[] AS runs_ended,
+       cancelled_runs AS runs_cancelled
+  FROM end_dependents($1::uuid[], $2, $3::smallint)
+
+-- stranded_parents --
+-- The sweeper's belt and braces, across organisations: ended parents with an edge not flipped to
+-- a blocked child (a step cut short before migration 0021 made it one transaction), and blocked
+-- children with no open edge left (a release_children that never ran).
+-- $1 limit.
+-- Blocked tasks are few and indexed (task_blocked_idx, migration 0021); UNION ALL, so the LIMIT
+-- stops the scan (a parent named twice is harmless). $1 limit.
+SELECT p.id AS parent_id, NULL::uuid AS child_id
+  FROM task c
+  JOIN task_dependency e ON e.child_id = c.id AND NOT e.parent_done
+  JOIN task p ON p.id = e.parent_id AND p.org_id = e.org_id
+ WHERE c.status = 'blocked' AND p.status IN ('completed', 'failed', 'cancelled')
+UNION ALL
+SELECT NULL::uuid, c.id
+  FROM task c
+ WHERE c.status = 'blocked'
+   AND NOT EXISTS (SELECT 1 FROM task_dependency o WHERE o.child_id = c.id AND NOT o.parent_done)
+ LIMIT $1
 
 -- list_parents --
 -- A page of a task's parents (oldest edge order: by parent id, UUIDv7 = creation order), and the
@@ -208,29 +139,30 @@ SELECT EXISTS (SELECT 1 FROM task WHERE org_id = $1 AND id = $2) AS found, n.tot
   ) p ON true
 
 -- get_tasks --
--- Tasks by id (released children to publish). $1 org, $2 ids.
-SELECT * FROM task_answer WHERE org_id = $1 AND id = ANY($2::uuid[])
+-- Tasks by id (released children to publish). $1 org (NULL: any, for the sweeper), $2 ids.
+SELECT * FROM task_answer WHERE ($1::text IS NULL OR org_id = $1) AND id = ANY($2::uuid[])
 
 -- release_children --
 -- Blocked children with no open edge left, seen with this statement's fresh snapshot (the last
 -- flips of two concurrent statements), released once (locked in id order, re-checked blocked).
--- $1 org, $2 child ids, $3 now.
+-- RLS keeps the app role to its organisation; the sweeper (the owner) releases across them.
+-- $1 child ids, $2 now.
 WITH c AS (
     SELECT t.id
       FROM task t
-     WHERE t.org_id = $1 AND t.id = ANY($2::uuid[]) AND t.status = 'blocked'
+     WHERE t.id = ANY($1::uuid[]) AND t.status = 'blocked'
        AND NOT EXISTS (SELECT 1
                          FROM task_dependency o
-                        WHERE o.org_id = $1 AND o.child_id = t.id AND NOT o.parent_done)
+                        WHERE o.child_id = t.id AND NOT o.parent_done)
      ORDER BY t.id
        FOR NO KEY UPDATE
 ), r AS (
     UPDATE task
        SET status = CASE WHEN queued_at IS NOT NULL THEN 'queued' ELSE 'pending' END,
-           updated_at = $3
-     WHERE org_id = $1 AND id IN (SELECT id FROM c) AND status = 'blocked'
-    RETURNING id, status
+           updated_at = $2
+     WHERE id IN (SELECT id FROM c) AND status = 'blocked'
+    RETURNING id, org_id, status
 )
 SELECT (SELECT array_agg(id) FROM r WHERE status = 'queued') AS released_ids,
-       (SELECT count(pg_notify('foreman_task_ready', $1))
-          FROM (SELECT 1 FROM r WHERE status = 'queued' LIMIT 1) q) AS notified
+       (SELECT count(pg_notify('foreman_task_ready', o.org_id))
+          FROM (SELECT DISTINCT org_id FROM r WHERE status = 'queued') o) AS notified

@@ -17,19 +17,18 @@
 --   the statement that ends the attempt closes the task's one 'running' row with its outcome,
 --   both set-based from the statement's changed rows (no extra round trip, no per-row trigger).
 -- * Auto-complete runs (migration 0014): a claim makes a 'pending' one 'running'; a statement that
---   ends tasks completes each such run whose counters, as this statement's snapshot has them plus
---   its own changes, leave no task open: 'failed' if any task failed, else 'completed'. The
---   UPDATE compares task_epoch with the value read (a task added meanwhile bumped it: no
---   completion) and re-checks completed_at after the row lock (exactly once). Two statements
---   ending a run's last tasks concurrently do not see each other: each answers the runs it left
---   open (`runs_open`, with few tasks open) and its caller completes them with a fresh snapshot
---   (runs.sql complete_runs); the sweeper catches any left.
--- * Dependencies (migration 0015, store/sql/dependencies.sql explains the step): finish_tasks
---   releases or cancels the blocked children of the tasks it ends in the same statement (`dd`,
---   `cf`, `cz`, `ch`); it answers `recheck_ids`, ended tasks whose child_epoch moved while the
---   statement waited for their row (a child added meanwhile: its edges are not in this snapshot),
---   `cascade_ids`, children it cancelled, for end_dependents, and `recheck_children`, children it
---   left with few open edges, for release_children.
+--   ends tasks answers the open auto-complete runs of the tasks it ended (`runs_ended`, and the runs
+--   of the children it cancelled, `runs_cancelled`; no count of their tasks here and no
+--   correlated subquery: either kept PostgreSQL from the statement's generic plan), which its
+--   caller completes right after the commit with a fresh snapshot (runs.sql complete_runs: two
+--   statements ending a run's last tasks concurrently do not see each other, the later commit
+--   sees both); the sweeper catches any left.
+-- * Dependencies (migrations 0015, 0021): a statement that ends tasks with children calls
+--   end_dependents() in its select list (`dep`), which releases or cancels their blocked children,
+--   transitively, in the same transaction, with a counter shard of its own ($n); `ends_parent`: an
+--   ended task with children (child_epoch on the locked row shows a child added while the
+--   statement waited for it, the edge lookup one added with its parent). The children left with few open edges
+--   (`recheck_children`) are looked at again after the commit (store/dependencies.py).
 -- * Ended tasks wake `wait` long-polls: NOTIFY foreman_task_done, one notification per 100 ended
 --   tasks (a payload holds at most 8000 bytes). As an uncorrelated subquery in the select list it
 --   runs once, when the statement returns a row.
@@ -80,58 +79,12 @@ SELECT t.id, t.run_id, t.org_id, t.type, t.status, t.input_data, t.metadata, t.r
   FROM t, (SELECT set_config('synchronous_commit', 'off', true)) AS async_commit
  ORDER BY t.priority, t.run_after, t.id
 
--- claim_task --
--- By id (a BullMQ job named it): any not-yet-terminal task that nobody holds. A running task whose
--- lease expired is taken over like the sweeper would: the lost attempt counts as a retry, and only
--- while attempts remain (the sweeper fails it otherwise). Keep its SET and WHERE the same as
--- claim_task_ids'. $1 org, $2 task id, $3 now, $4 lease ms, $5 worker id.
-WITH t AS (
-    UPDATE task
-       SET status = 'running',
-           attempt = attempt + 1,
-           retry_count = retry_count + (status = 'running')::int,
-           error_data = CASE WHEN status = 'running'
-                             THEN jsonb_build_object(
-                                      'message',
-                                      format('Lease expired on attempt %s; retrying', attempt),
-                                      'type', 'LeaseExpired')
-                             ELSE error_data END,
-           queued_at = coalesce(queued_at, $3),
-           started_at = coalesce(started_at, $3),
-           lease_token = gen_random_uuid(),
-           lease_expires_at = $3 + $4::bigint,
-           worker_id = $5,
-           updated_at = $3
-     WHERE org_id = $1 AND id = $2
-       AND (status IN ('pending', 'queued', 'retrying')
-            OR (status = 'running' AND lease_expires_at < $3 AND attempt <= max_retries
-                AND cancel_requested_at IS NULL))
-    RETURNING *
-), x AS (
-    UPDATE task_attempt a
-       SET outcome = 'lease_expired', ended_at = $3, duration_ms = $3 - a.started_at,
-           error_data = t.error_data
-      FROM t
-     WHERE a.task_id = t.id AND a.org_id = $1 AND a.outcome = 'running'
-), n AS (
-    INSERT INTO task_attempt (task_id, attempt, org_id, run_id, worker_id, started_at)
-    SELECT id, attempt, org_id, run_id, worker_id, $3 FROM t
-), g AS (
-    UPDATE run
-       SET status = 'running', started_at = coalesce(started_at, $3), updated_at = $3
-     WHERE org_id = $1 AND id IN (SELECT run_id FROM t) AND auto_complete AND status = 'pending'
-)
-SELECT t.id, t.run_id, t.org_id, t.type, t.status, t.input_data, t.metadata, t.retry_count,
-       t.max_retries, t.priority, t.attempt, t.created_at, t.updated_at, t.parent_task_id,
-       t.output_data, t.error_data, t.queued_at, t.started_at, t.completed_at, t.duration_ms,
-       t.queue_job_id, CASE WHEN t.run_after > t.created_at THEN t.run_after END AS run_after,
-       t.lease_expires_at, t.idempotency_key, t.worker_id, t.lease_token, t.traceparent
-  FROM t, (SELECT set_config('synchronous_commit', 'off', true)) AS async_commit
-
 -- claim_task_ids --
--- Many ids at once (jobs a bullmq worker received together): claim_task's rules per id, one
--- statement; the ids are distinct (store/queue.py answers repeats). $1 org, $2 task ids, $3 now,
--- $4 lease ms, $5 worker id.
+-- By id (jobs a bullmq worker received, one or many at once; store/queue.py claim_task is this
+-- with one id): any not-yet-terminal task that nobody holds. A running task whose lease expired
+-- is taken over like the sweeper would: the lost attempt counts as a retry, and only while
+-- attempts remain (the sweeper fails it otherwise). The ids are distinct (store/queue.py answers
+-- repeats). $1 org, $2 task ids, $3 now, $4 lease ms, $5 worker id.
 WITH i AS (
     SELECT * FROM unnest($2::uuid[]) WITH ORDINALITY AS i(task_id, ord)
 ), t AS (
@@ -265,7 +218,11 @@ WITH i AS (
       FROM i
      WHERE task.org_id = $1 AND task.id = ANY($2::uuid[]) AND task.id = i.task_id
        AND task.status = 'running' AND task.lease_token = i.token
-    RETURNING task.*
+    RETURNING task.*,
+              task.status IN ('completed', 'failed', 'cancelled')
+                  AND (task.child_epoch > 0
+                       OR EXISTS (SELECT 1 FROM task_dependency d WHERE d.parent_id = task.id))
+                  AS ends_parent
 ), e AS (
     UPDATE task_attempt a
        SET outcome = CASE WHEN t.status IN ('completed', 'cancelled') THEN t.status
@@ -274,126 +231,36 @@ WITH i AS (
            error_data = CASE WHEN t.status IN ('retrying', 'failed') THEN t.error_data END
       FROM t
      WHERE a.task_id = t.id AND a.org_id = $1 AND a.outcome = 'running'
-), d AS (
-    SELECT run_id,
-           count(*) AS ended,
-           count(*) FILTER (WHERE status = 'failed') AS failed
-      FROM t
-     WHERE status IN ('completed', 'failed', 'cancelled')
-     GROUP BY run_id
-), k AS (
-    SELECT r.id, r.task_epoch, x.failed_tasks + d.failed AS failed,
-           x.total_tasks - x.completed_tasks - x.failed_tasks - x.cancelled_tasks - d.ended
-               AS remaining
-      FROM d
-      JOIN run r ON r.id = d.run_id AND r.org_id = $1
-     CROSS JOIN LATERAL run_task_counts(r.id) x
-     WHERE r.auto_complete AND r.completed_at IS NULL
-), ac AS (
-    UPDATE run r
-       SET status = CASE WHEN k.failed > 0 THEN 'failed' ELSE 'completed' END,
-           completed_at = $8::bigint, duration_ms = $8::bigint - coalesce(r.started_at, r.created_at),
-           updated_at = $8::bigint
-      FROM k
-     WHERE r.id = k.id AND k.remaining = 0 AND r.task_epoch = k.task_epoch
-       AND r.completed_at IS NULL
-    RETURNING r.id
-), dd AS (
-    UPDATE task_dependency e
-       SET parent_done = true
-      FROM t
-     WHERE e.parent_id = ANY($2::uuid[]) AND e.parent_id = t.id
-       AND t.status IN ('completed', 'failed', 'cancelled') AND e.org_id = $1 AND NOT e.parent_done
-    RETURNING e.child_id, e.parent_id, t.status AS parent_status
-), cf AS (
-    SELECT d.child_id, array_agg(d.parent_id) AS flipped,
-           (array_agg(d.parent_id) FILTER (WHERE d.parent_status <> 'completed'))[1]
-               AS failed_parent,
-           (array_agg(d.parent_status) FILTER (WHERE d.parent_status <> 'completed'))[1]
-               AS failed_status
-      FROM dd d
-     GROUP BY d.child_id
-), cz AS (
-    -- Open edges left besides this statement's (its own flips are not in its snapshot), counted
-    -- up to 1001 through the partial index of open edges.
-    SELECT cf.*,
-           (SELECT count(*)
-              FROM (SELECT 1
-                      FROM task_dependency o
-                     WHERE o.org_id = $1 AND o.child_id = cf.child_id AND NOT o.parent_done
-                       AND NOT o.parent_id = ANY(cf.flipped)
-                     LIMIT 1001) x) AS open_left
-      FROM cf
-), lc AS (
-    -- The children to change, locked in id order: two statements never wait in a cycle.
-    SELECT t.id
-      FROM task t
-      JOIN cz ON cz.child_id = t.id
-     WHERE t.org_id = $1 AND t.status = 'blocked'
-       AND ((cz.failed_parent IS NOT NULL AND t.on_parent_failure = 'cancel') OR cz.open_left = 0)
-     ORDER BY t.id
-       FOR NO KEY UPDATE OF t
-), ch AS (
-    UPDATE task c
-       SET status = CASE WHEN cz.failed_parent IS NOT NULL AND c.on_parent_failure = 'cancel'
-                         THEN 'cancelled'
-                         WHEN c.queued_at IS NOT NULL THEN 'queued'
-                         ELSE 'pending' END,
-           error_data = CASE WHEN cz.failed_parent IS NOT NULL AND c.on_parent_failure = 'cancel'
-                             THEN jsonb_build_object(
-                                      'type', 'ParentFailed',
-                                      'message', format('Parent task %s ended %s',
-                                                        cz.failed_parent, cz.failed_status),
-                                      'parentTaskId', cz.failed_parent)
-                             ELSE c.error_data END,
-           completed_at = CASE WHEN cz.failed_parent IS NOT NULL
-                                    AND c.on_parent_failure = 'cancel' THEN $8::bigint END,
-           duration_ms = CASE WHEN cz.failed_parent IS NOT NULL
-                                   AND c.on_parent_failure = 'cancel'
-                              THEN $8::bigint - c.created_at END,
-           updated_at = $8::bigint
-      FROM cz
-     WHERE c.org_id = $1 AND c.id = cz.child_id AND c.status = 'blocked'
-       AND ((cz.failed_parent IS NOT NULL AND c.on_parent_failure = 'cancel') OR cz.open_left = 0)
-       AND (SELECT count(*) FROM lc) >= 0
-    RETURNING c.id, c.run_id, c.org_id, c.status
 ), c AS (
-    -- The tasks ended here and the children cancelled here, counted in one INSERT (a row may
-    -- change once per statement), after `ch`: every statement takes parents, then children, then
-    -- counter rows, so none waits for another in a cycle.
     INSERT INTO run_counter (run_id, shard, org_id, completed_tasks, failed_tasks, cancelled_tasks)
     SELECT run_id, $9::smallint, org_id,
            count(*) FILTER (WHERE status = 'completed'),
            count(*) FILTER (WHERE status = 'failed'),
            count(*) FILTER (WHERE status = 'cancelled')
-      FROM (SELECT run_id, org_id, status FROM t
-             WHERE status IN ('completed', 'failed', 'cancelled')
-            UNION ALL
-            SELECT run_id, org_id, status FROM ch WHERE status = 'cancelled') ended
+      FROM t
+     WHERE status IN ('completed', 'failed', 'cancelled')
      GROUP BY run_id, org_id
     ON CONFLICT (run_id, shard) DO UPDATE
        SET completed_tasks = run_counter.completed_tasks + EXCLUDED.completed_tasks,
            failed_tasks    = run_counter.failed_tasks + EXCLUDED.failed_tasks,
            cancelled_tasks = run_counter.cancelled_tasks + EXCLUDED.cancelled_tasks
+), dep AS (
+    SELECT x.*
+      FROM end_dependents(ARRAY(SELECT id FROM t WHERE ends_parent), $8, $10::smallint) x
+     WHERE EXISTS (SELECT 1 FROM t WHERE ends_parent)
 ), s AS (
-    SELECT id, status, lease_token, child_epoch
+    SELECT id, status, lease_token
       FROM task
      WHERE org_id = $1 AND id = ANY($2::uuid[])
 )
 SELECT i.task_id AS ended_id, t.id IS NOT NULL AS ok, coalesce(t.status, s.status) AS status_now,
        s.id IS NOT NULL AS found, coalesce(s.lease_token = i.token, false) AS same_token,
-       (SELECT array_agg(t.id)
-          FROM t JOIN s ON s.id = t.id
-         WHERE t.child_epoch <> s.child_epoch
-           AND t.status IN ('completed', 'failed', 'cancelled')) AS recheck_ids,
-       (SELECT array_agg(id) FROM ch WHERE status = 'queued') AS released_ids,
-       (SELECT array_agg(id) FROM ch WHERE status = 'cancelled') AS cascade_ids,
-       (SELECT array_agg(child_id) FROM cz WHERE open_left BETWEEN 1 AND 1000) AS recheck_children,
-       (SELECT count(pg_notify('foreman_task_ready', $1))
-          FROM (SELECT 1 FROM ch WHERE status = 'queued' LIMIT 1) q) AS notified_ready,
-       (SELECT array_agg(k.id) FROM k
-         WHERE k.remaining <= 1000 AND k.id NOT IN (SELECT id FROM ac)) AS runs_open,
-       (SELECT count(*) FROM ac) AS runs_completed,
+       dep.released AS released_ids, dep.recheck AS recheck_children,
+       (SELECT array_agg(r.id)
+          FROM run r
+         WHERE r.id IN (SELECT run_id FROM t WHERE status IN ('completed', 'failed', 'cancelled'))
+           AND r.auto_complete AND r.completed_at IS NULL) AS runs_ended,
+       dep.cancelled_runs AS runs_cancelled,
        (SELECT count(pg_notify('foreman_task_done', g.ids))
           FROM (SELECT string_agg(d.id::text, ',') AS ids
                   FROM (SELECT id, (row_number() OVER () - 1) / 100 AS n
@@ -408,6 +275,7 @@ SELECT i.task_id AS ended_id, t.id IS NOT NULL AS ok, coalesce(t.status, s.statu
   FROM i
   LEFT JOIN t ON t.id = i.task_id
   LEFT JOIN s ON s.id = i.task_id
+  LEFT JOIN dep ON true
  ORDER BY i.ord
 
 -- release_tasks --
@@ -432,7 +300,11 @@ WITH i AS (
       FROM i
      WHERE task.org_id = $1 AND task.id = ANY($2::uuid[]) AND task.id = i.task_id
        AND task.status = 'running' AND task.lease_token = i.token
-    RETURNING task.*
+    RETURNING task.*,
+              task.status IN ('completed', 'failed', 'cancelled')
+                  AND (task.child_epoch > 0
+                       OR EXISTS (SELECT 1 FROM task_dependency d WHERE d.parent_id = task.id))
+                  AS ends_parent
 ), e AS (
     UPDATE task_attempt a
        SET outcome = CASE WHEN t.status = 'cancelled' THEN 'cancelled' ELSE 'released' END,
@@ -445,11 +317,21 @@ WITH i AS (
      GROUP BY run_id, org_id
     ON CONFLICT (run_id, shard) DO UPDATE
        SET cancelled_tasks = run_counter.cancelled_tasks + EXCLUDED.cancelled_tasks
+), dep AS (
+    SELECT x.*
+      FROM end_dependents(ARRAY(SELECT id FROM t WHERE ends_parent), $4, $6::smallint) x
+     WHERE EXISTS (SELECT 1 FROM t WHERE ends_parent)
 ), s AS (
     SELECT id, status, lease_token FROM task WHERE org_id = $1 AND id = ANY($2::uuid[])
 )
 SELECT i.task_id AS released_id, t.id IS NOT NULL AS ok, coalesce(t.status, s.status) AS status_now,
        s.id IS NOT NULL AS found,
+       dep.released AS released_ids, dep.recheck AS recheck_children,
+       (SELECT array_agg(r.id)
+          FROM run r
+         WHERE r.id IN (SELECT run_id FROM t WHERE status = 'cancelled')
+           AND r.auto_complete AND r.completed_at IS NULL) AS runs_ended,
+       dep.cancelled_runs AS runs_cancelled,
        (SELECT count(pg_notify('foreman_task_ready', $1))
           FROM (SELECT 1 FROM t WHERE status = 'queued' LIMIT 1) one) AS notified,
        t.id, t.run_id, t.org_id, t.type, t.status, t.input_data, t.metadata, t.retry_count,
@@ -460,6 +342,7 @@ SELECT i.task_id AS released_id, t.id IS NOT NULL AS ok, coalesce(t.status, s.st
   FROM i
   LEFT JOIN t ON t.id = i.task_id
   LEFT JOIN s ON s.id = i.task_id
+  LEFT JOIN dep ON true
  ORDER BY i.ord
 
 -- expire_leases --
@@ -500,7 +383,11 @@ WITH x AS MATERIALIZED (
            lease_expires_at = NULL,
            updated_at = $1
      WHERE id IN (SELECT id FROM x) AND status = 'running'
-    RETURNING *
+    RETURNING *,
+              task.status IN ('completed', 'failed', 'cancelled')
+                  AND (task.child_epoch > 0
+                       OR EXISTS (SELECT 1 FROM task_dependency d WHERE d.parent_id = task.id))
+                  AS ends_parent
 ), e AS (
     UPDATE task_attempt a
        SET outcome = CASE WHEN t.status = 'cancelled' THEN 'cancelled' ELSE 'lease_expired' END,
@@ -520,32 +407,17 @@ WITH x AS MATERIALIZED (
        SET completed_tasks = run_counter.completed_tasks + EXCLUDED.completed_tasks,
            failed_tasks    = run_counter.failed_tasks + EXCLUDED.failed_tasks,
            cancelled_tasks = run_counter.cancelled_tasks + EXCLUDED.cancelled_tasks
-), d AS (
-    SELECT run_id,
-           count(*) AS ended,
-           count(*) FILTER (WHERE status = 'failed') AS failed
-      FROM t
-     WHERE status IN ('completed', 'failed', 'cancelled')
-     GROUP BY run_id
-), k AS (
-    SELECT r.id, r.task_epoch, x.failed_tasks + d.failed AS failed,
-           x.total_tasks - x.completed_tasks - x.failed_tasks - x.cancelled_tasks - d.ended
-               AS remaining
-      FROM d
-      JOIN run r ON r.id = d.run_id
-     CROSS JOIN LATERAL run_task_counts(r.id) x
-     WHERE r.auto_complete AND r.completed_at IS NULL
-), ac AS (
-    UPDATE run r
-       SET status = CASE WHEN k.failed > 0 THEN 'failed' ELSE 'completed' END,
-           completed_at = $1::bigint, duration_ms = $1::bigint - coalesce(r.started_at, r.created_at),
-           updated_at = $1::bigint
-      FROM k
-     WHERE r.id = k.id AND k.remaining = 0 AND r.task_epoch = k.task_epoch
-       AND r.completed_at IS NULL
-    RETURNING r.id
+), dep AS (
+    SELECT x.*
+      FROM end_dependents(ARRAY(SELECT id FROM t WHERE ends_parent), $1, $4::smallint) x
+     WHERE EXISTS (SELECT 1 FROM t WHERE ends_parent)
 )
-SELECT (SELECT count(ac.id) FROM ac) AS runs_completed,
+SELECT dep.released AS released_ids, dep.recheck AS recheck_children,
+       (SELECT array_agg(r.id)
+          FROM run r
+         WHERE r.id IN (SELECT run_id FROM t WHERE status IN ('completed', 'failed', 'cancelled'))
+           AND r.auto_complete AND r.completed_at IS NULL) AS runs_ended,
+       dep.cancelled_runs AS runs_cancelled,
        (SELECT count(pg_notify('foreman_task_done', g.ids))
           FROM (SELECT string_agg(d.id::text, ',') AS ids
                   FROM (SELECT id, (row_number() OVER () - 1) / 100 AS n
@@ -558,6 +430,7 @@ SELECT (SELECT count(ac.id) FROM ac) AS runs_completed,
        t.queue_job_id, CASE WHEN t.run_after > t.created_at THEN t.run_after END AS run_after,
        t.lease_expires_at, t.idempotency_key, t.worker_id
   FROM t
+  LEFT JOIN dep ON true
 
 -- ready_tasks --
 -- Ready tasks of every organisation, in the order of task_ready_idx, from a cursor on; the raw

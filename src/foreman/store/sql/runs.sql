@@ -19,42 +19,21 @@ SELECT r.*, c.*
  WHERE r.org_id = $1 AND r.id = $2
 
 -- complete_runs --
--- Auto-complete runs that a statement ending tasks left open (its snapshot could not see tasks
--- that other statements ended at the same time): completed now if every task is terminal, read
--- with this statement's fresh snapshot; task_epoch and completed_at as in store/sql/queue.sql.
--- $1 org, $2 run ids, $3 now.
-WITH k AS (
-    SELECT r.id, r.task_epoch, x.*
-      FROM run r
-     CROSS JOIN LATERAL run_task_counts(r.id) x
-     WHERE r.org_id = $1 AND r.id = ANY($2::uuid[]) AND r.auto_complete AND r.completed_at IS NULL
-)
-UPDATE run r
-   SET status = CASE WHEN k.failed_tasks > 0 THEN 'failed' ELSE 'completed' END,
-       completed_at = $3, duration_ms = $3 - coalesce(r.started_at, r.created_at), updated_at = $3
-  FROM k
- WHERE r.id = k.id AND r.task_epoch = k.task_epoch AND r.completed_at IS NULL
-   AND k.total_tasks > 0
-   AND k.total_tasks = k.completed_tasks + k.failed_tasks + k.cancelled_tasks
-RETURNING r.id
+-- Auto-complete runs that statements ending tasks left open (their snapshots could not see tasks
+-- that other statements ended at the same time): complete_runs() of migration 0021, with this
+-- statement's fresh snapshot. $1 org (NULL: any, for the sweeper), $2 run ids, $3 now.
+SELECT id
+  FROM complete_runs(ARRAY(SELECT id
+                             FROM run
+                            WHERE ($1::text IS NULL OR org_id = $1) AND id = ANY($2::uuid[])),
+                     $3) id
 
 -- complete_due_runs --
--- The sweeper's catch-all, across organisations (its connection owns the tables): complete_runs
+-- The sweeper's catch-all, across organisations (its connection owns the tables): complete_runs()
 -- for the oldest open auto-complete runs. $1 now, $2 limit.
-WITH k AS (
-    SELECT r.id, r.task_epoch, x.*
-      FROM (SELECT id, task_epoch
-              FROM run
-             WHERE auto_complete AND completed_at IS NULL
-             ORDER BY created_at, id
-             LIMIT $2) r
-     CROSS JOIN LATERAL run_task_counts(r.id) x
-)
-UPDATE run r
-   SET status = CASE WHEN k.failed_tasks > 0 THEN 'failed' ELSE 'completed' END,
-       completed_at = $1, duration_ms = $1 - coalesce(r.started_at, r.created_at), updated_at = $1
-  FROM k
- WHERE r.id = k.id AND r.task_epoch = k.task_epoch AND r.completed_at IS NULL
-   AND k.total_tasks > 0
-   AND k.total_tasks = k.completed_tasks + k.failed_tasks + k.cancelled_tasks
-RETURNING r.id
+SELECT id
+  FROM complete_runs(ARRAY(SELECT id
+                             FROM run
+                            WHERE auto_complete AND completed_at IS NULL
+                            ORDER BY created_at, id
+                            LIMIT $2), $1) id

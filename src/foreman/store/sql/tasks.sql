@@ -213,8 +213,12 @@ SELECT * FROM task_answer WHERE org_id = $1 AND idempotency_key = $2
 -- lock (`s`, FOR UPDATE: after a concurrent change it sees the new row, so two retries move the
 -- task once), and the run's counter of that status goes down by one on a shard in the same
 -- statement, so counters stay exact. The error data stays as the last attempt left it.
--- $1 org, $2 task id, $3 now, $4 counter shard.
-WITH s AS (
+-- The dependents cancelled because of it (errorData ParentFailed naming it), and theirs in turn,
+-- are blocked again with their edges from it reopened (`v`, `rc`, `re`), as a retried step of a
+-- Hatchet or Prefect flow re-opens what its failure skipped: they run when it completes, or are
+-- cancelled again when it fails. One that another failed or cancelled parent also ended stays
+-- cancelled. $1 org, $2 task id, $3 now, $4 counter shard.
+WITH RECURSIVE s AS (
     SELECT id, status FROM task WHERE org_id = $1 AND id = $2 FOR UPDATE
 ), t AS (
     UPDATE task
@@ -231,10 +235,41 @@ WITH s AS (
       FROM s
      WHERE task.org_id = $1 AND task.id = s.id AND s.status IN ('failed', 'cancelled')
     RETURNING task.*
+), v (id) AS (
+    -- The children cancelled because of the task, then theirs because of them, ...
+    SELECT e.child_id
+      FROM t
+      JOIN task_dependency e ON e.org_id = $1 AND e.parent_id = t.id
+    UNION
+    SELECT e.child_id
+      FROM v
+      JOIN task_dependency e ON e.org_id = $1 AND e.parent_id = v.id
+      JOIN task c ON c.org_id = $1 AND c.id = v.id
+     WHERE c.status = 'cancelled'
+), rc AS (
+    -- ... of them, those no other failed or cancelled parent ended.
+    UPDATE task c
+       SET status = 'blocked', error_data = NULL, completed_at = NULL, duration_ms = NULL,
+           updated_at = $3
+     WHERE c.org_id = $1 AND c.id IN (SELECT id FROM v) AND c.status = 'cancelled'
+       AND c.error_data ->> 'type' = 'ParentFailed'
+       AND NOT EXISTS (SELECT 1
+                         FROM task_dependency o
+                         JOIN task p ON p.org_id = $1 AND p.id = o.parent_id
+                        WHERE o.org_id = $1 AND o.child_id = c.id AND o.parent_id <> $2
+                          AND p.status IN ('failed', 'cancelled')
+                          AND NOT (p.status = 'cancelled' AND p.error_data ->> 'type' = 'ParentFailed'
+                                   AND p.id IN (SELECT id FROM v)))
+    RETURNING c.id
+), re AS (
+    UPDATE task_dependency e
+       SET parent_done = false
+     WHERE e.org_id = $1 AND e.child_id IN (SELECT id FROM rc)
+       AND (e.parent_id = $2 OR e.parent_id IN (SELECT id FROM rc))
 ), c AS (
     INSERT INTO run_counter (run_id, shard, org_id, failed_tasks, cancelled_tasks)
     SELECT t.run_id, $4::smallint, t.org_id, -(s.status = 'failed')::int,
-           -(s.status = 'cancelled')::int
+           -(s.status = 'cancelled')::int - (SELECT count(*) FROM rc)
       FROM t, s
     ON CONFLICT (run_id, shard) DO UPDATE
        SET failed_tasks    = run_counter.failed_tasks + EXCLUDED.failed_tasks,
