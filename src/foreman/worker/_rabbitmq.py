@@ -2,11 +2,14 @@
 
 The queue is the one ``/api/v1/config`` names for the caller's organisation (``queue.taskQueue``);
 the broker is ``FOREMAN_RABBITMQ_URL`` (default ``amqp://guest:guest@127.0.0.1:5672/``). Prefetch
-is the worker's concurrency and a message stays unacknowledged until its task's attempt is over,
-so RabbitMQ hands this worker at most as many messages as it has free slots, and a worker that
-dies gives its messages back at once (their claims are refused until the lease expires; the
-sweeper then publishes the retry). A message is acknowledged only after its claim was answered.
-The acknowledgements asked for about together (a batch of results recorded) go out in one write.
+is the worker's concurrency and a message stays unacknowledged until its task's handler has
+ended (``acknowledges_when_free``: its result is sent after), so RabbitMQ hands this worker at
+most as many messages as it has free slots, and a worker that dies gives its messages back at
+once (their claims are refused until the lease expires; the sweeper then publishes the retry;
+it does the same for a task whose message was acknowledged before its result was recorded).
+A message is acknowledged only after its claim was answered.
+The acknowledgements asked for about together (handlers that ended in one turn of the event
+loop) go out in one write.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ class RabbitMQSource:
     """Buffers the deliveries of one consumer; take claims them, acknowledge acks them."""
 
     takes_in_flight = 1  # one consumer of the queue (its prefetch is the worker's free slots)
+    acknowledges_when_free = True  # prefetch counts unacknowledged messages
 
     def __init__(self, context: SourceContext, connection: AbstractRobustConnection) -> None:
         self.context = context
