@@ -142,10 +142,11 @@ async def publish_confirmed(
             message_id = f"{message.task_id}:{message.attempt}"
             body = message.task_id.encode()
             underlay.delivery_tag += 1
+            tag = underlay.delivery_tag
             confirm = underlay.create_future()
-            underlay.confirmations[underlay.delivery_tag] = confirm
-            returnable[message_id] = underlay.delivery_tag  # finds the confirm of a return
-            confirm.add_done_callback(functools.partial(_forget, returnable, message_id))
+            underlay.confirmations[tag] = confirm
+            returnable[message_id] = tag  # finds the confirm of a return
+            confirm.add_done_callback(functools.partial(_forget, returnable, message_id, tag))
             confirms.append(confirm)
             frames += (
                 Basic.Publish(exchange="", routing_key=queue, mandatory=True),
@@ -160,8 +161,10 @@ async def publish_confirmed(
             raise aio_pika.exceptions.AMQPError(f"RabbitMQ refused a message: {answer!r}")
 
 
-def _forget(returnable: dict[str, int], message_id: str, _: object) -> None:
-    returnable.pop(message_id, None)
+def _forget(returnable: dict[str, int], message_id: str, tag: int, _: object) -> None:
+    # Only its own: a later publish of the same task and attempt may have taken the id over.
+    if returnable.get(message_id) == tag:
+        del returnable[message_id]
 
 
 class RabbitMQQueue:
