@@ -14,6 +14,7 @@ from foreman.settings import Settings
 from tests.services import (
     MOTO_AWS_ENV,
     MotoServer,
+    OwnRabbitMQ,
     PgBouncer,
     RedisServer,
     admin_postgres_url,
@@ -118,12 +119,23 @@ def redis_server() -> Iterator[RedisServer]:
 
 
 @pytest.fixture(scope="session")
-def rabbitmq() -> str:
-    """The URL of a running RabbitMQ (the machine's); skipped without one (a failure with CI=true)."""
+def rabbitmq() -> Iterator[str]:
+    """The URL of a running RabbitMQ: the machine's, else a node started for this session when
+    rabbitmq-server is installed (about 10 s), else skipped (a failure with CI=true)."""
     url = rabbitmq_url()
-    if url is None:
-        pytest.skip("no RabbitMQ on 127.0.0.1:5672 (set FOREMAN_TEST_RABBITMQ_URL)")
-    return url
+    if url is not None:
+        yield url
+        return
+    if not OwnRabbitMQ.installed():
+        pytest.skip(
+            "no RabbitMQ on 127.0.0.1:5672 and no rabbitmq-server to start one "
+            "(apt-get install rabbitmq-server, or set FOREMAN_TEST_RABBITMQ_URL)"
+        )
+    node = OwnRabbitMQ().start()
+    try:
+        yield node.url
+    finally:
+        node.remove()
 
 
 @pytest.fixture(scope="session")

@@ -259,7 +259,7 @@ MOTO_AWS_ENV = {
 
 def rabbitmq_url() -> str | None:
     """FOREMAN_TEST_RABBITMQ_URL, else the machine's RabbitMQ on 127.0.0.1:5672, else None
-    (the rabbitmq tests then skip, which fails the run with CI=true: .ci/run starts RabbitMQ)."""
+    (the ``rabbitmq`` fixture then starts an ``OwnRabbitMQ`` if it can)."""
     if url := os.environ.get("FOREMAN_TEST_RABBITMQ_URL"):
         return url
     return LOCAL_RABBITMQ if _port_open("127.0.0.1", 5672) else None
@@ -317,6 +317,11 @@ class OwnRabbitMQ:
     broker; the machine's stays untouched. Needs the ``rabbitmq-server`` package's scripts."""
 
     SCRIPTS = Path("/usr/lib/rabbitmq/bin")
+
+    @classmethod
+    def installed(cls) -> bool:
+        """Whether the rabbitmq-server package's scripts are here."""
+        return (cls.SCRIPTS / "rabbitmq-server").exists()
 
     def __init__(self) -> None:
         self.port = free_port()

@@ -40,7 +40,7 @@ BROKER_DOWN_S = 2.0
 
 @pytest.fixture(scope="module")
 def own_rabbitmq() -> Iterator[OwnRabbitMQ]:
-    if not (OwnRabbitMQ.SCRIPTS / "rabbitmq-server").exists():
+    if not OwnRabbitMQ.installed():
         pytest.skip(
             f"no RabbitMQ scripts in {OwnRabbitMQ.SCRIPTS} (apt-get install rabbitmq-server)"
         )

@@ -388,3 +388,27 @@ async def test_a_retried_attempt_is_published_again(backend, pool):
     again = msgspec.structs.replace(task, attempt=task.attempt + 1, updated_at=task.updated_at + 1)
     await backend.queue.publish([again])
     assert await backend.drain(1) == [(task.id, "work")]
+
+
+async def test_rabbitmq_a_queue_deleted_under_the_server_is_declared_again(pool, db_url, rabbitmq):
+    # A batch goes out in one write with its confirms awaited together: RabbitMQ returns the
+    # messages of a queue deleted since the server declared it, the batch raises, and the next
+    # publish declares the queue again and delivers.
+    settings = make_settings(
+        db_url, queue_backend="rabbitmq", rabbitmq_url=rabbitmq, task_queue_name=unique_queue_name()
+    )
+    queue = RabbitMQQueue.from_settings(settings)
+    tasks = await make_tasks(pool, 3)
+    messages = ready_messages(tasks, now=ids.now_ms())
+    try:
+        await queue.enqueue(messages[:1])
+        assert await rabbitmq_drain(rabbitmq, queue)(1) == [(tasks[0].id, "work")]
+        await (await queue.channel()).queue_delete(queue.queue_name(ORG_A))
+        with pytest.raises(aio_pika.exceptions.PublishError):
+            await queue.enqueue(messages[1:])
+        await queue.enqueue(messages[1:])
+        delivered = await rabbitmq_drain(rabbitmq, queue)(2)
+        assert sorted(delivered) == sorted((t.id, "work") for t in tasks[1:])
+    finally:
+        await delete_rabbitmq_queues(queue)
+        await queue.close()

@@ -174,6 +174,7 @@ class BullMQSource:
     """Takes jobs for the worker's free slots, claims their tasks, acknowledges them when done."""
 
     takes_in_flight = 1  # one reader of the queue
+    acknowledges_when_free = False
 
     def __init__(self, context: SourceContext, redis: RedisOptions, queue_name: str) -> None:
         self.context = context

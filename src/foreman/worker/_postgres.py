@@ -24,6 +24,7 @@ class PostgresSource:
 
     # Two claims out at once: one's round trip overlaps the other's (e2e +15-30 %, benchmarks/).
     takes_in_flight = 2
+    acknowledges_when_free = False
 
     def __init__(self, context: SourceContext) -> None:
         self.context = context

@@ -2,10 +2,14 @@
 
 The queue is the one ``/api/v1/config`` names for the caller's organisation (``queue.taskQueue``);
 the broker is ``FOREMAN_RABBITMQ_URL`` (default ``amqp://guest:guest@127.0.0.1:5672/``). Prefetch
-is the worker's concurrency and a message stays unacknowledged until its task's attempt is over,
-so RabbitMQ hands this worker at most as many messages as it has free slots, and a worker that
-dies gives its messages back at once (their claims are refused until the lease expires; the
-sweeper then publishes the retry). A message is acknowledged only after its claim was answered.
+is the worker's concurrency and a message stays unacknowledged until its task's handler has
+ended (``acknowledges_when_free``: its result is sent after), so RabbitMQ hands this worker at
+most as many messages as it has free slots, and a worker that dies gives its messages back at
+once (their claims are refused until the lease expires; the sweeper then publishes the retry;
+it does the same for a task whose message was acknowledged before its result was recorded).
+A message is acknowledged only after its claim was answered.
+The acknowledgements asked for about together (handlers that ended in one turn of the event
+loop) go out in one write.
 """
 
 from __future__ import annotations
@@ -17,11 +21,14 @@ import os
 from collections.abc import Awaitable
 
 import aio_pika
+import aiormq
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
+from pamqp.commands import Basic
 
 from foreman.models import Task
 from foreman.queue import rabbitmq
 from foreman.worker import _claims
+from foreman.worker._batching import MicroBatcher
 from foreman.worker.source import SourceContext
 
 logger = logging.getLogger(__name__)
@@ -29,6 +36,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
 BURST_WAIT_S = 0.2
 RECONNECT_S = 0.5
+ACK_BATCH = 1000
 
 
 def broker_url() -> str:
@@ -40,6 +48,7 @@ class RabbitMQSource:
     """Buffers the deliveries of one consumer; take claims them, acknowledge acks them."""
 
     takes_in_flight = 1  # one consumer of the queue (its prefetch is the worker's free slots)
+    acknowledges_when_free = True  # prefetch counts unacknowledged messages
 
     def __init__(self, context: SourceContext, connection: AbstractRobustConnection) -> None:
         self.context = context
@@ -48,6 +57,10 @@ class RabbitMQSource:
         self._held: dict[str, AbstractIncomingMessage] = {}  # by task id, until acknowledged
         self._queue: aio_pika.abc.AbstractQueue | None = None
         self._consumer_tag: str | None = None
+        # One turn of the event loop's acks in one write; while it is out, the next gather.
+        self._acks: MicroBatcher[AbstractIncomingMessage, None] = MicroBatcher(
+            send_acks, window_s=0.0, max_batch=ACK_BATCH, max_in_flight=1
+        )
 
     @classmethod
     async def open(cls, context: SourceContext) -> RabbitMQSource:
@@ -107,7 +120,7 @@ class RabbitMQSource:
         items = [(_claims.task_id_of(m.body), m) for m in messages]
         outcome = await _claims.claim(self.context, items, held=set(self._held))
         for message in outcome.refused:
-            await self._settle(message.ack())
+            await self._settle(self._acks.submit(message))
         for message, reason in outcome.poison:
             # By the broker's delivery tag: a message id is the sender's text, and a hostile
             # sender's could carry another organisation's data into this log.
@@ -134,7 +147,7 @@ class RabbitMQSource:
         """Ack the message of the task whose attempt is over."""
         message = self._held.pop(task.id, None)
         if message is not None:
-            await self._settle(message.ack())
+            await self._settle(self._acks.submit(message))
 
     async def close(self) -> None:
         """Stop consuming, give back the deliveries not taken, close the connection."""
@@ -145,4 +158,24 @@ class RabbitMQSource:
         while not self._deliveries.empty():
             leftover.append(self._deliveries.get_nowait())
         await self._give_back(leftover)
+        await self._acks.drain()
         await self._connection.close()
+
+
+async def send_acks(messages: list[AbstractIncomingMessage]) -> list[None]:
+    """Acknowledge messages in one write per channel they came on. A channel lost meanwhile
+    gave its messages back already (its acks fail; the one aio-pika re-made delivers anew)."""
+    by_channel: dict[aiormq.Channel, list[int]] = {}
+    for message in messages:
+        channel = message.channel
+        assert isinstance(channel, aiormq.Channel)
+        assert message.delivery_tag is not None
+        by_channel.setdefault(channel, []).append(message.delivery_tag)
+    for channel, tags in by_channel.items():
+        try:
+            await rabbitmq.write_frames(channel, [Basic.Ack(delivery_tag=tag) for tag in tags])
+        except rabbitmq.AMQP_ERRORS as exc:
+            logger.info(
+                "acknowledging %d RabbitMQ message(s) failed (redelivered): %s", len(tags), exc
+            )
+    return [None] * len(messages)

@@ -46,6 +46,7 @@ class SqsSource:
     """Receives for the free slots, claims, keeps held messages invisible, deletes in batches."""
 
     takes_in_flight = 1  # one receiver: a second long poll would only split the same messages
+    acknowledges_when_free = False
 
     def __init__(self, context: SourceContext, client: sqs.SqsClient, name: str) -> None:
         self.context = context

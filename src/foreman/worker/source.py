@@ -41,6 +41,10 @@ class TaskSource(Protocol):
 
     # How many take() calls the worker may have out at once, each for its share of the slots.
     takes_in_flight: int
+    # Whether a task is acknowledged as soon as its handler ends (its slot is free), before its
+    # result is sent: a broker that delivers only as many messages as there are unacknowledged
+    # slots (RabbitMQ's prefetch) then sends the next while the result is on its way.
+    acknowledges_when_free: bool
 
     async def take(self, limit: int, *, burst: bool) -> list[Task]:
         """Up to limit tasks leased to this worker (SPEC section 7), at least one if any is ready.

@@ -319,13 +319,13 @@ class Worker:
         acknowledge its message."""
         try:
             if run:
-                await self._execute(held)
+                await self._execute(held, source)
             else:
                 await self._release([held])
         finally:
             await source.acknowledge(held.task)
 
-    async def _execute(self, held: Held) -> None:
+    async def _execute(self, held: Held, source: TaskSource) -> None:
         metrics = self.metrics
         if metrics is not None:
             metrics.started(held.task, now_ms=ids.now_ms())
@@ -338,6 +338,8 @@ class Worker:
             held.executing = False
             self._running -= 1
             self._wakeup.set()
+        if source.acknowledges_when_free:
+            await source.acknowledge(held.task)
         if result is not None:
             await self._report(held, result)
 
