@@ -26,8 +26,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import struct
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, TypeVar
 
 import asyncpg
 import msgspec
@@ -222,6 +222,26 @@ class Connection(asyncpg.Connection):
 
 
 Db = asyncpg.Connection
+
+T = TypeVar("T")
+# A statement (or transaction) that PostgreSQL rolled back whole to break a deadlock, or that lost
+# a serialisation race, is run again this many times in all before the caller hears "Concurrent
+# update, try again" (409).
+DEADLOCK_ATTEMPTS = 3
+_RUN_AGAIN = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
+
+
+async def run_again_on_deadlock(conn: asyncpg.Connection, work: Callable[[], Awaitable[T]]) -> T:
+    """work(), again when PostgreSQL rolled it back to break a deadlock. work is one statement or
+    a transaction of its own: nothing of it committed. Inside a caller's transaction block the
+    block is aborted, so the error goes to the caller at once."""
+    for attempt in range(1, DEADLOCK_ATTEMPTS + 1):
+        try:
+            return await work()
+        except _RUN_AGAIN:
+            if attempt == DEADLOCK_ATTEMPTS or conn.is_in_transaction():
+                raise
+    raise AssertionError("unreachable")
 
 
 def _encode_jsonb(value: Any) -> bytes:

@@ -15,7 +15,7 @@ from typing import Any, Literal, TypeVar
 
 from foreman.models import Task
 from foreman.store import dependencies, queries
-from foreman.store.db import Db
+from foreman.store.db import Db, run_again_on_deadlock
 from foreman.store.shards import two_shards
 from foreman.store.tasks import get_task
 
@@ -238,8 +238,7 @@ async def finish_tasks(
     # the same order everywhere, so neither waits for the other in a cycle (a deadlock).
     order = sorted(range(len(outcomes)), key=lambda k: outcomes[k].task_id)
     outcomes = [outcomes[k] for k in order]
-    records = await conn.fetch(
-        _FINISH_TASKS,
+    args = (
         org_id,
         [o.task_id for o in outcomes],
         [o.lease_token for o in outcomes],
@@ -248,7 +247,10 @@ async def finish_tasks(
         queries.jsonb_items([o.error_data for o in outcomes]),
         [o.retryable for o in outcomes],
         now,
-        *two_shards(),
+    )
+    # A cascade down a graph whose branches meet may still wait in a cycle with another's.
+    records = await run_again_on_deadlock(
+        conn, lambda: conn.fetch(_FINISH_TASKS, *args, *two_shards())
     )
     freed = await _after_step(conn, org_id=org_id, records=records, now=now)
     if released is not None:

@@ -6,14 +6,13 @@ import decimal
 from dataclasses import dataclass
 from typing import Any
 
-import asyncpg
 import msgspec
 
 from foreman import errors
 from foreman.models import TERMINAL_STATUSES, Attempt, Task
 from foreman.store import dependencies, queries
 from foreman.store import runs as runs_store
-from foreman.store.db import Db
+from foreman.store.db import Db, run_again_on_deadlock
 from foreman.store.shards import shard, two_shards
 
 _SQL = queries.load_statements("tasks")  # store/sql/tasks.sql: the statements and why they are so
@@ -32,11 +31,6 @@ _TASK_COLUMNS = """t.id, t.run_id, t.org_id, t.type, t.status, t.input_data, t.m
        t.output_data, t.error_data, t.queued_at, t.started_at, t.completed_at, t.duration_ms,
        t.queue_job_id, CASE WHEN t.run_after > t.created_at THEN t.run_after END AS run_after,
        t.lease_expires_at, t.idempotency_key, t.worker_id"""
-# A transaction that adds tasks under their parents' and run's locks may deadlock with one ending
-# those parents (their locks are taken in another order): PostgreSQL rolls it back whole, so it
-# is run again, a few times, before the caller hears "Concurrent update, try again" (409).
-DEADLOCK_ATTEMPTS = 3
-_RETRYABLE = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
 _SORT_COLUMNS = {
     "created_at": "created_at",
     "started_at": "started_at",
@@ -97,13 +91,10 @@ async def insert_task(
     if not new.depends_on:
         return await _insert_task(conn, org_id=org_id, task_id=task_id, new=new, now=now)
     edges = [(task_id, parent) for parent in new.depends_on]
-    for attempt in range(DEADLOCK_ATTEMPTS):
-        try:
-            return await _insert_task_with_parents(conn, org_id, task_id, new, edges, now)
-        except _RETRYABLE:
-            if attempt + 1 == DEADLOCK_ATTEMPTS:
-                raise
-    raise AssertionError("unreachable")
+    # Under its parents' and run's locks it may deadlock with a statement ending those parents.
+    return await run_again_on_deadlock(
+        conn, lambda: _insert_task_with_parents(conn, org_id, task_id, new, edges, now)
+    )
 
 
 async def _insert_task_with_parents(
@@ -240,15 +231,10 @@ async def insert_tasks(
     with_parents = any(n.depends_on for n in news)
     if all(n.idempotency_key is None for n in news) and not with_parents:
         return await _insert_tasks(conn, org_id=org_id, task_ids=task_ids, news=news, now=now)
-    for attempt in range(DEADLOCK_ATTEMPTS):
-        try:
-            return await _insert_batch_in_transaction(
-                conn, org_id, task_ids, news, now, with_parents
-            )
-        except _RETRYABLE:
-            if attempt + 1 == DEADLOCK_ATTEMPTS:
-                raise
-    raise AssertionError("unreachable")
+    return await run_again_on_deadlock(
+        conn,
+        lambda: _insert_batch_in_transaction(conn, org_id, task_ids, news, now, with_parents),
+    )
 
 
 async def _insert_batch_in_transaction(
