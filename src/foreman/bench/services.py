@@ -31,7 +31,8 @@ from foreman.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-BENCH_DATABASE = "foreman_bench"
+# Ours alone: two benches on one PostgreSQL must not drop or fill each other's database.
+BENCH_DATABASE = f"foreman_bench_{os.getpid()}"
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 30.0
 
