@@ -81,7 +81,7 @@ class Binder:
     front of each (no statement outlives a transaction there; with its cache off asyncpg parses
     its own statements again in every Bind too). Otherwise role and statement timeout are set for
     the session when the connection opens (``open_session``), which also prepares the named
-    organisation setter that ``org_prefix`` binds.
+    organisation setter that ``prefix`` binds.
     """
 
     __slots__ = ("_cache", "_parse", "_role", "_timeout", "per_transaction")
@@ -95,31 +95,23 @@ class Binder:
         )
         self._cache: dict[tuple[str, bool], bytes] = {}
 
-    def prefix(self, org_id: str) -> bytes:
-        """Parse, Bind and Execute of the whole setter for org_id ("": no org), per transaction."""
-        return self._cached(org_id, True, self._build_local)
-
-    def org_prefix(self, org_id: str, *, local: bool) -> bytes:
-        """Bind and Execute of the prepared organisation setter: for the session, or (local) for
-        the transaction block the connection is in."""
-        return self._cached(org_id, local, self._build_org)
-
-    def _cached(self, org_id: str, local: bool, build: Callable[[str, bool], bytes]) -> bytes:
+    def prefix(self, org_id: str, *, local: bool) -> bytes:
+        """The setter's messages for org_id ("": no org), ready to write. Per transaction: Parse,
+        Bind and Execute of the whole setter (local always). Otherwise Bind and Execute of the
+        prepared organisation setter, for the session or (local) for the transaction block."""
         key = (org_id, local)
         cached = self._cache.get(key)
         if cached is not None:
             return cached
         if len(self._cache) >= _PREFIX_CACHE_MAX:
             self._cache.clear()
-        prefix = self._cache[key] = build(org_id, local)
+        if self.per_transaction:
+            values = (self._role.encode(), org_id.encode(), str(self._timeout).encode())
+            prefix = self._parse + _bind_execute("", values)
+        else:
+            prefix = _bind_execute(ORG_SETTER_NAME, (org_id.encode(), b"t" if local else b"f"))
+        self._cache[key] = prefix
         return prefix
-
-    def _build_local(self, org_id: str, _local: bool) -> bytes:
-        values = (self._role.encode(), org_id.encode(), str(self._timeout).encode())
-        return self._parse + _bind_execute("", values)
-
-    def _build_org(self, org_id: str, local: bool) -> bytes:
-        return _bind_execute(ORG_SETTER_NAME, (org_id.encode(), b"t" if local else b"f"))
 
     async def open_session(self, conn: asyncpg.Connection) -> None:
         """Session settings of a new connection (nothing when every statement carries them)."""
@@ -168,10 +160,10 @@ class Connection(asyncpg.Connection):
         if binder is None:
             return None
         if binder.per_transaction:
-            return binder.prefix(self._foreman_org)
+            return binder.prefix(self._foreman_org, local=True)
         if self._foreman_session_org == self._foreman_org:
             return None
-        return binder.org_prefix(self._foreman_org, local=self.is_in_transaction())
+        return binder.prefix(self._foreman_org, local=self.is_in_transaction())
 
     async def _do_execute(
         self,
