@@ -42,7 +42,9 @@ async def make_run(conn, org_id: str = ORG_A) -> str:
     return run.id
 
 
-async def make_tasks(conn, run_id: str, count: int, org_id: str = ORG_A, **fields) -> list:
+async def make_tasks(
+    conn, run_id: str, count: int, org_id: str = ORG_A, now: int | None = None, **fields
+) -> list:
     fields.setdefault("enqueue", True)
     task_type = fields.pop("task_type", "work")
     news = [
@@ -50,7 +52,11 @@ async def make_tasks(conn, run_id: str, count: int, org_id: str = ORG_A, **field
         for i in range(count)
     ]
     result = await tasks_store.insert_tasks(
-        conn, org_id=org_id, task_ids=[ids.new_id() for _ in news], news=news, now=ids.now_ms()
+        conn,
+        org_id=org_id,
+        task_ids=[ids.new_id() for _ in news],
+        news=news,
+        now=now or ids.now_ms(),
     )
     assert result.failed_index is None
     return result.tasks
@@ -197,21 +203,21 @@ async def test_batch_insert_parents_existing_or_earlier_in_batch(conn):
 
 async def test_claim_order_priority_run_after_and_id(conn):
     run_id = await make_run(conn)
-    now = ids.now_ms()
-    p2 = await make_tasks(conn, run_id, 2, priority=2)
-    p0 = await make_tasks(conn, run_id, 2, priority=0)
-    p1 = await make_tasks(conn, run_id, 2, priority=1)
-    delayed = await make_tasks(conn, run_id, 1, delay_ms=60_000)
-    pending = await make_tasks(conn, run_id, 1, enqueue=False)
+    now = ids.now_ms()  # one clock for every insert and claim: no race with a slow machine
+    p2 = await make_tasks(conn, run_id, 2, now=now, priority=2)
+    p0 = await make_tasks(conn, run_id, 2, now=now, priority=0)
+    p1 = await make_tasks(conn, run_id, 2, now=now, priority=1)
+    delayed = await make_tasks(conn, run_id, 1, now=now, delay_ms=60_000)
+    pending = await make_tasks(conn, run_id, 1, now=now, enqueue=False)
     claimed = await claim(conn, now=now + 100)
     # BullMQ order: 0 (no priority) first, then 1 = highest; ties by runAfter then id (uuid7).
     assert [t.id for t in claimed] == [t.id for t in p0 + p1 + p2]
     assert all(t.status == "running" and t.attempt == 1 and t.lease_token for t in claimed)
     assert all(t.lease_expires_at == now + 100 + LEASE_MS and t.worker_id == "w1" for t in claimed)
     assert len({t.lease_token for t in claimed}) == 6
-    assert await claim(conn) == []
+    assert await claim(conn, now=now + 100) == []
     # Not before runAfter; never a pending task.
-    later = await claim(conn, now=ids.now_ms() + 61_000)
+    later = await claim(conn, now=now + 61_000)
     assert [t.id for t in later] == [delayed[0].id]
     assert (
         await tasks_store.get_task(conn, org_id=ORG_A, task_id=pending[0].id)
