@@ -13,8 +13,10 @@ import pytest
 
 from foreman import AsyncClient, Client, errors
 from foreman.models import RunEvent
+from foreman.server import events as server_events
 from foreman.server.events import EventHub
-from tests.conftest import HEADERS_A, HEADERS_B, KEY_A
+from foreman.store.events import START
+from tests.conftest import HEADERS_A, HEADERS_B, KEY_A, ORG_A
 from tests.queue_helpers import LiveApp
 
 POLL_S = 0.1
@@ -248,6 +250,52 @@ def test_a_client_that_goes_away_stops_its_feed(live: LiveApp, client: Client):
         time.sleep(0.05)
     assert task.done()
     assert not hub._feeds
+
+
+def test_a_watcher_that_falls_behind_reads_its_dropped_pages_from_the_database(
+    live: LiveApp, client: Client, monkeypatch: pytest.MonkeyPatch
+):
+    # A stream that stops pulling (its client's socket full) while its run changes: its waiting
+    # pages stay bounded, and when it reads again it gets every event once, in order.
+    monkeypatch.setattr(server_events, "WATCHER_PAGES", 2)
+    run = client.create_run({})
+    client.enqueue_task(run.id, type="t", input_data=0)
+    hub = hub_of(live)
+    url = f"{live.url}/api/v1/runs/{run.id}/events"
+    with httpx.stream("GET", url, headers=HEADERS_A, timeout=10) as response:
+        lines = response.iter_lines()
+        while not next(lines).startswith("data:"):
+            pass
+        (feed,) = hub._feeds.values()
+        assert feed._task is not None
+        loop = feed._task.get_loop()  # the server's: the hub and its pool live there
+
+        def on_server(coro):  # type: ignore[no-untyped-def]
+            return asyncio.run_coroutine_threadsafe(coro, loop).result(10)
+
+        others = set(feed._watchers)
+        stream = hub.watch(ORG_A, run.id, START, heartbeat_s=0.2)
+        first = on_server(anext(stream))  # its backlog: the first task
+        assert b"task.created" in first
+        (watcher,) = feed._watchers - others
+        made = []
+        for i in range(6):  # six ticks apart: six pages handed, two kept
+            made.append(client.enqueue_task(run.id, type="t", input_data=i + 1).id)
+            time.sleep(POLL_S * 3)
+        assert watcher.behind
+        assert watcher.pages.qsize() <= 2
+        seen: list[str] = []
+        for _ in range(100):  # a heartbeat every 0.2 s: 20 s at most
+            if len(seen) >= len(made):
+                break
+            text = on_server(anext(stream))
+            seen += [
+                json.loads(line[6:])["taskId"]
+                for line in text.decode().splitlines()
+                if line.startswith("data: ") and '"task.created"' in line
+            ]
+        assert seen == made
+        on_server(stream.aclose())
 
 
 def test_watch_run_async_and_an_unknown_run(live: LiveApp, client: Client):

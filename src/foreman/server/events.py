@@ -41,11 +41,25 @@ PAGE = 10_000  # events per statement: a statement re-reads its tasks, so a tick
 # its tick is slow is polled less often (the database spends at most 1/(1+REST) of a connection).
 REST = 1
 END = None  # what a feed hands its watchers when the run has ended: nothing can follow
+# Pages a watcher may have waiting: a client that reads slower than its run changes (its socket
+# full, so its stream stops pulling) would otherwise hold every page in memory for as long as it
+# stays connected. Past this its pages are dropped and it reads them again from the database.
+WATCHER_PAGES = 64
 
 
 @dataclass(eq=False)
 class _Watcher:
-    pages: asyncio.Queue[list[tuple[EventKey, bytes]] | None] = field(default_factory=asyncio.Queue)
+    pages: asyncio.Queue[list[tuple[EventKey, bytes]] | None] = field(
+        default_factory=lambda: asyncio.Queue(WATCHER_PAGES)
+    )
+    behind: bool = False  # pages were dropped: the next one taken is read from the database
+
+    def give(self, pages: list[tuple[EventKey, bytes]] | None) -> None:
+        if self.pages.full():
+            self.behind = True
+            while not self.pages.empty():
+                self.pages.get_nowait()
+        self.pages.put_nowait(pages)
 
 
 class EventHub:
@@ -100,18 +114,10 @@ class EventHub:
             self._feeds[(org_id, run_id)] = feed
             feed.start()
         with feed.attached() as watcher:
-            last = after
             upto = feed.position  # read where the watcher joined: later pages reach its queue
-            while last < upto:
-                page = await self.fetch(org_id, run_id, last, upto)
-                if not page.found:
-                    raise errors.NotFoundError(f"Run not found: {run_id}")
-                if page.events:
-                    last = page.events[-1][0]
-                    yield b"".join(chunk for _, chunk in encoded(page.events))
-                if len(page.events) < PAGE:
-                    break
-            last = max(last, upto)
+            async for text in self._backlog(org_id, run_id, after, upto):
+                yield text
+            last = max(after, upto)
             while True:
                 try:
                     async with asyncio.timeout(heartbeat_s):
@@ -119,6 +125,12 @@ class EventHub:
                 except TimeoutError:
                     yield b""
                     continue
+                if watcher.behind:  # pages before this one were dropped: read them all again
+                    watcher.behind = False
+                    upto = feed.position
+                    async for text in self._backlog(org_id, run_id, last, upto):
+                        yield text
+                    last = max(last, upto)
                 if pages is END:
                     yield END
                     return
@@ -126,6 +138,21 @@ class EventHub:
                 if fresh:
                     last = fresh[-1][0]
                     yield b"".join(chunk for _, chunk in fresh)
+
+    async def _backlog(
+        self, org_id: str, run_id: str, after: EventKey, upto: EventKey
+    ) -> AsyncIterator[bytes]:
+        """The run's events after `after` up to `upto` from the database, encoded a page at a
+        time."""
+        while after < upto:
+            page = await self.fetch(org_id, run_id, after, upto)
+            if not page.found:
+                raise errors.NotFoundError(f"Run not found: {run_id}")
+            if page.events:
+                after = page.events[-1][0]
+                yield b"".join(chunk for _, chunk in encoded(page.events))
+            if len(page.events) < PAGE:
+                return
 
     async def close(self) -> None:
         """Stop every feed (the lifespan's end)."""
@@ -221,7 +248,7 @@ class _Feed:
 
     def _hand(self, pages: list[tuple[EventKey, bytes]] | None) -> None:
         for watcher in self._watchers:
-            watcher.pages.put_nowait(pages)
+            watcher.give(pages)
 
 
 _ENCODER = msgspec.json.Encoder()
