@@ -7,6 +7,7 @@ Each firing creates one run with one queued task; a tick fires once however many
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
@@ -185,6 +186,25 @@ async def test_missed_ticks_fire_once_as_the_latest(pool, db_url, scheduler):
     assert msgspec.json.decode(run["metadata"])["scheduledAt"] == T0 + 10 * MINUTE
     after = await schedule_of(pool, made)
     assert (after.last_run_at, after.next_run_at) == (now, T0 + 11 * MINUTE)
+
+
+async def test_the_loop_wakes_at_each_tick_of_a_short_interval(pool, db_url):
+    # The firing loop runs every 2 s, the schedule every 1 s: the loop must wake at each tick
+    # (Scheduler.tick answers when the next one is due), or each late wake-up fires only the
+    # latest overdue tick and the one before it is lost.
+    made = await make_schedule(pool, interval_ms=1000, now=ids.now_ms())
+    loop = Scheduler(await owner_pool(db_url), queue=PostgresQueue(), interval_s=2.0, batch=10)
+    loop.start()
+    try:
+        await asyncio.sleep(4.5)
+    finally:
+        await loop.close()
+    ticks = [
+        msgspec.json.decode(r["metadata"])["scheduledAt"] for r in await runs_of(db_url, made.id)
+    ]
+    assert len(ticks) >= 2, ticks
+    # The first wake-up (1.6-2.4 s) may find two ticks due and fire the later; none after it.
+    assert [b - a for a, b in itertools.pairwise(ticks)] == [1000] * (len(ticks) - 1)
 
 
 async def test_cron_in_a_timezone_follows_daylight_saving_time(pool, db_url, scheduler):

@@ -42,8 +42,12 @@ class Periodic:
         self._interval_s = interval_s
         self._task: asyncio.Task[None] | None = None
 
-    async def tick(self) -> None:
-        """One round."""
+    def _jittered(self) -> float:
+        # Jitter: replicas started together do not all act at the same instant.
+        return self._interval_s * random.uniform(0.8, 1.2)  # noqa: S311
+
+    async def tick(self) -> float | None:
+        """One round; how soon (seconds) the next is wanted when sooner than the interval."""
         raise NotImplementedError
 
     def start(self) -> None:
@@ -57,11 +61,14 @@ class Periodic:
         await self._pool.close()
 
     async def _loop(self) -> None:
+        delay = self._jittered()
         while True:
-            # Jitter: replicas started together do not all act at the same instant.
-            await asyncio.sleep(self._interval_s * random.uniform(0.8, 1.2))  # noqa: S311
+            await asyncio.sleep(delay)
+            delay = self._jittered()
             try:
-                await self.tick()
+                soon = await self.tick()
+                if soon is not None:
+                    delay = min(delay, soon)
             except OUTAGES as exc:
                 self.log.warning("%s skipped, database unavailable: %s", self.what, exc)
             except Exception:

@@ -65,9 +65,19 @@ class Scheduler(Periodic):
             metrics=metrics,
         )
 
-    async def tick(self) -> None:
-        """Fire every schedule due now."""
+    async def tick(self) -> float | None:
+        """Fire every schedule due now; the seconds until the next tick of any schedule.
+
+        The loop wakes at that tick rather than up to an interval after it: a schedule of a
+        1-second interval would otherwise lose the ticks that a late wake-up leaves behind (only
+        the latest overdue tick fires, triggers.Trigger.due). None when nothing is due later
+        (or something due now could not fire: it waits for the next round).
+        """
         await self.fire_all(now=ids.now_ms())
+        async with self._pool.acquire() as conn:
+            due = await schedules_store.next_due(conn)
+        wait_ms = None if due is None else due - ids.now_ms()
+        return None if wait_ms is None or wait_ms <= 0 else (wait_ms + 1) / 1000
 
     async def fire_all(self, *, now: int) -> int:
         """Fire every schedule due at now, a batch per transaction; the runs created."""

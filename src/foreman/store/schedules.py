@@ -27,6 +27,7 @@ _UPDATE_SCHEDULE = _SQL["update_schedule"]
 _DELETE_SCHEDULE = _SQL["delete_schedule"]
 _CLAIM_DUE_SCHEDULES = _SQL["claim_due_schedules"]
 _RECORD_FIRING = _SQL["record_firing"]
+_NEXT_DUE = _SQL["next_due"]
 
 _SORT_COLUMNS = {"created_at": "created_at", "next_run_at": "next_run_at"}
 _NO_CHANGES = msgspec.Raw(b"{}")
@@ -184,6 +185,12 @@ async def claim_due_schedules(conn: Db, *, now: int, limit: int) -> list[Schedul
     """
     records = await conn.fetch(_CLAIM_DUE_SCHEDULES, now, limit)
     return queries.models_from(Schedule, records)
+
+
+async def next_due(conn: Db) -> int | None:
+    """The earliest tick of an enabled schedule of any organisation (the owner's connection)."""
+    due: int | None = await conn.fetchval(_NEXT_DUE)
+    return due
 
 
 async def fire_schedule(conn: Db, schedule: Schedule, *, now: int) -> Firing:

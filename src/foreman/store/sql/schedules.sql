@@ -46,6 +46,11 @@ SELECT *
  LIMIT $2
    FOR UPDATE SKIP LOCKED
 
+-- next_due --
+-- When the firing loop is next needed: the earliest tick of an enabled schedule of any
+-- organisation (schedule_due_idx). NULL when there is none.
+SELECT min(next_run_at) FROM schedule WHERE enabled
+
 -- record_firing --
 -- In the transaction that created the run: the tick is spent. $1 id, $2 next run at,
 -- $3 fired at, $4 run id.
