@@ -149,6 +149,11 @@ async def test_bad_dependencies(client):
             f"{API}/tasks", json=item(run["id"], dependsOn=[parent]), headers=HEADERS_A
         )
         assert_error(response, 404, "Task not found")
+    for parent in (missing_id(), foreign_task["id"], b_task["id"]):
+        # The item is named (the child's id would be rolled back with the batch).
+        response = await batch(client, [item(run["id"]), item(run["id"], dependsOn=[parent])])
+        body = assert_error(response, 404, "Task not found", parent, "tasks[1].dependsOn")
+        assert body["field"] == "tasks[1].dependsOn", body
     response = await batch(client, [item(run["id"], ref="x"), item(run["id"], ref="x")])
     assert_error(response, 400, "tasks[1].ref", "earlier item already")
     response = await batch(client, [item(run["id"], dependsOn=["y"]), item(run["id"], ref="y")])

@@ -34,23 +34,32 @@ async def lock_parents(conn: Db, *, org_id: str, edges: Sequence[tuple[str, str]
 
 
 async def add_dependencies(
-    conn: Db, *, org_id: str, edges: Sequence[tuple[str, str]], now: int
+    conn: Db,
+    *,
+    org_id: str,
+    edges: Sequence[tuple[str, str]],
+    now: int,
+    batch: Sequence[str] | None = None,
 ) -> list[str]:
     """Add (child, parent) edges of children inserted blocked in this transaction, after
     lock_parents.
 
     Raises NotFoundError for a parent that is not a task of the child's run (the caller's
-    transaction rolls back). Answers the ids of children released at once (every parent ended).
+    transaction rolls back), naming the batch item (batch: the batch's task ids in item order)
+    rather than the child, whose id is rolled back with it. Answers the ids of children released
+    at once (every parent ended).
     """
     children = [child for child, _ in edges]
     parents = [parent for _, parent in edges]
     record = await conn.fetchrow(_ADD_DEPENDENCIES, org_id, children, parents, now, shard())
     assert record is not None
     if record["bad_child"] is not None:
+        field = "dependsOn"
+        if batch is not None:
+            field = f"tasks[{batch.index(str(record['bad_child']))}].dependsOn"
         raise errors.NotFoundError(
-            f"Task not found: {record['bad_parent']} (dependsOn of task {record['bad_child']}:"
-            " a task of the same run)",
-            field="dependsOn",
+            f"Task not found: {record['bad_parent']} ({field} names tasks of the item's own run)",
+            field=field,
         )
     released = list(record["released_ids"] or [])
     cascade = list(record["cascade_ids"] or [])
