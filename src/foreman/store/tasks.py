@@ -274,9 +274,7 @@ async def _add_batch_dependencies(
     ]
     if not edges:
         return result
-    await dependencies.add_dependencies(
-        conn, org_id=org_id, edges=edges, now=now, batch=task_ids
-    )
+    await dependencies.add_dependencies(conn, org_id=org_id, edges=edges, now=now, batch=task_ids)
     children = sorted({child for child, _ in edges})
     fresh = {t.id: t for t in await dependencies.get_tasks(conn, org_id=org_id, task_ids=children)}
     tasks = [None if t is None else fresh.get(t.id, t) for t in result.tasks]
