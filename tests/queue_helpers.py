@@ -16,6 +16,7 @@ from bullmq import Queue
 from litestar import Litestar
 
 from foreman.server.app import create_app
+from foreman.server.runner import Server
 from tests.conftest import make_settings
 from tests.services import RedisServer, free_port
 
@@ -59,7 +60,7 @@ class LiveApp:
         config = uvicorn.Config(
             app, host="127.0.0.1", port=self.port, lifespan="on", log_config=None, loop="asyncio"
         )
-        self.server = uvicorn.Server(config)
+        self.server = Server(config)  # the runner's: tells the app when its shutdown begins
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     @property

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 from collections.abc import Iterator
 
@@ -296,6 +297,43 @@ def test_a_watcher_that_falls_behind_reads_its_dropped_pages_from_the_database(
             ]
         assert seen == made
         on_server(stream.aclose())
+
+
+def test_a_shutdown_closes_open_streams_and_long_polls_at_once(database_url: str):
+    # uvicorn waits for open connections before the app's shutdown: an event stream (or a long
+    # poll) would hold a stopping process for the whole graceful-shutdown timeout (30 s).
+    settings = {"events_poll_s": POLL_S, "events_settle_ms": 50, "events_heartbeat_s": 0.5}
+    app = LiveApp(database_url, sweep_enabled=False, schedule_enabled=False, **settings)
+    with app, Client(app.url, KEY_A, timeout=10) as client:
+        run = client.create_run({})
+        client_task = client.enqueue_task(run.id, type="t", input_data=1).id
+        got: dict[str, object] = {}
+
+        def stream() -> None:
+            got["events"] = read_events(app, run.id)
+
+        def long_poll() -> None:
+            body = {"workerId": "w", "types": ["nothing"], "waitMs": 60_000}
+            got["claim"] = httpx.post(
+                f"{app.url}/api/v1/tasks/claim", json=body, headers=HEADERS_A, timeout=70
+            )
+
+        threads = [threading.Thread(target=stream), threading.Thread(target=long_poll)]
+        for thread in threads:
+            thread.start()
+        time.sleep(1.0)  # both connected and waiting
+        began = time.monotonic()
+    took = time.monotonic() - began  # LiveApp's exit: should_exit, then the server's shutdown
+    for thread in threads:
+        thread.join(5)
+    assert took < 5, took
+    events, ended = got["events"]  # type: ignore[misc]
+    assert not ended  # no `event: end`: the run goes on, the client reconnects elsewhere
+    assert ("task.created", client_task) in kinds(events)  # it was streaming
+    claim = got["claim"]
+    assert isinstance(claim, httpx.Response)
+    assert claim.status_code == 200
+    assert claim.json()["data"] == []
 
 
 def test_watch_run_async_and_an_unknown_run(live: LiveApp, client: Client):

@@ -4,6 +4,8 @@ changed, when a new Litestar, uvicorn or Python no longer has what the adapter r
 - server/responses.py overrides ``Response.__init__`` and ``Response.to_asgi_response`` (Litestar 2;
   Litestar 3 changes the latter's signature).
 - server/protocol.py subclasses uvicorn's ``HttpToolsProtocol`` and drives its per-request state.
+- server/runner.py overrides uvicorn's ``Server.shutdown`` to tell the app first (tests/
+  integration/test_run_events.py proves the whole: a shutdown ends open streams at once).
 - server/deps.py and server/errors.py read a route handler's parsed signature.
 - logs.py turns off the caller lookup with ``logging._srcfile`` (the logging HOWTO's advice).
 - store/db.py overrides asyncpg's ``Connection._do_execute`` (wrapping its executor) and calls
@@ -21,6 +23,7 @@ from typing import Annotated, Any
 import asyncpg
 import msgspec
 import pytest
+import uvicorn
 from litestar import Litestar, Response, get, post
 from litestar.params import JSONBody, QueryParameter
 from uvicorn.config import Config
@@ -105,6 +108,12 @@ PROTOCOL_METHODS = {
     "on_message_complete": ["self"],
     "send_400_response": ["self", "msg"],
 }
+
+
+def test_server_shutdown_is_the_coroutine_the_runner_overrides():
+    shutdown = uvicorn.Server.shutdown
+    assert inspect.iscoroutinefunction(shutdown)
+    assert [p.name for p in inspect.signature(shutdown).parameters.values()] == ["self", "sockets"]
 
 
 @pytest.mark.parametrize(("name", "expected"), PROTOCOL_METHODS.items())

@@ -43,6 +43,14 @@ class AppState:
     redis_acl: RedisAcl | None = None
     metrics: ServerMetrics | None = None  # None: metrics are off
     events: EventHub | None = None  # the live run events' feeds
+    draining: bool = False  # shutting down: long polls and event streams answer now
+
+    def drain(self) -> None:
+        """The process begins to shut down (server/runner.py): long polls answer at their next
+        look and event streams close, instead of holding the shutdown for their whole wait."""
+        self.draining = True
+        if self.events is not None:
+            self.events.drain()
 
     @property
     def publishes(self) -> bool:

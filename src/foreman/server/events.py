@@ -41,6 +41,9 @@ PAGE = 10_000  # events per statement: a statement re-reads its tasks, so a tick
 # its tick is slow is polled less often (the database spends at most 1/(1+REST) of a connection).
 REST = 1
 END = None  # what a feed hands its watchers when the run has ended: nothing can follow
+# What the hub hands every watcher when the process begins to shut down: the stream closes
+# without `event: end`, so its client reconnects (Last-Event-ID) to a replica still serving.
+DRAIN: list[tuple[EventKey, bytes]] = []
 # Pages a watcher may have waiting: a client that reads slower than its run changes (its socket
 # full, so its stream stops pulling) would otherwise hold every page in memory for as long as it
 # stays connected. Past this its pages are dropped and it reads them again from the database.
@@ -80,6 +83,7 @@ class EventHub:
         self.settle_ms = settle_ms
         self.heartbeat_s = heartbeat_s
         self._feeds: dict[tuple[str, str], _Feed] = {}
+        self.draining = False
         self.statements = 0  # sent by feeds and backlogs (tests: N watchers, one per tick)
 
     async def stream(self, org_id: str, run_id: str, after: EventKey) -> Stream:
@@ -108,6 +112,8 @@ class EventHub:
         """The run's events after `after` as text/event-stream events (encoded once per page,
         whatever the watchers), in key order; b"" when nothing happened for heartbeat_s; None,
         last, when the run has ended."""
+        if self.draining:
+            return  # shutting down: the client reconnects elsewhere
         feed = self._feeds.get((org_id, run_id))
         if feed is None or feed.closed:
             feed = _Feed(self, org_id, run_id)
@@ -131,6 +137,8 @@ class EventHub:
                     async for text in self._backlog(org_id, run_id, last, upto):
                         yield text
                     last = max(last, upto)
+                if pages is DRAIN:
+                    return
                 if pages is END:
                     yield END
                     return
@@ -153,6 +161,14 @@ class EventHub:
                 yield b"".join(chunk for _, chunk in encoded(page.events))
             if len(page.events) < PAGE:
                 return
+
+    def drain(self) -> None:
+        """End every open stream now (without `event: end`: their clients reconnect elsewhere),
+        and any opened from now on: the process is shutting down, and a stream would otherwise
+        hold it open until the server's graceful-shutdown timeout."""
+        self.draining = True
+        for feed in self._feeds.values():
+            feed._hand(DRAIN)
 
     async def close(self) -> None:
         """Stop every feed (the lifespan's end)."""

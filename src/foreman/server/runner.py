@@ -64,6 +64,21 @@ def _uvicorn_config(settings: Settings) -> uvicorn.Config:
     )
 
 
+class Server(uvicorn.Server):
+    """uvicorn's server, telling the app when its shutdown begins.
+
+    uvicorn waits for open connections before the lifespan's shutdown, so an open event stream
+    or long poll would hold a stopping process for GRACEFUL_SHUTDOWN_S: they are told first
+    (AppState.drain) and answer at once.
+    """
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        state = getattr(getattr(self.config.app, "state", None), "foreman", None)
+        if state is not None:
+            state.drain()
+        await super().shutdown(sockets)
+
+
 def serve_process(settings: Settings, *, reuse_port: bool) -> None:
     """Serve in this process until SIGTERM/SIGINT, finishing in-flight requests first."""
     configure_logging(settings.log_level, json_lines=settings.log_json)
@@ -71,7 +86,7 @@ def serve_process(settings: Settings, *, reuse_port: bool) -> None:
     # the caller's finally blocks run (the embedded PostgreSQL is stopped there).
     signal.signal(signal.SIGTERM, _exit)
     sock = _socket(settings.server_host, settings.server_port, reuse_port=reuse_port)
-    server = uvicorn.Server(_uvicorn_config(settings))
+    server = Server(_uvicorn_config(settings))
     _tune_gc()
     server.run(sockets=[sock])
 

@@ -185,7 +185,7 @@ async def claim_tasks(request: Request[Any, Any, Any], data: JSONBody[TaskClaim]
             remaining_s = deadline - time.monotonic()
             if tasks and app.metrics is not None:
                 app.metrics.tasks_claimed(tasks, now=now)
-            if tasks or remaining_s <= 0:
+            if tasks or remaining_s <= 0 or app.draining:
                 return TaskItems(data=tasks)
             await sleep_until(woken, min(remaining_s, app.settings.poll_interval_s))
 
@@ -462,7 +462,7 @@ async def wait_task(
             if task is None:
                 raise errors.NotFoundError(f"Task not found: {task_id}")
             remaining_s = deadline - time.monotonic()
-            if task.status in TERMINAL_STATUSES or remaining_s <= 0:
+            if task.status in TERMINAL_STATUSES or remaining_s <= 0 or app.draining:
                 return task
             await sleep_until(done, min(remaining_s, app.settings.poll_interval_s))
 
