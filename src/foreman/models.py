@@ -218,8 +218,12 @@ class Task(_Out):
 AttemptOutcome = Literal["running", "completed", "failed", "lease_expired", "released", "cancelled"]
 
 
-class Attempt(_Out):
-    """One attempt of a task (GET /tasks/{id}/attempts): who ran it, when, and how it ended."""
+class Attempt(msgspec.Struct, rename="camel"):
+    """One attempt of a task (GET /tasks/{id}/attempts): who ran it, when, and how it ended.
+
+    Every key is sent, null while unknown (an attempt still running has no end yet): issue 13
+    names the seven keys of an attempt.
+    """
 
     attempt: int
     started_at: int

@@ -18,6 +18,16 @@ async def test_claimed_and_completed_attempts(client):
     assert await attempts(client, task["id"]) == []
     body = {"workerId": "w-1", "limit": 1}
     (held,) = (await client.post(f"{API}/tasks/claim", json=body, headers=HEADERS_A)).json()["data"]
+    (running,) = await attempts(client, task["id"])
+    assert running == {
+        "attempt": 1,
+        "workerId": "w-1",
+        "startedAt": running["startedAt"],
+        "endedAt": None,
+        "durationMs": None,
+        "outcome": "running",
+        "errorData": None,
+    }
     fail = {"leaseToken": held["leaseToken"], "errorData": {"message": "no", "type": "E"}}
     response = await client.post(f"{API}/tasks/{task['id']}/fail", json=fail, headers=HEADERS_A)
     assert response.json()["status"] == "retrying"
@@ -32,7 +42,7 @@ async def test_claimed_and_completed_attempts(client):
     assert first["errorData"] == {"message": "no", "type": "E"}
     assert first["durationMs"] == first["endedAt"] - first["startedAt"]
     assert (second["attempt"], second["workerId"], second["outcome"]) == (2, "w-2", "completed")
-    assert "errorData" not in second
+    assert second["errorData"] is None  # every key of an attempt is sent, null when unknown
 
 
 async def test_the_legacy_patch_path_keeps_attempts(client):
