@@ -4,6 +4,7 @@ served by uvicorn (httpx's in-process transport cannot stream) over real Postgre
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 import time
@@ -15,7 +16,7 @@ import pytest
 from foreman import AsyncClient, Client, errors
 from foreman.models import RunEvent
 from foreman.server import events as server_events
-from foreman.server.events import EventHub
+from foreman.server.events import EventHub, _Feed
 from foreman.store.events import START
 from tests.conftest import HEADERS_A, HEADERS_B, KEY_A, ORG_A
 from tests.queue_helpers import LiveApp
@@ -68,6 +69,19 @@ def read_events(
             if count is not None and len(found) == count:
                 return found, False
     return found, False
+
+
+@contextlib.contextmanager
+def streaming(live: LiveApp, run_id: str) -> Iterator[_Feed]:
+    """An open event stream of the run, read up to its first event: the run's feed (the only
+    one) while it stays open."""
+    url = f"{live.url}/api/v1/runs/{run_id}/events"
+    with httpx.stream("GET", url, headers=HEADERS_A, timeout=10) as response:
+        lines = response.iter_lines()
+        while not next(lines).startswith("data:"):
+            pass
+        (feed,) = hub_of(live)._feeds.values()
+        yield feed
 
 
 def kinds(events: list[dict[str, str]]) -> list[tuple[str, str]]:
@@ -236,12 +250,7 @@ def test_many_watchers_of_a_run_cost_one_query_per_tick(live: LiveApp, client: C
 def test_a_client_that_goes_away_stops_its_feed(live: LiveApp, client: Client):
     run = client.create_run({})
     hub = hub_of(live)
-    url = f"{live.url}/api/v1/runs/{run.id}/events"
-    with httpx.stream("GET", url, headers=HEADERS_A, timeout=10) as response:
-        lines = response.iter_lines()
-        while not next(lines).startswith("data:"):
-            pass
-        (feed,) = hub._feeds.values()
+    with streaming(live, run.id) as feed:
         task = feed._task
         assert task is not None
         assert not task.done()
@@ -262,12 +271,7 @@ def test_a_watcher_that_falls_behind_reads_its_dropped_pages_from_the_database(
     run = client.create_run({})
     client.enqueue_task(run.id, type="t", input_data=0)
     hub = hub_of(live)
-    url = f"{live.url}/api/v1/runs/{run.id}/events"
-    with httpx.stream("GET", url, headers=HEADERS_A, timeout=10) as response:
-        lines = response.iter_lines()
-        while not next(lines).startswith("data:"):
-            pass
-        (feed,) = hub._feeds.values()
+    with streaming(live, run.id) as feed:
         assert feed._task is not None
         loop = feed._task.get_loop()  # the server's: the hub and its pool live there
 
