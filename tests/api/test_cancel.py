@@ -106,6 +106,9 @@ async def test_a_running_task_ends_cancelled_when_its_lease_ends_or_is_released(
     finally:
         await admin.close()
     assert [(str(t.id), t.status) for t in swept] == [(expiring["id"], "cancelled")]
+    assert swept[0].error_data is None  # not a LeaseExpired "retrying" message
+    rows = (await client.get(f"{API}/tasks/{expiring['id']}/attempts", headers=HEADERS_A)).json()
+    assert [(a["outcome"], a["errorData"]) for a in rows["data"]] == [("cancelled", None)]
     counts = await get_run(client, run["id"])
     assert (counts["cancelledTasks"], counts["failedTasks"], counts["totalTasks"]) == (2, 0, 2)
 

@@ -349,7 +349,8 @@ SELECT i.task_id AS released_id, t.id IS NOT NULL AS ok, coalesce(t.status, s.st
 -- The sweeper, across organisations (its connection is the table owner, which RLS does not
 -- restrict because RLS is not FORCEd). SKIP LOCKED: a worker finishing the task right now wins.
 -- An expired lease is retried after a backoff while attempts remain (attempt <= max_retries),
--- else failed; a task whose cancel was asked while it ran ends 'cancelled'. $1 now, $2 limit,
+-- else failed; a task whose cancel was asked while it ran ends 'cancelled' (its error data as it
+-- was: no LeaseExpired "retrying" message on a task that will not run again). $1 now, $2 limit,
 -- $3 counter shard.
 WITH x AS MATERIALIZED (
     SELECT id
@@ -368,13 +369,15 @@ WITH x AS MATERIALIZED (
                             THEN run_after
                             ELSE $1 + (least(2000 * power(2, greatest(attempt, 1) - 1), 300000)
                                        * (0.8 + random() * 0.4))::bigint END,
-           error_data = jsonb_build_object(
-               'message',
-               CASE WHEN NOT attempt > max_retries
-                    THEN format('Lease expired on attempt %s; retrying', attempt)
-                    ELSE format('Lease expired after %s attempt(s): attempts exhausted', attempt)
-               END,
-               'type', 'LeaseExpired'),
+           error_data = CASE WHEN cancel_requested_at IS NOT NULL THEN error_data
+                             ELSE jsonb_build_object(
+                                 'message',
+                                 CASE WHEN NOT attempt > max_retries
+                                      THEN format('Lease expired on attempt %s; retrying', attempt)
+                                      ELSE format('Lease expired after %s attempt(s): attempts '
+                                                  'exhausted', attempt)
+                                 END,
+                                 'type', 'LeaseExpired') END,
            completed_at = CASE WHEN attempt > max_retries OR cancel_requested_at IS NOT NULL
                                THEN $1 END,
            duration_ms = CASE WHEN attempt > max_retries OR cancel_requested_at IS NOT NULL
@@ -391,7 +394,8 @@ WITH x AS MATERIALIZED (
 ), e AS (
     UPDATE task_attempt a
        SET outcome = CASE WHEN t.status = 'cancelled' THEN 'cancelled' ELSE 'lease_expired' END,
-           ended_at = $1, duration_ms = $1 - a.started_at, error_data = t.error_data
+           ended_at = $1, duration_ms = $1 - a.started_at,
+           error_data = CASE WHEN t.status <> 'cancelled' THEN t.error_data END
       FROM t
      WHERE a.task_id = t.id AND a.org_id = t.org_id AND a.outcome = 'running'
 ), c AS (
