@@ -138,6 +138,27 @@ class Where:
         return f"${len(self.args)}"
 
 
+def page_sql(table: str, where: Where, column: str, order: str, *, each: str = "") -> str:
+    """A page of table's rows and the total, from fixed fragments: where's clauses (their values
+    are parameters, then $n limit and offset), a whitelisted sort column and order (ties broken
+    by id); each, a set-returning call on row r whose columns join every row (as counters)."""
+    limit, offset = where.page()
+    rows = f"""SELECT * FROM {table} WHERE {where.sql()}
+               ORDER BY {column} {order}, id {order} LIMIT {limit} OFFSET {offset}"""  # noqa: S608
+    if each:
+        rows = f"""SELECT r.*, e.*
+        FROM ({rows}) r
+       CROSS JOIN LATERAL {each} e
+       ORDER BY r.{column} {order}, r.id {order}"""  # noqa: S608
+    return f"""
+SELECT n.total, p.*
+  FROM (SELECT count(*) AS total FROM {table} WHERE {where.sql()}) n
+  LEFT JOIN LATERAL (
+      {rows}
+  ) p ON true
+"""  # noqa: S608 - fixed fragments only (see the docstring); every value is a parameter
+
+
 async def fetch_page(
     conn: asyncpg.Connection, model: type[M], sql: str, args: Sequence[object]
 ) -> Page[M]:
