@@ -10,6 +10,7 @@ store/sql/ui.sql.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from foreman.models import Run, RunData, Task
 from foreman.store import queries
@@ -44,6 +45,20 @@ async def _bounded(conn: Db, where: queries.Where, table: str, bound: int) -> Co
     return Count(min(found, bound), found > bound)
 
 
+class _Rows:
+    """A filter of one of the dashboard's lists; it counts the rows that match."""
+
+    __slots__ = ()
+    table: ClassVar[str]  # the table, with the alias _where's clauses use ("run r")
+
+    def _where(self) -> queries.Where:
+        raise NotImplementedError
+
+    async def count(self, conn: Db, *, bound: int) -> Count:
+        """How many rows match, up to bound."""
+        return await _bounded(conn, self._where(), self.table, bound)
+
+
 def id_range(text: str) -> tuple[str, str] | None:
     """The ids starting with text (hex digits, hyphens ignored) as an inclusive uuid range, so a
     search by id prefix is a range scan of the primary key; None if text cannot start an id."""
@@ -58,8 +73,10 @@ def id_range(text: str) -> tuple[str, str] | None:
 
 
 @dataclass(frozen=True, slots=True)
-class Runs:
+class Runs(_Rows):
     """The organisation's runs by status and id range, sorted: a page of them, or their count."""
+
+    table = "run r"
 
     org_id: str
     status: str | None
@@ -91,14 +108,12 @@ SELECT r.*, c.*
 """  # noqa: S608 - fixed fragments only; every value is a parameter
         return queries.models_from(Run, await conn.fetch(sql, *where.args))
 
-    async def count(self, conn: Db, *, bound: int) -> Count:
-        """How many runs match, up to bound."""
-        return await _bounded(conn, self._where(), "run r", bound)
-
 
 @dataclass(frozen=True, slots=True)
-class RunTasks:
+class RunTasks(_Rows):
     """A run's tasks, by status, oldest first: a page of them, or their count."""
+
+    table = "task t"
 
     org_id: str
     run_id: str
@@ -122,14 +137,12 @@ SELECT t.*
 """  # noqa: S608 - fixed fragments only; every value is a parameter
         return queries.models_from(Task, await conn.fetch(sql, *where.args))
 
-    async def count(self, conn: Db, *, bound: int) -> Count:
-        """How many of the run's tasks have status, up to bound."""
-        return await _bounded(conn, self._where(), "task t", bound)
-
 
 @dataclass(frozen=True, slots=True)
-class RunDataRows:
+class RunDataRows(_Rows):
     """A run's data rows by key prefix and tag, newest first: a page of them, or their count."""
+
+    table = "run_data d"
 
     org_id: str
     run_id: str
@@ -155,10 +168,6 @@ SELECT {_RUN_DATA_COLUMNS}
  LIMIT {where.param(limit)} OFFSET {where.param(offset)}
 """  # noqa: S608 - fixed fragments only; every value is a parameter
         return queries.models_from(RunData, await conn.fetch(sql, *where.args))
-
-    async def count(self, conn: Db, *, bound: int) -> Count:
-        """How many of the run's data rows match, up to bound."""
-        return await _bounded(conn, self._where(), "run_data d", bound)
 
 
 async def task_children(conn: Db, *, org_id: str, task_id: str, limit: int) -> list[Task]:
