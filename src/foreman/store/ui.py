@@ -110,17 +110,29 @@ SELECT r.*, c.*
 
 
 @dataclass(frozen=True, slots=True)
-class RunTasks(_Rows):
+class _RunRows(_Rows):
+    """A filter of a run's rows."""
+
+    org_id: str
+    run_id: str
+
+    def _run_where(self) -> queries.Where:
+        """The clauses that keep the run's rows (by the table's alias)."""
+        alias = self.table.split()[-1]
+        clauses = [f"{alias}.org_id = $1", f"{alias}.run_id = $2"]
+        return queries.Where(clauses, [self.org_id, self.run_id])
+
+
+@dataclass(frozen=True, slots=True)
+class RunTasks(_RunRows):
     """A run's tasks, by status, oldest first: a page of them, or their count."""
 
     table = "task t"
 
-    org_id: str
-    run_id: str
     status: str | None
 
     def _where(self) -> queries.Where:
-        where = queries.Where(["t.org_id = $1", "t.run_id = $2"], [self.org_id, self.run_id])
+        where = self._run_where()
         if self.status is not None:
             where.add("t.status = {}", self.status)
         return where
@@ -139,18 +151,16 @@ SELECT t.*
 
 
 @dataclass(frozen=True, slots=True)
-class RunDataRows(_Rows):
+class RunDataRows(_RunRows):
     """A run's data rows by key prefix and tag, newest first: a page of them, or their count."""
 
     table = "run_data d"
 
-    org_id: str
-    run_id: str
     key_prefix: str | None
     tag: str | None
 
     def _where(self) -> queries.Where:
-        where = queries.Where(["d.org_id = $1", "d.run_id = $2"], [self.org_id, self.run_id])
+        where = self._run_where()
         if self.key_prefix:
             where.add("d.key LIKE {}", queries.escape_like(self.key_prefix) + "%")
         if self.tag:
