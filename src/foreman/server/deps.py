@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, TypedDict, TypeVar
 
 import msgspec
-from litestar import Request
+from litestar import Request, Router
+from litestar.handlers import HTTPRouteHandler
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import QueryParameter
 
@@ -196,6 +197,12 @@ def found(item: T | None, what: str, item_id: str) -> T:
     if item is None:
         raise errors.NotFoundError(f"{what} not found: {item_id}")
     return item
+
+
+def api_router(path: str, tag: str, handlers: list[HTTPRouteHandler]) -> Router:
+    """The routes of one resource of the API under path, for authenticated callers only, listed in
+    the API's documentation under tag."""
+    return Router(path=path, route_handlers=handlers, middleware=[auth.authenticated], tags=[tag])
 
 
 def error_responses(*codes: int) -> dict[int, ResponseSpec]:

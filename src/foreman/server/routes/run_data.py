@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from litestar import Request, Router, delete, get, patch, post
+from litestar import Request, delete, get, patch, post
 from litestar.params import FromPath, JSONBody, QueryParameter
 
 from foreman import errors, ids, models
 from foreman.models import Deleted, RunData, RunDataCreate, RunDataList, TagsUpdate
-from foreman.server import auth, deps, params
+from foreman.server import deps, params
 from foreman.server.deps import error_responses, org_conn
 from foreman.store import run_data as store
 
@@ -145,9 +145,8 @@ async def delete_run_data(
     return Deleted(deleted=deleted)
 
 
-router = Router(
-    middleware=[auth.authenticated],
-    path="/api/v1/runs/{run_id:str}/data",
-    route_handlers=[create_run_data, query_run_data, update_run_data_tags, delete_run_data],
-    tags=["run data"],
+router = deps.api_router(
+    "/api/v1/runs/{run_id:str}/data",
+    "run data",
+    [create_run_data, query_run_data, update_run_data_tags, delete_run_data],
 )

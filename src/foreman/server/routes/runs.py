@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, get_args
 
-from litestar import Request, Router, get, patch, post
+from litestar import Request, get, patch, post
 from litestar.params import FromPath, JSONBody, QueryParameter
 from litestar.response import Stream
 
@@ -111,9 +111,6 @@ async def list_runs(
     return deps.listing(RunList, page, paging)
 
 
-router = Router(
-    middleware=[auth.authenticated],
-    path="/api/v1/runs",
-    route_handlers=[create_run, get_run, run_events, cancel_run, update_run, list_runs],
-    tags=["runs"],
+router = deps.api_router(
+    "/api/v1/runs", "runs", [create_run, get_run, run_events, cancel_run, update_run, list_runs]
 )

@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Request, Router, delete, get, patch, post
+from litestar import Request, delete, get, patch, post
 from litestar.params import FromPath, JSONBody, QueryParameter
 
 from foreman import ids, models, triggers
 from foreman.models import Schedule, ScheduleCreate, ScheduleList, ScheduleUpdate
-from foreman.server import auth, deps, params
+from foreman.server import deps, params
 from foreman.server.deps import error_responses, org_conn
 from foreman.store import schedules as store
 
@@ -108,15 +108,8 @@ async def list_schedules(
     return deps.listing(ScheduleList, page, paging)
 
 
-router = Router(
-    middleware=[auth.authenticated],
-    path="/api/v1/schedules",
-    route_handlers=[
-        create_schedule,
-        get_schedule,
-        update_schedule,
-        delete_schedule,
-        list_schedules,
-    ],
-    tags=["schedules"],
+router = deps.api_router(
+    "/api/v1/schedules",
+    "schedules",
+    [create_schedule, get_schedule, update_schedule, delete_schedule, list_schedules],
 )

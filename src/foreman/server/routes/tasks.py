@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, get_args
 
-from litestar import Request, Response, Router, get, patch, post
+from litestar import Request, Response, get, patch, post
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, JSONBody, QueryParameter
 
@@ -17,7 +17,7 @@ from foreman.models import (
     TaskStatus,
     TaskUpdate,
 )
-from foreman.server import auth, deps, params
+from foreman.server import deps, params
 from foreman.server.deps import error_responses, org_conn, released_tasks, state
 from foreman.server.responses import JsonResponse
 from foreman.store import cancel as cancel_store
@@ -295,10 +295,10 @@ async def list_tasks(
     return deps.listing(TaskList, page, paging)
 
 
-router = Router(
-    middleware=[auth.authenticated],
-    path="/api/v1/tasks",
-    route_handlers=[
+router = deps.api_router(
+    "/api/v1/tasks",
+    "tasks",
+    [
         create_task,
         get_task,
         cancel_task,
@@ -308,5 +308,4 @@ router = Router(
         update_task,
         list_tasks,
     ],
-    tags=["tasks"],
 )
