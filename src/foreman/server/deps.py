@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any, TypedDict, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import msgspec
 from litestar import Request, Router
@@ -169,24 +169,15 @@ def sort_order(value: str) -> str:
     return order
 
 
-class Paging(TypedDict):
-    """A list's checked sort and page, as the store's keyword arguments."""
-
-    sort_by: str
-    sort_order: str
-    limit: int
-    offset: int
-
-
 def checked_paging(
     sort_by: str, order: str, columns: tuple[str, ...], *, limit: int, offset: int
-) -> Paging:
+) -> queries.Paging:
     """sortBy (one of columns) and sortOrder, checked in that order (400), with the page."""
     column = sort_column(sort_by, columns)
-    return Paging(sort_by=column, sort_order=sort_order(order), limit=limit, offset=offset)
+    return queries.Paging(sort_by=column, sort_order=sort_order(order), limit=limit, offset=offset)
 
 
-def listing(kind: Callable[..., L], page: queries.Page[Any], paging: Paging) -> L:
+def listing(kind: Callable[..., L], page: queries.Page[Any], paging: queries.Paging) -> L:
     """The answer of a list: page's items with the total and the page asked for."""
     pagination = Pagination(total=page.total, limit=paging["limit"], offset=paging["offset"])
     return kind(data=page.items, pagination=pagination)

@@ -7,9 +7,9 @@ import functools
 import importlib.resources
 import operator
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypedDict, TypeVar
 
 import asyncpg
 import msgspec
@@ -138,7 +138,7 @@ class Where:
         return f"${len(self.args)}"
 
 
-def page_sql(table: str, where: Where, column: str, order: str, *, each: str = "") -> str:
+def _page_sql(table: str, where: Where, column: str, order: str, *, each: str = "") -> str:
     """A page of table's rows and the total, from fixed fragments: where's clauses (their values
     are parameters, then $n limit and offset), a whitelisted sort column and order (ties broken
     by id); each, a set-returning call on row r whose columns join every row (as counters)."""
@@ -157,6 +157,33 @@ SELECT n.total, p.*
       {rows}
   ) p ON true
 """  # noqa: S608 - fixed fragments only (see the docstring); every value is a parameter
+
+
+class Paging(TypedDict):
+    """A list's sort and page, checked by the route: a sortBy column name, asc or desc, limit
+    and offset."""
+
+    sort_by: str
+    sort_order: str
+    limit: int
+    offset: int
+
+
+async def fetch_sorted_page(
+    conn: asyncpg.Connection,
+    model: type[M],
+    table: str,
+    where: Where,
+    paging: Paging,
+    *,
+    columns: Mapping[str, str],
+    each: str = "",
+) -> Page[M]:
+    """A page of table's rows that match where, as paging asks (columns: the whitelist of sortBy
+    names to columns), with the total (_page_sql)."""
+    column, order = columns[paging["sort_by"]], SORT_ORDERS[paging["sort_order"]]
+    sql = _page_sql(table, where, column, order, each=each)
+    return await fetch_page(conn, model, sql, [*where.args, paging["limit"], paging["offset"]])
 
 
 async def fetch_page(

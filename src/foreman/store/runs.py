@@ -100,19 +100,12 @@ SELECT r.*, c.*
 
 
 async def list_runs(
-    conn: Db,
-    *,
-    org_id: str,
-    status: str | None,
-    sort_by: str,
-    sort_order: str,
-    limit: int,
-    offset: int,
+    conn: Db, *, org_id: str, status: str | None, paging: queries.Paging
 ) -> queries.Page[Run]:
     """A page of the organisation's runs, ties broken by id, with the total matching count."""
     where = queries.Where(["org_id = $1"], [org_id])
     if status is not None:
         where.add("status = {}", status)
-    column, order = _SORT_COLUMNS[sort_by], queries.SORT_ORDERS[sort_order]
-    sql = queries.page_sql("run", where, column, order, each="run_task_counts(r.id)")
-    return await queries.fetch_page(conn, Run, sql, [*where.args, limit, offset])
+    return await queries.fetch_sorted_page(
+        conn, Run, "run", where, paging, columns=_SORT_COLUMNS, each="run_task_counts(r.id)"
+    )

@@ -136,13 +136,13 @@ async def update_schedule(
 
 
 async def list_schedules(
-    conn: Db, *, org_id: str, sort_by: str, sort_order: str, limit: int, offset: int
+    conn: Db, *, org_id: str, paging: queries.Paging
 ) -> queries.Page[Schedule]:
     """A page of the organisation's schedules, ties broken by id, with the total count."""
     where = queries.Where(["org_id = $1"], [org_id])
-    column, order = _SORT_COLUMNS[sort_by], queries.SORT_ORDERS[sort_order]
-    sql = queries.page_sql("schedule", where, column, order)
-    return await queries.fetch_page(conn, Schedule, sql, [*where.args, limit, offset])
+    return await queries.fetch_sorted_page(
+        conn, Schedule, "schedule", where, paging, columns=_SORT_COLUMNS
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -107,7 +107,7 @@ async def list_runs(
     columns = ("created_at", "started_at", "completed_at")
     paging = deps.checked_paging(sort_by, sort_order_, columns, limit=limit, offset=offset)
     async with org_conn(request) as (org_id, conn):
-        page = await runs_store.list_runs(conn, org_id=org_id, status=status, **paging)
+        page = await runs_store.list_runs(conn, org_id=org_id, status=status, paging=paging)
     return deps.listing(RunList, page, paging)
 
 

@@ -104,7 +104,7 @@ async def list_schedules(
         sort_by, sort_order_, ("created_at", "next_run_at"), limit=limit, offset=offset
     )
     async with org_conn(request) as (org_id, conn):
-        page = await store.list_schedules(conn, org_id=org_id, **paging)
+        page = await store.list_schedules(conn, org_id=org_id, paging=paging)
     return deps.listing(ScheduleList, page, paging)
 
 
