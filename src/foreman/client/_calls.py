@@ -1,8 +1,9 @@
 """Every API operation as a ``Call``: method, path, camelCase body, how to decode the answer.
 
 The twins send these calls; nothing here does I/O. A plan whose arguments are a public method's
-is that method (client/_methods.py): its defaults and docstring are the method's. Paths follow SPEC section 5 and
-docs/queue-protocol.md; durations are seconds here and milliseconds on the wire.
+is that method (client/_methods.py): its defaults and docstring are the method's. Paths follow
+SPEC section 5 and docs/queue-protocol.md; durations are seconds here and milliseconds on the
+wire.
 """
 
 from __future__ import annotations
