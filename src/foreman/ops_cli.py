@@ -159,44 +159,59 @@ def runs_ls(
     _out.print(table)
 
 
-@runs_app.command("show")
-def runs_show(
-    run_id: str = typer.Argument(help="Run id."),
-    as_json: bool = JSON,
-    endpoint: str | None = ENDPOINT,
+def _run_fields(run: models.Run) -> list[tuple[str, str]]:
+    return [
+        ("id", run.id),
+        ("status", run.status),
+        ("created", _when(run.created_at)),
+        ("updated", _when(run.updated_at)),
+        ("tasks", str(run.total_tasks)),
+        ("completed", str(run.completed_tasks)),
+        ("failed", str(run.failed_tasks)),
+        ("cancelled", str(run.cancelled_tasks)),
+        ("progress", progress_text(run)),
+        ("input", _pretty(run.input_data)),
+        ("output", _pretty(run.output_data)),
+        ("error", _pretty(run.error_data)),
+        ("metadata", _pretty(run.metadata)),
+    ]
+
+
+def _show_command(
+    app: typer.Typer,
+    what: str,
+    read: Callable[[Client, str], T],
+    fields: Callable[[T], list[tuple[str, str]]],
+    doc: str,
 ) -> None:
-    """A run: status, counters, progress, input and output."""
-    run = _fetch(endpoint, lambda client: client.get_run(run_id))
-    _show(
-        run,
-        as_json=as_json,
-        fields=[
-            ("id", run.id),
-            ("status", run.status),
-            ("created", _when(run.created_at)),
-            ("updated", _when(run.updated_at)),
-            ("tasks", str(run.total_tasks)),
-            ("completed", str(run.completed_tasks)),
-            ("failed", str(run.failed_tasks)),
-            ("cancelled", str(run.cancelled_tasks)),
-            ("progress", progress_text(run)),
-            ("input", _pretty(run.input_data)),
-            ("output", _pretty(run.output_data)),
-            ("error", _pretty(run.error_data)),
-            ("metadata", _pretty(run.metadata)),
-        ],
-    )
+    """Add ``show``, doc its help: one object, the API's JSON or its fields as a table without a
+    header; its id argument is named after what (run_id)."""
+
+    def show(
+        item_id: str = typer.Argument(metavar=f"{what.lower()}_id", help=f"{what} id."),
+        as_json: bool = JSON,
+        endpoint: str | None = ENDPOINT,
+    ) -> None:
+        item = _fetch(endpoint, lambda client: read(client, item_id))
+        if as_json:
+            _json(item)
+            return
+        table = Table(show_header=False)
+        for name, text in fields(item):
+            table.add_row(name, text)
+        _out.print(table)
+
+    show.__doc__ = doc
+    app.command("show")(show)
 
 
-def _show(value: Any, *, as_json: bool, fields: list[tuple[str, str]]) -> None:
-    """One object: the API's JSON, or its (name, value) fields as a table without a header."""
-    if as_json:
-        _json(value)
-        return
-    table = Table(show_header=False)
-    for name, text in fields:
-        table.add_row(name, text)
-    _out.print(table)
+_show_command(
+    runs_app,
+    "Run",
+    lambda client, run_id: client.get_run(run_id),
+    _run_fields,
+    "A run: status, counters, progress, input and output.",
+)
 
 
 def _pretty(value: Any) -> str:
@@ -272,34 +287,32 @@ def tasks_ls(
     _out.print(table)
 
 
-@tasks_app.command("show")
-def tasks_show(
-    task_id: str = typer.Argument(help="Task id."),
-    as_json: bool = JSON,
-    endpoint: str | None = ENDPOINT,
-) -> None:
-    """A task: status, attempts, timing, input, output and error."""
-    task = _fetch(endpoint, lambda client: client.get_task(task_id))
-    _show(
-        task,
-        as_json=as_json,
-        fields=[
-            ("id", task.id),
-            ("run", task.run_id),
-            ("type", task.type),
-            ("status", task.status),
-            ("attempt", f"{task.attempt} of {task.max_retries + 1} (retries {task.retry_count})"),
-            ("worker", task.worker_id or "-"),
-            ("created", _when(task.created_at)),
-            ("started", _when(task.started_at)),
-            ("ended", _when(task.completed_at)),
-            ("duration", "-" if task.duration_ms is None else f"{task.duration_ms} ms"),
-            ("parent", task.parent_task_id or "-"),
-            ("input", _pretty(task.input_data)),
-            ("output", _pretty(task.output_data)),
-            ("error", _pretty(task.error_data)),
-        ],
-    )
+def _task_fields(task: models.Task) -> list[tuple[str, str]]:
+    return [
+        ("id", task.id),
+        ("run", task.run_id),
+        ("type", task.type),
+        ("status", task.status),
+        ("attempt", f"{task.attempt} of {task.max_retries + 1} (retries {task.retry_count})"),
+        ("worker", task.worker_id or "-"),
+        ("created", _when(task.created_at)),
+        ("started", _when(task.started_at)),
+        ("ended", _when(task.completed_at)),
+        ("duration", "-" if task.duration_ms is None else f"{task.duration_ms} ms"),
+        ("parent", task.parent_task_id or "-"),
+        ("input", _pretty(task.input_data)),
+        ("output", _pretty(task.output_data)),
+        ("error", _pretty(task.error_data)),
+    ]
+
+
+_show_command(
+    tasks_app,
+    "Task",
+    lambda client, task_id: client.get_task(task_id),
+    _task_fields,
+    "A task: status, attempts, timing, input, output and error.",
+)
 
 
 @tasks_app.command("retry")

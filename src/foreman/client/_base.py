@@ -337,6 +337,35 @@ def error_retry_delay(
     return retry_delay_s(attempt)
 
 
+class Retries:
+    """The sends of one call: after each failed one, whether and when to send it again."""
+
+    def __init__(self, call: Call[Any], retries: int) -> None:
+        self.call = call
+        self.retries = retries
+        self.attempt = 0
+        self.delay = 0.0  # seconds to wait before the next send
+
+    def after_error(self, exc: Exception, *, not_sent: bool) -> None:
+        """Count a send that got no answer; raise the TransportError when it may not go again."""
+        delay = error_retry_delay(
+            self.call, not_sent=not_sent, attempt=self.attempt, retries=self.retries
+        )
+        if delay is None:
+            raise transport_error(exc, self.call) from exc
+        self.attempt, self.delay = self.attempt + 1, delay
+
+    def answered(self, response: Response) -> bool:
+        """Whether response is the call's answer (else it goes again after ``delay``)."""
+        delay = response_retry_delay(
+            response, self.call, attempt=self.attempt, retries=self.retries
+        )
+        if delay is None:
+            return True
+        self.attempt, self.delay = self.attempt + 1, delay
+        return False
+
+
 def response_retry_delay(
     response: Response, call: Call[Any], *, attempt: int, retries: int
 ) -> float | None:

@@ -1,7 +1,9 @@
 """Every API operation as a ``Call``: method, path, camelCase body, how to decode the answer.
 
-The twins send these calls; nothing here does I/O. Paths follow SPEC section 5 and
-docs/queue-protocol.md; durations are seconds here and milliseconds on the wire.
+The twins send these calls; nothing here does I/O. A plan whose arguments are a public method's
+is that method (client/_methods.py): its defaults and docstring are the method's. Paths follow
+SPEC section 5 and docs/queue-protocol.md; durations are seconds here and milliseconds on the
+wire.
 """
 
 from __future__ import annotations
@@ -188,14 +190,20 @@ def _on_wire(values: Mapping[str, Any], fields: Mapping[str, str], absent: Any) 
 
 
 def create_run(
-    input_data: Any, *, metadata: dict[str, Any] | None, auto_complete: bool = False
+    input_data: Any, *, metadata: models.JsonObject | None = None, auto_complete: bool = False
 ) -> Call[models.Run]:
+    """Create a run (pending, counters at 0).
+
+    ``auto_complete``: the run becomes running at its first claim, and completed (or failed,
+    if a task failed) once every task is terminal; then it takes no more tasks (409).
+    """
     extension = {"autoComplete": True} if auto_complete else {}
     body = _body({"inputData": input_data, **_optional(metadata=metadata), **extension})
     return Call("POST", f"{API}/runs", _decoder(models.Run), body)
 
 
 def get_run(run_id: str) -> Call[models.Run]:
+    """A run; NotFoundError if it is not in the caller's organisation."""
     return Call(
         "GET", f"{API}/runs/{_segment(run_id, 'run_id')}", _decoder(models.Run), idempotent=True
     )
@@ -289,28 +297,33 @@ def create_task_ids(
 
 
 def get_task(task_id: str) -> Call[models.Task]:
+    """A task; NotFoundError if it is not in the caller's organisation."""
     return Call(
         "GET", f"{API}/tasks/{_segment(task_id, 'task_id')}", _decoder(models.Task), idempotent=True
     )
 
 
 def cancel_task(task_id: str) -> Call[models.Task]:
+    """Cancel a task: at once, or (running) when its worker's next heartbeat sees it."""
     path = f"{API}/tasks/{_segment(task_id, 'task_id')}/cancel"
     return Call("POST", path, _decoder(models.Task), body=b"{}", idempotent=True)
 
 
 def cancel_run(run_id: str) -> Call[models.Run]:
+    """Cancel a run and every task of it that has not ended."""
     path = f"{API}/runs/{_segment(run_id, 'run_id')}/cancel"
     return Call("POST", path, _decoder(models.Run), body=b"{}", idempotent=True)
 
 
-def list_parents(task_id: str, *, limit: int, offset: int) -> Call[models.TaskList]:
+def list_parents(task_id: str, *, limit: int = 100, offset: int = 0) -> Call[models.TaskList]:
+    """A page of a task's parents (dependsOn) with their status and outputData."""
     path = f"{API}/tasks/{_segment(task_id, 'task_id')}/parents"
     params = {"limit": str(limit), "offset": str(offset)}
     return Call("GET", path, _decoder(models.TaskList), params=params, idempotent=True)
 
 
 def list_attempts(task_id: str) -> Call[list[models.Attempt]]:
+    """Every attempt of a task, oldest first (worker, start, end, outcome, errorData)."""
     path = f"{API}/tasks/{_segment(task_id, 'task_id')}/attempts"
     return Call("GET", path, _attempts, idempotent=True)
 
@@ -324,6 +337,8 @@ def update_task(task_id: str, changes: Mapping[str, Any]) -> Call[models.Task]:
 
 
 def retry_task(task_id: str) -> Call[models.Task]:
+    """Queue a failed or cancelled task again with one more attempt allowed (ConflictError
+    for a task in another status)."""
     # Not repeated on a lost answer: a second retry of the queued task is a 409.
     path = f"{API}/tasks/{_segment(task_id, 'task_id')}/retry"
     return Call("POST", path, _decoder(models.Task))
@@ -358,8 +373,13 @@ def query_run_data(run_id: str, filters: Mapping[str, Any]) -> Call[models.RunDa
 
 
 def update_run_data_tags(
-    run_id: str, data_id: str, *, add: Sequence[str] | None, remove: Sequence[str] | None
+    run_id: str,
+    data_id: str,
+    *,
+    add: Sequence[str] | None = None,
+    remove: Sequence[str] | None = None,
 ) -> Call[models.RunData]:
+    """Remove tags, then add the missing ones (order kept, tags unique)."""
     body = _body(_optional(add=_list(add), remove=_list(remove)))
     path = f"{API}/runs/{_segment(run_id, 'run_id')}/data/{_segment(data_id, 'data_id')}/tags"
     # Remove-then-add-if-missing gives the same tags when repeated.
@@ -370,7 +390,10 @@ def _list(values: Sequence[str] | None) -> list[str] | None:
     return None if values is None else list(values)
 
 
-def delete_run_data(run_id: str, *, key: str | None, data_id: str | None) -> Call[int]:
+def delete_run_data(
+    run_id: str, *, key: str | None = None, data_id: str | None = None
+) -> Call[int]:
+    """Delete the values of a key, or one value by id; the number deleted."""
     if key is None and data_id is None:
         raise ValueError("delete_run_data needs a key or a data_id")
     params = _query({"key": key, "id": data_id})
@@ -404,11 +427,13 @@ def update_schedule(schedule_id: str, changes: Mapping[str, Any]) -> Call[models
 
 
 def get_schedule(schedule_id: str) -> Call[models.Schedule]:
+    """A schedule, with next_run_at, last_run_at and last_run_id."""
     path = _schedule_path(schedule_id)
     return Call("GET", path, _decoder(models.Schedule), idempotent=True)
 
 
 def delete_schedule(schedule_id: str) -> Call[models.Schedule]:
+    """Delete a schedule (its runs stay); the schedule as it was."""
     # Not repeated: a repeat after a lost answer would be a 404 for a schedule that was deleted.
     return Call("DELETE", _schedule_path(schedule_id), _decoder(models.Schedule))
 
@@ -421,6 +446,7 @@ def list_schedules(filters: Mapping[str, Any]) -> Call[models.ScheduleList]:
 
 
 def get_config() -> Call[models.Config]:
+    """The server's version, Redis settings, queue names and queue backend."""
     return Call("GET", f"{API}/config", _decoder(models.Config), idempotent=True)
 
 
@@ -432,8 +458,14 @@ def _ms(seconds: float) -> int:
 
 
 def claim_tasks(
-    *, worker_id: str, limit: int, lease_s: float, wait_s: float, types: Sequence[str] | None
+    *,
+    worker_id: str,
+    limit: int = 1,
+    lease_s: float = 30.0,
+    wait_s: float = 0.0,
+    types: Sequence[str] | None = None,
 ) -> Call[list[models.Task]]:
+    """Lease up to limit ready tasks, waiting up to wait_s for the first (postgres backend)."""
     body = _body(
         {
             "workerId": worker_id,
@@ -448,7 +480,8 @@ def claim_tasks(
     return Call("POST", f"{API}/tasks/claim", _tasks, body, timeout_s=timeout_s)
 
 
-def claim_task(task_id: str, *, worker_id: str, lease_s: float) -> Call[models.Task]:
+def claim_task(task_id: str, *, worker_id: str, lease_s: float = 30.0) -> Call[models.Task]:
+    """Lease one task by id (bullmq backend); ConflictError if done or held by another."""
     body = _body({"workerId": worker_id, "leaseMs": _ms(lease_s)})
     return Call(
         "POST", f"{API}/tasks/{_segment(task_id, 'task_id')}/claim", _decoder(models.Task), body
@@ -456,19 +489,22 @@ def claim_task(task_id: str, *, worker_id: str, lease_s: float) -> Call[models.T
 
 
 def claim_task_ids(
-    task_ids: Sequence[str], *, worker_id: str, lease_s: float
+    task_ids: Sequence[str], *, worker_id: str, lease_s: float = 30.0
 ) -> Call[list[models.ClaimResult]]:
+    """Lease many tasks by id in one request (bullmq backend); per id, in input order."""
     body = _encode({"workerId": worker_id, "taskIds": list(task_ids), "leaseMs": _ms(lease_s)})
     return Call("POST", f"{API}/tasks/claim-ids", _claims, body)
 
 
-def heartbeat(leases: Sequence[Lease], *, lease_s: float) -> Call[list[models.LeaseStatus]]:
+def heartbeat(leases: Sequence[Lease], *, lease_s: float = 30.0) -> Call[list[models.LeaseStatus]]:
+    """Renew leases in one request; each answer says ok (still held) and cancelled."""
     body = _encode({"leases": list(leases), "leaseMs": _ms(lease_s)})
     # Renewing a lease twice only moves its expiry: safe to repeat.
     return Call("POST", f"{API}/tasks/heartbeat", _leases, body, idempotent=True)
 
 
-def complete_task(task_id: str, *, lease_token: str, output_data: Any) -> Call[models.Task]:
+def complete_task(task_id: str, *, lease_token: str, output_data: Any = None) -> Call[models.Task]:
+    """End the attempt successfully; ConflictError if the lease is stale."""
     body = _encode({"leaseToken": lease_token, "outputData": output_data})
     return Call(
         "POST", f"{API}/tasks/{_segment(task_id, 'task_id')}/complete", _decoder(models.Task), body
@@ -476,8 +512,9 @@ def complete_task(task_id: str, *, lease_token: str, output_data: Any) -> Call[m
 
 
 def fail_task(
-    task_id: str, *, lease_token: str, error_data: Any, retryable: bool
+    task_id: str, *, lease_token: str, error_data: Any, retryable: bool = True
 ) -> Call[models.Task]:
+    """End the attempt with an error: retrying while attempts remain, else failed."""
     body = _encode({"leaseToken": lease_token, "errorData": error_data, "retryable": retryable})
     return Call(
         "POST", f"{API}/tasks/{_segment(task_id, 'task_id')}/fail", _decoder(models.Task), body
@@ -485,6 +522,7 @@ def fail_task(
 
 
 def release_task(task_id: str, *, lease_token: str) -> Call[models.Task]:
+    """Give the task back unrun (queued again, the attempt not counted)."""
     body = _encode({"leaseToken": lease_token})
     return Call(
         "POST", f"{API}/tasks/{_segment(task_id, 'task_id')}/release", _decoder(models.Task), body
@@ -492,11 +530,13 @@ def release_task(task_id: str, *, lease_token: str) -> Call[models.Task]:
 
 
 def release_tasks(leases: Sequence[Lease]) -> Call[list[models.TaskAck]]:
+    """Give many tasks back unrun in one request; each answer says whether it was held."""
     body = _encode({"leases": list(leases)})
     return Call("POST", f"{API}/tasks/release", _acks, body)
 
 
 def complete_tasks(results: Sequence[TaskResult]) -> Call[list[models.TaskAck]]:
+    """End many attempts in one request; each answer says whether it was recorded."""
     body = _encode({"results": list(results)})
     return Call("POST", f"{API}/tasks/complete", _acks, body)
 

@@ -3,31 +3,43 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import msgspec
-from litestar import Request
+from litestar import Request, Router
+from litestar.handlers import HTTPRouteHandler
 from litestar.openapi.datastructures import ResponseSpec
+from litestar.params import QueryParameter
 
 from foreman import errors
-from foreman.models import ErrorBody, Task
+from foreman.models import ErrorBody, Pagination, Task
 from foreman.queue.base import QueueBackend
 
 if TYPE_CHECKING:  # redis_acl imports redis, the optional foreman[redis] extra
     from foreman.queue.redis_acl import RedisAcl
-from foreman.server import auth, jsontext, notify
+from foreman.server import auth, jsontext, notify, params
 from foreman.server import errors as error_handlers
 from foreman.server.events import EventHub
 from foreman.server.metrics import ServerMetrics
 from foreman.server.middleware import received_body
 from foreman.settings import Settings
-from foreman.store import db
+from foreman.store import db, queries
 from foreman.store import dependencies as dependencies_store
 from foreman.store.pool import Pool
 
 # Largest offset a list accepts: beyond it no page can hold rows, and PostgreSQL's bigint ends.
 MAX_OFFSET = 2**53
+
+T = TypeVar("T")
+L = TypeVar("L")
+
+# The query parameters of every list's page (its limit's range and sortBy's columns are its own).
+Offset = Annotated[int, params.integer_param(ge=0, le=MAX_OFFSET)]
+SortOrder = Annotated[
+    str, QueryParameter(name="sortOrder", description="asc or desc, any case." + params.ONCE)
+]
 
 
 @dataclass(slots=True)
@@ -163,6 +175,33 @@ def sort_order(value: str) -> str:
             details=[{"loc": ["query", "sortOrder"], "msg": "must be asc or desc"}],
         )
     return order
+
+
+def checked_paging(
+    sort_by: str, order: str, columns: tuple[str, ...], *, limit: int, offset: int
+) -> queries.Paging:
+    """sortBy (one of columns) and sortOrder, checked in that order (400), with the page."""
+    column = sort_column(sort_by, columns)
+    return queries.Paging(sort_by=column, sort_order=sort_order(order), limit=limit, offset=offset)
+
+
+def listing(kind: Callable[..., L], page: queries.Page[Any], paging: queries.Paging) -> L:
+    """The answer of a list: page's items with the total and the page asked for."""
+    pagination = Pagination(total=page.total, limit=paging["limit"], offset=paging["offset"])
+    return kind(data=page.items, pagination=pagination)
+
+
+def found(item: T | None, what: str, item_id: str) -> T:
+    """item, or the 404 that names what was not found."""
+    if item is None:
+        raise errors.NotFoundError(f"{what} not found: {item_id}")
+    return item
+
+
+def api_router(path: str, tag: str, handlers: list[HTTPRouteHandler]) -> Router:
+    """The routes of one resource of the API under path, for authenticated callers only, listed in
+    the API's documentation under tag."""
+    return Router(path=path, route_handlers=handlers, middleware=[auth.authenticated], tags=[tag])
 
 
 def error_responses(*codes: int) -> dict[int, ResponseSpec]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import functools
 import hmac
 import logging
 import math
@@ -126,61 +127,37 @@ class ServerMetrics:
         org = ("org",) if per_org else ()
         # One key per answered request feeds both (flush): they must have the same labels.
         http_labels = ("method", "route", "status", *org)
-        r = self.registry
-        self._requests = Counter(
-            "foreman_http_requests",
-            "HTTP requests answered",
-            http_labels,
-            registry=r,
-        )
-        self._request_s = Histogram(
+        by_type = ("type", *org)
+        counter = functools.partial(Counter, registry=self.registry)
+        histogram = functools.partial(Histogram, registry=self.registry)
+        self._requests = counter("foreman_http_requests", "HTTP requests answered", http_labels)
+        self._request_s = histogram(
             "foreman_http_request_duration_seconds",
             "Time to answer an HTTP request (route = the route template)",
             http_labels,
             buckets=HTTP_BUCKETS,
-            registry=r,
         )
-        self._created = Counter(
-            "foreman_tasks_created", "Tasks created", ("type", *org), registry=r
+        self._created = counter("foreman_tasks_created", "Tasks created", by_type)
+        finished = "Tasks that reached completed, failed or cancelled"
+        self._finished = counter("foreman_tasks_finished", finished, ("type", "status", *org))
+        retries = "Attempts that failed and will be tried again, and retries by hand"
+        self._retries = counter("foreman_task_retries", retries, by_type)
+        pickup = "From ready (queued, or its run_after) to claimed"
+        self._pickup_s = histogram(
+            "foreman_task_pickup_seconds", pickup, by_type, buckets=PICKUP_BUCKETS
         )
-        self._finished = Counter(
-            "foreman_tasks_finished",
-            "Tasks that reached completed, failed or cancelled",
-            ("type", "status", *org),
-            registry=r,
+        duration = "From the first start to the end of a finished task"
+        self._duration_s = histogram(
+            "foreman_task_duration_seconds", duration, by_type, buckets=DURATION_BUCKETS
         )
-        self._retries = Counter(
-            "foreman_task_retries",
-            "Attempts that failed and will be tried again, and retries by hand",
-            ("type", *org),
-            registry=r,
-        )
-        self._pickup_s = Histogram(
-            "foreman_task_pickup_seconds",
-            "From ready (queued, or its run_after) to claimed",
-            ("type", *org),
-            buckets=PICKUP_BUCKETS,
-            registry=r,
-        )
-        self._duration_s = Histogram(
-            "foreman_task_duration_seconds",
-            "From the first start to the end of a finished task",
-            ("type", *org),
-            buckets=DURATION_BUCKETS,
-            registry=r,
-        )
-        self._expired = Counter(
-            "foreman_leases_expired", "Leases the sweeper found expired", registry=r
-        )
-        self._sweeps = Counter(
-            "foreman_sweeper_runs", "Sweeps run (this process held the lock)", registry=r
-        )
+        self._expired = counter("foreman_leases_expired", "Leases the sweeper found expired")
+        self._sweeps = counter("foreman_sweeper_runs", "Sweeps run (this process held the lock)")
         self._pool = Gauge(
             "foreman_db_pool_connections",
             "Request connections of the server's pools",
             ("state",),
             multiprocess_mode="livesum",
-            registry=r,
+            registry=self.registry,
         )
         self._http = _Observations(HTTP_BUCKETS)
         self._http_rows = self._http.rows

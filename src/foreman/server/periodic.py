@@ -6,13 +6,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from typing import ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 import asyncpg
 
 from foreman import background, errors
 from foreman.store import db
 from foreman.store.pool import Pool
+
+if TYPE_CHECKING:
+    from foreman.queue.base import QueueBackend
+    from foreman.server.metrics import ServerMetrics
+    from foreman.settings import Settings
 
 # The errors of a database that is down or restarting: a round is skipped with a warning.
 OUTAGES = (
@@ -45,6 +50,24 @@ class Periodic:
     def _jittered(self) -> float:
         # Jitter: replicas started together do not all act at the same instant.
         return self._interval_s * random.uniform(0.8, 1.2)  # noqa: S311
+
+    @classmethod
+    async def open(
+        cls,
+        settings: Settings,
+        *,
+        database_url: str,
+        queue: QueueBackend,
+        metrics: ServerMetrics | None = None,
+    ) -> Self:
+        """One with its own small pool of owner connections, configured by settings."""
+        pool = await db.open_owner_pool(settings, database_url)
+        return cls(pool, **{"queue": queue, "metrics": metrics, **cls.configured(settings)})
+
+    @classmethod
+    def configured(cls, settings: Settings) -> dict[str, Any]:
+        """The keyword arguments of the constructor that settings set (interval_s, ...)."""
+        raise NotImplementedError
 
     async def tick(self) -> float | None:
         """One round; how soon (seconds) the next is wanted when sooner than the interval."""

@@ -11,6 +11,7 @@ table owner's (no ``SET ROLE foreman_app``), which row-level security does not b
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from foreman import ids
 from foreman.models import Schedule
@@ -47,23 +48,8 @@ class Scheduler(Periodic):
         self._batch = batch
 
     @classmethod
-    async def open(
-        cls,
-        settings: Settings,
-        *,
-        database_url: str,
-        queue: QueueBackend,
-        metrics: ServerMetrics | None = None,
-    ) -> Scheduler:
-        """A scheduler with its own small pool of owner connections."""
-        pool = await db.open_owner_pool(settings, database_url)
-        return cls(
-            pool,
-            queue=queue,
-            interval_s=settings.schedule_interval_s,
-            batch=settings.schedule_batch,
-            metrics=metrics,
-        )
+    def configured(cls, settings: Settings) -> dict[str, Any]:
+        return {"interval_s": settings.schedule_interval_s, "batch": settings.schedule_batch}
 
     async def tick(self) -> float | None:
         """Fire every schedule due now; the seconds until the next tick of any schedule.

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from foreman import ids
 from foreman.models import Task
@@ -71,28 +72,15 @@ class Sweeper(Periodic):
         self._cursor = queue_store.ReadyCursor()
 
     @classmethod
-    async def open(
-        cls,
-        settings: Settings,
-        *,
-        database_url: str,
-        queue: QueueBackend,
-        metrics: ServerMetrics | None = None,
-    ) -> Sweeper:
-        """A sweeper with its own small pool of owner connections."""
-        pool = await db.open_owner_pool(settings, database_url)
-        return cls(
-            pool,
-            queue=queue,
-            interval_s=settings.sweep_interval_s,
-            batch=settings.sweep_batch,
-            grace_s=settings.sweep_publish_grace_s,
-            retention_s=None
-            if settings.retention_days is None
-            else settings.retention_days * 86400,
-            retention_batch=settings.retention_batch,
-            metrics=metrics,
-        )
+    def configured(cls, settings: Settings) -> dict[str, Any]:
+        days = settings.retention_days
+        return {
+            "interval_s": settings.sweep_interval_s,
+            "batch": settings.sweep_batch,
+            "grace_s": settings.sweep_publish_grace_s,
+            "retention_s": None if days is None else days * 86400,
+            "retention_batch": settings.retention_batch,
+        }
 
     async def tick(self) -> None:
         """One sweep, then one batch of retention; what they did is logged."""

@@ -13,13 +13,6 @@ from foreman.store.db import Db
 from foreman.store.shards import shard
 
 _SQL = queries.load_statements("dependencies")
-_LOCK_PARENTS = _SQL["lock_parents"]
-_ADD_DEPENDENCIES = _SQL["add_dependencies"]
-_END_DEPENDENTS = _SQL["end_dependents"]
-_LIST_PARENTS = _SQL["list_parents"]
-_GET_TASKS = _SQL["get_tasks"]
-_RELEASE_CHILDREN = _SQL["release_children"]
-_STRANDED_PARENTS = _SQL["stranded_parents"]
 
 MAX_PARENTS = 10_000
 
@@ -30,7 +23,7 @@ async def lock_parents(conn: Db, *, org_id: str, edges: Sequence[tuple[str, str]
     (a finish batch takes its tasks, then those rows: the same order, no deadlock)."""
     children = [child for child, _ in edges]
     parents = [parent for _, parent in edges]
-    await conn.execute(_LOCK_PARENTS, org_id, children, parents)
+    await conn.execute(_SQL["lock_parents"], org_id, children, parents)
 
 
 async def add_dependencies(
@@ -51,7 +44,7 @@ async def add_dependencies(
     """
     children = [child for child, _ in edges]
     parents = [parent for _, parent in edges]
-    record = await conn.fetchrow(_ADD_DEPENDENCIES, org_id, children, parents, now, shard())
+    record = await conn.fetchrow(_SQL["add_dependencies"], org_id, children, parents, now, shard())
     assert record is not None
     if record["bad_child"] is not None:
         field = "dependsOn"
@@ -75,7 +68,7 @@ async def end_dependents(
     one statement (end_dependents(), migration 0021); the ids of the children released to the
     queue (to publish on bullmq). For parents whose own statement did not take the step (children
     cancelled as they were added, the sweeper's repair); org_id None: any (the sweeper)."""
-    record = await conn.fetchrow(_END_DEPENDENTS, list(parent_ids), now, shard())
+    record = await conn.fetchrow(_SQL["end_dependents"], list(parent_ids), now, shard())
     assert record is not None
     return list(record["released_ids"] or []) + await after_step(
         conn, org_id=org_id, record=record, now=now
@@ -98,7 +91,7 @@ async def after_step(conn: Db, *, org_id: str | None, record: Any, now: int) -> 
 async def release_children(conn: Db, *, child_ids: Sequence[str], now: int) -> list[str]:
     """Release the blocked children among child_ids that no open edge is left to, with a fresh
     snapshot (the last parents of a child ended in concurrent statements); the released ids."""
-    record = await conn.fetchrow(_RELEASE_CHILDREN, list(child_ids), now)
+    record = await conn.fetchrow(_SQL["release_children"], list(child_ids), now)
     assert record is not None
     return list(record["released_ids"] or [])
 
@@ -109,7 +102,7 @@ async def repair(conn: Db, *, now: int, limit: int) -> list[str]:
     stranded_parents) are released or cancelled; the ids released to the queue."""
     parents: list[str] = []
     children: list[str] = []
-    for r in await conn.fetch(_STRANDED_PARENTS, limit):
+    for r in await conn.fetch(_SQL["stranded_parents"], limit):
         if r["parent_id"] is not None:
             parents.append(r["parent_id"])
         else:
@@ -126,7 +119,7 @@ async def list_parents(
     conn: Db, *, org_id: str, task_id: str, limit: int, offset: int
 ) -> TaskList | None:
     """A page of the task's parents with their status and output; None: no such task."""
-    records = await conn.fetch(_LIST_PARENTS, org_id, task_id, limit, offset)
+    records = await conn.fetch(_SQL["list_parents"], org_id, task_id, limit, offset)
     if not records or not records[0]["found"]:
         return None
     rows = [r for r in records if r["id"] is not None]
@@ -140,4 +133,4 @@ async def get_tasks(conn: Db, *, org_id: str | None, task_ids: Sequence[str]) ->
     """Tasks by id (any order); org_id None: of any organisation (the sweeper)."""
     if not task_ids:
         return []
-    return queries.models_from(Task, await conn.fetch(_GET_TASKS, org_id, list(task_ids)))
+    return queries.models_from(Task, await conn.fetch(_SQL["get_tasks"], org_id, list(task_ids)))

@@ -7,9 +7,9 @@ import functools
 import importlib.resources
 import operator
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypedDict, TypeVar
 
 import asyncpg
 import msgspec
@@ -136,6 +136,54 @@ class Where:
         """Append a value; its placeholder."""
         self.args.append(value)
         return f"${len(self.args)}"
+
+
+def _page_sql(table: str, where: Where, column: str, order: str, *, each: str = "") -> str:
+    """A page of table's rows and the total, from fixed fragments: where's clauses (their values
+    are parameters, then $n limit and offset), a whitelisted sort column and order (ties broken
+    by id); each, a set-returning call on row r whose columns join every row (as counters)."""
+    limit, offset = where.page()
+    rows = f"""SELECT * FROM {table} WHERE {where.sql()}
+               ORDER BY {column} {order}, id {order} LIMIT {limit} OFFSET {offset}"""  # noqa: S608
+    if each:
+        rows = f"""SELECT r.*, e.*
+        FROM ({rows}) r
+       CROSS JOIN LATERAL {each} e
+       ORDER BY r.{column} {order}, r.id {order}"""  # noqa: S608
+    return f"""
+SELECT n.total, p.*
+  FROM (SELECT count(*) AS total FROM {table} WHERE {where.sql()}) n
+  LEFT JOIN LATERAL (
+      {rows}
+  ) p ON true
+"""  # noqa: S608 - fixed fragments only (see the docstring); every value is a parameter
+
+
+class Paging(TypedDict):
+    """A list's sort and page, checked by the route: a sortBy column name, asc or desc, limit
+    and offset."""
+
+    sort_by: str
+    sort_order: str
+    limit: int
+    offset: int
+
+
+async def fetch_sorted_page(
+    conn: asyncpg.Connection,
+    model: type[M],
+    table: str,
+    where: Where,
+    paging: Paging,
+    *,
+    columns: Mapping[str, str],
+    each: str = "",
+) -> Page[M]:
+    """A page of table's rows that match where, as paging asks (columns: the whitelist of sortBy
+    names to columns), with the total (_page_sql)."""
+    column, order = columns[paging["sort_by"]], SORT_ORDERS[paging["sort_order"]]
+    sql = _page_sql(table, where, column, order, each=each)
+    return await fetch_page(conn, model, sql, [*where.args, paging["limit"], paging["offset"]])
 
 
 async def fetch_page(

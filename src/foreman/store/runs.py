@@ -100,35 +100,12 @@ SELECT r.*, c.*
 
 
 async def list_runs(
-    conn: Db,
-    *,
-    org_id: str,
-    status: str | None,
-    sort_by: str,
-    sort_order: str,
-    limit: int,
-    offset: int,
+    conn: Db, *, org_id: str, status: str | None, paging: queries.Paging
 ) -> queries.Page[Run]:
     """A page of the organisation's runs, ties broken by id, with the total matching count."""
     where = queries.Where(["org_id = $1"], [org_id])
     if status is not None:
         where.add("status = {}", status)
-    sql = _list_runs_sql(where, _SORT_COLUMNS[sort_by], queries.SORT_ORDERS[sort_order])
-    return await queries.fetch_page(conn, Run, sql, [*where.args, limit, offset])
-
-
-def _list_runs_sql(where: queries.Where, column: str, order: str) -> str:
-    """A page of runs and the total, from fixed fragments: where's clauses (their values are
-    parameters, then $n limit and offset), a whitelisted sort column and order."""
-    limit, offset = where.page()
-    return f"""
-SELECT t.total, p.*
-  FROM (SELECT count(*) AS total FROM run WHERE {where.sql()}) t
-  LEFT JOIN LATERAL (
-      SELECT r.*, c.*
-        FROM (SELECT * FROM run WHERE {where.sql()}
-               ORDER BY {column} {order}, id {order} LIMIT {limit} OFFSET {offset}) r
-       CROSS JOIN LATERAL run_task_counts(r.id) c
-       ORDER BY r.{column} {order}, r.id {order}
-  ) p ON true
-"""  # noqa: S608 - fixed fragments only (see the docstring); every value is a parameter
+    return await queries.fetch_sorted_page(
+        conn, Run, "run", where, paging, columns=_SORT_COLUMNS, each="run_task_counts(r.id)"
+    )

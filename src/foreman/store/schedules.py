@@ -20,14 +20,6 @@ from foreman.store import tasks as tasks_store
 from foreman.store.db import Db
 
 _SQL = queries.load_statements("schedules")  # store/sql/schedules.sql
-_INSERT_SCHEDULE = _SQL["insert_schedule"]
-_GET_SCHEDULE = _SQL["get_schedule"]
-_LOCK_SCHEDULE = _SQL["lock_schedule"]
-_UPDATE_SCHEDULE = _SQL["update_schedule"]
-_DELETE_SCHEDULE = _SQL["delete_schedule"]
-_CLAIM_DUE_SCHEDULES = _SQL["claim_due_schedules"]
-_RECORD_FIRING = _SQL["record_firing"]
-_NEXT_DUE = _SQL["next_due"]
 
 _SORT_COLUMNS = {"created_at": "created_at", "next_run_at": "next_run_at"}
 _NO_CHANGES = msgspec.Raw(b"{}")
@@ -73,7 +65,7 @@ async def insert_schedule(
     """Insert a schedule; enabled, its first tick is the next one after now."""
     trigger = new.trigger
     record = await conn.fetchrow(
-        _INSERT_SCHEDULE,
+        _SQL["insert_schedule"],
         schedule_id,
         org_id,
         new.name,
@@ -91,12 +83,12 @@ async def insert_schedule(
 
 async def get_schedule(conn: Db, *, org_id: str, schedule_id: str) -> Schedule | None:
     """The schedule, or None."""
-    return await queries.fetch_model(conn, Schedule, _GET_SCHEDULE, org_id, schedule_id)
+    return await queries.fetch_model(conn, Schedule, _SQL["get_schedule"], org_id, schedule_id)
 
 
 async def delete_schedule(conn: Db, *, org_id: str, schedule_id: str) -> Schedule | None:
     """Delete the schedule (the runs it created stay); the schedule as it was, or None."""
-    return await queries.fetch_model(conn, Schedule, _DELETE_SCHEDULE, org_id, schedule_id)
+    return await queries.fetch_model(conn, Schedule, _SQL["delete_schedule"], org_id, schedule_id)
 
 
 async def update_schedule(
@@ -108,7 +100,7 @@ async def update_schedule(
     sets the next tick anew from now (no catch-up of ticks while disabled); otherwise it stays.
     """
     async with conn.transaction():
-        record = await conn.fetchrow(_LOCK_SCHEDULE, org_id, schedule_id)
+        record = await conn.fetchrow(_SQL["lock_schedule"], org_id, schedule_id)
         if record is None:
             return None
         current = queries.model_from(Schedule, record)
@@ -127,7 +119,7 @@ async def update_schedule(
         if trigger != trigger_of(current) or enabled != current.enabled:
             next_run_at = _next_run_at(trigger, enabled=enabled, now=now)
         record = await conn.fetchrow(
-            _UPDATE_SCHEDULE,
+            _SQL["update_schedule"],
             org_id,
             schedule_id,
             changes.get("name", current.name),
@@ -144,28 +136,13 @@ async def update_schedule(
 
 
 async def list_schedules(
-    conn: Db, *, org_id: str, sort_by: str, sort_order: str, limit: int, offset: int
+    conn: Db, *, org_id: str, paging: queries.Paging
 ) -> queries.Page[Schedule]:
     """A page of the organisation's schedules, ties broken by id, with the total count."""
     where = queries.Where(["org_id = $1"], [org_id])
-    sql = _list_schedules_sql(where, _SORT_COLUMNS[sort_by], queries.SORT_ORDERS[sort_order])
-    return await queries.fetch_page(conn, Schedule, sql, [*where.args, limit, offset])
-
-
-def _list_schedules_sql(where: queries.Where, column: str, order: str) -> str:
-    """A page of schedules and the total, from fixed fragments: where's clauses (their values are
-    parameters, then $n limit and offset), a whitelisted sort column and order."""
-    limit, offset = where.page()
-    return f"""
-SELECT n.total, p.*
-  FROM (SELECT count(*) AS total FROM schedule WHERE {where.sql()}) n
-  LEFT JOIN LATERAL (
-      SELECT * FROM schedule
-       WHERE {where.sql()}
-       ORDER BY {column} {order}, id {order}
-       LIMIT {limit} OFFSET {offset}
-  ) p ON true
-"""  # noqa: S608 - fixed fragments only (see the docstring); every value is a parameter
+    return await queries.fetch_sorted_page(
+        conn, Schedule, "schedule", where, paging, columns=_SORT_COLUMNS
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,13 +160,13 @@ async def claim_due_schedules(conn: Db, *, now: int, limit: int) -> list[Schedul
 
     Call it in a transaction: the locks last until it ends.
     """
-    records = await conn.fetch(_CLAIM_DUE_SCHEDULES, now, limit)
+    records = await conn.fetch(_SQL["claim_due_schedules"], now, limit)
     return queries.models_from(Schedule, records)
 
 
 async def next_due(conn: Db) -> int | None:
     """The earliest tick of an enabled schedule of any organisation (the owner's connection)."""
-    due: int | None = await conn.fetchval(_NEXT_DUE)
+    due: int | None = await conn.fetchval(_SQL["next_due"])
     return due
 
 
@@ -223,5 +200,5 @@ async def fire_schedule(conn: Db, schedule: Schedule, *, now: int) -> Firing:
         conn, org_id=schedule.org_id, task_id=ids.new_id(), new=new, now=now
     )
     assert result.task is not None  # its run was created in this transaction
-    await conn.execute(_RECORD_FIRING, schedule.id, next_run_at, now, run.id)
+    await conn.execute(_SQL["record_firing"], schedule.id, next_run_at, now, run.id)
     return Firing(schedule.id, tick, run.id, result.task)

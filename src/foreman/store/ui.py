@@ -10,6 +10,7 @@ store/sql/ui.sql.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from foreman.models import Run, RunData, Task
 from foreman.store import queries
@@ -44,6 +45,20 @@ async def _bounded(conn: Db, where: queries.Where, table: str, bound: int) -> Co
     return Count(min(found, bound), found > bound)
 
 
+class _Rows:
+    """A filter of one of the dashboard's lists; it counts the rows that match."""
+
+    __slots__ = ()
+    table: ClassVar[str]  # the table, with the alias _where's clauses use ("run r")
+
+    def _where(self) -> queries.Where:
+        raise NotImplementedError
+
+    async def count(self, conn: Db, *, bound: int) -> Count:
+        """How many rows match, up to bound."""
+        return await _bounded(conn, self._where(), self.table, bound)
+
+
 def id_range(text: str) -> tuple[str, str] | None:
     """The ids starting with text (hex digits, hyphens ignored) as an inclusive uuid range, so a
     search by id prefix is a range scan of the primary key; None if text cannot start an id."""
@@ -58,8 +73,10 @@ def id_range(text: str) -> tuple[str, str] | None:
 
 
 @dataclass(frozen=True, slots=True)
-class Runs:
+class Runs(_Rows):
     """The organisation's runs by status and id range, sorted: a page of them, or their count."""
+
+    table = "run r"
 
     org_id: str
     status: str | None
@@ -91,21 +108,31 @@ SELECT r.*, c.*
 """  # noqa: S608 - fixed fragments only; every value is a parameter
         return queries.models_from(Run, await conn.fetch(sql, *where.args))
 
-    async def count(self, conn: Db, *, bound: int) -> Count:
-        """How many runs match, up to bound."""
-        return await _bounded(conn, self._where(), "run r", bound)
-
 
 @dataclass(frozen=True, slots=True)
-class RunTasks:
-    """A run's tasks, by status, oldest first: a page of them, or their count."""
+class _RunRows(_Rows):
+    """A filter of a run's rows."""
 
     org_id: str
     run_id: str
+
+    def _run_where(self) -> queries.Where:
+        """The clauses that keep the run's rows (by the table's alias)."""
+        alias = self.table.split()[-1]
+        clauses = [f"{alias}.org_id = $1", f"{alias}.run_id = $2"]
+        return queries.Where(clauses, [self.org_id, self.run_id])
+
+
+@dataclass(frozen=True, slots=True)
+class RunTasks(_RunRows):
+    """A run's tasks, by status, oldest first: a page of them, or their count."""
+
+    table = "task t"
+
     status: str | None
 
     def _where(self) -> queries.Where:
-        where = queries.Where(["t.org_id = $1", "t.run_id = $2"], [self.org_id, self.run_id])
+        where = self._run_where()
         if self.status is not None:
             where.add("t.status = {}", self.status)
         return where
@@ -122,22 +149,18 @@ SELECT t.*
 """  # noqa: S608 - fixed fragments only; every value is a parameter
         return queries.models_from(Task, await conn.fetch(sql, *where.args))
 
-    async def count(self, conn: Db, *, bound: int) -> Count:
-        """How many of the run's tasks have status, up to bound."""
-        return await _bounded(conn, self._where(), "task t", bound)
-
 
 @dataclass(frozen=True, slots=True)
-class RunDataRows:
+class RunDataRows(_RunRows):
     """A run's data rows by key prefix and tag, newest first: a page of them, or their count."""
 
-    org_id: str
-    run_id: str
+    table = "run_data d"
+
     key_prefix: str | None
     tag: str | None
 
     def _where(self) -> queries.Where:
-        where = queries.Where(["d.org_id = $1", "d.run_id = $2"], [self.org_id, self.run_id])
+        where = self._run_where()
         if self.key_prefix:
             where.add("d.key LIKE {}", queries.escape_like(self.key_prefix) + "%")
         if self.tag:
@@ -155,10 +178,6 @@ SELECT {_RUN_DATA_COLUMNS}
  LIMIT {where.param(limit)} OFFSET {where.param(offset)}
 """  # noqa: S608 - fixed fragments only; every value is a parameter
         return queries.models_from(RunData, await conn.fetch(sql, *where.args))
-
-    async def count(self, conn: Db, *, bound: int) -> Count:
-        """How many of the run's data rows match, up to bound."""
-        return await _bounded(conn, self._where(), "run_data d", bound)
 
 
 async def task_children(conn: Db, *, org_id: str, task_id: str, limit: int) -> list[Task]:

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine, Sequence
+import functools
+import operator
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, overload
 
 from foreman.client import AsyncClient
 from foreman.models import JsonObject, RunData, RunDataList, Task
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 
 @dataclass(slots=True)
@@ -33,6 +36,41 @@ class AttemptState:
         self.stop.set()
 
 
+class _OfTask(Generic[T]):
+    """A read-only attribute of the context: its task's field of the same name."""
+
+    def __init__(self, doc: str) -> None:
+        self.__doc__ = doc
+        self._get: Callable[[TaskContext], T] = operator.attrgetter("task")
+
+    def __set_name__(self, owner: type[Any], name: str) -> None:
+        self._get = operator.attrgetter(f"task.{name}")
+
+    @overload
+    def __get__(self, ctx: None, owner: type[Any]) -> _OfTask[T]: ...
+
+    @overload
+    def __get__(self, ctx: TaskContext, owner: type[Any]) -> T: ...
+
+    def __get__(self, ctx: TaskContext | None, owner: type[Any]) -> _OfTask[T] | T:
+        return self if ctx is None else self._get(ctx)
+
+
+def _blocking(
+    method: Callable[Concatenate[TaskContext, P], Coroutine[Any, Any, T]],
+) -> Callable[Concatenate[TaskContext, P], T]:
+    """The twin of an async helper for sync handlers (they run in a worker thread)."""
+
+    @functools.wraps(method)
+    def blocking(ctx: TaskContext, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        return ctx._block(method(ctx, *args, **kwargs))
+
+    blocking.__name__ = f"{method.__name__}_sync"
+    blocking.__qualname__ = f"{method.__qualname__}_sync"
+    blocking.__doc__ = f"``{method.__name__}`` for sync handlers (they run in a worker thread)."
+    return blocking
+
+
 @dataclass(frozen=True, slots=True)
 class TaskContext:
     """The task a handler runs, its attempt, and run-data helpers bound to its run.
@@ -49,40 +87,13 @@ class TaskContext:
     state: AttemptState
     loop: asyncio.AbstractEventLoop
 
-    @property
-    def id(self) -> str:
-        """The task id."""
-        return self.task.id
-
-    @property
-    def type(self) -> str:
-        """The task type (the handler's key)."""
-        return self.task.type
-
-    @property
-    def run_id(self) -> str:
-        """The run the task belongs to."""
-        return self.task.run_id
-
-    @property
-    def input_data(self) -> Any:
-        """The task's input, decoded from JSON."""
-        return self.task.input_data
-
-    @property
-    def metadata(self) -> JsonObject | None:
-        """The task's metadata."""
-        return self.task.metadata
-
-    @property
-    def attempt(self) -> int:
-        """This attempt's number: 1 on the first run."""
-        return self.task.attempt
-
-    @property
-    def max_retries(self) -> int:
-        """How many retries the task allows after its first attempt."""
-        return self.task.max_retries
+    id = _OfTask[str]("The task id.")
+    type = _OfTask[str]("The task type (the handler's key).")
+    run_id = _OfTask[str]("The run the task belongs to.")
+    input_data = _OfTask[Any]("The task's input, decoded from JSON.")
+    metadata = _OfTask[JsonObject | None]("The task's metadata.")
+    attempt = _OfTask[int]("This attempt's number: 1 on the first run.")
+    max_retries = _OfTask[int]("How many retries the task allows after its first attempt.")
 
     @property
     def cancelled(self) -> bool:
@@ -129,24 +140,9 @@ class TaskContext:
             if not page.data or len(outputs) >= page.pagination.total:
                 return outputs
 
-    def parent_outputs_sync(self, *, page_size: int = 1000) -> dict[str, Any]:
-        """``parent_outputs`` for sync handlers."""
-        return self._block(self.parent_outputs(page_size=page_size))
-
-    def set_data_sync(
-        self,
-        key: str,
-        value: Any,
-        *,
-        tags: Sequence[str] | None = None,
-        metadata: JsonObject | None = None,
-    ) -> RunData:
-        """``set_data`` for sync handlers (they run in a worker thread)."""
-        return self._block(self.set_data(key, value, tags=tags, metadata=metadata))
-
-    def get_data_sync(self, key: str, default: Any = None) -> Any:
-        """``get_data`` for sync handlers."""
-        return self._block(self.get_data(key, default))
+    parent_outputs_sync = _blocking(parent_outputs)
+    set_data_sync = _blocking(set_data)
+    get_data_sync = _blocking(get_data)
 
     def query_data_sync(self, **filters: Any) -> RunDataList:
         """``query_data`` for sync handlers."""

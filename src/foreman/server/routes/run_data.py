@@ -4,19 +4,19 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from litestar import Request, Router, delete, get, patch, post
+from litestar import Request, delete, get, patch, post
 from litestar.params import FromPath, JSONBody, QueryParameter
 
 from foreman import errors, ids, models
-from foreman.models import Deleted, Pagination, RunData, RunDataCreate, RunDataList, TagsUpdate
-from foreman.server import auth, params
-from foreman.server.deps import MAX_OFFSET, error_responses, org_conn, sort_column, sort_order
+from foreman.models import Deleted, RunData, RunDataCreate, RunDataList, TagsUpdate
+from foreman.server import deps, params
+from foreman.server.deps import error_responses, org_conn
 from foreman.store import run_data as store
 
 SORT_BY = "One of created_at, updated_at, key (camelCase accepted)." + params.ONCE
-SORT_ORDER = "asc or desc, any case." + params.ONCE
 
 TAG_MODES = ("any", "all")
+SORT_COLUMNS = ("created_at", "updated_at", "key")
 
 
 @post("", status_code=201, responses=error_responses(400, 404, 413))
@@ -60,9 +60,9 @@ async def query_run_data(
         bool, QueryParameter(name="includeAll", description="true or false." + params.ONCE)
     ] = False,
     limit: Annotated[int, params.integer_param(ge=1, le=1000)] = 100,
-    offset: Annotated[int, params.integer_param(ge=0, le=MAX_OFFSET)] = 0,
+    offset: deps.Offset = 0,
     sort_by: Annotated[str, QueryParameter(name="sortBy", description=SORT_BY)] = "created_at",
-    sort_order_: Annotated[str, QueryParameter(name="sortOrder", description=SORT_ORDER)] = "desc",
+    sort_order_: deps.SortOrder = "desc",
 ) -> RunDataList:
     """Run data matching the filters; only the latest row per key unless includeAll=true."""
     run_id = params.path_id(run_id, "Run")
@@ -75,18 +75,18 @@ async def query_run_data(
         tag_prefixes=params.comma_list(tag_starts_with, "tagStartsWith"),
         tag_mode=params.choice(tag_mode, "tagMode", TAG_MODES) or "any",
         include_all=include_all,
-        sort_by=sort_column(sort_by, ("created_at", "updated_at", "key")),
-        sort_order=sort_order(sort_order_),
-        limit=limit,
-        offset=offset,
+        # Checked after the filters: the first bad parameter is the one answered.
+        **(
+            paging := deps.checked_paging(
+                sort_by, sort_order_, SORT_COLUMNS, limit=limit, offset=offset
+            )
+        ),
     )
     async with org_conn(request) as (org_id, conn):
         if not await store.run_exists(conn, org_id=org_id, run_id=run_id):
             raise errors.NotFoundError(f"Run not found: {run_id}")
         page = await store.query_run_data(conn, org_id=org_id, run_id=run_id, q=query)
-    return RunDataList(
-        data=page.items, pagination=Pagination(total=page.total, limit=limit, offset=offset)
-    )
+    return deps.listing(RunDataList, page, paging)
 
 
 @patch("/{data_id:str}/tags", responses=error_responses(400, 404, 413))
@@ -111,9 +111,7 @@ async def update_run_data_tags(
         )
         if item is None and not await store.run_exists(conn, org_id=org_id, run_id=run_id):
             raise errors.NotFoundError(f"Run not found: {run_id}")
-    if item is None:
-        raise errors.NotFoundError(f"Run data not found: {data_id}")
-    return item
+    return deps.found(item, "Run data", data_id)
 
 
 @delete(
@@ -147,9 +145,8 @@ async def delete_run_data(
     return Deleted(deleted=deleted)
 
 
-router = Router(
-    middleware=[auth.authenticated],
-    path="/api/v1/runs/{run_id:str}/data",
-    route_handlers=[create_run_data, query_run_data, update_run_data_tags, delete_run_data],
-    tags=["run data"],
+router = deps.api_router(
+    "/api/v1/runs/{run_id:str}/data",
+    "run data",
+    [create_run_data, query_run_data, update_run_data_tags, delete_run_data],
 )

@@ -4,26 +4,18 @@ from __future__ import annotations
 
 from typing import Annotated, Any, get_args
 
-from litestar import Request, Router, get, patch, post
+from litestar import Request, get, patch, post
 from litestar.params import FromPath, JSONBody, QueryParameter
 from litestar.response import Stream
 
 from foreman import errors, ids, models
-from foreman.models import Pagination, Run, RunCreate, RunList, RunStatus, RunUpdate
-from foreman.server import auth, events, params
-from foreman.server.deps import (
-    MAX_OFFSET,
-    error_responses,
-    event_hub,
-    org_conn,
-    sort_column,
-    sort_order,
-)
+from foreman.models import Run, RunCreate, RunList, RunStatus, RunUpdate
+from foreman.server import auth, deps, events, params
+from foreman.server.deps import error_responses, event_hub, org_conn
 from foreman.store import cancel as cancel_store
 from foreman.store import runs as runs_store
 
 SORT_BY = "One of created_at, started_at, completed_at (camelCase accepted)." + params.ONCE
-SORT_ORDER = "asc or desc, any case." + params.ONCE
 RUN_STATUSES: tuple[str, ...] = get_args(RunStatus)
 
 
@@ -48,9 +40,7 @@ async def get_run(request: Request[Any, Any, Any], run_id: FromPath[str]) -> Run
     run_id = params.path_id(run_id, "Run")
     async with org_conn(request) as (org_id, conn):
         run = await runs_store.get_run(conn, org_id=org_id, run_id=run_id)
-    if run is None:
-        raise errors.NotFoundError(f"Run not found: {run_id}")
-    return run
+    return deps.found(run, "Run", run_id)
 
 
 @get(
@@ -81,8 +71,7 @@ async def cancel_run(request: Request[Any, Any, Any], run_id: FromPath[str]) -> 
         run, changed = await cancel_store.cancel_run(
             conn, org_id=org_id, run_id=run_id, now=ids.now_ms()
         )
-    if run is None:
-        raise errors.NotFoundError(f"Run not found: {run_id}")
+    run = deps.found(run, "Run", run_id)
     if not changed:
         raise errors.ConflictError(
             f"Run {run_id} is {run.status}; it cannot be cancelled", status=run.status
@@ -101,42 +90,27 @@ async def update_run(
         run = await runs_store.update_run(
             conn, org_id=org_id, run_id=run_id, changes=changes, now=ids.now_ms()
         )
-    if run is None:
-        raise errors.NotFoundError(f"Run not found: {run_id}")
-    return run
+    return deps.found(run, "Run", run_id)
 
 
 @get("", responses=error_responses(400), before_request=params.exact_request)
 async def list_runs(
     request: Request[Any, Any, Any],
     limit: Annotated[int, params.integer_param(ge=1, le=100)] = 20,
-    offset: Annotated[int, params.integer_param(ge=0, le=MAX_OFFSET)] = 0,
+    offset: deps.Offset = 0,
     status: Annotated[str | None, params.enum_param(RUN_STATUSES)] = None,
     sort_by: Annotated[str, QueryParameter(name="sortBy", description=SORT_BY)] = "created_at",
-    sort_order_: Annotated[str, QueryParameter(name="sortOrder", description=SORT_ORDER)] = "desc",
+    sort_order_: deps.SortOrder = "desc",
 ) -> RunList:
     """The organisation's runs, newest first by default; ties broken by id."""
     status = params.choice(status, "status", RUN_STATUSES)
-    column = sort_column(sort_by, ("created_at", "started_at", "completed_at"))
-    order = sort_order(sort_order_)
+    columns = ("created_at", "started_at", "completed_at")
+    paging = deps.checked_paging(sort_by, sort_order_, columns, limit=limit, offset=offset)
     async with org_conn(request) as (org_id, conn):
-        page = await runs_store.list_runs(
-            conn,
-            org_id=org_id,
-            status=status,
-            sort_by=column,
-            sort_order=order,
-            limit=limit,
-            offset=offset,
-        )
-    return RunList(
-        data=page.items, pagination=Pagination(total=page.total, limit=limit, offset=offset)
-    )
+        page = await runs_store.list_runs(conn, org_id=org_id, status=status, paging=paging)
+    return deps.listing(RunList, page, paging)
 
 
-router = Router(
-    middleware=[auth.authenticated],
-    path="/api/v1/runs",
-    route_handlers=[create_run, get_run, run_events, cancel_run, update_run, list_runs],
-    tags=["runs"],
+router = deps.api_router(
+    "/api/v1/runs", "runs", [create_run, get_run, run_events, cancel_run, update_run, list_runs]
 )

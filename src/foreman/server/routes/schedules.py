@@ -5,17 +5,16 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Request, Router, delete, get, patch, post
+from litestar import Request, delete, get, patch, post
 from litestar.params import FromPath, JSONBody, QueryParameter
 
-from foreman import errors, ids, models, triggers
-from foreman.models import Pagination, Schedule, ScheduleCreate, ScheduleList, ScheduleUpdate
-from foreman.server import auth, params
-from foreman.server.deps import MAX_OFFSET, error_responses, org_conn, sort_column, sort_order
+from foreman import ids, models, triggers
+from foreman.models import Schedule, ScheduleCreate, ScheduleList, ScheduleUpdate
+from foreman.server import deps, params
+from foreman.server.deps import error_responses, org_conn
 from foreman.store import schedules as store
 
 SORT_BY = "One of created_at, next_run_at (camelCase accepted)." + params.ONCE
-SORT_ORDER = "asc or desc, any case." + params.ONCE
 _EMPTY_OBJECT = msgspec.Raw(b"{}")
 
 
@@ -41,10 +40,6 @@ def schedule_changes(data: ScheduleUpdate) -> dict[str, Any]:
     return changes
 
 
-def _not_found(schedule_id: str) -> errors.NotFoundError:
-    return errors.NotFoundError(f"Schedule not found: {schedule_id}")
-
-
 @post("", status_code=201, responses=error_responses(400, 413))
 async def create_schedule(
     request: Request[Any, Any, Any], data: JSONBody[ScheduleCreate]
@@ -67,9 +62,7 @@ async def get_schedule(request: Request[Any, Any, Any], schedule_id: FromPath[st
     schedule_id = params.path_id(schedule_id, "Schedule")
     async with org_conn(request) as (org_id, conn):
         schedule = await store.get_schedule(conn, org_id=org_id, schedule_id=schedule_id)
-    if schedule is None:
-        raise _not_found(schedule_id)
-    return schedule
+    return deps.found(schedule, "Schedule", schedule_id)
 
 
 @patch("/{schedule_id:str}", responses=error_responses(400, 404, 413))
@@ -86,9 +79,7 @@ async def update_schedule(
             changes=schedule_changes(data),
             now=ids.now_ms(),
         )
-    if schedule is None:
-        raise _not_found(schedule_id)
-    return schedule
+    return deps.found(schedule, "Schedule", schedule_id)
 
 
 @delete("/{schedule_id:str}", status_code=200, responses=error_responses(400, 404))
@@ -97,40 +88,28 @@ async def delete_schedule(request: Request[Any, Any, Any], schedule_id: FromPath
     schedule_id = params.path_id(schedule_id, "Schedule")
     async with org_conn(request) as (org_id, conn):
         schedule = await store.delete_schedule(conn, org_id=org_id, schedule_id=schedule_id)
-    if schedule is None:
-        raise _not_found(schedule_id)
-    return schedule
+    return deps.found(schedule, "Schedule", schedule_id)
 
 
 @get("", responses=error_responses(400), before_request=params.exact_request)
 async def list_schedules(
     request: Request[Any, Any, Any],
     limit: Annotated[int, params.integer_param(ge=1, le=100)] = 20,
-    offset: Annotated[int, params.integer_param(ge=0, le=MAX_OFFSET)] = 0,
+    offset: deps.Offset = 0,
     sort_by: Annotated[str, QueryParameter(name="sortBy", description=SORT_BY)] = "created_at",
-    sort_order_: Annotated[str, QueryParameter(name="sortOrder", description=SORT_ORDER)] = "desc",
+    sort_order_: deps.SortOrder = "desc",
 ) -> ScheduleList:
     """The organisation's schedules, newest first by default; ties broken by id."""
-    column = sort_column(sort_by, ("created_at", "next_run_at"))
-    order = sort_order(sort_order_)
-    async with org_conn(request) as (org_id, conn):
-        page = await store.list_schedules(
-            conn, org_id=org_id, sort_by=column, sort_order=order, limit=limit, offset=offset
-        )
-    return ScheduleList(
-        data=page.items, pagination=Pagination(total=page.total, limit=limit, offset=offset)
+    paging = deps.checked_paging(
+        sort_by, sort_order_, ("created_at", "next_run_at"), limit=limit, offset=offset
     )
+    async with org_conn(request) as (org_id, conn):
+        page = await store.list_schedules(conn, org_id=org_id, paging=paging)
+    return deps.listing(ScheduleList, page, paging)
 
 
-router = Router(
-    middleware=[auth.authenticated],
-    path="/api/v1/schedules",
-    route_handlers=[
-        create_schedule,
-        get_schedule,
-        update_schedule,
-        delete_schedule,
-        list_schedules,
-    ],
-    tags=["schedules"],
+router = deps.api_router(
+    "/api/v1/schedules",
+    "schedules",
+    [create_schedule, get_schedule, update_schedule, delete_schedule, list_schedules],
 )

@@ -4,37 +4,28 @@ from __future__ import annotations
 
 from typing import Annotated, Any, get_args
 
-from litestar import Request, Response, Router, get, patch, post
+from litestar import Request, Response, get, patch, post
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, JSONBody, QueryParameter
 
 from foreman import errors, ids, models, tracing
 from foreman.models import (
     AttemptList,
-    Pagination,
     Task,
     TaskCreate,
     TaskList,
     TaskStatus,
     TaskUpdate,
 )
-from foreman.server import auth, params
-from foreman.server.deps import (
-    MAX_OFFSET,
-    error_responses,
-    org_conn,
-    released_tasks,
-    sort_column,
-    sort_order,
-    state,
-)
+from foreman.server import deps, params
+from foreman.server.deps import error_responses, org_conn, released_tasks, state
 from foreman.server.responses import JsonResponse
 from foreman.store import cancel as cancel_store
 from foreman.store import dependencies as dependencies_store
+from foreman.store import queries
 from foreman.store import tasks as tasks_store
 
 SORT_BY = "One of created_at, started_at, completed_at (camelCase accepted)." + params.ONCE
-SORT_ORDER = "asc or desc, any case." + params.ONCE
 
 TASK_STATUSES: tuple[str, ...] = get_args(TaskStatus)
 
@@ -172,9 +163,7 @@ async def cancel_task(request: Request[Any, Any, Any], task_id: FromPath[str]) -
         )
         children = await released_tasks(request, conn, org_id, released)
     await state(request).publish(children)
-    task = result.task
-    if task is None:
-        raise errors.NotFoundError(f"Task not found: {task_id}")
+    task = deps.found(result.task, "Task", task_id)
     if not result.changed and task.status in ("completed", "failed"):
         raise errors.ConflictError(
             f"Task {task_id} is {task.status}; it cannot be cancelled", status=task.status
@@ -191,7 +180,7 @@ async def list_parents(
     request: Request[Any, Any, Any],
     task_id: FromPath[str],
     limit: Annotated[int, params.integer_param(ge=1, le=1000)] = 100,
-    offset: Annotated[int, params.integer_param(ge=0, le=MAX_OFFSET)] = 0,
+    offset: deps.Offset = 0,
 ) -> TaskList:
     """A task's parents (dependsOn) with their status and outputData, a page at a time."""
     task_id = params.path_id(task_id, "Task")
@@ -199,9 +188,7 @@ async def list_parents(
         page = await dependencies_store.list_parents(
             conn, org_id=org_id, task_id=task_id, limit=limit, offset=offset
         )
-    if page is None:
-        raise errors.NotFoundError(f"Task not found: {task_id}")
-    return page
+    return deps.found(page, "Task", task_id)
 
 
 @get("/{task_id:str}/attempts", responses=error_responses(400, 404))
@@ -210,9 +197,7 @@ async def list_attempts(request: Request[Any, Any, Any], task_id: FromPath[str])
     task_id = params.path_id(task_id, "Task")
     async with org_conn(request) as (org_id, conn):
         attempts = await tasks_store.list_attempts(conn, org_id=org_id, task_id=task_id)
-    if attempts is None:
-        raise errors.NotFoundError(f"Task not found: {task_id}")
-    return AttemptList(data=attempts)
+    return AttemptList(data=deps.found(attempts, "Task", task_id))
 
 
 @patch("/{task_id:str}", responses=error_responses(400, 404, 409, 413))
@@ -284,13 +269,13 @@ async def retry_task(request: Request[Any, Any, Any], task_id: FromPath[str]) ->
 async def list_tasks(
     request: Request[Any, Any, Any],
     limit: Annotated[int, params.integer_param(ge=1, le=100)] = 20,
-    offset: Annotated[int, params.integer_param(ge=0, le=MAX_OFFSET)] = 0,
+    offset: deps.Offset = 0,
     run_id: Annotated[str | None, params.id_param(name="runId")] = None,
     status: Annotated[str | None, params.enum_param(TASK_STATUSES)] = None,
     task_type: Annotated[str | None, params.text_param(name="type")] = None,
     parent_task_id: Annotated[str | None, params.id_param(name="parentTaskId")] = None,
     sort_by: Annotated[str, QueryParameter(name="sortBy", description=SORT_BY)] = "created_at",
-    sort_order_: Annotated[str, QueryParameter(name="sortOrder", description=SORT_ORDER)] = "desc",
+    sort_order_: deps.SortOrder = "desc",
 ) -> TaskList:
     """Tasks of the organisation, filtered by run, status, type or parent; ties broken by id."""
     filters = {
@@ -299,31 +284,21 @@ async def list_tasks(
         "type": params.text(task_type, "type"),
         "parent_task_id": params.id_filter(parent_task_id, "parentTaskId"),
     }
-    column = sort_column(sort_by, ("created_at", "started_at", "completed_at"))
-    order = sort_order(sort_order_)
-    pagination = Pagination(total=0, limit=limit, offset=offset)
+    columns = ("created_at", "started_at", "completed_at")
+    paging = deps.checked_paging(sort_by, sort_order_, columns, limit=limit, offset=offset)
     # An id filter that is no UUID matches nothing (it cannot be any row's id).
     id_filters = (filters["run_id"], filters["parent_task_id"])
     if any(value is not None and not ids.is_uuid(value) for value in id_filters):
-        return TaskList(data=[], pagination=pagination)
+        return deps.listing(TaskList, queries.Page(items=[], total=0), paging)
     async with org_conn(request) as (org_id, conn):
-        page = await tasks_store.list_tasks(
-            conn,
-            org_id=org_id,
-            filters=filters,
-            sort_by=column,
-            sort_order=order,
-            limit=limit,
-            offset=offset,
-        )
-    pagination.total = page.total
-    return TaskList(data=page.items, pagination=pagination)
+        page = await tasks_store.list_tasks(conn, org_id=org_id, filters=filters, **paging)
+    return deps.listing(TaskList, page, paging)
 
 
-router = Router(
-    middleware=[auth.authenticated],
-    path="/api/v1/tasks",
-    route_handlers=[
+router = deps.api_router(
+    "/api/v1/tasks",
+    "tasks",
+    [
         create_task,
         get_task,
         cancel_task,
@@ -333,5 +308,4 @@ router = Router(
         update_task,
         list_tasks,
     ],
-    tags=["tasks"],
 )
