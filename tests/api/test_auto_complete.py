@@ -96,11 +96,12 @@ async def test_last_tasks_ending_concurrently_complete_the_run_once(client, db_u
         assert (await get_run(client, run["id"]))["completedAt"] == final["completedAt"]
 
 
-async def test_a_task_added_while_the_run_completes_is_either_refused_or_counted(client):
-    outcomes = set()
+async def test_a_task_added_while_the_run_completes_is_either_refused_or_counted(backend):
+    client = backend.client
+    outcomes = []
     for _ in range(12):
         run = await create_run(client, autoComplete=True)
-        await create_task(client, run["id"], enqueue=True)
+        first = await create_task(client, run["id"], enqueue=True)
         (held,) = await claim(client)
         body = {"runId": run["id"], "type": "late", "inputData": 1, "enqueue": True}
         done, added = await asyncio.gather(
@@ -111,6 +112,8 @@ async def test_a_task_added_while_the_run_completes_is_either_refused_or_counted
         if added.status_code == 201:
             # Counted: the run stays open until the new task ends too.
             assert (state["status"], state["totalTasks"]) == ("running", 2)
+            if backend.published is not None:
+                await backend.published.assert_published_once(first["id"], added.json()["id"])
             (late,) = await claim(client)
             await end(client, late)
             state = await get_run(client, run["id"])
@@ -118,7 +121,12 @@ async def test_a_task_added_while_the_run_completes_is_either_refused_or_counted
         else:
             assert_error(added, 409, "has ended")
             assert (state["status"], state["totalTasks"]) == ("completed", 1)
-        outcomes.add(added.status_code)
+            if backend.published is not None:
+                await backend.published.assert_published_once(first["id"])
+        outcomes.append(added.status_code)
+    if backend.published is not None:  # a refused task published nothing
+        jobs, duplicated = await backend.published.adds()
+        assert (sum(jobs.values()), duplicated) == (12 + outcomes.count(201), {})
     assert outcomes  # both orders are legal; each run ended consistent
 
 

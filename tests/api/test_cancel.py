@@ -137,10 +137,10 @@ async def test_cancel_run_cancels_every_unfinished_task(client):
     assert (again.json()["cancelledTasks"], again.json()["completedTasks"]) == (4, 1)
 
 
-async def test_cancel_racing_completion_counts_each_task_once(client):
+async def test_cancel_racing_completion_counts_each_task_once(backend):
+    client = backend.client
     run = await create_run(client)
-    for _ in range(60):
-        await create_task(client, run["id"], enqueue=True)
+    created = [await create_task(client, run["id"], enqueue=True) for _ in range(60)]
     held = await claim(client)
 
     async def complete(task):
@@ -163,3 +163,8 @@ async def test_cancel_racing_completion_counts_each_task_once(client):
     completed = sum(1 for s in statuses.values() if s == "completed")
     assert (counts["completedTasks"], counts["cancelledTasks"]) == (completed, 60 - completed)
     assert counts["totalTasks"] == 60
+    if backend.published is not None:
+        # Each task published once, when it was enqueued; neither end published another attempt.
+        await backend.published.assert_published_once(*(t["id"] for t in created))
+        jobs, _ = await backend.published.adds()
+        assert sum(jobs.values()) == 60

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
+from foreman import ids
+from foreman.queue.postgres import PostgresQueue
+from foreman.server.sweeper import Sweeper
+from foreman.store import db
 from tests.api.helpers import API, assert_error, create_run, create_task, get_run, missing_id
 from tests.conftest import HEADERS_A, HEADERS_B
 
@@ -183,7 +187,8 @@ async def test_bad_dependencies(client):
     assert_error(response, 404, "Task not found")
 
 
-async def test_parents_completing_concurrently_release_the_child_exactly_once(client):
+async def test_parents_completing_concurrently_release_the_child_exactly_once(backend):
+    client = backend.client
     run = await create_run(client)
     parents = (await batch(client, [item(run["id"], "p") for _ in range(200)])).json()["data"]
     ids_ = [p["id"] for p in parents]
@@ -203,12 +208,19 @@ async def test_parents_completing_concurrently_release_the_child_exactly_once(cl
 
     await asyncio.gather(*(complete_many(held[i::16]) for i in range(16)))
     assert await status(client, child["id"]) == "queued"
+    if backend.published is not None:
+        # The release published the child's job once (one add, no duplicate), and it is there
+        # without a sweeper's repair: neither lost nor doubled by the 16 concurrent batches.
+        await backend.published.assert_published_once(child["id"], *ids_)
+        created, _ = await backend.published.adds()
+        assert sum(created.values()) == 201
     (joined,) = await claim(client)
     assert joined["id"] == child["id"]
     assert await claim(client) == []
 
 
-async def test_a_parent_failing_while_siblings_complete_cancels_the_child_once(client):
+async def test_a_parent_failing_while_siblings_complete_cancels_the_child_once(backend):
+    client = backend.client
     for policy, expected in (("cancel", "cancelled"), ("run", "queued")):
         run = await create_run(client)
         parents = await batch(client, [item(run["id"], "p", maxRetries=0) for _ in range(40)])
@@ -228,6 +240,17 @@ async def test_a_parent_failing_while_siblings_complete_cancels_the_child_once(c
         cancelled = 1 if expected == "cancelled" else 0
         assert (counts["completedTasks"], counts["failedTasks"]) == (39, 1)
         assert counts["cancelledTasks"] == cancelled
+        if backend.published is not None:
+            await backend.published.assert_published_once(*ids_)
+            created, _ = await backend.published.adds()
+            if expected == "queued":  # released once, whichever parent ended last
+                await backend.published.assert_published_once(child["id"])
+            else:  # cancelled with its failed parent: never published
+                assert created[f"{child['id']}:1"] == 0
+                assert await backend.published.job_data(child["id"]) is None
+        if policy == "run":
+            (ran,) = await claim(client, types=["c"])
+            assert ran["id"] == child["id"]
 
 
 async def test_a_child_added_while_its_parent_ends_is_never_left_blocked(client):
@@ -244,12 +267,11 @@ async def test_a_child_added_while_its_parent_ends_is_never_left_blocked(client)
         assert await status(client, added.json()["id"]) == "queued"
 
 
-async def test_a_join_whose_worker_died_is_retried_not_duplicated(client, db_url):
-    import asyncpg
-
-    from foreman import ids
-    from foreman.store import queue as queue_store
-
+async def test_a_join_whose_worker_died_is_retried_not_duplicated(backend, db_url):
+    """In process: the worker that claimed the join stops answering; its lease runs out and the
+    server's sweeper (run by hand, its clock moved past the lease) retries the join. A worker
+    really killed mid-join: tests/faults/test_worker_kill.py."""
+    client = backend.client
     run = await create_run(client)
     parent = await create_task(client, run["id"], type="p", enqueue=True)
     join = await create_task(client, run["id"], type="j", enqueue=True, dependsOn=[parent["id"]])
@@ -259,12 +281,24 @@ async def test_a_join_whose_worker_died_is_retried_not_duplicated(client, db_url
     response = await client.post(f"{API}/tasks/claim", json=body, headers=HEADERS_A)
     (first,) = response.json()["data"]
     assert first["id"] == join["id"]
-    conn = await asyncpg.connect(db_url)
-    try:  # the worker died: its lease expires and the sweeper puts the join back
-        await queue_store.expire_leases(conn, now=ids.now_ms() + 5_000, limit=10)
-        await conn.execute("UPDATE task SET run_after = 0 WHERE id = $1", join["id"])
+    # The worker died: its lease expires and the sweeper puts the join back, publishing its next
+    # attempt on the app's own queue backend (a BullMQ job on bullmq).
+    pool = await db.create_pool(
+        db_url, min_size=1, max_size=1, command_timeout_s=10, connect_timeout_s=3, app_role=False
+    )
+    try:
+        queue = backend.app.state.foreman.queue or PostgresQueue()
+        swept = Sweeper(pool, queue=queue, interval_s=1.0, batch=10, grace_s=0.0)
+        result = await swept.sweep(now=ids.now_ms() + 5_000)
+        assert (result.locked, result.retried, result.failed) == (True, 1, 0)
+        async with pool.acquire() as conn:
+            await conn.execute("UPDATE task SET run_after = 0 WHERE id = $1", join["id"])
     finally:
-        await conn.close()
+        await pool.close()
+    if backend.published is not None:
+        # Each attempt of the join published once: at its release, then by the sweep.
+        await backend.published.assert_published_once(join["id"], attempt=1)
+        await backend.published.assert_published_once(join["id"], attempt=2)
     (second,) = await claim(client)
     assert (second["id"], second["attempt"]) == (join["id"], 2)
     await end(client, second, outputData={"joined": True})
@@ -278,6 +312,7 @@ async def test_a_join_whose_worker_died_is_retried_not_duplicated(client, db_url
     assert [a["outcome"] for a in attempts.json()["data"]] == ["lease_expired", "completed"]
     counts = await get_run(client, run["id"])
     assert (counts["completedTasks"], counts["totalTasks"]) == (2, 2)
+    assert await claim(client) == []
 
 
 async def test_a_join_added_while_its_parents_complete(client):

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 from foreman import TaskContext
@@ -60,6 +61,21 @@ async def join(ctx: TaskContext) -> Any:
     return {"sum": sum(o["square"] for o in outputs.values()), "parents": len(outputs)}
 
 
+async def gated_join(ctx: TaskContext) -> Any:
+    """A fan-in that a test can kill mid-run: notes each start in the run's data, waits until the
+    file input_data["gate"] exists, then records its result (run data "joined") and returns it.
+    So "joined" has one entry per run of the join that got past the gate."""
+    mine = {"attempt": ctx.attempt, "pid": os.getpid()}
+    await ctx.set_data("join_started", mine)
+    gate = Path(ctx.input_data["gate"])
+    while not gate.exists():
+        await asyncio.sleep(0.02)
+    outputs = await ctx.parent_outputs()
+    result = {**mine, "sum": sum(o["square"] for o in outputs.values()), "parents": len(outputs)}
+    await ctx.set_data("joined", result)
+    return result
+
+
 HANDLERS = {
     "split": split,
     "square": square,
@@ -69,4 +85,5 @@ HANDLERS = {
     "sync_nap": sync_nap,
     "flaky": flaky,
     "until_cancelled": until_cancelled,
+    "gated_join": gated_join,
 }
