@@ -480,7 +480,7 @@ def _cancel_all(client: Client, ids: list[str], *, show_progress: bool) -> dict[
                     report["cancelled"].append(task.id)
             except errors.ConflictError as exc:
                 report["alreadyEnded"].append({"id": task_id, "error": exc.message})
-                note = f"[yellow]already ended[/yellow] {task_id}: {exc.message}"
+                note = f"[yellow]already ended:[/yellow] {exc.message}"
             except errors.NotFoundError:
                 report["notFound"].append(task_id)
                 note = f"[yellow]not found[/yellow] {task_id}"

@@ -192,7 +192,7 @@ def test_tasks_cancel_reports_each_outcome(live, client):
     assert "cancelled 1 task(s), 0 running (stop at the next heartbeat), 1 already ended" in (
         table.output
     )
-    assert f"already ended {done.id}" in table.output
+    assert f"already ended: Task {done.id} is completed" in table.output
 
 
 def test_tasks_attempts_table_and_json(live, client):
