@@ -152,14 +152,10 @@ async def test_a_task_page_shows_every_attempt_and_its_parents(client):
     page = (await client.get(f"/ui/tasks/{flaky['id']}")).text
     attempts = re.findall(r'<tr class="attempt-row" data-id="(\d+)">', page)
     assert attempts == ["1", "2"]
-    for fragment in (
-        "worker-1",
-        "worker-2",
-        "TimeoutError",
-        "took &lt;too&gt; long",
-        "2 attempt(s)",
-    ):
+    for fragment in ("worker-1", "worker-2", "2 attempt(s)"):
         assert fragment in page, fragment
+    error_cells = '<td class="error-type">TimeoutError</td><td>took &lt;too&gt; long</td>'
+    assert error_cells in page
     assert 'id="parents"' not in page  # no dependsOn: no parents section
     joined = (await client.get(f"/ui/tasks/{join['id']}")).text
     assert "2 parent(s), 1 not ended yet" in joined
@@ -242,4 +238,34 @@ async def test_cancel_run_needs_the_csrf_token_and_its_organisation(client):
         f"/ui/runs/{finished['id']}/cancel", data={"csrf": csrf_of(page.text)}
     )
     assert again.status_code == 409
+    client.cookies.clear()
+
+
+async def test_many_parents_come_a_page_at_a_time(client):
+    run = await create_run(client)
+    batch = [
+        {"runId": run["id"], "type": "part", "inputData": i, "enqueue": True, "ref": f"p{i}"}
+        for i in range(30)
+    ]
+    batch.append(
+        {
+            "runId": run["id"],
+            "type": "join",
+            "inputData": 0,
+            "enqueue": True,
+            "dependsOn": [f"p{i}" for i in range(30)],
+        }
+    )
+    created = await client.post(f"{API}/tasks/batch", json={"tasks": batch}, headers=HEADERS_A)
+    assert created.status_code == 201, created.text
+    parts, join = created.json()["data"][:30], created.json()["data"][30]
+    await login(client)
+    first = (await client.get(f"/ui/tasks/{join['id']}")).text
+    assert "30 parent(s), 30 not ended yet" in first
+    listed = re.findall(r'<tr class="parent-row" data-id="([^"]+)">', first)
+    assert listed == sorted(p["id"] for p in parts)[:25]
+    assert 'href="?apage=0&amp;ppage=1"' in first
+    second = (await client.get(f"/ui/tasks/{join['id']}?ppage=1")).text
+    listed += re.findall(r'<tr class="parent-row" data-id="([^"]+)">', second)
+    assert listed == sorted(p["id"] for p in parts)
     client.cookies.clear()
