@@ -263,6 +263,11 @@ class TaskParents:
             for r in records
         ]
 
+    @staticmethod
+    def whole(rows: list[Parent]) -> ParentCount:
+        """The count of a first page that holds every parent (no statement needed)."""
+        return ParentCount(len(rows), False, sum(1 for row in rows if row.open))
+
     async def count(self, conn: Db, *, bound: int) -> ParentCount:
         """How many parents, up to bound, and how many of those are still open."""
         record = await conn.fetchrow(_TASK_PARENTS_COUNT, self.org_id, self.task_id, bound + 1)
@@ -282,6 +287,11 @@ class TaskAttempts:
         """A page of the attempts."""
         records = await conn.fetch(_TASK_ATTEMPTS, self.org_id, self.task_id, limit, offset)
         return queries.models_from(Attempt, records)
+
+    @staticmethod
+    def whole(rows: list[Attempt]) -> Count:
+        """The count of a first page that holds every attempt (no statement needed)."""
+        return Count(len(rows), False)
 
     async def count(self, conn: Db, *, bound: int) -> Count:
         """How many attempts, up to bound."""

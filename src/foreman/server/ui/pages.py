@@ -8,6 +8,7 @@ page whenever the run's event stream (static/live.js) says something changed.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar, get_args
 
@@ -67,6 +68,18 @@ class _Rows(Protocol[T]):
 async def _listing(conn: Db, page: int, rows: _Rows[T]) -> Listing[T]:
     # One row past the page tells whether another follows, without counting them all.
     found = await rows.page(conn, limit=PAGE + 1, offset=page * PAGE)
+    count = await rows.count(conn, bound=COUNT_BOUND)
+    return Listing(found[:PAGE], len(found) > PAGE, count)
+
+
+async def _short_listing(
+    conn: Db, page: int, rows: _Rows[T], whole: Callable[[list[T]], ui_store.Count]
+) -> Listing[T]:
+    """_listing for lists that are mostly short (a task's attempts, its parents): a first page
+    that is not full is the whole list, counted by whole(rows) without a statement."""
+    found = await rows.page(conn, limit=PAGE + 1, offset=page * PAGE)
+    if page == 0 and len(found) <= PAGE:
+        return Listing(found, False, whole(found))
     count = await rows.count(conn, bound=COUNT_BOUND)
     return Listing(found[:PAGE], len(found) > PAGE, count)
 
@@ -206,10 +219,10 @@ async def task_page(request: Request[Any, Any, Any], task_id: FromPath[str]) -> 
             conn, org_id=session.org_id, task_id=task_id, limit=50
         )
         data = await ui_store.task_run_data(conn, org_id=session.org_id, task_id=task_id, limit=50)
-        attempts = await _listing(
-            conn, attempt_page, ui_store.TaskAttempts(session.org_id, task_id)
-        )
-        parents = await _listing(conn, parent_page, ui_store.TaskParents(session.org_id, task_id))
+        attempts_of = ui_store.TaskAttempts(session.org_id, task_id)
+        attempts = await _short_listing(conn, attempt_page, attempts_of, attempts_of.whole)
+        parents_of = ui_store.TaskParents(session.org_id, task_id)
+        parents = await _short_listing(conn, parent_page, parents_of, parents_of.whole)
         cancel_requested = None
         if task.status == "running":
             cancel_requested = await ui_store.task_cancel_requested(
