@@ -1,4 +1,5 @@
-"""`foreman runs ls|show` and `foreman tasks ls|show|retry`: operating Foreman over its REST API.
+"""`foreman runs ls|show|cancel` and `foreman tasks ls|show|retry|cancel|attempts`: operating
+Foreman over its REST API.
 
 They talk to a server like any client (the SDK's Client, FOREMAN_ENDPOINT and FOREMAN_API_KEY, or
 --endpoint), so they see what the key's organisation sees. Tables are for people; --json prints
@@ -28,6 +29,7 @@ PAGE = 100  # the API's largest page
 _DURATION = re.compile(r"^(\d+)\s*([smhd])$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _RETRYABLE = ("failed", "cancelled")
+_ENDED_RUN = ("completed", "failed")  # a cancelled run may be cancelled again (its tasks)
 
 runs_app = typer.Typer(help="Runs of the key's organisation.", no_args_is_help=True)
 tasks_app = typer.Typer(help="Tasks of the key's organisation.", no_args_is_help=True)
@@ -39,6 +41,7 @@ ENDPOINT = typer.Option(None, "--endpoint", help="Server URL (default FOREMAN_EN
 JSON = typer.Option(False, "--json", help="JSON for scripts instead of a table.")
 LIMIT = typer.Option(50, "--limit", min=1, help="Rows at most.")
 TASK_IDS = typer.Argument(None, help="Task ids; none: every task matching the filters.")
+CANCEL_IDS = typer.Argument(help="Task ids.")
 SINCE = typer.Option(None, "--since", help="Created since: 30m, 6h, 2d, or an ISO date/time.")
 
 
@@ -230,6 +233,59 @@ def _list_runs(
     return list(_pages(fetch, limit=limit, since_ms=since_ms))
 
 
+@runs_app.command("cancel")
+def runs_cancel(
+    run_id: str = typer.Argument(help="Run id."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+    as_json: bool = JSON,
+    endpoint: str | None = ENDPOINT,
+) -> None:
+    """Cancel a run and every task of it that has not ended (POST /runs/:id/cancel).
+
+    Waiting and blocked tasks are cancelled at once; a running task stops when its worker's next
+    heartbeat sees the cancel (or its lease ends). A run that ended completed or failed is left
+    as it is (exit 1).
+    """
+    with _client(endpoint) as client:
+        try:
+            run = client.get_run(run_id)
+            if run.status in _ENDED_RUN:
+                _err.print(
+                    f"run {run.id} already ended: {run.status}", highlight=False, soft_wrap=True
+                )
+                raise typer.Exit(1)
+            open_tasks = run.total_tasks - _finished(run)
+            question = (
+                f"Cancel run {run.id} ({run.status}) and its {open_tasks} unfinished task(s)?"
+            )
+            if not yes and not typer.confirm(question, err=True):
+                raise typer.Exit(1)
+            try:
+                run = client.cancel_run(run.id)
+            except errors.ConflictError as exc:  # it ended meanwhile
+                _err.print(
+                    f"run {run_id} already ended: {exc.message}", highlight=False, soft_wrap=True
+                )
+                raise typer.Exit(1) from exc
+            running = client.list_tasks(run_id=run.id, status="running", limit=1)
+        except errors.ForemanError as exc:
+            _fail(exc)
+    if as_json:
+        _json(run)
+        return
+    still = running.pagination.total
+    _err.print(
+        f"cancelled run {run.id}: {run.cancelled_tasks} task(s) cancelled"
+        + (f", {still} running task(s) stop at their worker's next heartbeat" if still else ""),
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+def _finished(run: models.Run) -> int:
+    return run.completed_tasks + run.failed_tasks + run.cancelled_tasks
+
+
 # ---------------------------------------------------------------- tasks
 
 
@@ -384,3 +440,106 @@ def _retry_all(
                 _fail(exc)
             progress.advance(bar)
     return retried, refused
+
+
+@tasks_app.command("cancel")
+def tasks_cancel(
+    task_ids: list[str] = CANCEL_IDS,
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+    as_json: bool = JSON,
+    endpoint: str | None = ENDPOINT,
+) -> None:
+    """Cancel tasks by id (POST /tasks/:id/cancel), after a confirmation.
+
+    A waiting or blocked task is cancelled at once (its dependents per their onParentFailure); a
+    running one is marked and stops at its worker's next heartbeat. Tasks that already ended
+    completed or failed, and ids not found, are reported (exit 1).
+    """
+    ids = list(dict.fromkeys(task_ids))
+    if not yes and not typer.confirm(f"Cancel {len(ids)} task(s)?", err=True):
+        raise typer.Exit(1)
+    with _client(endpoint) as client:
+        report = _cancel_all(client, ids, show_progress=not as_json)
+    if as_json:
+        _json(report)
+    else:
+        _err.print(
+            f"cancelled {len(report['cancelled'])} task(s), "
+            f"{len(report['cancelRequested'])} running (stop at the next heartbeat), "
+            f"{len(report['alreadyEnded'])} already ended, {len(report['notFound'])} not found",
+            soft_wrap=True,
+        )
+    if report["alreadyEnded"] or report["notFound"]:
+        raise typer.Exit(1)
+
+
+def _cancel_all(client: Client, ids: list[str], *, show_progress: bool) -> dict[str, list[Any]]:
+    report: dict[str, list[Any]] = {
+        "cancelled": [],
+        "cancelRequested": [],
+        "alreadyEnded": [],
+        "notFound": [],
+    }
+    with Progress(console=_err, disable=not show_progress, transient=False) as progress:
+        bar = progress.add_task("cancelling", total=len(ids))
+        for task_id in ids:
+            note = ""
+            try:
+                task = client.cancel_task(task_id)
+                # 200 answers the task as it is now: cancelled, or running until its next beat.
+                if task.status == "running":
+                    report["cancelRequested"].append(task.id)
+                else:
+                    report["cancelled"].append(task.id)
+            except errors.ConflictError as exc:
+                report["alreadyEnded"].append({"id": task_id, "error": exc.message})
+                note = f"[yellow]already ended:[/yellow] {exc.message}"
+            except errors.NotFoundError:
+                report["notFound"].append(task_id)
+                note = f"[yellow]not found[/yellow] {task_id}"
+            except errors.ForemanError as exc:
+                _fail(exc)
+            if note and show_progress:
+                progress.console.print(note, highlight=False, soft_wrap=True)
+            progress.advance(bar)
+    return report
+
+
+@tasks_app.command("attempts")
+def tasks_attempts(
+    task_id: str = typer.Argument(help="Task id."),
+    as_json: bool = JSON,
+    endpoint: str | None = ENDPOINT,
+) -> None:
+    """Every attempt of a task, oldest first: worker, start, end, duration, outcome, error."""
+    attempts = _fetch(endpoint, lambda client: client.list_attempts(task_id))
+    if as_json:
+        _json(attempts)
+        return
+    if not attempts:
+        _err.print("no attempt yet: the task was never claimed")
+        return
+    table = Table(
+        "attempt", "worker", "started (UTC)", "ended (UTC)", "duration", "outcome", "error"
+    )
+    for attempt in attempts:
+        table.add_row(
+            str(attempt.attempt),
+            attempt.worker_id or "-",
+            _when(attempt.started_at),
+            _when(attempt.ended_at),
+            "-" if attempt.duration_ms is None else f"{attempt.duration_ms} ms",
+            attempt.outcome,
+            error_text(attempt.error_data),
+        )
+    _out.print(table)
+
+
+def error_text(error: Any) -> str:
+    """An errorData in one line: ``type: message`` when it has them, else its JSON."""
+    if error is None:
+        return "-"
+    if isinstance(error, dict) and ("type" in error or "message" in error):
+        kind, message = error.get("type"), error.get("message")
+        return ": ".join(str(part) for part in (kind, message) if part is not None)
+    return msgspec.json.encode(error).decode()

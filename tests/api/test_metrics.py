@@ -131,6 +131,7 @@ async def test_per_organisation_labels(db_url):
     for org in (ORG_A, ORG_B):
         assert value(samples, "foreman_tasks_created_total", type="work", org=org) == 2
         assert value(samples, "foreman_queue_ready_tasks", type="b", org=org) == 1
+        assert ("foreman_queue_blocked_tasks", (("org", org), ("type", "b"))) in samples
     assert value(samples, "foreman_task_pickup_seconds_count", type="work", org=ORG_A) == 2
 
 
@@ -142,3 +143,27 @@ async def test_a_scrape_without_the_database_still_answers():
     assert 'foreman_http_requests_total{method="GET",route="/health",status="200"} 1.0' in text
     assert "foreman_queue_ready_tasks" in text  # the family, with no sample yet
     await exporter.close()
+
+
+async def test_blocked_tasks_per_type(client):
+    run = await create_run(client)
+    batch = [
+        {"runId": run["id"], "type": "split", "inputData": 0, "enqueue": True, "ref": "s"},
+        *(
+            {
+                "runId": run["id"],
+                "type": "join",
+                "inputData": i,
+                "enqueue": True,
+                "dependsOn": ["s"],
+            }
+            for i in range(3)
+        ),
+    ]
+    created = await client.post(f"{API}/tasks/batch", json={"tasks": batch}, headers=HEADERS_A)
+    assert created.status_code == 201, created.text
+    samples = await scrape(client)
+    assert value(samples, "foreman_queue_blocked_tasks", type="join") == 3
+    assert value(samples, "foreman_queue_ready_tasks", type="split") == 1
+    assert value(samples, "foreman_queue_blocked_tasks", type="split") == 0
+    assert value(samples, "foreman_queue_ready_tasks", type="join") == 0

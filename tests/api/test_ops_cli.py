@@ -1,9 +1,11 @@
-"""`foreman runs ls|show` and `foreman tasks ls|show|retry` against a live server."""
+"""`foreman runs ls|show|cancel` and `foreman tasks ls|show|retry|cancel|attempts` against a
+live server."""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -131,3 +133,91 @@ def test_no_endpoint_is_a_clear_error(tmp_path):
     )
     assert result.exit_code == 1
     assert "error" in result.output.lower()
+
+
+def test_runs_cancel_with_confirmation(live, client):
+    run = client.create_run({"n": 3})
+    done = client.create_task(run.id, type="cut", input_data=0)
+    client.update_task(done.id, status="completed")
+    waiting = client.enqueue_task(run.id, type="cut", input_data=1)
+    blocked = client.enqueue_task(run.id, type="join", input_data=2, depends_on=[waiting.id])
+    held = client.enqueue_task(run.id, type="hold", input_data=3)
+    [claimed] = client.claim_tasks(worker_id="w", types=["hold"])
+    assert (blocked.status, claimed.id) == ("blocked", held.id)
+    declined = foreman(live, "runs", "cancel", run.id, answer="n\n")
+    assert declined.exit_code == 1
+    assert f"Cancel run {run.id} (pending) and its 3 unfinished task(s)?" in declined.output
+    assert client.get_run(run.id).status == "pending"
+    accepted = foreman(live, "runs", "cancel", run.id, answer="y\n")
+    assert accepted.exit_code == 0, accepted.output
+    assert "2 task(s) cancelled, 1 running task(s) stop at" in accepted.output
+    assert client.get_task(blocked.id).status == "cancelled"
+    assert client.get_task(held.id).status == "running"  # until its worker's next heartbeat
+    again = json.loads(foreman(live, "runs", "cancel", run.id, "--yes", "--json").stdout)
+    assert (again["id"], again["status"], again["cancelledTasks"]) == (run.id, "cancelled", 2)
+    ended = client.create_run({"n": 0})
+    client.update_run(ended.id, status="completed")
+    refused = foreman(live, "runs", "cancel", ended.id, "--yes")
+    assert refused.exit_code == 1
+    assert "already ended: completed" in refused.output
+    missing = foreman(live, "runs", "cancel", str(uuid.uuid4()), "--yes")
+    assert (missing.exit_code, "Run not found" in missing.output) == (1, True)
+    other = foreman(live, "runs", "cancel", ended.id, "--yes", key=KEY_B)
+    assert (other.exit_code, "Run not found" in other.output) == (1, True)
+
+
+def test_tasks_cancel_reports_each_outcome(live, client):
+    run = client.create_run({"n": 4})
+    queued = client.enqueue_task(run.id, type="cut", input_data=0)
+    child = client.enqueue_task(run.id, type="join", input_data=1, depends_on=[queued.id])
+    held = client.enqueue_task(run.id, type="hold", input_data=2)
+    client.claim_tasks(worker_id="w", types=["hold"])
+    done = client.create_task(run.id, type="cut", input_data=3)
+    client.update_task(done.id, status="completed")
+    missing = str(uuid.uuid4())
+    declined = foreman(live, "tasks", "cancel", queued.id, answer="n\n")
+    assert declined.exit_code == 1
+    assert "Cancel 1 task(s)?" in declined.output
+    assert client.get_task(queued.id).status == "queued"
+    ids = [queued.id, held.id, done.id, missing]
+    result = foreman(live, "tasks", "cancel", *ids, "--yes", "--json")
+    assert result.exit_code == 1  # one already ended, one not found
+    report = json.loads(result.stdout)
+    assert report["cancelled"] == [queued.id]
+    assert report["cancelRequested"] == [held.id]
+    assert [e["id"] for e in report["alreadyEnded"]] == [done.id]
+    assert report["notFound"] == [missing]
+    assert client.get_task(child.id).status == "cancelled"  # its parent was cancelled
+    table = foreman(live, "tasks", "cancel", queued.id, done.id, answer="y\n")
+    assert "cancelled 1 task(s), 0 running (stop at the next heartbeat), 1 already ended" in (
+        table.output
+    )
+    assert f"already ended: Task {done.id} is completed" in table.output
+
+
+def test_tasks_attempts_table_and_json(live, client):
+    run = client.create_run({"n": 1})
+    task = client.enqueue_task(run.id, type="flaky", input_data=0, max_retries=1)
+    [first] = client.claim_tasks(worker_id="worker-1", types=["flaky"])
+    client.fail_task(
+        task.id,
+        lease_token=first.lease_token or "",
+        error_data={"type": "TimeoutError", "message": "took too long"},
+    )
+    second = client.claim_task(task.id, worker_id="worker-2")  # by id: no backoff wait
+    client.complete_task(task.id, lease_token=second.lease_token or "", output_data=1)
+    listed = json.loads(foreman(live, "tasks", "attempts", task.id, "--json").stdout)
+    assert [(a["attempt"], a["workerId"], a["outcome"]) for a in listed] == [
+        (1, "worker-1", "failed"),
+        (2, "worker-2", "completed"),
+    ]
+    assert listed[0]["errorData"]["type"] == "TimeoutError"
+    table = foreman(live, "tasks", "attempts", task.id)
+    assert table.exit_code == 0, table.output
+    assert "worker-1" in table.output
+    assert "TimeoutError: took too long" in table.output
+    assert "completed" in table.output
+    fresh = client.create_task(run.id, type="flaky", input_data=1)
+    assert "never claimed" in foreman(live, "tasks", "attempts", fresh.id).output
+    missing = foreman(live, "tasks", "attempts", task.id, key=KEY_B)
+    assert (missing.exit_code, "Task not found" in missing.output) == (1, True)

@@ -58,8 +58,12 @@ def a_workload(api: Client) -> tuple[Run, dict[str, Task]]:
     run = api.create_run({"report": "monthly"}, metadata={"team": "ops"})
     done = api.create_task(run.id, type="resize", input_data={"url": "s3://a.png"})
     api.update_task(done.id, status="completed", output_data={"thumb": "s3://a-thumb.png"})
-    failed = api.create_task(run.id, type="resize", input_data={"url": "s3://b.png"}, max_retries=0)
-    api.update_task(failed.id, status="failed", error_data={"message": "image too large"})
+    failed = api.enqueue_task(
+        run.id, type="resize", input_data={"url": "s3://b.png"}, max_retries=0
+    )
+    (attempt,) = api.claim_tasks(worker_id="worker-3", types=["resize"])
+    error = {"type": "ValueError", "message": "image too large"}
+    api.fail_task(failed.id, lease_token=attempt.lease_token or "", error_data=error)
     child = api.create_task(run.id, type="notify", input_data=1, parent_task_id=done.id)
     queued = api.enqueue_task(run.id, type="email", input_data={"to": "ops@example.com"})
     held = api.enqueue_task(run.id, type="render", input_data={"page": 1})
@@ -118,6 +122,8 @@ def test_log_in_browse_every_page_and_act(browser, live, api, shots: Path):
     assert tasks["child"].id in text(browser, "children")
     browser.get(f"{live.url}/ui/tasks/{tasks['failed'].id}")
     assert "image too large" in text(browser, "task-error")
+    assert rows(browser, "tr.attempt-row") == ["1"]
+    assert "ValueError" in text(browser, "attempts")
     browser.save_screenshot(str(shots / "task.png"))
     browser.find_element(By.ID, "retry").click()
     WebDriverWait(browser, WAIT_S).until(lambda b: "retried" in text(b, "flash"))
@@ -143,6 +149,19 @@ def test_log_in_browse_every_page_and_act(browser, live, api, shots: Path):
     assert "worker-7" in text(browser, "workers")
     assert "render" in text(browser, "workers")
     browser.save_screenshot(str(shots / "workers.png"))
+
+    # A task's attempts; cancel the run: behind a confirmation, its running task only marked.
+    browser.get(f"{live.url}/ui/tasks/{tasks['held'].id}")
+    assert rows(browser, "tr.attempt-row") == ["1"]
+    assert "worker-7" in text(browser, "attempts")
+    browser.get(f"{live.url}/ui/runs/{run.id}")
+    assert text(browser, "blocked") == "0"
+    assert not browser.find_element(By.ID, "cancel-run-confirm").is_displayed()
+    browser.find_element(By.ID, "cancel-run-open").click()
+    browser.find_element(By.ID, "cancel-run-confirm").click()
+    WebDriverWait(browser, WAIT_S).until(lambda b: "Run cancelled." in text(b, "flash"))
+    assert api.get_run(run.id).status == "cancelled"
+    assert api.get_task(tasks["held"].id).status == "running"  # until its next heartbeat
 
     # Log out: the pages ask for a login again.
     browser.find_element(By.ID, "logout").click()

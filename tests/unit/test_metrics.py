@@ -57,7 +57,11 @@ def test_the_grafana_dashboard_names_only_metrics_that_exist():
         for family in registry.collect()
         for suffix in ("", "_total", "_bucket", "_count", "_sum")
     }
-    queue = {"foreman_queue_ready_tasks", "foreman_queue_running_tasks"}
+    queue = {
+        "foreman_queue_ready_tasks",
+        "foreman_queue_running_tasks",
+        "foreman_queue_blocked_tasks",
+    }
     known |= queue | {"foreman_queue_oldest_ready_age_seconds"}
     assert used <= known, used - known
     assert len(used) >= 14

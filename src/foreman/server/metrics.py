@@ -19,6 +19,7 @@ import os
 import time
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from time import perf_counter
 from typing import Any
 
@@ -267,6 +268,17 @@ class ServerMetrics:
         self._pool.labels("waiting").set(waiting)
 
 
+@dataclass(frozen=True, slots=True)
+class QueueFigures:
+    """The queue gauges of one type (and organisation, per org): ready, running, blocked tasks
+    and the oldest ready one's age in seconds."""
+
+    ready: int = 0
+    running: int = 0
+    blocked: int = 0
+    age_s: float | None = None
+
+
 class QueueCollector(Collector):
     """foreman_queue_* gauges from the last QueueGauges.refresh()."""
 
@@ -283,17 +295,23 @@ class QueueCollector(Collector):
         running = GaugeMetricFamily(
             "foreman_queue_running_tasks", "Tasks held under a lease", labels=["type", *org]
         )
+        blocked = GaugeMetricFamily(
+            "foreman_queue_blocked_tasks",
+            "Tasks waiting for their parents (dependsOn)",
+            labels=["type", *org],
+        )
         oldest = GaugeMetricFamily(
             "foreman_queue_oldest_ready_age_seconds",
             "Age of the oldest ready task (since it became ready)",
             labels=["type", *org],
         )
-        for labels, (ready_n, running_n, age_s) in self.gauges.values.items():
-            ready.add_metric(list(labels), ready_n)
-            running.add_metric(list(labels), running_n)
-            if age_s is not None:
-                oldest.add_metric(list(labels), age_s)
-        yield from (ready, running, oldest)
+        for labels, depth in self.gauges.values.items():
+            ready.add_metric(list(labels), depth.ready)
+            running.add_metric(list(labels), depth.running)
+            blocked.add_metric(list(labels), depth.blocked)
+            if depth.age_s is not None:
+                oldest.add_metric(list(labels), depth.age_s)
+        yield from (ready, running, blocked, oldest)
 
 
 class QueueGauges:
@@ -307,7 +325,7 @@ class QueueGauges:
         self._pool: Pool[db.Connection] | None = None
         self._read_at = -math.inf
         self._lock = asyncio.Lock()
-        self.values: dict[tuple[str, ...], tuple[int, int, float | None]] = {}
+        self.values: dict[tuple[str, ...], QueueFigures] = {}
 
     async def refresh(self) -> None:
         """Read the depth again unless it was read less than a second ago."""
@@ -327,17 +345,20 @@ class QueueGauges:
 
     def _gauges(
         self, depth: list[metrics_store.QueueDepth], now: int
-    ) -> dict[tuple[str, ...], tuple[int, int, float | None]]:
-        values: dict[tuple[str, ...], tuple[int, int, float | None]] = {}
+    ) -> dict[tuple[str, ...], QueueFigures]:
+        values: dict[tuple[str, ...], QueueFigures] = {}
         for row in depth:
             key = (row.task_type, row.org_id) if self.per_org else (row.task_type,)
-            ready, running, age = values.get(key, (0, 0, None))
+            was = values.get(key, QueueFigures())
+            age = was.age_s
             row_age = (
                 None if row.oldest_ready_ms is None else max(0, now - row.oldest_ready_ms) / 1000
             )
             if row_age is not None:
                 age = row_age if age is None else max(age, row_age)
-            values[key] = (ready + row.ready, running + row.running, age)
+            values[key] = QueueFigures(
+                was.ready + row.ready, was.running + row.running, was.blocked + row.blocked, age
+            )
         return values
 
     async def close(self) -> None:

@@ -8,37 +8,36 @@ from foreman.store import queries
 from foreman.store.db import Db
 
 _SQL = queries.load_statements("metrics")
-_READY_TASKS = _SQL["ready_tasks"]
-_RUNNING_TASKS = _SQL["running_tasks"]
+_QUEUE_DEPTH = _SQL["queue_depth"]
 
 
 @dataclass(frozen=True, slots=True)
 class QueueDepth:
-    """Tasks of one organisation and type: ready now (and the oldest's ready time), running."""
+    """Tasks of one organisation and type: ready now (and the oldest's ready time), running,
+    blocked (waiting for parents)."""
 
     org_id: str
     task_type: str
     ready: int = 0
     oldest_ready_ms: int | None = None
     running: int = 0
+    blocked: int = 0
 
 
 async def queue_depth(conn: Db, *, now: int, bound: int) -> list[QueueDepth]:
-    """Ready and running tasks per organisation and type, each count read from at most bound rows.
+    """Ready, running and blocked tasks per organisation and type, in one statement; each count
+    read from at most bound rows.
 
     conn must be the table owner's (every organisation's rows).
     """
-    depth: dict[tuple[str, str], QueueDepth] = {}
-    for record in await conn.fetch(_READY_TASKS, now, bound):
-        key = (record["org_id"], record["type"])
-        depth[key] = QueueDepth(*key, ready=record["tasks"], oldest_ready_ms=record["oldest"])
-    for record in await conn.fetch(_RUNNING_TASKS, bound):
-        key = (record["org_id"], record["type"])
-        found = depth.get(key)
-        depth[key] = QueueDepth(
-            *key,
-            ready=0 if found is None else found.ready,
-            oldest_ready_ms=None if found is None else found.oldest_ready_ms,
-            running=record["tasks"],
+    return [
+        QueueDepth(
+            r["org_id"],
+            r["type"],
+            ready=r["ready"],
+            oldest_ready_ms=r["oldest"],
+            running=r["running"],
+            blocked=r["blocked"],
         )
-    return list(depth.values())
+        for r in await conn.fetch(_QUEUE_DEPTH, now, bound)
+    ]

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from foreman.models import Run, RunData, Task
+from foreman.models import Attempt, Run, RunData, Task
 from foreman.store import queries
 from foreman.store.db import Db
 
@@ -199,14 +199,22 @@ class QueueRow:
     retrying: int
     running: int
     oldest_ready_at: int | None
+    blocked: int = 0
 
 
 async def queue_overview(conn: Db, *, org_id: str, now: int, bound: int) -> list[QueueRow]:
-    """Ready, retrying (waiting out a backoff) and running tasks per type; each status read from
-    at most bound rows."""
+    """Ready, retrying (waiting out a backoff), running and blocked tasks per type; each status
+    read from at most bound rows."""
     records = await conn.fetch(_QUEUE_OVERVIEW, org_id, now, bound)
     return [
-        QueueRow(r["type"], r["ready"], r["retrying"], r["running"], r["oldest_ready_at"])
+        QueueRow(
+            r["type"],
+            r["ready"],
+            r["retrying"],
+            r["running"],
+            r["oldest_ready_at"],
+            blocked=r["blocked"],
+        )
         for r in records
     ]
 
@@ -229,3 +237,94 @@ async def lease_holders(conn: Db, *, org_id: str, bound: int) -> list[LeaseHolde
         LeaseHolder(r["worker_id"], r["tasks"], r["oldest_start"], r["latest_expiry"], r["types"])
         for r in records
     ]
+
+
+# ---------------------------------------------------------------- workflows (issue 13)
+
+_TASK_PARENTS = _SQL["task_parents"]
+_TASK_PARENTS_COUNT = _SQL["task_parents_count"]
+_TASK_ATTEMPTS = _SQL["task_attempts"]
+_TASK_ATTEMPTS_COUNT = _SQL["task_attempts_count"]
+_TASK_CANCEL_REQUESTED = _SQL["task_cancel_requested"]
+_RUN_BLOCKED_COUNT = _SQL["run_blocked_count"]
+
+
+@dataclass(frozen=True, slots=True)
+class Parent:
+    """A parent of a task (dependsOn): its status, and whether the child still waits for it."""
+
+    id: str
+    type: str
+    status: str
+    completed_at: int | None
+    open: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ParentCount(Count):
+    """How many parents (up to the bound), and how many of those have not ended."""
+
+    open: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class TaskParents:
+    """A task's parents in edge order: a page of them, or their count (and the open ones)."""
+
+    org_id: str
+    task_id: str
+
+    async def page(self, conn: Db, *, limit: int, offset: int) -> list[Parent]:
+        """A page of the parents (task_dependency_child_idx, then each parent by id)."""
+        records = await conn.fetch(_TASK_PARENTS, self.org_id, self.task_id, limit, offset)
+        return [
+            Parent(str(r["id"]), r["type"], r["status"], r["completed_at"], r["open"])
+            for r in records
+        ]
+
+    @staticmethod
+    def whole(rows: list[Parent]) -> ParentCount:
+        """The count of a first page that holds every parent (no statement needed)."""
+        return ParentCount(len(rows), False, sum(1 for row in rows if row.open))
+
+    async def count(self, conn: Db, *, bound: int) -> ParentCount:
+        """How many parents, up to bound, and how many of those are still open."""
+        record = await conn.fetchrow(_TASK_PARENTS_COUNT, self.org_id, self.task_id, bound + 1)
+        assert record is not None
+        found = int(record["parents"])
+        return ParentCount(min(found, bound), found > bound, int(record["open"]))
+
+
+@dataclass(frozen=True, slots=True)
+class TaskAttempts:
+    """A task's attempts (task_attempt), oldest first: a page of them, or their count."""
+
+    org_id: str
+    task_id: str
+
+    async def page(self, conn: Db, *, limit: int, offset: int) -> list[Attempt]:
+        """A page of the attempts."""
+        records = await conn.fetch(_TASK_ATTEMPTS, self.org_id, self.task_id, limit, offset)
+        return queries.models_from(Attempt, records)
+
+    @staticmethod
+    def whole(rows: list[Attempt]) -> Count:
+        """The count of a first page that holds every attempt (no statement needed)."""
+        return Count(len(rows), False)
+
+    async def count(self, conn: Db, *, bound: int) -> Count:
+        """How many attempts, up to bound."""
+        found = int(await conn.fetchval(_TASK_ATTEMPTS_COUNT, self.org_id, self.task_id, bound + 1))
+        return Count(min(found, bound), found > bound)
+
+
+async def task_cancel_requested(conn: Db, *, org_id: str, task_id: str) -> int | None:
+    """When a cancel was asked of the running task (epoch ms), None if none was."""
+    value = await conn.fetchval(_TASK_CANCEL_REQUESTED, org_id, task_id)
+    return None if value is None else int(value)
+
+
+async def run_blocked(conn: Db, *, org_id: str, run_id: str, bound: int) -> Count:
+    """How many of the run's tasks wait for parents (blocked), up to bound."""
+    found = int(await conn.fetchval(_RUN_BLOCKED_COUNT, org_id, run_id, bound + 1))
+    return Count(min(found, bound), found > bound)

@@ -226,8 +226,8 @@ def patched(
     now: int,
     request: Request[Any, Any, Any],
 ) -> Task:
-    """The task a committed PATCH (of the API or the dashboard) changed; 404, or 409 leaving a
-    terminal status. A status it set now is counted as the task's end."""
+    """The task a committed PATCH changed; 404, or 409 leaving a terminal status. A status it
+    set now is counted as the task's end."""
     if not result.found:
         raise errors.NotFoundError(f"Task not found: {task_id}")
     assert result.task is not None

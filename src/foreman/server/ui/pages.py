@@ -8,6 +8,7 @@ page whenever the run's event stream (static/live.js) says something changed.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar, get_args
 
@@ -18,9 +19,9 @@ from litestar.response import Redirect, Stream
 from foreman import errors, ids
 from foreman.models import RunStatus, TaskStatus
 from foreman.server import deps, events, params
-from foreman.server.routes import tasks as task_routes
 from foreman.server.ui import login, render
 from foreman.server.ui import session as sessions
+from foreman.store import cancel as cancel_store
 from foreman.store import events as events_store
 from foreman.store import runs, tasks
 from foreman.store import ui as ui_store
@@ -34,6 +35,15 @@ RUN_STATUSES: tuple[str, ...] = get_args(RunStatus)
 TASK_STATUSES: tuple[str, ...] = get_args(TaskStatus)
 RETRYABLE = ("failed", "cancelled")
 TERMINAL = ("completed", "failed", "cancelled")
+CANCELLABLE_RUN = ("pending", "running")
+# What an action's redirect (?done=) says on the page it lands on.
+DONE = {
+    "retried": "retried.",
+    "cancelled": "cancelled.",
+    "cancel-requested": (
+        "cancel requested: it stops at its worker's next heartbeat (or when its lease ends)."
+    ),
+}
 
 T = TypeVar("T")
 
@@ -58,6 +68,18 @@ class _Rows(Protocol[T]):
 async def _listing(conn: Db, page: int, rows: _Rows[T]) -> Listing[T]:
     # One row past the page tells whether another follows, without counting them all.
     found = await rows.page(conn, limit=PAGE + 1, offset=page * PAGE)
+    count = await rows.count(conn, bound=COUNT_BOUND)
+    return Listing(found[:PAGE], len(found) > PAGE, count)
+
+
+async def _short_listing(
+    conn: Db, page: int, rows: _Rows[T], whole: Callable[[list[T]], ui_store.Count]
+) -> Listing[T]:
+    """_listing for lists that are mostly short (a task's attempts, its parents): a first page
+    that is not full is the whole list, counted by whole(rows) without a statement."""
+    found = await rows.page(conn, limit=PAGE + 1, offset=page * PAGE)
+    if page == 0 and len(found) <= PAGE:
+        return Listing(found, False, whole(found))
     count = await rows.count(conn, bound=COUNT_BOUND)
     return Listing(found[:PAGE], len(found) > PAGE, count)
 
@@ -142,6 +164,9 @@ async def run_page(request: Request[Any, Any, Any], run_id: FromPath[str]) -> Re
         run_data = await _listing(
             conn, data_page, ui_store.RunDataRows(session.org_id, run_id, key_prefix, tag)
         )
+        blocked = await ui_store.run_blocked(
+            conn, org_id=session.org_id, run_id=run_id, bound=COUNT_BOUND
+        )
     return _page(
         request,
         "run.html",
@@ -156,6 +181,9 @@ async def run_page(request: Request[Any, Any, Any], run_id: FromPath[str]) -> Re
         key=key_prefix or "",
         tag=tag or "",
         since=since,
+        blocked=blocked,
+        cancellable=run.status in CANCELLABLE_RUN,
+        message=DONE.get(query.get("done") or ""),
     )
 
 
@@ -177,9 +205,12 @@ async def run_events(request: Request[Any, Any, Any], run_id: FromPath[str]) -> 
 
 @get("/tasks/{task_id:str}")
 async def task_page(request: Request[Any, Any, Any], task_id: FromPath[str]) -> Response[str]:
-    """A task: its fields, input, output and error, its parent and children, its run data."""
+    """A task: its fields, input, output and error, every attempt, its parents (dependsOn), its
+    parent and children, its run data."""
     session = await render.session_of(request)
     task_id = _uuid(task_id, "Task")
+    attempt_page = _number(request.query_params.get("apage"))
+    parent_page = _number(request.query_params.get("ppage"))
     async with render.org_conn(request, session.org_id) as conn:
         task = await tasks.get_task(conn, org_id=session.org_id, task_id=task_id)
         if task is None:
@@ -188,6 +219,15 @@ async def task_page(request: Request[Any, Any, Any], task_id: FromPath[str]) -> 
             conn, org_id=session.org_id, task_id=task_id, limit=50
         )
         data = await ui_store.task_run_data(conn, org_id=session.org_id, task_id=task_id, limit=50)
+        attempts_of = ui_store.TaskAttempts(session.org_id, task_id)
+        attempts = await _short_listing(conn, attempt_page, attempts_of, attempts_of.whole)
+        parents_of = ui_store.TaskParents(session.org_id, task_id)
+        parents = await _short_listing(conn, parent_page, parents_of, parents_of.whole)
+        cancel_requested = None
+        if task.status == "running":
+            cancel_requested = await ui_store.task_cancel_requested(
+                conn, org_id=session.org_id, task_id=task_id
+            )
     return _page(
         request,
         "task.html",
@@ -195,9 +235,14 @@ async def task_page(request: Request[Any, Any, Any], task_id: FromPath[str]) -> 
         task=task,
         children=children,
         data=data,
+        attempts=attempts,
+        attempt_page=attempt_page,
+        parents=parents,
+        parent_page=parent_page,
+        cancel_requested=cancel_requested,
         retryable=task.status in RETRYABLE,
-        cancellable=task.status not in TERMINAL,
-        message=request.query_params.get("done"),
+        cancellable=task.status not in TERMINAL and cancel_requested is None,
+        message=DONE.get(request.query_params.get("done") or ""),
     )
 
 
@@ -232,25 +277,41 @@ async def retry_task(request: Request[Any, Any, Any], task_id: FromPath[str]) ->
 
 @post("/tasks/{task_id:str}/cancel", status_code=303)
 async def cancel_task(request: Request[Any, Any, Any], task_id: FromPath[str]) -> Response[Any]:
-    """PATCH /api/v1/tasks/:id {"status": "cancelled"} from the task page."""
+    """POST /api/v1/tasks/:id/cancel from the task page: a waiting or blocked task is cancelled
+    at once, a running one is marked and stops at its worker's next heartbeat."""
     session = await _action_session(request)
     task_id = _uuid(task_id, "Task")
-    now = ids.now_ms()
-    changes: dict[str, Any] = {"status": "cancelled"}
     released: list[str] = []  # its blocked children that may run now (onParentFailure run)
     async with render.org_conn(request, session.org_id) as conn:
-        result = await tasks.update_task(
-            conn,
-            org_id=session.org_id,
-            task_id=task_id,
-            changes=changes,
-            now=now,
-            released=released,
+        result = await cancel_store.cancel_task(
+            conn, org_id=session.org_id, task_id=task_id, now=ids.now_ms(), released=released
         )
         children = await deps.released_tasks(request, conn, session.org_id, released)
     await deps.state(request).publish(children)
-    task_routes.patched(result, task_id=task_id, changes=changes, now=now, request=request)
-    return Redirect(f"/ui/tasks/{task_id}?done=cancelled", status_code=303)
+    task = result.task
+    if task is None:
+        raise errors.NotFoundError(f"Task not found: {task_id}")
+    if not result.changed and task.status in ("completed", "failed"):
+        raise errors.ConflictError(f"Task {task_id} is {task.status}; it cannot be cancelled")
+    done = "cancel-requested" if task.status == "running" else "cancelled"
+    return Redirect(f"/ui/tasks/{task_id}?done={done}", status_code=303)
+
+
+@post("/runs/{run_id:str}/cancel", status_code=303)
+async def cancel_run(request: Request[Any, Any, Any], run_id: FromPath[str]) -> Response[Any]:
+    """POST /api/v1/runs/:id/cancel from the run page: the run and every task of it that has not
+    ended (running ones at their worker's next heartbeat)."""
+    session = await _action_session(request)
+    run_id = _uuid(run_id, "Run")
+    async with render.org_conn(request, session.org_id) as conn:
+        run, changed = await cancel_store.cancel_run(
+            conn, org_id=session.org_id, run_id=run_id, now=ids.now_ms()
+        )
+    if run is None:
+        raise errors.NotFoundError(f"Run not found: {run_id}")
+    if not changed:
+        raise errors.ConflictError(f"Run {run_id} is {run.status}; it cannot be cancelled")
+    return Redirect(f"/ui/runs/{run_id}?done=cancelled", status_code=303)
 
 
 # ---------------------------------------------------------------- queues and workers
@@ -258,7 +319,7 @@ async def cancel_task(request: Request[Any, Any, Any], task_id: FromPath[str]) -
 
 @get("/queues")
 async def queues_page(request: Request[Any, Any, Any]) -> Response[str]:
-    """Per task type: ready, retrying, running, and the oldest ready task's age."""
+    """Per task type: ready, retrying, running, blocked, and the oldest ready task's age."""
     session = await render.session_of(request)
     now = ids.now_ms()
     async with render.org_conn(request, session.org_id) as conn:
@@ -308,6 +369,7 @@ def router() -> Router:
             task_page,
             retry_task,
             cancel_task,
+            cancel_run,
             queues_page,
             workers_page,
         ],

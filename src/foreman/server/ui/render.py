@@ -41,6 +41,7 @@ def environment() -> jinja2.Environment:
     env.filters["when"] = when
     env.filters["age"] = age
     env.filters["pretty"] = pretty
+    env.filters["decoded"] = decoded
     return env
 
 
@@ -60,6 +61,11 @@ def age(ms: int | None, now_ms: int | None = None) -> str:
         if seconds >= size:
             return f"{seconds // size}{unit}"
     return f"{seconds}s"
+
+
+def decoded(value: Any) -> Any:
+    """A stored JSON value as Python (stored JSON arrives as raw text), to look inside it."""
+    return msgspec.json.decode(value) if isinstance(value, msgspec.Raw) else value
 
 
 def pretty(value: Any) -> str:
