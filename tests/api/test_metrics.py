@@ -10,7 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from foreman.server.app import create_app
 from foreman.server.metrics import Exporter
-from tests.api.helpers import API, create_run
+from tests.api.helpers import API, create_run, create_task
 from tests.conftest import HEADERS_A, HEADERS_B, ORG_A, ORG_B, make_settings
 from tests.queue_helpers import running_app
 from tests.services import free_port
@@ -167,3 +167,24 @@ async def test_blocked_tasks_per_type(client):
     assert value(samples, "foreman_queue_ready_tasks", type="split") == 1
     assert value(samples, "foreman_queue_blocked_tasks", type="split") == 0
     assert value(samples, "foreman_queue_ready_tasks", type="join") == 0
+
+
+async def test_cancelled_tasks_count_as_finished(client):
+    # POST /tasks/:id/cancel and /runs/:id/cancel end tasks at once: counted like any end. A
+    # running task is only marked (it ends, and is counted, when its worker reports).
+    one = await create_run(client)
+    task = await create_task(client, one["id"], type="solo", enqueue=True)
+    assert (await client.post(f"{API}/tasks/{task['id']}/cancel", headers=HEADERS_A)).is_success
+    again = await client.post(f"{API}/tasks/{task['id']}/cancel", headers=HEADERS_A)
+    assert again.is_success  # a repeat changes nothing, counts nothing
+    run = await create_run(client)
+    for i in range(3):
+        await create_task(client, run["id"], type="many", inputData=i, enqueue=True)
+    claim = {"workerId": "w", "limit": 1, "types": ["many"]}
+    held = await client.post(f"{API}/tasks/claim", json=claim, headers=HEADERS_A)
+    assert len(held.json()["data"]) == 1
+    assert (await client.post(f"{API}/runs/{run['id']}/cancel", headers=HEADERS_A)).is_success
+    samples = await scrape(client)
+    finished = "foreman_tasks_finished_total"
+    assert value(samples, finished, type="solo", status="cancelled") == 1
+    assert value(samples, finished, type="many", status="cancelled") == 2  # the running one: later

@@ -213,6 +213,12 @@ class ServerMetrics:
             elif task.status == "retrying":
                 self._counts["retries"].add((task.type, *org))
 
+    def types_cancelled(self, org_id: str, types: Iterable[str]) -> None:
+        """Tasks a run's cancel ended at once, by type (no Task was built for them)."""
+        tally, org = self._counts["finished"], self._org(org_id)
+        for task_type in types:
+            tally.add((task_type, "cancelled", *org))
+
     def task_retried(self, task: Task) -> None:
         """A task retried by hand (POST /tasks/:id/retry)."""
         self._counts["retries"].add((task.type, *self._org(task.org_id)))

@@ -41,12 +41,19 @@ async def cancel_task(
     return Cancelled(await get_task(conn, org_id=org_id, task_id=task_id), False)
 
 
-async def cancel_run(conn: Db, *, org_id: str, run_id: str, now: int) -> tuple[Run | None, bool]:
-    """Cancel a run and its tasks; the run as it is now, and whether this call cancelled it.
+@dataclass(frozen=True, slots=True)
+class RunCancelled:
+    """The run after a cancel; changed = this call cancelled it (a run that ended completed or
+    failed is not changed); the types of the tasks it ended at once, one entry per task."""
 
-    A run that ended completed or failed is not changed (False).
-    """
+    run: Run | None
+    changed: bool
+    types_ended: list[str]
+
+
+async def cancel_run(conn: Db, *, org_id: str, run_id: str, now: int) -> RunCancelled:
+    """Cancel a run and its tasks (running ones at their worker's next beat)."""
     record = await conn.fetchrow(_CANCEL_RUN, org_id, run_id, now, *two_shards())
     assert record is not None
     run = await runs_store.get_run(conn, org_id=org_id, run_id=run_id)
-    return run, bool(record["cancelled"])
+    return RunCancelled(run, bool(record["cancelled"]), list(record["types_ended"] or []))

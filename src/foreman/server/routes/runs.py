@@ -8,11 +8,10 @@ from litestar import Request, get, patch, post
 from litestar.params import FromPath, JSONBody, QueryParameter
 from litestar.response import Stream
 
-from foreman import errors, ids, models
+from foreman import ids, models
 from foreman.models import Run, RunCreate, RunList, RunStatus, RunUpdate
-from foreman.server import auth, deps, events, params
+from foreman.server import auth, cancelling, deps, events, params
 from foreman.server.deps import error_responses, event_hub, org_conn
-from foreman.store import cancel as cancel_store
 from foreman.store import runs as runs_store
 
 SORT_BY = "One of created_at, started_at, completed_at (camelCase accepted)." + params.ONCE
@@ -67,16 +66,7 @@ async def cancel_run(request: Request[Any, Any, Any], run_id: FromPath[str]) -> 
     is 409.
     """
     run_id = params.path_id(run_id, "Run")
-    async with org_conn(request) as (org_id, conn):
-        run, changed = await cancel_store.cancel_run(
-            conn, org_id=org_id, run_id=run_id, now=ids.now_ms()
-        )
-    run = deps.found(run, "Run", run_id)
-    if not changed:
-        raise errors.ConflictError(
-            f"Run {run_id} is {run.status}; it cannot be cancelled", status=run.status
-        )
-    return run
+    return await cancelling.cancel_run(request, auth.request_org(request), run_id)
 
 
 @patch("/{run_id:str}", responses=error_responses(400, 404, 413))

@@ -17,10 +17,9 @@ from foreman.models import (
     TaskStatus,
     TaskUpdate,
 )
-from foreman.server import deps, params
+from foreman.server import auth, cancelling, deps, params
 from foreman.server.deps import error_responses, org_conn, released_tasks, state
 from foreman.server.responses import JsonResponse
-from foreman.store import cancel as cancel_store
 from foreman.store import dependencies as dependencies_store
 from foreman.store import queries
 from foreman.store import tasks as tasks_store
@@ -156,19 +155,7 @@ async def cancel_task(request: Request[Any, Any, Any], task_id: FromPath[str]) -
     completed or failed is 409.
     """
     task_id = params.path_id(task_id, "Task")
-    released: list[str] = []
-    async with org_conn(request) as (org_id, conn):
-        result = await cancel_store.cancel_task(
-            conn, org_id=org_id, task_id=task_id, now=ids.now_ms(), released=released
-        )
-        children = await released_tasks(request, conn, org_id, released)
-    await state(request).publish(children)
-    task = deps.found(result.task, "Task", task_id)
-    if not result.changed and task.status in ("completed", "failed"):
-        raise errors.ConflictError(
-            f"Task {task_id} is {task.status}; it cannot be cancelled", status=task.status
-        )
-    return task
+    return await cancelling.cancel_task(request, auth.request_org(request), task_id)
 
 
 @get(

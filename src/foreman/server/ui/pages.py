@@ -18,10 +18,9 @@ from litestar.response import Redirect, Stream
 
 from foreman import errors, ids
 from foreman.models import RunStatus, TaskStatus
-from foreman.server import deps, events, params
+from foreman.server import cancelling, deps, events, params
 from foreman.server.ui import login, render
 from foreman.server.ui import session as sessions
-from foreman.store import cancel as cancel_store
 from foreman.store import events as events_store
 from foreman.store import runs, tasks
 from foreman.store import ui as ui_store
@@ -281,18 +280,7 @@ async def cancel_task(request: Request[Any, Any, Any], task_id: FromPath[str]) -
     at once, a running one is marked and stops at its worker's next heartbeat."""
     session = await _action_session(request)
     task_id = _uuid(task_id, "Task")
-    released: list[str] = []  # its blocked children that may run now (onParentFailure run)
-    async with render.org_conn(request, session.org_id) as conn:
-        result = await cancel_store.cancel_task(
-            conn, org_id=session.org_id, task_id=task_id, now=ids.now_ms(), released=released
-        )
-        children = await deps.released_tasks(request, conn, session.org_id, released)
-    await deps.state(request).publish(children)
-    task = result.task
-    if task is None:
-        raise errors.NotFoundError(f"Task not found: {task_id}")
-    if not result.changed and task.status in ("completed", "failed"):
-        raise errors.ConflictError(f"Task {task_id} is {task.status}; it cannot be cancelled")
+    task = await cancelling.cancel_task(request, session.org_id, task_id)
     done = "cancel-requested" if task.status == "running" else "cancelled"
     return Redirect(f"/ui/tasks/{task_id}?done={done}", status_code=303)
 
@@ -303,14 +291,7 @@ async def cancel_run(request: Request[Any, Any, Any], run_id: FromPath[str]) -> 
     ended (running ones at their worker's next heartbeat)."""
     session = await _action_session(request)
     run_id = _uuid(run_id, "Run")
-    async with render.org_conn(request, session.org_id) as conn:
-        run, changed = await cancel_store.cancel_run(
-            conn, org_id=session.org_id, run_id=run_id, now=ids.now_ms()
-        )
-    if run is None:
-        raise errors.NotFoundError(f"Run not found: {run_id}")
-    if not changed:
-        raise errors.ConflictError(f"Run {run_id} is {run.status}; it cannot be cancelled")
+    await cancelling.cancel_run(request, session.org_id, run_id)
     return Redirect(f"/ui/runs/{run_id}?done=cancelled", status_code=303)
 
 

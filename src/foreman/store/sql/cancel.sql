@@ -78,7 +78,7 @@ WITH r AS (
      WHERE org_id = $1 AND run_id IN (SELECT id FROM r)
        AND (status IN ('pending', 'queued', 'retrying', 'blocked')
             OR (status = 'running' AND cancel_requested_at IS NULL))
-    RETURNING id, run_id, org_id, status
+    RETURNING id, run_id, org_id, status, type
 ), c AS (
     INSERT INTO run_counter (run_id, shard, org_id, cancelled_tasks)
     SELECT run_id, $4::smallint, org_id, count(*) FROM t WHERE status = 'cancelled'
@@ -91,6 +91,7 @@ WITH r AS (
            end_dependents(p.ids, $3, $5::smallint) x
 )
 SELECT EXISTS (SELECT 1 FROM r) AS cancelled,
+       (SELECT array_agg(type) FROM t WHERE status = 'cancelled') AS types_ended,
        (SELECT count(*) FROM dep) AS dependency_step,
        (SELECT count(pg_notify('foreman_task_done', g.ids))
           FROM (SELECT string_agg(d.id::text, ',') AS ids
