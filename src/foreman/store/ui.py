@@ -241,13 +241,6 @@ async def lease_holders(conn: Db, *, org_id: str, bound: int) -> list[LeaseHolde
 
 # ---------------------------------------------------------------- workflows (issue 13)
 
-_TASK_PARENTS = _SQL["task_parents"]
-_TASK_PARENTS_COUNT = _SQL["task_parents_count"]
-_TASK_ATTEMPTS = _SQL["task_attempts"]
-_TASK_ATTEMPTS_COUNT = _SQL["task_attempts_count"]
-_TASK_CANCEL_REQUESTED = _SQL["task_cancel_requested"]
-_RUN_BLOCKED_COUNT = _SQL["run_blocked_count"]
-
 
 @dataclass(frozen=True, slots=True)
 class Parent:
@@ -268,15 +261,20 @@ class ParentCount(Count):
 
 
 @dataclass(frozen=True, slots=True)
-class TaskParents:
-    """A task's parents in edge order: a page of them, or their count (and the open ones)."""
+class _OfTask:
+    """Rows that belong to one task."""
 
     org_id: str
     task_id: str
 
+
+@dataclass(frozen=True, slots=True)
+class TaskParents(_OfTask):
+    """A task's parents in edge order: a page of them, or their count (and the open ones)."""
+
     async def page(self, conn: Db, *, limit: int, offset: int) -> list[Parent]:
         """A page of the parents (task_dependency_child_idx, then each parent by id)."""
-        records = await conn.fetch(_TASK_PARENTS, self.org_id, self.task_id, limit, offset)
+        records = await conn.fetch(_SQL["task_parents"], self.org_id, self.task_id, limit, offset)
         return [
             Parent(str(r["id"]), r["type"], r["status"], r["completed_at"], r["open"])
             for r in records
@@ -289,22 +287,21 @@ class TaskParents:
 
     async def count(self, conn: Db, *, bound: int) -> ParentCount:
         """How many parents, up to bound, and how many of those are still open."""
-        record = await conn.fetchrow(_TASK_PARENTS_COUNT, self.org_id, self.task_id, bound + 1)
+        record = await conn.fetchrow(
+            _SQL["task_parents_count"], self.org_id, self.task_id, bound + 1
+        )
         assert record is not None
         found = int(record["parents"])
         return ParentCount(min(found, bound), found > bound, int(record["open"]))
 
 
 @dataclass(frozen=True, slots=True)
-class TaskAttempts:
+class TaskAttempts(_OfTask):
     """A task's attempts (task_attempt), oldest first: a page of them, or their count."""
-
-    org_id: str
-    task_id: str
 
     async def page(self, conn: Db, *, limit: int, offset: int) -> list[Attempt]:
         """A page of the attempts."""
-        records = await conn.fetch(_TASK_ATTEMPTS, self.org_id, self.task_id, limit, offset)
+        records = await conn.fetch(_SQL["task_attempts"], self.org_id, self.task_id, limit, offset)
         return queries.models_from(Attempt, records)
 
     @staticmethod
@@ -314,17 +311,19 @@ class TaskAttempts:
 
     async def count(self, conn: Db, *, bound: int) -> Count:
         """How many attempts, up to bound."""
-        found = int(await conn.fetchval(_TASK_ATTEMPTS_COUNT, self.org_id, self.task_id, bound + 1))
+        found = int(
+            await conn.fetchval(_SQL["task_attempts_count"], self.org_id, self.task_id, bound + 1)
+        )
         return Count(min(found, bound), found > bound)
 
 
 async def task_cancel_requested(conn: Db, *, org_id: str, task_id: str) -> int | None:
     """When a cancel was asked of the running task (epoch ms), None if none was."""
-    value = await conn.fetchval(_TASK_CANCEL_REQUESTED, org_id, task_id)
+    value = await conn.fetchval(_SQL["task_cancel_requested"], org_id, task_id)
     return None if value is None else int(value)
 
 
 async def run_blocked(conn: Db, *, org_id: str, run_id: str, bound: int) -> Count:
     """How many of the run's tasks wait for parents (blocked), up to bound."""
-    found = int(await conn.fetchval(_RUN_BLOCKED_COUNT, org_id, run_id, bound + 1))
+    found = int(await conn.fetchval(_SQL["run_blocked_count"], org_id, run_id, bound + 1))
     return Count(min(found, bound), found > bound)
