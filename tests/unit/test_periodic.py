@@ -9,6 +9,7 @@ import logging
 import pytest
 
 from foreman import errors
+from foreman.queue.postgres import PostgresQueue
 from foreman.server.periodic import Periodic
 
 
@@ -29,7 +30,8 @@ class Rounds(Periodic):
     log = logging.getLogger("tests.periodic")
 
     def __init__(self, *failures: Exception) -> None:
-        super().__init__(Pool(), interval_s=0.001)  # type: ignore[arg-type]
+        # What a round publishes to is not used here: the postgres backend publishes nothing.
+        super().__init__(Pool(), queue=PostgresQueue(), interval_s=0.001, batch=1)  # type: ignore[arg-type]
         self.failures = list(failures)
         self.rounds = 0
         self.steady = asyncio.Event()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from typing import TYPE_CHECKING, Any, ClassVar, Self
+from typing import TYPE_CHECKING, Any, ClassVar, NotRequired, Self, TypedDict
 
 import asyncpg
 
@@ -31,6 +31,15 @@ OUTAGES = (
 )
 
 
+class LoopOptions(TypedDict):
+    """What every periodic loop is made with, beside its pool (Periodic.__init__)."""
+
+    queue: QueueBackend
+    interval_s: float
+    batch: int
+    metrics: NotRequired[ServerMetrics | None]
+
+
 class Periodic:
     """Runs ``tick()`` every interval in the background, from ``start()`` until ``close()``.
 
@@ -42,9 +51,20 @@ class Periodic:
     what: ClassVar[str]  # the round, in log lines: "sweep", "firing schedules"
     log: ClassVar[logging.Logger]
 
-    def __init__(self, pool: Pool[db.Connection], *, interval_s: float) -> None:
+    def __init__(
+        self,
+        pool: Pool[db.Connection],
+        *,
+        queue: QueueBackend,
+        interval_s: float,
+        batch: int,
+        metrics: ServerMetrics | None = None,
+    ) -> None:
         self._pool = pool
+        self._queue = queue  # where the tasks a round makes ready are published
         self._interval_s = interval_s
+        self._batch = batch  # rows per statement
+        self._metrics = metrics
         self._task: asyncio.Task[None] | None = None
 
     def _jittered(self) -> float:

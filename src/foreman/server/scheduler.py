@@ -15,13 +15,10 @@ from typing import Any
 
 from foreman import ids
 from foreman.models import Schedule
-from foreman.queue.base import QueueBackend
-from foreman.server.metrics import ServerMetrics
 from foreman.server.periodic import OUTAGES, Periodic
 from foreman.settings import Settings
 from foreman.store import db
 from foreman.store import schedules as schedules_store
-from foreman.store.pool import Pool
 
 logger = logging.getLogger(__name__)
 
@@ -32,20 +29,6 @@ class Scheduler(Periodic):
     task_name = "foreman-scheduler"
     what = "firing schedules"
     log = logger
-
-    def __init__(
-        self,
-        pool: Pool[db.Connection],
-        *,
-        queue: QueueBackend,
-        interval_s: float,
-        batch: int,
-        metrics: ServerMetrics | None = None,
-    ) -> None:
-        super().__init__(pool, interval_s=interval_s)
-        self._queue = queue
-        self._metrics = metrics
-        self._batch = batch
 
     @classmethod
     def configured(cls, settings: Settings) -> dict[str, Any]:

@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Unpack
 
 from foreman import ids
 from foreman.models import Task
-from foreman.queue.base import Message, QueueBackend, ready_messages
-from foreman.server.metrics import ServerMetrics
-from foreman.server.periodic import Periodic
+from foreman.queue.base import Message, ready_messages
+from foreman.server.periodic import LoopOptions, Periodic
 from foreman.settings import Settings
 from foreman.store import db, dependencies, retention, statistics
 from foreman.store import queue as queue_store
@@ -54,20 +53,14 @@ class Sweeper(Periodic):
         self,
         pool: Pool[db.Connection],
         *,
-        queue: QueueBackend,
-        interval_s: float,
-        batch: int,
         grace_s: float,
         retention_s: float | None = None,
         retention_batch: int = retention.DEFAULT_BATCH_ROWS,
-        metrics: ServerMetrics | None = None,
+        **loop: Unpack[LoopOptions],
     ) -> None:
-        super().__init__(pool, interval_s=interval_s)
+        super().__init__(pool, **loop)
         self._retention_ms = None if retention_s is None else round(retention_s * 1000)
         self._retention_batch = retention_batch
-        self._metrics = metrics
-        self._queue = queue
-        self._batch = batch
         self._grace_ms = round(grace_s * 1000)
         self._cursor = queue_store.ReadyCursor()
 
