@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Coroutine, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from foreman.client import AsyncClient
@@ -13,15 +13,27 @@ from foreman.models import JsonObject, RunData, RunDataList, Task
 T = TypeVar("T")
 
 
-@dataclass(slots=True)
 class AttemptState:
     """What the worker learns about an attempt while its handler runs."""
 
-    cancelled: bool = False  # the task was cancelled (heartbeat answer)
-    lease_lost: bool = False  # the lease expired or was taken over: the result will be dropped
-    released: bool = False  # the worker gave the task back (forced stop)
-    # Set with any of the three flags: what ctx.wait_cancelled() awaits.
-    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    __slots__ = ("_stop", "cancelled", "lease_lost", "released")
+
+    def __init__(self) -> None:
+        self.cancelled = False  # the task was cancelled (heartbeat answer)
+        self.lease_lost = False  # the lease expired or was taken over: the result will be dropped
+        self.released = False  # the worker gave the task back (forced stop)
+        # Set with any of the three flags: what ctx.wait_cancelled() awaits. Made by the first
+        # wait: nearly every attempt ends without one (an Event per task was a cost per task).
+        self._stop: asyncio.Event | None = None
+
+    @property
+    def stop(self) -> asyncio.Event:
+        """Set once any of the flags is raised (made on first use, in the worker's loop)."""
+        if self._stop is None:
+            self._stop = asyncio.Event()
+            if self.cancelled or self.lease_lost or self.released:
+                self._stop.set()
+        return self._stop
 
     def mark(
         self, *, cancelled: bool = False, lease_lost: bool = False, released: bool = False
@@ -30,7 +42,8 @@ class AttemptState:
         self.cancelled |= cancelled
         self.lease_lost |= lease_lost
         self.released |= released
-        self.stop.set()
+        if self._stop is not None:
+            self._stop.set()
 
 
 @dataclass(frozen=True, slots=True)

@@ -299,7 +299,10 @@ class Worker:
             self._running += 1
         else:
             held.executing = False
-        held.handle = asyncio.create_task(self._attempt(held, source, run=run))
+        assert self._loop is not None
+        # The loop's own create_task: asyncio.create_task asks for the running loop (a getpid
+        # system call each time) and names the task, per task.
+        held.handle = self._loop.create_task(self._attempt(held, source, run=run))
         self._attempts.add(held.handle)
         held.handle.add_done_callback(self._attempt_ended)
 
