@@ -20,7 +20,7 @@ from typing import Any
 
 import uvicorn
 
-from foreman.background import tune_gc
+from foreman.background import tune_gc as _tune_gc  # the worker's processes call it too
 from foreman.logs import configure_logging
 from foreman.server.protocol import limited_protocol
 from foreman.settings import Settings
@@ -70,7 +70,7 @@ def serve_process(settings: Settings, *, reuse_port: bool) -> None:
     signal.signal(signal.SIGTERM, _exit)
     sock = _socket(settings.server_host, settings.server_port, reuse_port=reuse_port)
     server = uvicorn.Server(_uvicorn_config(settings))
-    tune_gc()
+    _tune_gc()
     server.run(sockets=[sock])
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Coroutine, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from foreman.client import AsyncClient
@@ -13,22 +13,20 @@ from foreman.models import JsonObject, RunData, RunDataList, Task
 T = TypeVar("T")
 
 
+@dataclass(slots=True)
 class AttemptState:
     """What the worker learns about an attempt while its handler runs."""
 
-    __slots__ = ("_stop", "cancelled", "lease_lost", "released")
-
-    def __init__(self) -> None:
-        self.cancelled = False  # the task was cancelled (heartbeat answer)
-        self.lease_lost = False  # the lease expired or was taken over: the result will be dropped
-        self.released = False  # the worker gave the task back (forced stop)
-        # Set with any of the three flags: what ctx.wait_cancelled() awaits. Made by the first
-        # wait: nearly every attempt ends without one (an Event per task was a cost per task).
-        self._stop: asyncio.Event | None = None
+    cancelled: bool = False  # the task was cancelled (heartbeat answer)
+    lease_lost: bool = False  # the lease expired or was taken over: the result will be dropped
+    released: bool = False  # the worker gave the task back (forced stop)
+    # Set with any of the three flags: what ctx.wait_cancelled() awaits. Made on first use
+    # (below): nearly every attempt ends without a wait, and an Event per task was a cost.
+    _stop: asyncio.Event | None = field(default=None, repr=False, compare=False)
 
     @property
     def stop(self) -> asyncio.Event:
-        """Set once any of the flags is raised (made on first use, in the worker's loop)."""
+        """Set once any of the three flags is raised (made in the worker's loop, on first use)."""
         if self._stop is None:
             self._stop = asyncio.Event()
             if self.cancelled or self.lease_lost or self.released:
@@ -42,8 +40,7 @@ class AttemptState:
         self.cancelled |= cancelled
         self.lease_lost |= lease_lost
         self.released |= released
-        if self._stop is not None:
-            self._stop.set()
+        self.stop.set()
 
 
 @dataclass(frozen=True, slots=True)
