@@ -52,6 +52,8 @@ def json_depth(body: bytes) -> int:
 
 
 def _brackets_outside_strings(body: bytes) -> bytes:
+    if len(body) <= jsontext.KEPT_MAX:  # kept for the numbers' check of the same body
+        return jsontext.text_outside_strings(body).translate(None, _NOT_BRACKETS)
     return b"".join(text.translate(None, _NOT_BRACKETS) for text in jsontext.outside_strings(body))
 
 

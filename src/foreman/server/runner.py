@@ -7,7 +7,6 @@ can hand a burst of connections to one process (see shared/PERFORMANCE-NOTES.md)
 from __future__ import annotations
 
 import contextlib
-import gc
 import logging
 import multiprocessing
 import os
@@ -21,6 +20,7 @@ from typing import Any
 
 import uvicorn
 
+from foreman.background import tune_gc as _tune_gc  # the worker's processes call it too
 from foreman.logs import configure_logging
 from foreman.server.protocol import limited_protocol
 from foreman.settings import Settings
@@ -28,8 +28,6 @@ from foreman.settings import Settings
 logger = logging.getLogger(__name__)
 
 GRACEFUL_SHUTDOWN_S = 30
-# Generation thresholds of the cyclic GC in a serving process (see _tune_gc).
-GC_THRESHOLDS = (50_000, 20, 100)
 METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"  # server/metrics.py MULTIPROC_ENV
 
 
@@ -89,18 +87,6 @@ def serve_process(settings: Settings, *, reuse_port: bool) -> None:
     server = Server(_uvicorn_config(settings))
     _tune_gc()
     server.run(sockets=[sock])
-
-
-def _tune_gc() -> None:
-    """Keep the cyclic garbage collector off the request path.
-
-    Everything alive after start-up (modules, the app and its routes) is frozen out of the
-    collector's view, and young collections run every GC_THRESHOLDS[0] container allocations
-    instead of 700 (measured: benchmarks/README.md, "Notes moved from server/").
-    """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def serve(settings: Settings) -> None:

@@ -34,16 +34,22 @@ class MicroBatcher(Generic[Item, Answer]):
         self._timer: asyncio.TimerHandle | None = None
         self._slots = asyncio.Semaphore(max_in_flight)
         self._sending: set[asyncio.Task[None]] = set()
+        # The loop of the first submit, kept: asking for the running loop costs a getpid system
+        # call each time, and a worker submits once per task.
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def submit(self, item: Item) -> asyncio.Future[Answer]:
         """Queue item; the future resolves to its answer."""
-        future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        future: asyncio.Future[Answer] = loop.create_future()
         self._pending.append((item, future))
         if len(self._pending) >= self.max_batch:
             self._flush()
         elif self._timer is None:
             delay = self.window_s if self._sending else 0.0
-            self._timer = asyncio.get_running_loop().call_later(delay, self._flush)
+            self._timer = loop.call_later(delay, self._flush)
         return future
 
     async def drain(self) -> None:
@@ -58,7 +64,7 @@ class MicroBatcher(Generic[Item, Answer]):
             self._timer.cancel()
             self._timer = None
         if self._pending:
-            sending = asyncio.create_task(self._send())
+            sending = asyncio.get_running_loop().create_task(self._send())
             self._sending.add(sending)
             sending.add_done_callback(self._sending.discard)
 

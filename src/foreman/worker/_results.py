@@ -20,6 +20,7 @@ logger = logging.getLogger(__name__)
 _encode = encode_json  # a Decimal in a handler's result is a JSON number
 SEND_ATTEMPTS = 6  # a server restart takes a few seconds; the lease outlives them
 MAX_STACK_CHARS = 20_000
+_NULL = msgspec.Raw(b"null")
 
 
 def error_data(exc: BaseException) -> dict[str, Any]:
@@ -39,6 +40,8 @@ def input_error(exc: errors.InputValidationError) -> dict[str, Any]:
 
 def success(task: Task, value: Any) -> TaskResult:
     """A completed attempt; a value that is not JSON fails the attempt instead (not retryable)."""
+    if value is None:  # most handlers return nothing
+        return TaskResult(task.id, _token(task), "completed", output_data=_NULL)
     try:
         # Encoded once here: a bad value fails only its own task, not the whole batch.
         output = msgspec.Raw(_encode(value))

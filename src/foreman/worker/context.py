@@ -23,8 +23,18 @@ class AttemptState:
     cancelled: bool = False  # the task was cancelled (heartbeat answer)
     lease_lost: bool = False  # the lease expired or was taken over: the result will be dropped
     released: bool = False  # the worker gave the task back (forced stop)
-    # Set with any of the three flags: what ctx.wait_cancelled() awaits.
-    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    # Set with any of the three flags: what ctx.wait_cancelled() awaits. Made on first use
+    # (below): nearly every attempt ends without a wait, and an Event per task was a cost.
+    _stop: asyncio.Event | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def stop(self) -> asyncio.Event:
+        """Set once any of the three flags is raised (made in the worker's loop, on first use)."""
+        if self._stop is None:
+            self._stop = asyncio.Event()
+            if self.cancelled or self.lease_lost or self.released:
+                self._stop.set()
+        return self._stop
 
     def mark(
         self, *, cancelled: bool = False, lease_lost: bool = False, released: bool = False

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from foreman import tracing
+from foreman.background import tune_gc
 from foreman.client import AsyncClient
 from foreman.worker.metrics import WorkerMetrics
 from foreman.worker.worker import Backend, Handler, Worker, WorkerStats
@@ -72,6 +73,9 @@ def run_worker(
             )
             return await worker.run(burst=burst)
 
+    # As the server's processes: the collector's full passes walked every imported module for
+    # each few hundred tasks (a fifth of the worker's CPU per task, benchmarks/README.md).
+    tune_gc()
     try:
         import uvloop
 

@@ -299,31 +299,35 @@ class Worker:
             self._running += 1
         else:
             held.executing = False
-        held.handle = asyncio.create_task(self._attempt(held, source, run=run))
+        assert self._loop is not None
+        # The loop's own create_task: asyncio.create_task asks for the running loop (a getpid
+        # system call each time) and names the task, per task.
+        held.handle = self._loop.create_task(self._attempt(held, source, run=run))
         self._attempts.add(held.handle)
-        held.handle.add_done_callback(self._attempt_ended)
 
-    def _attempt_ended(self, handle: asyncio.Task[None]) -> None:
-        self._attempts.discard(handle)
-        if handle.cancelled() or handle.exception() is None:
-            return
+    def _fail(self, exc: BaseException) -> None:
         # Reporting and acknowledging raise only on a bug or an incompatible library: stop and
         # raise it from run(), rather than failing every task the same way.
         if self._failure is None:
-            self._failure = handle.exception()
-            logger.error("worker %s failed: %r", self.worker_id, self._failure)
+            self._failure = exc
+            logger.error("worker %s failed: %r", self.worker_id, exc)
         self.stop()
 
     async def _attempt(self, held: Held, source: TaskSource, *, run: bool) -> None:
         """Run held's handler and report its result (run=False: give it back unrun); then
         acknowledge its message."""
         try:
-            if run:
-                await self._execute(held, source)
-            else:
-                await self._release([held])
+            try:
+                if run:
+                    await self._execute(held, source)
+                else:
+                    await self._release([held])
+            finally:
+                await source.acknowledge(held.task)
+        except Exception as exc:  # here rather than in a done callback: one less per task
+            self._fail(exc)
         finally:
-            await source.acknowledge(held.task)
+            self._attempts.discard(held.handle)
 
     async def _execute(self, held: Held, source: TaskSource) -> None:
         metrics = self.metrics
