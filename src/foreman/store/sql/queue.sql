@@ -34,7 +34,12 @@
 --   runs once, when the statement returns a row.
 -- * `s`, the rows as they were before the statement, explains a refusal. `id = ANY(array)` makes
 --   PostgreSQL look each id up in the primary key; a join against the unnest() rows may instead
---   scan every task of the organisation.
+--   scan every task of the organisation. The statements that end attempts (finish_tasks,
+--   release_tasks) read `s` only for a row they refused: a lateral lookup by primary key under
+--   `t.id IS NULL`, kept a subquery (OFFSET 0) so that the condition gates the lookup instead of
+--   filtering its answer. The array form read every task of the organisation whenever the
+--   table's statistics were older than its rows (a fresh database filling up: 1,262 heap
+--   blocks, 20,000 rows removed by the filter, 19 ms of a 40 ms completion of 100 tasks).
 -- * The task columns come last, named as the fields of models.Task; the lease token is only shown
 --   to its claimer, and run_after only when it lies after created_at.
 
@@ -248,13 +253,10 @@ WITH i AS (
     SELECT x.*
       FROM end_dependents(ARRAY(SELECT id FROM t WHERE ends_parent), $8, $10::smallint) x
      WHERE EXISTS (SELECT 1 FROM t WHERE ends_parent)
-), s AS (
-    SELECT id, status, lease_token
-      FROM task
-     WHERE org_id = $1 AND id = ANY($2::uuid[])
 )
 SELECT i.task_id AS ended_id, t.id IS NOT NULL AS ok, coalesce(t.status, s.status) AS status_now,
-       s.id IS NOT NULL AS found, coalesce(s.lease_token = i.token, false) AS same_token,
+       t.id IS NOT NULL OR s.id IS NOT NULL AS found,
+       t.id IS NOT NULL OR coalesce(s.lease_token = i.token, false) AS same_token,
        dep.released AS released_ids, dep.recheck AS recheck_children,
        (SELECT array_agg(r.id)
           FROM run r
@@ -274,7 +276,10 @@ SELECT i.task_id AS ended_id, t.id IS NOT NULL AS ok, coalesce(t.status, s.statu
        t.lease_expires_at, t.idempotency_key, t.worker_id
   FROM i
   LEFT JOIN t ON t.id = i.task_id
-  LEFT JOIN s ON s.id = i.task_id
+  LEFT JOIN LATERAL (SELECT x.id, x.status, x.lease_token
+                       FROM task x
+                      WHERE t.id IS NULL AND x.org_id = $1 AND x.id = i.task_id
+                     OFFSET 0) s ON true
   LEFT JOIN dep ON true
  ORDER BY i.ord
 
@@ -321,11 +326,9 @@ WITH i AS (
     SELECT x.*
       FROM end_dependents(ARRAY(SELECT id FROM t WHERE ends_parent), $4, $6::smallint) x
      WHERE EXISTS (SELECT 1 FROM t WHERE ends_parent)
-), s AS (
-    SELECT id, status, lease_token FROM task WHERE org_id = $1 AND id = ANY($2::uuid[])
 )
 SELECT i.task_id AS released_id, t.id IS NOT NULL AS ok, coalesce(t.status, s.status) AS status_now,
-       s.id IS NOT NULL AS found,
+       t.id IS NOT NULL OR s.id IS NOT NULL AS found,
        dep.released AS released_ids, dep.recheck AS recheck_children,
        (SELECT array_agg(r.id)
           FROM run r
@@ -341,7 +344,10 @@ SELECT i.task_id AS released_id, t.id IS NOT NULL AS ok, coalesce(t.status, s.st
        t.lease_expires_at, t.idempotency_key, t.worker_id
   FROM i
   LEFT JOIN t ON t.id = i.task_id
-  LEFT JOIN s ON s.id = i.task_id
+  LEFT JOIN LATERAL (SELECT x.id, x.status
+                       FROM task x
+                      WHERE t.id IS NULL AND x.org_id = $1 AND x.id = i.task_id
+                     OFFSET 0) s ON true
   LEFT JOIN dep ON true
  ORDER BY i.ord
 
