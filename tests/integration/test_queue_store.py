@@ -371,6 +371,44 @@ async def test_complete_counts_once_and_fences_stale_tokens(conn):
     assert await run_counts(conn, run_id) == (3, 1, 1, 0)
 
 
+async def test_a_refused_row_is_explained_by_the_task_before_the_statement(conn):
+    # finish_tasks and release_tasks read a task again only for a row they refused (queue.sql).
+    run_id = await make_run(conn)
+    await make_tasks(conn, run_id, 2)
+    a, b = await claim(conn, 2)
+    missing = str(uuid.uuid4())
+    ended = await queue_store.finish_tasks(
+        conn,
+        org_id=ORG_A,
+        outcomes=[
+            done(a),
+            queue_store.Outcome(missing, str(uuid.uuid4()), "completed"),
+            queue_store.Outcome(b.id, str(uuid.uuid4()), "completed"),
+        ],
+        now=ids.now_ms(),
+    )
+    assert [(e.ok, e.status, e.found, e.repeat) for e in ended] == [
+        (True, "completed", True, False),
+        (False, None, False, False),
+        (False, "running", True, False),
+    ]
+    released = await queue_store.release_tasks(
+        conn,
+        org_id=ORG_A,
+        leases=[
+            queue_store.Lease(a.id, a.lease_token),
+            queue_store.Lease(missing, str(uuid.uuid4())),
+            queue_store.Lease(b.id, b.lease_token),
+        ],
+        now=ids.now_ms(),
+    )
+    assert [(e.ok, e.status, e.found) for e in released] == [
+        (False, "completed", True),
+        (False, None, False),
+        (True, "queued", True),
+    ]
+
+
 async def test_fail_retries_with_backoff_until_attempts_run_out(conn):
     run_id = await make_run(conn)
     (task,) = await make_tasks(conn, run_id, 1, max_retries=2)

@@ -235,7 +235,9 @@ async def finish_tasks(
         outcomes = [outcomes[i] for i in firsts.indexes]
     # In id order: the statement locks its tasks in the order it reads them, and a statement that
     # adds children locks their parents in id order too (store/sql/dependencies.sql lock_parents):
-    # the same order everywhere, so neither waits for the other in a cycle (a deadlock).
+    # the same order everywhere, so neither waits for the other in a cycle (a deadlock). The plan
+    # decides how the update reads them (through the primary key, or the organisation's running
+    # tasks: queue.sql finish_tasks), and a cycle it makes is broken and run again (below).
     order = sorted(range(len(outcomes)), key=lambda k: outcomes[k].task_id)
     outcomes = [outcomes[k] for k in order]
     args = (

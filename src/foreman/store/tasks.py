@@ -472,19 +472,45 @@ def _attempt_sql(status: str | None, *, confirms: bool) -> str:
     return _OPEN_ATTEMPT if status == "running" else _CLOSE_ATTEMPT
 
 
-# What a PATCH that ends its task looks at next: its run's autoComplete (update_task completes the
-# run after the statement). A PATCH to any other status reads nothing more: the lifecycle's PATCH
-# running looked it up on every call for nothing (issue 17).
+# What a PATCH that ends its task does besides: counts it on its run (`c`), releases or cancels its
+# blocked children in this transaction (`dep`: end_dependents(), migration 0021) and looks up its
+# run's autoComplete (update_task completes the run after the statement). A PATCH to any other
+# status has none of these steps (each would find nothing to do): the lifecycle's PATCH running
+# planned and ran them on every call for nothing (issues 13 and 17).
 _ENDING_FLAGS = """(SELECT r.auto_complete FROM run r WHERE r.org_id = $1 AND r.id = t.run_id)
-           AS run_auto_complete,"""
-_NO_FLAGS = "false AS run_auto_complete,"
+           AS run_auto_complete,
+       dep.released AS released_ids, dep.recheck AS recheck_children,
+       NULL::uuid[] AS runs_ended, dep.cancelled_runs AS runs_cancelled,"""
+_NO_FLAGS = """false AS run_auto_complete,
+       NULL::uuid[] AS released_ids, NULL::uuid[] AS recheck_children,
+       NULL::uuid[] AS runs_ended, NULL::uuid[] AS runs_cancelled,"""
+_ENDING_STEPS = """, c AS (
+    INSERT INTO run_counter (run_id, shard, org_id, completed_tasks, failed_tasks, cancelled_tasks)
+    SELECT run_id, {shard}::smallint, org_id,
+           (status = 'completed')::int, (status = 'failed')::int, (status = 'cancelled')::int
+      FROM t
+     WHERE status IN ('completed', 'failed', 'cancelled') AND {counted}
+    ON CONFLICT (run_id, shard) DO UPDATE
+       SET completed_tasks = run_counter.completed_tasks + EXCLUDED.completed_tasks,
+           failed_tasks    = run_counter.failed_tasks + EXCLUDED.failed_tasks,
+           cancelled_tasks = run_counter.cancelled_tasks + EXCLUDED.cancelled_tasks
+), dep AS (
+    SELECT x.*
+      FROM (SELECT id
+              FROM t
+             WHERE status IN ('completed', 'failed', 'cancelled') AND {counted}
+               AND (child_epoch > 0
+                    OR EXISTS (SELECT 1 FROM task_dependency d WHERE d.parent_id = t.id))) p,
+           end_dependents(ARRAY[p.id], $3, {dep_shard}::smallint) x
+)"""
 
 
 def _update_task_sql(
     sets: str, *, confirms: bool, ends: bool, shard: str, dep_shard: str, attempts: str = ""
 ) -> str:
-    """The PATCH statement, from fixed fragments: SET clauses of _update_sql, the shard's $n;
-    ends: the PATCH sets a terminal status (the flag for update_task's next step).
+    """The PATCH statement, from fixed fragments: SET clauses of _update_sql, the shards' $n;
+    ends: the PATCH sets a terminal status (the steps of _ENDING_STEPS, and the flag for
+    update_task's next step).
 
     A terminal task takes no new status (409), except the same one again (a no-op); a job
     confirmation (see _confirms_job) keeps a terminal status: allowed, and never counted. A
@@ -501,41 +527,23 @@ def _update_task_sql(
         )
         counted = "$4::text IS NOT NULL"
     flags = _ENDING_FLAGS if ends else _NO_FLAGS
+    steps = ""
+    if ends:
+        steps = _ENDING_STEPS.format(counted=counted, shard=shard, dep_shard=dep_shard)
+    joined = "\n  LEFT JOIN dep ON true" if ends else ""
     return f"""
 WITH t AS (
     UPDATE task SET {sets}
      WHERE org_id = $1 AND id = $2
        AND {guard}
     RETURNING *
-), c AS (
-    INSERT INTO run_counter (run_id, shard, org_id, completed_tasks, failed_tasks, cancelled_tasks)
-    SELECT run_id, {shard}::smallint, org_id,
-           (status = 'completed')::int, (status = 'failed')::int, (status = 'cancelled')::int
-      FROM t
-     WHERE status IN ('completed', 'failed', 'cancelled') AND {counted}
-    ON CONFLICT (run_id, shard) DO UPDATE
-       SET completed_tasks = run_counter.completed_tasks + EXCLUDED.completed_tasks,
-           failed_tasks    = run_counter.failed_tasks + EXCLUDED.failed_tasks,
-           cancelled_tasks = run_counter.cancelled_tasks + EXCLUDED.cancelled_tasks
-), dep AS (
-    -- Its blocked children, in this transaction (end_dependents(), migration 0021).
-    SELECT x.*
-      FROM (SELECT id
-              FROM t
-             WHERE status IN ('completed', 'failed', 'cancelled') AND {counted}
-               AND (child_epoch > 0
-                    OR EXISTS (SELECT 1 FROM task_dependency d WHERE d.parent_id = t.id))) p,
-           end_dependents(ARRAY[p.id], $3, {dep_shard}::smallint) x
-){attempts}
+){steps}{attempts}
 SELECT CASE WHEN $4::text IN ('completed', 'failed', 'cancelled')
             THEN pg_notify('foreman_task_done', t.id::text)
             WHEN $4::text = 'queued' THEN pg_notify('foreman_task_ready', $1) END AS notified,
        {flags}
-       dep.released AS released_ids, dep.recheck AS recheck_children,
-       NULL::uuid[] AS runs_ended, dep.cancelled_runs AS runs_cancelled,
        {_TASK_COLUMNS}
-  FROM t
-  LEFT JOIN dep ON true
+  FROM t{joined}
 """  # noqa: S608 - fixed fragments only (see the docstring); every value is a parameter
 
 
@@ -567,16 +575,18 @@ async def update_task(
     sets, names = _update_sql(changes, status)
     # The shard is a parameter, not SQL text: one prepared statement per shape, not sixteen.
     confirms = _confirms_job(changes)
+    ends = status in TERMINAL_STATUSES and not confirms
     sql = _update_task_sql(
         sets,
         confirms=confirms,
-        ends=status in TERMINAL_STATUSES and not confirms,
+        ends=ends,
         shard=f"${5 + len(names)}",
         dep_shard=f"${6 + len(names)}",
         attempts=_attempt_sql(status, confirms=confirms),
     )
+    shards = two_shards() if ends else ()  # only the steps of a PATCH that ends its task count
     record = await conn.fetchrow(
-        sql, org_id, task_id, now, status, *(changes[n] for n in names), *two_shards()
+        sql, org_id, task_id, now, status, *(changes[n] for n in names), *shards
     )
     if record is not None:
         task = queries.model_from(Task, record)
