@@ -20,13 +20,6 @@ from foreman.store.shards import two_shards
 from foreman.store.tasks import get_task
 
 _SQL = queries.load_statements("queue")  # store/sql/queue.sql: the statements and why they are so
-_CLAIM_TASKS = _SQL["claim_tasks"]
-_CLAIM_TASK_IDS = _SQL["claim_task_ids"]
-_HEARTBEAT = _SQL["heartbeat"]
-_FINISH_TASKS = _SQL["finish_tasks"]
-_RELEASE_TASKS = _SQL["release_tasks"]
-_EXPIRE_LEASES = _SQL["expire_leases"]
-_READY_TASKS = _SQL["ready_tasks"]
 
 
 R = TypeVar("R")
@@ -134,7 +127,7 @@ async def claim_tasks(
 ) -> list[Task]:
     """Lease up to limit ready tasks (priority, runAfter, id order); each carries its token."""
     records = await conn.fetch(
-        _CLAIM_TASKS,
+        _SQL["claim_tasks"],
         org_id,
         now,
         None if types is None else list(types),
@@ -174,7 +167,9 @@ async def claim_task_ids(
 ) -> list[Claimed]:
     """Lease tasks by id in one statement (input order), each under claim_task's rules."""
     firsts = first_occurrences(task_ids)
-    records = await conn.fetch(_CLAIM_TASK_IDS, org_id, firsts.items, now, lease_ms, worker_id)
+    records = await conn.fetch(
+        _SQL["claim_task_ids"], org_id, firsts.items, now, lease_ms, worker_id
+    )
     task = queries.fields_of(Task, records)
     claimed = [
         Claimed(r["claimed_id"], None if r["id"] is None else Task(*task(r)), r["status_before"])
@@ -207,7 +202,7 @@ async def heartbeat(
     conn: Db, *, org_id: str, leases: Sequence[Lease], lease_ms: int, now: int
 ) -> list[LeaseState]:
     """Extend every lease still held; report lost and cancelled ones (in input order)."""
-    firsts, records = await _fetch_leases(conn, _HEARTBEAT, org_id, leases, now, lease_ms)
+    firsts, records = await _fetch_leases(conn, _SQL["heartbeat"], org_id, leases, now, lease_ms)
     states = [
         LeaseState(r["task_id"], r["ok"], r["cancelled"], r["lease_expires_at"], r["found"])
         for r in records
@@ -252,7 +247,7 @@ async def finish_tasks(
     )
     # A cascade down a graph whose branches meet may still wait in a cycle with another's.
     records = await run_again_on_deadlock(
-        conn, lambda: conn.fetch(_FINISH_TASKS, *args, *two_shards())
+        conn, lambda: conn.fetch(_SQL["finish_tasks"], *args, *two_shards())
     )
     freed = await _after_step(conn, org_id=org_id, records=records, now=now)
     if released is not None:
@@ -305,7 +300,9 @@ async def release_tasks(
 
     A task whose cancel was asked while it ran ends cancelled instead (its blocked children
     as finish_tasks says)."""
-    firsts, records = await _fetch_leases(conn, _RELEASE_TASKS, org_id, leases, now, *two_shards())
+    firsts, records = await _fetch_leases(
+        conn, _SQL["release_tasks"], org_id, leases, now, *two_shards()
+    )
     freed = await _after_step(conn, org_id=org_id, records=records, now=now)
     if released is not None:
         released += freed
@@ -335,7 +332,7 @@ async def expire_leases(
     """Expired leases of every organisation: retrying with a backoff, or failed when exhausted.
 
     Blocked children released in the same statement are added to ``released`` (to publish)."""
-    records = await conn.fetch(_EXPIRE_LEASES, now, limit, *two_shards())
+    records = await conn.fetch(_SQL["expire_leases"], now, limit, *two_shards())
     freed = await _after_step(conn, org_id=None, records=records, now=now)
     if released is not None:
         released += freed
@@ -357,7 +354,7 @@ async def ready_tasks(
 ) -> tuple[list[Task], ReadyCursor]:
     """Up to limit tasks ready since ready_before, after cursor; the cursor wraps at the end."""
     records = await conn.fetch(
-        _READY_TASKS,
+        _SQL["ready_tasks"],
         ready_before,
         cursor.org_id,
         cursor.priority,

@@ -16,13 +16,6 @@ from foreman.store.db import Db, run_again_on_deadlock
 from foreman.store.shards import shard, two_shards
 
 _SQL = queries.load_statements("tasks")  # store/sql/tasks.sql: the statements and why they are so
-_INSERT_TASK = _SQL["insert_task"]
-_INSERT_TASKS = _SQL["insert_tasks"]
-_INSERT_PLAIN_TASKS = _SQL["insert_plain_tasks"]
-_GET_TASK = _SQL["get_task"]
-_GET_TASK_BY_KEY = _SQL["get_task_by_key"]
-_RETRY_TASK = _SQL["retry_task"]
-_LIST_ATTEMPTS = _SQL["list_attempts"]
 
 # The columns of a task in the PATCH statement (as the view task_answer, migration 0010): named
 # as the fields of models.Task; run_after only when it lies after created_at, never the lease token.
@@ -118,7 +111,7 @@ async def _insert_task(
     conn: Db, *, org_id: str, task_id: str, new: NewTask, now: int
 ) -> InsertResult:
     record = await conn.fetchrow(
-        _INSERT_TASK,
+        _SQL["insert_task"],
         org_id,
         new.run_id,
         new.parent_task_id,
@@ -292,7 +285,7 @@ async def _insert_tasks(
     conn: Db, *, org_id: str, task_ids: list[str], news: list[NewTask], now: int
 ) -> BatchInsertResult:
     records = await conn.fetch(
-        _INSERT_TASKS,
+        _SQL["insert_tasks"],
         org_id,
         task_ids,
         [n.run_id for n in news],
@@ -357,7 +350,7 @@ async def insert_plain_tasks(
     """insert_tasks for tasks that are all plain (is_plain), answering no task: every one is
     created under its id of task_ids, or none is (failed_index says which failed first)."""
     record = await conn.fetchrow(
-        _INSERT_PLAIN_TASKS,
+        _SQL["insert_plain_tasks"],
         org_id,
         ",".join(task_ids),
         ",".join([n.run_id for n in news]),
@@ -388,17 +381,17 @@ async def insert_plain_tasks(
 
 async def get_task(conn: Db, *, org_id: str, task_id: str) -> Task | None:
     """The task, or None."""
-    return await queries.fetch_model(conn, Task, _GET_TASK, org_id, task_id)
+    return await queries.fetch_model(conn, Task, _SQL["get_task"], org_id, task_id)
 
 
 async def get_task_by_key(conn: Db, *, org_id: str, key: str) -> Task | None:
     """The task created with this idempotency key, or None."""
-    return await queries.fetch_model(conn, Task, _GET_TASK_BY_KEY, org_id, key)
+    return await queries.fetch_model(conn, Task, _SQL["get_task_by_key"], org_id, key)
 
 
 async def list_attempts(conn: Db, *, org_id: str, task_id: str) -> list[Attempt] | None:
     """Every attempt of the task, oldest first; None when there is no such task."""
-    records = await conn.fetch(_LIST_ATTEMPTS, org_id, task_id)
+    records = await conn.fetch(_SQL["list_attempts"], org_id, task_id)
     if not records[0]["found"]:
         return None
     return queries.models_from(Attempt, [r for r in records if r["attempt"] is not None])
@@ -653,7 +646,7 @@ class RetryResult:
 
 async def retry_task(conn: Db, *, org_id: str, task_id: str, now: int) -> RetryResult:
     """Queue a failed or cancelled task again with one more attempt allowed (store/sql/tasks.sql)."""
-    record = await conn.fetchrow(_RETRY_TASK, org_id, task_id, now, shard())
+    record = await conn.fetchrow(_SQL["retry_task"], org_id, task_id, now, shard())
     if record is None:
         return RetryResult(None, None)
     task = None if record["id"] is None else queries.model_from(Task, record)
