@@ -125,21 +125,19 @@ async def _one(args: argparse.Namespace, fleet: e2e.Fleet, server_pid: int, roun
             spies = []
             if args.spy:
                 tag = f"{args.mode}-r{round_}"
+                # The server's processes are the runner's children: py-spy follows them.
                 spies = [
                     _spy(
-                        worker_pid,
-                        args.out / f"{tag}-worker.txt",
+                        pid,
+                        args.out / f"{tag}-{name}.txt",
                         args.spy_s,
-                        subprocesses=False,
+                        subprocesses=children,
                         native=args.native,
-                    ),
-                    _spy(
-                        server_pid,
-                        args.out / f"{tag}-server.txt",
-                        args.spy_s,
-                        subprocesses=True,
-                        native=args.native,
-                    ),
+                    )
+                    for pid, name, children in (
+                        (worker_pid, "worker", False),
+                        (server_pid, "server", True),
+                    )
                 ]
             if args.mode == "e2e":
                 await e2e._enqueue(client, run.id, args.tasks)
