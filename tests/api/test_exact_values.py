@@ -202,3 +202,35 @@ async def test_null_values_are_unset(client):
     assert response.json()["metadata"] is None
     response = await send(client, "POST", "/runs", '{"inputData": null}')
     assert_names_field(assert_error(response, 400, "inputData"), "inputData")
+
+
+async def test_a_completion_or_failure_without_data_stores_none(client):
+    # A handler that returns None: the worker sends outputData null (or nothing); the task keeps
+    # no output (SQL NULL, the key left out of every answer), not a JSON null. Likewise a failure
+    # without errorData.
+    run = await create_run(client)
+    made = [await create_task(client, run["id"], enqueue=True, maxRetries=0) for _ in range(3)]
+    claim = {"workerId": "w", "limit": 3}
+    held = (await client.post(f"{API}/tasks/claim", json=claim, headers=HEADERS_A)).json()["data"]
+    assert len(held) == 3
+    results = [
+        {
+            "taskId": held[0]["id"],
+            "leaseToken": held[0]["leaseToken"],
+            "status": "completed",
+            "outputData": None,
+        },
+        {"taskId": held[1]["id"], "leaseToken": held[1]["leaseToken"], "status": "completed"},
+    ]
+    done = await client.post(f"{API}/tasks/complete", json={"results": results}, headers=HEADERS_A)
+    assert done.status_code == 200, done.text
+    failed = await client.post(
+        f"{API}/tasks/{held[2]['id']}/fail",
+        json={"leaseToken": held[2]["leaseToken"]},
+        headers=HEADERS_A,
+    )
+    assert failed.status_code == 200, failed.text
+    for task in made:
+        body = (await client.get(f"{API}/tasks/{task['id']}", headers=HEADERS_A)).json()
+        assert "outputData" not in body, body
+        assert "errorData" not in body, body

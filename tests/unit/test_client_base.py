@@ -488,3 +488,19 @@ def test_sse_reader_gives_events_skips_comments_and_sees_the_end():
     assert reader.feed("data: {}\n") is None
     with pytest.raises(errors.ForemanError, match="Unexpected run event"):
         reader.feed("\n")
+
+
+def test_a_subclass_of_a_client_keeps_its_own_methods():
+    # The twins' methods are installed on each subclass: never over one the subclass defines.
+    class Mine(Client):
+        def get_task(self, task_id: str) -> Task:  # type: ignore[override]
+            raise LookupError(task_id)
+
+    class MineAsync(AsyncClient):
+        async def get_run(self, run_id: str) -> str:  # type: ignore[override]
+            return f"mine {run_id}"
+
+    with pytest.raises(LookupError):
+        Mine("http://127.0.0.1:1", "fmn_k_org_x").get_task("t")
+    assert MineAsync.get_run is vars(MineAsync)["get_run"]
+    assert inspect.signature(Mine.create_run) == inspect.signature(Client.create_run)  # the rest

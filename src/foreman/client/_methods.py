@@ -322,7 +322,8 @@ class Methods:
 
 def _install(cls: type[Any], *, awaited: bool) -> None:
     for name, member in vars(Methods).items():
-        if isinstance(member, Method):
+        # A method the class defines itself (a user's subclass of Client overriding one) stays.
+        if isinstance(member, Method) and name not in vars(cls):
             setattr(cls, name, member.function(cls, awaited=awaited))
 
 

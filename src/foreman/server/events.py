@@ -155,7 +155,9 @@ class EventHub:
         while after < upto:
             page = await self.fetch(org_id, run_id, after, upto)
             if not page.found:
-                raise errors.NotFoundError(f"Run not found: {run_id}")
+                # Deleted while streaming (retention): nothing more to read; the feed's next tick
+                # finds it gone too and ends the stream.
+                return
             if page.events:
                 after = page.events[-1][0]
                 yield b"".join(chunk for _, chunk in encoded(page.events))

@@ -39,14 +39,17 @@ class Scheduler(Periodic):
 
         The loop wakes at that tick rather than up to an interval after it: a schedule of a
         1-second interval would otherwise lose the ticks that a late wake-up leaves behind (only
-        the latest overdue tick fires, triggers.Trigger.due). None when nothing is due later
-        (or something due now could not fire: it waits for the next round).
+        the latest overdue tick fires, triggers.Trigger.due). A tick that came due while this round
+        fired is wanted at once; None when nothing is due later, or when what is due was due
+        before this round and could not fire (it waits for the next round: no busy loop).
         """
-        await self.fire_all(now=ids.now_ms())
+        began = ids.now_ms()
+        await self.fire_all(now=began)
         async with self._pool.acquire() as conn:
             due = await schedules_store.next_due(conn)
-        wait_ms = None if due is None else due - ids.now_ms()
-        return None if wait_ms is None or wait_ms <= 0 else (wait_ms + 1) / 1000
+        if due is None or due <= began:
+            return None
+        return max(due - ids.now_ms() + 1, 0) / 1000
 
     async def fire_all(self, *, now: int) -> int:
         """Fire every schedule due at now, a batch per transaction; the runs created."""

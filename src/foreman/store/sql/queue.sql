@@ -182,7 +182,8 @@ SELECT i.task_id, h.id IS NOT NULL AS ok,
 -- token stays on the row, so a repeat of the same call is recognised (and changes nothing) while
 -- a newer attempt's claim replaces it.
 -- The update reads each task's input row from `v`, one jsonb object keyed by task id (output and
--- error data wrapped in an array, so that SQL NULL and JSON null stay apart), not through a join
+-- error data wrapped in an array, so that SQL NULL and JSON null stay apart: an absent one is
+-- JSON null in the row, which `nullif(…, 'null')` turns back into SQL NULL), not through a join
 -- with `i`: the join's plan rests on estimates of how many tasks of the organisation are running,
 -- which are off whenever the statistics are older than the table, and its nested-loop form
 -- compared every task with every input row and copied the input row for each pair (PostgreSQL's
@@ -207,10 +208,10 @@ WITH i AS (
     UPDATE task
        SET (status, output_data, error_data, retry_count, run_after, completed_at, duration_ms) = (
                SELECT n.status,
-                      CASE WHEN n.status = 'completed' THEN n.v -> 3 -> 0
+                      CASE WHEN n.status = 'completed' THEN nullif(n.v -> 3, 'null') -> 0
                            ELSE task.output_data END,
                       CASE WHEN n.status <> 'cancelled' AND n.v ->> 1 = 'failed'
-                           THEN n.v -> 4 -> 0 ELSE task.error_data END,
+                           THEN nullif(n.v -> 4, 'null') -> 0 ELSE task.error_data END,
                       task.retry_count + (n.status = 'retrying')::int,
                       CASE WHEN n.status = 'retrying'
                            THEN $8::bigint
