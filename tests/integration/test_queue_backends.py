@@ -33,7 +33,7 @@ from foreman.store import queue as queue_store
 from foreman.store import runs as runs_store
 from foreman.store import tasks as tasks_store
 from tests.conftest import ORG_A, ORG_B, make_settings
-from tests.queue_helpers import obliterate, unique_queue_name
+from tests.queue_helpers import obliterate, redis_settings, unique_queue_name
 from tests.services import free_port
 
 # (how many to expect, organisation) -> [(task id, task type)] delivered, in delivery order
@@ -206,13 +206,7 @@ async def backend(request, pool, db_url) -> AsyncIterator[Backend]:
         return
     redis_server = request.getfixturevalue("redis_server")
     name = unique_queue_name()
-    settings = make_settings(
-        db_url,
-        queue_backend="bullmq",
-        redis_host=redis_server.host,
-        redis_port=redis_server.port,
-        task_queue_name=name,
-    )
+    settings = make_settings(db_url, **redis_settings(redis_server, name))
     queue = open_queue(settings)
     try:
         yield Backend("bullmq", queue, bullmq_drain(redis_server, name))
@@ -347,12 +341,7 @@ async def test_queues_per_organisation_and_the_shared_queue(pool, db_url, redis_
     for per_org in (True, False):
         name = unique_queue_name()
         settings = make_settings(
-            db_url,
-            queue_backend="bullmq",
-            redis_host=redis_server.host,
-            redis_port=redis_server.port,
-            task_queue_name=name,
-            queue_per_org=per_org,
+            db_url, **redis_settings(redis_server, name), queue_per_org=per_org
         )
         queue = open_queue(settings)
         expected = org_queue_name(name, ORG_A) if per_org else name

@@ -23,7 +23,13 @@ from foreman.store import queue as queue_store
 from foreman.store import runs as runs_store
 from foreman.store import tasks as tasks_store
 from tests.conftest import HEADERS_A, ORG_A, ORG_B, make_settings, truncate_all
-from tests.queue_helpers import bullmq_queue, obliterate, running_app, unique_queue_name
+from tests.queue_helpers import (
+    bullmq_queue,
+    obliterate,
+    redis_settings,
+    running_app,
+    unique_queue_name,
+)
 from tests.services import free_port, scratch_database
 
 
@@ -359,14 +365,7 @@ async def test_bullmq_children_released_by_a_cancel_or_patch_are_published_at_on
     # Not only a worker's completion publishes the children it releases (issue 13): every end
     # does, right after its commit, without waiting for the sweeper (not running here).
     name = unique_queue_name()
-    settings = make_settings(
-        db_url,
-        queue_backend="bullmq",
-        redis_host=redis_server.host,
-        redis_port=redis_server.port,
-        task_queue_name=name,
-        sweep_interval_s=3600.0,
-    )
+    settings = make_settings(db_url, **redis_settings(redis_server, name), sweep_interval_s=3600.0)
     inspect = bullmq_queue(redis_server, org_queue_name(name, ORG_A))
     try:
         async with running_app(create_app(settings)) as client:
